@@ -1,0 +1,27 @@
+// pyprune._core: the C++ core of pyprune. Argument checking and conversion live here;
+// the algorithms live in csrc/core and know nothing of Python.
+#include <omp.h>
+
+#include <pybind11/pybind11.h>
+
+#include "../core/blas.h"
+
+namespace pyprune::bind {
+namespace py = pybind11;
+void register_similarity(py::module_& m);
+void register_kmeans(py::module_& m);
+void register_slice(py::module_& m);
+}  // namespace pyprune::bind
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "pyprune's C++ core: filter norms, similarity, spherical k-means, structured slicing.";
+    pyprune::blas::pin_single_thread();
+    pyprune::bind::register_similarity(m);
+    pyprune::bind::register_kmeans(m);
+    pyprune::bind::register_slice(m);
+    m.def("num_procs", []() { return omp_get_num_procs(); }, "Number of cores OpenMP sees.");
+    m.attr("cuda_available") = false;
+#ifdef PYPRUNE_VERSION
+    m.attr("__version__") = PYPRUNE_VERSION;
+#endif
+}

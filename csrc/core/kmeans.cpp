@@ -1,0 +1,518 @@
+#include "kmeans.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <numeric>
+
+#include "blas.h"
+#include "check.h"
+#include "similarity.h"
+
+namespace pyprune {
+
+namespace {
+
+/// splitmix64: small, fast and identical on every platform (std distributions are not).
+struct Rng {
+    uint64_t state;
+    explicit Rng(uint64_t seed) : state(seed + 0x9E3779B97F4A7C15ull) {}
+    uint64_t next() {
+        uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    /// uniform in [0, 1)
+    double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
+};
+
+/// The state of one layer's clustering. `nt` threads split each step's rows.
+class Solver {
+public:
+    Solver(const MatrixView& x, const KMeansParams& p, int nt)
+        : n_(x.rows), d_(x.cols), k_(p.k), p_(p), nt_(nt),
+          xn_(static_cast<size_t>(n_ * d_)), nonzero_(static_cast<size_t>(n_)),
+          c_(static_cast<size_t>(k_ * d_)), s_(static_cast<size_t>(n_ * k_)),
+          best_(static_cast<size_t>(n_)), labels_(static_cast<size_t>(n_), -1) {
+        normalize_rows(x, xn_.data(), nt_);
+        for (int64_t i = 0; i < n_; ++i) {
+            const float* r = row(i);
+            bool nz = false;
+            for (int64_t j = 0; j < d_ && !nz; ++j) nz = r[j] != 0.0f;
+            nonzero_[i] = nz ? 1 : 0;
+            n_nonzero_ += nz ? 1 : 0;
+        }
+    }
+
+    KMeansResult run(const float* init) {
+        if (init != nullptr) {
+            set_init(init);
+        } else {
+            kmeanspp();
+        }
+        KMeansResult r;
+        r.n = n_;
+        r.d = d_;
+        r.k = k_;
+        for (int it = 0; it < p_.max_iter; ++it) {
+            int64_t changed = 0;
+            const double obj = assign(&changed);
+            r.objective.push_back(obj);
+            r.n_iter = it + 1;
+            if (p_.early_stop && it > 0 && changed == 0) break;
+            update();
+        }
+        if (p_.max_iter == 0) {  // no iteration asked: labels from the initial centroids
+            int64_t changed = 0;
+            r.objective.push_back(assign(&changed));
+        }
+        r.labels = labels_;
+        r.representatives = representatives();
+        r.centroids = std::move(c_);
+        return r;
+    }
+
+private:
+    const float* row(int64_t i) const { return xn_.data() + i * d_; }
+    float* centroid(int64_t j) { return c_.data() + j * d_; }
+
+    void set_init(const float* init) {
+        for (int64_t j = 0; j < k_; ++j) {
+            const float* src = init + j * d_;
+            double s = 0.0;
+            for (int64_t t = 0; t < d_; ++t) s += static_cast<double>(src[t]) * src[t];
+            PYPRUNE_CHECK(std::isfinite(s) && s > 0.0, "init: centroid ", j,
+                          " must be finite and non-zero (squared norm ", s, ")");
+            const float inv = static_cast<float>(1.0 / std::sqrt(s));
+            for (int64_t t = 0; t < d_; ++t) centroid(j)[t] = src[t] * inv;
+        }
+    }
+
+    void set_basis(int64_t j) {
+        std::fill(centroid(j), centroid(j) + d_, 0.0f);
+        centroid(j)[j % d_] = 1.0f;
+    }
+
+    /// dots[i] = <x_i, v> for all rows, rows split over the threads.
+    void dots_with(const float* v, float* dots) const {
+        if (nt_ <= 1 || n_ < 64) {
+            blas::gemv(n_, d_, xn_.data(), d_, v, dots);
+            return;
+        }
+        const int nt = nt_;
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int64_t lo = n_ * t / T, hi = n_ * (t + 1) / T;
+            blas::gemv(hi - lo, d_, xn_.data() + lo * d_, d_, v, dots + lo);
+        }
+    }
+
+    /// out[n x m] = X * V^T for m candidate directions V (m x d), rows split over threads.
+    void dots_with_many(const float* v, int64_t m, float* out) const {
+        if (nt_ <= 1 || n_ < 64) {
+            blas::gemm_nt(n_, m, d_, xn_.data(), d_, v, d_, out, m);
+            return;
+        }
+        const int nt = nt_;
+#pragma omp parallel num_threads(nt)
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int64_t lo = n_ * t / T, hi = n_ * (t + 1) / T;
+            blas::gemm_nt(hi - lo, m, d_, xn_.data() + lo * d_, d_, v, d_, out + lo * m, m);
+        }
+    }
+
+    /// Greedy k-means++ with the cosine distance 1 - cos (half the squared chord length):
+    /// each step samples 2 + ln(K) candidates in proportion to their distance to the
+    /// nearest chosen seed and keeps the one that lowers the total distance most (the
+    /// variant scikit-learn uses; plain k-means++ falls into poor local optima far more
+    /// often on filters with real cluster structure).
+    void kmeanspp() {
+        if (n_nonzero_ == 0) {
+            for (int64_t j = 0; j < k_; ++j) set_basis(j);
+            return;
+        }
+        Rng rng(p_.seed);
+        const int64_t trials = 2 + static_cast<int64_t>(std::log(static_cast<double>(k_)));
+        std::vector<double> mind(static_cast<size_t>(n_));
+        std::vector<char> used(static_cast<size_t>(n_), 0);
+        std::vector<float> cand(static_cast<size_t>(trials * d_));
+        std::vector<float> dots(static_cast<size_t>(n_ * trials));
+        std::vector<int64_t> picks;
+        for (int64_t i = 0; i < n_; ++i) mind[i] = nonzero_[i] ? 2.0 : 0.0;
+        for (int64_t j = 0; j < k_; ++j) {
+            picks.clear();
+            const double total = std::accumulate(mind.begin(), mind.end(), 0.0);
+            if (total > 0.0) {
+                const int64_t m = j == 0 ? 1 : trials;  // the first seed: one uniform draw
+                for (int64_t t = 0; t < m; ++t) {
+                    const double target = rng.uniform() * total;
+                    double acc = 0.0;
+                    int64_t pick = -1;
+                    for (int64_t i = 0; i < n_; ++i) {
+                        if (mind[i] <= 0.0) continue;
+                        acc += mind[i];
+                        pick = i;
+                        if (acc > target) break;
+                    }
+                    if (std::find(picks.begin(), picks.end(), pick) == picks.end()) picks.push_back(pick);
+                }
+            } else {  // every non-zero filter already coincides with a seed
+                for (int64_t i = 0; i < n_ && picks.empty(); ++i)
+                    if (!used[i] && nonzero_[i]) picks.push_back(i);
+            }
+            if (picks.empty()) {
+                set_basis(j);
+                continue;
+            }
+            const int64_t m = static_cast<int64_t>(picks.size());
+            for (int64_t t = 0; t < m; ++t)
+                std::memcpy(cand.data() + t * d_, row(picks[t]), sizeof(float) * d_);
+            const bool last = j + 1 == k_;
+            if (m == 1 && last) {
+                std::memcpy(centroid(j), cand.data(), sizeof(float) * d_);
+                break;
+            }
+            dots_with_many(cand.data(), m, dots.data());
+            int64_t best_t = 0;
+            if (m > 1) {
+                double best_pot = std::numeric_limits<double>::infinity();
+                for (int64_t t = 0; t < m; ++t) {
+                    double pot = 0.0;
+                    for (int64_t i = 0; i < n_; ++i) {
+                        if (mind[i] <= 0.0) continue;
+                        const double dist = std::max(0.0, 1.0 - static_cast<double>(dots[i * m + t]));
+                        pot += std::min(mind[i], dist);
+                    }
+                    if (pot < best_pot) {
+                        best_pot = pot;
+                        best_t = t;
+                    }
+                }
+            }
+            used[picks[best_t]] = 1;
+            std::memcpy(centroid(j), cand.data() + best_t * d_, sizeof(float) * d_);
+            if (last) break;
+            for (int64_t i = 0; i < n_; ++i) {
+                if (!nonzero_[i] || used[i]) {
+                    mind[i] = 0.0;
+                    continue;
+                }
+                const double dist = std::max(0.0, 1.0 - static_cast<double>(dots[i * m + best_t]));
+                mind[i] = std::min(mind[i], dist);
+            }
+        }
+    }
+
+    void assign_rows(int64_t lo, int64_t hi, double* obj, int64_t* changed) {
+        if (hi <= lo) return;
+        float* s = s_.data() + lo * k_;
+        blas::gemm_nt(hi - lo, k_, d_, xn_.data() + lo * d_, d_, c_.data(), d_, s, k_);
+        double o = 0.0;
+        int64_t ch = 0;
+        for (int64_t i = lo; i < hi; ++i) {
+            const float* si = s + (i - lo) * k_;
+            int64_t arg = 0;
+            float bv = si[0];
+            for (int64_t j = 1; j < k_; ++j) {
+                if (si[j] > bv) {
+                    bv = si[j];
+                    arg = j;
+                }
+            }
+            if (!nonzero_[i]) bv = 0.0f;  // no direction: cosine 0 whatever the centroid
+            best_[i] = bv;
+            o += bv;
+            ch += labels_[i] != arg ? 1 : 0;
+            labels_[i] = arg;
+        }
+        *obj += o;
+        *changed += ch;
+    }
+
+    double assign(int64_t* changed) {
+        double obj = 0.0;
+        int64_t ch = 0;
+        if (nt_ <= 1 || n_ < 64) {
+            assign_rows(0, n_, &obj, &ch);
+        } else {
+            const int nt = nt_;
+#pragma omp parallel num_threads(nt) reduction(+ : obj, ch)
+            {
+                const int t = omp_get_thread_num(), T = omp_get_num_threads();
+                assign_rows(n_ * t / T, n_ * (t + 1) / T, &obj, &ch);
+            }
+        }
+        *changed = ch;
+        return obj;
+    }
+
+    void update() {
+        // Counting sort of the filters by cluster, then each cluster summed on its own.
+        std::vector<int64_t> start(static_cast<size_t>(k_ + 1), 0), order(static_cast<size_t>(n_));
+        for (int64_t i = 0; i < n_; ++i) ++start[labels_[i] + 1];
+        for (int64_t j = 0; j < k_; ++j) start[j + 1] += start[j];
+        {
+            std::vector<int64_t> pos(start.begin(), start.end() - 1);
+            for (int64_t i = 0; i < n_; ++i) order[pos[labels_[i]]++] = i;
+        }
+        std::vector<char> empty(static_cast<size_t>(k_), 0);
+        const int nt = nt_;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 8) if (nt > 1)
+        for (int64_t j = 0; j < k_; ++j) {
+            if (start[j] == start[j + 1]) {
+                empty[j] = 1;
+                continue;
+            }
+            std::vector<float> acc(static_cast<size_t>(d_), 0.0f);
+            float* a = acc.data();
+            for (int64_t q = start[j]; q < start[j + 1]; ++q) {
+                const float* r = row(order[q]);
+#pragma omp simd
+                for (int64_t t = 0; t < d_; ++t) a[t] += r[t];
+            }
+            double s = 0.0;
+#pragma omp simd reduction(+ : s)
+            for (int64_t t = 0; t < d_; ++t) s += static_cast<double>(a[t]) * a[t];
+            if (s <= 0.0) continue;  // members cancel out: any direction is as good, keep it
+            const float inv = static_cast<float>(1.0 / std::sqrt(s));
+            float* c = centroid(j);
+#pragma omp simd
+            for (int64_t t = 0; t < d_; ++t) c[t] = a[t] * inv;
+        }
+        reseed(empty);
+    }
+
+    /// Give every empty cluster the worst-served non-zero filter not used as a seed yet.
+    void reseed(const std::vector<char>& empty) {
+        const int64_t n_empty = std::count(empty.begin(), empty.end(), 1);
+        if (n_empty == 0) return;
+        std::vector<int64_t> cand;
+        cand.reserve(static_cast<size_t>(n_nonzero_));
+        for (int64_t i = 0; i < n_; ++i)
+            if (nonzero_[i]) cand.push_back(i);
+        const auto worse = [&](int64_t a, int64_t b) {
+            return best_[a] < best_[b] || (best_[a] == best_[b] && a < b);
+        };
+        const int64_t m = std::min<int64_t>(n_empty, static_cast<int64_t>(cand.size()));
+        std::partial_sort(cand.begin(), cand.begin() + m, cand.end(), worse);
+        int64_t q = 0;
+        for (int64_t j = 0; j < k_; ++j) {
+            if (!empty[j]) continue;
+            if (q < m) {
+                std::memcpy(centroid(j), row(cand[q++]), sizeof(float) * d_);
+            }  // else: fewer directions than clusters, the centroid stays where it was
+        }
+    }
+
+    std::vector<int64_t> representatives() {
+        std::vector<int64_t> rep(static_cast<size_t>(k_), -1);
+        std::vector<float> own(static_cast<size_t>(n_));
+        for (int64_t i = 0; i < n_; ++i) {
+            const float* r = row(i);
+            const float* c = centroid(labels_[i]);
+            double s = 0.0;
+            for (int64_t t = 0; t < d_; ++t) s += static_cast<double>(r[t]) * c[t];
+            own[i] = static_cast<float>(s);
+        }
+        std::vector<char> taken(static_cast<size_t>(n_), 0);
+        for (int64_t i = 0; i < n_; ++i) {
+            const int64_t j = labels_[i];
+            if (rep[j] < 0 || own[i] > own[rep[j]]) rep[j] = i;
+        }
+        for (int64_t j = 0; j < k_; ++j)
+            if (rep[j] >= 0) taken[rep[j]] = 1;
+        std::vector<float> dots(static_cast<size_t>(n_));
+        for (int64_t j = 0; j < k_; ++j) {
+            if (rep[j] >= 0) continue;
+            dots_with(centroid(j), dots.data());
+            int64_t b = -1;
+            for (int64_t i = 0; i < n_; ++i)
+                if (!taken[i] && (b < 0 || dots[i] > dots[b])) b = i;
+            rep[j] = b;  // K <= n, so a free filter always exists
+            taken[b] = 1;
+        }
+        return rep;
+    }
+
+    int64_t n_, d_, k_;
+    KMeansParams p_;
+    int nt_;
+    std::vector<float> xn_;
+    std::vector<char> nonzero_;
+    int64_t n_nonzero_ = 0;
+    std::vector<float> c_, s_, best_;
+    std::vector<int64_t> labels_;
+};
+
+void check_params(const MatrixView& x, const KMeansParams& p, const char* what) {
+    PYPRUNE_CHECK(p.k >= 1 && p.k <= x.rows, what, ": K must satisfy 1 <= K <= n = ", x.rows,
+                  ", got K = ", p.k);
+    PYPRUNE_CHECK(p.max_iter >= 0, what, ": max_iter must be >= 0, got ", p.max_iter);
+}
+
+}  // namespace
+
+KMeansResult spherical_kmeans(const MatrixView& x, const KMeansParams& params, const float* init,
+                              int threads) {
+    validate(x, "weights");
+    check_params(x, params, "weights");
+    Solver solver(x, params, resolve_threads(threads));
+    return solver.run(init);
+}
+
+std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& xs,
+                                                 const std::vector<KMeansParams>& params,
+                                                 const std::vector<const float*>& inits,
+                                                 int threads) {
+    const size_t L = xs.size();
+    PYPRUNE_CHECK(params.size() == L, "one parameter set per layer: ", L, " layers, ",
+                  params.size(), " parameter sets");
+    PYPRUNE_CHECK(inits.empty() || inits.size() == L, "init: one entry per layer: ", L,
+                  " layers, ", inits.size(), " inits");
+    for (size_t l = 0; l < L; ++l) {
+        const std::string what = "weights[" + std::to_string(l) + "]";
+        validate(xs[l], what.c_str());
+        check_params(xs[l], params[l], what.c_str());
+    }
+    const int nt = resolve_threads(threads);
+    std::vector<KMeansResult> out(L);
+    std::vector<double> cost(L);
+    double total = 0.0;
+    for (size_t l = 0; l < L; ++l) {
+        cost[l] = static_cast<double>(xs[l].rows) * static_cast<double>(params[l].k) *
+                  static_cast<double>(xs[l].cols);
+        total += cost[l];
+    }
+    std::vector<size_t> order(L);
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost[a] > cost[b]; });
+    // Layers that would unbalance a one-thread-per-layer schedule run alone, rows split.
+    std::vector<size_t> big, small;
+    for (size_t l : order) {
+        const bool is_big = nt > 1 && xs[l].rows >= 64 * nt && cost[l] * 4.0 * nt >= total;
+        (is_big ? big : small).push_back(l);
+    }
+    auto init_of = [&](size_t l) { return inits.empty() ? nullptr : inits[l]; };
+    for (size_t l : big) out[l] = Solver(xs[l], params[l], nt).run(init_of(l));
+
+    std::exception_ptr error;
+    const int64_t ns = static_cast<int64_t>(small.size());
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t q = 0; q < ns; ++q) {
+        const size_t l = small[q];
+        try {
+            out[l] = Solver(xs[l], params[l], 1).run(init_of(l));
+        } catch (...) {
+#pragma omp critical
+            error = std::current_exception();
+        }
+    }
+    if (error) std::rethrow_exception(error);
+    return out;
+}
+
+int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys) {
+    PYPRUNE_CHECK(xs.size() == ys.size() && !xs.empty(), "knee: need matching non-empty curves, got ",
+                  xs.size(), " and ", ys.size(), " points");
+    const size_t m = xs.size();
+    if (m <= 2) return 0;
+    const auto [ymin, ymax] = std::minmax_element(ys.begin(), ys.end());
+    const double x0 = xs.front(), xr = xs.back() - xs.front();
+    const double yr = *ymax - *ymin;
+    if (!(xr > 0.0) || !(yr > 0.0)) return 0;
+    const double y_first = (ys.front() - *ymin) / yr, y_last = (ys.back() - *ymin) / yr;
+    int64_t best = 0;
+    double best_gap = 0.0;
+    for (size_t i = 0; i < m; ++i) {
+        const double xn = (xs[i] - x0) / xr;
+        const double yn = (ys[i] - *ymin) / yr;
+        const double chord = y_first + (y_last - y_first) * xn;
+        const double gap = chord - yn;
+        if (gap > best_gap) {
+            best_gap = gap;
+            best = static_cast<int64_t>(i);
+        }
+    }
+    return best;
+}
+
+std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
+                              const std::vector<std::vector<int64_t>>& ks, int max_iter,
+                              uint64_t seed, int threads,
+                              std::vector<std::vector<double>>* curves) {
+    PYPRUNE_CHECK(xs.size() == ks.size(), "choose_k: one K range per layer: ", xs.size(),
+                  " layers, ", ks.size(), " ranges");
+    std::vector<MatrixView> jobs;
+    std::vector<KMeansParams> params;
+    for (size_t l = 0; l < xs.size(); ++l) {
+        PYPRUNE_CHECK(!ks[l].empty(), "choose_k: layer ", l, " has an empty K range");
+        for (size_t q = 0; q < ks[l].size(); ++q) {
+            PYPRUNE_CHECK(q == 0 || ks[l][q] > ks[l][q - 1], "choose_k: ks must be increasing, got ",
+                          ks[l][q - (q > 0 ? 1 : 0)], " then ", ks[l][q]);
+            KMeansParams p;
+            p.k = ks[l][q];
+            p.max_iter = max_iter;
+            p.early_stop = true;
+            p.seed = seed;
+            jobs.push_back(xs[l]);
+            params.push_back(p);
+        }
+    }
+    const auto results = spherical_kmeans_batch(jobs, params, {}, threads);
+    std::vector<int64_t> chosen(xs.size());
+    if (curves) curves->assign(xs.size(), {});
+    size_t r = 0;
+    for (size_t l = 0; l < xs.size(); ++l) {
+        std::vector<double> kx, dist;
+        for (size_t q = 0; q < ks[l].size(); ++q, ++r) {
+            kx.push_back(static_cast<double>(ks[l][q]));
+            dist.push_back(static_cast<double>(results[r].n) - results[r].objective.back());
+        }
+        // The knee is taken on log-distortion: what matters is the relative gain of one
+        // more cluster. The floor keeps an exact zero (K = n) from dominating the scale.
+        const double floor = 1e-3 * std::max(dist.front(), 1e-12);
+        std::vector<double> logd(dist.size());
+        for (size_t q = 0; q < dist.size(); ++q) logd[q] = std::log(std::max(dist[q], floor));
+        chosen[l] = ks[l][static_cast<size_t>(knee_index(kx, logd))];
+        if (curves) (*curves)[l] = dist;
+    }
+    return chosen;
+}
+
+double time_gemm(int64_t size, int threads, int repeats) {
+    PYPRUNE_CHECK(size >= 1 && repeats >= 1, "time_gemm: size and repeats must be >= 1");
+    const int nt = resolve_threads(threads);
+    const size_t m = static_cast<size_t>(size * size);
+    std::vector<float> a(m), b(m), c(m);
+    Rng rng(1);
+    for (size_t i = 0; i < m; ++i) {
+        a[i] = static_cast<float>(rng.uniform() - 0.5);
+        b[i] = static_cast<float>(rng.uniform() - 0.5);
+    }
+    auto once = [&]() {
+#pragma omp parallel num_threads(nt) if (nt > 1)
+        {
+            const int t = omp_get_thread_num(), T = omp_get_num_threads();
+            const int64_t lo = size * t / T, hi = size * (t + 1) / T;
+            blas::gemm_nt(hi - lo, size, size, a.data() + lo * size, size, b.data(), size,
+                          c.data() + lo * size, size);
+        }
+    };
+    once();
+    double best = std::numeric_limits<double>::infinity();
+    for (int r = 0; r < repeats; ++r) {
+        const double t0 = omp_get_wtime();
+        once();
+        best = std::min(best, omp_get_wtime() - t0);
+    }
+    return best;
+}
+
+}  // namespace pyprune

@@ -1,0 +1,21 @@
+// A read-only row-major float matrix view: the core's only input type.
+#pragma once
+
+#include <cstdint>
+
+namespace pyprune {
+
+/// Rows are filters (output channels), columns the flattened filter weights.
+struct MatrixView {
+    const float* data = nullptr;  ///< row-major, rows * cols floats, caller-owned
+    int64_t rows = 0;             ///< number of filters n
+    int64_t cols = 0;             ///< filter length d
+};
+
+/// Check a view: non-null data, n >= 1, d >= 1, every value finite. `what` names it in errors.
+void validate(const MatrixView& x, const char* what);
+
+/// Number of OpenMP threads to use: `requested` when > 0, else every core.
+int resolve_threads(int requested);
+
+}  // namespace pyprune

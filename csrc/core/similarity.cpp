@@ -1,0 +1,148 @@
+#include "similarity.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "blas.h"
+#include "check.h"
+
+namespace pyprune {
+
+int resolve_threads(int requested) {
+    PYPRUNE_CHECK(requested >= 0, "threads must be >= 0 (0 or None = all cores), got ", requested);
+    return requested > 0 ? requested : std::max(1, omp_get_num_procs());
+}
+
+void validate(const MatrixView& x, const char* what) {
+    PYPRUNE_CHECK(x.rows >= 1, what, ": needs at least one filter, got ", x.rows, " rows");
+    PYPRUNE_CHECK(x.cols >= 1, what, ": filters must have at least one weight, got ", x.cols,
+                  " columns");
+    PYPRUNE_CHECK(x.data != nullptr, what, ": null data pointer");
+    const int64_t total = x.rows * x.cols;
+    int64_t bad = -1;
+    for (int64_t i = 0; i < total; ++i) {
+        if (!std::isfinite(x.data[i])) {
+            bad = i;
+            break;
+        }
+    }
+    PYPRUNE_CHECK(bad < 0, what, ": contains a non-finite value (", (bad >= 0 ? x.data[bad] : 0.0f),
+                  ") at filter ", (bad >= 0 ? bad / x.cols : 0), ", element ",
+                  (bad >= 0 ? bad % x.cols : 0));
+}
+
+namespace {
+
+double row_norm(const float* r, int64_t d, int p) {
+    double acc = 0.0;
+    if (p == 1) {
+#pragma omp simd reduction(+ : acc)
+        for (int64_t j = 0; j < d; ++j) acc += std::fabs(static_cast<double>(r[j]));
+        return acc;
+    }
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < d; ++j) acc += static_cast<double>(r[j]) * r[j];
+    return std::sqrt(acc);
+}
+
+}  // namespace
+
+void filter_norms(const std::vector<MatrixView>& xs, int p, const std::vector<float*>& out,
+                  int threads) {
+    PYPRUNE_CHECK(p == 1 || p == 2, "p must be 1 or 2, got ", p);
+    PYPRUNE_CHECK(xs.size() == out.size(), "one output per layer: ", xs.size(), " layers, ",
+                  out.size(), " outputs");
+    for (size_t l = 0; l < xs.size(); ++l)
+        validate(xs[l], ("weights[" + std::to_string(l) + "]").c_str());
+    // Flatten (layer, row) into one index space so many small layers share the threads.
+    std::vector<int64_t> offset(xs.size() + 1, 0);
+    for (size_t l = 0; l < xs.size(); ++l) offset[l + 1] = offset[l] + xs[l].rows;
+    const int64_t total = offset.back();
+    const int nt = resolve_threads(threads);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 64) if (nt > 1)
+    for (int64_t g = 0; g < total; ++g) {
+        const size_t l = static_cast<size_t>(
+            std::upper_bound(offset.begin(), offset.end(), g) - offset.begin() - 1);
+        const int64_t i = g - offset[l];
+        const MatrixView& x = xs[l];
+        out[l][i] = static_cast<float>(row_norm(x.data + i * x.cols, x.cols, p));
+    }
+}
+
+void normalize_rows(const MatrixView& x, float* out, int threads) {
+    const int nt = resolve_threads(threads);
+    const int64_t d = x.cols;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && x.rows * d > 65536)
+    for (int64_t i = 0; i < x.rows; ++i) {
+        const float* r = x.data + i * d;
+        float* o = out + i * d;
+        const double nrm = row_norm(r, d, 2);
+        const float inv = nrm > 0.0 ? static_cast<float>(1.0 / nrm) : 0.0f;
+#pragma omp simd
+        for (int64_t j = 0; j < d; ++j) o[j] = r[j] * inv;
+    }
+}
+
+namespace {
+
+/// out[rows x n] = a[rows x d] * b[n x d]^T with the rows split over threads,
+/// each thread running a single-threaded GEMM on its block.
+void gemm_nt_rows(const float* a, int64_t rows, const float* b, int64_t n, int64_t d, float* out,
+                  int nt) {
+    if (nt <= 1 || rows < 2 * 16) {
+        blas::gemm_nt(rows, n, d, a, d, b, d, out, n);
+        return;
+    }
+#pragma omp parallel num_threads(nt)
+    {
+        const int t = omp_get_thread_num();
+        const int T = omp_get_num_threads();
+        const int64_t lo = rows * t / T, hi = rows * (t + 1) / T;
+        blas::gemm_nt(hi - lo, n, d, a + lo * d, d, b, d, out + lo * n, n);
+    }
+}
+
+}  // namespace
+
+void cosine_similarity(const MatrixView& x, float* out, int threads) {
+    validate(x, "weight");
+    const int nt = resolve_threads(threads);
+    std::vector<float> xn(static_cast<size_t>(x.rows * x.cols));
+    normalize_rows(x, xn.data(), nt);
+    gemm_nt_rows(xn.data(), x.rows, xn.data(), x.rows, x.cols, out, nt);
+}
+
+void fpgm_scores(const MatrixView& x, float* out, int threads) {
+    validate(x, "weight");
+    const int nt = resolve_threads(threads);
+    const int64_t n = x.rows, d = x.cols;
+    std::vector<double> sq(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+        const double r = row_norm(x.data + i * d, d, 2);
+        sq[i] = r * r;
+    }
+    // |xi - xj|^2 = |xi|^2 + |xj|^2 - 2 <xi, xj>: Gram blocks through GEMM, the
+    // distances and their sums in double. Blocks of rows bound the scratch memory.
+    const int64_t block = 256;
+    std::vector<float> gram(static_cast<size_t>(std::min(n, block) * n));
+    for (int64_t lo = 0; lo < n; lo += block) {
+        const int64_t hi = std::min(n, lo + block);
+        gemm_nt_rows(x.data + lo * d, hi - lo, x.data, n, d, gram.data(), nt);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && (hi - lo) * n > 16384)
+        for (int64_t i = lo; i < hi; ++i) {
+            const float* g = gram.data() + (i - lo) * n;
+            double acc = 0.0;
+            for (int64_t j = 0; j < n; ++j) {
+                if (j == i) continue;
+                const double d2 = sq[i] + sq[j] - 2.0 * static_cast<double>(g[j]);
+                acc += d2 > 0.0 ? std::sqrt(d2) : 0.0;
+            }
+            out[i] = static_cast<float>(acc);
+        }
+    }
+}
+
+}  // namespace pyprune

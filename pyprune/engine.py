@@ -1,0 +1,302 @@
+"""The numeric engine: the only Python module that calls the C++ core (`pyprune._core`).
+
+Everything here takes and returns torch tensors. CPU tensors cross into C++ as zero-copy
+numpy views (float32, C-contiguous; other float dtypes and non-contiguous tensors are
+converted first). Weights of any rank >= 2 are read as ``(out_channels, -1)``: one row per
+filter. The device is checked in one place, :func:`_to_core`.
+
+Zero-norm filters have no direction. Their cosine similarity with anything, themselves
+included, is 0; in k-means they score 0 against every centroid (so they join the lowest
+numbered cluster of highest similarity, deterministically), they are never chosen as a
+seed while a non-zero filter exists, and they become a representative only when a cluster
+has nothing else to offer.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+
+
+def _load_core():
+    # The core links OpenBLAS from the scipy-openblas32 wheel; load it globally first so
+    # the extension finds it wherever site-packages lives.
+    import scipy_openblas32
+
+    lib = os.path.join(scipy_openblas32.get_lib_dir(), scipy_openblas32.get_library(True))
+    ctypes.CDLL(lib, mode=ctypes.RTLD_GLOBAL)
+    from . import _core
+
+    return _core
+
+
+_core = _load_core()
+
+TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+__all__ = [
+    "KMeansResult",
+    "filter_norms",
+    "cosine_similarity",
+    "fpgm_scores",
+    "spherical_kmeans",
+    "choose_k",
+    "knee_index",
+    "gather",
+    "gemm_seconds",
+    "num_threads",
+]
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """Spherical k-means of one layer.
+
+    centroids: (K, d) unit-norm cluster directions.
+    labels: (n,) int64 cluster of every filter (last assignment step).
+    representatives: (K,) int64 distinct filter indices, per cluster the member closest to
+        its centroid: the filters to keep when pruning to K channels.
+    objective: (n_iter,) float64, sum of each filter's cosine to its centroid, per
+        iteration; it never decreases.
+    n_iter: number of iterations (assignment steps) run.
+    """
+
+    centroids: torch.Tensor
+    labels: torch.Tensor
+    representatives: torch.Tensor
+    objective: torch.Tensor
+    n_iter: int
+
+
+def num_threads() -> int:
+    """Number of cores the core uses when ``threads=None``."""
+    return int(_core.num_procs())
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return 0
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int or None (all cores), got {threads!r}")
+    return threads
+
+
+def _as_list(weights: TensorOrList, name: str) -> tuple[list[torch.Tensor], bool]:
+    if isinstance(weights, torch.Tensor):
+        return [weights], True
+    if isinstance(weights, (list, tuple)):
+        if len(weights) == 0:
+            raise ValueError(f"{name}: empty list, expected at least one weight tensor")
+        return list(weights), False
+    raise TypeError(f"{name}: expected a torch.Tensor or a list of them, got {type(weights).__name__}")
+
+
+def _to_core(w: torch.Tensor, name: str) -> np.ndarray:
+    """Check one weight and view it as a float32 (n, d) C-contiguous numpy array."""
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(w).__name__}")
+    if w.device.type != "cpu":
+        if not getattr(_core, "cuda_available", False):
+            raise ValueError(
+                f"{name}: tensor is on {w.device}, but this pyprune build has no CUDA kernels; "
+                "move the weights to the CPU (.cpu()) or build with "
+                "`pip install . -Ccmake.define.PYPRUNE_WITH_CUDA=ON`"
+            )
+        raise ValueError(f"{name}: device {w.device} is not supported by the core")
+    if not w.is_floating_point():
+        raise ValueError(f"{name}: expected a floating-point tensor, got dtype {w.dtype}")
+    if w.dim() < 2:
+        raise ValueError(
+            f"{name}: expected a conv/linear weight of rank >= 2 (out_channels, ...), "
+            f"got shape {tuple(w.shape)}"
+        )
+    if w.numel() == 0:
+        raise ValueError(f"{name}: empty tensor of shape {tuple(w.shape)}")
+    x = w.detach().reshape(w.shape[0], -1)
+    if x.dtype != torch.float32:
+        x = x.to(torch.float32)
+    return x.contiguous().numpy()
+
+
+def _arrays(weights: TensorOrList, name: str) -> tuple[list[np.ndarray], bool]:
+    ws, single = _as_list(weights, name)
+    if single:
+        return [_to_core(ws[0], name)], True
+    return [_to_core(w, f"{name}[{i}]") for i, w in enumerate(ws)], False
+
+
+def filter_norms(weights: TensorOrList, p: int = 2, *, threads: int | None = None):
+    """Per-filter L1 (``p=1``) or L2 (``p=2``) norms, all layers in one parallel call.
+
+    Returns a float32 tensor of shape (out_channels,) for a single weight, a list for a list.
+    """
+    if p not in (1, 2):
+        raise ValueError(f"p must be 1 or 2, got {p!r}")
+    arrays, single = _arrays(weights, "weights")
+    out = [torch.from_numpy(a) for a in _core.filter_norms(arrays, int(p), _threads(threads))]
+    return out[0] if single else out
+
+
+def cosine_similarity(weight: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
+    """Pairwise cosine similarity (n, n) of a layer's filters (zero filters give 0)."""
+    return torch.from_numpy(_core.cosine_similarity(_to_core(weight, "weight"), _threads(threads)))
+
+
+def fpgm_scores(weight: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
+    """Geometric-median (FPGM) score per filter: summed Euclidean distance to all other
+    filters of the layer, on the signed weights. The smallest scores mark the filters that
+    the others can best stand in for."""
+    return torch.from_numpy(_core.fpgm_scores(_to_core(weight, "weight"), _threads(threads)))
+
+
+def _check_ks(ks, arrays: list[np.ndarray]) -> list[int]:
+    if isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
+        ks = [int(ks)] * len(arrays)
+    if not isinstance(ks, (list, tuple)) or len(ks) != len(arrays):
+        raise ValueError(f"ks: expected an int or one int per layer ({len(arrays)}), got {ks!r}")
+    out = []
+    for i, (k, a) in enumerate(zip(ks, arrays)):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"ks[{i}]: expected an int, got {k!r}")
+        if not 1 <= int(k) <= a.shape[0]:
+            raise ValueError(f"ks[{i}]: K must satisfy 1 <= K <= n = {a.shape[0]} filters, got K = {k}")
+        out.append(int(k))
+    return out
+
+
+def spherical_kmeans(
+    weights: TensorOrList,
+    ks,
+    *,
+    max_iter: int = 100,
+    early_stop: bool = True,
+    seed: int = 0,
+    threads: int | None = None,
+    init: TensorOrList | None = None,
+) -> list[KMeansResult]:
+    """Spherical k-means of every layer's filters, all layers in one call into C++.
+
+    Filters are normalised to unit length and clustered by cosine similarity: k-means++
+    seeding (``seed``), Lloyd iterations until no label changes (``early_stop``) or
+    ``max_iter``, empty clusters re-seeded with the worst-served filter. Large layers are
+    split over threads, small ones run side by side.
+
+    ``ks`` is one K for all layers or one per layer. ``init`` optionally gives the (K, d)
+    starting centroids per layer (``None`` entries use k-means++). Returns one
+    :class:`KMeansResult` per layer.
+    """
+    arrays, single = _arrays(weights, "weights")
+    k_list = _check_ks(ks, arrays)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    inits = None
+    if init is not None:
+        init_list = [init] if single and isinstance(init, torch.Tensor) else list(init)
+        if len(init_list) != len(arrays):
+            raise ValueError(f"init: expected one entry per layer ({len(arrays)}), got {len(init_list)}")
+        inits = [None if c is None else _to_core(c, f"init[{i}]") for i, c in enumerate(init_list)]
+    raw = _core.spherical_kmeans(arrays, k_list, max_iter, bool(early_stop), seed, _threads(threads), inits)
+    return [
+        KMeansResult(
+            centroids=torch.from_numpy(c),
+            labels=torch.from_numpy(lab),
+            representatives=torch.from_numpy(rep),
+            objective=torch.from_numpy(obj),
+            n_iter=int(n_iter),
+        )
+        for c, lab, rep, obj, n_iter in raw
+    ]
+
+
+def choose_k(
+    weight: TensorOrList,
+    ks: Sequence[int],
+    *,
+    max_iter: int = 100,
+    seed: int = 0,
+    threads: int | None = None,
+    return_curve: bool = False,
+):
+    """Choose the cluster count per layer automatically.
+
+    Runs spherical k-means for every K in ``ks`` (increasing) and takes the final
+    distortion ``sum(1 - cos)``. The chosen K is the knee of the log-distortion curve by
+    the maximum-distance-to-chord rule (the Kneedle idea): with both axes scaled to
+    [0, 1], the point farthest below the line from the first to the last point. The rule
+    needs no tuning constant and does not depend on units; taking it on the logarithm makes
+    it weigh *relative* gains, so it marks where one more cluster stops removing a real
+    share of the remaining distortion, even when the curve falls almost linearly before
+    the knee (where the rule on raw values picks too early). Distortions are floored at
+    1e-3 of the first one so that K = n (zero distortion) cannot dominate. A flat curve
+    gives the smallest K.
+
+    Returns an int for a single weight, a list for a list; with ``return_curve=True`` also
+    the distortion curve(s).
+    """
+    arrays, single = _arrays(weight, "weight")
+    ks = list(ks) if not isinstance(ks, int) else [ks]
+    if not ks:
+        raise ValueError("ks: expected at least one candidate K")
+    per_layer = []
+    for i, a in enumerate(arrays):
+        per_layer.append(_check_ks(ks, [a] * len(ks)))
+        if any(b <= a_ for a_, b in zip(per_layer[-1], per_layer[-1][1:])):
+            raise ValueError(f"ks: candidate values must be strictly increasing, got {ks}")
+    chosen, curves = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads))
+    chosen = [int(c) for c in chosen]
+    curves = [torch.tensor(c, dtype=torch.float64) for c in curves]
+    if single:
+        return (chosen[0], curves[0]) if return_curve else chosen[0]
+    return (chosen, curves) if return_curve else chosen
+
+
+def knee_index(xs: Sequence[float], ys: Sequence[float]) -> int:
+    """Index of the knee of a decreasing curve (see :func:`choose_k` for the rule)."""
+    return int(_core.knee_index([float(x) for x in xs], [float(y) for y in ys]))
+
+
+def gather(
+    tensors: Sequence[torch.Tensor],
+    indices: Sequence[Sequence[torch.Tensor | Sequence[int] | None]],
+    *,
+    threads: int | None = None,
+) -> list[torch.Tensor]:
+    """Structured slicing of many tensors in one parallel call.
+
+    ``out[i] = tensors[i][ix0][:, ix1]...``: for every tensor one entry per leading dim,
+    each a list/tensor of kept indices or ``None`` to keep the dim whole. Works for any
+    dtype; the results are new contiguous CPU tensors.
+    """
+    if len(tensors) != len(indices):
+        raise ValueError(f"gather: {len(tensors)} tensors but {len(indices)} index sets")
+    sources, idx = [], []
+    for i, (t, ix) in enumerate(zip(tensors, indices)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"gather: tensors[{i}] is a {type(t).__name__}, expected a torch.Tensor")
+        if t.device.type != "cpu":
+            raise ValueError(f"gather: tensors[{i}] is on {t.device}; the core gathers CPU tensors")
+        if len(ix) > t.dim():
+            raise ValueError(f"gather: tensors[{i}] has rank {t.dim()} but {len(ix)} index lists")
+        src = t.detach().contiguous()
+        if src.dtype == torch.bfloat16:  # numpy has no bfloat16: move the raw 16-bit words
+            src = src.view(torch.int16)
+        sources.append(src.numpy())
+        idx.append([[] if s is None else [int(v) for v in (s.tolist() if isinstance(s, torch.Tensor) else s)] for s in ix])
+    out = _core.gather(sources, idx, _threads(threads))
+    result = []
+    for t, a in zip(tensors, out):
+        r = torch.from_numpy(a)
+        result.append(r.view(torch.bfloat16) if t.dtype == torch.bfloat16 else r)
+    return result
+
+
+def gemm_seconds(size: int = 2048, threads: int | None = None, repeats: int = 3) -> float:
+    """Best-of-``repeats`` seconds of one ``size``^3 float32 GEMM through the core's BLAS,
+    rows split over ``threads`` one-thread GEMMs: the throughput the k-means runs at."""
+    return float(_core.time_gemm(int(size), _threads(threads), int(repeats)))

@@ -1,0 +1,120 @@
+"""Bad input to the engine gives a ValueError/TypeError naming the argument, never a crash."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyprune import engine
+
+
+def w(*shape):
+    return torch.randn(*shape)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=["nan", "inf", "-inf"])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda x: engine.filter_norms(x, 2),
+        lambda x: engine.cosine_similarity(x),
+        lambda x: engine.fpgm_scores(x),
+        lambda x: engine.spherical_kmeans(x, 2),
+        lambda x: engine.choose_k(x, [1, 2]),
+    ],
+    ids=["norms", "cosine", "fpgm", "kmeans", "choose_k"],
+)
+def test_non_finite_weights(call, bad):
+    x = w(8, 3, 3, 3)
+    x[5, 1, 2, 0] = bad
+    with pytest.raises(ValueError, match=r"weight.*non-finite.*filter 5"):
+        call(x)
+
+
+@pytest.mark.parametrize("k", [0, -1, 9])
+def test_k_out_of_range(k):
+    with pytest.raises(ValueError, match=rf"ks\[0\].*1 <= K <= n = 8.*K = {k}"):
+        engine.spherical_kmeans(w(8, 5), k)
+
+
+def test_k_per_layer_names_the_layer():
+    with pytest.raises(ValueError, match=r"ks\[1\]"):
+        engine.spherical_kmeans([w(8, 5), w(4, 5)], [2, 5])
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.randn(0, 3, 3, 3), "empty"),
+        (torch.randn(8, 0), "empty"),
+        (torch.randn(8), "rank >= 2"),
+        (torch.tensor(1.0), "rank >= 2"),
+        (torch.ones(4, 4, dtype=torch.int64), "floating-point"),
+        (torch.ones(4, 4, dtype=torch.bool), "floating-point"),
+    ],
+    ids=["no-filters", "no-weights", "rank1", "rank0", "int64", "bool"],
+)
+def test_bad_tensors(x, match):
+    for call in (lambda: engine.filter_norms(x), lambda: engine.cosine_similarity(x), lambda: engine.spherical_kmeans(x, 1)):
+        with pytest.raises(ValueError, match=match):
+            call()
+
+
+def test_not_a_tensor():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        engine.filter_norms("weights")
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        engine.spherical_kmeans([w(4, 4), [1, 2]], 1)
+
+
+def test_empty_list():
+    with pytest.raises(ValueError, match="empty list"):
+        engine.spherical_kmeans([], [])
+
+
+def test_bad_p_threads_iters_seed():
+    with pytest.raises(ValueError, match="p must be 1 or 2"):
+        engine.filter_norms(w(4, 4), 3)
+    with pytest.raises(ValueError, match="threads"):
+        engine.filter_norms(w(4, 4), threads=0)
+    with pytest.raises(ValueError, match="max_iter"):
+        engine.spherical_kmeans(w(4, 4), 2, max_iter=-1)
+    with pytest.raises(ValueError, match="seed"):
+        engine.spherical_kmeans(w(4, 4), 2, seed=-3)
+
+
+def test_bad_init():
+    with pytest.raises(ValueError, match=r"init\[0\].*shape"):
+        engine.spherical_kmeans(w(8, 4), 2, init=torch.randn(3, 4))
+    with pytest.raises(ValueError, match="init.*non-zero"):
+        engine.spherical_kmeans(w(8, 4), 2, init=torch.zeros(2, 4))
+
+
+def test_choose_k_bad_range():
+    with pytest.raises(ValueError, match="increasing"):
+        engine.choose_k(w(10, 4), [4, 2])
+    with pytest.raises(ValueError, match="1 <= K <= n = 10"):
+        engine.choose_k(w(10, 4), [2, 11])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to create a CUDA tensor")
+def test_cuda_tensor_on_cpu_build_says_how_to_build():
+    with pytest.raises(ValueError, match="PYPRUNE_WITH_CUDA"):
+        engine.filter_norms(torch.randn(4, 4, device="cuda"))
+
+
+def test_gather_matches_advanced_indexing():
+    x = torch.randn(16, 8, 3, 3)
+    b = torch.randn(16)
+    i64 = torch.arange(10)
+    o, i = [1, 3, 5, 15], [0, 7, 2]
+    got = engine.gather([x, b, i64, x.half(), x.bfloat16()], [[o, i], [o], [[9, 0]], [None, i], [o]])
+    assert torch.equal(got[0], x[o][:, i])
+    assert torch.equal(got[1], b[o])
+    assert torch.equal(got[2], i64[[9, 0]])
+    assert torch.equal(got[3], x.half()[:, i])
+    assert torch.equal(got[4], x.bfloat16()[o])
+
+
+def test_gather_bad_index():
+    with pytest.raises(ValueError, match="index 16 out of range for dim 0 of size 16"):
+        engine.gather([torch.randn(16, 4)], [[[0, 16]]])

@@ -1,0 +1,207 @@
+"""Spherical k-means: against a pure-torch Lloyd loop and by its invariants."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+import reference as ref
+from pyprune import engine
+
+SHAPES = [(1, 1, 1, 1), (8, 3, 3, 3), (32, 1, 3, 3), (64, 64, 1, 1), (200, 30), (512, 128, 3, 3), (2048, 64, 1, 1)]
+IDS = ["x".join(map(str, s)) for s in SHAPES]
+
+
+def make(shape, seed=0):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def clustered(n_proto, copies, d, noise, seed=0):
+    """Filters made as noisy copies of `n_proto` random prototypes (real cluster structure)."""
+    g = torch.Generator().manual_seed(seed)
+    proto = torch.randn(n_proto, d, generator=g)
+    x = proto.repeat_interleave(copies, dim=0)
+    x = x + noise * torch.randn(x.shape, generator=g) * proto.norm(dim=1).repeat_interleave(copies)[:, None] / d**0.5
+    return x, torch.arange(n_proto).repeat_interleave(copies)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+def test_matches_torch_lloyd_from_same_init(shape):
+    w = make(shape)
+    n = shape[0]
+    k = max(1, n // 4)
+    init = ref.unit_rows(w)[torch.randperm(n, generator=torch.Generator().manual_seed(1))[:k]].float()
+    (r,) = engine.spherical_kmeans(w, k, max_iter=10, early_stop=False, init=init)
+    c, labels, obj = ref.lloyd(w, init, 10)
+    assert r.n_iter == 10
+    assert_close(r.objective, torch.tensor(obj, dtype=torch.float64), rtol=1e-4, atol=1e-3)
+    # Labels may differ only where two centroids are (numerically) tied for a filter.
+    s = ref.unit_rows(w).float() @ (c / c.norm(dim=1, keepdim=True)).T
+    mism = (r.labels != labels).nonzero().flatten()
+    for i in mism.tolist():
+        assert abs(float(s[i, r.labels[i]] - s[i, labels[i]])) < 1e-4
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+@pytest.mark.parametrize("frac", [0.1, 0.5])
+def test_invariants(shape, frac):
+    w = make(shape, seed=2)
+    n = shape[0]
+    k = max(1, int(n * frac))
+    (r,) = engine.spherical_kmeans(w, k, max_iter=30, seed=5)
+    d = w[0].numel()
+    assert r.centroids.shape == (k, d)
+    assert r.labels.shape == (n,) and r.labels.dtype == torch.int64
+    assert int(r.labels.min()) >= 0 and int(r.labels.max()) < k
+    # objective never gets worse
+    diffs = r.objective[1:] - r.objective[:-1]
+    assert bool((diffs >= -1e-6 * r.objective.abs().max()).all()), r.objective
+    # centroids unit-norm
+    assert_close(r.centroids.norm(dim=1), torch.ones(k), rtol=1e-5, atol=1e-5)
+    # representatives: K distinct filters, each a member of its own cluster if it has members
+    reps = r.representatives
+    assert reps.shape == (k,) and len(set(reps.tolist())) == k
+    counts = torch.bincount(r.labels, minlength=k)
+    for j in range(k):
+        if counts[j] > 0:
+            assert int(r.labels[reps[j]]) == j
+    # representative = member closest to its centroid
+    xn = ref.unit_rows(w).float()
+    own = (xn * r.centroids[r.labels]).sum(1)
+    for j in range(k):
+        members = (r.labels == j).nonzero().flatten()
+        if len(members):
+            assert float(own[reps[j]]) >= float(own[members].max()) - 1e-6
+    # labels are the argmax assignment to the centroids used in the last step (early stop)
+    if r.n_iter < 30:
+        s = xn @ r.centroids.T
+        assert bool((s.gather(1, r.labels[:, None]).squeeze(1) >= s.max(1).values - 1e-5).all())
+
+
+def test_exact_duplicates_share_a_cluster():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(40, 3, 3, 3, generator=g)
+    w = torch.cat([base, base[:15] * 2.5, base[5:10]])  # positive-scaled and exact duplicates
+    for k in (5, 20, 40):
+        (r,) = engine.spherical_kmeans(w, k, seed=1)
+        lab = r.labels
+        for i in range(15):
+            assert lab[i] == lab[40 + i], (k, i)
+        for i in range(5):
+            assert lab[5 + i] == lab[55 + i]
+
+
+def test_k_equals_n_gives_every_filter_its_cluster():
+    w = make((50, 4, 3, 3), seed=4)
+    (r,) = engine.spherical_kmeans(w, 50)
+    assert sorted(r.labels.tolist()) == list(range(50))
+    assert sorted(r.representatives.tolist()) == list(range(50))
+    assert_close(r.objective[-1], torch.tensor(50.0, dtype=torch.float64), rtol=1e-5, atol=1e-4)
+
+
+def test_k_equals_one_is_the_mean_direction():
+    w = make((30, 12), seed=6)
+    (r,) = engine.spherical_kmeans(w, 1)
+    mean = ref.unit_rows(w).sum(0)
+    assert_close(r.centroids[0].double(), mean / mean.norm(), rtol=1e-5, atol=1e-5)
+    assert set(r.labels.tolist()) == {0}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_larger_k_never_worse(seed):
+    # Same data and seed: K+1 clusters start from the K-cluster seeds plus one (k-means++ is
+    # sequential), so the final objective is at least as good.
+    x, _ = clustered(12, 6, 40, 0.8, seed=seed)
+    finals = []
+    for k in (4, 8, 12, 16, 24, 36, 72):
+        (r,) = engine.spherical_kmeans(x, k, seed=seed, max_iter=200)
+        finals.append(float(r.objective[-1]))
+    for a, b in zip(finals, finals[1:]):
+        assert b >= a - 1e-4, finals
+
+
+def test_same_seed_same_result_and_threads_do_not_matter():
+    w = [make((256, 64, 3, 3), seed=s) for s in range(3)] + [make((64, 8), seed=9)]
+    ks = [64, 128, 30, 16]
+    a = engine.spherical_kmeans(w, ks, seed=7, threads=1)
+    b = engine.spherical_kmeans(w, ks, seed=7, threads=2)
+    c = engine.spherical_kmeans(w, ks, seed=7)
+    for x, y, z in zip(a, b, c):
+        assert torch.equal(x.labels, y.labels) and torch.equal(x.labels, z.labels)
+        assert torch.equal(x.representatives, y.representatives)
+        assert_close(x.centroids, y.centroids)
+    d = engine.spherical_kmeans(w, ks, seed=8)
+    assert any(not torch.equal(x.labels, y.labels) for x, y in zip(a, d))
+
+
+def test_recovers_planted_clusters():
+    x, truth = clustered(10, 8, 64, 0.3, seed=3)
+    (r,) = engine.spherical_kmeans(x, 10, seed=0)
+    # each planted group maps to exactly one cluster and vice versa
+    pairs = set(zip(truth.tolist(), r.labels.tolist()))
+    assert len(pairs) == 10
+    assert r.n_iter < 100  # stopped early once stable
+
+
+def test_early_stop_stops_when_labels_stable():
+    x, _ = clustered(8, 10, 32, 0.2, seed=1)
+    (r,) = engine.spherical_kmeans(x, 8, max_iter=100, early_stop=True)
+    (f,) = engine.spherical_kmeans(x, 8, max_iter=25, early_stop=False)
+    assert r.n_iter < 25 and f.n_iter == 25
+    assert torch.equal(r.labels, f.labels)
+    assert_close(r.objective[-1], f.objective[-1])
+
+
+def test_batched_equals_one_by_one():
+    ws = [make((n, 9), seed=n) for n in (5, 70, 300, 1200)]
+    ks = [2, 35, 100, 600]
+    batch = engine.spherical_kmeans(ws, ks, seed=3)
+    for w, k, b in zip(ws, ks, batch):
+        (single,) = engine.spherical_kmeans(w, k, seed=3)
+        assert torch.equal(single.labels, b.labels)
+        assert_close(single.objective, b.objective)
+
+
+def test_zero_norm_filters_are_deterministic():
+    w = make((20, 6), seed=11)
+    w[[2, 7, 8]] = 0
+    a = engine.spherical_kmeans(w, 5, seed=0)[0]
+    b = engine.spherical_kmeans(w, 5, seed=0)[0]
+    assert torch.equal(a.labels, b.labels)
+    # zero filters are never chosen as representatives while non-zero ones are available
+    assert not set(a.representatives.tolist()) & {2, 7, 8}
+    assert_close(a.centroids.norm(dim=1), torch.ones(5))
+
+
+def test_all_zero_filters():
+    (r,) = engine.spherical_kmeans(torch.zeros(6, 4), 3)
+    assert_close(r.centroids.norm(dim=1), torch.ones(3))
+    assert len(set(r.representatives.tolist())) == 3
+
+
+def test_fewer_directions_than_clusters_still_gives_k_representatives():
+    v = make((2, 10))
+    w = torch.cat([v[0:1].repeat(5, 1), v[1:2].repeat(5, 1)])
+    (r,) = engine.spherical_kmeans(w, 4)
+    assert len(set(r.representatives.tolist())) == 4
+
+
+def test_choose_k_finds_planted_count():
+    for n_proto in (4, 8, 16):
+        x, _ = clustered(n_proto, 12, 48, 0.25, seed=n_proto)
+        ks = list(range(2, 41, 2))
+        k, curve = engine.choose_k(x, ks, return_curve=True)
+        assert k == n_proto, (k, curve)
+        assert curve.shape == (len(ks),)
+        assert bool((curve[1:] <= curve[:-1] + 1e-3).all())
+
+
+def test_choose_k_many_layers():
+    xs = [clustered(p, 10, 30, 0.2, seed=p)[0] for p in (3, 6)]
+    assert engine.choose_k(xs, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12]) == [3, 6]
+
+
+def test_knee_index_hand_computed():
+    # L-shaped curve: the corner is the knee
+    assert engine.knee_index([1, 2, 3, 4, 5], [10, 2, 1.5, 1.2, 1.0]) == 1
+    assert engine.knee_index([1, 2, 3], [5, 5, 5]) == 0  # flat: smallest K
