@@ -65,7 +65,7 @@ public:
             r.objective.push_back(obj);
             r.n_iter = it + 1;
             if (p_.early_stop && it > 0 && changed == 0) break;
-            update();
+            update(changed);
         }
         if (p_.max_iter == 0) {  // no iteration asked: labels from the initial centroids
             int64_t changed = 0;
@@ -210,27 +210,38 @@ private:
         }
     }
 
+    /// Assignment of filters lo..hi. The similarities are computed transposed,
+    /// S^T[K x n] = C X^T (this layout runs measurably closer to the BLAS peak for
+    /// these shapes), then a column-wise argmax sweeps S^T row by row (vectorised).
     void assign_rows(int64_t lo, int64_t hi, double* obj, int64_t* changed) {
         if (hi <= lo) return;
-        float* s = s_.data() + lo * k_;
-        blas::gemm_nt(hi - lo, k_, d_, xn_.data() + lo * d_, d_, c_.data(), d_, s, k_);
+        const int64_t w = hi - lo;
+        float* st = s_.data() + lo;  // column block lo..hi of the K x n matrix
+        blas::gemm_nt(k_, w, d_, c_.data(), d_, xn_.data() + lo * d_, d_, st, n_);
+        float* best = best_.data() + lo;
+        std::vector<int32_t> arg(static_cast<size_t>(w), 0);
+        int32_t* a = arg.data();
+        std::memcpy(best, st, sizeof(float) * w);
+        for (int64_t j = 1; j < k_; ++j) {
+            const float* r = st + j * n_;
+            const int32_t jj = static_cast<int32_t>(j);
+#pragma omp simd
+            for (int64_t i = 0; i < w; ++i) {
+                const bool gt = r[i] > best[i];
+                best[i] = gt ? r[i] : best[i];
+                a[i] = gt ? jj : a[i];
+            }
+        }
         double o = 0.0;
         int64_t ch = 0;
-        for (int64_t i = lo; i < hi; ++i) {
-            const float* si = s + (i - lo) * k_;
-            int64_t arg = 0;
-            float bv = si[0];
-            for (int64_t j = 1; j < k_; ++j) {
-                if (si[j] > bv) {
-                    bv = si[j];
-                    arg = j;
-                }
+        for (int64_t i = 0; i < w; ++i) {
+            if (!nonzero_[lo + i]) {  // no direction: cosine 0 whatever the centroid
+                best[i] = 0.0f;
+                a[i] = 0;
             }
-            if (!nonzero_[i]) bv = 0.0f;  // no direction: cosine 0 whatever the centroid
-            best_[i] = bv;
-            o += bv;
-            ch += labels_[i] != arg ? 1 : 0;
-            labels_[i] = arg;
+            o += best[i];
+            ch += labels_[lo + i] != a[i] ? 1 : 0;
+            labels_[lo + i] = a[i];
         }
         *obj += o;
         *changed += ch;
@@ -253,8 +264,57 @@ private:
         return obj;
     }
 
-    void update() {
-        // Counting sort of the filters by cluster, then each cluster summed on its own.
+    /// Centroid step: each centroid becomes its members' normalised sum. The per-cluster
+    /// sums are kept (in double) between iterations: when few filters changed cluster only
+    /// those are moved from one sum to the other, otherwise the sums are rebuilt. The
+    /// order of the additions never depends on the thread count.
+    void update(int64_t changed) {
+        const bool full = sum_.empty() || changed * 4 > n_;
+        std::vector<char> touched(static_cast<size_t>(k_), 0);
+        if (full) {
+            rebuild_sums();
+            std::fill(touched.begin(), touched.end(), 1);
+        } else {
+            for (int64_t i = 0; i < n_; ++i) {
+                const int64_t from = sum_label_[i], to = labels_[i];
+                if (from == to) continue;
+                const float* r = row(i);
+                double* a = sum_.data() + from * d_;
+                double* b = sum_.data() + to * d_;
+#pragma omp simd
+                for (int64_t t = 0; t < d_; ++t) {
+                    a[t] -= r[t];
+                    b[t] += r[t];
+                }
+                --count_[from];
+                ++count_[to];
+                touched[from] = touched[to] = 1;
+                sum_label_[i] = to;
+            }
+        }
+        std::vector<char> empty(static_cast<size_t>(k_), 0);
+        const int nt = nt_;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1 && full)
+        for (int64_t j = 0; j < k_; ++j) {
+            if (count_[j] == 0) {
+                empty[j] = 1;
+                continue;
+            }
+            if (!touched[j]) continue;
+            const double* a = sum_.data() + j * d_;
+            double s = 0.0;
+#pragma omp simd reduction(+ : s)
+            for (int64_t t = 0; t < d_; ++t) s += a[t] * a[t];
+            if (!(s > 1e-24)) continue;  // members cancel out: any direction is as good, keep it
+            const double inv = 1.0 / std::sqrt(s);
+            float* c = centroid(j);
+#pragma omp simd
+            for (int64_t t = 0; t < d_; ++t) c[t] = static_cast<float>(a[t] * inv);
+        }
+        reseed(empty);
+    }
+
+    void rebuild_sums() {
         std::vector<int64_t> start(static_cast<size_t>(k_ + 1), 0), order(static_cast<size_t>(n_));
         for (int64_t i = 0; i < n_; ++i) ++start[labels_[i] + 1];
         for (int64_t j = 0; j < k_; ++j) start[j + 1] += start[j];
@@ -262,31 +322,20 @@ private:
             std::vector<int64_t> pos(start.begin(), start.end() - 1);
             for (int64_t i = 0; i < n_; ++i) order[pos[labels_[i]]++] = i;
         }
-        std::vector<char> empty(static_cast<size_t>(k_), 0);
+        sum_.assign(static_cast<size_t>(k_ * d_), 0.0);
+        count_.assign(static_cast<size_t>(k_), 0);
+        sum_label_ = labels_;
         const int nt = nt_;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 8) if (nt > 1)
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)
         for (int64_t j = 0; j < k_; ++j) {
-            if (start[j] == start[j + 1]) {
-                empty[j] = 1;
-                continue;
-            }
-            std::vector<float> acc(static_cast<size_t>(d_), 0.0f);
-            float* a = acc.data();
+            double* a = sum_.data() + j * d_;
+            count_[j] = start[j + 1] - start[j];
             for (int64_t q = start[j]; q < start[j + 1]; ++q) {
                 const float* r = row(order[q]);
 #pragma omp simd
                 for (int64_t t = 0; t < d_; ++t) a[t] += r[t];
             }
-            double s = 0.0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t t = 0; t < d_; ++t) s += static_cast<double>(a[t]) * a[t];
-            if (s <= 0.0) continue;  // members cancel out: any direction is as good, keep it
-            const float inv = static_cast<float>(1.0 / std::sqrt(s));
-            float* c = centroid(j);
-#pragma omp simd
-            for (int64_t t = 0; t < d_; ++t) c[t] = a[t] * inv;
         }
-        reseed(empty);
     }
 
     /// Give every empty cluster the worst-served non-zero filter not used as a seed yet.
@@ -349,6 +398,9 @@ private:
     int64_t n_nonzero_ = 0;
     std::vector<float> c_, s_, best_;
     std::vector<int64_t> labels_;
+    std::vector<double> sum_;           // K x d member sums, as of sum_label_
+    std::vector<int64_t> count_;        // members per cluster, as of sum_label_
+    std::vector<int64_t> sum_label_;    // the labels the sums describe
 };
 
 void check_params(const MatrixView& x, const KMeansParams& p, const char* what) {
