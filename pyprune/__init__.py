@@ -4,10 +4,26 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import engine
+from .criteria import available_criteria, register_criterion
+from .graph import ChannelGraph, GraphError, build_graph
+from .prune import PrunePlan, PruneResult, prune
+from .summary import Summary
 
 try:
     __version__ = version("pyprune")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["engine", "__version__"]
+__all__ = [
+    "__version__",
+    "engine",
+    "prune",
+    "PruneResult",
+    "PrunePlan",
+    "build_graph",
+    "ChannelGraph",
+    "GraphError",
+    "Summary",
+    "register_criterion",
+    "available_criteria",
+]

@@ -1,0 +1,686 @@
+"""Run a model once and record how channels flow: producers, consumers and couplings.
+
+The model runs for real on the example inputs under a TorchFunctionMode (every torch
+function and Tensor method is seen with its actual arguments and outputs) while module
+hooks mark where the leaf layers that own prunable parameters (Conv, Linear, norms) run.
+Python control flow, several inputs and custom modules need nothing special: only what
+actually executed is recorded. Ops are handled by functions registered per op name in
+`_HANDLERS`; an op that touches tracked channels and has no handler is reported.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from ._layout import Layout
+
+
+@dataclass
+class MemberRecord:
+    """Dim `dim` of parameter/buffer `param` of module `module` holds channels `ids`."""
+
+    module: str
+    param: str
+    dim: int
+    ids: np.ndarray
+    role: str  # out | bias | in | bn | norm | param
+
+
+@dataclass
+class LayerRecord:
+    """A leaf layer as it ran: for MAC counting and the summary."""
+
+    module: str
+    kind: str
+    out_shape: tuple
+
+
+@dataclass
+class Recorder:
+    model: nn.Module
+    n_ids: int = 0
+    space_origin: list = field(default_factory=list)  # (base, size, origin)
+    layouts: dict = field(default_factory=dict)  # id(tensor) -> Layout
+    keep_alive: list = field(default_factory=list)
+    unions: list = field(default_factory=list)  # (ids_a, ids_b)
+    members: list = field(default_factory=list)
+    frozen: list = field(default_factory=list)  # (ids, reason)
+    unknown: list = field(default_factory=list)  # (module path, op, ids)
+    layers: list = field(default_factory=list)
+    leaf_modules: dict = field(default_factory=dict)  # module name -> kind
+    stack: list = field(default_factory=list)
+    leaf_depth: int = 0
+    param_owner: dict = field(default_factory=dict)  # id(tensor) -> (module, name)
+
+    # -- bookkeeping ---------------------------------------------------------------
+    def new_ids(self, size: int, origin: str) -> np.ndarray:
+        ids = np.arange(self.n_ids, self.n_ids + size, dtype=np.int64)
+        self.space_origin.append((self.n_ids, size, origin))
+        self.n_ids += size
+        return ids
+
+    def set_layout(self, t: torch.Tensor, lay: Layout | None) -> None:
+        if lay is None:
+            self.layouts.pop(id(t), None)
+            return
+        self.layouts[id(t)] = lay
+        self.keep_alive.append(t)
+
+    def layout(self, t: Any) -> Layout | None:
+        return self.layouts.get(id(t)) if isinstance(t, torch.Tensor) else None
+
+    def freeze(self, ids: np.ndarray, reason: str) -> None:
+        self.frozen.append((ids, reason))
+
+    def unite(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a is not b and len(a):
+            self.unions.append((a, b))
+
+    def where(self) -> str:
+        name = self.stack[-1] if self.stack else ""
+        return name if name else f"{type(self.model).__name__} (the model's own forward)"
+
+    def add_member(self, module: str, param: str, dim: int, ids: np.ndarray, role: str) -> None:
+        self.members.append(MemberRecord(module, param, dim, ids, role))
+
+    def report_unknown(self, op: str, lays: list[Layout], outs: list) -> None:
+        ids = np.concatenate([lay.ids for lay in lays]) if lays else np.zeros(0, np.int64)
+        self.unknown.append((self.where(), op, ids))
+        self.freeze(ids, f"unsupported op {op} in {self.where()}")
+        for o in outs:
+            self.set_layout(o, None)
+
+
+_HANDLERS: dict[str, Callable] = {}
+
+
+def handles(*names: str):
+    """Register a handler for the torch functions / Tensor methods with these names."""
+
+    def deco(fn):
+        for n in names:
+            _HANDLERS[n] = fn
+        return fn
+
+    return deco
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors(o)]
+    return []
+
+
+def _norm_dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+# -- shape-preserving element-wise ops --------------------------------------------------
+_UNARY = (
+    "relu relu_ relu6 hardtanh hardtanh_ elu elu_ selu celu leaky_relu leaky_relu_ gelu silu mish "
+    "sigmoid sigmoid_ tanh tanh_ hardswish hardswish_ hardsigmoid softplus dropout dropout_ dropout1d "
+    "dropout2d dropout3d alpha_dropout feature_alpha_dropout clone contiguous detach detach_ float half "
+    "double bfloat16 to type neg __neg__ abs __abs__ exp log sqrt rsqrt square clamp clamp_ clip clip_ "
+    "sign round floor ceil nan_to_num requires_grad_ cpu cuda __pos__ erf logsigmoid tanhshrink "
+    "softsign hardshrink softshrink threshold threshold_ rrelu glu_ zero_ fill_ exp_ mul_scalar "
+    "__rpow__ reciprocal relu6_ celu_ selu_ silu_ mish_ gelu_"
+).split()
+
+
+@handles(*_UNARY)
+def _unary(rec: Recorder, name, args, kwargs, out):
+    src = args[0] if args else None
+    lay = rec.layout(src)
+    outs = _tensors(out)
+    if lay is None or len(outs) != 1 or outs[0].shape != src.shape:
+        if lay is not None:
+            rec.report_unknown(name, [lay], outs)
+        return
+    rec.set_layout(outs[0], lay)
+
+
+@handles("pow", "__pow__", "pow_")
+def _pow(rec: Recorder, name, args, kwargs, out):
+    if len(args) > 1 and isinstance(args[1], torch.Tensor) and args[1].numel() > 1:
+        return _broadcast(rec, name, args, kwargs, out)
+    return _unary(rec, name, args, kwargs, out)
+
+
+# -- ops on spatial dims only (pooling, resizing) ---------------------------------------
+_SPATIAL = (
+    "adaptive_avg_pool1d adaptive_avg_pool2d adaptive_avg_pool3d avg_pool1d avg_pool2d avg_pool3d "
+    "max_pool1d max_pool2d max_pool3d max_pool1d_with_indices max_pool2d_with_indices "
+    "max_pool3d_with_indices adaptive_max_pool1d adaptive_max_pool2d adaptive_max_pool3d "
+    "adaptive_max_pool1d_with_indices adaptive_max_pool2d_with_indices interpolate upsample "
+    "upsample_nearest upsample_bilinear lp_pool2d lp_pool1d fractional_max_pool2d"
+).split()
+
+
+@handles(*_SPATIAL)
+def _spatial(rec: Recorder, name, args, kwargs, out):
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    outs = _tensors(out)
+    if lay.dim != 1 or not outs or outs[0].dim() != src.dim() or outs[0].shape[:2] != src.shape[:2]:
+        rec.report_unknown(name, [lay], outs)
+        return
+    rec.set_layout(outs[0], lay)  # indices of *_with_indices carry no channel meaning
+
+
+@handles("pad")
+def _pad(rec: Recorder, name, args, kwargs, out):
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    pad = args[1] if len(args) > 1 else kwargs.get("pad")
+    touched = {src.dim() - 1 - i // 2 for i, p in enumerate(pad) if p}
+    if lay.dim in touched:
+        rec.freeze(lay.ids, f"channel padding in {rec.where()}")
+        return
+    rec.set_layout(out, lay)
+
+
+# -- element-wise ops between several tensors (broadcasting) -------------------------------
+_BINARY = (
+    "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub mul mul_ __mul__ __imul__ "
+    "__rmul__ div div_ __truediv__ __itruediv__ __rtruediv__ true_divide maximum minimum where addcmul "
+    "addcdiv lerp hardtanh_backward fmax fmin"
+).split()
+
+
+@handles(*_BINARY)
+def _broadcast(rec: Recorder, name, args, kwargs, out):
+    operands = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+    outs = _tensors(out)
+    if len(outs) != 1:
+        return
+    o = outs[0]
+    od_lays: dict[int, list[Layout]] = {}
+    for t in operands:
+        lay = rec.layout(t)
+        if lay is not None:
+            od = lay.dim + o.dim() - t.dim()
+            if t.shape[lay.dim] != o.shape[od]:  # broadcast along the channel dim: odd
+                rec.report_unknown(name, [lay], outs)
+                return
+            od_lays.setdefault(od, []).append(lay)
+    if not od_lays:
+        return
+    if len(od_lays) > 1:
+        rec.report_unknown(name, [lay for ls in od_lays.values() for lay in ls], outs)
+        return
+    (od, lays), = od_lays.items()
+    base = lays[0].ids
+    for lay in lays[1:]:
+        rec.unite(base, lay.ids)
+    size = o.shape[od]
+    for t in operands:
+        if rec.layout(t) is not None:
+            continue
+        pd = od - (o.dim() - t.dim())
+        if pd < 0 or t.shape[pd] == 1:
+            continue  # broadcast over the channels: nothing to slice
+        owner = rec.param_owner.get(id(t))
+        if owner is not None and t.shape[pd] == size:
+            rec.add_member(owner[0], owner[1], pd, base, "param")
+        else:
+            rec.freeze(base, f"a tensor of {size} values per channel that is not a parameter ({name} in {rec.where()})")
+    rec.set_layout(o, Layout(od, base))
+
+
+@handles("prelu")
+def _prelu(rec: Recorder, name, args, kwargs, out):
+    x, w = args[0], args[1]
+    lay = rec.layout(x)
+    if lay is None:
+        return
+    if w.numel() > 1:
+        owner = rec.param_owner.get(id(w))
+        if owner is None or lay.dim != 1:
+            rec.report_unknown(name, [lay], [out])
+            return
+        rec.add_member(owner[0], owner[1], 0, lay.ids, "param")
+    rec.set_layout(out, lay)
+
+
+# -- concatenation and splitting -----------------------------------------------------------
+@handles("cat", "concat", "concatenate")
+def _cat(rec: Recorder, name, args, kwargs, out):
+    tensors = list(args[0]) if args else list(kwargs["tensors"])
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    dim = _norm_dim(dim, out.dim())
+    lays = [rec.layout(t) for t in tensors]
+    if all(lay is None for lay in lays):
+        return
+    if all(lay is None or lay.dim == dim for lay in lays):
+        parts = []
+        for t, lay in zip(tensors, lays):
+            if lay is None:
+                ids = rec.new_ids(t.shape[dim], f"untracked input of cat in {rec.where()}")
+                rec.freeze(ids, f"untracked input of cat in {rec.where()}")
+                parts.append(ids)
+            else:
+                parts.append(lay.ids)
+        rec.set_layout(out, Layout(dim, np.concatenate(parts)))
+        return
+    present = [lay for lay in lays if lay is not None]
+    if len({lay.dim for lay in present}) == 1 and all(lay is not None for lay in lays):
+        for lay in present[1:]:
+            rec.unite(present[0].ids, lay.ids)
+        rec.set_layout(out, present[0])
+        return
+    rec.report_unknown(name, present, [out])
+
+
+@handles("stack")
+def _stack(rec: Recorder, name, args, kwargs, out):
+    tensors = list(args[0]) if args else list(kwargs["tensors"])
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    dim = _norm_dim(dim, out.dim())
+    lays = [rec.layout(t) for t in tensors]
+    present = [lay for lay in lays if lay is not None]
+    if not present:
+        return
+    if len(present) == len(lays) and len({lay.dim for lay in present}) == 1:
+        for lay in present[1:]:
+            rec.unite(present[0].ids, lay.ids)
+        d = present[0].dim
+        rec.set_layout(out, Layout(d + 1 if d >= dim else d, present[0].ids))
+        return
+    rec.report_unknown(name, present, [out])
+
+
+@handles("split", "chunk", "tensor_split", "unbind", "split_with_sizes", "hsplit", "vsplit")
+def _split(rec: Recorder, name, args, kwargs, out):
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    outs = _tensors(out)
+    if name == "unbind":
+        dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    elif name == "chunk":
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+    else:
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
+    dim = _norm_dim(dim, src.dim())
+    if dim != lay.dim:
+        for o in outs:
+            nd = lay.dim - (1 if name == "unbind" and dim < lay.dim else 0)
+            rec.set_layout(o, Layout(nd, lay.ids))
+        return
+    # The split points are fixed in the model's code: these channels keep their count.
+    rec.freeze(lay.ids, f"{name} along the channel dim in {rec.where()}")
+    offset = 0
+    for o in outs:
+        n = o.shape[dim] if name != "unbind" else 1
+        if name != "unbind":
+            rec.set_layout(o, Layout(dim, lay.ids[offset : offset + n]))
+        offset += n
+
+
+# -- views, permutations, reductions, indexing -------------------------------------------
+def _view_layout(in_shape, lay: Layout, out_shape) -> Layout | None:
+    d, c = lay.dim, in_shape[lay.dim]
+    pre = math.prod(in_shape[:d])
+    for od in range(len(out_shape)):
+        if math.prod(out_shape[:od]) != pre:
+            continue
+        size = out_shape[od]
+        if size == c:
+            return Layout(od, lay.ids)
+        # channels merged with the dims that follow (flatten before a Linear)
+        rep = 1
+        for k in range(d + 1, len(in_shape)):
+            rep *= in_shape[k]
+            if size == c * rep:
+                return Layout(od, np.repeat(lay.ids, rep))
+    return None
+
+
+@handles("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "squeeze_", "unsqueeze_")
+def _view(rec: Recorder, name, args, kwargs, out):
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None or not isinstance(out, torch.Tensor):
+        return
+    new = _view_layout(tuple(src.shape), lay, tuple(out.shape))
+    if new is None:
+        rec.freeze(lay.ids, f"{name} {tuple(src.shape)} -> {tuple(out.shape)} splits the channel dim in {rec.where()}")
+        rec.set_layout(out, None)
+        return
+    rec.set_layout(out, new)
+
+
+@handles("expand", "expand_as", "broadcast_to")
+def _expand(rec: Recorder, name, args, kwargs, out):
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    od = lay.dim + out.dim() - src.dim()
+    if out.shape[od] != src.shape[lay.dim]:
+        rec.report_unknown(name, [lay], [out])
+        return
+    rec.set_layout(out, Layout(od, lay.ids))
+
+
+@handles("permute", "transpose", "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "numpy_T")
+def _permute(rec: Recorder, name, args, kwargs, out):
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    nd = src.dim()
+    if name == "permute":
+        perm = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
+        perm = [_norm_dim(p, nd) for p in (perm if perm else kwargs["dims"])]
+        new = perm.index(lay.dim)
+    elif name in ("movedim", "moveaxis"):
+        s, dst = _norm_dim(args[1], nd), _norm_dim(args[2], nd)
+        order = [i for i in range(nd) if i != s]
+        order.insert(dst, s)
+        new = order.index(lay.dim)
+    else:
+        a, b = (0, 1) if name == "t" else (_norm_dim(args[1], nd), _norm_dim(args[2], nd))
+        new = b if lay.dim == a else a if lay.dim == b else lay.dim
+    rec.set_layout(out, Layout(new, lay.ids))
+
+
+_REDUCE = "mean sum amax amin max min std var logsumexp nansum nanmean prod norm median".split()
+
+
+@handles(*_REDUCE)
+def _reduce(rec: Recorder, name, args, kwargs, out):
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    outs = _tensors(out)
+    dims = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis"))
+    if name in ("max", "min") and isinstance(dims, torch.Tensor):
+        return _broadcast(rec, name, args, kwargs, out)
+    if dims is None:
+        rec.report_unknown(name, [lay], outs)
+        return
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = {_norm_dim(d, src.dim()) for d in dims}
+    if lay.dim in dims:
+        rec.report_unknown(f"{name} over the channel dim", [lay], outs)
+        return
+    keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
+    new = lay.dim if keep else lay.dim - sum(1 for d in dims if d < lay.dim)
+    if outs:
+        rec.set_layout(outs[0], Layout(new, lay.ids))
+
+
+@handles("softmax", "log_softmax", "softmin", "cumsum", "cumprod", "normalize")
+def _along_dim(rec: Recorder, name, args, kwargs, out):
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    dim = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("dim", 1 if name == "normalize" else None)
+    if dim is None or _norm_dim(dim, src.dim()) == lay.dim:
+        rec.report_unknown(f"{name} over the channel dim", [lay], [out])
+        return
+    rec.set_layout(out, lay)
+
+
+@handles("__getitem__")
+def _getitem(rec: Recorder, name, args, kwargs, out):
+    src, idx = args[0], args[1]
+    lay = rec.layout(src)
+    if lay is None or not isinstance(out, torch.Tensor):
+        return
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if any(isinstance(i, torch.Tensor) or isinstance(i, (list, np.ndarray)) for i in idx):
+        rec.freeze(lay.ids, f"advanced indexing in {rec.where()}")
+        return
+    n_real = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    in_dim = out_dim = 0
+    for i in idx:
+        if i is Ellipsis:
+            skip = src.dim() - n_real
+            if in_dim <= lay.dim < in_dim + skip:
+                rec.set_layout(out, Layout(out_dim + lay.dim - in_dim, lay.ids))
+                return
+            in_dim += skip
+            out_dim += skip
+            continue
+        if i is None:
+            out_dim += 1
+            continue
+        if in_dim == lay.dim:
+            full = isinstance(i, slice) and i.step in (None, 1) and (i.start in (None, 0)) and (i.stop is None or i.stop >= src.shape[in_dim])
+            if full:
+                rec.set_layout(out, Layout(out_dim, lay.ids))
+            else:
+                rec.freeze(lay.ids, f"channels picked by index in {rec.where()}")
+            return
+        in_dim += 1
+        out_dim += 0 if isinstance(i, int) else 1
+    rec.set_layout(out, Layout(out_dim + lay.dim - in_dim, lay.ids))
+
+
+# -- leaf layers, seen through module hooks -----------------------------------------------
+def _conv(rec: Recorder, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor):
+    lay = rec.layout(x)
+    in_ids = lay.ids if lay is not None and lay.dim == 1 and len(lay.ids) == m.in_channels else None
+    if lay is not None and in_ids is None:
+        rec.freeze(lay.ids, f"{name} reads channels from an unexpected dim")
+    g = m.groups
+    if g == 1:
+        out_ids = rec.new_ids(m.out_channels, name)
+        rec.add_member(name, "weight", 0, out_ids, "out")
+        if m.bias is not None:
+            rec.add_member(name, "bias", 0, out_ids, "bias")
+        if in_ids is not None:
+            rec.add_member(name, "weight", 1, in_ids, "in")
+    elif g == m.in_channels == m.out_channels and in_ids is not None:  # depthwise
+        out_ids = in_ids
+        rec.add_member(name, "weight", 0, out_ids, "out")
+        if m.bias is not None:
+            rec.add_member(name, "bias", 0, out_ids, "bias")
+    else:  # grouped convolution: the channel counts per group stay as they are
+        out_ids = rec.new_ids(m.out_channels, name)
+        rec.freeze(out_ids, f"grouped convolution {name} (groups={g})")
+        if in_ids is not None:
+            rec.freeze(in_ids, f"grouped convolution {name} (groups={g})")
+    rec.set_layout(out, Layout(1, out_ids))
+
+
+def _linear(rec: Recorder, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor):
+    lay = rec.layout(x)
+    last = x.dim() - 1
+    if lay is not None and lay.dim == last:
+        rec.add_member(name, "weight", 1, lay.ids, "in")
+    elif lay is not None and lay.dim != last:
+        pass  # the Linear mixes another dim; channels pass through below
+    out_ids = rec.new_ids(m.out_features, name)
+    rec.add_member(name, "weight", 0, out_ids, "out")
+    if m.bias is not None:
+        rec.add_member(name, "bias", 0, out_ids, "bias")
+    if lay is not None and lay.dim != last:
+        rec.freeze(out_ids, f"{name} applied along a non-channel dim")
+        rec.set_layout(out, lay)
+    else:
+        rec.set_layout(out, Layout(out.dim() - 1, out_ids))
+
+
+def _batchnorm(rec: Recorder, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor):
+    lay = rec.layout(x)
+    if lay is None:
+        return
+    if lay.dim != 1 or len(lay.ids) != m.num_features:
+        rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
+        return
+    for p in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(m, p, None) is not None:
+            rec.add_member(name, p, 0, lay.ids, "bn")
+    rec.set_layout(out, lay)
+
+
+def _channel_first_layernorm(m: nn.Module) -> bool:
+    """LayerNorm subclasses that normalise dim 1 of NCHW (torchvision's LayerNorm2d)."""
+    return type(m).__name__ in ("LayerNorm2d", "ChannelsFirstLayerNorm", "LayerNormChannelsFirst")
+
+
+def _layernorm(rec: Recorder, name: str, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor):
+    lay = rec.layout(x)
+    if lay is None:
+        return
+    k = len(m.normalized_shape)
+    if _channel_first_layernorm(m) and k == 1:
+        if lay.dim == 1:
+            for p in ("weight", "bias"):
+                if getattr(m, p, None) is not None:
+                    rec.add_member(name, p, 0, lay.ids, "norm")
+            rec.set_layout(out, lay)
+        else:
+            rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
+        return
+    if lay.dim < x.dim() - k:  # normalises other dims only
+        rec.set_layout(out, lay)
+        return
+    if k == 1 and lay.dim == x.dim() - 1:
+        for p in ("weight", "bias"):
+            if getattr(m, p, None) is not None:
+                rec.add_member(name, p, 0, lay.ids, "norm")
+        rec.set_layout(out, lay)
+        return
+    rec.report_unknown("LayerNorm over channels and other dims", [lay], [out])
+
+
+def _groupnorm(rec: Recorder, name: str, m: nn.GroupNorm, x: torch.Tensor, out: torch.Tensor):
+    lay = rec.layout(x)
+    if lay is None:
+        return
+    if m.num_groups not in (1, m.num_channels):
+        rec.freeze(lay.ids, f"GroupNorm {name} with {m.num_groups} groups")
+    elif m.affine:
+        for p in ("weight", "bias"):
+            rec.add_member(name, p, 0, lay.ids, "norm")
+    rec.set_layout(out, lay)
+
+
+LEAF_HANDLERS: dict[type, Callable] = {
+    nn.Conv1d: _conv,
+    nn.Conv2d: _conv,
+    nn.Conv3d: _conv,
+    nn.Linear: _linear,
+    nn.BatchNorm1d: _batchnorm,
+    nn.BatchNorm2d: _batchnorm,
+    nn.BatchNorm3d: _batchnorm,
+    nn.SyncBatchNorm: _batchnorm,
+    nn.LayerNorm: _layernorm,
+    nn.GroupNorm: _groupnorm,
+}
+KIND = {nn.Conv1d: "conv", nn.Conv2d: "conv", nn.Conv3d: "conv", nn.Linear: "linear"}
+
+
+def leaf_handler(m: nn.Module) -> Callable | None:
+    for cls in type(m).__mro__:
+        if cls in LEAF_HANDLERS:
+            return LEAF_HANDLERS[cls]
+    return None
+
+
+class _Mode(TorchFunctionMode):
+    def __init__(self, rec: Recorder):
+        super().__init__()
+        self.rec = rec
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        rec = self.rec
+        if rec.leaf_depth:
+            return out
+        name = getattr(func, "__name__", None) or str(func)
+        if name == "__get__":
+            return out
+        lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
+        lays = [lay for lay in lays if lay is not None]
+        if not lays:
+            return out
+        handler = _HANDLERS.get(name)
+        outs = _tensors(out)
+        if handler is None:
+            if outs:  # an op that makes tensors from tracked channels and that we do not know
+                rec.report_unknown(name, lays, outs)
+            return out
+        handler(rec, name, args, kwargs, out)
+        return out
+
+
+def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tuple[Recorder, Any]:
+    """Run `model(*example_inputs, **example_kwargs)` once under the recorder."""
+    rec = Recorder(model)
+    names = {m: n for n, m in model.named_modules()}
+    for mname, m in model.named_modules():
+        for pname, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            if p is not None:
+                rec.param_owner[id(p)] = (mname, pname)
+    hooks = []
+
+    def pre(m, inputs):
+        rec.stack.append(names.get(m, type(m).__name__))
+        if leaf_handler(m) is not None:
+            rec.leaf_depth += 1
+
+    def post(m, inputs, output):
+        name = rec.stack.pop() if rec.stack else names.get(m, "")
+        h = leaf_handler(m)
+        if h is None:
+            return
+        rec.leaf_depth -= 1
+        if rec.leaf_depth:
+            return
+        x = inputs[0] if inputs else None
+        if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor):
+            h(rec, name, m, x, output)
+            kind = KIND.get(type(m))
+            if kind is None:
+                for cls in type(m).__mro__:
+                    if cls in KIND:
+                        kind = KIND[cls]
+            rec.leaf_modules[name] = kind or type(m).__name__
+            rec.layers.append(LayerRecord(name, kind or "norm", tuple(output.shape)))
+
+    for m in model.modules():
+        hooks.append(m.register_forward_pre_hook(pre))
+        hooks.append(m.register_forward_hook(post))
+    try:
+        for i, t in enumerate(_tensors(list(example_inputs)) + _tensors(list(example_kwargs.values()))):
+            if t.dim() >= 2:
+                ids = rec.new_ids(t.shape[1], f"input {i}")
+                rec.freeze(ids, "network input")
+                rec.set_layout(t, Layout(1, ids))
+            elif t.dim() == 1 and t.is_floating_point():
+                ids = rec.new_ids(t.shape[0], f"input {i}")
+                rec.freeze(ids, "network input")
+                rec.set_layout(t, Layout(0, ids))
+        with torch.no_grad(), _Mode(rec):
+            output = model(*example_inputs, **example_kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    for t in _tensors(output if isinstance(output, (list, tuple, dict)) else [output]):
+        lay = rec.layout(t)
+        if lay is not None:
+            rec.freeze(lay.ids, "network output")
+    return rec, output

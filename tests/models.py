@@ -1,0 +1,65 @@
+"""Small user-style models the tests prune (besides torchvision's)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def sequential_cnn(num_classes: int = 10) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(), nn.Dropout(0.1), nn.Linear(64, num_classes),
+    )
+
+
+class ConvHolder(nn.Module):
+    """A custom module that owns a conv and a per-channel scale parameter."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1)
+        self.scale = nn.Parameter(torch.ones(1, cout, 1, 1) * 0.5)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) * self.scale
+
+
+class CustomModel(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = ConvHolder(3, 24)
+        self.b = ConvHolder(24, 24)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):
+        y = self.a(x)
+        y = y + self.b(y)  # residual through the custom block
+        return self.head(y.mean(dim=(2, 3)))
+
+
+class TwoInputs(nn.Module):
+    """Image branch + side-feature branch, fused by concatenation."""
+
+    def __init__(self):
+        super().__init__()
+        self.img = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                                 nn.Conv2d(32, 48, 3, stride=2, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.side = nn.Sequential(nn.Linear(7, 40), nn.ReLU(), nn.Linear(40, 16), nn.ReLU())
+        self.head = nn.Linear(48 + 16, 3)
+
+    def forward(self, image, features):
+        return self.head(torch.cat([self.img(image), self.side(features)], dim=1))
+
+
+class ChannelRoll(nn.Module):
+    """Uses an op pyprune cannot follow: rolling the channel dim."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.c2(torch.roll(self.c1(x), shifts=1, dims=1))

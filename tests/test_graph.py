@@ -1,0 +1,231 @@
+"""Channel graph + surgery: exactness (zeroed channels pruned => same outputs) and coverage
+of every torchvision CNN family and user-style models."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import models as user_models
+import pyprune
+from pyprune.graph import build_graph
+from pyprune.surgery import apply_keep
+
+torch.set_grad_enabled(False)
+
+# name -> input side (small inputs keep the suite fast; every model accepts them)
+TORCHVISION = {
+    "alexnet": 64, "vgg11": 32, "vgg13": 32, "vgg16": 32, "vgg19": 32, "vgg11_bn": 32, "vgg13_bn": 32,
+    "vgg16_bn": 32, "vgg19_bn": 32, "resnet18": 64, "resnet34": 64, "resnet50": 64, "resnet101": 64,
+    "resnet152": 64, "resnext50_32x4d": 64, "wide_resnet50_2": 64, "densenet121": 64, "densenet161": 64,
+    "densenet169": 64, "densenet201": 64, "mobilenet_v2": 64, "mobilenet_v3_small": 64,
+    "mobilenet_v3_large": 64, "efficientnet_b0": 64, "efficientnet_b3": 64, "efficientnet_v2_s": 64,
+    "regnet_x_400mf": 64, "regnet_y_400mf": 64, "mnasnet1_0": 64, "shufflenet_v2_x1_0": 64,
+    "squeezenet1_1": 64, "googlenet": 64, "inception_v3": 96, "convnext_tiny": 64,
+}
+# Families whose structure pins many channels (documented in the graph module): channel
+# shuffle + chunk (ShuffleNet), grouped convolutions (ResNeXt, RegNet) keep those counts.
+MIN_PARAM_CUT = {"shufflenet_v2_x1_0": 0.15, "regnet_x_400mf": 0.25, "regnet_y_400mf": 0.25}
+
+
+def tv_model(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    kwargs = {"num_classes": 10}
+    if name in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=False)
+    return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+def zero_and_choose(model, graph, frac=0.3, seed=0):
+    """Zero the contribution of a random `frac` of each exactly-prunable group's units
+    (filters, biases, BN affine, per-channel params) and return the keep mask."""
+    rng = np.random.default_rng(seed)
+    keep = np.ones(graph.n_units, bool)
+    for g in graph.groups:
+        if g.prunable < 2 or g.norm_over_channels:
+            continue
+        cand = g.units[~g.frozen]
+        n = max(1, int(frac * len(cand)))
+        keep[rng.choice(cand, n, replace=False)] = False
+    mods = dict(model.named_modules())
+    for m in graph.members:
+        if m.role in ("out", "bias", "param") or (m.role == "bn" and m.param in ("weight", "bias")):
+            pos = np.flatnonzero(~keep[m.units])
+            if len(pos):
+                t = getattr(mods[m.module], m.param)
+                t.index_fill_(m.dim, torch.as_tensor(pos), 0.0)
+    return keep
+
+
+def check_exact(model, inputs, seed=0):
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    graph = build_graph(model, inputs)
+    keep = zero_and_choose(model, graph, seed=seed)
+    assert (~keep).sum() > 0, "nothing was chosen to prune"
+    want = model(*inputs)
+    pruned = apply_keep(model, graph, keep)
+    got = pruned(*inputs)
+    assert got.shape == want.shape
+    scale = want.abs().max().clamp_min(1e-12)
+    err = (got - want).abs().max() / scale
+    assert err <= 1e-5, f"relative error {err:.2e}"
+    n_before = sum(p.numel() for p in model.parameters())
+    n_after = sum(p.numel() for p in pruned.parameters())
+    assert n_after < n_before
+    return graph
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_exactness_torchvision(name):
+    model = tv_model(name)
+    randomize_bn(model)
+    x = torch.randn(2, 3, TORCHVISION[name], TORCHVISION[name], generator=torch.Generator().manual_seed(1))
+    check_exact(model, x)
+
+
+@pytest.mark.parametrize("name", list(TORCHVISION))
+def test_coverage_torchvision_half_the_channels(name):
+    model = tv_model(name)
+    side = TORCHVISION[name]
+    x = torch.randn(1, 3, side, side)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    y = res.model(torch.randn(2, 3, side, side))
+    assert y.shape == (2, 10)
+    cut = 1 - res.summary.params_after / res.summary.params_before
+    assert cut >= MIN_PARAM_CUT.get(name, 0.40), f"only {cut:.1%} fewer parameters"
+    assert res.summary.params_before == sum(p.numel() for p in model.parameters())
+    assert res.summary.params_after == sum(p.numel() for p in res.model.parameters())
+    # the classifier keeps its classes and the input its 3 channels
+    assert res.summary.macs_after < res.summary.macs_before
+
+
+USER = {
+    "sequential": (user_models.sequential_cnn, lambda: (torch.randn(2, 3, 16, 16),)),
+    "custom": (user_models.CustomModel, lambda: (torch.randn(2, 3, 12, 12),)),
+    "two_inputs": (user_models.TwoInputs, lambda: (torch.randn(2, 3, 16, 16), torch.randn(2, 7))),
+}
+
+
+@pytest.mark.parametrize("name", list(USER))
+def test_user_models(name):
+    make, inputs = USER[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    randomize_bn(model)
+    check_exact(model, inputs())
+    res = pyprune.prune(model, inputs(), method="l2", ratio=0.5)
+    x = inputs()
+    assert res.model(*x).shape == model(*x).shape
+    assert res.summary.params_after < 0.6 * res.summary.params_before
+
+
+def test_custom_scale_parameter_is_sliced():
+    torch.manual_seed(0)
+    model = user_models.CustomModel().eval()
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    assert res.model.a.scale.shape == (1, 12, 1, 1)
+    assert res.model.b.conv.weight.shape == (12, 12, 3, 3)
+    assert res.model.head.in_features == 12
+
+
+def test_flatten_linear_mapping():
+    torch.manual_seed(0)
+    model = user_models.sequential_cnn().eval()
+    res = pyprune.prune(model, torch.randn(1, 3, 16, 16), method="l2", ratio=0.5)
+    lin = res.model[10]
+    assert lin.in_features == 16 * 8 * 8 and lin.out_features == 32
+    assert res.model[13].out_features == 10
+
+
+def test_prune_nothing_is_identical():
+    model = tv_model("resnet18")
+    randomize_bn(model)
+    x = torch.randn(2, 3, 64, 64)
+    res = pyprune.prune(model, x, method="l2", ratio=0.0)
+    assert torch.equal(res.model(x), model(x))
+    assert res.summary.params_after == res.summary.params_before
+
+
+def test_default_returns_new_model_and_inplace_modifies():
+    model = tv_model("resnet18")
+    before = copy.deepcopy(model.state_dict())
+    res = pyprune.prune(model, torch.randn(1, 3, 64, 64), method="l2", ratio=0.5)
+    assert res.model is not model
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    res2 = pyprune.prune(model, torch.randn(1, 3, 64, 64), method="l2", ratio=0.5, inplace=True)
+    assert res2.model is model
+    assert model.conv1.out_channels == 32
+    assert res2.summary.params_after < res2.summary.params_before
+
+
+def test_unsupported_op_names_module_and_op_and_leaves_model_untouched():
+    model = user_models.ChannelRoll().eval()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(pyprune.GraphError, match=r"roll in ChannelRoll \(the model's own forward\).*not changed"):
+        pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    # strict=False keeps the channels the op touches and prunes the rest
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5, strict=False)
+    assert res.model.c1.out_channels == 16
+    assert res.model(torch.randn(1, 3, 8, 8)).shape == (1, 8, 8, 8)
+
+
+def test_model_that_fails_on_inputs_gives_clear_error():
+    model = user_models.sequential_cnn()
+    with pytest.raises(pyprune.GraphError, match="example inputs"):
+        pyprune.prune(model, torch.randn(1, 5, 16, 16), method="l2")
+
+
+def test_groups_residual_and_concat():
+    model = tv_model("resnet18")
+    graph = build_graph(model, torch.randn(1, 3, 64, 64))
+    # resnet18: stem+layer1 stream, 3 more streams, 8 inner convs; network input; fc classes
+    by_name = {g.name: g for g in graph.groups}
+    stream = by_name["conv1"]
+    keys = {m.key for m in stream.members if m.role == "out"}
+    assert keys == {"conv1.weight", "layer1.0.conv2.weight", "layer1.1.conv2.weight"}
+    assert by_name["layer1.0.conv1"].size == 64 and not by_name["layer1.0.conv1"].frozen.any()
+    assert by_name["fc"].frozen.all()  # classes never pruned
+    table = graph.table()
+    line = [ln for ln in table.splitlines() if " layer1.0.conv1 " in ln][0]
+    assert line.split()[1:3] == ["64", "64"]
+    assert "network output" in [ln for ln in table.splitlines() if " fc " in ln][0]
+
+    dn = tv_model("densenet121")
+    g = build_graph(dn, torch.randn(1, 3, 64, 64))
+    norm1 = [m for m in g.members if m.key == "features.denseblock1.denselayer3.norm1.weight"][0]
+    # its 128 inputs: the stem's 64 channels, then 32 of layer 1, then 32 of layer 2
+    assert len(norm1.units) == 128
+    assert len({int(g.unit_group[u]) for u in norm1.units}) == 3
+
+
+def test_squeezenet_conv_classifier_keeps_classes():
+    model = tv_model("squeezenet1_1")
+    res = pyprune.prune(model, torch.randn(1, 3, 64, 64), method="l2", ratio=0.5)
+    assert res.model.classifier[1].out_channels == 10
+
+
+def test_summary_counts_match_a_manual_count():
+    model = user_models.sequential_cnn().eval()
+    res = pyprune.prune(model, torch.randn(1, 3, 16, 16), method="l2", ratio=0.5)
+    conv0 = [r for r in res.summary.layers if r.name == "0"][0]
+    assert conv0.macs_before == 16 * 16 * 16 * 3 * 9
+    assert conv0.macs_after == 16 * 16 * 8 * 3 * 9
+    assert "total params" in res.summary.table()
