@@ -1,7 +1,7 @@
 """How many units each group keeps."""
 from __future__ import annotations
 
-import numpy as np
+import math
 
 from .graph import Group
 
@@ -9,11 +9,12 @@ __all__ = ["uniform_keep", "round_keep"]
 
 
 def round_keep(n_keep: int, size: int, round_to: int | None) -> int:
-    """Round a keep count to a multiple of `round_to` (nearest, at least one multiple),
-    never above the group size; groups smaller than `round_to` are left as they are."""
+    """Round a keep count to a multiple of `round_to` (nearest, ties up so that more is
+    kept; at least one multiple), never above the group size; groups no larger than
+    `round_to` are left as they are."""
     if not round_to or round_to <= 1 or size <= round_to:
         return int(min(max(n_keep, 1), size))
-    r = int(round(n_keep / round_to)) * round_to
+    r = int(math.floor(n_keep / round_to + 0.5)) * round_to
     r = max(round_to, r)
     return int(min(r, size))
 

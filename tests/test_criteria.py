@@ -1,0 +1,106 @@
+"""Criteria against references computed independently in the test."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pyprune
+
+torch.set_grad_enabled(False)
+
+
+def two_conv(c1=16, c2=8, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, c1, 3, padding=1), nn.ReLU(), nn.Conv2d(c1, c2, 3, padding=1)).eval()
+
+
+def kept_filters(res) -> list[int]:
+    """Indices (in the original layer 0) of the filters the pruned model kept."""
+    plan = res.plan
+    g = [g for g in plan.graph.groups if g.name == "0"][0]
+    return sorted(int(i) for i in plan.keep[g.id])
+
+
+@pytest.mark.parametrize("method, ref", [
+    ("l1", lambda w: w.flatten(1).abs().sum(1)),
+    ("l2", lambda w: w.flatten(1).norm(dim=1)),
+    ("fpgm", lambda w: torch.cdist(w.flatten(1).double(), w.flatten(1).double()).sum(1)),
+])
+def test_rank_criteria_keep_the_reference_top_half(method, ref):
+    model = two_conv()
+    w = model[0].weight
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method=method, ratio=0.5)
+    want = sorted(torch.argsort(ref(w), descending=True)[:8].tolist())
+    assert kept_filters(res) == want
+    assert torch.equal(res.model[0].weight, w[want])
+
+
+def test_bn_scale_keeps_largest_gammas():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 12, 3), nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 4, 3)).eval()
+    model[1].weight.copy_(torch.randn(12))
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="bn_scale", ratio=0.5)
+    want = sorted(torch.argsort(model[1].weight.abs(), descending=True)[:6].tolist())
+    assert kept_filters(res) == want
+
+
+def test_random_is_seeded():
+    model = two_conv()
+    a = kept_filters(pyprune.prune(model, torch.randn(1, 3, 8, 8), method="random", seed=1))
+    b = kept_filters(pyprune.prune(model, torch.randn(1, 3, 8, 8), method="random", seed=1))
+    c = kept_filters(pyprune.prune(model, torch.randn(1, 3, 8, 8), method="random", seed=2))
+    assert a == b and a != c
+
+
+def test_kmeans_keeps_one_of_each_planted_pair():
+    torch.manual_seed(0)
+    model = two_conv(c1=16)
+    base = torch.randn(8, 3, 3, 3)
+    w = base.repeat_interleave(2, dim=0) + 0.01 * torch.randn(16, 3, 3, 3)  # pairs (0,1), (2,3), ...
+    perm = torch.randperm(16)
+    model[0].weight.copy_(w[perm])
+    pair_of = {int(perm.tolist().index(i)): i // 2 for i in range(16)}  # position -> pair id
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="kmeans", ratio=0.5)
+    kept = kept_filters(res)
+    assert len(kept) == 8
+    assert sorted(pair_of[i] for i in kept) == list(range(8))
+
+
+def test_custom_criterion_by_name():
+    @pyprune.register_criterion("test_last_channels")
+    def last(group, ctx):
+        return np.arange(group.size, dtype=float)
+
+    res = pyprune.prune(two_conv(), torch.randn(1, 3, 8, 8), method="test_last_channels", ratio=0.5)
+    assert kept_filters(res) == list(range(8, 16))
+    assert "test_last_channels" in pyprune.available_criteria()
+
+
+def test_unknown_method_lists_known_ones():
+    with pytest.raises(ValueError, match=r"unknown method 'nope'.*kmeans.*l1"):
+        pyprune.prune(two_conv(), torch.randn(1, 3, 8, 8), method="nope")
+
+
+@pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, "half", True])
+def test_bad_ratio(ratio):
+    with pytest.raises(ValueError, match="ratio"):
+        pyprune.prune(two_conv(), torch.randn(1, 3, 8, 8), ratio=ratio)
+
+
+def test_ignore_unknown_module():
+    with pytest.raises(ValueError, match=r"ignore: 'features\.9' matches no module"):
+        pyprune.prune(two_conv(), torch.randn(1, 3, 8, 8), ignore=["features.9"])
+
+
+def test_ignore_keeps_that_layer():
+    res = pyprune.prune(two_conv(), torch.randn(1, 3, 8, 8), method="l2", ignore=["0"])
+    assert res.model[0].out_channels == 16
+
+
+def test_round_to():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Conv2d(40, 4, 3)).eval()
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5, round_to=8)
+    assert res.model[0].out_channels == 24  # 20 rounded to the nearest multiple of 8 (ties up)
