@@ -229,3 +229,14 @@ def test_summary_counts_match_a_manual_count():
     assert conv0.macs_before == 16 * 16 * 16 * 3 * 9
     assert conv0.macs_after == 16 * 16 * 8 * 3 * 9
     assert "total params" in res.summary.table()
+
+
+def test_trace_leaves_training_mode_model_unchanged():
+    torch.manual_seed(0)
+    model = user_models.sequential_cnn().train()
+    before = copy.deepcopy(model.state_dict())
+    graph = build_graph(model, torch.randn(4, 3, 16, 16))
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), f"tracing changed {k}"
+    assert graph.groups and graph.layers

@@ -599,6 +599,67 @@ def leaf_handler(m: nn.Module) -> Callable | None:
     return None
 
 
+def _conv_out(args, kwargs) -> tuple:
+    x, w = args[0], args[1]
+    nd = x.dim() - 2
+
+    def arg(i, name, default):
+        v = args[i] if len(args) > i else kwargs.get(name, default)
+        return [v] * nd if isinstance(v, int) else list(v) if not isinstance(v, str) else v
+
+    stride, padding, dilation = arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "dilation", 1)
+    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+    if x.shape[1] != w.shape[1] * groups or w.dim() != x.dim():
+        raise ValueError("shape mismatch: let the real op raise its own error")
+    spatial = []
+    for i in range(nd):
+        size, k = x.shape[2 + i], w.shape[2 + i]
+        if padding == "same":
+            spatial.append(size)
+            continue
+        p = 0 if padding == "valid" else padding[i]
+        spatial.append((size + 2 * p - dilation[i] * (k - 1) - 1) // stride[i] + 1)
+    if min(spatial) < 1:
+        raise ValueError("input too small: let the real op raise its own error")
+    return (x.shape[0], w.shape[0], *spatial)
+
+
+def _linear_out(a, k) -> tuple:
+    if a[0].shape[-1] != a[1].shape[1]:
+        raise ValueError("shape mismatch: let the real op raise its own error")
+    return (*a[0].shape[:-1], a[1].shape[0])
+
+
+def _bn_out(a, k) -> tuple:
+    stats = a[1] if len(a) > 1 and isinstance(a[1], torch.Tensor) else k.get("running_mean")
+    if stats is not None and a[0].shape[1] != stats.shape[0]:
+        raise ValueError("shape mismatch: let the real op raise its own error")
+    return tuple(a[0].shape)
+
+
+def _norm_out(a, k, kind: str) -> tuple:
+    x = a[0]
+    arg = a[1] if len(a) > 1 else k.get("normalized_shape" if kind == "layer" else "num_groups")
+    if kind == "layer" and tuple(x.shape[-len(arg):]) != tuple(arg):
+        raise ValueError("shape mismatch: let the real op raise its own error")
+    if kind == "group" and x.shape[1] % int(arg):
+        raise ValueError("shape mismatch: let the real op raise its own error")
+    return tuple(x.shape)
+
+
+# Inside a leaf layer only the output's shape matters to the graph: these run as zeros of
+# the right shape (no arithmetic, and no running-stat updates of a training-mode BN).
+_SHAPE_ONLY = {
+    "conv1d": _conv_out,
+    "conv2d": _conv_out,
+    "conv3d": _conv_out,
+    "linear": _linear_out,
+    "batch_norm": _bn_out,
+    "layer_norm": lambda a, k: _norm_out(a, k, "layer"),
+    "group_norm": lambda a, k: _norm_out(a, k, "group"),
+}
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, rec: Recorder):
         super().__init__()
@@ -606,10 +667,16 @@ class _Mode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
         rec = self.rec
         if rec.leaf_depth:
-            return out
+            shape_of = _SHAPE_ONLY.get(getattr(func, "__name__", ""))
+            if shape_of is not None and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+                try:
+                    return args[0].new_zeros(shape_of(args, kwargs))
+                except Exception:
+                    pass
+            return func(*args, **kwargs)
+        out = func(*args, **kwargs)
         name = getattr(func, "__name__", None) or str(func)
         if name == "__get__":
             return out
@@ -664,6 +731,8 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     for m in model.modules():
         hooks.append(m.register_forward_pre_hook(pre))
         hooks.append(m.register_forward_hook(post))
+    # Tracing must not change the model: buffers (BN statistics, counters) are restored.
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         for i, t in enumerate(_tensors(list(example_inputs)) + _tensors(list(example_kwargs.values()))):
             if t.dim() >= 2:
@@ -679,6 +748,9 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     finally:
         for h in hooks:
             h.remove()
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
     for t in _tensors(output if isinstance(output, (list, tuple, dict)) else [output]):
         lay = rec.layout(t)
         if lay is not None:
