@@ -6,7 +6,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import engine
 from .criteria import available_criteria, register_criterion
 from .graph import ChannelGraph, GraphError, build_graph
-from .prune import PrunePlan, PruneResult, prune
+from .prune import Pruner, PrunePlan, PruneResult, prune
 from .summary import Summary
 
 try:
@@ -20,6 +20,7 @@ __all__ = [
     "prune",
     "PruneResult",
     "PrunePlan",
+    "Pruner",
     "build_graph",
     "ChannelGraph",
     "GraphError",

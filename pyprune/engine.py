@@ -236,18 +236,22 @@ def choose_k(
     1e-3 of the first one so that K = n (zero distortion) cannot dominate. A flat curve
     gives the smallest K.
 
-    Returns an int for a single weight, a list for a list; with ``return_curve=True`` also
-    the distortion curve(s).
+    ``ks`` is one increasing list of candidates for every layer, or (for a list of weights)
+    one list per layer. Returns an int for a single weight, a list for a list; with
+    ``return_curve=True`` also the distortion curve(s).
     """
     arrays, single = _arrays(weight, "weight")
-    ks = list(ks) if not isinstance(ks, int) else [ks]
+    ks = [ks] if isinstance(ks, int) else [list(k) if isinstance(k, (list, tuple, range)) else k for k in ks]
     if not ks:
         raise ValueError("ks: expected at least one candidate K")
+    per_layer_ks = ks if all(isinstance(k, list) for k in ks) and len(ks) == len(arrays) and not single else [ks] * len(arrays)
     per_layer = []
-    for i, a in enumerate(arrays):
-        per_layer.append(_check_ks(ks, [a] * len(ks)))
+    for i, (a, cand) in enumerate(zip(arrays, per_layer_ks)):
+        if not cand:
+            raise ValueError(f"ks: layer {i} has no candidate K")
+        per_layer.append(_check_ks(list(cand), [a] * len(cand)))
         if any(b <= a_ for a_, b in zip(per_layer[-1], per_layer[-1][1:])):
-            raise ValueError(f"ks: candidate values must be strictly increasing, got {ks}")
+            raise ValueError(f"ks: candidate values must be strictly increasing, got {list(cand)}")
     chosen, curves = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads))
     chosen = [int(c) for c in chosen]
     curves = [torch.tensor(c, dtype=torch.float64) for c in curves]

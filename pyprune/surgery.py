@@ -33,12 +33,15 @@ def slice_plan(graph: ChannelGraph, keep_unit: np.ndarray) -> dict[tuple[str, st
 
 
 def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, inplace: bool = False,
-               threads: int | None = None) -> nn.Module:
+               threads: int | None = None, overrides: dict | None = None) -> nn.Module:
     """Return the model with every unit where ``keep_unit`` is False removed.
 
     ``inplace=False`` (the default) leaves `model` untouched and returns a pruned deep copy;
-    ``inplace=True`` prunes `model` itself and returns it.
+    ``inplace=True`` prunes `model` itself and returns it. ``overrides`` maps
+    (module, param) to full-size replacement tensors sliced instead of the model's own
+    (used by weight merging).
     """
+    overrides = overrides or {}
     keep_unit = np.asarray(keep_unit, bool)
     if keep_unit.shape != (graph.n_units,):
         raise ValueError(f"keep_unit: expected {graph.n_units} flags, got shape {keep_unit.shape}")
@@ -60,23 +63,24 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
     new_modules = dict(target.named_modules())
     cpu_src, cpu_idx, cpu_keys, other = [], [], [], []
     for (mod, pname), dims in plan.items():
-        src = _get(modules, mod, pname)
+        orig = _get(modules, mod, pname)
+        src = overrides.get((mod, pname), orig)
         idx = [dims.get(d) for d in range(max(dims) + 1)]
         if src.device.type == "cpu":
             cpu_src.append(src.detach())
             cpu_idx.append(idx)
-            cpu_keys.append((mod, pname, src))
+            cpu_keys.append((mod, pname, orig))
         else:
-            other.append((mod, pname, src, idx))
+            other.append((mod, pname, orig, src, idx))
     results = engine.gather(cpu_src, cpu_idx, threads=threads) if cpu_src else []
     for (mod, pname, src), new in zip(cpu_keys, results):
         _set(new_modules[mod], pname, src, new)
-    for mod, pname, src, idx in other:
+    for mod, pname, orig, src, idx in other:
         new = src.detach()
         for d, ix in enumerate(idx):
             if ix is not None:
                 new = new.index_select(d, torch.as_tensor(ix, device=src.device))
-        _set(new_modules[mod], pname, src, new.contiguous())
+        _set(new_modules[mod], pname, orig, new.contiguous())
     for mod in {m for m, _ in plan}:
         _update_attributes(new_modules[mod])
     return target

@@ -194,3 +194,145 @@ def kmeans(groups, ctx):
             scores[i] = s
             ctx.options.setdefault("kmeans_results", {})[groups[i].id] = r
     return scores
+
+
+# -- data-driven criteria -------------------------------------------------------------------
+def iter_batches(calibration, limit: int | None = None):
+    """Yield (inputs tuple, labels or None) from a DataLoader / iterable of batches. A batch
+    is a tensor (inputs only), or a (inputs, labels) pair whose inputs are a tensor or a
+    tuple of tensors."""
+    if calibration is None:
+        raise ValueError("this method needs calibration data: pass calibration=<DataLoader or list of batches>")
+    n = 0
+    for batch in calibration:
+        if isinstance(batch, torch.Tensor):
+            yield (batch,), None
+        elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+            x, y = batch
+            yield (tuple(x) if isinstance(x, (tuple, list)) else (x,)), y
+        else:
+            raise ValueError("calibration: each batch must be a tensor or an (inputs, labels) pair")
+        n += 1
+        if limit is not None and n >= limit:
+            return
+    if n == 0:
+        raise ValueError("calibration: no batches")
+
+
+def _activation_stats(groups, ctx: Context, stat: str) -> list:
+    """Per unit, a statistic of the feature maps the next layers read (post-activation)."""
+    graph, model = ctx.graph, ctx.model
+    consumers: dict[str, list] = {}
+    for m in graph.members:
+        if m.role == "in":
+            consumers.setdefault(m.module, []).append(m)
+    total = np.zeros(graph.n_units)
+    count = np.zeros(graph.n_units)
+    mods = dict(model.named_modules())
+    hooks = []
+
+    def make_hook(members):
+        def hook(mod, inputs):
+            x = inputs[0].detach().float()
+            for m in members:
+                if x.dim() >= 3:  # conv input (N, C, *spatial)
+                    fmap = x.transpose(0, 1).reshape(x.shape[1], x.shape[0], -1)  # C, N, HW
+                else:  # Linear input (N, F): each position is one feature of its unit
+                    fmap = x.transpose(0, 1).reshape(x.shape[-1], x.shape[0], 1)
+                if stat == "mean":
+                    v = fmap.abs().mean(dim=(1, 2))
+                elif stat == "apoz":
+                    v = 1.0 - (fmap == 0).float().mean(dim=(1, 2))  # keep channels that fire
+                else:  # HRank: average rank of each channel's feature map
+                    if x.dim() != 4:
+                        continue
+                    v = torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1)
+                np.add.at(total, m.units, v.double().numpy())
+                np.add.at(count, m.units, 1.0)
+        return hook
+
+    for name, members in consumers.items():
+        hooks.append(mods[name].register_forward_pre_hook(make_hook(members)))
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for inputs, _ in iter_batches(ctx.calibration, ctx.options.get("calibration_batches")):
+                model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    out = []
+    for g in groups:
+        c = count[g.units]
+        s = np.where(c > 0, total[g.units] / np.maximum(c, 1), np.nan)
+        fill = np.nanmedian(s) if np.isfinite(s).any() else 0.0
+        out.append(np.where(np.isnan(s), fill, s))
+    return out
+
+
+@register_criterion("activation", batched=True)
+def activation(groups, ctx):
+    """Feature-map criterion from calibration batches: mean |activation| each channel
+    feeds the next layers (option ``stat``: ``mean``, ``apoz`` or ``rank``)."""
+    return _activation_stats(groups, ctx, ctx.options.get("stat", "mean"))
+
+
+@register_criterion("apoz", batched=True)
+def apoz(groups, ctx):
+    """Average percentage of zeros (Hu et al., 2016): channels that are mostly zero after
+    the activation go first (score = 1 - APoZ)."""
+    return _activation_stats(groups, ctx, "apoz")
+
+
+@register_criterion("hrank", batched=True)
+def hrank(groups, ctx):
+    """HRank (Lin et al., 2020): the average rank of each channel's feature maps; low-rank
+    maps carry little information."""
+    return _activation_stats(groups, ctx, "rank")
+
+
+@register_criterion("taylor", batched=True)
+def taylor(groups, ctx):
+    """First-order Taylor (Molchanov et al., 2019): |sum of w * dL/dw| over each channel's
+    filters, biases and BN affine parameters, with the gradient of the cross-entropy loss
+    accumulated over labelled calibration batches."""
+    model = ctx.model
+    graph = ctx.graph
+    params = dict(model.named_parameters())
+    wanted = {}
+    for m in graph.members:
+        if m.role in ("out", "bias") or (m.role == "bn" and m.param in ("weight", "bias")):
+            key = f"{m.module}.{m.param}" if m.module else m.param
+            if key in params:
+                wanted[key] = m
+    grads = {k: torch.zeros_like(params[k]) for k in wanted}
+    was = model.training
+    model.eval()
+    saved = {k: p.requires_grad for k, p in params.items()}
+    try:
+        for p in params.values():
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            for inputs, labels in iter_batches(ctx.calibration, ctx.options.get("calibration_batches")):
+                if labels is None:
+                    raise ValueError("taylor needs labelled calibration batches: (inputs, labels) pairs")
+                for p in params.values():
+                    p.grad = None
+                loss = torch.nn.functional.cross_entropy(model(*inputs), labels)
+                loss.backward()
+                for k in wanted:
+                    if params[k].grad is not None:
+                        grads[k] += params[k].grad
+    finally:
+        for k, p in params.items():
+            p.grad = None
+            p.requires_grad_(saved[k])
+        model.train(was)
+    total = np.zeros(graph.n_units)
+    for k, m in wanted.items():
+        wg = (params[k].detach() * grads[k]).reshape(params[k].shape[0], -1).sum(1).double().numpy()
+        np.add.at(total, m.units, wg)
+    total = np.abs(total)
+    return [total[g.units] for g in groups]
