@@ -279,6 +279,12 @@ class Pruner:
             n_keep = self._auto_k(ctx, groups)
         else:
             n_keep = self._counts(groups, float(ratio), base_scores)
+        forced = getattr(self, "_forced", None)
+        if forced:
+            for g in groups:
+                names = [m.module for m in g.producers()]
+                if names and names[0] in forced:
+                    n_keep[g.id] = int(min(g.size, max(1, g.size - g.prunable, forced[names[0]])))
         if self.method == "kmeans" or base_scores is None:
             ctx.n_keep = n_keep
             scores = self.criterion(groups, ctx)
@@ -304,7 +310,9 @@ class Pruner:
         for g in groups:
             if g.frozen.any() or not g.producers() or g.size < 4:
                 continue
-            ks = sorted({int(round(v)) for v in np.linspace(max(1, g.size // 16), g.size, 12)} - {0})
+            # every K up to 32, then a geometric grid up to the group size
+            dense = set(range(1, min(g.size, 32) + 1))
+            ks = sorted(dense | {int(round(v)) for v in np.geomspace(32, g.size, 16)} if g.size > 32 else dense)
             jobs.append(ctx.filters(g))
             cands.append(ks)
             ids.append(g.id)
@@ -403,9 +411,18 @@ class Pruner:
             elif ratio == "auto":
                 r = "auto"
             else:
-                prev_keep = 1.0 - float(ratio) * (step - 1) / iterative_steps
-                keep = 1.0 - float(ratio) * step / iterative_steps
-                r = 1.0 - keep / prev_keep
+                if step == 1 and iterative_steps > 1:
+                    # one-shot counts on the original model; each step moves a share of the way
+                    final_plan = self.plan(float(ratio))
+                    self._schedule_steps = {}
+                    for g in final_plan.graph.groups:
+                        names = [m.module for m in g.producers()]
+                        if names and g.id in final_plan.keep:
+                            self._schedule_steps[names[0]] = (g.size, len(final_plan.keep[g.id]))
+                if iterative_steps > 1:
+                    self._forced = {n: size - int(math.floor((size - final) * step / iterative_steps + 0.5))
+                                    for n, (size, final) in self._schedule_steps.items()}
+                r = float(ratio) * step / iterative_steps  # overridden per group by the forced counts
             result = self.prune(r, inplace=inplace or step > 1, **kw)
             self.model = result.model
             steps.append(result.summary)
@@ -413,6 +430,7 @@ class Pruner:
                 out = finetune(self.model, step)
                 if isinstance(out, nn.Module):
                     self.model = result.model = out
+        self._forced = None
         if iterative_steps > 1:
             layers = first_graph.layers if first_graph is not None else build_graph(original, self.inputs, self.example_kwargs).layers
             result.summary = compare(snapshot(original, layers), snapshot(self.model, layers))

@@ -295,9 +295,11 @@ def hrank(groups, ctx):
 
 @register_criterion("taylor", batched=True)
 def taylor(groups, ctx):
-    """First-order Taylor (Molchanov et al., 2019): |sum of w * dL/dw| over each channel's
-    filters, biases and BN affine parameters, with the gradient of the cross-entropy loss
-    accumulated over labelled calibration batches."""
+    """First-order Taylor (Molchanov et al., 2019): per calibration batch, the change of
+    the loss from removing a channel is estimated as sum(w * dL/dw) over its filters,
+    biases and BN affine parameters; the score is the mean over batches of its square.
+    (The gradient of a trained model averages to almost zero over batches, so the
+    per-batch squares, not the square of the sum, carry the signal.)"""
     model = ctx.model
     graph = ctx.graph
     params = dict(model.named_parameters())
@@ -307,7 +309,8 @@ def taylor(groups, ctx):
             key = f"{m.module}.{m.param}" if m.module else m.param
             if key in params:
                 wanted[key] = m
-    grads = {k: torch.zeros_like(params[k]) for k in wanted}
+    total = np.zeros(graph.n_units)
+    n_batches = 0
     was = model.training
     model.eval()
     saved = {k: p.requires_grad for k, p in params.items()}
@@ -322,17 +325,19 @@ def taylor(groups, ctx):
                     p.grad = None
                 loss = torch.nn.functional.cross_entropy(model(*inputs), labels)
                 loss.backward()
-                for k in wanted:
-                    if params[k].grad is not None:
-                        grads[k] += params[k].grad
+                contrib = np.zeros(graph.n_units)
+                for k, m in wanted.items():
+                    g = params[k].grad
+                    if g is None:
+                        continue
+                    wg = (params[k].detach() * g).reshape(params[k].shape[0], -1).sum(1).double().numpy()
+                    np.add.at(contrib, m.units, wg)
+                total += contrib**2
+                n_batches += 1
     finally:
         for k, p in params.items():
             p.grad = None
             p.requires_grad_(saved[k])
         model.train(was)
-    total = np.zeros(graph.n_units)
-    for k, m in wanted.items():
-        wg = (params[k].detach() * grads[k]).reshape(params[k].shape[0], -1).sum(1).double().numpy()
-        np.add.at(total, m.units, wg)
-    total = np.abs(total)
+    total /= max(1, n_batches)
     return [total[g.units] for g in groups]

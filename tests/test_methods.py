@@ -1,0 +1,304 @@
+"""Pruning methods, schedules and the Pruner API (issue: methods and the Python API)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import pyprune
+from pyprune.data import digits
+from pyprune.models import digits_cnn
+from pyprune.train import evaluate, fit
+
+
+def net(c1=16, c2=8, bias=True, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, c1, 3, padding=1, bias=bias), nn.ReLU(),
+                         nn.Conv2d(c1, c2, 3, padding=1, bias=bias), nn.ReLU(), nn.Conv2d(c2, 4, 1)).eval()
+
+
+def kept(res, name="0"):
+    g = [g for g in res.plan.graph.groups if g.name == name][0]
+    return sorted(int(i) for i in res.plan.keep[g.id])
+
+
+def batches(n=3, bs=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(bs, 3, 8, 8, generator=g), torch.randint(0, 4, (bs,), generator=g)) for _ in range(n)]
+
+
+class Pool(nn.Module):
+    def __init__(self, body):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x).mean(dim=(2, 3))
+
+
+# -- data-driven criteria against hook / autograd references ------------------------------
+def reference_stats(model, cal):
+    """Statistics of the input of model[2] (= channels of layer 0 after ReLU), via a hook."""
+    seen = []
+    h = model[2].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    with torch.no_grad():
+        for x, _ in cal:
+            model(x)
+    h.remove()
+    a = torch.cat(seen)  # N, C, H, W
+    mean = a.abs().mean(dim=(0, 2, 3))
+    apoz = (a == 0).float().mean(dim=(0, 2, 3))
+    rank = torch.linalg.matrix_rank(a).float().mean(0)
+    return mean, apoz, rank
+
+
+@pytest.mark.parametrize("method", ["activation", "apoz", "hrank"])
+def test_activation_criteria_match_hooks(method):
+    model = net()
+    cal = batches()
+    mean, apoz, rank = reference_stats(model, cal)
+    ref = {"activation": mean, "apoz": -apoz, "hrank": rank}[method]
+    res = pyprune.prune(model, cal[0][0][:1], method=method, calibration=cal, ratio=0.5)
+    got = kept(res)
+    order = torch.argsort(ref, descending=True, stable=True)
+    top = set(order[:8].tolist())
+    if method == "hrank":  # ranks tie a lot: the kept set must be a valid top-8
+        assert all(float(ref[i]) >= float(ref[order[7]]) for i in got)
+    else:
+        assert set(got) == top
+
+
+def test_taylor_matches_autograd_reference():
+    model = Pool(net())
+    cal = batches(n=4)
+    w, b = model.body[0].weight, model.body[0].bias
+    score = torch.zeros(16, dtype=torch.float64)
+    for x, y in cal:
+        gw, gb = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), [w, b])
+        c = (w * gw).flatten(1).sum(1) + b * gb
+        score += c.double() ** 2
+    want = sorted(torch.argsort(score, descending=True)[:8].tolist())
+    res = pyprune.prune(model, cal[0][0][:1], method="taylor", calibration=cal, ratio=0.5)
+    assert kept(res, "body.0") == want
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["activation", "apoz", "hrank", "taylor"])
+def test_data_methods_need_calibration(method):
+    with pytest.raises(ValueError, match="calibration"):
+        pyprune.prune(net(), torch.randn(1, 3, 8, 8), method=method)
+
+
+def test_unknown_schedule():
+    with pytest.raises(ValueError, match=r"unknown schedule 'zigzag'.*uniform.*global.*taper"):
+        pyprune.prune(net(), torch.randn(1, 3, 8, 8), schedule="zigzag")
+
+
+# -- k-means merging -----------------------------------------------------------------------
+def duplicated_net(seed=0):
+    """conv(3->16) -> ReLU -> conv(16->8): filters 8..15 are positive multiples of 0..7."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)).eval()
+    with torch.no_grad():
+        base_w, base_b = model[0].weight[:8].clone(), model[0].bias[:8].clone()
+        scale = torch.rand(8) * 2 + 0.3
+        model[0].weight[8:] = base_w * scale[:, None, None, None]
+        model[0].bias[8:] = base_b * scale
+    return model
+
+
+def test_kmeans_merge_is_exact_for_scaled_duplicates():
+    model = duplicated_net()
+    x = torch.randn(4, 3, 10, 10)
+    want = model(x)
+    res = pyprune.prune(model, x[:1], method="kmeans", ratio=0.5, merge=True)
+    got = res.model(x)
+    assert res.model[0].out_channels == 8
+    assert ((got - want).abs().max() / want.abs().max()) <= 1e-5
+    assert res.merge is not None and res.merge.merged == 8 and res.merge.mean_residual < 1e-5
+    plain = pyprune.prune(model, x[:1], method="kmeans", ratio=0.5, merge=False).model(x)
+    assert ((plain - want).abs().max() / want.abs().max()) > 1e-2
+
+
+def test_kmeans_auto_k_finds_planted_clusters():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.ReLU(), nn.Conv2d(48, 4, 1)).eval()
+    proto = torch.randn(6, 3, 3, 3)
+    with torch.no_grad():
+        model[0].weight.copy_(proto.repeat(8, 1, 1, 1) * (1 + 0.05 * torch.randn(48, 1, 1, 1))
+                              + 0.05 * torch.randn(48, 3, 3, 3))
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="kmeans", ratio="auto")
+    assert res.model[0].out_channels == 6
+
+
+# -- schedules -----------------------------------------------------------------------------
+def deep_net():
+    torch.manual_seed(0)
+    layers, c = [], 3
+    for w in (32, 32, 64, 64, 128, 128):
+        layers += [nn.Conv2d(c, w, 3, padding=1), nn.ReLU()]
+        c = w
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)]
+    return nn.Sequential(*layers).eval()
+
+
+def test_global_never_removes_a_whole_layer():
+    model = deep_net()
+    with torch.no_grad():  # 60 of this layer's 64 filters look useless next to the other 4
+        model[4].weight[4:].mul_(1e-4)
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", schedule="global", ratio=0.6)
+    w = res.plan.widths()
+    for gid, (before, after) in w.items():
+        g = res.plan.graph.groups[gid]
+        if g.prunable:
+            assert after >= max(1, int(np.ceil(0.1 * before)))
+    assert res.model[4].out_channels == 7  # ceil(10% of 64): the floor stops it
+    assert set(kept(res, "4")) >= {0, 1, 2, 3}
+    removed = sum(b - a for b, a in w.values())
+    assert abs(removed - 0.6 * sum(b for gid, (b, a) in w.items() if res.plan.graph.groups[gid].prunable)) <= 1
+
+
+@pytest.mark.parametrize("taper", [0.5, 1.0, 1.8])
+@pytest.mark.parametrize("round_to", [None, 8])
+def test_taper_monotone_and_hits_overall_ratio(taper, round_to):
+    model = deep_net()
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l1", schedule="taper", taper=taper,
+                        ratio=0.5, round_to=round_to)
+    groups = [g for g in res.plan.graph.groups if g.prunable]
+    groups.sort(key=lambda g: g.depth)
+    ratios = [1 - len(res.plan.keep[g.id]) / g.size for g in groups]
+    tol = (round_to or 1) / min(g.size for g in groups)
+    assert all(b >= a - tol for a, b in zip(ratios, ratios[1:])), ratios
+    assert ratios[-1] > ratios[0]
+    total = sum(g.size for g in groups)
+    removed = sum(g.size - len(res.plan.keep[g.id]) for g in groups)
+    assert abs(removed - 0.5 * total) <= (round_to or 1) * len(groups) / 2 + 1
+
+
+def test_taper_zero_is_uniform():
+    a = pyprune.prune(deep_net(), torch.randn(1, 3, 8, 8), method="l1", schedule="taper", taper=0.0, ratio=0.5)
+    b = pyprune.prune(deep_net(), torch.randn(1, 3, 8, 8), method="l1", schedule="uniform", ratio=0.5)
+    assert a.plan.widths() == b.plan.widths()
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "taper", "global"])
+@pytest.mark.parametrize("target", [0.5, 0.3])
+def test_target_macs_lands_within_3_percent(schedule, target):
+    import torchvision
+
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    res = pyprune.prune(model, x, method="l2", schedule=schedule, target_macs=target)
+    got = res.summary.macs_after / res.summary.macs_before
+    assert abs(got - target) <= 0.03 * target, got
+
+
+def test_target_params_absolute_count():
+    model = deep_net()
+    total = sum(p.numel() for p in model.parameters())
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", target_params=total // 3)
+    assert abs(res.summary.params_after - total / 3) <= 0.03 * total / 3
+
+
+def test_layer_ratios_override():
+    res = pyprune.prune(deep_net(), torch.randn(1, 3, 8, 8), method="l2", ratio=0.5, layer_ratios={"0": 0.0, "1?": 0.75})
+    assert res.model[0].out_channels == 32
+    assert res.model[10].out_channels == 32  # "10" matches "1?"
+    assert res.model[2].out_channels == 16
+    with pytest.raises(ValueError, match="matches no prunable layer"):
+        pyprune.prune(deep_net(), torch.randn(1, 3, 8, 8), layer_ratios={"nope": 0.5})
+
+
+def test_linear_layers_are_pruned():
+    model = digits_cnn(batchnorm=False)
+    res = pyprune.prune(model, torch.randn(1, 1, 8, 8), method="l2", ratio=0.5)
+    assert res.model[9].out_features == 64 and res.model[11].in_features == 64
+    assert res.model[11].out_features == 10
+
+
+# -- Pruner: plan / edit / apply, iterative ----------------------------------------------
+def test_pruner_plan_edit_apply():
+    model = net()
+    pruner = pyprune.Pruner(model, torch.randn(1, 3, 8, 8), method="l1")
+    plan = pruner.plan(ratio=0.5)
+    g = [g for g in plan.graph.groups if g.name == "0"][0]
+    plan.keep[g.id] = np.array([0, 1, 2])
+    res = pruner.apply(plan)
+    assert res.model[0].out_channels == 3
+    assert torch.equal(res.model[0].weight, model[0].weight[:3])
+    assert plan.layer_widths()["0"] == (16, 3)
+
+
+def test_iterative_steps_call_finetune_and_reach_target():
+    model = deep_net()
+    calls = []
+
+    def finetune(m, step):
+        calls.append((step, sum(p.numel() for p in m.parameters())))
+
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l1", ratio=0.5, iterative_steps=3, finetune=finetune)
+    assert [c[0] for c in calls] == [1, 2, 3]
+    assert calls[0][1] > calls[1][1] > calls[2][1]
+    assert len(res.steps) == 3
+    w = [m.out_channels for m in res.model if isinstance(m, nn.Conv2d)]
+    assert w == [16, 16, 32, 32, 64, 64]
+    assert res.summary.params_before == sum(p.numel() for p in model.parameters())
+
+
+# -- real data: scikit-learn's handwritten digits -------------------------------------------
+DIGITS_METHODS = ["kmeans", "kmeans_nomerge", "l1", "l2", "fpgm", "activation", "apoz", "hrank", "taylor", "random"]
+
+
+@pytest.fixture(scope="module")
+def digits_run():
+    torch.manual_seed(0)
+    train, test = digits(seed=0)
+    model = digits_cnn(batchnorm=False)
+    fit(model, train, epochs=20, lr=2e-3, seed=0, progress=False)
+    base = evaluate(model, test)["top1"]
+    cal = [(x, y) for x, y in DataLoader(train, batch_size=128)][:4]
+    x = test[:1][0]
+    rows = {}
+    for method in DIGITS_METHODS:
+        name = "kmeans" if method.startswith("kmeans") else method
+        kw = {"merge": False} if method == "kmeans_nomerge" else {}
+        if method in ("activation", "apoz", "hrank", "taylor"):
+            kw["calibration"] = cal
+        seeds = [0, 1, 2] if method == "random" else [0]
+        before = []
+        for seed in seeds:
+            res = pyprune.prune(model, x, method=name, ratio=0.5, seed=seed, **kw)
+            before.append(evaluate(res.model, test)["top1"])
+        fit(res.model, train, epochs=10, lr=2e-3, seed=0, progress=False)
+        after = evaluate(res.model, test)["top1"]
+        rows[method] = dict(before=float(np.mean(before)), after=after, params=res.summary.params_after,
+                            macs=res.summary.macs_after)
+    rows["unpruned"] = dict(before=base, after=base, params=res.summary.params_before, macs=res.summary.macs_before)
+    print("\n| method | top-1 pruned (no FT) | top-1 after 10 FT epochs | params | MACs |\n|---|---|---|---|---|")
+    for k, r in rows.items():
+        print(f"| {k} | {r['before']:.4f} | {r['after']:.4f} | {r['params']} | {r['macs']} |")
+    return base, rows
+
+
+def test_digits_base_model_is_accurate(digits_run):
+    base, _ = digits_run
+    assert base >= 0.97
+
+
+@pytest.mark.parametrize("method", ["kmeans", "l1", "l2", "fpgm"])
+def test_digits_criteria_beat_random(digits_run, method):
+    _, rows = digits_run
+    assert rows[method]["before"] > rows["random"]["before"] + 0.02, rows
+
+
+def test_digits_merge_beats_no_merge(digits_run):
+    _, rows = digits_run
+    assert rows["kmeans"]["before"] > rows["kmeans_nomerge"]["before"], rows
+
+
+@pytest.mark.parametrize("method", DIGITS_METHODS)
+def test_digits_finetuned_within_1_5_points(digits_run, method):
+    base, rows = digits_run
+    assert rows[method]["after"] >= base - 0.015, rows[method]
