@@ -8,7 +8,13 @@ from torch import nn
 
 import pyprune
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """These tests only run forward passes: no autograd (scoped to this module)."""
+    with torch.no_grad():
+        yield
 
 
 def two_conv(c1=16, c2=8, seed=0):

@@ -15,7 +15,13 @@ import pyprune
 from pyprune.graph import build_graph
 from pyprune.surgery import apply_keep
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """These tests only run forward passes: no autograd (scoped to this module)."""
+    with torch.no_grad():
+        yield
 
 # name -> input side (small inputs keep the suite fast; every model accepts them)
 TORCHVISION = {
