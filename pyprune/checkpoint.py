@@ -1,0 +1,139 @@
+"""Pruned checkpoints: the architecture's name and arguments, its channel spec (the shape
+of every tensor) and the state_dict, plus metadata (method, ratio, accuracy, ...).
+
+Loading rebuilds the architecture from the registry, resizes every tensor to the saved
+spec (so the pruned widths come back) and then loads the weights strictly. The file holds
+only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``:
+no pickled classes. A corrupt, foreign or mismatched file raises :class:`CheckpointError`
+and no half-loaded model is ever returned. Files are written atomically (temporary file,
+then rename), so an interrupted save never destroys the previous checkpoint.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import pathlib
+import tempfile
+
+import torch
+from torch import nn
+
+from .surgery import _update_attributes
+
+__all__ = ["save_model", "load_model", "resize_to", "atomic_save", "read", "CheckpointError", "FORMAT"]
+
+FORMAT = "pyprune-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is not a usable pyprune checkpoint; the message says why."""
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: dict | None = None,
+               meta: dict | None = None, extra: dict | None = None) -> pathlib.Path:
+    """Save `model` (pruned or not) as spec + state_dict. `arch`/`arch_kwargs` name a
+    registry model (``pyprune.models.get_model``) to rebuild it from."""
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    obj = {
+        "format": FORMAT,
+        "version": VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs or {}),
+        "spec": {k: list(v.shape) for k, v in sd.items()},
+        "state_dict": sd,
+        "meta": dict(meta or {}),
+    }
+    if extra:
+        obj.update(extra)
+    atomic_save(obj, path)
+    return pathlib.Path(path)
+
+
+def read(path) -> dict:
+    """Read and check a pyprune checkpoint file (weights_only)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from e
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a pyprune checkpoint (no '{FORMAT}' header)")
+    if obj.get("version") != VERSION:
+        raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, this pyprune reads version {VERSION}")
+    for key in ("spec", "state_dict"):
+        if not isinstance(obj.get(key), dict):
+            raise CheckpointError(f"{path} lacks its {key}")
+    for k, shape in obj["spec"].items():
+        t = obj["state_dict"].get(k)
+        if not isinstance(t, torch.Tensor) or list(t.shape) != list(shape):
+            raise CheckpointError(f"{path}: tensor {k} does not match its spec {shape}")
+    return obj
+
+
+def resize_to(model: nn.Module, spec: dict) -> nn.Module:
+    """Give every parameter/buffer of `model` the shape in `spec` (uninitialised values)
+    and make the modules' size attributes agree. Names missing on either side raise."""
+    own = dict(model.state_dict())
+    missing = [k for k in own if k not in spec]
+    unexpected = [k for k in spec if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(f"the checkpoint does not match the architecture: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    touched = set()
+    for name, shape in spec.items():
+        if list(own[name].shape) == list(shape):
+            continue
+        mod_name, _, pname = name.rpartition(".")
+        mod = model.get_submodule(mod_name) if mod_name else model
+        old = getattr(mod, pname)
+        new = torch.empty(shape, dtype=old.dtype)
+        if pname in mod._parameters:
+            mod._parameters[pname] = nn.Parameter(new, requires_grad=old.requires_grad)
+        else:
+            mod._buffers[pname] = new
+        touched.add(mod_name)
+    for mod_name in touched:
+        _update_attributes(model.get_submodule(mod_name) if mod_name else model)
+    return model
+
+
+def load_model(path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """Rebuild a saved model at its saved (pruned) widths. Without `model`, the
+    architecture comes from the registry by the saved name; with `model` (an instance of
+    the original, unpruned architecture) a copy of it is resized. Returns (model, meta)."""
+    obj = read(path)
+    if model is None:
+        if not obj.get("arch"):
+            raise CheckpointError(f"{path} names no registry architecture: pass the original model, "
+                                  "load_model(path, model=MyNet())")
+        from .models import get_model
+
+        try:
+            model = get_model(obj["arch"], **obj["arch_kwargs"])
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot build architecture {obj['arch']!r}: {e}") from e
+    else:
+        model = copy.deepcopy(model)
+    resize_to(model, obj["spec"])
+    try:
+        model.load_state_dict(obj["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not fit the architecture: {e}") from e
+    model.eval()
+    return model, dict(obj.get("meta", {}))

@@ -1,0 +1,276 @@
+"""The workflow: models, data, training (resume, DDP), checkpoints and the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pyprune
+from pyprune.checkpoint import CheckpointError, load_model, save_model
+from pyprune.data import DataError, cifar, digits, get_dataset, image_folder
+from pyprune.models import get_model, replace_head
+from pyprune.train import evaluate, fit
+
+
+# -- data -------------------------------------------------------------------------------------
+def write_cifar10(root, n_per_batch=6, seed=0):
+    """A CIFAR-10 folder in the real layout: pickled dicts with uint8 'data' (N x 3072,
+    channel-major) and 'labels', plus batches.meta with the class names."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n_per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name, "data": data, "labels": labels}, f)
+        batches[name] = (data, labels)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names, "num_cases_per_batch": n_per_batch}, f)
+    return batches
+
+
+def test_cifar_folder_loads_through_the_real_reader(tmp_path):
+    batches = write_cifar10(tmp_path)
+    train, test = cifar(tmp_path, 10, augment=False)
+    assert len(train) == 30 and len(test) == 6
+    assert train.classes[3] == "cat"
+    x, y = test[2]
+    data, labels = batches["test_batch"]
+    assert y == labels[2]
+    img = torch.from_numpy(data[2].reshape(3, 32, 32).astype(np.float32) / 255)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465])[:, None, None]
+    std = torch.tensor([0.2470, 0.2435, 0.2616])[:, None, None]
+    torch.testing.assert_close(x, (img - mean) / std)
+    spec = get_dataset("cifar10", str(tmp_path), augment=True)
+    assert spec.num_classes == 10 and spec.train[0][0].shape == (3, 32, 32)
+
+
+def test_missing_cifar_says_how_to_get_it(tmp_path):
+    with pytest.raises(DataError, match=r"never downloads.*cifar-10-python.tar.gz"):
+        cifar(tmp_path, 10)
+    with pytest.raises(DataError, match="needs --data-dir"):
+        get_dataset("cifar100")
+
+
+def test_image_folder_of_pngs(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("defect", "ok"):
+        (tmp_path / cls).mkdir()
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    train, val, classes = image_folder(tmp_path, size=16, val_fraction=0.34, augment=True)
+    assert classes == ["defect", "ok"]
+    assert len(train) + len(val) == 12 and len(val) == 4
+    assert sorted(val[i][1] for i in range(len(val))) == [0, 0, 1, 1]  # stratified
+    assert train[0][0].shape == (3, 16, 16)
+
+
+def test_digits_splits_are_real_and_stratified():
+    train, test = digits()
+    assert len(train) + len(test) == 1797
+    labels = torch.stack([test[i][1] for i in range(len(test))])
+    assert torch.bincount(labels).min() >= 30
+    big, _ = digits(size=32, channels=3)
+    assert big[0][0].shape == (3, 32, 32)
+
+
+# -- models -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vgg11_cifar", "vgg16_cifar", "resnet20_cifar", "resnet56_cifar", "resnet110_cifar",
+                                  "densenet40_cifar", "mobilenet_v2_cifar"])
+def test_cifar_models_run_and_prune(name):
+    model = get_model(name, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x).shape == (2, 10)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model(x).shape == (2, 10)
+    assert res.summary.params_after < 0.6 * res.summary.params_before
+
+
+def test_local_weights_and_head_replacement(tmp_path):
+    src = get_model("resnet18", num_classes=1000)
+    path = tmp_path / "r18.pth"
+    torch.save(src.state_dict(), path)
+    model = get_model("resnet18", num_classes=2, weights=path)
+    assert model.fc.out_features == 2
+    torch.testing.assert_close(model.conv1.weight, src.conv1.weight)
+    sq = replace_head(get_model("squeezenet1_1", num_classes=1000), 3)
+    assert sq.classifier[1].out_channels == 3
+    with pytest.raises(FileNotFoundError, match="local files"):
+        get_model("resnet18", num_classes=2, weights=tmp_path / "missing.pth")
+    with pytest.raises(ValueError, match="unknown model"):
+        get_model("resnet9000")
+
+
+# -- training ---------------------------------------------------------------------------------
+def test_training_on_digits_learns():
+    train, test = digits()
+    torch.manual_seed(0)
+    model = get_model("digits_cnn", num_classes=10, in_channels=1)
+    chance = evaluate(model, test)["top1"]
+    hist = fit(model, train, epochs=2, lr=3e-3, seed=0)
+    m = evaluate(model, test)
+    assert m["top1"] > 0.8 > chance + 0.5
+    assert hist[1]["loss"] < hist[0]["loss"]
+    assert np.array(m["confusion"]).sum() == len(test) and 0 < m["macro_f1"] <= 1
+
+
+def test_resume_gives_the_same_weights(tmp_path):
+    train, _ = digits()
+    sub = torch.utils.data.Subset(train, range(400))
+
+    def make():
+        torch.manual_seed(0)
+        return get_model("digits_cnn", num_classes=10, in_channels=1)
+
+    full = make()
+    fit(full, sub, epochs=4, lr=2e-3, seed=3, checkpoint=tmp_path / "a.pt")
+
+    class Stop(Exception):
+        pass
+
+    def crash(row):
+        if row["epoch"] == 2:
+            raise Stop  # killed during epoch 3, before its checkpoint
+
+    first = make()
+    with pytest.raises(Stop):
+        fit(first, sub, epochs=4, lr=2e-3, seed=3, checkpoint=tmp_path / "b.pt", log=crash)
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
+    assert state["train"]["epoch"] == 1
+    resumed = make()  # a fresh process would start from a fresh model
+    hist = fit(resumed, sub, epochs=4, lr=2e-3, seed=3, checkpoint=tmp_path / "b.pt")
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "pyprune", "train", "--model", "digits_cnn", "--epochs", "1",
+           "--out", str(out), "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["ranks_agree"] is True
+    assert p.stdout.count("model written to") == 1  # rank 0 only
+    assert sorted(f.name for f in out.iterdir()) == ["metrics.json", "model.pt", "train_state.pt"]
+    assert torch.load(out / "train_state.pt", weights_only=True)["train"]["epoch"] == 0
+    model, meta = load_model(out / "model.pt")
+    assert meta["dataset"] == "digits"
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["resnet56_cifar", "densenet40_cifar", "resnet18", "densenet121"])
+def test_pruned_checkpoint_round_trip(tmp_path, arch):
+    torch.manual_seed(0)
+    model = get_model(arch, num_classes=10).eval()
+    x = torch.randn(2, 3, 32, 32)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    path = save_model(tmp_path / "p.pt", res.model, arch=arch, arch_kwargs={"num_classes": 10},
+                      meta={"method": "l2", "ratio": 0.5, "top1": 0.5})
+    obj = torch.load(path, weights_only=True)  # plain data only
+    assert obj["format"] == "pyprune-checkpoint"
+    loaded, meta = load_model(path)
+    assert meta == {"method": "l2", "ratio": 0.5, "top1": 0.5}
+    with torch.no_grad():
+        assert torch.equal(loaded(x), res.model(x))
+    assert sum(p.numel() for p in loaded.parameters()) == res.summary.params_after
+
+
+def test_user_model_checkpoint_needs_the_architecture(tmp_path):
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    path = save_model(tmp_path / "u.pt", res.model)
+    with pytest.raises(CheckpointError, match="names no registry architecture"):
+        load_model(path)
+    loaded, _ = load_model(path, model=model)
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(loaded(x), res.model(x))
+    assert model[0].out_channels == 8  # the given instance is not modified
+
+
+def test_corrupt_and_mismatched_checkpoints(tmp_path):
+    model = get_model("resnet20_cifar", num_classes=10)
+    good = save_model(tmp_path / "g.pt", model, arch="resnet20_cifar", arch_kwargs={"num_classes": 10})
+    data = good.read_bytes()
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_model(tmp_path / "trunc.pt")
+    torch.save({"weights": 1}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a pyprune checkpoint"):
+        load_model(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="does not match the architecture"):
+        load_model(good, model=get_model("resnet56_cifar", num_classes=10))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.pt")
+
+
+# -- CLI -------------------------------------------------------------------------------------------
+def run_cli(*args, cwd=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "pyprune", *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def test_cli_run_end_to_end(tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("model: digits_cnn\ndataset: digits\nepochs: 3\nfinetune_epochs: 2\nmethod: l1\nratio: 0.25\n"
+                   f"out: {tmp_path / 'run'}\n")
+    p = run_cli("run", "--config", str(cfg))
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["method"] == "l1" and res["ratio"] == 0.25 and res["dataset"] == "digits"
+    assert res["base"]["top1"] > 0.9
+    assert res["pruned"]["params"] < res["base"]["params"] and res["pruned"]["macs"] < res["base"]["macs"]
+    assert res["pruned"]["top1"] > 0.85
+    assert f"results written to {tmp_path / 'run' / 'results.json'}" in p.stdout
+    # the pruned checkpoint evaluates to the same accuracy
+    e = run_cli("evaluate", "--checkpoint", str(tmp_path / "run" / "pruned.pt"), "--out", str(tmp_path / "m.json"))
+    assert e.returncode == 0, e.stderr[-2000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert abs(m["top1"] - res["pruned"]["top1"]) < 1e-9 and m["params"] == res["pruned"]["params"]
+
+
+def test_cli_prune_finetune_sweep(tmp_path):
+    base = tmp_path / "t"
+    assert run_cli("train", "--epochs", "2", "--out", str(base), "--quiet").returncode == 0
+    p = run_cli("prune", "--checkpoint", str(base / "model.pt"), "--method", "kmeans", "--ratio", "0.5",
+                "--out", str(tmp_path / "p.pt"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "total params" in p.stdout and "pruned model written to" in p.stdout
+    f = run_cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--out", str(tmp_path / "f.pt"))
+    assert f.returncode == 0, f.stderr[-2000:]
+    s = run_cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "random", "--ratios", "0.5",
+                "--finetune-epochs", "0", "--out", str(tmp_path / "sw"))
+    assert s.returncode == 0, s.stderr[-2000:]
+    rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["unpruned", "l1", "random"]
+
+
+def test_cli_errors_and_help(tmp_path):
+    p = run_cli("prune", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt"))
+    assert p.returncode == 2 and "does not exist" in p.stderr
+    p = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert p.returncode == 2 and "never downloads" in p.stderr
+    for cmd in ("train", "prune", "finetune", "evaluate", "run", "sweep", "demo", "info"):
+        h = run_cli(cmd, "--help")
+        assert h.returncode == 0 and "usage: pyprune " + cmd in h.stdout
