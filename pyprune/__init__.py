@@ -9,6 +9,19 @@ from .graph import ChannelGraph, GraphError, build_graph
 from .prune import Pruner, PrunePlan, PruneResult, prune
 from .summary import Summary
 
+
+# The submodule is loaded first, then the name is bound to its function: `pyprune.export(...)`
+# exports, and `from pyprune.export import ExportResult` still reaches the module.
+from . import export as _export_module  # noqa: E402,F401
+from .export import export  # noqa: E402
+
+
+def benchmark(*args, **kwargs):
+    """Latency/throughput/size in eager, onnxruntime, ExecuTorch (see :mod:`pyprune.bench`)."""
+    from .bench import benchmark as _benchmark
+
+    return _benchmark(*args, **kwargs)
+
 try:
     __version__ = version("pyprune")
 except PackageNotFoundError:  # running from a source tree that was not installed
@@ -27,4 +40,6 @@ __all__ = [
     "Summary",
     "register_criterion",
     "available_criteria",
+    "export",
+    "benchmark",
 ]

@@ -319,9 +319,11 @@ def cmd_demo(args) -> int:
     rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_metrics["top1"],
              "top1_after_ft": base_metrics["top1"], "macro_f1_after_ft": base_metrics["macro_f1"],
              "params": p0, "macs": m0, "prune_s": 0.0, "finetune_s": 0.0}]
+    pruned_models = {}
     for method in args.methods:
         t0 = time.perf_counter()
         res = prune(base, x, method=method, ratio=args.ratio, seed=args.seed)
+        pruned_models[method] = res
         t_prune = time.perf_counter() - t0
         before = evaluate(res.model, test)
         t0 = time.perf_counter()
@@ -338,8 +340,9 @@ def cmd_demo(args) -> int:
         print(f"{method:>8}: top-1 {before['top1']:.4f} after pruning, {after['top1']:.4f} after "
               f"{args.finetune_epochs} fine-tune epochs; params {p0} -> {res.summary.params_after}, "
               f"MACs {m0} -> {res.summary.macs_after} (pruned in {t_prune:.2f} s)")
+    edge = {} if args.no_edge else _demo_edge(base, pruned_models, rows, out, x, args)
     wall = time.perf_counter() - t_start
-    result = {"dataset": "digits", "ratio": args.ratio, "epochs": args.epochs,
+    result = {"dataset": "digits", "ratio": args.ratio, "epochs": args.epochs, "edge": edge,
               "finetune_epochs": args.finetune_epochs, "seed": args.seed, "wall_s": wall, "rows": rows}
     _write_json(out / "results.json", result)
     lines = ["| method | ratio | top-1 before FT | top-1 after FT | macro-F1 after FT | params | MACs | prune s |",
@@ -351,8 +354,58 @@ def cmd_demo(args) -> int:
     (out / "summary.md").write_text(f"# pyprune demo (digits)\n\nwall time {wall:.1f} s\n\n{table}\n")
     print()
     print(table)
-    print(f"\nresults written to {out.resolve()}/ (results.json, summary.md, base.pt, pruned_*.pt) in {wall:.1f} s")
+    if edge:
+        print()
+        print(edge["table"])
+        print(f"\nreport: {edge['report']}")
+    print(f"\nresults written to {out.resolve()}/ (results.json, summary.md, base.pt, pruned_*.pt"
+          f"{', edge/ (ONNX, .pte, benchmarks), report/' if edge else ''}) in {wall:.1f} s")
     return 0
+
+
+def _demo_edge(base, pruned_models: dict, rows: list, out: pathlib.Path, x, args) -> dict:
+    """Export the original and the pruned model, benchmark both, write the report."""
+    from .bench import benchmark
+    from .export import export
+    from .report import write_report
+
+    method = "kmeans" if "kmeans" in pruned_models else next(iter(pruned_models))
+    res = pruned_models[method]
+    runtimes = ["eager", "onnxruntime"]
+    try:
+        import executorch  # noqa: F401
+
+        runtimes.append("executorch")
+    except ImportError:
+        print("ExecuTorch is not installed (pip install 'pyprune[executorch]'): skipping the .pte export")
+    edge_dir = out / "edge"
+    files = {}
+    for name, model in (("original", base), ("pruned", res.model)):
+        r = export(model, x, "onnx", edge_dir / f"{name}.onnx", dynamic_batch=True)
+        files[name] = r
+        print(f"exported {r}")
+        if "executorch" in runtimes:
+            print(f"exported {export(model, x, 'executorch', edge_dir / f'{name}.pte')}")
+    bench_rows = []
+    tables = []
+    for name, model, ratio in (("original", base, 0.0), (f"pruned ({method})", res.model, args.ratio)):
+        b = benchmark(model, tuple(x.shape), runtimes=runtimes, threads=[1], batch_sizes=[1, 8],
+                      repeats=40, max_seconds=3.0, workdir=edge_dir / ("bench-" + name.split()[0]))
+        tables.append(f"{name}:\n{b.table()}")
+        for r in b.rows:
+            bench_rows.append(dict(r, model=name, ratio=ratio))
+        b.write(edge_dir / ("bench-" + name.split()[0]))
+    sizes = {"original": {"params": rows[0]["params"], "macs": rows[0]["macs"], "file_bytes": files["original"].size_bytes},
+             "pruned": {"params": res.summary.params_after, "macs": res.summary.macs_after,
+                        "file_bytes": files["pruned"].size_bytes}}
+    sweep = [{"method": r["method"], "ratio": r["ratio"], "top1": r["top1_after_ft"], "top1_before_ft": r["top1_before_ft"],
+              "params": r["params"], "macs": r["macs"]} for r in rows]
+    report = write_report(out / "report", sweep=sweep, bench=[r for r in bench_rows if r["batch"] == 1],
+                          sizes=sizes, layer_widths=res.plan.layer_widths(),
+                          title="pyprune demo: digits CNN, 50% of channels",
+                          notes=[f"method {method}; latency at batch 1, 1 thread; "
+                                 f"{len(rows) - 1} methods compared after fine-tuning"])
+    return {"bench": bench_rows, "sizes": sizes, "report": str(report), "table": "\n\n".join(tables)}
 
 
 def cmd_info(args) -> int:
@@ -367,6 +420,45 @@ def cmd_info(args) -> int:
     params, macs = count(model, graph.layers)
     print(f"{args.model}: {params:,} parameters, {macs:,} MACs at {args.in_channels}x{args.size}x{args.size}")
     print(graph.table())
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .checkpoint import load_model
+    from .export import export
+
+    model, meta = load_model(args.checkpoint)
+    x = _example(meta).repeat(args.batch, 1, 1, 1)
+    cal = None
+    if args.int8:
+        cal = _calibration(args, _spec_for(meta, args), n=8)
+    res = export(model, x, args.format, args.out, dynamic_batch=args.dynamic_batch, quantize="int8" if args.int8 else None,
+                 calibration=cal)
+    print(f"verified in a fresh process: {res}")
+    print(f"exported model written to {res.path}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import benchmark
+
+    target = pathlib.Path(args.target)
+    if target.suffix == ".pt":
+        from .checkpoint import load_model
+
+        model, meta = load_model(target)
+        shape = (1, *(args.shape or [int(meta.get("in_channels", 3)), int(meta.get("size", 224)), int(meta.get("size", 224))]))
+        res = benchmark(model, shape, runtimes=args.runtimes, threads=args.threads, batch_sizes=args.batch_sizes,
+                        repeats=args.repeats)
+    else:
+        if not args.shape:
+            raise ValueError("--shape C H W is needed to benchmark an exported file")
+        res = benchmark(target, (1, *args.shape), threads=args.threads, batch_sizes=args.batch_sizes, repeats=args.repeats)
+    print(res.table())
+    if any(r["noisy"] for r in res.rows):
+        print("note: rows marked noisy ran while other load used more than 25% of the machine")
+    j, c = res.write(args.out)
+    print(f"benchmark written to {j} and {c}")
     return 0
 
 
@@ -482,7 +574,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--epochs", type=int, default=30, help="training epochs of the base model")
     d.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-edge", action="store_true", help="skip the export, benchmark and report steps")
     d.set_defaults(func=cmd_demo)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX or ExecuTorch (.pte) and verify it")
+    x.add_argument("--checkpoint", required=True)
+    x.add_argument("--format", choices=["onnx", "executorch"], default="onnx")
+    x.add_argument("--out", required=True, help="output file (.onnx or .pte)")
+    x.add_argument("--dynamic-batch", action="store_true", help="ONNX: allow any batch size")
+    x.add_argument("--int8", action="store_true", help="static int8 quantization (calibrated on --dataset)")
+    x.add_argument("--batch", type=int, default=1, help="batch size of the example input")
+    _add_data(x)
+    x.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("bench", help="latency/throughput/size of a checkpoint or exported file")
+    b.add_argument("target", help="a pyprune checkpoint (.pt) or an exported file (.onnx, .pte, .pt2)")
+    b.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime", "executorch"])
+    b.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    b.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32])
+    b.add_argument("--shape", nargs="+", type=int, default=None, help="input shape without batch (default: from the checkpoint)")
+    b.add_argument("--repeats", type=int, default=50)
+    b.add_argument("--out", default="results/bench", help="folder for bench.json and bench.csv")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="parameters, MACs and prunable channel groups of a model")
     i.add_argument("model", help="registry or torchvision model name, e.g. resnet50 or resnet56_cifar")

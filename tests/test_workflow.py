@@ -271,6 +271,6 @@ def test_cli_errors_and_help(tmp_path):
     assert p.returncode == 2 and "does not exist" in p.stderr
     p = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "never downloads" in p.stderr
-    for cmd in ("train", "prune", "finetune", "evaluate", "run", "sweep", "demo", "info"):
+    for cmd in ("train", "prune", "finetune", "evaluate", "run", "sweep", "demo", "info", "export", "bench"):
         h = run_cli(cmd, "--help")
         assert h.returncode == 0 and "usage: pyprune " + cmd in h.stdout

@@ -1,0 +1,158 @@
+"""Edge benchmarks: latency, throughput and size of a model in eager PyTorch, onnxruntime and
+ExecuTorch, at several thread counts and batch sizes.
+
+    rows = pyprune.benchmark(model, (1, 3, 224, 224), runtimes=["eager", "onnxruntime"], threads=[1, 2])
+
+A model is exported once per runtime (``torch.export`` program for eager, ONNX with a
+dynamic batch, one ``.pte`` per batch size for ExecuTorch). Then each (runtime, threads)
+pair runs in its own process, with its threads set before the runtime loads. Warm-up runs
+are discarded. Per batch size you get p50/p90/mean latency per batch and per image, and
+throughput. Every row also carries the file size on disk, params and MACs, and how busy
+the rest of the machine was meanwhile (from /proc/stat); rows where other load took more
+than ``NOISY`` of the machine are flagged ``noisy``. A lock file keeps two benchmarks from
+ever running at the same time.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = ["benchmark", "BenchResult", "RUNTIMES", "NOISY"]
+
+RUNTIMES = ("eager", "onnxruntime", "executorch")
+NOISY = 0.25
+LOCK = pathlib.Path(tempfile.gettempdir()) / "pyprune-bench.lock"
+
+
+@dataclass
+class BenchResult:
+    rows: list = field(default_factory=list)
+    files: dict = field(default_factory=dict)  # runtime -> {batch or "*": path}
+    params: int = 0
+    macs: int = 0
+
+    def table(self) -> str:
+        head = f"{'runtime':<12} {'thr':>3} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'ms/img':>8} {'img/s':>8} {'size MB':>8} {'other load':>10}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            flag = " noisy" if r["noisy"] else ""
+            lines.append(f"{r['runtime']:<12} {r['threads']:>3} {r['batch']:>5} {1e3 * r['p50_s']:>9.3f} {1e3 * r['p90_s']:>9.3f} "
+                         f"{1e3 * r['per_image_p50_s']:>8.3f} {r['throughput']:>8.1f} {r['size_bytes'] / 1e6:>8.2f} "
+                         f"{r['other_load']:>9.0%}{flag}")
+        return "\n".join(lines)
+
+    def write(self, out_dir) -> tuple[pathlib.Path, pathlib.Path]:
+        out = pathlib.Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        j = out / "bench.json"
+        j.write_text(json.dumps({"params": self.params, "macs": self.macs, "rows": self.rows}, indent=1))
+        c = out / "bench.csv"
+        cols = list(self.rows[0]) if self.rows else []
+        c.write_text("\n".join([",".join(cols)] + [",".join(str(r[k]) for k in cols) for r in self.rows]) + "\n")
+        return j, c
+
+
+@contextlib.contextmanager
+def _exclusive():
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Path) -> dict:
+    from .export import export
+
+    files = {}
+    x = torch.randn(shape)
+    model = model.eval()
+    if "eager" in runtimes:
+        x2 = x.repeat(2, *([1] * (x.dim() - 1))) if x.shape[0] == 1 else x  # keep the batch dim dynamic
+        ep = torch.export.export(model, (x2,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+        p = workdir / "model.pt2"
+        torch.export.save(ep, str(p))
+        files["eager"] = {"*": p}
+    if "onnxruntime" in runtimes:
+        files["onnxruntime"] = {"*": export(model, x, "onnx", workdir / "model.onnx", dynamic_batch=True).path}
+    if "executorch" in runtimes:
+        files["executorch"] = {}
+        for b in batch_sizes:
+            xb = torch.randn((b, *shape[1:]))
+            files["executorch"][str(b)] = export(model, xb, "executorch", workdir / f"model-b{b}.pte").path
+    return files
+
+
+def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "executorch"), threads=(1, 2),
+              batch_sizes=(1, 8, 32), *, workdir=None, repeats: int = 50, max_seconds: float = 10.0,
+              warmup: int = 5) -> BenchResult:
+    """Benchmark an ``nn.Module`` (exported here) or an exported file (.onnx, .pte, .pt2)."""
+    runtimes = [runtimes] if isinstance(runtimes, str) else list(runtimes)
+    for r in runtimes:
+        if r not in RUNTIMES:
+            raise ValueError(f"unknown runtime {r!r}; known: {', '.join(RUNTIMES)}")
+    shape = tuple(int(v) for v in input_shape)
+    result = BenchResult()
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pyprune-bench-")
+        workdir = tmp.name
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        if isinstance(model_or_file, nn.Module):
+            from .graph import build_graph
+            from .summary import count
+
+            result.params, result.macs = count(model_or_file, build_graph(model_or_file, torch.zeros(shape)).layers)
+            files = _prepare(model_or_file, shape, runtimes, batch_sizes, workdir)
+        else:
+            path = pathlib.Path(model_or_file)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found")
+            rt = {".onnx": "onnxruntime", ".pte": "executorch", ".pt2": "eager", ".pt": "eager"}.get(path.suffix)
+            if rt is None:
+                raise ValueError(f"{path}: cannot tell the runtime from the suffix (.onnx, .pte, .pt2, .pt)")
+            runtimes = [rt]
+            files = {rt: {"*": path}}
+        result.files = {k: {b: str(p) for b, p in v.items()} for k, v in files.items()}
+        with _exclusive():
+            for rt in runtimes:
+                for th in threads:
+                    spec = {"runtime": rt, "threads": int(th), "shapes": [[b, *shape[1:]] for b in batch_sizes],
+                            "repeats": repeats, "max_seconds": max_seconds, "warmup": warmup}
+                    paths = files[rt]
+                    if "*" in paths:
+                        spec["path"] = str(paths["*"])
+                    else:
+                        spec["paths"] = {b: str(p) for b, p in paths.items()}
+                        spec["shapes"] = [s for s in spec["shapes"] if str(s[0]) in paths]
+                    env = dict(os.environ, OMP_NUM_THREADS=str(th))
+                    p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "bench", json.dumps(spec)],
+                                       capture_output=True, text=True, timeout=1800, env=env)
+                    if p.returncode != 0:
+                        raise RuntimeError(f"benchmark of {rt} at {th} threads failed:\n{p.stderr[-2000:]}")
+                    for row in json.loads(p.stdout.strip().splitlines()[-1]):
+                        b = row["batch"]
+                        f = paths.get(str(b), paths.get("*"))
+                        row.update({"per_image_p50_s": row["p50_s"] / b, "per_image_mean_s": row["mean_s"] / b,
+                                    "throughput": b / row["mean_s"], "size_bytes": pathlib.Path(f).stat().st_size,
+                                    "file": str(f), "params": result.params, "macs": result.macs,
+                                    "noisy": row["other_load"] > NOISY})
+                        result.rows.append(row)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return result

@@ -1,0 +1,240 @@
+"""Edge export (ONNX, ExecuTorch; fp32 and int8), benchmarks and the report."""
+from __future__ import annotations
+
+import html.parser
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import pyprune
+from pyprune.bench import LOCK, _exclusive, benchmark
+from pyprune.export import ExportError, export
+from pyprune.report import write_report
+
+onnxruntime = pytest.importorskip("onnxruntime", reason="the onnx extra is not installed: pip install 'pyprune[onnx]'")
+executorch = pytest.importorskip("executorch", reason="the executorch extra is not installed: pip install 'pyprune[executorch]'")
+
+
+def randomize_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+    return model
+
+
+_models: dict = {}
+
+
+def models(name):
+    if name not in _models:
+        torch.manual_seed(0)
+        m = randomize_bn(getattr(torchvision.models, name)(num_classes=10).eval())
+        x = torch.randn(1, 3, 64, 64)
+        p = pyprune.prune(m, x, method="l2", ratio=0.5).model.eval()
+        _models[name] = (m, p, x)
+    return _models[name]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+@pytest.mark.parametrize("which", ["unpruned", "pruned"])
+def test_fp32_export_loads_in_a_fresh_process_and_agrees(tmp_path, fmt, name, which):
+    full, pruned, x = models(name)
+    model = full if which == "unpruned" else pruned
+    res = export(model, x, fmt, tmp_path / f"m.{fmt}", dynamic_batch=(fmt == "onnx"))
+    assert res.verified and res.max_rel_error <= 1e-4 and res.top1_agreement == 1.0
+    assert res.size_bytes == res.path.stat().st_size
+    if fmt == "onnx":  # an independent check: onnxruntime here, other inputs, other batch size
+        sess = onnxruntime.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+        xi = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
+        got = sess.run(None, {sess.get_inputs()[0].name: xi.numpy()})[0]
+        with torch.no_grad():
+            ref = model(xi).numpy()
+        assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+        assert not list(tmp_path.glob("*.data"))  # single file, no external-data sidecar
+
+
+def test_pte_size_follows_the_parameters(tmp_path):
+    full, pruned, x = models("resnet18")
+    a = export(full, x, "executorch", tmp_path / "full.pte")
+    b = export(pruned, x, "executorch", tmp_path / "pruned.pte")
+    pa = sum(p.numel() for p in full.parameters())
+    pb = sum(p.numel() for p in pruned.parameters())
+    assert abs(b.size_bytes / a.size_bytes - pb / pa) <= 0.05 * pb / pa
+
+
+@pytest.fixture(scope="module")
+def digits_model():
+    from pyprune.data import digits
+    from pyprune.models import digits_cnn
+    from pyprune.train import fit
+
+    train, test = digits()
+    torch.manual_seed(0)
+    m = digits_cnn()
+    fit(m, train, epochs=4, lr=3e-3)
+    res = pyprune.prune(m, test[:1][0], method="kmeans", ratio=0.5)
+    fit(res.model, train, epochs=2, lr=1e-3)
+    cal = [train[i : i + 64][0] for i in range(0, 512, 64)]
+    return res.model.eval(), test, cal
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "executorch"])
+def test_int8_export_agrees_on_real_digits(tmp_path, fmt, digits_model):
+    model, test, cal = digits_model
+    x = test[:1][0]
+    res = export(model, x, fmt, tmp_path / f"q.{fmt}", quantize="int8", calibration=cal, dynamic_batch=(fmt == "onnx"))
+    assert res.verified and res.quantized and res.max_rel_error <= 0.05 and res.top1_agreement == 1.0
+    imgs = test[:][0]
+    with torch.no_grad():
+        ref = model(imgs).argmax(1).numpy()
+    if fmt == "onnx":
+        sess = onnxruntime.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+        got = sess.run(None, {sess.get_inputs()[0].name: imgs.numpy()})[0].argmax(1)
+    else:
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(str(res.path)).load_method("forward")
+        got = np.array([method.execute([imgs[i : i + 1]])[0].argmax(1).item() for i in range(len(imgs))])
+    assert (got == ref).mean() >= 0.98
+
+
+def test_disagreement_is_an_error(tmp_path, monkeypatch):
+    full, _, x = models("resnet18")
+    import importlib
+
+    ex = importlib.import_module("pyprune.export")  # the module (pyprune.export is the function)
+
+    real = ex.run_in_fresh_process
+    monkeypatch.setattr(ex, "run_in_fresh_process", lambda fmt, path, xx: real(fmt, path, xx) * 1.01)
+    with pytest.raises(ExportError, match="does not agree with eager"):
+        export(full, x, "onnx", tmp_path / "m.onnx")
+
+
+def test_missing_runtime_names_the_pip_command(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake(name, *a, **k):
+        if name == "onnxscript":
+            raise ImportError("No module named 'onnxscript'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake)
+    with pytest.raises(ImportError, match=r"pip install 'pyprune\[onnx\]'"):
+        export(torch.nn.Linear(2, 2), torch.randn(1, 2), "onnx", "x.onnx")
+
+
+def test_benchmark_numbers_are_consistent(tmp_path):
+    _, pruned, _ = models("resnet18")
+    res = benchmark(pruned, (1, 3, 64, 64), runtimes=["eager", "onnxruntime", "executorch"], threads=[1, 2],
+                    batch_sizes=[1, 8], repeats=10, max_seconds=2, workdir=tmp_path)
+    assert len(res.rows) == 3 * 2 * 2
+    for r in res.rows:
+        assert r["p90_s"] >= r["p50_s"] > 0 and r["mean_s"] > 0
+        assert r["size_bytes"] == __import__("os").path.getsize(r["file"])
+        assert r["throughput"] == pytest.approx(r["batch"] / r["mean_s"])
+        assert 0 <= r["other_load"] <= 1 and isinstance(r["noisy"], bool)
+    for rt in ("eager", "onnxruntime", "executorch"):
+        for th in (1, 2):
+            one = [r for r in res.rows if r["runtime"] == rt and r["threads"] == th and r["batch"] == 1][0]
+            eight = [r for r in res.rows if r["runtime"] == rt and r["threads"] == th and r["batch"] == 8][0]
+            # a batch of 8 costs more than one image and less than 8 separate runs (within a factor)
+            assert one["p50_s"] * 0.8 <= eight["p50_s"] <= 8 * one["p50_s"] * 2.0
+    assert res.params == sum(p.numel() for p in pruned.parameters()) and res.macs > 0
+    j, c = res.write(tmp_path / "out")
+    assert len(json.loads(j.read_text())["rows"]) == 12 and c.read_text().count("\n") == 13
+
+
+def test_benchmark_never_runs_in_parallel_with_itself(tmp_path):
+    f = tmp_path / "m.onnx"
+    export(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)).eval(), torch.randn(1, 3, 8, 8), "onnx", f, dynamic_batch=True)
+    done = threading.Event()
+
+    def run():
+        benchmark(f, (1, 3, 8, 8), threads=[1], batch_sizes=[1], repeats=5, max_seconds=1)
+        done.set()
+
+    with _exclusive():  # another benchmark holds the machine
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(3)
+        assert not done.is_set()
+    t.join(timeout=120)
+    assert done.is_set() and LOCK.exists()
+
+
+class _Tables(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tables, self.cur, self.row, self.cell, self.imgs = {}, None, None, None, []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table":
+            self.cur = self.tables.setdefault(a.get("id"), [])
+        elif tag == "tr":
+            self.row = []
+        elif tag in ("td", "th"):
+            self.cell = ""
+        elif tag == "img":
+            self.imgs.append(a["src"])
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th"):
+            self.row.append(self.cell)
+            self.cell = None
+        elif tag == "tr" and self.cur is not None:
+            self.cur.append(self.row)
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+
+
+def test_report_from_a_tiny_sweep(tmp_path):
+    from PIL import Image
+
+    sweep = [{"method": "unpruned", "ratio": 0.0, "top1": 0.9861},
+             {"method": "kmeans", "ratio": 0.3, "top1": 0.9833, "top1_before_ft": 0.9512},
+             {"method": "kmeans", "ratio": 0.5, "top1": 0.9805, "top1_before_ft": 0.9081},
+             {"method": "l1", "ratio": 0.3, "top1": 0.9777, "top1_before_ft": 0.8412},
+             {"method": "l1", "ratio": 0.5, "top1": 0.9721, "top1_before_ft": 0.7604}]
+    bench = [{"runtime": "onnxruntime", "threads": 1, "ratio": r, "p50_s": t, "p90_s": t * 1.1, "size_bytes": s}
+             for r, t, s in ((0.0, 0.004, 1000), (0.3, 0.0025, 520), (0.5, 0.0011, 260))]
+    (tmp_path / "sweep.json").write_text(json.dumps(sweep))
+    index = write_report(tmp_path / "rep", sweep=json.loads((tmp_path / "sweep.json").read_text()), bench=bench,
+                         sizes={"original": {"params": 1000, "macs": 9000, "file_bytes": 4100},
+                                "pruned": {"params": 250, "macs": 2300, "file_bytes": 1100}},
+                         layer_widths={"conv1": (32, 16), "conv2": (64, 24), "fc": (128, 32)})
+    p = _Tables()
+    p.feed(index.read_text())
+    assert sorted(p.imgs) == ["accuracy_vs_ratio.png", "latency_vs_ratio.png", "layer_widths.png", "sizes.png"]
+    for img in p.imgs:
+        with Image.open(index.parent / img) as im:
+            im.verify()
+        with Image.open(index.parent / img) as im:
+            assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
+    acc = p.tables["accuracy"]
+    cols = acc[0]
+    for row, want in zip(acc[1:], sweep):
+        got = dict(zip(cols, row))
+        assert got["method"] == want["method"]
+        assert float(got["ratio"]) == pytest.approx(want["ratio"])
+        assert float(got["top1"]) == pytest.approx(want["top1"], rel=1e-6)
+        if "top1_before_ft" in want:
+            assert float(got["top1_before_ft"]) == pytest.approx(want["top1_before_ft"], rel=1e-6)
+    lat = p.tables["latency"]
+    assert [float(r[3]) for r in lat[1:]] == pytest.approx([b["p50_s"] for b in bench])
+    assert [r[1:] for r in p.tables["widths"][1:]] == [["32", "16"], ["64", "24"], ["128", "32"]]
