@@ -42,6 +42,16 @@ class PteRunner:
     def __init__(self, path: str, threads: int | None = None):
         from executorch.runtime import Runtime
 
+        self.threads = None
+        try:  # XNNPACK's threadpool size, set before the program loads
+            from executorch.extension.pybindings import portable_lib
+
+            if threads:
+                portable_lib._unsafe_reset_threadpool(int(threads))
+            self.threads = int(portable_lib._threadpool_get_thread_count())
+        except (ImportError, AttributeError):
+            pass
+
         self.rt = Runtime.get()
         self.program = self.rt.load_program(path)
         self.method = self.program.load_method("forward")
@@ -102,6 +112,8 @@ def bench(spec: dict) -> list[dict]:
         if path not in runners:
             runners[path] = RUNNERS[spec["runtime"]](path, spec.get("threads"))
         rows.append(_bench_one(runners[path], spec, shape))
+        actual = getattr(runners[path], "threads", None)
+        rows[-1]["runtime_threads"] = actual if actual is not None else spec.get("threads")
     return rows
 
 
