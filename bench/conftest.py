@@ -6,7 +6,6 @@ import os
 import pathlib
 import sys
 
-import pytest
 
 _here = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(_here), str(_here.parent / "tests")]

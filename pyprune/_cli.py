@@ -51,21 +51,28 @@ def _metrics_brief(m: dict) -> dict:
     return {"top1": m["top1"], "macro_f1": m["macro_f1"]}
 
 
-# -- commands -------------------------------------------------------------------------------
-def cmd_train(args) -> int:
-    from .checkpoint import save_model
+def _data_and_model(args):
+    """The data set and a fresh (seeded) model sized for it: (spec, model, arch_kwargs, meta)."""
     from .models import get_model
-    from .train import evaluate, fit, init_distributed, is_main_process, ranks_agree
 
-    init_distributed()
     spec = _dataset(args)
     arch_kwargs = {"num_classes": spec.num_classes}
     if args.model in _registry():
         arch_kwargs["in_channels"] = spec.in_channels
     torch.manual_seed(args.seed)
     model = get_model(args.model, weights=args.weights, **arch_kwargs)
-    out = pathlib.Path(args.out)
     meta = {"dataset": spec.name, "size": spec.size, "in_channels": spec.in_channels, "num_classes": spec.num_classes}
+    return spec, model, arch_kwargs, meta
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .checkpoint import save_model
+    from .train import evaluate, fit, init_distributed, is_main_process, ranks_agree
+
+    init_distributed()
+    spec, model, arch_kwargs, meta = _data_and_model(args)
+    out = pathlib.Path(args.out)
     history = fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
                   seed=args.seed, label_smoothing=args.label_smoothing, checkpoint=out / "train_state.pt",
                   arch=args.model, arch_kwargs=arch_kwargs, meta=meta, max_steps=args.max_steps,
@@ -161,15 +168,21 @@ def cmd_finetune(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
+def _load_and_evaluate(args):
+    """(model, meta, data spec, validation metrics) of the checkpoint in ``args``."""
     from .checkpoint import load_model
-    from .graph import build_graph
-    from .summary import count
     from .train import evaluate
 
     model, meta = load_model(args.checkpoint)
     spec = _spec_for(meta, args)
-    m = evaluate(model, spec.val)
+    return model, meta, spec, evaluate(model, spec.val)
+
+
+def cmd_evaluate(args) -> int:
+    from .graph import build_graph
+    from .summary import count
+
+    model, meta, spec, m = _load_and_evaluate(args)
     params, macs = count(model, build_graph(model, _example(meta)).layers)
     result = {"checkpoint": str(args.checkpoint), "top1": m["top1"], "macro_f1": m["macro_f1"],
               "confusion": m["confusion"], "params": params, "macs": macs}
@@ -212,18 +225,11 @@ def cmd_run(args) -> int:
             if getattr(args, k) == RUN_DEFAULTS.get(k):
                 setattr(args, k, v)
     from .checkpoint import save_model
-    from .models import get_model
     from .train import evaluate, fit
 
     out = pathlib.Path(args.out)
     t0 = time.perf_counter()
-    spec = _dataset(args)
-    arch_kwargs = {"num_classes": spec.num_classes}
-    if args.model in _registry():
-        arch_kwargs["in_channels"] = spec.in_channels
-    torch.manual_seed(args.seed)
-    model = get_model(args.model, weights=args.weights, **arch_kwargs)
-    meta = {"dataset": spec.name, "size": spec.size, "in_channels": spec.in_channels, "num_classes": spec.num_classes}
+    spec, model, arch_kwargs, meta = _data_and_model(args)
     fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         seed=args.seed, max_steps=args.max_steps)
     base = evaluate(model, spec.val)
@@ -256,12 +262,9 @@ def cmd_sweep(args) -> int:
     """Several methods x ratios from one trained checkpoint: one results table."""
     import copy
 
-    from .checkpoint import load_model
     from .train import evaluate, fit
 
-    base, meta = load_model(args.checkpoint)
-    spec = _spec_for(meta, args)
-    base_m = evaluate(base, spec.val)
+    base, meta, spec, base_m = _load_and_evaluate(args)
     rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_m["top1"], "top1": base_m["top1"],
              "macro_f1": base_m["macro_f1"]}]
     for method in args.methods:

@@ -1,7 +1,6 @@
 """`pyprune.prune` and `pyprune.Pruner`: trace, score, schedule, cut."""
 from __future__ import annotations
 
-import copy
 import fnmatch
 import math
 import time

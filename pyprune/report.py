@@ -40,6 +40,24 @@ def _csv(path: pathlib.Path, cols, rows) -> None:
     path.write_text("\n".join([",".join(cols)] + [",".join(_fmt(v) for v in r) for r in rows]) + "\n")
 
 
+def _line_plot(plt, path, series, xlabel: str, ylabel: str, title: str, dotted_label: str) -> None:
+    """One line per (label, points, dotted points); dotted points share the line's colour."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for label, pts, dotted in series:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        if dotted:
+            ax.plot([p[0] for p in dotted], [p[1] for p in dotted], marker=".", linestyle=":", alpha=0.6,
+                    color=ax.lines[-1].get_color(), label=f"{label} ({dotted_label})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] | None = None,
                  sizes: dict | None = None, layer_widths: dict | None = None, title: str = "pyprune report",
                  notes: list[str] | None = None) -> pathlib.Path:
@@ -59,43 +77,28 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
 
     if sweep:
         base = [r for r in sweep if r.get("method") == "unpruned"]
-        methods = sorted({r["method"] for r in sweep} - {"unpruned"})
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for m in methods:
-            pts = sorted([(0.0, base[0]["top1"])] if base else [], key=lambda p: p[0])
-            pts += sorted((float(r["ratio"]), float(r["top1"])) for r in sweep if r["method"] == m)
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=m)
-            if any("top1_before_ft" in r for r in sweep if r["method"] == m):
-                pre = sorted((float(r["ratio"]), float(r["top1_before_ft"])) for r in sweep if r["method"] == m)
-                ax.plot([p[0] for p in pre], [100 * p[1] for p in pre], marker=".", linestyle=":", alpha=0.6,
-                        color=ax.lines[-1].get_color(), label=f"{m} (before fine-tune)")
-        ax.set_xlabel("pruning ratio (fraction of channels removed)")
-        ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title("Accuracy vs pruning ratio")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "accuracy_vs_ratio.png", dpi=110)
-        plt.close(fig)
+        series = []
+        for m in sorted({r["method"] for r in sweep} - {"unpruned"}):
+            pts = [(0.0, 100 * base[0]["top1"])] if base else []
+            pts += sorted((float(r["ratio"]), 100 * float(r["top1"])) for r in sweep if r["method"] == m)
+            pre = sorted((float(r["ratio"]), 100 * float(r["top1_before_ft"])) for r in sweep
+                         if r["method"] == m and "top1_before_ft" in r)
+            series.append((m, pts, pre))
+        _line_plot(plt, out / "accuracy_vs_ratio.png", series, "pruning ratio (fraction of channels removed)",
+                   "top-1 accuracy (%)", "Accuracy vs pruning ratio", "before fine-tune")
         cols = ["method", "ratio", "top1", "top1_before_ft", "params", "macs"]
         rows = [[r.get(c, "") for c in cols] for r in sweep]
         _csv(out / "accuracy_vs_ratio.csv", cols, rows)
         figures.append(("accuracy_vs_ratio.png", _table("Accuracy vs pruning ratio", cols, rows, "accuracy")))
 
     if bench:
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        keys = sorted({(r["runtime"], r.get("threads", "")) for r in bench}, key=str)
-        for rt, th in keys:
-            pts = sorted((float(r["ratio"]), 1e3 * float(r["p50_s"])) for r in bench if r["runtime"] == rt and r.get("threads", "") == th)
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{rt}" + (f", {th} thread(s)" if th else ""))
-        ax.set_xlabel("pruning ratio")
-        ax.set_ylabel("latency p50, batch 1 (ms)")
-        ax.set_title("Latency vs pruning ratio")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "latency_vs_ratio.png", dpi=110)
-        plt.close(fig)
+        series = []
+        for rt, th in sorted({(r["runtime"], r.get("threads", "")) for r in bench}, key=str):
+            pts = sorted((float(r["ratio"]), 1e3 * float(r["p50_s"])) for r in bench
+                         if r["runtime"] == rt and r.get("threads", "") == th)
+            series.append((f"{rt}" + (f", {th} thread(s)" if th else ""), pts, []))
+        _line_plot(plt, out / "latency_vs_ratio.png", series, "pruning ratio", "latency p50, batch 1 (ms)",
+                   "Latency vs pruning ratio", "")
         cols = ["runtime", "threads", "ratio", "p50_s", "p90_s", "size_bytes"]
         rows = [[r.get(c, "") for c in cols] for r in bench]
         _csv(out / "latency_vs_ratio.csv", cols, rows)

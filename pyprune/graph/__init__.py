@@ -20,7 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from torch import nn
@@ -120,15 +119,11 @@ def build_graph(model: nn.Module, example_inputs, example_kwargs: dict | None = 
         raise
     except Exception as e:  # the model itself failed on the example inputs
         raise GraphError(
-            f"running {type(model).__name__} on the example inputs failed in "
-            f"{_where(e)}: {type(e).__name__}: {e}. Pass example inputs the model accepts "
+            f"running {type(model).__name__} on the example inputs failed: "
+            f"{type(e).__name__}: {e}. Pass example inputs the model accepts "
             "(shape, dtype, device)."
         ) from e
     return _assemble(model, rec)
-
-
-def _where(e: Exception) -> str:
-    return "the forward pass"
 
 
 def _assemble(model: nn.Module, rec) -> ChannelGraph:
