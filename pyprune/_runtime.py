@@ -143,12 +143,10 @@ def _bench_one(runner, spec: dict, shape) -> dict:
     wall = time.perf_counter() - wall0
     own = time.process_time() - own0
     b1, t1 = _busy_jiffies()
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     ncpu = os.cpu_count() or 1
     machine_busy = (b1 - b0) / max(1, t1 - t0) if t1 > t0 else 0.0
     # busy share of the machine that was not us: other load during the measurement
     other = max(0.0, machine_busy - own / max(1e-9, wall) / ncpu) if t1 > t0 else 0.0
-    _ = hz
     t = np.array(times)
     return {"runtime": spec["runtime"], "threads": spec.get("threads"), "batch": shape[0],
             "p50_s": float(np.percentile(t, 50)), "p90_s": float(np.percentile(t, 90)), "mean_s": float(t.mean()),

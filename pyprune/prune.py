@@ -53,14 +53,8 @@ class PrunePlan:
 
     def layer_widths(self) -> dict[str, tuple[int, int]]:
         """Producing layer -> (output channels before, after), in forward order."""
-        out = {}
-        w = self.widths()
-        for g in self.graph.groups:
-            for m in g.producers():
-                before, after = w[g.id]
-                kept = self.keep_mask()[m.units].sum() if g.id in self.keep else len(m.units)
-                out[m.module] = (len(m.units), int(kept))
-        return out
+        mask = self.keep_mask()
+        return {m.module: (len(m.units), int(mask[m.units].sum())) for g in self.graph.groups for m in g.producers()}
 
 
 @dataclass
