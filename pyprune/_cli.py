@@ -114,7 +114,7 @@ def _prune_kwargs(args) -> dict:
     elif args.target_params is not None:
         kw["target_params"] = args.target_params
     else:
-        kw["ratio"] = args.ratio if args.ratio != "auto" else "auto"
+        kw["ratio"] = args.ratio
     return kw
 
 
@@ -130,10 +130,10 @@ def _do_prune(model, meta, args, spec=None):
 
 
 def cmd_prune(args) -> int:
-    from .checkpoint import load_model, read, save_model
+    from .checkpoint import model_from, read, save_model
 
-    model, meta = load_model(args.checkpoint)
     obj = read(args.checkpoint)
+    model, meta = model_from(obj, args.checkpoint)
     res = _do_prune(model, meta, args)
     print(res.summary.table(max_rows=None if args.verbose else 20))
     if res.merge is not None:
@@ -148,12 +148,12 @@ def cmd_prune(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from .checkpoint import load_model, read, save_model
+    from .checkpoint import model_from, read, save_model
     from .train import evaluate, fit, init_distributed, is_main_process
 
     init_distributed()
-    model, meta = load_model(args.checkpoint)
     obj = read(args.checkpoint)
+    model, meta = model_from(obj, args.checkpoint)
     spec = _spec_for(meta, args)
     out = pathlib.Path(args.out)
     state = out.with_name(out.stem + ".train_state.pt")
@@ -369,7 +369,6 @@ def cmd_demo(args) -> int:
 def _demo_edge(base, pruned_models: dict, rows: list, out: pathlib.Path, x, args) -> dict:
     """Export the original and the pruned model, benchmark both, write the report."""
     from .bench import benchmark
-    from .export import export
     from .report import write_report
 
     method = "kmeans" if "kmeans" in pruned_models else next(iter(pruned_models))
@@ -382,25 +381,21 @@ def _demo_edge(base, pruned_models: dict, rows: list, out: pathlib.Path, x, args
     except ImportError:
         print("ExecuTorch is not installed (pip install 'pyprune[executorch]'): skipping the .pte export")
     edge_dir = out / "edge"
-    files = {}
-    for name, model in (("original", base), ("pruned", res.model)):
-        r = export(model, x, "onnx", edge_dir / f"{name}.onnx", dynamic_batch=True)
-        files[name] = r
-        print(f"exported {r}")
-        if "executorch" in runtimes:
-            print(f"exported {export(model, x, 'executorch', edge_dir / f'{name}.pte')}")
-    bench_rows = []
-    tables = []
-    for name, model, ratio in (("original", base, 0.0), (f"pruned ({method})", res.model, args.ratio)):
+    bench_rows, tables, onnx_bytes = [], [], {}
+    for name, model, ratio in (("original", base, 0.0), ("pruned", res.model, args.ratio)):
+        # the benchmark exports (and verifies) each model once, into edge/<name>/
         b = benchmark(model, tuple(x.shape), runtimes=runtimes, threads=[1], batch_sizes=[1, 8],
-                      repeats=40, max_seconds=3.0, workdir=edge_dir / ("bench-" + name.split()[0]))
-        tables.append(f"{name}:\n{b.table()}")
-        for r in b.rows:
-            bench_rows.append(dict(r, model=name, ratio=ratio))
-        b.write(edge_dir / ("bench-" + name.split()[0]))
-    sizes = {"original": {"params": rows[0]["params"], "macs": rows[0]["macs"], "file_bytes": files["original"].size_bytes},
+                      repeats=40, max_seconds=3.0, workdir=edge_dir / name)
+        for e in b.exports:
+            print(f"exported {e}")
+        onnx_bytes[name] = next(e.size_bytes for e in b.exports if e.format == "onnx")
+        label = name if name == "original" else f"pruned ({method})"
+        tables.append(f"{label}:\n{b.table()}")
+        bench_rows += [dict(r, model=label, ratio=ratio) for r in b.rows]
+        b.write(edge_dir / name)
+    sizes = {"original": {"params": rows[0]["params"], "macs": rows[0]["macs"], "file_bytes": onnx_bytes["original"]},
              "pruned": {"params": res.summary.params_after, "macs": res.summary.macs_after,
-                        "file_bytes": files["pruned"].size_bytes}}
+                        "file_bytes": onnx_bytes["pruned"]}}
     sweep = [{"method": r["method"], "ratio": r["ratio"], "top1": r["top1_after_ft"], "top1_before_ft": r["top1_before_ft"],
               "params": r["params"], "macs": r["macs"]} for r in rows]
     report = write_report(out / "report", sweep=sweep, bench=[r for r in bench_rows if r["batch"] == 1],
@@ -450,7 +445,7 @@ def cmd_bench(args) -> int:
         from .checkpoint import load_model
 
         model, meta = load_model(target)
-        shape = (1, *(args.shape or [int(meta.get("in_channels", 3)), int(meta.get("size", 224)), int(meta.get("size", 224))]))
+        shape = (1, *args.shape) if args.shape else tuple(_example(meta).shape)
         res = benchmark(model, shape, runtimes=args.runtimes, threads=args.threads, batch_sizes=args.batch_sizes,
                         repeats=args.repeats)
     else:

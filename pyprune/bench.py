@@ -38,6 +38,7 @@ LOCK = pathlib.Path(tempfile.gettempdir()) / "pyprune-bench.lock"
 class BenchResult:
     rows: list = field(default_factory=list)
     files: dict = field(default_factory=dict)  # runtime -> {batch or "*": path}
+    exports: list = field(default_factory=list)  # verified ExportResults made for this benchmark
     params: int = 0
     macs: int = 0
 
@@ -73,7 +74,7 @@ def _exclusive():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Path) -> dict:
+def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Path, exports: list) -> dict:
     from .export import export
 
     files = {}
@@ -86,12 +87,14 @@ def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Pa
         torch.export.save(ep, str(p))
         files["eager"] = {"*": p}
     if "onnxruntime" in runtimes:
-        files["onnxruntime"] = {"*": export(model, x, "onnx", workdir / "model.onnx", dynamic_batch=True).path}
+        exports.append(export(model, x, "onnx", workdir / "model.onnx", dynamic_batch=True))
+        files["onnxruntime"] = {"*": exports[-1].path}
     if "executorch" in runtimes:
         files["executorch"] = {}
         for b in batch_sizes:
             xb = torch.randn((b, *shape[1:]))
-            files["executorch"][str(b)] = export(model, xb, "executorch", workdir / f"model-b{b}.pte").path
+            exports.append(export(model, xb, "executorch", workdir / f"model-b{b}.pte"))
+            files["executorch"][str(b)] = exports[-1].path
     return files
 
 
@@ -117,7 +120,7 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
             from .summary import count
 
             result.params, result.macs = count(model_or_file, build_graph(model_or_file, torch.zeros(shape)).layers)
-            files = _prepare(model_or_file, shape, runtimes, batch_sizes, workdir)
+            files = _prepare(model_or_file, shape, runtimes, batch_sizes, workdir, result.exports)
         else:
             path = pathlib.Path(model_or_file)
             if not path.is_file():

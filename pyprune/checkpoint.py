@@ -20,7 +20,7 @@ from torch import nn
 
 from .surgery import _update_attributes
 
-__all__ = ["save_model", "load_model", "resize_to", "atomic_save", "read", "CheckpointError", "FORMAT"]
+__all__ = ["save_model", "load_model", "model_from", "resize_to", "atomic_save", "read", "CheckpointError", "FORMAT"]
 
 FORMAT = "pyprune-checkpoint"
 VERSION = 1
@@ -117,7 +117,11 @@ def load_model(path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
     """Rebuild a saved model at its saved (pruned) widths. Without `model`, the
     architecture comes from the registry by the saved name; with `model` (an instance of
     the original, unpruned architecture) a copy of it is resized. Returns (model, meta)."""
-    obj = read(path)
+    return model_from(read(path), path, model)
+
+
+def model_from(obj: dict, path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
+    """:func:`load_model` for a checkpoint already :func:`read` (`path` only names it in errors)."""
     if model is None:
         if not obj.get("arch"):
             raise CheckpointError(f"{path} names no registry architecture: pass the original model, "

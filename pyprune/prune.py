@@ -15,7 +15,7 @@ from . import criteria as _criteria
 from . import engine
 from .graph import ChannelGraph, GraphError, build_graph
 from .merge import MergeReport, merge_overrides
-from .schedule import SCHEDULES, keep_counts
+from .schedule import SCHEDULES, keep_counts, round_keep
 from .summary import Summary, compare, snapshot
 from .surgery import apply_keep
 
@@ -252,32 +252,21 @@ class Pruner:
                            layer_ratios=self.layer_ratios, scores=scores, min_keep=self.min_keep)
 
     def plan(self, ratio: float | str = 0.5, *, target_macs: float | None = None,
-             target_params: float | None = None) -> PrunePlan:
+             target_params: float | None = None, keep_by_layer: dict | None = None) -> PrunePlan:
         """Decide what to cut. ``ratio`` is the fraction of channels removed (``"auto"``
         with kmeans: each group keeps the cluster count of the elbow rule);
         ``target_macs`` / ``target_params`` (a fraction <= 1 of the current model, or an
-        absolute count) replace ``ratio``: the schedule's ratio is found by bisection."""
+        absolute count) replace ``ratio``: the schedule's ratio is found by bisection.
+        ``keep_by_layer`` ({producing layer: channels to keep}) overrides the schedule for
+        those layers' groups."""
         _check_ratio(ratio, allow_auto=self.method == "kmeans")
         graph = self._graph()
-        groups = [g for g in graph.groups if g.prunable > 0]
-        ctx = self._context(graph)
-        base_scores = None
-        need_scores = self.schedule == "global"
-        if need_scores:
-            scorer = _criteria.get_criterion("l2") if self.method == "kmeans" else self.criterion
-            base_scores = scorer(groups, ctx)
-        if target_macs is not None or target_params is not None:
-            n_keep, ratio = self._solve_target(graph, groups, base_scores, target_macs, target_params)
-        elif ratio == "auto":
-            n_keep = self._auto_k(ctx, groups)
-        else:
-            n_keep = self._counts(groups, float(ratio), base_scores)
-        forced = getattr(self, "_forced", None)
-        if forced:
+        groups, ctx, n_keep, ratio, base_scores = self._decide(graph, ratio, target_macs, target_params)
+        if keep_by_layer:
             for g in groups:
                 names = [m.module for m in g.producers()]
-                if names and names[0] in forced:
-                    n_keep[g.id] = int(min(g.size, max(1, g.size - g.prunable, forced[names[0]])))
+                if names and names[0] in keep_by_layer:
+                    n_keep[g.id] = int(min(g.size, max(1, g.size - g.prunable, keep_by_layer[names[0]])))
         if self.method == "kmeans" or base_scores is None:
             ctx.n_keep = n_keep
             scores = self.criterion(groups, ctx)
@@ -292,10 +281,27 @@ class Pruner:
             order = np.argsort(-s, kind="stable")[: n_keep[g.id]]
             keep[g.id] = np.sort(order)
         clusters, filters = {}, {}
-        for gid, r in ctx.options.get("kmeans_results", {}).items():
+        for gid, (r, x) in ctx.options.get("kmeans_results", {}).items():
             clusters[gid] = (r.labels.numpy(), r.representatives.numpy())
-            filters[gid] = ctx.filters(graph.groups[gid])
+            filters[gid] = x
         return PrunePlan(graph, keep, self.method, ratio if isinstance(ratio, float) else float("nan"), clusters, filters)
+
+    def _decide(self, graph, ratio, target_macs, target_params):
+        """How many units each prunable group keeps: (groups, context, keep counts, the
+        ratio used, the scores the global schedule ranked on or None)."""
+        groups = [g for g in graph.groups if g.prunable > 0]
+        ctx = self._context(graph)
+        base_scores = None
+        if self.schedule == "global":
+            scorer = _criteria.get_criterion("l2") if self.method == "kmeans" else self.criterion
+            base_scores = scorer(groups, ctx)
+        if target_macs is not None or target_params is not None:
+            n_keep, ratio = self._solve_target(graph, groups, base_scores, target_macs, target_params)
+        elif ratio == "auto":
+            n_keep = self._auto_k(ctx, groups)
+        else:
+            n_keep = self._counts(groups, float(ratio), base_scores)
+        return groups, ctx, n_keep, ratio, base_scores
 
     def _auto_k(self, ctx, groups) -> dict:
         jobs, cands, ids = [], [], []
@@ -313,11 +319,7 @@ class Pruner:
             chosen = engine.choose_k(jobs, cands, seed=self.seed, threads=self.threads)
             for gid, k in zip(ids, chosen):
                 g = ctx.graph.groups[gid]
-                out[gid] = max(1, min(g.size, int(k)))
-                if self.round_to:
-                    from .schedule import round_keep
-
-                    out[gid] = round_keep(out[gid], g.size, self.round_to)
+                out[gid] = round_keep(max(1, min(g.size, int(k))), g.size, self.round_to)
         return out
 
     def _solve_target(self, graph, groups, scores, target_macs, target_params):
@@ -367,9 +369,11 @@ class Pruner:
         summary = compare(before, snapshot(pruned, plan.graph.layers))
         return PruneResult(pruned, plan, summary, {"surgery": time.perf_counter() - t0}, report)
 
-    def prune(self, ratio: float | str = 0.5, *, target_macs=None, target_params=None, inplace: bool = False) -> PruneResult:
+    def prune(self, ratio: float | str = 0.5, *, target_macs=None, target_params=None, inplace: bool = False,
+              keep_by_layer: dict | None = None) -> PruneResult:
+        """:meth:`plan` then :meth:`apply`."""
         t0 = time.perf_counter()
-        plan = self.plan(ratio, target_macs=target_macs, target_params=target_params)
+        plan = self.plan(ratio, target_macs=target_macs, target_params=target_params, keep_by_layer=keep_by_layer)
         t1 = time.perf_counter()
         res = self.apply(plan, inplace=inplace)
         res.seconds["plan"] = t1 - t0
@@ -405,17 +409,15 @@ class Pruner:
                 r = "auto"
             else:
                 if step == 1 and iterative_steps > 1:
-                    # one-shot counts on the original model; each step moves a share of the way
-                    final_plan = self.plan(float(ratio))
-                    self._schedule_steps = {}
-                    for g in final_plan.graph.groups:
-                        names = [m.module for m in g.producers()]
-                        if names and g.id in final_plan.keep:
-                            self._schedule_steps[names[0]] = (g.size, len(final_plan.keep[g.id]))
+                    # the one-shot counts on the original model; each step moves a share of the way
+                    graph = self._graph()
+                    groups, _, n_keep, _, _ = self._decide(graph, float(ratio), None, None)
+                    final = {g.producers()[0].module: (g.size, n_keep[g.id]) for g in groups if g.producers()}
+                    self._cached = (self.model, graph)  # the first step reuses this trace
                 if iterative_steps > 1:
-                    self._forced = {n: size - int(math.floor((size - final) * step / iterative_steps + 0.5))
-                                    for n, (size, final) in self._schedule_steps.items()}
-                r = float(ratio) * step / iterative_steps  # overridden per group by the forced counts
+                    kw["keep_by_layer"] = {n: size - int(math.floor((size - k) * step / iterative_steps + 0.5))
+                                           for n, (size, k) in final.items()}
+                r = float(ratio) * step / iterative_steps  # refined per group by keep_by_layer
             result = self.prune(r, inplace=inplace or step > 1, **kw)
             self.model = result.model
             steps.append(result.summary)
@@ -423,7 +425,6 @@ class Pruner:
                 out = finetune(self.model, step)
                 if isinstance(out, nn.Module):
                     self.model = result.model = out
-        self._forced = None
         if iterative_steps > 1:
             layers = first_graph.layers if first_graph is not None else build_graph(original, self.inputs, self.example_kwargs).layers
             result.summary = compare(snapshot(original, layers), snapshot(self.model, layers))

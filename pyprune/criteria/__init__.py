@@ -192,7 +192,7 @@ def kmeans(groups, ctx):
             s = cos - 3.0  # members: below every representative
             s[r.representatives.numpy()] = 3.0 + cos[r.representatives.numpy()]
             scores[i] = s
-            ctx.options.setdefault("kmeans_results", {})[groups[i].id] = r
+            ctx.options.setdefault("kmeans_results", {})[groups[i].id] = (r, x)  # for weight merging
     return scores
 
 
@@ -234,20 +234,21 @@ def _activation_stats(groups, ctx: Context, stat: str) -> list:
     def make_hook(members):
         def hook(mod, inputs):
             x = inputs[0].detach().float()
+            if x.dim() >= 3:  # conv input (N, C, *spatial)
+                fmap = x.transpose(0, 1).reshape(x.shape[1], x.shape[0], -1)  # C, N, HW
+            else:  # Linear input (N, F): each position is one feature of its unit
+                fmap = x.transpose(0, 1).reshape(x.shape[-1], x.shape[0], 1)
+            if stat == "mean":
+                v = fmap.abs().mean(dim=(1, 2))
+            elif stat == "apoz":
+                v = 1.0 - (fmap == 0).float().mean(dim=(1, 2))  # keep channels that fire
+            elif x.dim() == 4:  # HRank: average rank of each channel's feature map
+                v = torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1)
+            else:
+                return
+            v = v.double().numpy()
             for m in members:
-                if x.dim() >= 3:  # conv input (N, C, *spatial)
-                    fmap = x.transpose(0, 1).reshape(x.shape[1], x.shape[0], -1)  # C, N, HW
-                else:  # Linear input (N, F): each position is one feature of its unit
-                    fmap = x.transpose(0, 1).reshape(x.shape[-1], x.shape[0], 1)
-                if stat == "mean":
-                    v = fmap.abs().mean(dim=(1, 2))
-                elif stat == "apoz":
-                    v = 1.0 - (fmap == 0).float().mean(dim=(1, 2))  # keep channels that fire
-                else:  # HRank: average rank of each channel's feature map
-                    if x.dim() != 4:
-                        continue
-                    v = torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1)
-                np.add.at(total, m.units, v.double().numpy())
+                np.add.at(total, m.units, v)
                 np.add.at(count, m.units, 1.0)
         return hook
 
