@@ -23,6 +23,7 @@ def spherical_kmeans(
     seed: int = 0,
     threads: int = 0,
     inits: Optional[Sequence[Optional[F32]]] = None,
+    reuse: bool = True,
 ) -> list[tuple[F32, I64, I64, F64, int]]: ...
 def choose_k(
     weights: Sequence[F32], ks: Sequence[Sequence[int]], max_iter: int = 100, seed: int = 0, threads: int = 0

@@ -162,6 +162,39 @@ def test_batched_equals_one_by_one():
         assert_close(single.objective, b.objective)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_reusing_unmoved_centroids_changes_nothing(threads):
+    """reuse=True recomputes only the similarities of centroids that moved; the run must be
+    the one that recomputes everything: same labels, centroids and objective at every
+    iteration, through empty-cluster re-seeding, zero filters and the row-split path."""
+    g = torch.Generator().manual_seed(4)
+    ws = [make((n, d), seed=n) for n, d in ((7, 3), (96, 27), (300, 64), (1024, 144))]
+    ws.append(clustered(12, 10, 40, 0.4, seed=2)[0])
+    zeros = make((50, 16), seed=5)
+    zeros[::7] = 0
+    ws.append(zeros)
+    ks = [3, 40, 150, 512, 12, 20]
+    inits = []
+    for w, k in zip(ws, ks):
+        pick = torch.randperm(w.shape[0], generator=g)[:k]
+        pick[: k // 3] = pick[0]  # duplicated seeds leave clusters empty: re-seeding runs
+        c = ref.unit_rows(w[pick] + 1e-3 * (w[pick] == 0).float()).float()
+        inits.append(c)
+    for early in (False, True):
+        full = engine.spherical_kmeans(ws, ks, max_iter=25, early_stop=early, init=inits, threads=threads, reuse=False)
+        part = engine.spherical_kmeans(ws, ks, max_iter=25, early_stop=early, init=inits, threads=threads, reuse=True)
+        for a, b in zip(full, part):
+            assert a.n_iter == b.n_iter
+            assert torch.equal(a.labels, b.labels)
+            assert torch.equal(a.representatives, b.representatives)
+            assert_close(a.centroids, b.centroids, rtol=0, atol=1e-6)
+            assert_close(a.objective, b.objective, rtol=1e-9, atol=1e-6)
+    # and the reused run still is plain Lloyd: compare with the torch reference
+    (r,) = engine.spherical_kmeans(ws[3], ks[3], max_iter=15, early_stop=False, init=ref.unit_rows(ws[3][:512]).float(), threads=threads)
+    _, _, obj = ref.lloyd(ws[3], ref.unit_rows(ws[3][:512]).float(), 15)
+    assert_close(r.objective, torch.tensor(obj, dtype=torch.float64), rtol=1e-5, atol=1e-3)
+
+
 def test_zero_norm_filters_are_deterministic():
     w = make((20, 6), seed=11)
     w[[2, 7, 8]] = 0

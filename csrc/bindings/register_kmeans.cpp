@@ -23,7 +23,7 @@ void register_kmeans(py::module_& m) {
         "spherical_kmeans",
         [](const std::vector<py::array>& weights, const std::vector<int64_t>& ks, int max_iter,
            bool early_stop, uint64_t seed, int threads,
-           const std::optional<std::vector<std::optional<py::array>>>& inits) {
+           const std::optional<std::vector<std::optional<py::array>>>& inits, bool reuse) {
             const auto xs = as_matrices(weights, "weights");
             PYPRUNE_CHECK(ks.size() == xs.size(), "ks: one K per layer: ", xs.size(), " layers, ",
                           ks.size(), " values of K");
@@ -33,6 +33,7 @@ void register_kmeans(py::module_& m) {
                 params[l].max_iter = max_iter;
                 params[l].early_stop = early_stop;
                 params[l].seed = seed;
+                params[l].reuse = reuse;
             }
             std::vector<const float*> init_ptrs;
             if (inits) {
@@ -62,6 +63,7 @@ void register_kmeans(py::module_& m) {
         },
         py::arg("weights"), py::arg("ks"), py::arg("max_iter") = 100, py::arg("early_stop") = true,
         py::arg("seed") = 0, py::arg("threads") = 0, py::arg("inits") = py::none(),
+        py::arg("reuse") = true,
         "Spherical k-means of many layers in one call. Returns one tuple per layer: "
         "(centroids, labels, representatives, objective, n_iter).");
 

@@ -38,7 +38,8 @@ public:
         : n_(x.rows), d_(x.cols), k_(p.k), p_(p), nt_(nt),
           xn_(static_cast<size_t>(n_ * d_)), nonzero_(static_cast<size_t>(n_)),
           c_(static_cast<size_t>(k_ * d_)), s_(static_cast<size_t>(n_ * k_)),
-          best_(static_cast<size_t>(n_)), labels_(static_cast<size_t>(n_), -1) {
+          best_(static_cast<size_t>(n_)), labels_(static_cast<size_t>(n_), -1),
+          moved_(static_cast<size_t>(k_), 1) {
         normalize_rows(x, xn_.data(), nt_);
         for (int64_t i = 0; i < n_; ++i) {
             const float* r = row(i);
@@ -213,11 +214,22 @@ private:
     /// Assignment of filters lo..hi. The similarities are computed transposed,
     /// S^T[K x n] = C X^T (this layout runs measurably closer to the BLAS peak for
     /// these shapes), then a column-wise argmax sweeps S^T row by row (vectorised).
-    void assign_rows(int64_t lo, int64_t hi, double* obj, int64_t* changed) {
+    /// With `moved` (m < K centroid indices, their rows packed in `cm`), only those rows
+    /// of S^T are recomputed; the others still hold the products with unchanged centroids.
+    void assign_rows(int64_t lo, int64_t hi, const std::vector<int64_t>* moved, const float* cm,
+                     double* obj, int64_t* changed) {
         if (hi <= lo) return;
         const int64_t w = hi - lo;
         float* st = s_.data() + lo;  // column block lo..hi of the K x n matrix
-        blas::gemm_nt(k_, w, d_, c_.data(), d_, xn_.data() + lo * d_, d_, st, n_);
+        if (moved == nullptr) {
+            blas::gemm_nt(k_, w, d_, c_.data(), d_, xn_.data() + lo * d_, d_, st, n_);
+        } else if (!moved->empty()) {
+            const int64_t m = static_cast<int64_t>(moved->size());
+            std::vector<float> part(static_cast<size_t>(m * w));
+            blas::gemm_nt(m, w, d_, cm, d_, xn_.data() + lo * d_, d_, part.data(), w);
+            for (int64_t q = 0; q < m; ++q)
+                std::memcpy(st + (*moved)[q] * n_, part.data() + q * w, sizeof(float) * w);
+        }
         float* best = best_.data() + lo;
         std::vector<int32_t> arg(static_cast<size_t>(w), 0);
         int32_t* a = arg.data();
@@ -248,18 +260,36 @@ private:
     }
 
     double assign(int64_t* changed) {
+        // Which rows of S^T must be recomputed: all of them the first time, when reuse is
+        // off, or when most centroids moved (one full product is then cheaper).
+        std::vector<int64_t> moved;
+        std::vector<float> cm;
+        const std::vector<int64_t>* part = nullptr;
+        if (p_.reuse && assigned_) {
+            for (int64_t j = 0; j < k_; ++j)
+                if (moved_[j]) moved.push_back(j);
+            const int64_t m = static_cast<int64_t>(moved.size());
+            if (m * 4 <= k_ * 3) {
+                cm.resize(static_cast<size_t>(m * d_));
+                for (int64_t q = 0; q < m; ++q)
+                    std::memcpy(cm.data() + q * d_, centroid(moved[q]), sizeof(float) * d_);
+                part = &moved;
+            }
+        }
         double obj = 0.0;
         int64_t ch = 0;
         if (nt_ <= 1 || n_ < 64) {
-            assign_rows(0, n_, &obj, &ch);
+            assign_rows(0, n_, part, cm.data(), &obj, &ch);
         } else {
             const int nt = nt_;
 #pragma omp parallel num_threads(nt) reduction(+ : obj, ch)
             {
                 const int t = omp_get_thread_num(), T = omp_get_num_threads();
-                assign_rows(n_ * t / T, n_ * (t + 1) / T, &obj, &ch);
+                assign_rows(n_ * t / T, n_ * (t + 1) / T, part, cm.data(), &obj, &ch);
             }
         }
+        assigned_ = true;
+        std::fill(moved_.begin(), moved_.end(), 0);
         *changed = ch;
         return obj;
     }
@@ -308,8 +338,13 @@ private:
             if (!(s > 1e-24)) continue;  // members cancel out: any direction is as good, keep it
             const double inv = 1.0 / std::sqrt(s);
             float* c = centroid(j);
-#pragma omp simd
-            for (int64_t t = 0; t < d_; ++t) c[t] = static_cast<float>(a[t] * inv);
+            bool differs = false;
+            for (int64_t t = 0; t < d_; ++t) {
+                const float v = static_cast<float>(a[t] * inv);
+                differs |= v != c[t];
+                c[t] = v;
+            }
+            if (differs) moved_[j] = 1;  // an unchanged centroid keeps its similarities
         }
         reseed(empty);
     }
@@ -356,6 +391,7 @@ private:
             if (!empty[j]) continue;
             if (q < m) {
                 std::memcpy(centroid(j), row(cand[q++]), sizeof(float) * d_);
+                moved_[j] = 1;
             }  // else: fewer directions than clusters, the centroid stays where it was
         }
     }
@@ -401,6 +437,8 @@ private:
     std::vector<double> sum_;           // K x d member sums, as of sum_label_
     std::vector<int64_t> count_;        // members per cluster, as of sum_label_
     std::vector<int64_t> sum_label_;    // the labels the sums describe
+    std::vector<char> moved_;           // centroids written since the last assignment
+    bool assigned_ = false;             // S^T holds the products of an earlier assignment
 };
 
 void check_params(const MatrixView& x, const KMeansParams& p, const char* what) {

@@ -18,6 +18,11 @@ struct KMeansParams {
     bool early_stop = true;
     /// seed of the k-means++ initialisation; the same seed gives the same result
     uint64_t seed = 0;
+    /// recompute the similarities of only the centroids that moved since the previous
+    /// assignment and reuse the others (after the first few iterations most centroids keep
+    /// their members, so most of each iteration's product is skipped). The labels and the
+    /// objective are those of a full recomputation; false recomputes everything.
+    bool reuse = true;
 };
 
 /// Result of one clustering run.
