@@ -246,3 +246,44 @@ def test_trace_leaves_training_mode_model_unchanged():
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), f"tracing changed {k}"
     assert graph.groups and graph.layers
+
+
+def test_layers_that_run_only_in_training_are_traced_and_not_counted():
+    """GoogLeNet's auxiliary heads run in training mode only. Pruned from eval mode, the
+    model must still train (the heads read pruned channels); the MACs stay those of the
+    eval forward; tracing leaves the modes and the random state as they were."""
+    torch.manual_seed(0)
+    kw = dict(weights=None, num_classes=10, init_weights=False)
+    model = torchvision.models.googlenet(aux_logits=True, **kw).eval()
+    plain = torchvision.models.googlenet(aux_logits=False, **kw).eval()
+    x = torch.randn(2, 3, 64, 64)
+    rng = torch.get_rng_state()
+    graph = build_graph(model, x)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert not any(m.training for m in model.modules())
+    assert graph.untraced == []
+    assert {r.module for r in graph.layers} == {r.module for r in build_graph(plain, x).layers}
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.summary.macs_before == pyprune.prune(plain, x, method="l2", ratio=0.0).summary.macs_before
+    res.model.train()
+    out = res.model(x)
+    assert out.logits.shape == out.aux_logits1.shape == out.aux_logits2.shape == (2, 10)
+    res.model.eval()
+    assert res.model(x).shape == (2, 10)
+
+
+class _DeadBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Conv2d(3, 8, 3, padding=1)
+        self.never = nn.Conv2d(8, 8, 1)  # called by no forward, in either mode
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.head(self.body(x).mean((2, 3)))
+
+
+def test_layer_that_never_runs_is_named_in_a_warning():
+    with pytest.warns(UserWarning, match=r"never ran on the example inputs.*never"):
+        graph = build_graph(_DeadBranch().eval(), torch.randn(2, 3, 8, 8))
+    assert graph.untraced == ["never"]

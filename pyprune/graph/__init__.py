@@ -17,6 +17,7 @@ Vocabulary
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +26,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from ._layout import Layout
-from ._trace import LayerRecord, leaf_handler, record
+from ._trace import LayerRecord, record, untraced_layers
 
 __all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "Layout"]
 
@@ -123,7 +124,17 @@ def build_graph(model: nn.Module, example_inputs, example_kwargs: dict | None = 
             f"{type(e).__name__}: {e}. Pass example inputs the model accepts "
             "(shape, dtype, device)."
         ) from e
-    return _assemble(model, rec)
+    graph = _assemble(model, rec)
+    if graph.untraced:
+        shown = ", ".join(graph.untraced[:5]) + (f" (+{len(graph.untraced) - 5} more)" if len(graph.untraced) > 5 else "")
+        warnings.warn(
+            f"pyprune: {len(graph.untraced)} layer(s) never ran on the example inputs, in "
+            f"{'training' if model.training else 'eval'} mode or the other: {shown}. The channels they read "
+            "are unknown, so a pruned model can fail where they run. Pass example inputs that reach "
+            "them, or remove them before pruning.",
+            stacklevel=2,
+        )
+    return graph
 
 
 def _assemble(model: nn.Module, rec) -> ChannelGraph:
@@ -203,11 +214,7 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
             groups[int(g)].members.append(m)
             if m.role == "norm":
                 groups[int(g)].norm_over_channels = True
-    traced = set(rec.leaf_modules)
-    untraced = [
-        name for name, mod in model.named_modules()
-        if leaf_handler(mod) is not None and name not in traced and any(True for _ in mod.parameters(recurse=False))
-    ]
+    untraced = untraced_layers(model, rec.leaf_modules)
     # An unknown op matters only where it touched channels that could otherwise be pruned.
     unsupported = []
     for where, op, ids in rec.unknown:

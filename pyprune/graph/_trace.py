@@ -57,6 +57,7 @@ class Recorder:
     stack: list = field(default_factory=list)
     leaf_depth: int = 0
     param_owner: dict = field(default_factory=dict)  # id(tensor) -> (module, name)
+    count_layers: bool = True  # False in the extra pass: MACs are those of the model's own mode
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_ids(self, size: int, origin: str) -> np.ndarray:
@@ -725,34 +726,66 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
                 for cls in type(m).__mro__:
                     if cls in KIND:
                         kind = KIND[cls]
+            if rec.count_layers:
+                rec.layers.append(LayerRecord(name, kind or "norm", tuple(output.shape)))
             rec.leaf_modules[name] = kind or type(m).__name__
-            rec.layers.append(LayerRecord(name, kind or "norm", tuple(output.shape)))
 
     for m in model.modules():
         hooks.append(m.register_forward_pre_hook(pre))
         hooks.append(m.register_forward_hook(post))
-    # Tracing must not change the model: buffers (BN statistics, counters) are restored.
+    # Tracing must not change the model: buffers (BN statistics, counters), the modules'
+    # train/eval flags and the random state are restored.
     saved = [(b, b.detach().clone()) for b in model.buffers()]
+    modes = [(m, m.training) for m in model.modules()]
     try:
-        for i, t in enumerate(_tensors(list(example_inputs)) + _tensors(list(example_kwargs.values()))):
-            if t.dim() >= 2:
-                ids = rec.new_ids(t.shape[1], f"input {i}")
-                rec.freeze(ids, "network input")
-                rec.set_layout(t, Layout(1, ids))
-            elif t.dim() == 1 and t.is_floating_point():
-                ids = rec.new_ids(t.shape[0], f"input {i}")
-                rec.freeze(ids, "network input")
-                rec.set_layout(t, Layout(0, ids))
-        with torch.no_grad(), _Mode(rec):
-            output = model(*example_inputs, **example_kwargs)
+        with torch.random.fork_rng(devices=[]):
+            output = _forward(rec, model, example_inputs, example_kwargs)
+            if untraced_layers(model, rec.leaf_modules):
+                # Layers that only run in the other mode (inception's auxiliary head runs in
+                # training only) still read channels that pruning changes: trace that mode
+                # too, so their inputs are coupled. Its MACs are not counted.
+                model.train(not model.training)
+                rec.count_layers = False
+                try:
+                    _forward(rec, model, example_inputs, example_kwargs)
+                except Exception:  # the other mode needs other inputs: those layers stay untraced
+                    rec.stack.clear()
+                    rec.leaf_depth = 0
     finally:
         for h in hooks:
             h.remove()
+        for m, training in modes:
+            m.training = training
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
+    return rec, output
+
+
+def _forward(rec: Recorder, model: nn.Module, example_inputs: tuple, example_kwargs: dict):
+    """One forward pass under the recorder: the inputs' channels are new (frozen) units and
+    so are the channels of every tensor the model returns."""
+    for i, t in enumerate(_tensors(list(example_inputs)) + _tensors(list(example_kwargs.values()))):
+        if t.dim() >= 2:
+            ids = rec.new_ids(t.shape[1], f"input {i}")
+            rec.freeze(ids, "network input")
+            rec.set_layout(t, Layout(1, ids))
+        elif t.dim() == 1 and t.is_floating_point():
+            ids = rec.new_ids(t.shape[0], f"input {i}")
+            rec.freeze(ids, "network input")
+            rec.set_layout(t, Layout(0, ids))
+    with torch.no_grad(), _Mode(rec):
+        output = model(*example_inputs, **example_kwargs)
     for t in _tensors(output if isinstance(output, (list, tuple, dict)) else [output]):
         lay = rec.layout(t)
         if lay is not None:
             rec.freeze(lay.ids, "network output")
-    return rec, output
+    return output
+
+
+def untraced_layers(model: nn.Module, traced) -> list[str]:
+    """Layers with parameters that the recorder handles but that never ran."""
+    return [
+        name for name, mod in model.named_modules()
+        if leaf_handler(mod) is not None and name not in traced and any(True for _ in mod.parameters(recurse=False))
+    ]
