@@ -48,6 +48,8 @@ __all__ = [
     "knee_index",
     "gather",
     "gemm_seconds",
+    "packed_gemm_available",
+    "products",
     "num_threads",
 ]
 
@@ -308,7 +310,31 @@ def gather(
     return result
 
 
-def gemm_seconds(size: int = 2048, threads: int | None = None, repeats: int = 3) -> float:
-    """Best-of-``repeats`` seconds of one ``size``^3 float32 GEMM through the core's BLAS,
-    rows split over ``threads`` one-thread GEMMs: the throughput the k-means runs at."""
-    return float(_core.time_gemm(int(size), _threads(threads), int(repeats)))
+def gemm_seconds(size: int = 2048, threads: int | None = None, repeats: int = 3, *, kernel: str = "blas") -> float:
+    """Best-of-``repeats`` seconds of one ``size``^3 float32 GEMM, rows split over
+    ``threads`` one-thread GEMMs. ``kernel="blas"`` goes through the BLAS the core links
+    (OpenBLAS); ``kernel="packed"`` through the core's own AVX-512 kernel, which the
+    k-means uses where the CPU has it (see :func:`packed_gemm_available`)."""
+    return float(_core.time_gemm(int(size), _threads(threads), int(repeats), _packed(kernel)))
+
+
+def packed_gemm_available() -> bool:
+    """True when the k-means products run on the core's packed AVX-512 kernel: the filters
+    are packed once per layer and reused by every iteration. Elsewhere (no AVX-512F, or
+    ``PYPRUNE_GEMM=blas`` in the environment) they go through OpenBLAS."""
+    return bool(_core.packed_gemm_available())
+
+
+def _packed(kernel: str) -> bool:
+    if kernel not in ("blas", "packed"):
+        raise ValueError(f"kernel must be 'blas' or 'packed', got {kernel!r}")
+    if kernel == "packed" and not packed_gemm_available():
+        raise ValueError("kernel='packed' needs a CPU with AVX-512F (and PYPRUNE_GEMM unset); use kernel='blas'")
+    return kernel == "packed"
+
+
+def products(a: torch.Tensor, b: torch.Tensor, *, kernel: str = "blas", threads: int | None = None) -> torch.Tensor:
+    """``a @ b.T`` (float32) through the BLAS or the packed kernel: what the k-means
+    assignment computes, exposed so the kernels can be checked against torch."""
+    out = _core.products(_to_core(a, "a"), _to_core(b, "b"), _packed(kernel), _threads(threads))
+    return torch.from_numpy(out)

@@ -1,6 +1,7 @@
 #include <optional>
 #include <vector>
 
+#include "../core/gemm.h"
 #include "../core/kmeans.h"
 #include "arrays.h"
 
@@ -89,12 +90,33 @@ void register_kmeans(py::module_& m) {
 
     m.def(
         "time_gemm",
-        [](int64_t size, int threads, int repeats) {
+        [](int64_t size, int threads, int repeats, bool packed) {
             py::gil_scoped_release nogil;
-            return time_gemm(size, threads, repeats);
+            return time_gemm(size, threads, repeats, packed);
         },
-        py::arg("size") = 2048, py::arg("threads") = 0, py::arg("repeats") = 3,
-        "Best-of-`repeats` seconds of one size^3 sgemm, rows split over `threads` one-thread GEMMs.");
+        py::arg("size") = 2048, py::arg("threads") = 0, py::arg("repeats") = 3, py::arg("packed") = false,
+        "Best-of-`repeats` seconds of one size^3 sgemm, rows split over `threads` one-thread GEMMs "
+        "(the BLAS, or the core's packed kernel).");
+
+    m.def("packed_gemm_available", &packed_gemm_available,
+          "True when the CPU runs the core's packed AVX-512 kernel (else the BLAS is used).");
+
+    m.def(
+        "products",
+        [](const py::array& a, const py::array& b, bool packed, int threads) {
+            const auto av = as_matrix(a, "a");
+            const auto bv = as_matrix(b, "b");
+            std::vector<float> out;
+            {
+                py::gil_scoped_release nogil;
+                out = products(av, bv, packed, threads);
+            }
+            py::array_t<float> res({av.rows, bv.rows});
+            std::memcpy(res.mutable_data(), out.data(), out.size() * sizeof(float));
+            return res;
+        },
+        py::arg("a"), py::arg("b"), py::arg("packed"), py::arg("threads") = 0,
+        "a @ b.T through the BLAS or the packed kernel.");
 }
 
 }  // namespace pyprune::bind

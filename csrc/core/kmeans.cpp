@@ -11,6 +11,7 @@
 
 #include "blas.h"
 #include "check.h"
+#include "gemm.h"
 #include "similarity.h"
 
 namespace pyprune {
@@ -41,6 +42,7 @@ public:
           best_(static_cast<size_t>(n_)), labels_(static_cast<size_t>(n_), -1),
           moved_(static_cast<size_t>(k_), 1) {
         normalize_rows(x, xn_.data(), nt_);
+        if (packed_) xp_ = pack_rows(xn_.data(), n_, d_, d_);  // X never changes: packed once
         for (int64_t i = 0; i < n_; ++i) {
             const float* r = row(i);
             bool nz = false;
@@ -222,11 +224,11 @@ private:
         const int64_t w = hi - lo;
         float* st = s_.data() + lo;  // column block lo..hi of the K x n matrix
         if (moved == nullptr) {
-            blas::gemm_nt(k_, w, d_, c_.data(), d_, xn_.data() + lo * d_, d_, st, n_);
+            products(k_, c_.data(), lo, hi, st, n_);
         } else if (!moved->empty()) {
             const int64_t m = static_cast<int64_t>(moved->size());
             std::vector<float> part(static_cast<size_t>(m * w));
-            blas::gemm_nt(m, w, d_, cm, d_, xn_.data() + lo * d_, d_, part.data(), w);
+            products(m, cm, lo, hi, part.data(), w);
             for (int64_t q = 0; q < m; ++q)
                 std::memcpy(st + (*moved)[q] * n_, part.data() + q * w, sizeof(float) * w);
         }
@@ -259,6 +261,18 @@ private:
         *changed += ch;
     }
 
+    /// out[m x (hi - lo)] = A[m x d] * X[lo:hi]^T: the packed kernel where the CPU has it.
+    void products(int64_t m, const float* a, int64_t lo, int64_t hi, float* out, int64_t ldo) const {
+        if (packed_) {
+            gemm_packed(m, a, d_, xp_, lo, hi, out, ldo);
+        } else {
+            blas::gemm_nt(m, hi - lo, d_, a, d_, xn_.data() + lo * d_, d_, out, ldo);
+        }
+    }
+
+    /// Start of thread t's share of the filters (whole panels for the packed kernel).
+    int64_t split(int t, int T) const { return packed_ ? panel_split(n_, T, t) : n_ * t / T; }
+
     double assign(int64_t* changed) {
         // Which rows of S^T must be recomputed: all of them the first time, when reuse is
         // off, or when most centroids moved (one full product is then cheaper).
@@ -285,7 +299,7 @@ private:
 #pragma omp parallel num_threads(nt) reduction(+ : obj, ch)
             {
                 const int t = omp_get_thread_num(), T = omp_get_num_threads();
-                assign_rows(n_ * t / T, n_ * (t + 1) / T, part, cm.data(), &obj, &ch);
+                assign_rows(split(t, T), split(t + 1, T), part, cm.data(), &obj, &ch);
             }
         }
         assigned_ = true;
@@ -429,7 +443,9 @@ private:
     int64_t n_, d_, k_;
     KMeansParams p_;
     int nt_;
+    bool packed_ = packed_gemm_available();
     std::vector<float> xn_;
+    PackedRows xp_;
     std::vector<char> nonzero_;
     int64_t n_nonzero_ = 0;
     std::vector<float> c_, s_, best_;
@@ -576,7 +592,7 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
     return chosen;
 }
 
-double time_gemm(int64_t size, int threads, int repeats) {
+double time_gemm(int64_t size, int threads, int repeats, bool packed) {
     PYPRUNE_CHECK(size >= 1 && repeats >= 1, "time_gemm: size and repeats must be >= 1");
     const int nt = resolve_threads(threads);
     const size_t m = static_cast<size_t>(size * size);
@@ -586,13 +602,19 @@ double time_gemm(int64_t size, int threads, int repeats) {
         a[i] = static_cast<float>(rng.uniform() - 0.5);
         b[i] = static_cast<float>(rng.uniform() - 0.5);
     }
+    PYPRUNE_CHECK(!packed || packed_gemm_available(), "time_gemm: the packed kernel needs AVX-512F");
+    const PackedRows bp = packed ? pack_rows(b.data(), size, size, size) : PackedRows{};
     auto once = [&]() {
 #pragma omp parallel num_threads(nt) if (nt > 1)
         {
             const int t = omp_get_thread_num(), T = omp_get_num_threads();
             const int64_t lo = size * t / T, hi = size * (t + 1) / T;
-            blas::gemm_nt(hi - lo, size, size, a.data() + lo * size, size, b.data(), size,
-                          c.data() + lo * size, size);
+            if (packed) {
+                gemm_packed(hi - lo, a.data() + lo * size, size, bp, 0, size, c.data() + lo * size, size);
+            } else {
+                blas::gemm_nt(hi - lo, size, size, a.data() + lo * size, size, b.data(), size,
+                              c.data() + lo * size, size);
+            }
         }
     };
     once();
@@ -603,6 +625,29 @@ double time_gemm(int64_t size, int threads, int repeats) {
         best = std::min(best, omp_get_wtime() - t0);
     }
     return best;
+}
+
+std::vector<float> products(const MatrixView& a, const MatrixView& b, bool packed, int threads) {
+    validate(a, "a");
+    validate(b, "b");
+    PYPRUNE_CHECK(a.cols == b.cols, "products: a has ", a.cols, " columns and b ", b.cols);
+    PYPRUNE_CHECK(!packed || packed_gemm_available(), "products: the packed kernel needs AVX-512F");
+    const int nt = resolve_threads(threads);
+    const int64_t m = a.rows, n = b.rows, d = a.cols;
+    std::vector<float> out(static_cast<size_t>(m * n));
+    const PackedRows bp = packed ? pack_rows(b.data, n, d, d) : PackedRows{};
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        if (packed) {
+            const int64_t lo = panel_split(n, T, t), hi = panel_split(n, T, t + 1);
+            gemm_packed(m, a.data, d, bp, lo, hi, out.data() + lo, n);
+        } else {
+            const int64_t lo = n * t / T, hi = n * (t + 1) / T;
+            blas::gemm_nt(m, hi - lo, d, a.data, d, b.data + lo * d, d, out.data() + lo, n);
+        }
+    }
+    return out;
 }
 
 }  // namespace pyprune

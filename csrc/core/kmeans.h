@@ -80,7 +80,11 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
                               std::vector<std::vector<double>>* curves);
 
 /// Seconds to run one square GEMM of size `size` with `threads` threads (row-split, one
-/// BLAS thread each, as the k-means kernel runs its GEMMs): gives the machine's bound.
-double time_gemm(int64_t size, int threads, int repeats);
+/// thread each, as the k-means kernel runs its GEMMs): gives the machine's bound.
+/// `packed` times the core's packed kernel (operand packed beforehand) instead of the BLAS.
+double time_gemm(int64_t size, int threads, int repeats, bool packed);
+
+/// out[m x n] = A[m x d] * B[n x d]^T through the BLAS or the packed kernel (for tests).
+std::vector<float> products(const MatrixView& a, const MatrixView& b, bool packed, int threads);
 
 }  // namespace pyprune
