@@ -118,3 +118,13 @@ def test_gather_matches_advanced_indexing():
 def test_gather_bad_index():
     with pytest.raises(ValueError, match="index 16 out of range for dim 0 of size 16"):
         engine.gather([torch.randn(16, 4)], [[[0, 16]]])
+
+
+def test_products_kernel_name_is_checked():
+    a = torch.randn(3, 4)
+    with pytest.raises(ValueError, match="kernel must be 'blas' or 'packed', got 'mkl'"):
+        engine.products(a, a, kernel="mkl")
+    with pytest.raises(ValueError, match="kernel must be 'blas' or 'packed'"):
+        engine.gemm_seconds(8, 1, 1, kernel="fast")
+    with pytest.raises(ValueError, match="columns"):
+        engine.products(a, torch.randn(2, 5), kernel="blas")

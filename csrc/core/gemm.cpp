@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "blas.h"
 #include "check.h"
 
 namespace pyprune {
@@ -108,9 +109,19 @@ PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld) {
     return p;
 }
 
-int64_t panel_split(int64_t n, int parts, int t) {
-    const int64_t panels = (n + NR - 1) / NR;
-    return std::min(n, NR * (panels * t / parts));
+int64_t split_rows(int64_t n, int parts, int t, bool panels) {
+    if (!panels) return n * t / parts;
+    const int64_t count = (n + NR - 1) / NR;
+    return std::min(n, NR * (count * t / parts));
+}
+
+void gemm_rows(int64_t m, const float* a, int64_t lda, const float* b, const PackedRows* packed,
+               int64_t cols, int64_t lo, int64_t hi, float* out, int64_t ldo) {
+    if (packed != nullptr) {
+        gemm_packed(m, a, lda, *packed, lo, hi, out, ldo);
+    } else {
+        blas::gemm_nt(m, hi - lo, cols, a, lda, b + lo * cols, cols, out, ldo);
+    }
 }
 
 void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, int64_t lo, int64_t hi,

@@ -27,7 +27,14 @@ PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld);
 void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, int64_t lo, int64_t hi,
                  float* out, int64_t ldo);
 
-/// Split rows 0..n into `parts` ranges that start on panel boundaries: returns part t's start.
-int64_t panel_split(int64_t n, int parts, int t);
+/// out[m x (hi - lo)] = A[m x cols] * B[lo:hi]^T, where B is `b` (row-major, leading
+/// dimension cols): through the packed kernel when `packed` (B packed by pack_rows) is
+/// given, else through the BLAS. `lo` must then be a panel boundary (see split_rows).
+void gemm_rows(int64_t m, const float* a, int64_t lda, const float* b, const PackedRows* packed,
+               int64_t cols, int64_t lo, int64_t hi, float* out, int64_t ldo);
+
+/// Start of part t when rows 0..n are split into `parts` ranges; with `panels` every range
+/// starts on a panel boundary, as gemm_packed needs.
+int64_t split_rows(int64_t n, int parts, int t, bool panels);
 
 }  // namespace pyprune

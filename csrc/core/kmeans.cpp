@@ -263,15 +263,11 @@ private:
 
     /// out[m x (hi - lo)] = A[m x d] * X[lo:hi]^T: the packed kernel where the CPU has it.
     void products(int64_t m, const float* a, int64_t lo, int64_t hi, float* out, int64_t ldo) const {
-        if (packed_) {
-            gemm_packed(m, a, d_, xp_, lo, hi, out, ldo);
-        } else {
-            blas::gemm_nt(m, hi - lo, d_, a, d_, xn_.data() + lo * d_, d_, out, ldo);
-        }
+        gemm_rows(m, a, d_, xn_.data(), packed_ ? &xp_ : nullptr, d_, lo, hi, out, ldo);
     }
 
     /// Start of thread t's share of the filters (whole panels for the packed kernel).
-    int64_t split(int t, int T) const { return packed_ ? panel_split(n_, T, t) : n_ * t / T; }
+    int64_t split(int t, int T) const { return split_rows(n_, T, t, packed_); }
 
     double assign(int64_t* changed) {
         // Which rows of S^T must be recomputed: all of them the first time, when reuse is
@@ -609,12 +605,8 @@ double time_gemm(int64_t size, int threads, int repeats, bool packed) {
         {
             const int t = omp_get_thread_num(), T = omp_get_num_threads();
             const int64_t lo = size * t / T, hi = size * (t + 1) / T;
-            if (packed) {
-                gemm_packed(hi - lo, a.data() + lo * size, size, bp, 0, size, c.data() + lo * size, size);
-            } else {
-                blas::gemm_nt(hi - lo, size, size, a.data() + lo * size, size, b.data(), size,
-                              c.data() + lo * size, size);
-            }
+            gemm_rows(hi - lo, a.data() + lo * size, size, b.data(), packed ? &bp : nullptr, size, 0,
+                      size, c.data() + lo * size, size);
         }
     };
     once();
@@ -639,13 +631,8 @@ std::vector<float> products(const MatrixView& a, const MatrixView& b, bool packe
 #pragma omp parallel num_threads(nt) if (nt > 1)
     {
         const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        if (packed) {
-            const int64_t lo = panel_split(n, T, t), hi = panel_split(n, T, t + 1);
-            gemm_packed(m, a.data, d, bp, lo, hi, out.data() + lo, n);
-        } else {
-            const int64_t lo = n * t / T, hi = n * (t + 1) / T;
-            blas::gemm_nt(m, hi - lo, d, a.data, d, b.data + lo * d, d, out.data() + lo, n);
-        }
+        const int64_t lo = split_rows(n, T, t, packed), hi = split_rows(n, T, t + 1, packed);
+        gemm_rows(m, a.data, d, b.data, packed ? &bp : nullptr, d, lo, hi, out.data() + lo, n);
     }
     return out;
 }

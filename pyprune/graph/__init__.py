@@ -26,7 +26,7 @@ from scipy.sparse.csgraph import connected_components
 from torch import nn
 
 from ._layout import Layout
-from ._trace import LayerRecord, record, untraced_layers
+from ._trace import LayerRecord, record
 
 __all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "Layout"]
 
@@ -214,7 +214,6 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
             groups[int(g)].members.append(m)
             if m.role == "norm":
                 groups[int(g)].norm_over_channels = True
-    untraced = untraced_layers(model, rec.leaf_modules)
     # An unknown op matters only where it touched channels that could otherwise be pruned.
     unsupported = []
     for where, op, ids in rec.unknown:
@@ -222,4 +221,4 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
             continue
         if (where, op) not in unsupported:
             unsupported.append((where, op))
-    return ChannelGraph(groups, members, int(n_units), group_of_unit, frozen, reasons, unsupported, rec.layers, untraced)
+    return ChannelGraph(groups, members, int(n_units), group_of_unit, frozen, reasons, unsupported, rec.layers, rec.untraced)

@@ -58,6 +58,7 @@ class Recorder:
     leaf_depth: int = 0
     param_owner: dict = field(default_factory=dict)  # id(tensor) -> (module, name)
     count_layers: bool = True  # False in the extra pass: MACs are those of the model's own mode
+    untraced: list = field(default_factory=list)  # layers with parameters that never ran
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_ids(self, size: int, origin: str) -> np.ndarray:
@@ -740,7 +741,8 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     try:
         with torch.random.fork_rng(devices=[]):
             output = _forward(rec, model, example_inputs, example_kwargs)
-            if untraced_layers(model, rec.leaf_modules):
+            rec.untraced = untraced_layers(model, rec.leaf_modules)
+            if rec.untraced:
                 # Layers that only run in the other mode (inception's auxiliary head runs in
                 # training only) still read channels that pruning changes: trace that mode
                 # too, so their inputs are coupled. Its MACs are not counted.
@@ -751,6 +753,7 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
                 except Exception:  # the other mode needs other inputs: those layers stay untraced
                     rec.stack.clear()
                     rec.leaf_depth = 0
+                rec.untraced = untraced_layers(model, rec.leaf_modules)
     finally:
         for h in hooks:
             h.remove()
