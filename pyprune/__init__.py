@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import engine
-from .criteria import available_criteria, register_criterion
+from . import engine, layers
+from .criteria import Selection, available_criteria, register_criterion
 from .graph import ChannelGraph, GraphError, build_graph
-from .prune import Pruner, PrunePlan, PruneResult, prune
-from .summary import Summary
+from .layers import register_layer, register_op
+from .prune import PruneConfig, Pruner, PrunePlan, PruneResult, prune
+from .schedule import register_schedule
+from .summary import CostModel, Summary
 
 
 # The submodule is loaded first, then the name is bound to its function: `pyprune.export(...)`
@@ -30,7 +32,9 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 __all__ = [
     "__version__",
     "engine",
+    "layers",
     "prune",
+    "PruneConfig",
     "PruneResult",
     "PrunePlan",
     "Pruner",
@@ -38,8 +42,13 @@ __all__ = [
     "ChannelGraph",
     "GraphError",
     "Summary",
+    "CostModel",
     "register_criterion",
     "available_criteria",
+    "Selection",
+    "register_layer",
+    "register_op",
+    "register_schedule",
     "export",
     "benchmark",
 ]

@@ -120,10 +120,10 @@ def _prune_kwargs(args) -> dict:
 
 def _do_prune(model, meta, args, spec=None):
     from . import prune
-    from .prune import DATA_METHODS
+    from .criteria import criterion_spec
 
     kw = _prune_kwargs(args)
-    if args.method in DATA_METHODS:
+    if criterion_spec(args.method).needs_data:
         spec = spec or _spec_for(meta, args)
         kw["calibration"] = _calibration(args, spec)
     return prune(model, _example(meta), **kw)

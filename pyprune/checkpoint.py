@@ -18,7 +18,8 @@ import tempfile
 import torch
 from torch import nn
 
-from .surgery import _update_attributes
+from .layers import resize
+from .surgery import replace_tensor
 
 __all__ = ["save_model", "load_model", "model_from", "resize_to", "atomic_save", "read", "CheckpointError", "FORMAT"]
 
@@ -101,15 +102,10 @@ def resize_to(model: nn.Module, spec: dict) -> nn.Module:
             continue
         mod_name, _, pname = name.rpartition(".")
         mod = model.get_submodule(mod_name) if mod_name else model
-        old = getattr(mod, pname)
-        new = torch.empty(shape, dtype=old.dtype)
-        if pname in mod._parameters:
-            mod._parameters[pname] = nn.Parameter(new, requires_grad=old.requires_grad)
-        else:
-            mod._buffers[pname] = new
+        replace_tensor(mod, pname, torch.empty(shape, dtype=getattr(mod, pname).dtype))
         touched.add(mod_name)
     for mod_name in touched:
-        _update_attributes(model.get_submodule(mod_name) if mod_name else model)
+        resize(model.get_submodule(mod_name) if mod_name else model)
     return model
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-__all__ = ["digits", "cifar", "image_folder", "get_dataset", "DataSpec", "DataError"]
+__all__ = ["digits", "cifar", "image_folder", "get_dataset", "iter_batches", "DataSpec", "DataError"]
 
 
 class DataError(ValueError):
@@ -186,3 +186,25 @@ def get_dataset(name: str, data_dir: str | None = None, *, size: int | None = No
         tr, va, classes = image_folder(data_dir, s, seed=seed, augment=augment)
         return DataSpec(tr, va, len(classes), 3, s, name)
     raise DataError(f"unknown data set {name!r}; known: digits, cifar10, cifar100, imagefolder")
+
+
+def iter_batches(calibration, limit: int | None = None):
+    """Yield (inputs tuple, labels or None) from a DataLoader / iterable of batches. A batch
+    is a tensor (inputs only), or a (inputs, labels) pair whose inputs are a tensor or a
+    tuple of tensors. ``limit`` stops after that many batches."""
+    if calibration is None:
+        raise ValueError("this method needs calibration data: pass calibration=<DataLoader or list of batches>")
+    n = 0
+    for batch in calibration:
+        if isinstance(batch, torch.Tensor):
+            yield (batch,), None
+        elif isinstance(batch, (tuple, list)) and len(batch) == 2:
+            x, y = batch
+            yield (tuple(x) if isinstance(x, (tuple, list)) else (x,)), y
+        else:
+            raise ValueError("calibration: each batch must be a tensor or an (inputs, labels) pair")
+        n += 1
+        if limit is not None and n >= limit:
+            return
+    if n == 0:
+        raise ValueError("calibration: no batches")

@@ -281,32 +281,42 @@ def gather(
     *,
     threads: int | None = None,
 ) -> list[torch.Tensor]:
-    """Structured slicing of many tensors in one parallel call.
+    """Structured slicing of many tensors in one call.
 
     ``out[i] = tensors[i][ix0][:, ix1]...``: for every tensor one entry per leading dim,
     each a list/tensor of kept indices or ``None`` to keep the dim whole. Works for any
-    dtype; the results are new contiguous CPU tensors.
+    dtype; the results are new contiguous tensors on the sources' devices. CPU tensors go
+    to the core in one parallel call; tensors on other devices are sliced there by torch
+    (this build has no device kernels), so nothing makes a round trip through the host.
     """
     if len(tensors) != len(indices):
         raise ValueError(f"gather: {len(tensors)} tensors but {len(indices)} index sets")
-    sources, idx = [], []
+    result: list = [None] * len(tensors)
+    cpu, sources, idx = [], [], []
     for i, (t, ix) in enumerate(zip(tensors, indices)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"gather: tensors[{i}] is a {type(t).__name__}, expected a torch.Tensor")
-        if t.device.type != "cpu":
-            raise ValueError(f"gather: tensors[{i}] is on {t.device}; the core gathers CPU tensors")
         if len(ix) > t.dim():
             raise ValueError(f"gather: tensors[{i}] has rank {t.dim()} but {len(ix)} index lists")
+        lists = [None if s is None else [int(v) for v in (s.tolist() if isinstance(s, torch.Tensor) else s)]
+                 for s in ix]
+        if t.device.type != "cpu":
+            new = t.detach()
+            for d, keep in enumerate(lists):
+                if keep is not None:
+                    new = new.index_select(d, torch.as_tensor(keep, device=t.device))
+            result[i] = new.contiguous()
+            continue
         src = t.detach().contiguous()
         if src.dtype == torch.bfloat16:  # numpy has no bfloat16: move the raw 16-bit words
             src = src.view(torch.int16)
+        cpu.append(i)
         sources.append(src.numpy())
-        idx.append([[] if s is None else [int(v) for v in (s.tolist() if isinstance(s, torch.Tensor) else s)] for s in ix])
-    out = _core.gather(sources, idx, _threads(threads))
-    result = []
-    for t, a in zip(tensors, out):
-        r = torch.from_numpy(a)
-        result.append(r.view(torch.bfloat16) if t.dtype == torch.bfloat16 else r)
+        idx.append([[] if keep is None else keep for keep in lists])
+    if cpu:
+        for i, a in zip(cpu, _core.gather(sources, idx, _threads(threads))):
+            r = torch.from_numpy(a)
+            result[i] = r.view(torch.bfloat16) if tensors[i].dtype == torch.bfloat16 else r
     return result
 
 

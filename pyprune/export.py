@@ -73,9 +73,9 @@ def _need(fmt: str):
 
 
 def _batches(calibration, limit=8):
-    from .criteria import iter_batches
+    from .data import iter_batches
 
-    for (inputs, _), _i in zip(iter_batches(calibration, limit), range(limit)):
+    for inputs, _ in iter_batches(calibration, limit):
         yield inputs[0]
 
 

@@ -2,12 +2,16 @@
 into the filter kept for its cluster.
 
 If filter j is a positive multiple of the kept filter r (w_j = a * w_r, b_j = a * b_r) and
-the path to the next layer is positively homogeneous (conv -> ReLU -> (max/avg pool) -> conv),
-channel j equals a times channel r, so adding ``a * W_next[:, j]`` to ``W_next[:, r]`` and
-dropping j leaves the output unchanged. For near-multiples the scale a is the least-squares
-one, a = <w_j, w_r> / |w_r|^2, taken on the BN-folded filters when a BatchNorm follows
-(gamma / sqrt(var + eps) per channel); the relative residual |w_j - a w_r| / |w_j| is
-reported as the approximation. Filters with a <= 0 are not merged (ReLU is not odd).
+the path to the next layer is positively homogeneous (conv -> ReLU -> max/avg pool ->
+conv), channel j equals a times channel r, so adding ``a * W_next[:, j]`` to ``W_next[:, r]``
+and dropping j leaves the output unchanged. For near-multiples the scale a is the
+least-squares one, a = <w_j, w_r> / |w_r|^2, taken on the BN-folded filters when a
+BatchNorm follows (gamma / sqrt(var + eps) per channel); the relative residual
+|w_j - a w_r| / |w_j| is reported as the approximation. Filters with a <= 0 are not merged
+(ReLU is not odd). The path itself is not inspected: through a BN shift or another
+activation the fold is an approximation too, which fine-tuning then refines.
+
+All dropped channels of a group are folded at once: one ``index_add_`` per consumer tensor.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ class MergeReport:
         return f"merged {self.merged} channels (mean relative residual {self.mean_residual:.3g}), skipped {self.skipped}"
 
 
-def _bn_scale(ctx_tensor, graph: ChannelGraph, g: Group, modules) -> np.ndarray | None:
+def _bn_scale(g: Group, modules) -> np.ndarray | None:
     """gamma / sqrt(var + eps) per unit of the group when one BatchNorm covers it."""
     bns = [m for m in g.members if m.role == "bn" and m.param == "weight"]
     if len(bns) != 1:
@@ -42,10 +46,22 @@ def _bn_scale(ctx_tensor, graph: ChannelGraph, g: Group, modules) -> np.ndarray 
         return None
     scale = (mod.weight.detach() / torch.sqrt(mod.running_var + mod.eps)).double().numpy()
     out = np.ones(g.size)
-    pos = np.searchsorted(g.units, m.units)
-    ok = (pos < g.size) & (g.units[np.minimum(pos, g.size - 1)] == m.units)
-    out[pos[ok]] = scale[ok]
+    pos = g.positions(m.units)
+    out[pos[pos >= 0]] = scale[pos >= 0]
     return out
+
+
+def _occurrences(local: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For positions holding local units 0..n-1 (-1 = another group's): per position its
+    occurrence index among the positions of the same unit; per unit where its positions
+    start in `order` and how many there are; and `order`, the positions sorted by unit."""
+    order = np.argsort(local, kind="stable")
+    sorted_local = local[order]
+    first = np.searchsorted(sorted_local, np.arange(n))
+    count = np.searchsorted(sorted_local, np.arange(n), side="right") - first
+    occ = np.empty(len(local), np.int64)
+    occ[order] = np.arange(len(local)) - np.searchsorted(sorted_local, sorted_local)
+    return occ, first, count, order
 
 
 def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dict, filters: dict):
@@ -61,34 +77,28 @@ def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters:
     residuals = []
     for gid, (labels, reps) in clusters.items():
         g = graph.groups[gid]
+        kept_local = keep_unit[g.units]
         if len(g.producers()) != 1:
-            skipped += int((~keep_unit[g.units]).sum())
+            skipped += int((~kept_local).sum())
             continue
         f = filters[gid].double().numpy()
-        scale = _bn_scale(None, graph, g, modules)
+        scale = _bn_scale(g, modules)
         if scale is not None:
             f = f * scale[:, None]
-        labels = np.asarray(labels)
-        reps = np.asarray(reps)
-        kept_local = keep_unit[g.units]
-        pairs = []  # (dropped local index, kept local index, a)
-        for j in np.flatnonzero(~kept_local):
-            r = int(reps[labels[j]])
-            if not kept_local[r]:
-                skipped += 1
-                continue
-            den = float(f[r] @ f[r])
-            a = float(f[j] @ f[r]) / den if den > 0 else 0.0
-            if a <= 0:
-                skipped += 1
-                continue
-            nj = float(np.linalg.norm(f[j]))
-            residuals.append(float(np.linalg.norm(f[j] - a * f[r])) / nj if nj > 0 else 0.0)
-            pairs.append((j, r, a))
-            merged += 1
-        if not pairs:
+        dropped = np.flatnonzero(~kept_local)
+        target = np.asarray(reps)[np.asarray(labels)[dropped]]
+        ok = kept_local[target]
+        den = np.einsum("ij,ij->i", f[target], f[target])
+        a = np.where(den > 0, np.einsum("ij,ij->i", f[dropped], f[target]) / np.where(den > 0, den, 1.0), 0.0)
+        ok &= a > 0  # ReLU is not odd: only positive multiples merge
+        skipped += int((~ok).sum())
+        j, r, a = dropped[ok], target[ok], a[ok]
+        if not len(j):
             continue
-        unit_local = {int(u): i for i, u in enumerate(g.units)}
+        nj = np.linalg.norm(f[j], axis=1)
+        res = np.linalg.norm(f[j] - a[:, None] * f[r], axis=1)
+        residuals.extend(np.where(nj > 0, res / np.where(nj > 0, nj, 1.0), 0.0).tolist())
+        merged += len(j)
         for m in g.members:
             if m.role != "in":
                 continue
@@ -96,13 +106,25 @@ def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters:
             t = overrides.get(key)
             if t is None:
                 t = getattr(modules[m.module], m.param).detach().clone()
-            local = np.array([unit_local.get(int(u), -1) for u in m.units])
-            for j, r, a in pairs:
-                pj, pr = np.flatnonzero(local == j), np.flatnonzero(local == r)
-                if len(pj) != len(pr) or not len(pj):
-                    continue
-                src = t.index_select(m.dim, torch.as_tensor(pj))
-                t.index_add_(m.dim, torch.as_tensor(pr), src * a)
+            local = g.positions(m.units)
+            occ, first, count, order = _occurrences(local, g.size)
+            # each position of a dropped unit adds to the same occurrence of its target
+            src = np.flatnonzero(np.isin(local, j))
+            if not len(src):
+                continue
+            target_of = np.full(g.size, -1)
+            target_of[j] = r
+            scale_of = np.zeros(g.size)
+            scale_of[j] = a
+            u = local[src]
+            tr = target_of[u]
+            fits = count[tr] == count[u]  # the consumer reads both units equally often
+            src, u, tr = src[fits], u[fits], tr[fits]
+            dst = order[first[tr] + occ[src]]
+            shape = [1] * t.dim()
+            shape[m.dim] = -1
+            w = torch.as_tensor(scale_of[u], dtype=t.dtype).view(shape)
+            t.index_add_(m.dim, torch.as_tensor(dst), t.index_select(m.dim, torch.as_tensor(src)) * w)
             overrides[key] = t
     report = MergeReport(merged, skipped, float(np.mean(residuals)) if residuals else 0.0)
     return overrides, report

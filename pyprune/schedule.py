@@ -12,20 +12,27 @@ Schedules turn a target (a ratio, or a MACs/params budget) into a keep count per
   solved so the overall fraction of removed channels matches ``ratio``. ``taper=0`` is the
   uniform schedule.
 - ``layer_ratios``: explicit ratios for groups whose producing layers match a name/pattern.
+
+Schedules are registered by name (:func:`register_schedule`). :func:`solve_for_budget`
+turns a budget (params, MACs) into a ratio; :func:`iterative_targets` and
+:func:`iterative_keep` split a target over several rounds.
 """
 from __future__ import annotations
 
 import fnmatch
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from .graph import Group
 
-__all__ = ["round_keep", "uniform_keep", "taper_ratios", "global_keep", "keep_counts", "SCHEDULES"]
+__all__ = ["round_keep", "uniform_keep", "taper_ratios", "global_keep", "keep_counts", "solve_for_budget",
+           "iterative_targets", "iterative_keep", "register_schedule", "available_schedules", "SCHEDULES",
+           "MAX_RATIO"]
 
-SCHEDULES = ("uniform", "global", "taper")
-MAX_RATIO = 0.95
+MAX_RATIO = 0.95  # the largest share of a group any schedule or budget removes
 
 
 def round_keep(n_keep: int, size: int, round_to: int | None) -> int:
@@ -55,7 +62,7 @@ def taper_ratios(groups: list[Group], ratio: float, taper: float) -> dict[int, f
     """Per-group ratios growing linearly with depth, overall (unit-weighted) equal to `ratio`."""
     if not groups:
         return {}
-    order = sorted(groups, key=lambda g: g.depth)
+    order = sorted(groups, key=lambda g: g.id)  # ids follow the forward order
     n = len(order)
     t = {g.id: (i / (n - 1) if n > 1 else 0.5) for i, g in enumerate(order)}
     sizes = {g.id: g.size for g in groups}
@@ -126,24 +133,108 @@ def match_layer_ratios(groups: list[Group], layer_ratios: dict) -> dict[int, flo
     return out
 
 
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    fn: Callable  # (groups, ratio, *, round_to, taper, scores, min_keep) -> {group id: keep}
+    needs_scores: bool = False  # ranks units across groups on the criterion's scores
+
+
+SCHEDULES: dict[str, ScheduleSpec] = {}
+
+
+def register_schedule(name: str, *, needs_scores: bool = False):
+    """Decorator: a schedule ``fn(groups, ratio, *, round_to, taper, scores, min_keep) ->
+    {group id: keep count}`` usable as ``prune(schedule=name)``."""
+    def deco(fn):
+        SCHEDULES[name] = ScheduleSpec(name, fn, needs_scores)
+        return fn
+
+    return deco
+
+
+def available_schedules() -> list[str]:
+    return list(SCHEDULES)
+
+
+def schedule_spec(name: str) -> ScheduleSpec:
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; known schedules: {', '.join(SCHEDULES)}")
+    return SCHEDULES[name]
+
+
+@register_schedule("uniform")
+def _uniform(groups, ratio, *, round_to=None, **_):
+    return uniform_keep(groups, ratio, round_to)
+
+
+@register_schedule("global", needs_scores=True)
+def _global(groups, ratio, *, round_to=None, scores=None, min_keep=0.1, **_):
+    return global_keep(groups, scores, ratio, min_keep, round_to)
+
+
+@register_schedule("taper")
+def _taper(groups, ratio, *, round_to=None, taper=1.0, **_):
+    rs = taper_ratios(groups, ratio, taper)
+    return {g.id: _keep_for_ratio(g, rs[g.id], round_to) for g in groups}
+
+
 def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=None, taper: float = 1.0,
                 layer_ratios: dict | None = None, scores: list | None = None, min_keep: float = 0.1) -> dict[int, int]:
     """Keep count per group for a schedule (``scores`` are needed by ``global`` only)."""
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; known schedules: {', '.join(SCHEDULES)}")
+    spec = schedule_spec(schedule)
     fixed = match_layer_ratios(groups, layer_ratios) if layer_ratios else {}
     rest = [g for g in groups if g.id not in fixed]
-    if schedule == "uniform":
-        out = uniform_keep(rest, ratio, round_to)
-    elif schedule == "taper":
-        rs = taper_ratios(rest, ratio, taper)
-        out = {g.id: _keep_for_ratio(g, rs[g.id], round_to) for g in rest}
-    else:
+    if spec.needs_scores:
         if scores is None:
-            raise ValueError("the global schedule needs scores")
+            raise ValueError(f"the {schedule} schedule needs scores")
         sc = {g.id: s for g, s in zip(groups, scores)}
-        out = global_keep(rest, [sc[g.id] for g in rest], ratio, min_keep, round_to)
+        scores = [sc[g.id] for g in rest]
+    out = spec.fn(rest, ratio, round_to=round_to, taper=taper, scores=scores, min_keep=min_keep)
     for g in groups:
         if g.id in fixed:
             out[g.id] = _keep_for_ratio(g, fixed[g.id], round_to)
     return out
+
+
+def solve_for_budget(counts_at: Callable[[float], dict], cost: Callable[[dict], float], goal: float,
+                     base: float, what: str) -> tuple[dict, float]:
+    """Keep counts whose cost comes closest to `goal`: bisection over the schedule's ratio.
+
+    counts_at(ratio) gives the keep counts of the schedule at that ratio, cost(counts) their
+    cost (params, MACs, ...; non-increasing in the ratio), `base` the unpruned cost. Returns
+    (keep counts, ratio). A goal that pruning ``MAX_RATIO`` of every group cannot reach
+    raises ``ValueError`` naming `what`.
+    """
+    if goal >= base:
+        return counts_at(0.0), 0.0
+    lo, hi = 0.0, MAX_RATIO
+    n_hi = counts_at(hi)
+    v_hi = cost(n_hi)
+    if v_hi > goal:
+        raise ValueError(f"{what}: unreachable, pruning {MAX_RATIO:.0%} of every group still leaves "
+                         f"{v_hi:.4g} of {base:.4g}")
+    best = (n_hi, hi, abs(v_hi - goal))
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        n = counts_at(mid)
+        v = cost(n)
+        if abs(v - goal) < best[2]:
+            best = (n, mid, abs(v - goal))
+        if v > goal:
+            lo = mid
+        else:
+            hi = mid
+    return best[0], best[1]
+
+
+def iterative_targets(steps: int, base: float, goal: float) -> list[float]:
+    """The budget after each of `steps` rounds going from `base` to `goal`: the same
+    fraction removed in every round (geometric), the last one exactly `goal`."""
+    return [base * (goal / base) ** (s / steps) for s in range(1, steps + 1)]
+
+
+def iterative_keep(final: dict, step: int, steps: int) -> dict:
+    """Keep counts after round `step` of `steps`, each round removing an equal share of
+    what the one-shot counts remove. final: name -> (size, keep after the last round)."""
+    return {n: size - int(math.floor((size - k) * step / steps + 0.5)) for n, (size, k) in final.items()}

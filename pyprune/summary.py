@@ -1,16 +1,19 @@
 """Parameter and MAC counts, per layer and total, before and after pruning.
 
-We count them ourselves from the traced layer output shapes: MACs are the
+:class:`CostModel` predicts them for keep counts per group without cutting (the budget
+solver's cost). We count them ourselves from the traced layer output shapes: MACs are the
 multiply-accumulates of convolutions (N*H_out*W_out*C_out*C_in/groups*k_h*k_w) and Linear
 layers (rows*in*out); element-wise work (norms, activations, pooling) is not counted, the
 same convention as the usual counters (thop, fvcore's conv/linear count).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import nn
+
+from .layers import handler_for, layer_macs
 
 
 @dataclass
@@ -62,13 +65,6 @@ class Summary:
     def __str__(self) -> str:
         return self.table(max_rows=30)
 
-    def as_dict(self) -> dict:
-        return {
-            "params_before": self.params_before, "params_after": self.params_after,
-            "macs_before": self.macs_before, "macs_after": self.macs_after,
-            "layers": [r.__dict__ for r in self.layers],
-        }
-
 
 def _fmt(n: int) -> str:
     for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
@@ -77,26 +73,8 @@ def _fmt(n: int) -> str:
     return str(n)
 
 
-def layer_macs(m: nn.Module, out_shape: tuple) -> int:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        spatial = math.prod(out_shape[2:]) * out_shape[0]
-        return spatial * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-    if isinstance(m, nn.Linear):
-        return math.prod(out_shape[:-1]) * m.in_features * m.out_features
-    return 0
-
-
 def _own_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters(recurse=False))
-
-
-def _shape(m: nn.Module) -> tuple:
-    if isinstance(m, nn.modules.conv._ConvNd):
-        return (m.out_channels, m.in_channels)
-    if isinstance(m, nn.Linear):
-        return (m.out_features, m.in_features)
-    w = getattr(m, "weight", None)
-    return tuple(w.shape) if w is not None else ()
 
 
 def snapshot(model: nn.Module, layers) -> dict:
@@ -107,7 +85,8 @@ def snapshot(model: nn.Module, layers) -> dict:
         if rec.module in snap or rec.module not in mods:
             continue
         m = mods[rec.module]
-        snap[rec.module] = (rec.kind, _shape(m), _own_params(m), layer_macs(m, rec.out_shape))
+        h = handler_for(m)
+        snap[rec.module] = (rec.kind, h.shape(m) if h else (), _own_params(m), layer_macs(m, rec.out_shape))
     return snap
 
 
@@ -124,12 +103,61 @@ def compare(before: dict, after: dict) -> Summary:
     return s
 
 
-def summarize(before: nn.Module, after: nn.Module, layers) -> Summary:
-    """Compare two versions of a model over the traced leaf layers."""
-    return compare(snapshot(before, layers), snapshot(after, layers))
-
-
 def count(model: nn.Module, layers) -> tuple[int, int]:
     """(params, MACs) of a model over its traced layers."""
     snap = snapshot(model, layers)
     return snap["__total_params__"], sum(v[3] for k, v in snap.items() if k != "__total_params__")
+
+
+class CostModel:
+    """Costs of the pruned model for keep counts per group, without cutting.
+
+    Every cost kind is a sum over tensors (params) or layers (MACs) of a base cost times,
+    for each of its pruned dims, the kept share of the units that dim holds. ``kinds``
+    lists what :meth:`__call__` returns; a new kind (latency) is one more entry.
+    """
+
+    kinds = ("params", "macs")
+
+    def __init__(self, model: nn.Module, graph):
+        self.graph = graph
+        self.sizes = np.array([g.size for g in graph.groups], np.float64)
+        # per (module, param, dim): the groups its units belong to and their shares
+        share = {}
+        for m in graph.members:
+            gids, counts = np.unique(graph.unit_group[m.units], return_counts=True)
+            share[(m.module, m.param, m.dim)] = (gids, counts / len(m.units))
+        dims: dict = {}
+        for (mod, param, dim) in share:
+            dims.setdefault((mod, param), []).append(dim)
+        self._share = share
+        self._params = [(mod, pname, p.numel(), dims.get((mod, pname), []))
+                        for mod, sub in model.named_modules() for pname, p in sub.named_parameters(recurse=False)]
+        mods = dict(model.named_modules())
+        self._macs, seen = [], set()
+        for rec in graph.layers:
+            if rec.module in seen or rec.module not in mods:
+                continue
+            seen.add(rec.module)
+            macs = layer_macs(mods[rec.module], rec.out_shape)
+            if macs:
+                self._macs.append((rec.module, "weight", macs, dims.get((rec.module, "weight"), [])))
+        self.base = self({})
+
+    def _scaled(self, entries, keep_frac) -> float:
+        total = 0.0
+        for mod, param, base, dims in entries:
+            f = 1.0
+            for d in dims:
+                gids, share = self._share[(mod, param, d)]
+                f *= float((share * keep_frac[gids]).sum())
+            total += base * f
+        return total
+
+    def __call__(self, n_keep: dict) -> dict:
+        """{kind: predicted cost} when group id -> units kept (others keep everything)."""
+        keep_frac = np.ones(len(self.sizes))
+        for gid, k in n_keep.items():
+            keep_frac[gid] = k / self.sizes[gid]
+        return {"params": self._scaled(self._params, keep_frac),
+                "macs": self._scaled(self._macs, keep_frac)}

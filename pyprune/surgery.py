@@ -1,8 +1,9 @@
 """Structured surgery: build the smaller model from a channel graph and the kept units.
 
-All sliced tensors are gathered in one batched, parallel call into the C++ core
-(`engine.gather`); the modules then get their new parameters and matching attributes
-(``in_channels``, ``num_features``, ...). Gradients and optimizer state are not carried
+All sliced tensors are gathered in one batched call (`engine.gather`, which picks the
+device's kernel); the modules then get their new parameters, and their size attributes
+(``in_channels``, ``num_features``, ...) follow through their layer handlers
+(:mod:`pyprune.layers`). Gradients and optimizer state are not carried
 over: the pruned model's parameters are fresh leaves, so build a new optimizer for it.
 """
 from __future__ import annotations
@@ -15,8 +16,9 @@ from torch import nn
 
 from . import engine
 from .graph import ChannelGraph
+from .layers import resize
 
-__all__ = ["apply_keep", "slice_plan"]
+__all__ = ["apply_keep", "slice_plan", "replace_tensor"]
 
 
 def slice_plan(graph: ChannelGraph, keep_unit: np.ndarray) -> dict[tuple[str, str], dict[int, np.ndarray]]:
@@ -61,28 +63,16 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
     else:
         target = model
     new_modules = dict(target.named_modules())
-    cpu_src, cpu_idx, cpu_keys, other = [], [], [], []
+    keys, sources, idx = [], [], []
     for (mod, pname), dims in plan.items():
         orig = _get(modules, mod, pname)
-        src = overrides.get((mod, pname), orig)
-        idx = [dims.get(d) for d in range(max(dims) + 1)]
-        if src.device.type == "cpu":
-            cpu_src.append(src.detach())
-            cpu_idx.append(idx)
-            cpu_keys.append((mod, pname, orig))
-        else:
-            other.append((mod, pname, orig, src, idx))
-    results = engine.gather(cpu_src, cpu_idx, threads=threads) if cpu_src else []
-    for (mod, pname, src), new in zip(cpu_keys, results):
-        _set(new_modules[mod], pname, src, new)
-    for mod, pname, orig, src, idx in other:
-        new = src.detach()
-        for d, ix in enumerate(idx):
-            if ix is not None:
-                new = new.index_select(d, torch.as_tensor(ix, device=src.device))
-        _set(new_modules[mod], pname, orig, new.contiguous())
+        keys.append((mod, pname, orig))
+        sources.append(overrides.get((mod, pname), orig).detach())
+        idx.append([dims.get(d) for d in range(max(dims) + 1)])
+    for (mod, pname, orig), new in zip(keys, engine.gather(sources, idx, threads=threads)):
+        replace_tensor(new_modules[mod], pname, new, like=orig)
     for mod in {m for m, _ in plan}:
-        _update_attributes(new_modules[mod])
+        resize(new_modules[mod])
     return target
 
 
@@ -94,37 +84,13 @@ def _get(modules: dict, mod: str, pname: str) -> torch.Tensor:
     return t
 
 
-def _set(module: nn.Module, pname: str, old: torch.Tensor, new: torch.Tensor) -> None:
-    if pname in module._parameters:
-        module._parameters[pname] = nn.Parameter(new, requires_grad=old.requires_grad)
-    elif pname in module._buffers:
-        module._buffers[pname] = new
+def replace_tensor(module: nn.Module, name: str, new: torch.Tensor, *, like: torch.Tensor | None = None) -> None:
+    """Put `new` in place of the module's parameter or buffer `name` (a parameter stays a
+    parameter, with the ``requires_grad`` of `like` or of the old one)."""
+    old = like if like is not None else getattr(module, name)
+    if name in module._parameters:
+        module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
+    elif name in module._buffers:
+        module._buffers[name] = new
     else:
-        setattr(module, pname, new)
-
-
-def _update_attributes(m: nn.Module) -> None:
-    """Make a module's size attributes agree with its (new) tensors."""
-    if isinstance(m, nn.modules.conv._ConvNd):
-        w = m.weight
-        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
-        m.out_channels = w.shape[0]
-        if depthwise:
-            m.groups = m.in_channels = w.shape[0]
-        else:
-            m.in_channels = w.shape[1] * m.groups
-    elif isinstance(m, nn.Linear):
-        m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, nn.modules.batchnorm._NormBase):
-        t = m.weight if m.weight is not None else m.running_mean
-        m.num_features = t.shape[0]
-    elif isinstance(m, nn.LayerNorm):
-        t = m.weight if m.weight is not None else m.bias
-        m.normalized_shape = (t.shape[0],)
-    elif isinstance(m, nn.GroupNorm):
-        old = m.num_channels
-        m.num_channels = m.weight.shape[0]
-        if m.num_groups == old:
-            m.num_groups = m.num_channels
-    elif isinstance(m, nn.PReLU):
-        m.num_parameters = m.weight.shape[0]
+        setattr(module, name, new)

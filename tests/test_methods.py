@@ -167,7 +167,7 @@ def test_taper_monotone_and_hits_overall_ratio(taper, round_to):
     res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l1", schedule="taper", taper=taper,
                         ratio=0.5, round_to=round_to)
     groups = [g for g in res.plan.graph.groups if g.prunable]
-    groups.sort(key=lambda g: g.depth)
+    groups.sort(key=lambda g: g.id)
     ratios = [1 - len(res.plan.keep[g.id]) / g.size for g in groups]
     tol = (round_to or 1) / min(g.size for g in groups)
     assert all(b >= a - tol for a, b in zip(ratios, ratios[1:])), ratios
@@ -198,8 +198,27 @@ def test_target_macs_lands_within_3_percent(schedule, target):
 def test_target_params_absolute_count():
     model = deep_net()
     total = sum(p.numel() for p in model.parameters())
-    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", target_params=total // 3)
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", max_params=total // 3)
     assert abs(res.summary.params_after - total / 3) <= 0.03 * total / 3
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"target_params": 5000}, "fraction .* in \\(0, 1\\].*max_params="),
+    ({"target_macs": 0.0}, "fraction"),
+    ({"max_macs": 0.5e-9}, None),
+    ({"max_params": -3}, "absolute count"),
+    ({"target_params": 0.5, "max_params": 100}, "one budget"),
+])
+def test_budget_forms_are_unambiguous(kw, match):
+    """A fraction and an absolute count have separate arguments; a count given as a
+    fraction (or the reverse) is refused with the right argument named."""
+    model = deep_net()
+    if match is None:  # an absolute count below anything reachable
+        with pytest.raises(ValueError, match="max_macs=.*unreachable"):
+            pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", **kw)
+        return
+    with pytest.raises(ValueError, match=match):
+        pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", **kw)
 
 
 def test_layer_ratios_override():

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+import torch
 from torch import nn
 
 from ._layout import Layout
 from ._trace import LayerRecord, record
 
-__all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "Layout"]
+__all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "as_inputs", "Layout"]
 
 
 class GraphError(ValueError):
@@ -54,12 +55,11 @@ class Member:
 class Group:
     """Coupled channels that share one keep/prune decision per unit."""
 
-    id: int
+    id: int  # groups are numbered in forward order of their first channel
     name: str
     units: np.ndarray  # global unit ids, sorted
     frozen: np.ndarray  # bool per unit
     members: list = field(default_factory=list)
-    depth: int = 0  # order of the group's first producer in the forward pass
     norm_over_channels: bool = False  # a LayerNorm/GroupNorm(1) couples its units' statistics
 
     @property
@@ -72,6 +72,13 @@ class Group:
 
     def producers(self) -> list[Member]:
         return [m for m in self.members if m.role == "out"]
+
+    def positions(self, units: np.ndarray) -> np.ndarray:
+        """Position in this group of each of `units` (global ids), -1 where a unit
+        belongs to another group (a member spanning several groups)."""
+        pos = np.searchsorted(self.units, units)
+        inside = (pos < self.size) & (self.units[np.minimum(pos, self.size - 1)] == units)
+        return np.where(inside, pos, -1)
 
 
 @dataclass
@@ -86,8 +93,19 @@ class ChannelGraph:
     layers: list[LayerRecord]
     untraced: list[str]
 
-    def members_of(self, module: str) -> list[Member]:
-        return [m for m in self.members if m.module == module]
+    def freeze(self, units: np.ndarray, reason: str) -> None:
+        """Never prune `units` (global ids); `reason` is shown wherever the graph explains
+        what it keeps (``table()``, errors, the prune result)."""
+        units = np.unique(np.asarray(units, np.int64))
+        if not len(units):
+            return
+        self.unit_frozen[units] = True
+        for gid in np.unique(self.unit_group[units]):
+            g = self.groups[int(gid)]
+            g.frozen = self.unit_frozen[g.units]
+            reasons = self.frozen_reasons.setdefault(int(gid), [])
+            if reason not in reasons:
+                reasons.append(reason)
 
     def table(self, max_members: int = 4) -> str:
         """A readable table: group id, channels, prunable channels, the layers that write
@@ -107,13 +125,24 @@ class ChannelGraph:
         return self.table()
 
 
+def as_inputs(example_inputs) -> tuple:
+    """The model's positional inputs as a tuple: a tensor is one input, a tuple or list
+    holds one input per entry."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs: expected a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
 def build_graph(model: nn.Module, example_inputs, example_kwargs: dict | None = None) -> ChannelGraph:
     """Trace `model` once on `example_inputs` (a tensor or a tuple of them) and derive
-    its channel groups. The model's train/eval mode is left as it was; the trace runs
+    its channel groups (`example_inputs`: a tensor, or a tuple/list of the model's
+    positional inputs). The model's train/eval mode is left as it was; the trace runs
     under ``torch.no_grad()``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = as_inputs(example_inputs)
     try:
         rec, _ = record(model, inputs, dict(example_kwargs or {}))
     except GraphError:
@@ -208,7 +237,7 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
             origin_name.setdefault(g, origin)
     for g in range(n_groups):
         us = np.array(units_by_group[g], np.int64)
-        groups.append(Group(g, origin_name.get(g, f"group{g}"), us, frozen[us], [], depth=g))
+        groups.append(Group(g, origin_name.get(g, f"group{g}"), us, frozen[us], []))
     for m in members:
         for g in np.unique(group_of_unit[m.units]):
             groups[int(g)].members.append(m)

@@ -5,7 +5,8 @@ function and Tensor method is seen with its actual arguments and outputs) while 
 hooks mark where the leaf layers that own prunable parameters (Conv, Linear, norms) run.
 Python control flow, several inputs and custom modules need nothing special: only what
 actually executed is recorded. Ops are handled by functions registered per op name in
-`_HANDLERS`; an op that touches tracked channels and has no handler is reported.
+`_HANDLERS` (:func:`register_op`); leaf layers by their handlers in :mod:`pyprune.layers`.
+An op that touches tracked channels and has no handler is reported.
 """
 from __future__ import annotations
 
@@ -102,10 +103,24 @@ class Recorder:
 _HANDLERS: dict[str, Callable] = {}
 
 
-def handles(*names: str):
-    """Register a handler for the torch functions / Tensor methods with these names."""
+def register_op(*names: str):
+    """Decorator: `fn` is the channel rule of the torch functions / Tensor methods with
+    these names (``torch.sinc``, ``Tensor.roll``, ...; the name is ``func.__name__``).
+
+    ``fn(rec, name, args, kwargs, out)`` runs after the op, with its real arguments and
+    output, whenever an input carries tracked channels. It tells the recorder where the
+    channels went: ``rec.set_layout(out, rec.layout(args[0]))`` for an op that keeps them
+    in place, ``rec.unite(a.ids, b.ids)`` where two tensors' channels must be pruned
+    together, ``rec.freeze(ids, reason)`` where they must stay, or
+    ``rec.report_unknown(name, layouts, outputs)`` where the rule cannot follow them (strict
+    pruning then refuses the model, naming the op). See :mod:`pyprune.layers` for the
+    recorder's methods."""
+    if not names or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(f"register_op: expected op names (strings), got {names!r}")
 
     def deco(fn):
+        if not callable(fn):
+            raise TypeError(f"register_op({', '.join(names)}): expected a callable, got {type(fn).__name__}")
         for n in names:
             _HANDLERS[n] = fn
         return fn
@@ -139,7 +154,7 @@ _UNARY = (
 ).split()
 
 
-@handles(*_UNARY)
+@register_op(*_UNARY)
 def _unary(rec: Recorder, name, args, kwargs, out):
     src = args[0] if args else None
     lay = rec.layout(src)
@@ -151,7 +166,7 @@ def _unary(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(outs[0], lay)
 
 
-@handles("pow", "__pow__", "pow_")
+@register_op("pow", "__pow__", "pow_")
 def _pow(rec: Recorder, name, args, kwargs, out):
     if len(args) > 1 and isinstance(args[1], torch.Tensor) and args[1].numel() > 1:
         return _broadcast(rec, name, args, kwargs, out)
@@ -168,7 +183,7 @@ _SPATIAL = (
 ).split()
 
 
-@handles(*_SPATIAL)
+@register_op(*_SPATIAL)
 def _spatial(rec: Recorder, name, args, kwargs, out):
     src = args[0] if args else kwargs.get("input")
     lay = rec.layout(src)
@@ -181,7 +196,7 @@ def _spatial(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(outs[0], lay)  # indices of *_with_indices carry no channel meaning
 
 
-@handles("pad")
+@register_op("pad")
 def _pad(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
@@ -203,7 +218,7 @@ _BINARY = (
 ).split()
 
 
-@handles(*_BINARY)
+@register_op(*_BINARY)
 def _broadcast(rec: Recorder, name, args, kwargs, out):
     operands = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
     outs = _tensors(out)
@@ -243,7 +258,7 @@ def _broadcast(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(o, Layout(od, base))
 
 
-@handles("prelu")
+@register_op("prelu")
 def _prelu(rec: Recorder, name, args, kwargs, out):
     x, w = args[0], args[1]
     lay = rec.layout(x)
@@ -259,7 +274,7 @@ def _prelu(rec: Recorder, name, args, kwargs, out):
 
 
 # -- concatenation and splitting -----------------------------------------------------------
-@handles("cat", "concat", "concatenate")
+@register_op("cat", "concat", "concatenate")
 def _cat(rec: Recorder, name, args, kwargs, out):
     tensors = list(args[0]) if args else list(kwargs["tensors"])
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -287,7 +302,7 @@ def _cat(rec: Recorder, name, args, kwargs, out):
     rec.report_unknown(name, present, [out])
 
 
-@handles("stack")
+@register_op("stack")
 def _stack(rec: Recorder, name, args, kwargs, out):
     tensors = list(args[0]) if args else list(kwargs["tensors"])
     dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
@@ -305,7 +320,7 @@ def _stack(rec: Recorder, name, args, kwargs, out):
     rec.report_unknown(name, present, [out])
 
 
-@handles("split", "chunk", "tensor_split", "unbind", "split_with_sizes", "hsplit", "vsplit")
+@register_op("split", "chunk", "tensor_split", "unbind", "split_with_sizes", "hsplit", "vsplit")
 def _split(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
@@ -353,7 +368,7 @@ def _view_layout(in_shape, lay: Layout, out_shape) -> Layout | None:
     return None
 
 
-@handles("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "squeeze_", "unsqueeze_")
+@register_op("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "squeeze_", "unsqueeze_")
 def _view(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
@@ -367,7 +382,7 @@ def _view(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, new)
 
 
-@handles("expand", "expand_as", "broadcast_to")
+@register_op("expand", "expand_as", "broadcast_to")
 def _expand(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
@@ -380,7 +395,7 @@ def _expand(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, Layout(od, lay.ids))
 
 
-@handles("permute", "transpose", "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "numpy_T")
+@register_op("permute", "transpose", "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "numpy_T")
 def _permute(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
@@ -405,7 +420,7 @@ def _permute(rec: Recorder, name, args, kwargs, out):
 _REDUCE = "mean sum amax amin max min std var logsumexp nansum nanmean prod norm median".split()
 
 
-@handles(*_REDUCE)
+@register_op(*_REDUCE)
 def _reduce(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
@@ -429,7 +444,7 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
         rec.set_layout(outs[0], Layout(new, lay.ids))
 
 
-@handles("softmax", "log_softmax", "softmin", "cumsum", "cumprod", "normalize")
+@register_op("softmax", "log_softmax", "softmin", "cumsum", "cumprod", "normalize")
 def _along_dim(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
@@ -442,7 +457,7 @@ def _along_dim(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, lay)
 
 
-@handles("__getitem__")
+@register_op("__getitem__")
 def _getitem(rec: Recorder, name, args, kwargs, out):
     src, idx = args[0], args[1]
     lay = rec.layout(src)
@@ -478,190 +493,6 @@ def _getitem(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, Layout(out_dim + lay.dim - in_dim, lay.ids))
 
 
-# -- leaf layers, seen through module hooks -----------------------------------------------
-def _conv(rec: Recorder, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor):
-    lay = rec.layout(x)
-    in_ids = lay.ids if lay is not None and lay.dim == 1 and len(lay.ids) == m.in_channels else None
-    if lay is not None and in_ids is None:
-        rec.freeze(lay.ids, f"{name} reads channels from an unexpected dim")
-    g = m.groups
-    if g == 1:
-        out_ids = rec.new_ids(m.out_channels, name)
-        rec.add_member(name, "weight", 0, out_ids, "out")
-        if m.bias is not None:
-            rec.add_member(name, "bias", 0, out_ids, "bias")
-        if in_ids is not None:
-            rec.add_member(name, "weight", 1, in_ids, "in")
-    elif g == m.in_channels == m.out_channels and in_ids is not None:  # depthwise
-        out_ids = in_ids
-        rec.add_member(name, "weight", 0, out_ids, "out")
-        if m.bias is not None:
-            rec.add_member(name, "bias", 0, out_ids, "bias")
-    else:  # grouped convolution: the channel counts per group stay as they are
-        out_ids = rec.new_ids(m.out_channels, name)
-        rec.freeze(out_ids, f"grouped convolution {name} (groups={g})")
-        if in_ids is not None:
-            rec.freeze(in_ids, f"grouped convolution {name} (groups={g})")
-    rec.set_layout(out, Layout(1, out_ids))
-
-
-def _linear(rec: Recorder, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor):
-    lay = rec.layout(x)
-    last = x.dim() - 1
-    if lay is not None and lay.dim == last:
-        rec.add_member(name, "weight", 1, lay.ids, "in")
-    elif lay is not None and lay.dim != last:
-        pass  # the Linear mixes another dim; channels pass through below
-    out_ids = rec.new_ids(m.out_features, name)
-    rec.add_member(name, "weight", 0, out_ids, "out")
-    if m.bias is not None:
-        rec.add_member(name, "bias", 0, out_ids, "bias")
-    if lay is not None and lay.dim != last:
-        rec.freeze(out_ids, f"{name} applied along a non-channel dim")
-        rec.set_layout(out, lay)
-    else:
-        rec.set_layout(out, Layout(out.dim() - 1, out_ids))
-
-
-def _batchnorm(rec: Recorder, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor):
-    lay = rec.layout(x)
-    if lay is None:
-        return
-    if lay.dim != 1 or len(lay.ids) != m.num_features:
-        rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
-        return
-    for p in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(m, p, None) is not None:
-            rec.add_member(name, p, 0, lay.ids, "bn")
-    rec.set_layout(out, lay)
-
-
-def _channel_first_layernorm(m: nn.Module) -> bool:
-    """LayerNorm subclasses that normalise dim 1 of NCHW (torchvision's LayerNorm2d)."""
-    return type(m).__name__ in ("LayerNorm2d", "ChannelsFirstLayerNorm", "LayerNormChannelsFirst")
-
-
-def _layernorm(rec: Recorder, name: str, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor):
-    lay = rec.layout(x)
-    if lay is None:
-        return
-    k = len(m.normalized_shape)
-    if _channel_first_layernorm(m) and k == 1:
-        if lay.dim == 1:
-            for p in ("weight", "bias"):
-                if getattr(m, p, None) is not None:
-                    rec.add_member(name, p, 0, lay.ids, "norm")
-            rec.set_layout(out, lay)
-        else:
-            rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
-        return
-    if lay.dim < x.dim() - k:  # normalises other dims only
-        rec.set_layout(out, lay)
-        return
-    if k == 1 and lay.dim == x.dim() - 1:
-        for p in ("weight", "bias"):
-            if getattr(m, p, None) is not None:
-                rec.add_member(name, p, 0, lay.ids, "norm")
-        rec.set_layout(out, lay)
-        return
-    rec.report_unknown("LayerNorm over channels and other dims", [lay], [out])
-
-
-def _groupnorm(rec: Recorder, name: str, m: nn.GroupNorm, x: torch.Tensor, out: torch.Tensor):
-    lay = rec.layout(x)
-    if lay is None:
-        return
-    if m.num_groups not in (1, m.num_channels):
-        rec.freeze(lay.ids, f"GroupNorm {name} with {m.num_groups} groups")
-    elif m.affine:
-        for p in ("weight", "bias"):
-            rec.add_member(name, p, 0, lay.ids, "norm")
-    rec.set_layout(out, lay)
-
-
-LEAF_HANDLERS: dict[type, Callable] = {
-    nn.Conv1d: _conv,
-    nn.Conv2d: _conv,
-    nn.Conv3d: _conv,
-    nn.Linear: _linear,
-    nn.BatchNorm1d: _batchnorm,
-    nn.BatchNorm2d: _batchnorm,
-    nn.BatchNorm3d: _batchnorm,
-    nn.SyncBatchNorm: _batchnorm,
-    nn.LayerNorm: _layernorm,
-    nn.GroupNorm: _groupnorm,
-}
-KIND = {nn.Conv1d: "conv", nn.Conv2d: "conv", nn.Conv3d: "conv", nn.Linear: "linear"}
-
-
-def leaf_handler(m: nn.Module) -> Callable | None:
-    for cls in type(m).__mro__:
-        if cls in LEAF_HANDLERS:
-            return LEAF_HANDLERS[cls]
-    return None
-
-
-def _conv_out(args, kwargs) -> tuple:
-    x, w = args[0], args[1]
-    nd = x.dim() - 2
-
-    def arg(i, name, default):
-        v = args[i] if len(args) > i else kwargs.get(name, default)
-        return [v] * nd if isinstance(v, int) else list(v) if not isinstance(v, str) else v
-
-    stride, padding, dilation = arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "dilation", 1)
-    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
-    if x.shape[1] != w.shape[1] * groups or w.dim() != x.dim():
-        raise ValueError("shape mismatch: let the real op raise its own error")
-    spatial = []
-    for i in range(nd):
-        size, k = x.shape[2 + i], w.shape[2 + i]
-        if padding == "same":
-            spatial.append(size)
-            continue
-        p = 0 if padding == "valid" else padding[i]
-        spatial.append((size + 2 * p - dilation[i] * (k - 1) - 1) // stride[i] + 1)
-    if min(spatial) < 1:
-        raise ValueError("input too small: let the real op raise its own error")
-    return (x.shape[0], w.shape[0], *spatial)
-
-
-def _linear_out(a, k) -> tuple:
-    if a[0].shape[-1] != a[1].shape[1]:
-        raise ValueError("shape mismatch: let the real op raise its own error")
-    return (*a[0].shape[:-1], a[1].shape[0])
-
-
-def _bn_out(a, k) -> tuple:
-    stats = a[1] if len(a) > 1 and isinstance(a[1], torch.Tensor) else k.get("running_mean")
-    if stats is not None and a[0].shape[1] != stats.shape[0]:
-        raise ValueError("shape mismatch: let the real op raise its own error")
-    return tuple(a[0].shape)
-
-
-def _norm_out(a, k, kind: str) -> tuple:
-    x = a[0]
-    arg = a[1] if len(a) > 1 else k.get("normalized_shape" if kind == "layer" else "num_groups")
-    if kind == "layer" and tuple(x.shape[-len(arg):]) != tuple(arg):
-        raise ValueError("shape mismatch: let the real op raise its own error")
-    if kind == "group" and x.shape[1] % int(arg):
-        raise ValueError("shape mismatch: let the real op raise its own error")
-    return tuple(x.shape)
-
-
-# Inside a leaf layer only the output's shape matters to the graph: these run as zeros of
-# the right shape (no arithmetic, and no running-stat updates of a training-mode BN).
-_SHAPE_ONLY = {
-    "conv1d": _conv_out,
-    "conv2d": _conv_out,
-    "conv3d": _conv_out,
-    "linear": _linear_out,
-    "batch_norm": _bn_out,
-    "layer_norm": lambda a, k: _norm_out(a, k, "layer"),
-    "group_norm": lambda a, k: _norm_out(a, k, "group"),
-}
-
-
 class _Mode(TorchFunctionMode):
     def __init__(self, rec: Recorder):
         super().__init__()
@@ -671,7 +502,10 @@ class _Mode(TorchFunctionMode):
         kwargs = kwargs or {}
         rec = self.rec
         if rec.leaf_depth:
-            shape_of = _SHAPE_ONLY.get(getattr(func, "__name__", ""))
+            # Inside a registered layer only the output's shape matters to the graph: its
+            # own ops run as zeros of the right shape (no arithmetic, no running-stat
+            # updates of a training-mode BN); the layer's handler records its channels.
+            shape_of = _layers.SHAPE_OPS.get(getattr(func, "__name__", ""))
             if shape_of is not None and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
                 try:
                     return args[0].new_zeros(shape_of(args, kwargs))
@@ -708,12 +542,12 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
 
     def pre(m, inputs):
         rec.stack.append(names.get(m, type(m).__name__))
-        if leaf_handler(m) is not None:
+        if _layers.handler_for(m) is not None:
             rec.leaf_depth += 1
 
     def post(m, inputs, output):
         name = rec.stack.pop() if rec.stack else names.get(m, "")
-        h = leaf_handler(m)
+        h = _layers.handler_for(m)
         if h is None:
             return
         rec.leaf_depth -= 1
@@ -721,15 +555,10 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
             return
         x = inputs[0] if inputs else None
         if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor):
-            h(rec, name, m, x, output)
-            kind = KIND.get(type(m))
-            if kind is None:
-                for cls in type(m).__mro__:
-                    if cls in KIND:
-                        kind = KIND[cls]
-            if rec.count_layers:
-                rec.layers.append(LayerRecord(name, kind or "norm", tuple(output.shape)))
-            rec.leaf_modules[name] = kind or type(m).__name__
+            h.trace(rec, name, m, x, output)
+            if rec.count_layers and h.kind != "other":
+                rec.layers.append(LayerRecord(name, h.kind, tuple(output.shape)))
+            rec.leaf_modules[name] = h.kind
 
     for m in model.modules():
         hooks.append(m.register_forward_pre_hook(pre))
@@ -790,5 +619,9 @@ def untraced_layers(model: nn.Module, traced) -> list[str]:
     """Layers with parameters that the recorder handles but that never ran."""
     return [
         name for name, mod in model.named_modules()
-        if leaf_handler(mod) is not None and name not in traced and any(True for _ in mod.parameters(recurse=False))
+        if _layers.handler_for(mod) is not None and name not in traced and any(True for _ in mod.parameters(recurse=False))
     ]
+
+
+# Last: pyprune.layers registers the layer handlers and re-exports register_op from here.
+from .. import layers as _layers  # noqa: E402

@@ -1,0 +1,61 @@
+"""Clustering criteria: spherical k-means over filter directions, one unit kept per cluster."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import engine
+from ._registry import Selection, register_criterion
+from .magnitude import norm_scores
+
+
+def _clusterable(g, k: int | None = None) -> bool:
+    """A group k-means can decide: free of frozen units, written by filters, and (when k
+    is given) asked to drop something."""
+    if g.frozen.any() or not g.producers():
+        return False
+    return k is None or 1 <= k < g.size
+
+
+def auto_cluster_counts(groups, ctx) -> dict:
+    """``ratio="auto"``: per group the cluster count at the knee of the k-means distortion
+    curve (:func:`pyprune.engine.choose_k`); groups it cannot decide keep everything."""
+    out = {g.id: g.size for g in groups}
+    jobs, cands, ids = [], [], []
+    for g in groups:
+        if not _clusterable(g) or g.size < 4:
+            continue
+        # every K up to 32, then a geometric grid up to the group size
+        ks = set(range(1, min(g.size, 32) + 1))
+        if g.size > 32:
+            ks |= {int(round(v)) for v in np.geomspace(32, g.size, 16)}
+        jobs.append(ctx.filters(g))
+        cands.append(sorted(ks))
+        ids.append(g.id)
+    if jobs:
+        for gid, k in zip(ids, engine.choose_k(jobs, cands, seed=ctx.seed, threads=ctx.threads)):
+            out[gid] = int(k)
+    return out
+
+
+@register_criterion("kmeans", batched=True, selects=True, merges=True, auto_keep=auto_cluster_counts,
+                    rank_with="l2", options=("kmeans_iter",))
+def kmeans(groups, ctx):
+    """Spherical k-means over filter directions, K = units to keep per group; per cluster
+    the member closest to its centroid is kept (a Selection with the clusters, so dropped
+    filters can be merged into their representative). Groups k-means cannot decide (frozen
+    units, no filters) are ranked by L2 norm."""
+    out = norm_scores(groups, ctx, 2)
+    jobs, ks, where = [], [], []
+    for i, g in enumerate(groups):
+        k = int(ctx.n_keep.get(g.id, g.size))
+        if _clusterable(g, k):
+            jobs.append(ctx.filters(g))
+            ks.append(k)
+            where.append(i)
+    if jobs:
+        res = engine.spherical_kmeans(jobs, ks, seed=ctx.seed, threads=ctx.threads,
+                                      max_iter=int(ctx.options.get("kmeans_iter", 100)))
+        for i, x, r in zip(where, jobs, res):
+            reps = r.representatives.numpy()
+            out[i] = Selection(np.sort(reps), r.labels.numpy(), reps, x, r.n_iter)
+    return out

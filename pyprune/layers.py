@@ -1,0 +1,366 @@
+"""The layer registry: how pyprune traces, slices and counts each type of layer.
+
+One :class:`LayerHandler` per module type says
+
+- ``trace``: which of the layer's tensors hold which channels, when it runs on an input
+  whose channel layout is known (a *member* per parameter dim, ``rec.add_member``), and the
+  layout of its output;
+- ``shape_ops``: the functional ops the layer calls that the trace may run *shape-only*
+  (zeros of the right shape, no arithmetic);
+- ``resize``: how its size attributes (``out_channels``, ``num_features``, ...) follow its
+  sliced tensors;
+- ``macs`` and ``shape``: its multiply-accumulates and its size, for the summary and the
+  cost model.
+
+Teach pyprune your own layer with :func:`register_layer`. A subclass of a registered type
+uses its base's handler, which is right only if it adds no per-channel tensor of its own:
+
+    class GainConv2d(nn.Conv2d):           # a conv with a per-output-channel gain
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            self.gain = nn.Parameter(torch.ones(self.out_channels))
+        def forward(self, x):
+            return super().forward(x) * self.gain.view(1, -1, 1, 1)
+
+    @pyprune.register_layer(GainConv2d)
+    class GainConv(pyprune.layers.Conv):
+        out_tensors = ("weight", "bias", "gain")   # sliced with the output channels
+
+Inside ``trace`` the recorder ``rec`` offers: ``rec.layout(t)`` (a tensor's
+:class:`Layout`: which dim holds channels and their ids, or None), ``rec.new_ids(n, name)``
+(new channels made here), ``rec.add_member(module, param, dim, ids, role)`` (dim `dim` of
+a tensor holds those channels), ``rec.set_layout(out, Layout(dim, ids))``,
+``rec.freeze(ids, reason)`` (never prune them) and ``rec.report_unknown(what, layouts,
+outputs)`` (an unsupported use: strict pruning refuses it, naming `what`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .graph._layout import Layout
+from .graph._trace import register_op
+
+__all__ = ["LayerHandler", "Conv", "Linear", "BatchNorm", "LayerNorm", "GroupNorm", "PReLU", "register_layer",
+           "handler_for", "register_op", "resize", "layer_macs", "Layout", "LAYERS"]
+
+LAYERS: dict[type, "LayerHandler"] = {}
+SHAPE_OPS: dict[str, Callable] = {}  # functional op -> output shape, run shape-only inside layers
+
+
+def register_layer(*types: type):
+    """Class decorator: use this :class:`LayerHandler` subclass (or instance) for modules
+    of these types (and their subclasses, unless they have a handler of their own)."""
+    if not types or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in types):
+        raise TypeError(f"register_layer: expected nn.Module subclasses, got {types!r}")
+
+    def deco(handler):
+        inst = handler() if isinstance(handler, type) else handler
+        if not isinstance(inst, LayerHandler):
+            raise TypeError(f"register_layer: expected a LayerHandler subclass, got {type(inst).__name__}")
+        for t in types:
+            LAYERS[t] = inst
+        SHAPE_OPS.update(inst.shape_ops)
+        return handler
+
+    return deco
+
+
+def handler_for(module: nn.Module) -> "LayerHandler | None":
+    """The handler of the module's type or of its nearest registered base class."""
+    for cls in type(module).__mro__:
+        h = LAYERS.get(cls)
+        if h is not None:
+            return h
+    return None
+
+
+def resize(module: nn.Module) -> None:
+    """Make a sliced module's size attributes agree with its tensors."""
+    h = handler_for(module)
+    if h is not None:
+        h.resize(module)
+
+
+def layer_macs(module: nn.Module, out_shape: tuple) -> int:
+    h = handler_for(module)
+    return h.macs(module, out_shape) if h is not None else 0
+
+
+def _mismatch() -> ValueError:
+    return ValueError("shape mismatch: let the real op raise its own error")
+
+
+class LayerHandler:
+    """Base handler: a layer that keeps channels where they are and holds none of its own."""
+
+    kind = "other"  # the summary's label: conv | linear | norm | other
+    shape_ops: dict = {}
+
+    def trace(self, rec, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+        lay = rec.layout(x)
+        if lay is not None and out.shape == x.shape:
+            rec.set_layout(out, lay)
+
+    def resize(self, m: nn.Module) -> None:
+        pass
+
+    def macs(self, m: nn.Module, out_shape: tuple) -> int:
+        return 0
+
+    def shape(self, m: nn.Module) -> tuple:
+        w = getattr(m, "weight", None)
+        return tuple(w.shape) if isinstance(w, torch.Tensor) else ()
+
+
+# -- convolutions and Linear ---------------------------------------------------------------
+def _conv_out(args, kwargs) -> tuple:
+    x, w = args[0], args[1]
+    nd = x.dim() - 2
+
+    def arg(i, name, default):
+        v = args[i] if len(args) > i else kwargs.get(name, default)
+        return [v] * nd if isinstance(v, int) else list(v) if not isinstance(v, str) else v
+
+    stride, padding, dilation = arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "dilation", 1)
+    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+    if x.shape[1] != w.shape[1] * groups or w.dim() != x.dim():
+        raise _mismatch()
+    spatial = []
+    for i in range(nd):
+        size, k = x.shape[2 + i], w.shape[2 + i]
+        if padding == "same":
+            spatial.append(size)
+            continue
+        p = 0 if padding == "valid" else padding[i]
+        spatial.append((size + 2 * p - dilation[i] * (k - 1) - 1) // stride[i] + 1)
+    if min(spatial) < 1:
+        raise ValueError("input too small: let the real op raise its own error")
+    return (x.shape[0], w.shape[0], *spatial)
+
+
+class Conv(LayerHandler):
+    """nn.Conv1d/2d/3d: dim 0 of the weight (and bias) are its output channels, dim 1 its
+    input channels; a depthwise conv passes its input channels through; a grouped conv
+    keeps its channel counts."""
+
+    kind = "conv"
+    shape_ops = {"conv1d": _conv_out, "conv2d": _conv_out, "conv3d": _conv_out}
+    out_tensors: tuple = ("weight", "bias")  # tensors whose dim 0 holds the output channels
+
+    def _outputs(self, rec, name, m, ids) -> None:
+        for p in self.out_tensors:
+            if getattr(m, p, None) is not None:
+                rec.add_member(name, p, 0, ids, "out" if p == "weight" else "bias")
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        in_ids = lay.ids if lay is not None and lay.dim == 1 and len(lay.ids) == m.in_channels else None
+        if lay is not None and in_ids is None:
+            rec.freeze(lay.ids, f"{name} reads channels from an unexpected dim")
+        g = m.groups
+        if g == 1:
+            out_ids = rec.new_ids(m.out_channels, name)
+            self._outputs(rec, name, m, out_ids)
+            if in_ids is not None:
+                rec.add_member(name, "weight", 1, in_ids, "in")
+        elif g == m.in_channels == m.out_channels and in_ids is not None:  # depthwise
+            out_ids = in_ids
+            self._outputs(rec, name, m, out_ids)
+        else:  # grouped convolution: the channel counts per group stay as they are
+            out_ids = rec.new_ids(m.out_channels, name)
+            rec.freeze(out_ids, f"grouped convolution {name} (groups={g})")
+            if in_ids is not None:
+                rec.freeze(in_ids, f"grouped convolution {name} (groups={g})")
+        rec.set_layout(out, Layout(1, out_ids))
+
+    def resize(self, m):
+        w = m.weight
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        m.out_channels = w.shape[0]
+        if depthwise:
+            m.groups = m.in_channels = w.shape[0]
+        else:
+            m.in_channels = w.shape[1] * m.groups
+
+    def macs(self, m, out_shape):
+        spatial = math.prod(out_shape[2:]) * out_shape[0]
+        return spatial * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+    def shape(self, m):
+        return (m.out_channels, m.in_channels)
+
+
+def _linear_out(a, k) -> tuple:
+    if a[0].shape[-1] != a[1].shape[1]:
+        raise _mismatch()
+    return (*a[0].shape[:-1], a[1].shape[0])
+
+
+class Linear(LayerHandler):
+    """nn.Linear: rows of the weight are its outputs, columns its inputs (the last dim)."""
+
+    kind = "linear"
+    shape_ops = {"linear": _linear_out}
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        last = x.dim() - 1
+        if lay is not None and lay.dim == last:
+            rec.add_member(name, "weight", 1, lay.ids, "in")
+        out_ids = rec.new_ids(m.out_features, name)
+        rec.add_member(name, "weight", 0, out_ids, "out")
+        if m.bias is not None:
+            rec.add_member(name, "bias", 0, out_ids, "bias")
+        if lay is not None and lay.dim != last:  # the Linear mixes another dim; channels pass through
+            rec.freeze(out_ids, f"{name} applied along a non-channel dim")
+            rec.set_layout(out, lay)
+        else:
+            rec.set_layout(out, Layout(out.dim() - 1, out_ids))
+
+    def resize(self, m):
+        m.out_features, m.in_features = m.weight.shape
+
+    def macs(self, m, out_shape):
+        return math.prod(out_shape[:-1]) * m.in_features * m.out_features
+
+    def shape(self, m):
+        return (m.out_features, m.in_features)
+
+
+# -- normalisation -------------------------------------------------------------------------
+def _bn_out(a, k) -> tuple:
+    stats = a[1] if len(a) > 1 and isinstance(a[1], torch.Tensor) else k.get("running_mean")
+    if stats is not None and a[0].shape[1] != stats.shape[0]:
+        raise _mismatch()
+    return tuple(a[0].shape)
+
+
+def _norm_out(a, k, kind: str) -> tuple:
+    x = a[0]
+    arg = a[1] if len(a) > 1 else k.get("normalized_shape" if kind == "layer" else "num_groups")
+    if kind == "layer" and tuple(x.shape[-len(arg):]) != tuple(arg):
+        raise _mismatch()
+    if kind == "group" and x.shape[1] % int(arg):
+        raise _mismatch()
+    return tuple(x.shape)
+
+
+class BatchNorm(LayerHandler):
+    """BatchNorm: affine parameters and running statistics per channel of dim 1."""
+
+    kind = "norm"
+    shape_ops = {"batch_norm": _bn_out}
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        if lay is None:
+            return
+        if lay.dim != 1 or len(lay.ids) != m.num_features:
+            rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
+            return
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            if getattr(m, p, None) is not None:
+                rec.add_member(name, p, 0, lay.ids, "bn")
+        rec.set_layout(out, lay)
+
+    def resize(self, m):
+        t = m.weight if m.weight is not None else m.running_mean
+        m.num_features = t.shape[0]
+
+
+def _norm_members(rec, name, m, ids) -> None:
+    for p in ("weight", "bias"):
+        if getattr(m, p, None) is not None:
+            rec.add_member(name, p, 0, ids, "norm")
+
+
+def _channel_first_layernorm(m: nn.Module) -> bool:
+    """LayerNorm subclasses that normalise dim 1 of NCHW (torchvision's LayerNorm2d)."""
+    return type(m).__name__ in ("LayerNorm2d", "ChannelsFirstLayerNorm", "LayerNormChannelsFirst")
+
+
+class LayerNorm(LayerHandler):
+    """LayerNorm over the last dim (or dim 1 for channels-first subclasses): its statistics
+    couple all channels, its affine parameters are per channel."""
+
+    kind = "norm"
+    shape_ops = {"layer_norm": lambda a, k: _norm_out(a, k, "layer")}
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        if lay is None:
+            return
+        k = len(m.normalized_shape)
+        if _channel_first_layernorm(m) and k == 1:
+            if lay.dim == 1:
+                _norm_members(rec, name, m, lay.ids)
+                rec.set_layout(out, lay)
+            else:
+                rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
+            return
+        if lay.dim < x.dim() - k:  # normalises other dims only
+            rec.set_layout(out, lay)
+            return
+        if k == 1 and lay.dim == x.dim() - 1:
+            _norm_members(rec, name, m, lay.ids)
+            rec.set_layout(out, lay)
+            return
+        rec.report_unknown("LayerNorm over channels and other dims", [lay], [out])
+
+    def resize(self, m):
+        t = m.weight if m.weight is not None else m.bias
+        m.normalized_shape = (t.shape[0],)
+
+
+class GroupNorm(LayerHandler):
+    """GroupNorm: prunable with one group (statistics over all channels) or one group per
+    channel; other group counts keep their channels."""
+
+    kind = "norm"
+    shape_ops = {"group_norm": lambda a, k: _norm_out(a, k, "group")}
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        if lay is None:
+            return
+        if m.num_groups not in (1, m.num_channels):
+            rec.freeze(lay.ids, f"GroupNorm {name} with {m.num_groups} groups")
+        elif m.affine:
+            _norm_members(rec, name, m, lay.ids)
+        rec.set_layout(out, lay)
+
+    def resize(self, m):
+        old = m.num_channels
+        m.num_channels = m.weight.shape[0]
+        if m.num_groups == old:
+            m.num_groups = m.num_channels
+
+
+class PReLU(LayerHandler):
+    """PReLU: one slope per channel of dim 1 (or one shared slope)."""
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        if lay is None:
+            return
+        if m.weight.numel() > 1:
+            if lay.dim != 1:
+                rec.report_unknown("prelu", [lay], [out])
+                return
+            rec.add_member(name, "weight", 0, lay.ids, "param")
+        rec.set_layout(out, lay)
+
+    def resize(self, m):
+        m.num_parameters = m.weight.shape[0]
+
+
+register_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)(Conv)
+register_layer(nn.Linear)(Linear)
+register_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNorm)
+register_layer(nn.LayerNorm)(LayerNorm)
+register_layer(nn.GroupNorm)(GroupNorm)
+register_layer(nn.PReLU)(PReLU)
