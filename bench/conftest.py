@@ -12,6 +12,8 @@ sys.path[:0] = [str(_here), str(_here.parent / "tests")]
 
 from bench_tables import FINALIZERS, TABLES  # noqa: E402
 
+from pyprune.report import markdown_table  # noqa: E402
+
 
 def pytest_terminal_summary(terminalreporter):
     for fn in FINALIZERS:
@@ -21,16 +23,8 @@ def pytest_terminal_summary(terminalreporter):
     out_dir = pathlib.Path(os.environ.get("PYPRUNE_BENCH_OUT", "results/bench"))
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, rows in TABLES.items():
-        cols = list(dict.fromkeys(k for r in rows for k in r))
         terminalreporter.write_sep("=", f"pyprune bench table: {name}")
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in rows:
-            cells = []
-            for c in cols:
-                v = r.get(c, "")
-                cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
-            lines.append("| " + " | ".join(cells) + " |")
-        text = "\n".join(lines)
+        text = markdown_table(rows)
         terminalreporter.write_line(text)
         (out_dir / f"{name}.md").write_text(text + "\n")
         (out_dir / f"{name}.json").write_text(json.dumps(rows, indent=1))

@@ -64,16 +64,42 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
     return pathlib.Path(path)
 
 
-def read(path) -> dict:
-    """Read and check a pyprune checkpoint file (weights_only)."""
+def _load(path, what: str):
+    """torch.load(weights_only=True) of a file the user named, with errors that name it
+    and say what was expected (never torch's advice to load arbitrary pickles)."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"{what} {path} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (corrupt or truncated?): {type(e).__name__}: {e}") from e
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a readable {what} (corrupt or truncated, or not a file torch.save "
+                              "wrote; pyprune reads tensors and plain values only, never pickled code)") from e
+
+
+def is_checkpoint(obj) -> bool:
+    return isinstance(obj, dict) and obj.get("format") == FORMAT
+
+
+def read(path) -> dict:
+    """Read and check a pyprune checkpoint file (weights_only)."""
+    return _check(_load(path, "checkpoint"), pathlib.Path(path))
+
+
+def read_state_dict(path) -> dict:
+    """The state_dict in a weights file: a plain state_dict, a dict holding one under
+    ``state_dict``, or a pyprune checkpoint (checked as :func:`read` checks it)."""
+    obj = _load(path, "weights file")
+    if is_checkpoint(obj):
+        return _check(obj, pathlib.Path(path))["state_dict"]
+    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CheckpointError(f"{path} does not hold a state_dict (a mapping of parameter names to tensors)")
+    return sd
+
+
+def _check(obj, path: pathlib.Path) -> dict:
+    if not is_checkpoint(obj):
         raise CheckpointError(f"{path} is not a pyprune checkpoint (no '{FORMAT}' header)")
     if obj.get("version") != VERSION:
         raise CheckpointError(f"{path} has checkpoint version {obj.get('version')}, this pyprune reads version {VERSION}")

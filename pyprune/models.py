@@ -58,17 +58,11 @@ def get_model(name: str, num_classes: int = 10, *, weights: str | pathlib.Path |
 
 
 def _load_local(model: nn.Module, path) -> None:
-    path = pathlib.Path(path)
-    if not path.is_file():
+    from .checkpoint import read_state_dict
+
+    if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"weights file {path} not found (weights are only loaded from local files)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"cannot read weights from {path}: {e}") from e
-    sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} does not hold a state_dict")
-    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing, unexpected = model.load_state_dict(read_state_dict(path), strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 

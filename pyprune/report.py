@@ -12,7 +12,27 @@ import html
 import json
 import pathlib
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "markdown_table"]
+
+
+def markdown_table(rows: list[dict], columns: list | None = None) -> str:
+    """A Markdown table of `rows` (dicts). `columns` lists keys, or (key, header) or
+    (key, header, format spec) tuples; by default every key met, floats to 3 decimals.
+    Missing values are left blank."""
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    cols = [(c, c, None) if isinstance(c, str) else (c[0], c[1], c[2] if len(c) > 2 else None) for c in columns]
+
+    def cell(v, spec):
+        if v is None or v == "":
+            return ""
+        if spec is not None:
+            return format(v, spec)
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(h for _, h, _ in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(k), spec) for k, _, spec in cols) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def _plt():

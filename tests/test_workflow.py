@@ -274,3 +274,52 @@ def test_cli_errors_and_help(tmp_path):
     for cmd in ("train", "prune", "finetune", "evaluate", "run", "sweep", "demo", "info", "export", "bench"):
         h = run_cli(cmd, "--help")
         assert h.returncode == 0 and "usage: pyprune " + cmd in h.stdout
+
+
+def test_cli_explicit_flag_beats_config(tmp_path, capsys):
+    """A config file gives the defaults; a flag given explicitly wins even when its value
+    equals the built-in default (here --epochs 20 against a config's 3)."""
+    from pyprune.cli._parser import parse
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 3\nmethod: l1\nratio: 0.25\n")
+    args = parse(["run", "--config", str(cfg), "--epochs", "20", "--method", "kmeans"])
+    assert (args.epochs, args.method, args.ratio) == (20, "kmeans", 0.25)
+    args = parse(["run", "--config", str(cfg)])
+    assert (args.epochs, args.method, args.ratio) == (3, "l1", 0.25)
+    toml = tmp_path / "c.toml"
+    toml.write_text("epochs = 4\n")
+    assert parse(["run", "--epochs", "7", "--config", str(toml)]).epochs == 7
+    cfg.write_text("epochz: 3\n")
+    assert parse(["run", "--config", str(cfg)]) is None
+    assert "unknown option(s) ['epochz']" in capsys.readouterr().err
+
+
+def test_cli_version_and_schedules_from_registry(capsys):
+    from pyprune.cli._parser import build_parser
+    from pyprune.schedule import available_schedules
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--version"])
+    assert capsys.readouterr().out.startswith("pyprune ")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["prune", "--checkpoint", "a", "--out", "b", "--schedule", "nope"])
+    err = capsys.readouterr().err
+    assert all(s in err for s in available_schedules()), err
+
+
+def test_unreadable_files_get_pyprunes_advice_not_torchs(tmp_path):
+    """Random bytes as a checkpoint or weights file: the error names the file and never
+    repeats torch's advice to retry with weights_only=False (unsafe for files from others)."""
+    from pyprune.models import get_model
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)))
+    for call in (lambda: load_model(junk), lambda: get_model("digits_cnn", weights=junk)):
+        with pytest.raises(CheckpointError) as e:
+            call()
+        assert str(junk) in str(e.value) and "weights_only" not in str(e.value)
+    plain = tmp_path / "plain.pt"
+    torch.save({"a": [1, 2]}, plain)
+    with pytest.raises(CheckpointError, match="does not hold a state_dict"):
+        get_model("digits_cnn", weights=plain)

@@ -329,9 +329,11 @@ def _split(rec: Recorder, name, args, kwargs, out):
     outs = _tensors(out)
     if name == "unbind":
         dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
-    elif name == "chunk":
-        dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
-    else:
+    elif name == "hsplit":  # columns: dim 1, or dim 0 of a 1-D tensor
+        dim = 1 if src.dim() > 1 else 0
+    elif name == "vsplit":
+        dim = 0
+    else:  # split(x, sizes, dim), chunk(x, chunks, dim), tensor_split(x, sections, dim)
         dim = args[2] if len(args) > 2 else kwargs.get("dim", 0)
     dim = _norm_dim(dim, src.dim())
     if dim != lay.dim:

@@ -1,0 +1,309 @@
+"""One function per command of the `pyprune` command line."""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from types import SimpleNamespace
+
+import torch
+
+from ._workflow import (RESULT_COLUMNS, brief, data_and_model, dataset_for, example, prune_finetune_eval,
+                        prune_model, registry, write_json)
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def train(args) -> int:
+    from ..checkpoint import save_model
+    from ..train import evaluate, fit, init_distributed, is_main_process, ranks_agree
+
+    init_distributed()
+    spec, model, arch_kwargs, meta = data_and_model(args)
+    out = pathlib.Path(args.out)
+    history = fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+                  seed=args.seed, label_smoothing=args.label_smoothing, checkpoint=out / "train_state.pt",
+                  arch=args.model, arch_kwargs=arch_kwargs, meta=meta, max_steps=args.max_steps,
+                  log=(lambda r: print(f"epoch {r['epoch'] + 1}: loss {r['loss']:.4f}")) if not args.quiet else None)
+    agree = ranks_agree(model)
+    if is_main_process():
+        m = evaluate(model, spec.val)
+        meta.update(brief(m))
+        ckpt = save_model(out / "model.pt", model, arch=args.model, arch_kwargs=arch_kwargs, meta=meta)
+        write_json(out / "metrics.json", {"history": history, "val": m, "ranks_agree": agree,
+                                          "world_size": _world_size()})
+        print(f"top-1 {m['top1']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+        print(f"model written to {ckpt}; metrics to {out / 'metrics.json'}")
+    return 0 if agree else 1
+
+
+def prune(args) -> int:
+    from ..checkpoint import model_from, read, save_model
+
+    obj = read(args.checkpoint)
+    model, meta = model_from(obj, args.checkpoint)
+    res = prune_model(model, meta, args)
+    print(res.summary.table(max_rows=None if args.verbose else 20))
+    if res.merge is not None:
+        print(f"merge: {res.merge}")
+    meta = dict(meta, method=args.method, ratio=res.plan.ratio, params=res.summary.params_after,
+                macs=res.summary.macs_after, pruned_from=str(args.checkpoint))
+    meta.pop("top1", None)
+    meta.pop("macro_f1", None)
+    out = save_model(args.out, res.model, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta)
+    print(f"pruned model written to {out}")
+    return 0
+
+
+def finetune(args) -> int:
+    from ..checkpoint import model_from, read, save_model
+    from ..train import evaluate, fit, init_distributed, is_main_process
+
+    init_distributed()
+    obj = read(args.checkpoint)
+    model, meta = model_from(obj, args.checkpoint)
+    spec = dataset_for(meta, args)
+    out = pathlib.Path(args.out)
+    state = out.with_name(out.stem + ".train_state.pt")
+    fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+        seed=args.seed, checkpoint=state, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta,
+        max_steps=args.max_steps)
+    if is_main_process():
+        m = evaluate(model, spec.val)
+        meta.update(brief(m))
+        save_model(out, model, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta)
+        print(f"top-1 {m['top1']:.4f}, macro-F1 {m['macro_f1']:.4f}\nfine-tuned model written to {out}")
+    return 0
+
+
+def _load_and_evaluate(args):
+    """(model, meta, data spec, validation metrics) of the checkpoint in ``args``."""
+    from ..checkpoint import load_model
+    from ..train import evaluate
+
+    model, meta = load_model(args.checkpoint)
+    spec = dataset_for(meta, args)
+    return model, meta, spec, evaluate(model, spec.val)
+
+
+def evaluate(args) -> int:
+    from ..graph import build_graph
+    from ..summary import count
+
+    model, meta, spec, m = _load_and_evaluate(args)
+    params, macs = count(model, build_graph(model, example(meta)).layers)
+    result = {"checkpoint": str(args.checkpoint), "top1": m["top1"], "macro_f1": m["macro_f1"],
+              "confusion": m["confusion"], "params": params, "macs": macs}
+    print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=1))
+    if args.out:
+        print(f"metrics written to {write_json(pathlib.Path(args.out), result)}")
+    return 0
+
+
+def run(args) -> int:
+    """train -> prune -> fine-tune -> evaluate, from a config file and/or flags."""
+    from ..checkpoint import save_model
+    from ..train import evaluate, fit
+
+    out = pathlib.Path(args.out)
+    t0 = time.perf_counter()
+    spec, model, arch_kwargs, meta = data_and_model(args)
+    fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
+        seed=args.seed, max_steps=args.max_steps)
+    base = evaluate(model, spec.val)
+    save_model(out / "base.pt", model, arch=args.model, arch_kwargs=arch_kwargs, meta=dict(meta, **brief(base)))
+    print(f"base: top-1 {base['top1']:.4f}")
+    res, row = prune_finetune_eval(model, meta, spec, args, epochs=args.finetune_epochs, lr=args.lr / 2)
+    save_model(out / "pruned.pt", res.model, arch=args.model, arch_kwargs=arch_kwargs,
+               meta=dict(meta, method=args.method, ratio=res.plan.ratio, top1=row["top1"], macro_f1=row["macro_f1"]))
+    result = {
+        "model": args.model, "dataset": spec.name, "method": args.method, "schedule": args.schedule,
+        "ratio": res.plan.ratio,
+        "base": {**brief(base), "params": row["params_before"], "macs": row["macs_before"]},
+        "pruned": {"top1_before_finetune": row["top1_before_ft"], "top1": row["top1"], "macro_f1": row["macro_f1"],
+                   "params": row["params"], "macs": row["macs"]},
+        "wall_s": time.perf_counter() - t0,
+    }
+    path = write_json(out / "results.json", result)
+    print(f"pruned ({args.method}, ratio {res.plan.ratio:.2f}): top-1 {row['top1_before_ft']:.4f} -> "
+          f"{row['top1']:.4f} after {args.finetune_epochs} fine-tune epochs; params "
+          f"{row['params_before']} -> {row['params']}")
+    print(f"results written to {path} (models: {out / 'base.pt'}, {out / 'pruned.pt'})")
+    return 0
+
+
+def sweep(args) -> int:
+    """Several methods x ratios from one trained checkpoint: one results table."""
+    from ..report import markdown_table
+
+    base, meta, spec, base_m = _load_and_evaluate(args)
+    rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_m["top1"], "top1": base_m["top1"],
+             "macro_f1": base_m["macro_f1"]}]
+    for method in args.methods:
+        for ratio in args.ratios:
+            res, row = prune_finetune_eval(base, meta, spec, args, epochs=args.finetune_epochs, lr=args.lr,
+                                           method=method, ratio=ratio)
+            rows.append(dict(row, layer_widths=res.plan.layer_widths()))
+            print(f"{method:>10} @ {ratio:.2f}: top-1 {row['top1_before_ft']:.4f} -> {row['top1']:.4f}")
+    out = pathlib.Path(args.out)
+    path = write_json(out / "sweep.json", {"checkpoint": str(args.checkpoint), "rows": rows})
+    table = markdown_table(rows, RESULT_COLUMNS[:-1])
+    (out / "sweep.md").write_text(table + "\n")
+    print(table)
+    print(f"sweep written to {path} and {out / 'sweep.md'}")
+    return 0
+
+
+def demo(args) -> int:
+    from ..checkpoint import save_model
+    from ..data import digits
+    from ..graph import build_graph
+    from ..models import digits_cnn
+    from ..report import markdown_table
+    from ..summary import count
+    from ..train import evaluate, fit
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    t_start = time.perf_counter()
+    train_set, test = digits(seed=args.seed)
+    spec = SimpleNamespace(train=train_set, val=test)
+    print(f"digits: {len(train_set)} training and {len(test)} test images (8x8, 10 classes, shipped with scikit-learn)")
+    base = digits_cnn()
+    t0 = time.perf_counter()
+    fit(base, train_set, epochs=args.epochs, lr=2e-3, seed=args.seed)
+    base_metrics = evaluate(base, test)
+    print(f"base model: top-1 {base_metrics['top1']:.4f}, macro-F1 {base_metrics['macro_f1']:.4f} "
+          f"({time.perf_counter() - t0:.1f} s to train)")
+    meta = {"dataset": "digits", "size": 8, "in_channels": 1, "num_classes": 10}
+    arch_kwargs = {"num_classes": 10, "in_channels": 1}
+    save_model(out / "base.pt", base, arch="digits_cnn", arch_kwargs=arch_kwargs,
+               meta=dict(meta, **brief(base_metrics)))
+    x = test[:1][0]
+    p0, m0 = count(base, build_graph(base, x).layers)
+    rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_metrics["top1"], "top1": base_metrics["top1"],
+             "macro_f1": base_metrics["macro_f1"], "params": p0, "macs": m0, "prune_s": 0.0, "finetune_s": 0.0}]
+    pruned_models = {}
+    for method in args.methods:
+        res, row = prune_finetune_eval(base, meta, spec, args, epochs=args.finetune_epochs, lr=1e-3, example_input=x,
+                                       method=method, ratio=args.ratio)
+        pruned_models[method] = res
+        save_model(out / f"pruned_{method}.pt", res.model, arch="digits_cnn", arch_kwargs=arch_kwargs,
+                   meta=dict(meta, method=method, ratio=args.ratio, top1=row["top1"], macro_f1=row["macro_f1"]))
+        rows.append(row)
+        print(f"{method:>8}: top-1 {row['top1_before_ft']:.4f} after pruning, {row['top1']:.4f} after "
+              f"{args.finetune_epochs} fine-tune epochs; params {p0} -> {row['params']}, "
+              f"MACs {m0} -> {row['macs']} (pruned in {row['prune_s']:.2f} s)")
+    edge = {} if args.no_edge else _demo_edge(base, pruned_models, rows, out, x, args)
+    wall = time.perf_counter() - t_start
+    result = {"dataset": "digits", "ratio": args.ratio, "epochs": args.epochs, "edge": edge,
+              "finetune_epochs": args.finetune_epochs, "seed": args.seed, "wall_s": wall, "rows": rows}
+    write_json(out / "results.json", result)
+    table = markdown_table(rows, RESULT_COLUMNS)
+    (out / "summary.md").write_text(f"# pyprune demo (digits)\n\nwall time {wall:.1f} s\n\n{table}\n")
+    print()
+    print(table)
+    if edge:
+        print()
+        print(edge["table"])
+        print(f"\nreport: {edge['report']}")
+    print(f"\nresults written to {out.resolve()}/ (results.json, summary.md, base.pt, pruned_*.pt"
+          f"{', edge/ (ONNX, .pte, benchmarks), report/' if edge else ''}) in {wall:.1f} s")
+    return 0
+
+
+def _demo_edge(base, pruned_models: dict, rows: list, out: pathlib.Path, x, args) -> dict:
+    """Export the original and the pruned model, benchmark both, write the report."""
+    from ..bench import benchmark
+    from ..report import write_report
+
+    method = "kmeans" if "kmeans" in pruned_models else next(iter(pruned_models))
+    res = pruned_models[method]
+    runtimes = ["eager", "onnxruntime"]
+    try:
+        import executorch  # noqa: F401
+
+        runtimes.append("executorch")
+    except ImportError:
+        print("ExecuTorch is not installed (pip install 'pyprune[executorch]'): skipping the .pte export")
+    edge_dir = out / "edge"
+    bench_rows, tables, onnx_bytes = [], [], {}
+    for name, model, ratio in (("original", base, 0.0), ("pruned", res.model, args.ratio)):
+        # the benchmark exports (and verifies) each model once, into edge/<name>/
+        b = benchmark(model, tuple(x.shape), runtimes=runtimes, threads=[1], batch_sizes=[1, 8],
+                      repeats=40, max_seconds=3.0, workdir=edge_dir / name)
+        for e in b.exports:
+            print(f"exported {e}")
+        onnx_bytes[name] = next(e.size_bytes for e in b.exports if e.format == "onnx")
+        label = name if name == "original" else f"pruned ({method})"
+        tables.append(f"{label}:\n{b.table()}")
+        bench_rows += [dict(r, model=label, ratio=ratio) for r in b.rows]
+        b.write(edge_dir / name)
+    sizes = {"original": {"params": rows[0]["params"], "macs": rows[0]["macs"], "file_bytes": onnx_bytes["original"]},
+             "pruned": {"params": res.summary.params_after, "macs": res.summary.macs_after,
+                        "file_bytes": onnx_bytes["pruned"]}}
+    sweep_rows = [{k: r[k] for k in ("method", "ratio", "top1", "top1_before_ft", "params", "macs")} for r in rows]
+    report = write_report(out / "report", sweep=sweep_rows, bench=[r for r in bench_rows if r["batch"] == 1],
+                          sizes=sizes, layer_widths=res.plan.layer_widths(),
+                          title="pyprune demo: digits CNN, 50% of channels",
+                          notes=[f"method {method}; latency at batch 1, 1 thread; "
+                                 f"{len(rows) - 1} methods compared after fine-tuning"])
+    return {"bench": bench_rows, "sizes": sizes, "report": str(report), "table": "\n\n".join(tables)}
+
+
+def info(args) -> int:
+    from ..graph import build_graph
+    from ..models import get_model
+    from ..summary import count
+
+    kw = {"in_channels": args.in_channels} if args.model in registry() else {}
+    model = get_model(args.model, num_classes=args.num_classes, **kw).eval()
+    x = torch.randn(1, args.in_channels, args.size, args.size)
+    graph = build_graph(model, x)
+    params, macs = count(model, graph.layers)
+    print(f"{args.model}: {params:,} parameters, {macs:,} MACs at {args.in_channels}x{args.size}x{args.size}")
+    print(graph.table())
+    return 0
+
+
+def export(args) -> int:
+    from ..checkpoint import load_model
+    from ..export import export as export_model
+    from ._workflow import calibration
+
+    model, meta = load_model(args.checkpoint)
+    x = example(meta).repeat(args.batch, 1, 1, 1)
+    cal = calibration(dataset_for(meta, args), n=8) if args.int8 else None
+    res = export_model(model, x, args.format, args.out, dynamic_batch=args.dynamic_batch,
+                       quantize="int8" if args.int8 else None, calibration=cal)
+    print(f"verified in a fresh process: {res}")
+    print(f"exported model written to {res.path}")
+    return 0
+
+
+def bench(args) -> int:
+    from ..bench import benchmark
+
+    target = pathlib.Path(args.target)
+    if target.suffix == ".pt":
+        from ..checkpoint import load_model
+
+        model, meta = load_model(target)
+        shape = (1, *args.shape) if args.shape else tuple(example(meta).shape)
+        res = benchmark(model, shape, runtimes=args.runtimes, threads=args.threads, batch_sizes=args.batch_sizes,
+                        repeats=args.repeats)
+    else:
+        if not args.shape:
+            raise ValueError("--shape C H W is needed to benchmark an exported file")
+        res = benchmark(target, (1, *args.shape), threads=args.threads, batch_sizes=args.batch_sizes, repeats=args.repeats)
+    print(res.table())
+    if any(r["noisy"] for r in res.rows):
+        print("note: rows marked noisy ran while other load used more than 25% of the machine")
+    j, c = res.write(args.out)
+    print(f"benchmark written to {j} and {c}")
+    return 0

@@ -1,0 +1,226 @@
+"""The argument parser of the `pyprune` command line."""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from . import _commands as cmd
+
+EXAMPLE_CONFIG = """\
+# pyprune run --config this.yaml   (TOML works too: same keys; flags given explicitly win)
+model: digits_cnn          # any pyprune.models / torchvision model name
+dataset: digits            # digits | cifar10 | cifar100 | imagefolder
+data_dir: null             # local folder for cifar*/imagefolder (never downloaded)
+epochs: 20
+finetune_epochs: 5
+method: kmeans
+ratio: 0.5
+schedule: uniform
+out: results/run
+"""
+
+
+def _ratio(v: str):
+    if v == "auto":
+        return v
+    try:
+        return float(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratio must be a number in [0, 1) or 'auto', got {v!r}")
+
+
+def _add_data(p, dataset_default="digits"):
+    p.add_argument("--dataset", default=dataset_default,
+                   help="digits | cifar10 | cifar100 | imagefolder (default %(default)s)")
+    p.add_argument("--data-dir", default=None, help="local data folder (cifar*, imagefolder); nothing is downloaded")
+    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the data set's own)")
+    p.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
+    p.add_argument("--seed", type=int, default=0, help="random seed for data splits, initialisation and pruning "
+                                                       "(default %(default)s)")
+
+
+def _add_train(p, epochs=20):
+    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (default %(default)s)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default %(default)s)")
+    p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer (default %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
+
+
+def _add_model(p, out_default: str):
+    p.add_argument("--model", default="digits_cnn", help="registry or torchvision model name (default %(default)s)")
+    p.add_argument("--weights", default=None, help="local weights file to start from (the head is replaced)")
+    p.add_argument("--out", default=out_default, help="output folder (default %(default)s)")
+
+
+def _add_schedule(p):
+    from ..schedule import available_schedules
+
+    p.add_argument("--schedule", choices=available_schedules(), default="uniform",
+                   help="how the ratio is spread over the layers (default %(default)s)")
+    p.add_argument("--taper", type=float, default=1.0, help="taper strength, 0 = uniform (default %(default)s)")
+    p.add_argument("--round-to", type=int, default=None, help="keep channel counts at multiples of this")
+
+
+def _add_prune(p):
+    from ..criteria import available_criteria
+
+    p.add_argument("--method", default="kmeans", choices=available_criteria(), metavar="METHOD",
+                   help=f"criterion: {', '.join(available_criteria())} (default kmeans)")
+    p.add_argument("--ratio", type=_ratio, default=0.5, help="fraction of channels removed (or 'auto' with kmeans)")
+    _add_schedule(p)
+    p.add_argument("--target-macs", type=float, default=None,
+                   help="MACs budget as a fraction in (0, 1] of the model's, instead of --ratio")
+    p.add_argument("--target-params", type=float, default=None,
+                   help="parameter budget as a fraction in (0, 1] of the model's, instead of --ratio")
+    p.add_argument("--max-macs", type=int, default=None, help="MACs budget as an absolute count, instead of --ratio")
+    p.add_argument("--max-params", type=int, default=None,
+                   help="parameter budget as an absolute count, instead of --ratio")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    p = argparse.ArgumentParser(prog="pyprune", description="Structured pruning of CNNs: train, prune, fine-tune, "
+                                                            "evaluate, export, benchmark.")
+    p.add_argument("--version", action="version", version=f"pyprune {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="command")
+
+    t = sub.add_parser("train", help="train a model (DDP under torchrun); writes OUT/model.pt and OUT/metrics.json")
+    _add_model(t, "results/train")
+    t.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing (default %(default)s)")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    _add_data(t)
+    _add_train(t)
+    t.set_defaults(func=cmd.train)
+
+    pr = sub.add_parser("prune", help="prune a checkpoint; writes the pruned checkpoint")
+    pr.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt) to prune")
+    pr.add_argument("--out", required=True, help="pruned checkpoint file")
+    pr.add_argument("--verbose", action="store_true", help="print every layer")
+    _add_prune(pr)
+    _add_data(pr)
+    pr.set_defaults(func=cmd.prune)
+
+    f = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint; resumable")
+    f.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt)")
+    f.add_argument("--out", required=True, help="fine-tuned checkpoint file")
+    _add_data(f)
+    _add_train(f, epochs=5)
+    f.set_defaults(func=cmd.finetune)
+
+    e = sub.add_parser("evaluate", help="top-1, macro-F1, confusion matrix, params and MACs of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt)")
+    e.add_argument("--out", default=None, help="write the metrics JSON here")
+    _add_data(e)
+    e.set_defaults(func=cmd.evaluate)
+
+    r = sub.add_parser("run", help="train -> prune -> fine-tune -> evaluate from a YAML/TOML config or flags",
+                       epilog="example config:\n" + EXAMPLE_CONFIG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("--config", default=None, help="YAML or TOML file with the options below (flags given explicitly win)")
+    _add_model(r, "results/run")
+    r.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning (default %(default)s)")
+    _add_data(r)
+    _add_train(r)
+    _add_prune(r)
+    r.set_defaults(func=cmd.run)
+
+    s = sub.add_parser("sweep", help="several methods x ratios from one checkpoint; one results table")
+    s.add_argument("--checkpoint", required=True, help="the trained pyprune checkpoint (.pt) to prune")
+    s.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], help="criteria to compare")
+    s.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="fractions of channels removed")
+    s.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs per pruned model")
+    s.add_argument("--out", default="results/sweep", help="output folder (default %(default)s)")
+    s.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default %(default)s)")
+    s.add_argument("--max-steps", type=int, default=None, help="stop each fine-tuning after this many steps")
+    _add_schedule(s)
+    _add_data(s)
+    s.set_defaults(func=cmd.sweep)
+
+    d = sub.add_parser("demo", help="train a CNN on the embedded digits, prune it with several methods, compare")
+    d.add_argument("--out", default="results/demo", help="results folder (default: results/demo)")
+    d.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], help="criteria to compare")
+    d.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")
+    d.add_argument("--epochs", type=int, default=30, help="training epochs of the base model")
+    d.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning")
+    d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
+    d.add_argument("--no-edge", action="store_true", help="skip the export, benchmark and report steps")
+    d.set_defaults(func=cmd.demo)
+
+    x = sub.add_parser("export", help="export a checkpoint to ONNX or ExecuTorch (.pte) and verify it")
+    x.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt)")
+    x.add_argument("--format", choices=["onnx", "executorch"], default="onnx", help="runtime format (default %(default)s)")
+    x.add_argument("--out", required=True, help="output file (.onnx or .pte)")
+    x.add_argument("--dynamic-batch", action="store_true", help="ONNX: allow any batch size")
+    x.add_argument("--int8", action="store_true", help="static int8 quantization (calibrated on --dataset)")
+    x.add_argument("--batch", type=int, default=1, help="batch size of the example input")
+    _add_data(x)
+    x.set_defaults(func=cmd.export)
+
+    b = sub.add_parser("bench", help="latency/throughput/size of a checkpoint or exported file")
+    b.add_argument("target", help="a pyprune checkpoint (.pt) or an exported file (.onnx, .pte, .pt2)")
+    b.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime", "executorch"], help="runtimes to time")
+    b.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts to time")
+    b.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32], help="batch sizes to time")
+    b.add_argument("--shape", nargs="+", type=int, default=None, help="input shape without batch (default: from the checkpoint)")
+    b.add_argument("--repeats", type=int, default=50, help="timed runs per row (after warm-up)")
+    b.add_argument("--out", default="results/bench", help="folder for bench.json and bench.csv")
+    b.set_defaults(func=cmd.bench)
+
+    i = sub.add_parser("info", help="parameters, MACs and prunable channel groups of a model")
+    i.add_argument("model", help="registry or torchvision model name, e.g. resnet50 or resnet56_cifar")
+    i.add_argument("--size", type=int, default=224, help="input side (default 224)")
+    i.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
+    i.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    i.set_defaults(func=cmd.info)
+    return p
+
+
+def _load_config(path: str) -> dict:
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ValueError(f"config file {p} not found")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        import tomllib
+
+        cfg = tomllib.loads(text)
+    elif p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        cfg = yaml.safe_load(text) or {}
+    else:
+        raise ValueError(f"config {p}: use a .yaml, .yml or .toml file")
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{p}: expected a mapping of options")
+    return cfg
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return actions[0].choices[name]
+
+
+def parse(argv: list[str]) -> argparse.Namespace | None:
+    """Parse `argv`. For ``run --config FILE`` the file's options become the parser's
+    defaults first, so a flag given explicitly always wins over the file, and the file
+    over the built-in defaults. Returns None after reporting a bad config file."""
+    parser = build_parser()
+    if argv and argv[0] == "run":
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config", default=None)
+        known, _ = pre.parse_known_args(argv[1:])
+        if known.config:
+            run = _subparser(parser, "run")
+            try:
+                cfg = _load_config(known.config)
+                options = {a.dest for a in run._actions} - {"help", "config"}
+                bad = sorted(k for k in cfg if k not in options)
+                if bad:
+                    raise ValueError(f"config {known.config}: unknown option(s) {bad}; known: {sorted(options)}")
+            except ValueError as e:
+                print(f"pyprune run: error: {e}", file=sys.stderr)
+                return None
+            run.set_defaults(**cfg)
+    return parser.parse_args(argv)

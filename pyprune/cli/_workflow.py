@@ -1,0 +1,119 @@
+"""Steps the commands share: data and model set-up, pruning from flags, and one
+prune -> fine-tune -> evaluate pass (used by ``run``, ``sweep`` and ``demo``)."""
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+import torch
+
+
+def write_json(path: pathlib.Path, obj) -> pathlib.Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1, default=float))
+    return path
+
+
+def dataset(args, size=None, channels=None):
+    from ..data import get_dataset
+
+    return get_dataset(args.dataset, args.data_dir, size=size or getattr(args, "size", None),
+                       augment=not getattr(args, "no_augment", False), seed=args.seed, channels=channels)
+
+
+def dataset_for(meta: dict, args):
+    """The data set a checkpoint was trained on (its size and channels), from the flags."""
+    return dataset(args, size=meta.get("size"), channels=meta.get("in_channels"))
+
+
+def example(meta: dict) -> torch.Tensor:
+    return torch.zeros(1, int(meta.get("in_channels", 3)), int(meta.get("size", 224)), int(meta.get("size", 224)))
+
+
+def brief(m: dict) -> dict:
+    return {"top1": m["top1"], "macro_f1": m["macro_f1"]}
+
+
+def registry():
+    from ..models import MODELS
+
+    return MODELS
+
+
+def data_and_model(args):
+    """The data set and a fresh (seeded) model sized for it: (spec, model, arch_kwargs, meta)."""
+    from ..models import get_model
+
+    spec = dataset(args)
+    arch_kwargs = {"num_classes": spec.num_classes}
+    if args.model in registry():
+        arch_kwargs["in_channels"] = spec.in_channels
+    torch.manual_seed(args.seed)
+    model = get_model(args.model, weights=args.weights, **arch_kwargs)
+    meta = {"dataset": spec.name, "size": spec.size, "in_channels": spec.in_channels, "num_classes": spec.num_classes}
+    return spec, model, arch_kwargs, meta
+
+
+def calibration(spec, n=4):
+    from torch.utils.data import DataLoader
+
+    return [b for _, b in zip(range(n), DataLoader(spec.train, batch_size=64, shuffle=False))]
+
+
+_TARGETS = ("target_macs", "target_params", "max_macs", "max_params")
+
+
+def prune_options(args, **override) -> dict:
+    """prune() keywords from the command's flags (a budget flag replaces --ratio)."""
+    get = lambda k, d=None: override.get(k, getattr(args, k, d))  # noqa: E731
+    kw = dict(method=get("method"), schedule=get("schedule", "uniform"), taper=get("taper", 1.0),
+              round_to=get("round_to"), seed=get("seed", 0))
+    budgets = {k: get(k) for k in _TARGETS if get(k) is not None}
+    kw.update(budgets if budgets else {"ratio": get("ratio")})
+    return kw
+
+
+def prune_model(model, meta, args, spec=None, **override):
+    """Prune `model` as the flags (and `override`) say; data-driven methods calibrate on
+    the training set."""
+    from .. import prune
+    from ..criteria import criterion_spec
+
+    kw = prune_options(args, **override)
+    if criterion_spec(kw["method"]).needs_data:
+        kw["calibration"] = calibration(spec or dataset_for(meta, args))
+    return prune(model, example(meta), **kw)
+
+
+def prune_finetune_eval(model, meta, spec, args, *, epochs: int, lr: float, example_input=None, **override) -> tuple:
+    """Prune `model` (a copy), evaluate, fine-tune `epochs`, evaluate again.
+
+    Returns (PruneResult, row): the row holds method, ratio, top-1 before and after
+    fine-tuning, macro-F1 after, params and MACs before/after, and the seconds spent."""
+    from .. import prune
+    from ..train import evaluate, fit
+
+    t0 = time.perf_counter()
+    if example_input is None:
+        res = prune_model(model, meta, args, spec, **override)
+    else:
+        res = prune(model, example_input, **prune_options(args, **override))
+    t_prune = time.perf_counter() - t0
+    before = evaluate(res.model, spec.val)
+    t0 = time.perf_counter()
+    if epochs:
+        fit(res.model, spec.train, epochs=epochs, lr=lr, batch_size=getattr(args, "batch_size", 64),
+            optimizer=getattr(args, "optimizer", "adamw"), seed=args.seed, max_steps=getattr(args, "max_steps", None))
+    t_ft = time.perf_counter() - t0
+    after = evaluate(res.model, spec.val)
+    s = res.summary
+    row = {"method": res.plan.method, "ratio": res.plan.ratio, "top1_before_ft": before["top1"],
+           "top1": after["top1"], "macro_f1": after["macro_f1"], "params": s.params_after, "macs": s.macs_after,
+           "params_before": s.params_before, "macs_before": s.macs_before, "prune_s": t_prune, "finetune_s": t_ft}
+    return res, row
+
+
+RESULT_COLUMNS = [("method", "method"), ("ratio", "ratio", ".2f"), ("top1_before_ft", "top-1 before FT", ".4f"),
+                  ("top1", "top-1 after FT", ".4f"), ("macro_f1", "macro-F1 after FT", ".4f"), ("params", "params"),
+                  ("macs", "MACs"), ("prune_s", "prune s", ".3f")]
