@@ -1,5 +1,5 @@
 """Typed stub of pyprune._core (C++). Call it through pyprune.engine, not directly."""
-from typing import Optional, Sequence
+from typing import Optional, Sequence, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -7,6 +7,15 @@ import numpy.typing as npt
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 F64 = npt.NDArray[np.float64]
+
+class KMeansStats(TypedDict):
+    """Per-iteration arrays (n_iter entries each)."""
+
+    changed: I64
+    moved: I64
+    reseeded: I64
+    recomputed: I64
+    seconds: F64
 
 __version__: str
 cuda_available: bool
@@ -24,12 +33,19 @@ def spherical_kmeans(
     threads: int = 0,
     inits: Optional[Sequence[Optional[F32]]] = None,
     reuse: bool = True,
-) -> list[tuple[F32, I64, I64, F64, int]]: ...
+    kernel: str = "",
+    details: bool = False,
+) -> list[tuple[F32, I64, I64, F64, int]] | list[tuple[F32, I64, I64, F64, int, KMeansStats, F32, str]]:
+    """One tuple per layer: (centroids, labels, representatives, objective, n_iter), and with
+    details=True also (stats, cosines, kernel). `kernel` forces a path; "" = PYPRUNE_GEMM or
+    the fastest this CPU runs."""
 def choose_k(
     weights: Sequence[F32], ks: Sequence[Sequence[int]], max_iter: int = 100, seed: int = 0, threads: int = 0
 ) -> tuple[list[int], list[list[float]]]: ...
 def knee_index(xs: Sequence[float], ys: Sequence[float]) -> int: ...
 def gather(sources: Sequence[np.ndarray], indices: Sequence[Sequence[Sequence[int]]], threads: int = 0) -> list[np.ndarray]: ...
-def time_gemm(size: int = 2048, threads: int = 0, repeats: int = 3, packed: bool = False) -> float: ...
+def time_gemm(size: int = 2048, threads: int = 0, repeats: int = 3, packed: bool = False, kernel: str = "") -> float: ...
 def packed_gemm_available() -> bool: ...
-def products(a: F32, b: F32, packed: bool, threads: int = 0) -> F32: ...
+def gemm_kernel() -> str: ...
+def gemm_kernels() -> list[str]: ...
+def products(a: F32, b: F32, packed: bool = False, threads: int = 0, kernel: str = "") -> F32: ...

@@ -10,6 +10,8 @@ namespace pyprune::bind {
 namespace py = pybind11;
 void register_similarity(py::module_& m);
 void register_kmeans(py::module_& m);
+void register_choose_k(py::module_& m);
+void register_gemm(py::module_& m);
 void register_slice(py::module_& m);
 }  // namespace pyprune::bind
 
@@ -18,6 +20,8 @@ PYBIND11_MODULE(_core, m) {
     pyprune::blas::pin_single_thread();
     pyprune::bind::register_similarity(m);
     pyprune::bind::register_kmeans(m);
+    pyprune::bind::register_choose_k(m);
+    pyprune::bind::register_gemm(m);
     pyprune::bind::register_slice(m);
     m.def("num_procs", []() { return omp_get_num_procs(); }, "Number of cores OpenMP sees.");
     m.attr("cuda_available") = false;

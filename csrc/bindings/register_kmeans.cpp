@@ -1,7 +1,6 @@
 #include <optional>
 #include <vector>
 
-#include "../core/gemm.h"
 #include "../core/kmeans.h"
 #include "arrays.h"
 
@@ -9,12 +8,34 @@ namespace pyprune::bind {
 
 namespace {
 
-py::tuple result_to_python(const KMeansResult& r) {
+/// (centroids, labels, representatives, objective, n_iter), and with `details` also
+/// (stats, cosines, kernel): stats a dict of per-iteration arrays (changed, moved, reseeded,
+/// recomputed: int64; seconds: float64), cosines a float32 array, kernel the path's name.
+py::tuple result_to_python(const KMeansResult& r, bool details) {
     py::array_t<float> centroids({r.k, r.d});
     if (!r.centroids.empty())
         std::memcpy(centroids.mutable_data(), r.centroids.data(), r.centroids.size() * sizeof(float));
+    if (!details)
+        return py::make_tuple(centroids, to_numpy(r.labels), to_numpy(r.representatives),
+                              to_numpy(r.objective), r.n_iter);
+    std::vector<int64_t> changed, moved, reseeded, recomputed;
+    std::vector<double> seconds;
+    for (const auto& s : r.stats) {
+        changed.push_back(s.changed);
+        moved.push_back(s.moved);
+        reseeded.push_back(s.reseeded);
+        recomputed.push_back(s.recomputed);
+        seconds.push_back(s.seconds);
+    }
+    py::dict stats;
+    stats["changed"] = to_numpy(changed);
+    stats["moved"] = to_numpy(moved);
+    stats["reseeded"] = to_numpy(reseeded);
+    stats["recomputed"] = to_numpy(recomputed);
+    stats["seconds"] = to_numpy(seconds);
     return py::make_tuple(centroids, to_numpy(r.labels), to_numpy(r.representatives),
-                          to_numpy(r.objective), r.n_iter);
+                          to_numpy(r.objective), r.n_iter, stats, to_numpy(r.cosines),
+                          std::string(kernel_name(r.kernel)));
 }
 
 }  // namespace
@@ -24,10 +45,13 @@ void register_kmeans(py::module_& m) {
         "spherical_kmeans",
         [](const std::vector<py::array>& weights, const std::vector<int64_t>& ks, int max_iter,
            bool early_stop, uint64_t seed, int threads,
-           const std::optional<std::vector<std::optional<py::array>>>& inits, bool reuse) {
+           const std::optional<std::vector<std::optional<py::array>>>& inits, bool reuse,
+           const std::string& kernel, bool details) {
             const auto xs = as_matrices(weights, "weights");
             PYPRUNE_CHECK(ks.size() == xs.size(), "ks: one K per layer: ", xs.size(), " layers, ",
                           ks.size(), " values of K");
+            std::optional<GemmKernel> k;
+            if (!kernel.empty()) k = parse_kernel(kernel);
             std::vector<KMeansParams> params(xs.size());
             for (size_t l = 0; l < xs.size(); ++l) {
                 params[l].k = ks[l];
@@ -35,6 +59,7 @@ void register_kmeans(py::module_& m) {
                 params[l].early_stop = early_stop;
                 params[l].seed = seed;
                 params[l].reuse = reuse;
+                params[l].kernel = k;
             }
             std::vector<const float*> init_ptrs;
             if (inits) {
@@ -59,64 +84,18 @@ void register_kmeans(py::module_& m) {
                 results = spherical_kmeans_batch(xs, params, init_ptrs, threads);
             }
             py::list out;
-            for (const auto& r : results) out.append(result_to_python(r));
+            for (const auto& r : results) out.append(result_to_python(r, details));
             return out;
         },
         py::arg("weights"), py::arg("ks"), py::arg("max_iter") = 100, py::arg("early_stop") = true,
         py::arg("seed") = 0, py::arg("threads") = 0, py::arg("inits") = py::none(),
-        py::arg("reuse") = true,
+        py::arg("reuse") = true, py::arg("kernel") = "", py::arg("details") = false,
         "Spherical k-means of many layers in one call. Returns one tuple per layer: "
-        "(centroids, labels, representatives, objective, n_iter).");
-
-    m.def(
-        "choose_k",
-        [](const std::vector<py::array>& weights, const std::vector<std::vector<int64_t>>& ks,
-           int max_iter, uint64_t seed, int threads) {
-            const auto xs = as_matrices(weights, "weights");
-            std::vector<std::vector<double>> curves;
-            std::vector<int64_t> chosen;
-            {
-                py::gil_scoped_release nogil;
-                chosen = choose_k(xs, ks, max_iter, seed, threads, &curves);
-            }
-            return py::make_tuple(chosen, curves);
-        },
-        py::arg("weights"), py::arg("ks"), py::arg("max_iter") = 100, py::arg("seed") = 0,
-        py::arg("threads") = 0,
-        "Chosen K per layer by the knee of the distortion curve; returns (chosen, distortions).");
-
-    m.def("knee_index", &knee_index, py::arg("xs"), py::arg("ys"),
-          "Index of the knee of a decreasing curve (maximum distance below the chord).");
-
-    m.def(
-        "time_gemm",
-        [](int64_t size, int threads, int repeats, bool packed) {
-            py::gil_scoped_release nogil;
-            return time_gemm(size, threads, repeats, packed);
-        },
-        py::arg("size") = 2048, py::arg("threads") = 0, py::arg("repeats") = 3, py::arg("packed") = false,
-        "Best-of-`repeats` seconds of one size^3 sgemm, rows split over `threads` one-thread GEMMs "
-        "(the BLAS, or the core's packed kernel).");
-
-    m.def("packed_gemm_available", &packed_gemm_available,
-          "True when the CPU runs the core's packed AVX-512 kernel (else the BLAS is used).");
-
-    m.def(
-        "products",
-        [](const py::array& a, const py::array& b, bool packed, int threads) {
-            const auto av = as_matrix(a, "a");
-            const auto bv = as_matrix(b, "b");
-            std::vector<float> out;
-            {
-                py::gil_scoped_release nogil;
-                out = products(av, bv, packed, threads);
-            }
-            py::array_t<float> res({av.rows, bv.rows});
-            std::memcpy(res.mutable_data(), out.data(), out.size() * sizeof(float));
-            return res;
-        },
-        py::arg("a"), py::arg("b"), py::arg("packed"), py::arg("threads") = 0,
-        "a @ b.T through the BLAS or the packed kernel.");
+        "(centroids, labels, representatives, objective, n_iter), with details=True followed by "
+        "(stats, cosines, kernel): stats a dict of per-iteration arrays changed, moved, reseeded, "
+        "recomputed, seconds; cosines each filter's cosine to its centroid; kernel the products "
+        "path used. `kernel` forces a path (blas, portable, avx2, avx512); empty: PYPRUNE_GEMM "
+        "or the fastest this CPU runs.");
 }
 
 }  // namespace pyprune::bind

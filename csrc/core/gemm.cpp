@@ -1,118 +1,172 @@
 #include "gemm.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PYPRUNE_X86 1
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
+#include <cctype>
 #include <cstdlib>
-#include <cstring>
+#include <limits>
 
 #include "blas.h"
 #include "check.h"
+#include "gemm_kernels.h"
 
 namespace pyprune {
 
 namespace {
 
-constexpr int64_t NR = PackedRows::kPanel;  // 3 zmm of packed rows per k step
-constexpr int64_t KC = 256;                 // depth block: one panel block stays in L1/L2
-constexpr int64_t MC = 128;                 // rows of A per block: stays in L2
+constexpr int64_t KC = 256;  // depth block: a panel block (KC x width) stays in L1/L2
+constexpr int64_t MC = 128;  // rows of A per block: stays in L2
 
-#ifdef PYPRUNE_X86
-/// MR x 48 tile of out = A[0:MR, 0:kc] * panel^T, accumulated when `acc`. `ncols` <= 48
-/// columns are stored (the rest are padding).
-template <int MR>
-__attribute__((target("avx512f"))) inline void tile(const float* a, int64_t lda, const float* b,
-                                                    int64_t kc, float* out, int64_t ldo, int64_t ncols,
-                                                    bool acc) {
-    __m512 r[MR][3];
-    for (int i = 0; i < MR; ++i)
-        for (int v = 0; v < 3; ++v) r[i][v] = _mm512_setzero_ps();
-    for (int64_t t = 0; t < kc; ++t) {
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32);
-        b += NR;
-#pragma GCC unroll 8
-        for (int i = 0; i < MR; ++i) {
-            const __m512 x = _mm512_set1_ps(a[i * lda + t]);
-            r[i][0] = _mm512_fmadd_ps(x, b0, r[i][0]);
-            r[i][1] = _mm512_fmadd_ps(x, b1, r[i][1]);
-            r[i][2] = _mm512_fmadd_ps(x, b2, r[i][2]);
-        }
-    }
-    for (int i = 0; i < MR; ++i) {
-        for (int v = 0; v < 3; ++v) {
-            const int64_t lo = 16 * v;
-            if (lo >= ncols) break;
-            const int64_t cnt = std::min<int64_t>(16, ncols - lo);
-            const __mmask16 mask = static_cast<__mmask16>((1u << cnt) - 1u);
-            float* o = out + i * ldo + lo;
-            const __m512 y = acc ? _mm512_add_ps(_mm512_maskz_loadu_ps(mask, o), r[i][v]) : r[i][v];
-            _mm512_mask_storeu_ps(o, mask, y);
-        }
-    }
+constexpr GemmKernel kAll[] = {GemmKernel::avx512, GemmKernel::avx2, GemmKernel::portable,
+                               GemmKernel::blas};
+
+std::string lower(std::string s) {
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
 }
 
-__attribute__((target("avx512f"))) void rows_times_panel(int64_t m, const float* a, int64_t lda,
-                                                          const float* b, int64_t kc, float* out,
-                                                          int64_t ldo, int64_t ncols, bool acc) {
-    int64_t i = 0;
-    for (; i + 8 <= m; i += 8) tile<8>(a + i * lda, lda, b, kc, out + i * ldo, ldo, ncols, acc);
-    a += i * lda;
-    out += i * ldo;
-    switch (m - i) {
-        case 7: tile<7>(a, lda, b, kc, out, ldo, ncols, acc); break;
-        case 6: tile<6>(a, lda, b, kc, out, ldo, ncols, acc); break;
-        case 5: tile<5>(a, lda, b, kc, out, ldo, ncols, acc); break;
-        case 4: tile<4>(a, lda, b, kc, out, ldo, ncols, acc); break;
-        case 3: tile<3>(a, lda, b, kc, out, ldo, ncols, acc); break;
-        case 2: tile<2>(a, lda, b, kc, out, ldo, ncols, acc); break;
-        case 1: tile<1>(a, lda, b, kc, out, ldo, ncols, acc); break;
-        default: break;
-    }
+std::string names(const std::vector<GemmKernel>& ks) {
+    std::string out;
+    for (GemmKernel k : ks) out += (out.empty() ? "" : ", ") + std::string(kernel_name(k));
+    return out;
 }
 
-#endif  // PYPRUNE_X86
-
-bool detect() {
-    const char* env = std::getenv("PYPRUNE_GEMM");
-    if (env != nullptr && std::strcmp(env, "blas") == 0) return false;
-#ifdef PYPRUNE_X86
+bool cpu_has(const char* feature) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f");
-#else
-    return false;
+    const std::string f = feature;
+    if (f == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (f == "avx512f") return __builtin_cpu_supports("avx512f");
 #endif
+    (void)feature;
+    return false;
+}
+
+/// What the CPU lacks for `kernel`, for error messages.
+const char* needs(GemmKernel kernel) {
+    switch (kernel) {
+        case GemmKernel::avx512: return "AVX-512F";
+        case GemmKernel::avx2: return "AVX2 and FMA";
+        default: return "nothing";
+    }
+}
+
+/// The choice made once per process: a kernel, or the error to raise at every use.
+struct Choice {
+    GemmKernel kernel = GemmKernel::blas;
+    std::string error;
+};
+
+Choice choose() {
+    Choice c;
+    const char* env = std::getenv("PYPRUNE_GEMM");
+    if (env == nullptr || *env == '\0') {
+        c.kernel = supported_kernels().front();
+        return c;
+    }
+    const std::string v = lower(env);
+    bool known = false;
+    for (GemmKernel k : kAll) {
+        if (v == kernel_name(k)) {
+            known = true;
+            c.kernel = k;
+        }
+    }
+    if (!known) {
+        c.error = "PYPRUNE_GEMM='" + std::string(env) +
+                  "' is not a GEMM path: set it to one of avx512, avx2, portable, blas, or unset it "
+                  "to choose by CPU (this CPU runs: " + names(supported_kernels()) + ")";
+    } else if (!kernel_supported(c.kernel)) {
+        c.error = "PYPRUNE_GEMM=" + v + " asks for a path this CPU cannot run (it has no " +
+                  needs(c.kernel) + "); this CPU runs: " + names(supported_kernels());
+    }
+    return c;
 }
 
 }  // namespace
 
-bool packed_gemm_available() {
-    static const bool ok = detect();
-    return ok;
+const char* kernel_name(GemmKernel kernel) {
+    switch (kernel) {
+        case GemmKernel::blas: return "blas";
+        case GemmKernel::portable: return "portable";
+        case GemmKernel::avx2: return "avx2";
+        case GemmKernel::avx512: return "avx512";
+    }
+    return "?";
 }
 
-PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld) {
+GemmKernel parse_kernel(const std::string& name) {
+    const std::string v = lower(name);
+    for (GemmKernel k : kAll)
+        if (v == kernel_name(k)) return k;
+    PYPRUNE_CHECK(false, "unknown GEMM kernel '", name, "': expected one of avx512, avx2, portable, blas");
+    return GemmKernel::blas;
+}
+
+bool kernel_supported(GemmKernel kernel) {
+    switch (kernel) {
+        case GemmKernel::blas:
+        case GemmKernel::portable: return true;
+        case GemmKernel::avx2: return kernels::x86_kernels_built() && cpu_has("avx2");
+        case GemmKernel::avx512: return kernels::x86_kernels_built() && cpu_has("avx512f");
+    }
+    return false;
+}
+
+void check_kernel(GemmKernel kernel) {
+    PYPRUNE_CHECK(kernel_supported(kernel), "GEMM kernel '", kernel_name(kernel), "' needs ",
+                  needs(kernel), ", which this CPU does not have; it runs: ", names(supported_kernels()));
+}
+
+std::vector<GemmKernel> supported_kernels() {
+    std::vector<GemmKernel> out;
+    for (GemmKernel k : kAll)
+        if (kernel_supported(k)) out.push_back(k);
+    return out;
+}
+
+GemmKernel default_kernel() {
+    static const Choice choice = choose();
+    PYPRUNE_CHECK(choice.error.empty(), choice.error);
+    return choice.kernel;
+}
+
+bool packed_gemm_available() { return default_kernel() != GemmKernel::blas; }
+
+int64_t panel_width(GemmKernel kernel) {
+    switch (kernel) {
+        case GemmKernel::avx512: return kernels::kAvx512Width;
+        case GemmKernel::avx2: return kernels::kAvx2Width;
+        case GemmKernel::portable: return kernels::kPortableWidth;
+        case GemmKernel::blas: return 1;
+    }
+    return 1;
+}
+
+PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel) {
+    PYPRUNE_CHECK(kernel != GemmKernel::blas, "pack_rows: the BLAS path packs nothing");
+    check_kernel(kernel);
     PackedRows p;
+    p.kernel = kernel;
+    p.panel = panel_width(kernel);
     p.rows = rows;
     p.cols = cols;
-    const int64_t panels = (rows + NR - 1) / NR;
-    p.data.assign(static_cast<size_t>(panels * cols * NR), 0.0f);
+    const int64_t w = p.panel;
+    const int64_t panels = (rows + w - 1) / w;
+    p.data.assign(static_cast<size_t>(panels * cols * w), 0.0f);
     for (int64_t q = 0; q < panels; ++q) {
-        float* dst = p.data.data() + q * cols * NR;
-        for (int64_t j = 0; j < NR && q * NR + j < rows; ++j) {
-            const float* src = x + (q * NR + j) * ld;
-            for (int64_t t = 0; t < cols; ++t) dst[t * NR + j] = src[t];
+        float* dst = p.data.data() + q * cols * w;
+        for (int64_t j = 0; j < w && q * w + j < rows; ++j) {
+            const float* src = x + (q * w + j) * ld;
+            for (int64_t t = 0; t < cols; ++t) dst[t * w + j] = src[t];
         }
     }
     return p;
 }
 
-int64_t split_rows(int64_t n, int parts, int t, bool panels) {
-    if (!panels) return n * t / parts;
-    const int64_t count = (n + NR - 1) / NR;
-    return std::min(n, NR * (count * t / parts));
+int64_t split_rows(int64_t n, int parts, int t, int64_t grain) {
+    if (grain <= 1) return n * t / parts;
+    const int64_t count = (n + grain - 1) / grain;
+    return std::min(n, grain * (count * t / parts));
 }
 
 void gemm_rows(int64_t m, const float* a, int64_t lda, const float* b, const PackedRows* packed,
@@ -126,27 +180,75 @@ void gemm_rows(int64_t m, const float* a, int64_t lda, const float* b, const Pac
 
 void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, int64_t lo, int64_t hi,
                  float* out, int64_t ldo) {
-    PYPRUNE_CHECK(lo % NR == 0 && lo >= 0 && hi <= b.rows && lo <= hi,
-                  "gemm_packed: bad row range ", lo, "..", hi, " of ", b.rows);
-    PYPRUNE_CHECK(packed_gemm_available(), "gemm_packed: this CPU has no AVX-512F");
+    const int64_t w = b.panel;
+    PYPRUNE_CHECK(w >= 1 && lo % w == 0 && lo >= 0 && hi <= b.rows && lo <= hi,
+                  "gemm_packed: bad row range ", lo, "..", hi, " of ", b.rows, " (panels of ", w, ")");
     if (m == 0 || hi == lo) return;
-#ifdef PYPRUNE_X86
+    // b.kernel was checked against the CPU when b was packed.
+    const kernels::PanelFn fn = b.kernel == GemmKernel::avx512 ? kernels::avx512
+                                : b.kernel == GemmKernel::avx2 ? kernels::avx2
+                                                               : kernels::portable;
     const int64_t d = b.cols;
     for (int64_t mb = 0; mb < m; mb += MC) {
         const int64_t mc = std::min(MC, m - mb);
         for (int64_t kb = 0; kb < d; kb += KC) {
             const int64_t kc = std::min(KC, d - kb);
-            for (int64_t q = lo / NR; q * NR < hi; ++q) {
-                const float* panel = b.data.data() + q * d * NR + kb * NR;
-                const int64_t ncols = std::min(NR, hi - q * NR);
-                rows_times_panel(mc, a + mb * lda + kb, lda, panel, kc, out + mb * ldo + (q * NR - lo), ldo,
-                                 ncols, kb > 0);
+            for (int64_t q = lo / w; q * w < hi; ++q) {
+                const float* panel = b.data.data() + q * d * w + kb * w;
+                const int64_t ncols = std::min(w, hi - q * w);
+                fn(mc, a + mb * lda + kb, lda, panel, kc, out + mb * ldo + (q * w - lo), ldo, ncols, kb > 0);
             }
         }
     }
-#else
-    (void)a, (void)lda, (void)out, (void)ldo;
-#endif
+}
+
+double time_gemm(int64_t size, int threads, int repeats, GemmKernel kernel) {
+    PYPRUNE_CHECK(size >= 1 && repeats >= 1, "time_gemm: size and repeats must be >= 1");
+    check_kernel(kernel);
+    const int nt = resolve_threads(threads);
+    const size_t m = static_cast<size_t>(size * size);
+    std::vector<float> a(m), b(m), c(m);
+    uint64_t state = 1;
+    auto next = [&state]() {  // any fixed values in [-0.5, 0.5) will do
+        state = state * 6364136223846793005ull + 1442695040888963407ull;
+        return static_cast<float>(static_cast<double>(state >> 40) / 16777216.0 - 0.5);
+    };
+    for (size_t i = 0; i < m; ++i) {
+        a[i] = next();
+        b[i] = next();
+    }
+    const bool packed = kernel != GemmKernel::blas;
+    const PackedRows bp = packed ? pack_rows(b.data(), size, size, size, kernel) : PackedRows{};
+    auto once = [&]() {
+        parallel_rows(size, nt, 1, [&](int, int64_t lo, int64_t hi) {
+            gemm_rows(hi - lo, a.data() + lo * size, size, b.data(), packed ? &bp : nullptr, size, 0, size,
+                      c.data() + lo * size, size);
+        });
+    };
+    once();
+    double best = std::numeric_limits<double>::infinity();
+    for (int r = 0; r < repeats; ++r) {
+        const double t0 = omp_get_wtime();
+        once();
+        best = std::min(best, omp_get_wtime() - t0);
+    }
+    return best;
+}
+
+std::vector<float> products(const MatrixView& a, const MatrixView& b, GemmKernel kernel, int threads) {
+    validate(a, "a");
+    validate(b, "b");
+    PYPRUNE_CHECK(a.cols == b.cols, "products: a has ", a.cols, " columns and b ", b.cols);
+    check_kernel(kernel);
+    const int nt = resolve_threads(threads);
+    const int64_t m = a.rows, n = b.rows, d = a.cols;
+    std::vector<float> out(static_cast<size_t>(m * n));
+    const bool packed = kernel != GemmKernel::blas;
+    const PackedRows bp = packed ? pack_rows(b.data, n, d, d, kernel) : PackedRows{};
+    parallel_rows(n, nt, panel_width(kernel), [&](int, int64_t lo, int64_t hi) {
+        gemm_rows(m, a.data, d, b.data, packed ? &bp : nullptr, d, lo, hi, out.data() + lo, n);
+    });
+    return out;
 }
 
 }  // namespace pyprune

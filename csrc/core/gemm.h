@@ -1,29 +1,77 @@
-// The core's own GEMM for S^T = C X^T where X (the filters) stays fixed for many products:
-// X is packed once into panels, and an AVX-512 register-blocked kernel streams them.
-// Where the CPU has no AVX-512 the callers use the BLAS (blas.h) instead.
+// The core's matrix products.
+//
+// The k-means computes S^T = C X^T many times over with the same X (the filters), so X is
+// packed once per layer into panels and a register-blocked kernel streams them. There is
+// one kernel per instruction set (gemm_kernels.h): AVX-512F, AVX2+FMA and a portable C++
+// one that the compiler vectorises (Arm and other CPUs). The fastest one the CPU runs is
+// chosen at run time, once; PYPRUNE_GEMM=avx512|avx2|portable|blas forces one (blas: no
+// packed kernel, every product through OpenBLAS). Also here: the one helper that splits
+// rows over threads, and the products and timings the tests and benchmarks call.
 #pragma once
 
+#include <omp.h>
+
 #include <cstdint>
+#include <string>
 #include <vector>
+
+#include "matrix.h"
 
 namespace pyprune {
 
-/// Rows of a matrix packed for gemm_packed: panels of kPanel rows, each stored
-/// column-major ([panel][col][kPanel]) and padded with zero rows.
+/// A way to run the products. `blas` is OpenBLAS; the others are the core's packed kernels.
+enum class GemmKernel { blas, portable, avx2, avx512 };
+
+/// "blas", "portable", "avx2" or "avx512".
+const char* kernel_name(GemmKernel kernel);
+
+/// The kernel of that name (case-insensitive); throws std::invalid_argument naming the
+/// choices for any other name.
+GemmKernel parse_kernel(const std::string& name);
+
+/// True when this CPU (and this build) can run `kernel`: blas and portable always, avx2
+/// with AVX2 and FMA, avx512 with AVX-512F.
+bool kernel_supported(GemmKernel kernel);
+
+/// Throw std::invalid_argument, naming what the CPU lacks and what it can run, unless
+/// kernel_supported(kernel).
+void check_kernel(GemmKernel kernel);
+
+/// The kernels this CPU runs, fastest first: [avx512,] [avx2,] portable, blas.
+std::vector<GemmKernel> supported_kernels();
+
+/// The kernel the k-means uses: PYPRUNE_GEMM when it is set (read once, at the first call),
+/// else the first of supported_kernels(). An unknown PYPRUNE_GEMM value, or a path this CPU
+/// cannot run, throws std::invalid_argument at every call (so at first use, never at load).
+GemmKernel default_kernel();
+
+/// True when default_kernel() is a packed kernel (anything but blas).
+bool packed_gemm_available();
+
+/// Rows of a matrix packed for one kernel: panels of `panel` rows (the kernel's register
+/// tile width), each stored column by column ([panel][col][row in panel]), the last one
+/// padded with zero rows.
 struct PackedRows {
-    static constexpr int64_t kPanel = 48;
+    /// the kernel the rows were packed for (gemm_packed runs that one)
+    GemmKernel kernel = GemmKernel::portable;
+    /// rows per panel
+    int64_t panel = 1;
+    /// rows and columns of the packed matrix
     int64_t rows = 0, cols = 0;
+    /// ceil(rows / panel) * panel * cols floats
     std::vector<float> data;
 };
 
-/// True when this CPU runs the packed kernel (AVX-512F), unless PYPRUNE_GEMM=blas is set.
-bool packed_gemm_available();
+/// Rows per panel of a packed kernel (1 for blas: rows are never packed).
+int64_t panel_width(GemmKernel kernel);
 
-/// Pack the rows of x (rows x cols, row-major, leading dimension ld).
-PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld);
+/// Pack the rows of x (rows x cols, row-major, leading dimension ld) for `kernel`, which
+/// must be a packed kernel this CPU runs (checked).
+PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel);
 
-/// out[m x (hi - lo)] = A[m x cols] * B[lo:hi]^T, with ldo the leading dimension of out.
-/// `lo` must be a multiple of PackedRows::kPanel (panels are never split). beta = 0.
+/// out[m x (hi - lo)] = A[m x cols] * B[lo:hi]^T, with ldo the leading dimension of out,
+/// on the kernel `b` was packed for. `lo` must be a multiple of b.panel (panels are never
+/// split; see split_rows). beta = 0.
 void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, int64_t lo, int64_t hi,
                  float* out, int64_t ldo);
 
@@ -33,8 +81,34 @@ void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, in
 void gemm_rows(int64_t m, const float* a, int64_t lda, const float* b, const PackedRows* packed,
                int64_t cols, int64_t lo, int64_t hi, float* out, int64_t ldo);
 
-/// Start of part t when rows 0..n are split into `parts` ranges; with `panels` every range
-/// starts on a panel boundary, as gemm_packed needs.
-int64_t split_rows(int64_t n, int parts, int t, bool panels);
+/// Start of part t when rows 0..n are split into `parts` ranges of about equal size, each
+/// starting on a multiple of `grain` (1: anywhere; a panel width: whole panels).
+int64_t split_rows(int64_t n, int parts, int t, int64_t grain);
+
+/// Split rows 0..n into `parts` ranges (split_rows with `grain`) and call
+/// body(part, lo, hi) for each, one OpenMP thread per range; with parts <= 1 it runs
+/// body(0, 0, n) on the calling thread. The body must not throw. Every row split of the
+/// core goes through here (k-means assignment and seeding, similarity, GEMM timing).
+template <class Body>
+void parallel_rows(int64_t n, int parts, int64_t grain, Body&& body) {
+    if (parts <= 1) {
+        body(0, int64_t{0}, n);
+        return;
+    }
+#pragma omp parallel num_threads(parts)
+    {
+        const int t = omp_get_thread_num(), T = omp_get_num_threads();
+        body(t, split_rows(n, T, t, grain), split_rows(n, T, t + 1, grain));
+    }
+}
+
+/// Seconds to run one square GEMM of size `size` with `threads` threads (rows of A split,
+/// one single-threaded GEMM each, as the k-means runs its products): the machine's bound
+/// for `kernel` (best of `repeats`, after one warm-up run; B is packed beforehand).
+double time_gemm(int64_t size, int threads, int repeats, GemmKernel kernel);
+
+/// out[m x n] = A[m x d] * B[n x d]^T on `kernel`, B's rows split over `threads` (whole
+/// panels), as the k-means assignment splits the filters. For the tests.
+std::vector<float> products(const MatrixView& a, const MatrixView& b, GemmKernel kernel, int threads);
 
 }  // namespace pyprune

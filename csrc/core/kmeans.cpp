@@ -35,14 +35,15 @@ struct Rng {
 /// The state of one layer's clustering. `nt` threads split each step's rows.
 class Solver {
 public:
+    /// `p.kernel` must be set (see resolved()).
     Solver(const MatrixView& x, const KMeansParams& p, int nt)
-        : n_(x.rows), d_(x.cols), k_(p.k), p_(p), nt_(nt),
+        : n_(x.rows), d_(x.cols), k_(p.k), p_(p), nt_(nt), kernel_(*p.kernel),
           xn_(static_cast<size_t>(n_ * d_)), nonzero_(static_cast<size_t>(n_)),
           c_(static_cast<size_t>(k_ * d_)), s_(static_cast<size_t>(n_ * k_)),
           best_(static_cast<size_t>(n_)), labels_(static_cast<size_t>(n_), -1),
           moved_(static_cast<size_t>(k_), 1) {
         normalize_rows(x, xn_.data(), nt_);
-        if (packed_) xp_ = pack_rows(xn_.data(), n_, d_, d_);  // X never changes: packed once
+        if (packed_) xp_ = pack_rows(xn_.data(), n_, d_, d_, kernel_);  // X never changes: packed once
         for (int64_t i = 0; i < n_; ++i) {
             const float* r = row(i);
             bool nz = false;
@@ -62,20 +63,26 @@ public:
         r.n = n_;
         r.d = d_;
         r.k = k_;
+        r.kernel = kernel_;
         for (int it = 0; it < p_.max_iter; ++it) {
-            int64_t changed = 0;
-            const double obj = assign(&changed);
+            IterationStats st;
+            const double t0 = omp_get_wtime();
+            const double obj = assign(&st.changed, &st.recomputed);
             r.objective.push_back(obj);
             r.n_iter = it + 1;
-            if (p_.early_stop && it > 0 && changed == 0) break;
-            update(changed);
+            const bool stop = p_.early_stop && it > 0 && st.changed == 0;
+            if (!stop) update(st.changed, &st.moved, &st.reseeded);
+            st.seconds = omp_get_wtime() - t0;
+            r.stats.push_back(st);
+            if (stop) break;
         }
         if (p_.max_iter == 0) {  // no iteration asked: labels from the initial centroids
-            int64_t changed = 0;
-            r.objective.push_back(assign(&changed));
+            int64_t changed = 0, recomputed = 0;
+            r.objective.push_back(assign(&changed, &recomputed));
         }
         r.labels = labels_;
-        r.representatives = representatives();
+        r.cosines = own_cosines();
+        r.representatives = representatives(r.cosines);
         r.centroids = std::move(c_);
         return r;
     }
@@ -103,32 +110,16 @@ private:
 
     /// dots[i] = <x_i, v> for all rows, rows split over the threads.
     void dots_with(const float* v, float* dots) const {
-        if (nt_ <= 1 || n_ < 64) {
-            blas::gemv(n_, d_, xn_.data(), d_, v, dots);
-            return;
-        }
-        const int nt = nt_;
-#pragma omp parallel num_threads(nt)
-        {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
-            const int64_t lo = n_ * t / T, hi = n_ * (t + 1) / T;
+        parallel_rows(n_, parts(), 1, [&](int, int64_t lo, int64_t hi) {
             blas::gemv(hi - lo, d_, xn_.data() + lo * d_, d_, v, dots + lo);
-        }
+        });
     }
 
     /// out[n x m] = X * V^T for m candidate directions V (m x d), rows split over threads.
     void dots_with_many(const float* v, int64_t m, float* out) const {
-        if (nt_ <= 1 || n_ < 64) {
-            blas::gemm_nt(n_, m, d_, xn_.data(), d_, v, d_, out, m);
-            return;
-        }
-        const int nt = nt_;
-#pragma omp parallel num_threads(nt)
-        {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
-            const int64_t lo = n_ * t / T, hi = n_ * (t + 1) / T;
+        parallel_rows(n_, parts(), 1, [&](int, int64_t lo, int64_t hi) {
             blas::gemm_nt(hi - lo, m, d_, xn_.data() + lo * d_, d_, v, d_, out + lo * m, m);
-        }
+        });
     }
 
     /// Greedy k-means++ with the cosine distance 1 - cos (half the squared chord length):
@@ -261,15 +252,19 @@ private:
         *changed += ch;
     }
 
-    /// out[m x (hi - lo)] = A[m x d] * X[lo:hi]^T: the packed kernel where the CPU has it.
+    /// out[m x (hi - lo)] = A[m x d] * X[lo:hi]^T on the run's kernel (packed X unless blas).
     void products(int64_t m, const float* a, int64_t lo, int64_t hi, float* out, int64_t ldo) const {
         gemm_rows(m, a, d_, xn_.data(), packed_ ? &xp_ : nullptr, d_, lo, hi, out, ldo);
     }
 
-    /// Start of thread t's share of the filters (whole panels for the packed kernel).
-    int64_t split(int t, int T) const { return split_rows(n_, T, t, packed_); }
+    /// Threads to split the filters over: one for small layers.
+    int parts() const { return nt_ <= 1 || n_ < 64 ? 1 : nt_; }
 
-    double assign(int64_t* changed) {
+    /// Filters per split unit: whole panels for the packed kernel.
+    int64_t grain() const { return packed_ ? xp_.panel : 1; }
+
+    /// Assignment step; `recomputed` receives the rows of S^T computed anew.
+    double assign(int64_t* changed, int64_t* recomputed) {
         // Which rows of S^T must be recomputed: all of them the first time, when reuse is
         // off, or when most centroids moved (one full product is then cheaper).
         std::vector<int64_t> moved;
@@ -286,29 +281,25 @@ private:
                 part = &moved;
             }
         }
-        double obj = 0.0;
-        int64_t ch = 0;
-        if (nt_ <= 1 || n_ < 64) {
-            assign_rows(0, n_, part, cm.data(), &obj, &ch);
-        } else {
-            const int nt = nt_;
-#pragma omp parallel num_threads(nt) reduction(+ : obj, ch)
-            {
-                const int t = omp_get_thread_num(), T = omp_get_num_threads();
-                assign_rows(split(t, T), split(t + 1, T), part, cm.data(), &obj, &ch);
-            }
-        }
+        *recomputed = part != nullptr ? static_cast<int64_t>(moved.size()) : k_;
+        const int np = parts();
+        std::vector<double> objs(static_cast<size_t>(np), 0.0);
+        std::vector<int64_t> chs(static_cast<size_t>(np), 0);
+        parallel_rows(n_, np, grain(), [&](int t, int64_t lo, int64_t hi) {
+            assign_rows(lo, hi, part, cm.data(), &objs[t], &chs[t]);
+        });
         assigned_ = true;
         std::fill(moved_.begin(), moved_.end(), 0);
-        *changed = ch;
-        return obj;
+        *changed = std::accumulate(chs.begin(), chs.end(), int64_t{0});
+        return std::accumulate(objs.begin(), objs.end(), 0.0);  // in part order: deterministic
     }
 
     /// Centroid step: each centroid becomes its members' normalised sum. The per-cluster
     /// sums are kept (in double) between iterations: when few filters changed cluster only
     /// those are moved from one sum to the other, otherwise the sums are rebuilt. The
     /// order of the additions never depends on the thread count.
-    void update(int64_t changed) {
+    /// `moved` and `reseeded` receive how many centroids moved and were re-seeded.
+    void update(int64_t changed, int64_t* moved, int64_t* reseeded) {
         const bool full = sum_.empty() || changed * 4 > n_;
         std::vector<char> touched(static_cast<size_t>(k_), 0);
         if (full) {
@@ -356,7 +347,8 @@ private:
             }
             if (differs) moved_[j] = 1;  // an unchanged centroid keeps its similarities
         }
-        reseed(empty);
+        *reseeded = reseed(empty);
+        *moved = std::count(moved_.begin(), moved_.end(), char{1});
     }
 
     void rebuild_sums() {
@@ -384,9 +376,10 @@ private:
     }
 
     /// Give every empty cluster the worst-served non-zero filter not used as a seed yet.
-    void reseed(const std::vector<char>& empty) {
+    /// Returns the number of clusters re-seeded.
+    int64_t reseed(const std::vector<char>& empty) {
         const int64_t n_empty = std::count(empty.begin(), empty.end(), 1);
-        if (n_empty == 0) return;
+        if (n_empty == 0) return 0;
         std::vector<int64_t> cand;
         cand.reserve(static_cast<size_t>(n_nonzero_));
         for (int64_t i = 0; i < n_; ++i)
@@ -404,18 +397,28 @@ private:
                 moved_[j] = 1;
             }  // else: fewer directions than clusters, the centroid stays where it was
         }
+        return q;
     }
 
-    std::vector<int64_t> representatives() {
-        std::vector<int64_t> rep(static_cast<size_t>(k_), -1);
+    /// Each filter's cosine to its centroid as returned (in double: after an update step the
+    /// assignment's similarities belong to the previous centroids).
+    std::vector<float> own_cosines() {
         std::vector<float> own(static_cast<size_t>(n_));
         for (int64_t i = 0; i < n_; ++i) {
             const float* r = row(i);
             const float* c = centroid(labels_[i]);
             double s = 0.0;
+#pragma omp simd reduction(+ : s)
             for (int64_t t = 0; t < d_; ++t) s += static_cast<double>(r[t]) * c[t];
             own[i] = static_cast<float>(s);
         }
+        return own;
+    }
+
+    /// Per cluster the member of highest cosine `own` to it; an empty cluster takes the
+    /// closest filter not yet chosen.
+    std::vector<int64_t> representatives(const std::vector<float>& own) {
+        std::vector<int64_t> rep(static_cast<size_t>(k_), -1);
         std::vector<char> taken(static_cast<size_t>(n_), 0);
         for (int64_t i = 0; i < n_; ++i) {
             const int64_t j = labels_[i];
@@ -439,7 +442,8 @@ private:
     int64_t n_, d_, k_;
     KMeansParams p_;
     int nt_;
-    bool packed_ = packed_gemm_available();
+    GemmKernel kernel_;
+    bool packed_ = kernel_ != GemmKernel::blas;
     std::vector<float> xn_;
     PackedRows xp_;
     std::vector<char> nonzero_;
@@ -457,6 +461,14 @@ void check_params(const MatrixView& x, const KMeansParams& p, const char* what) 
     PYPRUNE_CHECK(p.k >= 1 && p.k <= x.rows, what, ": K must satisfy 1 <= K <= n = ", x.rows,
                   ", got K = ", p.k);
     PYPRUNE_CHECK(p.max_iter >= 0, what, ": max_iter must be >= 0, got ", p.max_iter);
+    if (p.kernel) check_kernel(*p.kernel);
+}
+
+/// `p` with its kernel chosen (default_kernel() when unset): decided before any thread
+/// starts, so a bad PYPRUNE_GEMM raises here.
+KMeansParams resolved(KMeansParams p) {
+    if (!p.kernel) p.kernel = default_kernel();
+    return p;
 }
 
 }  // namespace
@@ -465,7 +477,7 @@ KMeansResult spherical_kmeans(const MatrixView& x, const KMeansParams& params, c
                               int threads) {
     validate(x, "weights");
     check_params(x, params, "weights");
-    Solver solver(x, params, resolve_threads(threads));
+    Solver solver(x, resolved(params), resolve_threads(threads));
     return solver.run(init);
 }
 
@@ -478,10 +490,13 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
                   params.size(), " parameter sets");
     PYPRUNE_CHECK(inits.empty() || inits.size() == L, "init: one entry per layer: ", L,
                   " layers, ", inits.size(), " inits");
+    std::vector<KMeansParams> ps;
+    ps.reserve(L);
     for (size_t l = 0; l < L; ++l) {
         const std::string what = "weights[" + std::to_string(l) + "]";
         validate(xs[l], what.c_str());
         check_params(xs[l], params[l], what.c_str());
+        ps.push_back(resolved(params[l]));
     }
     const int nt = resolve_threads(threads);
     std::vector<KMeansResult> out(L);
@@ -502,7 +517,7 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
         (is_big ? big : small).push_back(l);
     }
     auto init_of = [&](size_t l) { return inits.empty() ? nullptr : inits[l]; };
-    for (size_t l : big) out[l] = Solver(xs[l], params[l], nt).run(init_of(l));
+    for (size_t l : big) out[l] = Solver(xs[l], ps[l], nt).run(init_of(l));
 
     std::exception_ptr error;
     const int64_t ns = static_cast<int64_t>(small.size());
@@ -510,130 +525,13 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
     for (int64_t q = 0; q < ns; ++q) {
         const size_t l = small[q];
         try {
-            out[l] = Solver(xs[l], params[l], 1).run(init_of(l));
+            out[l] = Solver(xs[l], ps[l], 1).run(init_of(l));
         } catch (...) {
 #pragma omp critical
             error = std::current_exception();
         }
     }
     if (error) std::rethrow_exception(error);
-    return out;
-}
-
-int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys) {
-    PYPRUNE_CHECK(xs.size() == ys.size() && !xs.empty(), "knee: need matching non-empty curves, got ",
-                  xs.size(), " and ", ys.size(), " points");
-    const size_t m = xs.size();
-    if (m <= 2) return 0;
-    const auto [ymin, ymax] = std::minmax_element(ys.begin(), ys.end());
-    const double x0 = xs.front(), xr = xs.back() - xs.front();
-    const double yr = *ymax - *ymin;
-    if (!(xr > 0.0) || !(yr > 0.0)) return 0;
-    const double y_first = (ys.front() - *ymin) / yr, y_last = (ys.back() - *ymin) / yr;
-    int64_t best = 0;
-    double best_gap = 0.0;
-    for (size_t i = 0; i < m; ++i) {
-        const double xn = (xs[i] - x0) / xr;
-        const double yn = (ys[i] - *ymin) / yr;
-        const double chord = y_first + (y_last - y_first) * xn;
-        const double gap = chord - yn;
-        if (gap > best_gap) {
-            best_gap = gap;
-            best = static_cast<int64_t>(i);
-        }
-    }
-    return best;
-}
-
-std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
-                              const std::vector<std::vector<int64_t>>& ks, int max_iter,
-                              uint64_t seed, int threads,
-                              std::vector<std::vector<double>>* curves) {
-    PYPRUNE_CHECK(xs.size() == ks.size(), "choose_k: one K range per layer: ", xs.size(),
-                  " layers, ", ks.size(), " ranges");
-    std::vector<MatrixView> jobs;
-    std::vector<KMeansParams> params;
-    for (size_t l = 0; l < xs.size(); ++l) {
-        PYPRUNE_CHECK(!ks[l].empty(), "choose_k: layer ", l, " has an empty K range");
-        for (size_t q = 0; q < ks[l].size(); ++q) {
-            PYPRUNE_CHECK(q == 0 || ks[l][q] > ks[l][q - 1], "choose_k: ks must be increasing, got ",
-                          ks[l][q - (q > 0 ? 1 : 0)], " then ", ks[l][q]);
-            KMeansParams p;
-            p.k = ks[l][q];
-            p.max_iter = max_iter;
-            p.early_stop = true;
-            p.seed = seed;
-            jobs.push_back(xs[l]);
-            params.push_back(p);
-        }
-    }
-    const auto results = spherical_kmeans_batch(jobs, params, {}, threads);
-    std::vector<int64_t> chosen(xs.size());
-    if (curves) curves->assign(xs.size(), {});
-    size_t r = 0;
-    for (size_t l = 0; l < xs.size(); ++l) {
-        std::vector<double> kx, dist;
-        for (size_t q = 0; q < ks[l].size(); ++q, ++r) {
-            kx.push_back(static_cast<double>(ks[l][q]));
-            dist.push_back(static_cast<double>(results[r].n) - results[r].objective.back());
-        }
-        // The knee is taken on log-distortion: what matters is the relative gain of one
-        // more cluster. The floor keeps an exact zero (K = n) from dominating the scale.
-        const double floor = 1e-3 * std::max(dist.front(), 1e-12);
-        std::vector<double> logd(dist.size());
-        for (size_t q = 0; q < dist.size(); ++q) logd[q] = std::log(std::max(dist[q], floor));
-        chosen[l] = ks[l][static_cast<size_t>(knee_index(kx, logd))];
-        if (curves) (*curves)[l] = dist;
-    }
-    return chosen;
-}
-
-double time_gemm(int64_t size, int threads, int repeats, bool packed) {
-    PYPRUNE_CHECK(size >= 1 && repeats >= 1, "time_gemm: size and repeats must be >= 1");
-    const int nt = resolve_threads(threads);
-    const size_t m = static_cast<size_t>(size * size);
-    std::vector<float> a(m), b(m), c(m);
-    Rng rng(1);
-    for (size_t i = 0; i < m; ++i) {
-        a[i] = static_cast<float>(rng.uniform() - 0.5);
-        b[i] = static_cast<float>(rng.uniform() - 0.5);
-    }
-    PYPRUNE_CHECK(!packed || packed_gemm_available(), "time_gemm: the packed kernel needs AVX-512F");
-    const PackedRows bp = packed ? pack_rows(b.data(), size, size, size) : PackedRows{};
-    auto once = [&]() {
-#pragma omp parallel num_threads(nt) if (nt > 1)
-        {
-            const int t = omp_get_thread_num(), T = omp_get_num_threads();
-            const int64_t lo = size * t / T, hi = size * (t + 1) / T;
-            gemm_rows(hi - lo, a.data() + lo * size, size, b.data(), packed ? &bp : nullptr, size, 0,
-                      size, c.data() + lo * size, size);
-        }
-    };
-    once();
-    double best = std::numeric_limits<double>::infinity();
-    for (int r = 0; r < repeats; ++r) {
-        const double t0 = omp_get_wtime();
-        once();
-        best = std::min(best, omp_get_wtime() - t0);
-    }
-    return best;
-}
-
-std::vector<float> products(const MatrixView& a, const MatrixView& b, bool packed, int threads) {
-    validate(a, "a");
-    validate(b, "b");
-    PYPRUNE_CHECK(a.cols == b.cols, "products: a has ", a.cols, " columns and b ", b.cols);
-    PYPRUNE_CHECK(!packed || packed_gemm_available(), "products: the packed kernel needs AVX-512F");
-    const int nt = resolve_threads(threads);
-    const int64_t m = a.rows, n = b.rows, d = a.cols;
-    std::vector<float> out(static_cast<size_t>(m * n));
-    const PackedRows bp = packed ? pack_rows(b.data, n, d, d) : PackedRows{};
-#pragma omp parallel num_threads(nt) if (nt > 1)
-    {
-        const int t = omp_get_thread_num(), T = omp_get_num_threads();
-        const int64_t lo = split_rows(n, T, t, packed), hi = split_rows(n, T, t + 1, packed);
-        gemm_rows(m, a.data, d, b.data, packed ? &bp : nullptr, d, lo, hi, out.data() + lo, n);
-    }
     return out;
 }
 

@@ -2,8 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
+#include "gemm.h"
 #include "matrix.h"
 
 namespace pyprune {
@@ -23,6 +25,26 @@ struct KMeansParams {
     /// their members, so most of each iteration's product is skipped). The labels and the
     /// objective are those of a full recomputation; false recomputes everything.
     bool reuse = true;
+    /// the kernel of the assignment products; empty: default_kernel() (PYPRUNE_GEMM or the
+    /// fastest this CPU runs). Every kernel gives the same clustering up to float rounding.
+    std::optional<GemmKernel> kernel;
+};
+
+/// What one iteration did (after faiss's ClusteringIterationStats).
+struct IterationStats {
+    /// filters whose label changed in this iteration's assignment (all n at the first);
+    /// 0 in the last iteration of a run that early stopping ended
+    int64_t changed = 0;
+    /// centroids this iteration's update step moved, re-seeded ones included (<= K); 0 in the
+    /// last iteration of a run that early stopping ended (no update runs after it)
+    int64_t moved = 0;
+    /// empty clusters this iteration's update step re-seeded
+    int64_t reseeded = 0;
+    /// rows of S^T = C X^T this iteration's assignment recomputed: K for a full product, the
+    /// centroids moved since the previous assignment when reuse skips the others
+    int64_t recomputed = 0;
+    /// wall-clock seconds of the iteration (assignment and update)
+    double seconds = 0.0;
 };
 
 /// Result of one clustering run.
@@ -39,6 +61,13 @@ struct KMeansResult {
     std::vector<double> objective;
     /// iterations run (assignment steps)
     int n_iter = 0;
+    /// per iteration what it did (n_iter entries)
+    std::vector<IterationStats> stats;
+    /// per filter (n) the cosine to its centroid as returned (labels and centroids of the
+    /// result); 0 for a zero filter
+    std::vector<float> cosines;
+    /// the products kernel the run used
+    GemmKernel kernel = GemmKernel::blas;
 };
 
 /// Cluster the rows of `x` by cosine similarity.
@@ -61,30 +90,5 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
                                                  const std::vector<KMeansParams>& params,
                                                  const std::vector<const float*>& inits,
                                                  int threads);
-
-/// Knee of a decreasing curve by the maximum-distance-to-chord rule (the Kneedle idea):
-/// both axes are scaled to [0, 1] and the point farthest below the straight line joining
-/// the first and the last point is the knee. It needs no tuning constant, does not depend
-/// on the units of either axis, and for a convex decreasing cost (k-means distortion
-/// against K) it picks the point after which extra clusters buy the least.
-/// Returns the index into `xs`. A flat curve returns 0 (the smallest K).
-int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys);
-
-/// Automatic cluster count per layer: for every layer and every K in `ks[l]`, run
-/// spherical k-means and take the final distortion sum(1 - cos); the knee of the
-/// log-distortion curve (relative gains; floored at 1e-3 of the first value so K = n with
-/// zero distortion does not dominate) is the chosen K. `curves` (if not null) receives the distortions, per layer per K.
-std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
-                              const std::vector<std::vector<int64_t>>& ks, int max_iter,
-                              uint64_t seed, int threads,
-                              std::vector<std::vector<double>>* curves);
-
-/// Seconds to run one square GEMM of size `size` with `threads` threads (row-split, one
-/// thread each, as the k-means kernel runs its GEMMs): gives the machine's bound.
-/// `packed` times the core's packed kernel (operand packed beforehand) instead of the BLAS.
-double time_gemm(int64_t size, int threads, int repeats, bool packed);
-
-/// out[m x n] = A[m x d] * B[n x d]^T through the BLAS or the packed kernel (for tests).
-std::vector<float> products(const MatrixView& a, const MatrixView& b, bool packed, int threads);
 
 }  // namespace pyprune

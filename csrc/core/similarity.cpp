@@ -8,31 +8,9 @@
 
 #include "blas.h"
 #include "check.h"
+#include "gemm.h"
 
 namespace pyprune {
-
-int resolve_threads(int requested) {
-    PYPRUNE_CHECK(requested >= 0, "threads must be >= 0 (0 or None = all cores), got ", requested);
-    return requested > 0 ? requested : std::max(1, omp_get_num_procs());
-}
-
-void validate(const MatrixView& x, const char* what) {
-    PYPRUNE_CHECK(x.rows >= 1, what, ": needs at least one filter, got ", x.rows, " rows");
-    PYPRUNE_CHECK(x.cols >= 1, what, ": filters must have at least one weight, got ", x.cols,
-                  " columns");
-    PYPRUNE_CHECK(x.data != nullptr, what, ": null data pointer");
-    const int64_t total = x.rows * x.cols;
-    int64_t bad = -1;
-    for (int64_t i = 0; i < total; ++i) {
-        if (!std::isfinite(x.data[i])) {
-            bad = i;
-            break;
-        }
-    }
-    PYPRUNE_CHECK(bad < 0, what, ": contains a non-finite value (", (bad >= 0 ? x.data[bad] : 0.0f),
-                  ") at filter ", (bad >= 0 ? bad / x.cols : 0), ", element ",
-                  (bad >= 0 ? bad % x.cols : 0));
-}
 
 namespace {
 
@@ -92,17 +70,9 @@ namespace {
 /// each thread running a single-threaded GEMM on its block.
 void gemm_nt_rows(const float* a, int64_t rows, const float* b, int64_t n, int64_t d, float* out,
                   int nt) {
-    if (nt <= 1 || rows < 2 * 16) {
-        blas::gemm_nt(rows, n, d, a, d, b, d, out, n);
-        return;
-    }
-#pragma omp parallel num_threads(nt)
-    {
-        const int t = omp_get_thread_num();
-        const int T = omp_get_num_threads();
-        const int64_t lo = rows * t / T, hi = rows * (t + 1) / T;
+    parallel_rows(rows, rows < 2 * 16 ? 1 : nt, 1, [&](int, int64_t lo, int64_t hi) {
         blas::gemm_nt(hi - lo, n, d, a + lo * d, d, b, d, out + lo * n, n);
-    }
+    });
 }
 
 }  // namespace

@@ -1,0 +1,28 @@
+// Automatic cluster count: the knee of the k-means distortion curve.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "matrix.h"
+
+namespace pyprune {
+
+/// Knee of a decreasing curve by the maximum-distance-to-chord rule (the Kneedle idea):
+/// both axes are scaled to [0, 1] and the point farthest below the straight line joining
+/// the first and the last point is the knee. It needs no tuning constant, does not depend
+/// on the units of either axis, and for a convex decreasing cost (k-means distortion
+/// against K) it picks the point after which extra clusters buy the least.
+/// Returns the index into `xs`. A flat curve returns 0 (the smallest K).
+int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys);
+
+/// Automatic cluster count per layer: for every layer and every K in `ks[l]`, run
+/// spherical k-means and take the final distortion sum(1 - cos); the knee of the
+/// log-distortion curve (relative gains; floored at 1e-3 of the first value so K = n with
+/// zero distortion does not dominate) is the chosen K. `curves` (if not null) receives the distortions, per layer per K.
+std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
+                              const std::vector<std::vector<int64_t>>& ks, int max_iter,
+                              uint64_t seed, int threads,
+                              std::vector<std::vector<double>>* curves);
+
+}  // namespace pyprune

@@ -1,0 +1,42 @@
+// The register-blocked micro-kernels of the packed GEMM, one per instruction set.
+//
+// Internal to gemm.cpp. Each one multiplies rows of A (row-major, any leading dimension)
+// by one packed panel of B: `width` rows of B stored column by column ([t][width]), so one
+// depth step of the panel is `width` contiguous floats. The register tile is MR rows of A by
+// the whole panel width, sized for the instruction set's register file:
+//   avx512    8 x 48  (24 of 32 zmm accumulators)
+//   avx2      6 x 16  (12 of 16 ymm accumulators, the BLIS Haswell shape)
+//   portable  6 x 16 where the compiler targets 256-bit vectors or NEON, else 6 x 8
+//             (plain C++ that GCC and Clang vectorise; no intrinsics)
+// The x86 kernels are compiled for their instruction set with target attributes, so the
+// binary runs everywhere; gemm.cpp calls one only after checking the CPU.
+#pragma once
+
+#include <cstdint>
+
+namespace pyprune::kernels {
+
+/// out[0:m, 0:ncols] = A[0:m, 0:kc] * panel^T, or += when `acc`. `ncols` <= the panel
+/// width: the remaining panel rows are zero padding and are not stored.
+using PanelFn = void (*)(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc,
+                         float* out, int64_t ldo, int64_t ncols, bool acc);
+
+constexpr int64_t kAvx512Width = 48;
+constexpr int64_t kAvx2Width = 16;
+#if defined(__AVX__) || defined(__aarch64__) || defined(__ARM_NEON)
+constexpr int64_t kPortableWidth = 16;
+#else
+constexpr int64_t kPortableWidth = 8;  // 16 SSE registers: 12 accumulators of 4 floats
+#endif
+
+/// True when this build contains the x86 kernels (an x86-64 target built by GCC or Clang).
+bool x86_kernels_built();
+
+void avx512(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
+            int64_t ldo, int64_t ncols, bool acc);
+void avx2(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
+          int64_t ldo, int64_t ncols, bool acc);
+void portable(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
+              int64_t ldo, int64_t ncols, bool acc);
+
+}  // namespace pyprune::kernels

@@ -1,0 +1,35 @@
+#include "matrix.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "check.h"
+
+namespace pyprune {
+
+void validate(const MatrixView& x, const char* what) {
+    PYPRUNE_CHECK(x.rows >= 1, what, ": needs at least one filter, got ", x.rows, " rows");
+    PYPRUNE_CHECK(x.cols >= 1, what, ": filters must have at least one weight, got ", x.cols,
+                  " columns");
+    PYPRUNE_CHECK(x.data != nullptr, what, ": null data pointer");
+    const int64_t total = x.rows * x.cols;
+    int64_t bad = -1;
+    for (int64_t i = 0; i < total; ++i) {
+        if (!std::isfinite(x.data[i])) {
+            bad = i;
+            break;
+        }
+    }
+    PYPRUNE_CHECK(bad < 0, what, ": contains a non-finite value (", (bad >= 0 ? x.data[bad] : 0.0f),
+                  ") at filter ", (bad >= 0 ? bad / x.cols : 0), ", element ",
+                  (bad >= 0 ? bad % x.cols : 0));
+}
+
+int resolve_threads(int requested) {
+    PYPRUNE_CHECK(requested >= 0, "threads must be >= 0 (0 or None = all cores), got ", requested);
+    return requested > 0 ? requested : std::max(1, omp_get_num_procs());
+}
+
+}  // namespace pyprune
