@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence, Union
 
 import numpy as np
@@ -39,6 +39,7 @@ _core = _load_core()
 TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 __all__ = [
+    "IterationStats",
     "KMeansResult",
     "filter_norms",
     "cosine_similarity",
@@ -48,10 +49,36 @@ __all__ = [
     "knee_index",
     "gather",
     "gemm_seconds",
+    "gemm_kernel",
+    "gemm_kernels",
     "packed_gemm_available",
     "products",
     "num_threads",
 ]
+
+
+@dataclass(frozen=True)
+class IterationStats:
+    """What one k-means iteration (an assignment step, then an update step) did; the
+    counterpart of faiss's ``ClusteringIterationStats``.
+
+    changed: filters whose label changed in the assignment (all n in the first iteration;
+        0 in the last one when early stopping ended the run).
+    moved: centroids the update step moved, re-seeded ones included (at most K; 0 in the
+        last iteration of an early-stopped run, which has no update step).
+    reseeded: empty clusters the update step re-seeded with the worst-served filters.
+    recomputed: rows of the similarity product the assignment computed anew: K in the
+        first iteration and with ``reuse=False``; with reuse the centroids that moved since
+        the previous assignment (K again when more than 3/4 of them moved, as one full
+        product is then cheaper). This is the work reuse saves.
+    seconds: wall-clock time of the iteration.
+    """
+
+    changed: int
+    moved: int
+    reseeded: int
+    recomputed: int
+    seconds: float
 
 
 @dataclass(frozen=True)
@@ -65,6 +92,10 @@ class KMeansResult:
     objective: (n_iter,) float64, sum of each filter's cosine to its centroid, per
         iteration; it never decreases.
     n_iter: number of iterations (assignment steps) run.
+    stats: one :class:`IterationStats` per iteration (``len(stats) == n_iter``).
+    cosines: (n,) float32, each filter's cosine to its centroid in this result
+        (``centroids[labels]``; 0 for a zero filter), computed by the core.
+    kernel: the products path the run used (see :func:`gemm_kernel`).
     """
 
     centroids: torch.Tensor
@@ -72,6 +103,9 @@ class KMeansResult:
     representatives: torch.Tensor
     objective: torch.Tensor
     n_iter: int
+    stats: list[IterationStats] = field(default_factory=list)
+    cosines: torch.Tensor | None = None
+    kernel: str = ""
 
 
 def num_threads() -> int:
@@ -180,6 +214,7 @@ def spherical_kmeans(
     threads: int | None = None,
     init: TensorOrList | None = None,
     reuse: bool = True,
+    kernel: str | None = None,
 ) -> list[KMeansResult]:
     """Spherical k-means of every layer's filters, all layers in one call into C++.
 
@@ -198,6 +233,12 @@ def spherical_kmeans(
     of the centroids move per iteration after the first), so most of each iteration's
     product is skipped. Labels, centroids and objective are those of recomputing everything
     (up to float rounding of the product); ``reuse=False`` recomputes everything.
+
+    ``kernel`` forces the path of the products (``"blas"``, ``"packed"``, ``"avx512"``,
+    ``"avx2"``, ``"portable"``, as for :func:`products`); ``None`` takes
+    :func:`gemm_kernel`. Every path gives the same clustering up to float rounding.
+    Each result carries per-iteration :class:`IterationStats` and each filter's cosine to
+    its centroid.
     """
     arrays, single = _arrays(weights, "weights")
     k_list = _check_ks(ks, arrays)
@@ -211,7 +252,9 @@ def spherical_kmeans(
         if len(init_list) != len(arrays):
             raise ValueError(f"init: expected one entry per layer ({len(arrays)}), got {len(init_list)}")
         inits = [None if c is None else _to_core(c, f"init[{i}]") for i, c in enumerate(init_list)]
-    raw = _core.spherical_kmeans(arrays, k_list, max_iter, bool(early_stop), seed, _threads(threads), inits, bool(reuse))
+    path = "" if kernel is None else _kernel(kernel)
+    raw = _core.spherical_kmeans(arrays, k_list, max_iter, bool(early_stop), seed, _threads(threads), inits,
+                                 bool(reuse), path, True)
     return [
         KMeansResult(
             centroids=torch.from_numpy(c),
@@ -219,8 +262,14 @@ def spherical_kmeans(
             representatives=torch.from_numpy(rep),
             objective=torch.from_numpy(obj),
             n_iter=int(n_iter),
+            stats=[
+                IterationStats(int(ch), int(mv), int(rs), int(rc), float(sec))
+                for ch, mv, rs, rc, sec in zip(st["changed"], st["moved"], st["reseeded"], st["recomputed"], st["seconds"])
+            ],
+            cosines=torch.from_numpy(cos),
+            kernel=str(used),
         )
-        for c, lab, rep, obj, n_iter in raw
+        for c, lab, rep, obj, n_iter, st, cos, used in raw
     ]
 
 
@@ -322,29 +371,56 @@ def gather(
 
 def gemm_seconds(size: int = 2048, threads: int | None = None, repeats: int = 3, *, kernel: str = "blas") -> float:
     """Best-of-``repeats`` seconds of one ``size``^3 float32 GEMM, rows split over
-    ``threads`` one-thread GEMMs. ``kernel="blas"`` goes through the BLAS the core links
-    (OpenBLAS); ``kernel="packed"`` through the core's own AVX-512 kernel, which the
-    k-means uses where the CPU has it (see :func:`packed_gemm_available`)."""
-    return float(_core.time_gemm(int(size), _threads(threads), int(repeats), _packed(kernel)))
+    ``threads`` one-thread GEMMs: the throughput bound of one products path. ``kernel``:
+    ``"blas"`` (OpenBLAS), ``"packed"`` (the packed kernel the k-means uses,
+    :func:`gemm_kernel`), or a path by name, ``"avx512"``, ``"avx2"``, ``"portable"``
+    (one of :func:`gemm_kernels`)."""
+    return float(_core.time_gemm(int(size), _threads(threads), int(repeats), False, _kernel(kernel)))
+
+
+def gemm_kernel() -> str:
+    """The path the k-means products take in this process: ``"avx512"``, ``"avx2"``,
+    ``"portable"`` (the core's packed kernels: the filters are packed once per layer and
+    reused by every iteration) or ``"blas"`` (OpenBLAS). It is the fastest path the CPU runs
+    (:func:`gemm_kernels`) unless the environment variable ``PYPRUNE_GEMM`` names one; a
+    value that is not a path, or a path this CPU cannot run, raises ValueError here and in
+    every k-means call."""
+    return str(_core.gemm_kernel())
+
+
+def gemm_kernels() -> list[str]:
+    """The products paths this CPU runs, fastest first, ``"blas"`` last: e.g.
+    ``["avx2", "portable", "blas"]`` on an x86 CPU without AVX-512, ``["portable", "blas"]``
+    on Arm. Any of them can be forced with ``PYPRUNE_GEMM`` or ``kernel=``."""
+    return [str(k) for k in _core.gemm_kernels()]
 
 
 def packed_gemm_available() -> bool:
-    """True when the k-means products run on the core's packed AVX-512 kernel: the filters
-    are packed once per layer and reused by every iteration. Elsewhere (no AVX-512F, or
-    ``PYPRUNE_GEMM=blas`` in the environment) they go through OpenBLAS."""
+    """True when the k-means products run on one of the core's packed kernels
+    (:func:`gemm_kernel` is not ``"blas"``): always, unless ``PYPRUNE_GEMM=blas``."""
     return bool(_core.packed_gemm_available())
 
 
-def _packed(kernel: str) -> bool:
-    if kernel not in ("blas", "packed"):
-        raise ValueError(f"kernel must be 'blas' or 'packed', got {kernel!r}")
-    if kernel == "packed" and not packed_gemm_available():
-        raise ValueError("kernel='packed' needs a CPU with AVX-512F (and PYPRUNE_GEMM unset); use kernel='blas'")
-    return kernel == "packed"
+_PATHS = ("avx512", "avx2", "portable")
+
+
+def _kernel(kernel: str) -> str:
+    """The core's name of the path ``kernel`` asks for ("packed": the run-time choice)."""
+    if kernel == "packed":
+        path = gemm_kernel()
+        if path == "blas":
+            raise ValueError("kernel='packed': the packed kernels are off in this process (PYPRUNE_GEMM=blas); "
+                             f"use kernel='blas' or name a path: {', '.join(p for p in gemm_kernels() if p != 'blas')}")
+        return path
+    if kernel == "blas" or kernel in _PATHS:
+        return kernel  # the core says so when this CPU cannot run the path
+    raise ValueError(f"kernel must be 'blas' or 'packed', got {kernel!r}; "
+                     f"a path can also be named: {', '.join(repr(p) for p in _PATHS)}")
 
 
 def products(a: torch.Tensor, b: torch.Tensor, *, kernel: str = "blas", threads: int | None = None) -> torch.Tensor:
-    """``a @ b.T`` (float32) through the BLAS or the packed kernel: what the k-means
-    assignment computes, exposed so the kernels can be checked against torch."""
-    out = _core.products(_to_core(a, "a"), _to_core(b, "b"), _packed(kernel), _threads(threads))
+    """``a @ b.T`` (float32) through a products path (``kernel`` as for
+    :func:`gemm_seconds`), ``b``'s rows split over the threads: what the k-means
+    assignment computes, exposed so every path can be checked against torch."""
+    out = _core.products(_to_core(a, "a"), _to_core(b, "b"), False, _threads(threads), _kernel(kernel))
     return torch.from_numpy(out)
