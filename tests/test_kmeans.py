@@ -13,6 +13,18 @@ from torch.testing import assert_close
 import reference as ref
 from pyprune import engine
 
+# Every products path by name; those this CPU lacks are skipped, naming what it lacks.
+PATHS = ["blas", "portable", "avx2", "avx512"]
+_NEEDS = {"avx2": "AVX2 and FMA", "avx512": "AVX-512F"}
+
+
+def path_params(paths=PATHS):
+    return [
+        pytest.param(p, id=p, marks=pytest.mark.skipif(p not in engine.gemm_kernels(), reason=f"this CPU has no {_NEEDS.get(p)}"))
+        for p in paths
+    ]
+
+
 SHAPES = [(1, 1, 1, 1), (8, 3, 3, 3), (32, 1, 3, 3), (64, 64, 1, 1), (200, 30), (512, 128, 3, 3), (2048, 64, 1, 1)]
 IDS = ["x".join(map(str, s)) for s in SHAPES]
 
@@ -167,11 +179,14 @@ def test_batched_equals_one_by_one():
         assert_close(single.objective, b.objective)
 
 
+@pytest.mark.parametrize("kernel", path_params())
 @pytest.mark.parametrize("threads", [1, 2])
-def test_reusing_unmoved_centroids_changes_nothing(threads):
+def test_reusing_unmoved_centroids_changes_nothing(threads, kernel):
     """reuse=True recomputes only the similarities of centroids that moved; the run must be
     the one that recomputes everything: same labels, centroids and objective at every
-    iteration, through empty-cluster re-seeding, zero filters and the row-split path."""
+    iteration, through empty-cluster re-seeding, zero filters and the row-split path, on
+    every products path (the skinny product of the moved centroids runs on the path's
+    packed kernel)."""
     g = torch.Generator().manual_seed(4)
     ws = [make((n, d), seed=n) for n, d in ((7, 3), (96, 27), (300, 64), (1024, 144))]
     ws.append(clustered(12, 10, 40, 0.4, seed=2)[0])
@@ -186,16 +201,17 @@ def test_reusing_unmoved_centroids_changes_nothing(threads):
         c = ref.unit_rows(w[pick] + 1e-3 * (w[pick] == 0).float()).float()
         inits.append(c)
     for early in (False, True):
-        full = engine.spherical_kmeans(ws, ks, max_iter=25, early_stop=early, init=inits, threads=threads, reuse=False)
-        part = engine.spherical_kmeans(ws, ks, max_iter=25, early_stop=early, init=inits, threads=threads, reuse=True)
+        full = engine.spherical_kmeans(ws, ks, max_iter=25, early_stop=early, init=inits, threads=threads, reuse=False, kernel=kernel)
+        part = engine.spherical_kmeans(ws, ks, max_iter=25, early_stop=early, init=inits, threads=threads, reuse=True, kernel=kernel)
         for a, b in zip(full, part):
+            assert a.kernel == b.kernel == kernel
             assert a.n_iter == b.n_iter
             assert torch.equal(a.labels, b.labels)
             assert torch.equal(a.representatives, b.representatives)
             assert_close(a.centroids, b.centroids, rtol=0, atol=1e-6)
             assert_close(a.objective, b.objective, rtol=1e-9, atol=1e-6)
     # and the reused run still is plain Lloyd: compare with the torch reference
-    (r,) = engine.spherical_kmeans(ws[3], ks[3], max_iter=15, early_stop=False, init=ref.unit_rows(ws[3][:512]).float(), threads=threads)
+    (r,) = engine.spherical_kmeans(ws[3], ks[3], max_iter=15, early_stop=False, init=ref.unit_rows(ws[3][:512]).float(), threads=threads, kernel=kernel)
     _, _, obj = ref.lloyd(ws[3], ref.unit_rows(ws[3][:512]).float(), 15)
     assert_close(r.objective, torch.tensor(obj, dtype=torch.float64), rtol=1e-5, atol=1e-3)
 
@@ -248,18 +264,56 @@ def test_knee_index_hand_computed():
 @pytest.mark.parametrize("m,n,d", [(1, 1, 1), (7, 47, 3), (8, 48, 256), (9, 49, 257), (16, 32, 1152), (130, 97, 600), (3, 200, 5000)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_products_kernels_match_torch(m, n, d, threads):
-    """The k-means products (A @ B.T): the BLAS path and, where the CPU has AVX-512, the
-    packed kernel, against torch in double precision. Shapes cover every tile remainder."""
+    """The k-means products (A @ B.T) on the BLAS, the run-time packed kernel and every path
+    this CPU runs, against torch in double precision."""
     g = torch.Generator().manual_seed(m * 1000 + n + d)
     a, b = torch.randn(m, d, generator=g), torch.randn(n, d, generator=g)
     want = (a.double() @ b.double().T).float()
-    kernels = ["blas"] + (["packed"] if engine.packed_gemm_available() else [])
+    kernels = ["blas"] + (["packed"] if engine.packed_gemm_available() else []) + engine.gemm_kernels()
     for kernel in kernels:
         got = engine.products(a, b, kernel=kernel, threads=threads)
         assert_close(got, want, rtol=1e-4, atol=1e-4 * d**0.5)
 
 
-@pytest.mark.skipif(not engine.packed_gemm_available(), reason="this CPU has no AVX-512F: only the BLAS path exists")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("kernel", path_params())
+def test_products_every_tile_remainder(kernel, threads):
+    """Every row count m = 1..17 (more than two 8-row tiles) against every filter count
+    n = 1..97 (more than two 48-wide panels): every remainder of every path's register tile,
+    with a depth d that is not a multiple of the 256-deep block (two blocks, the second
+    partial: the accumulate path runs)."""
+    g = torch.Generator().manual_seed(11)
+    d = 300
+    a, b = torch.randn(17, d, generator=g), torch.randn(97, d, generator=g)
+    want = (a.double() @ b.double().T).float()
+    for m in range(1, 18):
+        for n in range(1, 98):
+            got = engine.products(a[:m], b[:n], kernel=kernel, threads=threads)
+            assert_close(got, want[:m, :n], rtol=1e-4, atol=1e-4 * d**0.5, msg=lambda e: f"m={m} n={n}: {e}")
+
+
+def test_kernel_names():
+    paths = engine.gemm_kernels()
+    assert paths[-2:] == ["portable", "blas"], paths
+    assert set(paths) <= set(PATHS)
+    assert engine.gemm_kernel() in paths
+    a = torch.randn(4, 5)
+    if "avx512" not in paths:
+        with pytest.raises(ValueError, match="needs AVX-512F, which this CPU does not have"):
+            engine.products(a, a, kernel="avx512")
+    with pytest.raises(ValueError, match="kernel must be 'blas' or 'packed', got 'sse'"):
+        engine.spherical_kmeans(a, 2, kernel="sse")
+
+
+_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _run(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_ROOT,
+                          env={**os.environ, **env}, timeout=300)
+
+
+@pytest.mark.skipif(not engine.packed_gemm_available(), reason="PYPRUNE_GEMM=blas is set: the packed kernels are off")
 def test_kmeans_same_with_blas_and_packed_kernel():
     """PYPRUNE_GEMM=blas makes a process use OpenBLAS for the k-means products: on filters
     with clear clusters both kernels must give the same labels and objective."""
@@ -269,12 +323,148 @@ def test_kmeans_same_with_blas_and_packed_kernel():
         "r, = engine.spherical_kmeans(x, 40, max_iter=30, early_stop=False, seed=1)\n"
         "print(engine.packed_gemm_available()); print(r.labels.tolist()); print(r.objective[-1].item())\n"
     )
-    root = pathlib.Path(__file__).resolve().parent.parent
     outs = []
     for env in ({}, {"PYPRUNE_GEMM": "blas"}):
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, env={**os.environ, **env}, timeout=120)
+        p = _run(code, env)
         assert p.returncode == 0, p.stderr
         outs.append(p.stdout.split("\n"))
     assert outs[0][0] == "True" and outs[1][0] == "False"
     assert outs[0][1] == outs[1][1]
     assert abs(float(outs[0][2]) - float(outs[1][2])) < 1e-3
+
+
+def test_kmeans_same_on_every_path_forced_by_environment():
+    """PYPRUNE_GEMM forces each path this CPU runs (avx512 where it has AVX-512F, avx2,
+    portable, blas), one process each: the run reports that path and the labels are those
+    of every other path (filters with clear clusters; the paths differ in float rounding)."""
+    code = (
+        "import torch, sys; sys.path.insert(0, 'tests'); from test_kmeans import clustered; from pyprune import engine\n"
+        "x, _ = clustered(40, 6, 200, 0.3, seed=5)\n"
+        "ys = [torch.randn(700, 96, generator=torch.Generator().manual_seed(2)), x]\n"
+        "rs = engine.spherical_kmeans(ys, [96, 40], max_iter=30, early_stop=False, seed=1, threads=2)\n"
+        "print(engine.gemm_kernel(), rs[1].kernel); print(rs[1].labels.tolist()); print(rs[1].objective[-1].item())\n"
+    )
+    outs = {}
+    for path in engine.gemm_kernels():
+        p = _run(code, {"PYPRUNE_GEMM": path})
+        assert p.returncode == 0, p.stderr
+        outs[path] = p.stdout.split("\n")
+        assert outs[path][0] == f"{path} {path}"
+    first = next(iter(outs.values()))
+    for path, out in outs.items():
+        assert out[1] == first[1], path
+        assert abs(float(out[2]) - float(first[2])) < 1e-3, path
+
+
+def test_bad_environment_path_is_a_clear_error_at_first_use():
+    """An unknown PYPRUNE_GEMM value, or a path this CPU cannot run, must not break the
+    import; the first call that needs the path raises ValueError naming the value and what
+    the CPU runs."""
+    code = (
+        "import torch\nfrom pyprune import engine\n"
+        "print(engine.gemm_kernels())\n"
+        "for f in (engine.gemm_kernel, lambda: engine.spherical_kmeans(torch.randn(9, 4), 3)):\n"
+        "    try:\n        f()\n    except ValueError as e:\n        print('ValueError:', e)\n"
+        "print(engine.products(torch.ones(2, 3), torch.ones(2, 3), kernel='portable').tolist())\n"
+    )
+    p = _run(code, {"PYPRUNE_GEMM": "fastest"})
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert len(lines) == 4 and lines[3] == "[[3.0, 3.0], [3.0, 3.0]]", p.stdout
+    for line in lines[1:3]:
+        assert line.startswith("ValueError: PYPRUNE_GEMM='fastest' is not a GEMM path"), line
+        assert "avx512, avx2, portable, blas" in line
+    if "avx512" not in engine.gemm_kernels():
+        p = _run(code, {"PYPRUNE_GEMM": "avx512"})
+        assert p.returncode == 0, p.stderr
+        for line in p.stdout.splitlines()[1:3]:
+            assert line.startswith("ValueError: PYPRUNE_GEMM=avx512 asks for a path this CPU cannot run (it has no AVX-512F)"), line
+
+
+def test_blas_environment_turns_the_packed_kernels_off():
+    code = (
+        "import torch\nfrom pyprune import engine\n"
+        "print(engine.gemm_kernel(), engine.packed_gemm_available())\n"
+        "(r,) = engine.spherical_kmeans(torch.randn(50, 8), 5)\nprint(r.kernel)\n"
+        "try:\n    engine.products(torch.ones(2, 3), torch.ones(2, 3), kernel='packed')\n"
+        "except ValueError as e:\n    print('ValueError:', e)\n"
+        "print(engine.products(torch.ones(2, 3), torch.ones(2, 3), kernel='portable').sum().item())\n"
+    )
+    p = _run(code, {"PYPRUNE_GEMM": "blas"})
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "blas False" and lines[1] == "blas", p.stdout
+    assert lines[2].startswith("ValueError: kernel='packed': the packed kernels are off"), lines[2]
+    assert lines[3] == "12.0"
+
+
+@pytest.mark.parametrize("kernel", path_params())
+def test_kernel_argument_gives_the_same_clustering(kernel):
+    x, _ = clustered(30, 8, 150, 0.3, seed=8)
+    (base,) = engine.spherical_kmeans(x, 30, max_iter=30, seed=2, kernel="blas")
+    (r,) = engine.spherical_kmeans(x, 30, max_iter=30, seed=2, kernel=kernel)
+    assert r.kernel == kernel
+    assert torch.equal(r.labels, base.labels)
+    assert_close(r.objective, base.objective, rtol=1e-6, atol=1e-4)
+
+
+def _stats_case():
+    ws = [make((300, 64), seed=3), clustered(12, 10, 40, 0.3, seed=4)[0], make((40, 9), seed=6)]
+    ws[2][::5] = 0  # zero filters: cosine 0
+    ks = [150, 12, 10]
+    g = torch.Generator().manual_seed(0)
+    inits = []
+    for w, k in zip(ws, ks):
+        pick = torch.randperm(w.shape[0], generator=g)[:k]
+        pick[: k // 3] = pick[0]  # duplicated seeds: clusters left empty, re-seeding runs
+        inits.append(ref.unit_rows(w[pick] + 1e-3 * (w[pick] == 0).float()).float())
+    return ws, ks, inits
+
+
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "full"])
+@pytest.mark.parametrize("early_stop", [True, False], ids=["early", "fixed"])
+def test_iteration_stats_are_consistent(early_stop, reuse):
+    ws, ks, inits = _stats_case()
+    res = engine.spherical_kmeans(ws, ks, max_iter=40, early_stop=early_stop, init=inits, reuse=reuse)
+    reseeded_somewhere = False
+    for w, k, r in zip(ws, ks, res):
+        n = w.shape[0]
+        st = r.stats
+        assert len(st) == r.n_iter == len(r.objective)
+        assert all(isinstance(s, engine.IterationStats) for s in st)
+        assert st[0].changed == n and st[0].recomputed == k
+        for i, s in enumerate(st):
+            assert 0 <= s.changed <= n and 0 <= s.moved <= k and 0 <= s.reseeded <= s.moved
+            assert 0 <= s.recomputed <= k and s.seconds >= 0.0
+            if not reuse:
+                assert s.recomputed == k
+            elif i > 0:
+                # reuse recomputes what the previous update moved (or everything, when most moved)
+                prev = st[i - 1].moved
+                assert s.recomputed == (prev if prev * 4 <= k * 3 else k), (i, prev, s.recomputed)
+        reseeded_somewhere |= any(s.reseeded > 0 for s in st)
+        if early_stop and r.n_iter < 40:  # converged: the last assignment changed nothing
+            assert st[-1].changed == 0 and st[-1].moved == 0 and st[-1].reseeded == 0
+        if not early_stop:
+            assert r.n_iter == 40
+    assert reseeded_somewhere
+    assert any(r.n_iter < 40 for r in res) or not early_stop
+
+
+@pytest.mark.parametrize("early_stop", [True, False], ids=["early", "fixed"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cosines_match_torch(early_stop, threads):
+    """Each filter's cosine to its centroid, from the core, equals a torch recomputation from
+    the returned centroids and labels (zero filters: 0)."""
+    ws, ks, inits = _stats_case()
+    ws.append(make((1024, 144), seed=1))
+    ks.append(300)
+    inits.append(None)
+    for max_iter in (0, 1, 25):
+        res = engine.spherical_kmeans(ws, ks, max_iter=max_iter, early_stop=early_stop, init=inits, threads=threads)
+        for w, r in zip(ws, res):
+            want = (ref.unit_rows(w) * r.centroids.double()[r.labels]).sum(1).float()
+            assert r.cosines.shape == (w.shape[0],) and r.cosines.dtype == torch.float32
+            assert_close(r.cosines, want, rtol=0, atol=1e-5)
+            if max_iter == 0:
+                assert r.n_iter == 0 and r.stats == []
