@@ -17,6 +17,3 @@ class Layout:
 
     dim: int
     ids: np.ndarray  # int64, length = tensor.shape[dim]
-
-    def moved(self, dim: int) -> "Layout":
-        return Layout(dim, self.ids)
