@@ -213,3 +213,17 @@ def test_user_schedule():
         assert [m.out_channels for m in res.model if isinstance(m, nn.Conv2d)] == [4, 8, 4]
     finally:
         del SCHEDULES["half_first"]
+
+
+def test_unknown_per_channel_tensor_of_a_layer_is_refused_before_cutting():
+    """Without a handler, a conv subclass's gain would keep 16 entries in a pruned model
+    that then fails on its first forward: strict pruning refuses (naming the tensor and
+    the fix), and a lenient prune keeps that layer's channels and gives a model that runs."""
+    model = gain_net()
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.raises(pyprune.GraphError, match=r"GainConv2d\.gain \(shape \(16,\)\).*register_layer"):
+        pyprune.prune(model, x, method="l2", ratio=0.5)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5, strict=False)
+    assert res.model[0].out_channels == 16 and res.model[2].out_channels == 24
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), model(x))

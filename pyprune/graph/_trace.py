@@ -557,7 +557,9 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
             return
         x = inputs[0] if inputs else None
         if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor):
+            first = len(rec.members)
             h.trace(rec, name, m, x, output)
+            _check_own_tensors(rec, name, m, rec.members[first:], [x, output])
             if rec.count_layers and h.kind != "other":
                 rec.layers.append(LayerRecord(name, h.kind, tuple(output.shape)))
             rec.leaf_modules[name] = h.kind
@@ -594,6 +596,29 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
             for b, v in saved:
                 b.copy_(v)
     return rec, output
+
+
+def _check_own_tensors(rec: Recorder, name: str, m: nn.Module, new: list, tensors: list) -> None:
+    """A layer's handler slices the tensors it knows. Another tensor of the layer that has
+    a dim as long as one of the channel counts it slices (a subclass's per-channel gain,
+    say) would keep its old size in the pruned model, which then fails: report it, so a
+    strict prune refuses the model before cutting and a lenient one keeps those channels."""
+    if not new:
+        return
+    known = {r.param for r in new}
+    counts = {len(r.ids) for r in new}
+    for pname, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+        if pname in known or t is None or t.numel() <= 1 or not any(d in counts for d in t.shape):
+            continue
+        lays = [lay for lay in (rec.layout(t) for t in tensors) if lay is not None]
+        rec.report_unknown(
+            f"{type(m).__name__}.{pname} (shape {tuple(t.shape)}), a per-channel tensor the "
+            f"{type(_layers.handler_for(m)).__name__} handler does not slice: register a handler for "
+            f"{type(m).__name__} (pyprune.register_layer) that names it", lays, [])
+        lays_ids = [lay.ids for lay in lays]
+        for r in new:  # the layer's own channels (a conv's outputs) stay too
+            if not any(r.ids is ids for ids in lays_ids):
+                rec.freeze(r.ids, f"{name}.{pname} is not sliced by pyprune")
 
 
 def _forward(rec: Recorder, model: nn.Module, example_inputs: tuple, example_kwargs: dict):
