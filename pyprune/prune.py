@@ -172,6 +172,22 @@ def _budget(**given) -> tuple[str, str, float, bool] | None:
     return arg, kind, float(value), fraction
 
 
+def _check_finite(model: nn.Module, graph: ChannelGraph) -> None:
+    """Refuse NaN/Inf in any tensor pruning reads or slices, naming it, before anything is
+    scored or cut (a NaN filter has no norm, direction or cluster, and the pruned model
+    would compute NaN)."""
+    mods = dict(model.named_modules())
+    for key in dict.fromkeys((m.module, m.param) for m in graph.members):
+        t = getattr(mods[key[0]], key[1], None)
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type != "meta":
+            bad = int((~torch.isfinite(t.detach())).sum())
+            if bad:
+                name = f"{key[0]}.{key[1]}" if key[0] else key[1]
+                raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or Inf) of {t.numel()}: pyprune "
+                                 "cannot rank or cut such a layer. Load finite weights (a diverged training run?) "
+                                 "before pruning; the model was not changed.")
+
+
 def _ignored(model: nn.Module, graph: ChannelGraph, ignore) -> list[tuple[np.ndarray, str]]:
     """(output units, reason) per item of ``ignore=`` (module names, patterns or modules)."""
     if ignore is None or (isinstance(ignore, (tuple, list)) and not ignore):
@@ -273,6 +289,7 @@ class Pruner:
         budget = _budget(target_macs=target_macs, target_params=target_params, max_macs=max_macs,
                          max_params=max_params)
         graph = self._graph()
+        _check_finite(self.model, graph)
         groups = [g for g in graph.groups if g.prunable > 0]
         ctx = self._context(graph)
         base_scores = None

@@ -4,6 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from torch import nn
+
+import pyprune
 from pyprune import engine
 
 
@@ -128,3 +131,24 @@ def test_products_kernel_name_is_checked():
         engine.gemm_seconds(8, 1, 1, kernel="fast")
     with pytest.raises(ValueError, match="columns"):
         engine.products(a, torch.randn(2, 5), kernel="blas")
+
+
+@pytest.mark.parametrize("method", ["random", "l2", "kmeans", "fpgm"])
+def test_non_finite_weights_are_refused_naming_the_tensor(method):
+    """NaN weights: every method refuses before cutting, naming the module and parameter
+    (not a list index or a C++ check), and leaves the model as it was."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    with torch.no_grad():
+        model[3].weight[1, 2, 0, 0] = float("nan")
+        model[1].running_var[0] = float("inf")
+    before = [p.clone() for p in model.state_dict().values()]
+    with pytest.raises(ValueError, match=r"^1\.running_var holds 1 non-finite") as e:
+        pyprune.prune(model, torch.randn(1, 3, 9, 9), method=method, ratio=0.5)
+    assert ".cpp" not in str(e.value)
+    with torch.no_grad():
+        model[1].running_var[0] = 1.0
+    with pytest.raises(ValueError, match=r"^3\.weight holds 1 non-finite"):
+        pyprune.prune(model, torch.randn(1, 3, 9, 9), method=method, ratio=0.5)
+    after = list(model.state_dict().values())
+    assert all(a.shape == b.shape for a, b in zip(after, before))
