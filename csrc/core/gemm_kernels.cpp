@@ -56,7 +56,8 @@ inline void tile_portable(const float* a, int64_t lda, const float* b, int64_t k
 
 void portable(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
               int64_t ldo, int64_t ncols, bool acc) {
-    constexpr int MR = 6;
+    constexpr int MR = kPortableRows;
+    static_assert(MR == 5 || MR == 6, "the remainder switch covers 1..5 rows");
     int64_t i = 0;
     for (; i + MR <= m; i += MR) tile_portable<MR>(a + i * lda, lda, panel, kc, out + i * ldo, ldo, ncols, acc);
     a += i * lda;

@@ -6,8 +6,8 @@
 // the whole panel width, sized for the instruction set's register file:
 //   avx512    8 x 48  (24 of 32 zmm accumulators)
 //   avx2      6 x 16  (12 of 16 ymm accumulators, the BLIS Haswell shape)
-//   portable  6 x 16 where the compiler targets 256-bit vectors or NEON, else 6 x 8
-//             (plain C++ that GCC and Clang vectorise; no intrinsics)
+//   portable  6 x 8 for SSE2 (the x86-64 baseline), 6 x 16 where the compiler targets AVX,
+//             5 x 16 for NEON (aarch64): plain C++ that GCC vectorises, no intrinsics
 // The x86 kernels are compiled for their instruction set with target attributes, so the
 // binary runs everywhere; gemm.cpp calls one only after checking the CPU.
 #pragma once
@@ -23,10 +23,15 @@ using PanelFn = void (*)(int64_t m, const float* a, int64_t lda, const float* pa
 
 constexpr int64_t kAvx512Width = 48;
 constexpr int64_t kAvx2Width = 16;
-#if defined(__AVX__) || defined(__aarch64__) || defined(__ARM_NEON)
-constexpr int64_t kPortableWidth = 16;
+#if defined(__aarch64__)
+constexpr int64_t kPortableWidth = 16;  // 32 NEON registers: 5 x 16 = 20 accumulators of 4 floats
+constexpr int kPortableRows = 5;        // (6 rows need 24 + 4 + 6 > 32: two spill every step)
+#elif defined(__AVX__)
+constexpr int64_t kPortableWidth = 16;  // 16 ymm registers: 12 accumulators of 8 floats
+constexpr int kPortableRows = 6;
 #else
 constexpr int64_t kPortableWidth = 8;  // 16 SSE registers: 12 accumulators of 4 floats
+constexpr int kPortableRows = 6;
 #endif
 
 /// True when this build contains the x86 kernels (an x86-64 target built by GCC or Clang).
