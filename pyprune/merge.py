@@ -51,17 +51,21 @@ def _bn_scale(g: Group, modules) -> np.ndarray | None:
     return out
 
 
-def _occurrences(local: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """For positions holding local units 0..n-1 (-1 = another group's): per position its
-    occurrence index among the positions of the same unit; per unit where its positions
-    start in `order` and how many there are; and `order`, the positions sorted by unit."""
-    order = np.argsort(local, kind="stable")
-    sorted_local = local[order]
-    first = np.searchsorted(sorted_local, np.arange(n))
-    count = np.searchsorted(sorted_local, np.arange(n), side="right") - first
-    occ = np.empty(len(local), np.int64)
-    occ[order] = np.arange(len(local)) - np.searchsorted(sorted_local, sorted_local)
-    return occ, first, count, order
+def _matching_positions(units: np.ndarray, src: np.ndarray, target_units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For positions `src` of a tensor dim holding `units`, the position holding the same
+    occurrence (first, second, ...) of each target unit. Returns (src kept, their targets):
+    a source is dropped where the dim holds its unit and its target a different number
+    of times (the consumer does not read them alike)."""
+    order = np.argsort(units, kind="stable")
+    sorted_units = units[order]
+    occurrence = np.empty(len(units), np.int64)  # rank among the positions of the same unit
+    occurrence[order] = np.arange(len(units)) - np.searchsorted(sorted_units, sorted_units)
+    first = np.searchsorted(sorted_units, target_units)
+    count_t = np.searchsorted(sorted_units, target_units, side="right") - first
+    su = units[src]
+    count_s = np.searchsorted(sorted_units, su, side="right") - np.searchsorted(sorted_units, su)
+    fits = count_s == count_t
+    return src[fits], order[first[fits] + occurrence[src[fits]]]
 
 
 def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dict, filters: dict):
@@ -70,9 +74,13 @@ def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters:
     clusters: group id -> (labels, representatives) from k-means over the group's units.
     filters: group id -> (units, features) filter matrix the clustering used.
     Returns ({(module, param): tensor}, MergeReport).
+
+    The scales come per group; the folding is then one ``index_add_`` per consumer tensor
+    over the units of every group it reads (a DenseNet BN reads hundreds of groups).
     """
     modules = dict(model.named_modules())
-    overrides: dict = {}
+    target = np.full(graph.n_units, -1, np.int64)  # dropped unit -> the kept unit it folds into
+    scale = np.zeros(graph.n_units)
     merged = skipped = 0
     residuals = []
     for gid, (labels, reps) in clusters.items():
@@ -82,48 +90,42 @@ def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters:
             skipped += int((~kept_local).sum())
             continue
         f = filters[gid].double().numpy()
-        scale = _bn_scale(g, modules)
-        if scale is not None:
-            f = f * scale[:, None]
+        bn = _bn_scale(g, modules)
+        if bn is not None:
+            f = f * bn[:, None]
         dropped = np.flatnonzero(~kept_local)
-        target = np.asarray(reps)[np.asarray(labels)[dropped]]
-        ok = kept_local[target]
-        den = np.einsum("ij,ij->i", f[target], f[target])
-        a = np.where(den > 0, np.einsum("ij,ij->i", f[dropped], f[target]) / np.where(den > 0, den, 1.0), 0.0)
-        ok &= a > 0  # ReLU is not odd: only positive multiples merge
+        rep = np.asarray(reps)[np.asarray(labels)[dropped]]
+        den = np.einsum("ij,ij->i", f[rep], f[rep])
+        a = np.where(den > 0, np.einsum("ij,ij->i", f[dropped], f[rep]) / np.where(den > 0, den, 1.0), 0.0)
+        ok = kept_local[rep] & (a > 0)  # ReLU is not odd: only positive multiples merge
         skipped += int((~ok).sum())
-        j, r, a = dropped[ok], target[ok], a[ok]
+        j, r, a = dropped[ok], rep[ok], a[ok]
         if not len(j):
             continue
         nj = np.linalg.norm(f[j], axis=1)
         res = np.linalg.norm(f[j] - a[:, None] * f[r], axis=1)
         residuals.extend(np.where(nj > 0, res / np.where(nj > 0, nj, 1.0), 0.0).tolist())
         merged += len(j)
-        for m in g.members:
+        target[g.units[j]] = g.units[r]
+        scale[g.units[j]] = a
+    overrides: dict = {}
+    if merged:
+        for m in graph.members:
             if m.role != "in":
+                continue
+            src = np.flatnonzero(target[m.units] >= 0)
+            if not len(src):
+                continue
+            src, dst = _matching_positions(m.units, src, target[m.units[src]])
+            if not len(src):
                 continue
             key = (m.module, m.param)
             t = overrides.get(key)
             if t is None:
                 t = getattr(modules[m.module], m.param).detach().clone()
-            local = g.positions(m.units)
-            occ, first, count, order = _occurrences(local, g.size)
-            # each position of a dropped unit adds to the same occurrence of its target
-            src = np.flatnonzero(np.isin(local, j))
-            if not len(src):
-                continue
-            target_of = np.full(g.size, -1)
-            target_of[j] = r
-            scale_of = np.zeros(g.size)
-            scale_of[j] = a
-            u = local[src]
-            tr = target_of[u]
-            fits = count[tr] == count[u]  # the consumer reads both units equally often
-            src, u, tr = src[fits], u[fits], tr[fits]
-            dst = order[first[tr] + occ[src]]
             shape = [1] * t.dim()
             shape[m.dim] = -1
-            w = torch.as_tensor(scale_of[u], dtype=t.dtype).view(shape)
+            w = torch.as_tensor(scale[m.units[src]], dtype=t.dtype).view(shape)
             t.index_add_(m.dim, torch.as_tensor(dst), t.index_select(m.dim, torch.as_tensor(src)) * w)
             overrides[key] = t
     report = MergeReport(merged, skipped, float(np.mean(residuals)) if residuals else 0.0)
