@@ -122,6 +122,42 @@ def test_kmeans_merge_is_exact_for_scaled_duplicates():
     assert ((plain - want).abs().max() / want.abs().max()) > 1e-2
 
 
+class _ConcatFlatten(nn.Module):
+    """Two convs with scaled duplicate filters, concatenated (one consumer reads both
+    groups), then flattened into a Linear (each channel read at 4 positions)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 6, 3, padding=1)
+        self.c = nn.Conv2d(14, 7, 1)
+        self.fc = nn.Linear(14 * 4, 7)
+
+    def forward(self, x):
+        h = torch.relu(torch.cat([self.a(x), self.b(x)], 1))
+        return self.c(h).mean((2, 3)) + self.fc(nn.functional.adaptive_max_pool2d(h, 2).flatten(1))
+
+
+def test_kmeans_merge_is_exact_through_concat_and_flatten():
+    """The merge folds a dropped channel into every position its consumers read it at:
+    once in the conv after a concat of two groups, four times in the Linear after a
+    flatten; with positive scaled duplicates the pruned model computes the same."""
+    torch.manual_seed(0)
+    model = _ConcatFlatten().eval()
+    with torch.no_grad():
+        for conv, half in ((model.a, 4), (model.b, 3)):
+            s = torch.rand(half) * 2 + 0.3
+            conv.weight[half:] = conv.weight[:half] * s[:, None, None, None]
+            conv.bias[half:] = conv.bias[:half] * s
+    x = torch.randn(3, 3, 4, 4)
+    with torch.no_grad():
+        want = model(x)
+    res = pyprune.prune(model, x[:1], method="kmeans", ratio=0.5, merge=True)
+    assert (res.model.a.out_channels, res.model.b.out_channels, res.model.fc.in_features) == (4, 3, 28)
+    assert res.merge.merged == 7 and res.merge.mean_residual < 1e-5
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
 def test_kmeans_auto_k_finds_planted_clusters():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.ReLU(), nn.Conv2d(48, 4, 1)).eval()
