@@ -1,5 +1,5 @@
 # make demo   set up (build + install into the active Python) and run the embedded demo
-# make test   set up and run the test suite
+# make test   set up and run the test suite (the checks that take minutes: make test-slow)
 # make bench  set up and run the benchmarks (pytest-benchmark)
 #
 # pyprune installs into the Python that runs `make` (python3 by default). To keep it apart,
@@ -8,7 +8,7 @@ PYTHON ?= python3
 STAMP  := build/.installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc pyprune -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' -o -name '*.cu' -o -name '*.cuh' \) 2>/dev/null)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest
+
+test-slow: setup
+	$(PYTHON) -m pytest -m slow
 
 bench: setup
 	$(PYTHON) -m pytest bench --benchmark-columns=min,median,mean,rounds --benchmark-sort=name

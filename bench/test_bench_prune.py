@@ -6,7 +6,10 @@ mobilenet_v2, example input 1x3x224x224, ratio 0.5, classifier ignored. Both pru
 (Torch-Pruning's only mode); building the model is outside the timing. Every benchmark
 checks the pruned model runs and keeps its output shape.
 
-Run:  make bench   (or: .venv/bin/pytest bench -k prune)
+Also `prune(method="kmeans")` against `prune(method="l2")` end to end at 2 threads
+(resnet152, densenet201): what clustering and merging cost on top of a norm ranking.
+
+Run:  make bench   (or: python3 -m pytest bench/test_bench_prune.py -q)
 """
 from __future__ import annotations
 
@@ -82,3 +85,36 @@ def test_prune_end_to_end(benchmark, method, name):
     if (name, "torch_pruning") in _times and method == "pyprune":
         row["speedup_vs_torch_pruning"] = _times[(name, "torch_pruning")] / t
     record("prune_end_to_end", **row)
+
+
+KMEANS_MODELS = ("resnet152", "densenet201")
+KMEANS_THREADS = 2
+
+
+@pytest.mark.parametrize("name", KMEANS_MODELS)
+@pytest.mark.parametrize("method", ["l2", "kmeans"])
+def test_kmeans_end_to_end_vs_l2(benchmark, method, name):
+    """`prune(method="kmeans")` (clustering, early stop on, merging) against
+    `prune(method="l2")`, whole call (trace included), same model, 2 threads: the cost of
+    clustering end to end. Also records the k-means iterations per layer."""
+    benchmark.group = f"kmeans-vs-l2-{name}"
+    x = torch.randn(1, 3, 224, 224)
+    old = torch.get_num_threads()
+    torch.set_num_threads(KMEANS_THREADS)
+    try:
+        res = benchmark.pedantic(lambda: pyprune.prune(base(name), x, method=method, ratio=0.5, seed=0,
+                                                       threads=KMEANS_THREADS), rounds=3, iterations=1)
+        with torch.no_grad():
+            y = res.model(x)
+    finally:
+        torch.set_num_threads(old)
+    assert y.shape == (1, 1000) and res.summary.params_after < 0.65 * res.summary.params_before
+    t = benchmark.stats.stats.min
+    _times[(name, "e2e-" + method)] = t
+    if method == "kmeans":
+        iters = sorted(res.plan.iterations.values())
+        assert iters and res.merge is not None and res.merge.merged > 0
+        record("kmeans_end_to_end", model=name, threads=KMEANS_THREADS, l2_s=_times.get((name, "e2e-l2"), float("nan")),
+               kmeans_s=t, ratio=t / _times.get((name, "e2e-l2"), float("nan")),
+               plan_s=res.seconds["plan"], surgery_s=res.seconds["surgery"], layers=len(iters),
+               iterations_median=iters[len(iters) // 2], iterations_max=iters[-1])

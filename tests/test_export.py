@@ -136,6 +136,7 @@ def test_missing_runtime_names_the_pip_command(monkeypatch):
         export(torch.nn.Linear(2, 2), torch.randn(1, 2), "onnx", "x.onnx")
 
 
+@pytest.mark.slow  # 3 runtimes x 2 thread counts x 2 batches, each runtime in worker processes: minutes
 def test_benchmark_numbers_are_consistent(tmp_path):
     _, pruned, _ = models("resnet18")
     res = benchmark(pruned, (1, 3, 64, 64), runtimes=["eager", "onnxruntime", "executorch"], threads=[1, 2],
