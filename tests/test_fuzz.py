@@ -28,11 +28,12 @@ def weights(draw, allow_bad=True):
     g = torch.Generator().manual_seed(seed)
     t = torch.randn(shape, generator=g, dtype=torch.float64) if shape else torch.randn((), generator=g,
                                                                                         dtype=torch.float64)
-    if draw(st.booleans()) and t.dim() >= 2:  # non-contiguous: a transposed view
-        t = t.transpose(0, 1).contiguous().transpose(0, 1)
     if allow_bad and t.numel() and draw(st.booleans()):
         t.view(-1)[draw(st.integers(0, t.numel() - 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
-    return t.to(dtype)
+    t = t.to(dtype)
+    if draw(st.booleans()) and t.dim() >= 2:  # non-contiguous: a transposed view
+        t = t.transpose(0, 1).contiguous().transpose(0, 1)
+    return t
 
 
 def _valid(t: torch.Tensor) -> bool:
