@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Sequence, Union
 
@@ -34,7 +35,30 @@ def _load_core():
     return _core
 
 
-_core = _load_core()
+class _UserErrors:
+    """The core's functions, with its check details (the failed expression and the C++ file
+    and line) kept out of the message a user reads; they stay in ``__cause__``."""
+
+    _detail = re.compile(r"\s*\[check `.*` failed at [^\]]*\]")
+
+    def __init__(self, core):
+        self._core = core
+
+    def __getattr__(self, name):
+        fn = getattr(self._core, name)
+        if not callable(fn):
+            return fn
+
+        def call(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except ValueError as e:
+                raise ValueError(self._detail.sub("", str(e))) from e
+
+        return call
+
+
+_core = _UserErrors(_load_core())
 
 TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
 

@@ -152,3 +152,19 @@ def test_non_finite_weights_are_refused_naming_the_tensor(method):
         pyprune.prune(model, torch.randn(1, 3, 9, 9), method=method, ratio=0.5)
     after = list(model.state_dict().values())
     assert all(a.shape == b.shape for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("call", [
+    lambda: engine.filter_norms(torch.tensor([[float("nan"), 1.0]])),
+    lambda: engine.spherical_kmeans([torch.randn(4, 3), torch.tensor([[float("inf"), 1.0]])], 1),
+    lambda: engine.cosine_similarity(torch.tensor([[1.0, float("-inf")]])),
+], ids=["norms", "kmeans", "cosine"])
+def test_core_errors_speak_to_the_user(call):
+    """The message names the user's argument; the core's check expression and C++ file
+    stay in __cause__ for whoever debugs pyprune itself."""
+    with pytest.raises(ValueError) as e:
+        call()
+    msg = str(e.value)
+    assert "weight" in msg and "non-finite" in msg
+    assert ".cpp" not in msg and "check `" not in msg
+    assert ".cpp" in str(e.value.__cause__)
