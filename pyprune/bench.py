@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ._io import write_text
+
 __all__ = ["benchmark", "BenchResult", "RUNTIMES", "NOISY"]
 
 RUNTIMES = ("eager", "onnxruntime", "executorch")
@@ -56,10 +58,10 @@ class BenchResult:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         j = out / "bench.json"
-        j.write_text(json.dumps({"params": self.params, "macs": self.macs, "rows": self.rows}, indent=1))
+        write_text(j, json.dumps({"params": self.params, "macs": self.macs, "rows": self.rows}, indent=1))
         c = out / "bench.csv"
         cols = list(self.rows[0]) if self.rows else []
-        c.write_text("\n".join([",".join(cols)] + [",".join(str(r[k]) for k in cols) for r in self.rows]) + "\n")
+        write_text(c, "\n".join([",".join(cols)] + [",".join(str(r[k]) for k in cols) for r in self.rows]) + "\n")
         return j, c
 
 

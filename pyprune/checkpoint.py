@@ -13,11 +13,11 @@ from __future__ import annotations
 import copy
 import os
 import pathlib
-import tempfile
 
 import torch
 from torch import nn
 
+from ._io import atomic_write
 from .layers import resize
 from .surgery import replace_tensor
 
@@ -32,16 +32,8 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """torch.save(obj) to `path` atomically (the old file stays whole until the new one is)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: dict | None = None,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import pickle
 import socket
 import subprocess
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 import pyprune
 from pyprune.checkpoint import CheckpointError, load_model, save_model
@@ -323,3 +326,71 @@ def test_unreadable_files_get_pyprunes_advice_not_torchs(tmp_path):
     torch.save({"a": [1, 2]}, plain)
     with pytest.raises(CheckpointError, match="does not hold a state_dict"):
         get_model("digits_cnn", weights=plain)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    from pyprune.models import digits_cnn
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "base.pt"
+    save_model(path, digits_cnn(), arch="digits_cnn", arch_kwargs={"num_classes": 10, "in_channels": 1},
+               meta={"dataset": "digits", "size": 8, "in_channels": 1, "num_classes": 10})
+    return path
+
+
+def test_cli_never_overwrites_without_force_and_never_the_input(tmp_path, small_checkpoint):
+    base = tmp_path / "base.pt"
+    base.write_bytes(small_checkpoint.read_bytes())
+    original = base.read_bytes()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    p = run_cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(precious))
+    assert p.returncode == 2 and f"{precious} already exists" in p.stderr and "--force" in p.stderr
+    assert precious.read_text() == "keep me"
+    for extra in ([], ["--force"]):
+        p = run_cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(base), *extra)
+        assert p.returncode == 2 and "also the input" in p.stderr
+        assert base.read_bytes() == original
+    p = run_cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(precious), "--force")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert load_model(precious)[0][0].out_channels == 16
+
+
+def test_cli_unwritable_output_fails_before_any_work(tmp_path, small_checkpoint):
+    """An output whose folder cannot be made (a file stands where the folder would be) is
+    refused at once, naming the user's path, not a temp file after the work."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    p = run_cli("prune", "--checkpoint", str(small_checkpoint), "--out", str(blocker / "out.pt"))
+    assert p.returncode == 2 and f"cannot create the folder {blocker}" in p.stderr
+    assert "total params" not in p.stdout  # nothing was pruned
+    p = run_cli("export", "--checkpoint", str(small_checkpoint), "--out", str(blocker / "m.onnx"))
+    assert p.returncode == 2 and str(blocker) in p.stderr
+
+
+def test_atomic_save_survives_a_kill(tmp_path):
+    """A process killed while it writes a checkpoint leaves the old file whole (and no
+    stray temporary file gets the checkpoint's name)."""
+    path = tmp_path / "model.pt"
+    save_model(path, nn.Linear(4, 3), meta={"v": 1})
+    code = f"""
+import time, torch, pyprune.checkpoint as c
+real = torch.save
+def slow_save(obj, f):
+    real(obj, f)
+    with open(f, "ab") as fh:
+        fh.write(b"partial")
+    print("writing", flush=True)
+    time.sleep(60)
+torch.save = slow_save
+c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        proc.kill()
+    finally:
+        proc.wait(30)
+    model, meta = load_model(path, nn.Linear(4, 3))
+    assert meta == {"v": 1} and model.out_features == 3

@@ -8,8 +8,9 @@ from types import SimpleNamespace
 
 import torch
 
-from ._workflow import (RESULT_COLUMNS, brief, data_and_model, dataset_for, example, prune_finetune_eval,
-                        prune_model, registry, write_json)
+from .._io import write_text
+from ._workflow import (RESULT_COLUMNS, brief, check_outputs, data_and_model, dataset_for, example,
+                        prune_finetune_eval, prune_model, registry, write_json)
 
 
 def _world_size() -> int:
@@ -22,9 +23,10 @@ def train(args) -> int:
     from ..checkpoint import save_model
     from ..train import evaluate, fit, init_distributed, is_main_process, ranks_agree
 
+    out = pathlib.Path(args.out)
+    check_outputs([out / "model.pt", out / "metrics.json"], [args.weights], force=args.force)
     init_distributed()
     spec, model, arch_kwargs, meta = data_and_model(args)
-    out = pathlib.Path(args.out)
     history = fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
                   seed=args.seed, label_smoothing=args.label_smoothing, checkpoint=out / "train_state.pt",
                   arch=args.model, arch_kwargs=arch_kwargs, meta=meta, max_steps=args.max_steps,
@@ -44,6 +46,7 @@ def train(args) -> int:
 def prune(args) -> int:
     from ..checkpoint import model_from, read, save_model
 
+    check_outputs([args.out], [args.checkpoint], force=args.force)
     obj = read(args.checkpoint)
     model, meta = model_from(obj, args.checkpoint)
     res = prune_model(model, meta, args)
@@ -63,11 +66,12 @@ def finetune(args) -> int:
     from ..checkpoint import model_from, read, save_model
     from ..train import evaluate, fit, init_distributed, is_main_process
 
+    out = pathlib.Path(args.out)
+    check_outputs([out], [args.checkpoint], force=args.force)
     init_distributed()
     obj = read(args.checkpoint)
     model, meta = model_from(obj, args.checkpoint)
     spec = dataset_for(meta, args)
-    out = pathlib.Path(args.out)
     state = out.with_name(out.stem + ".train_state.pt")
     fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         seed=args.seed, checkpoint=state, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta,
@@ -94,6 +98,7 @@ def evaluate(args) -> int:
     from ..graph import build_graph
     from ..summary import count
 
+    check_outputs([args.out], [args.checkpoint], force=args.force)
     model, meta, spec, m = _load_and_evaluate(args)
     params, macs = count(model, build_graph(model, example(meta)).layers)
     result = {"checkpoint": str(args.checkpoint), "top1": m["top1"], "macro_f1": m["macro_f1"],
@@ -110,6 +115,7 @@ def run(args) -> int:
     from ..train import evaluate, fit
 
     out = pathlib.Path(args.out)
+    check_outputs([out / "base.pt", out / "pruned.pt", out / "results.json"], [args.weights], force=args.force)
     t0 = time.perf_counter()
     spec, model, arch_kwargs, meta = data_and_model(args)
     fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
@@ -140,6 +146,8 @@ def sweep(args) -> int:
     """Several methods x ratios from one trained checkpoint: one results table."""
     from ..report import markdown_table
 
+    out = pathlib.Path(args.out)
+    check_outputs([out / "sweep.json", out / "sweep.md"], [args.checkpoint], force=args.force)
     base, meta, spec, base_m = _load_and_evaluate(args)
     rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_m["top1"], "top1": base_m["top1"],
              "macro_f1": base_m["macro_f1"]}]
@@ -149,10 +157,9 @@ def sweep(args) -> int:
                                            method=method, ratio=ratio)
             rows.append(dict(row, layer_widths=res.plan.layer_widths()))
             print(f"{method:>10} @ {ratio:.2f}: top-1 {row['top1_before_ft']:.4f} -> {row['top1']:.4f}")
-    out = pathlib.Path(args.out)
     path = write_json(out / "sweep.json", {"checkpoint": str(args.checkpoint), "rows": rows})
     table = markdown_table(rows, RESULT_COLUMNS[:-1])
-    (out / "sweep.md").write_text(table + "\n")
+    write_text(out / "sweep.md", table + "\n")
     print(table)
     print(f"sweep written to {path} and {out / 'sweep.md'}")
     return 0
@@ -205,7 +212,7 @@ def demo(args) -> int:
               "finetune_epochs": args.finetune_epochs, "seed": args.seed, "wall_s": wall, "rows": rows}
     write_json(out / "results.json", result)
     table = markdown_table(rows, RESULT_COLUMNS)
-    (out / "summary.md").write_text(f"# pyprune demo (digits)\n\nwall time {wall:.1f} s\n\n{table}\n")
+    write_text(out / "summary.md", f"# pyprune demo (digits)\n\nwall time {wall:.1f} s\n\n{table}\n")
     print()
     print(table)
     if edge:
@@ -276,6 +283,7 @@ def export(args) -> int:
     from ..export import export as export_model
     from ._workflow import calibration
 
+    check_outputs([args.out], [args.checkpoint], force=args.force)
     model, meta = load_model(args.checkpoint)
     x = example(meta).repeat(args.batch, 1, 1, 1)
     cal = calibration(dataset_for(meta, args), n=8) if args.int8 else None
@@ -290,6 +298,8 @@ def bench(args) -> int:
     from ..bench import benchmark
 
     target = pathlib.Path(args.target)
+    out = pathlib.Path(args.out)
+    check_outputs([out / "bench.json", out / "bench.csv"], [target], force=args.force)
     if target.suffix == ".pt":
         from ..checkpoint import load_model
 

@@ -48,6 +48,11 @@ def _add_train(p, epochs=20):
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
 
 
+def _add_force(p):
+    p.add_argument("--force", action="store_true",
+                   help="replace output files that exist (never the input); without it an existing output is an error")
+
+
 def _add_model(p, out_default: str):
     p.add_argument("--model", default="digits_cnn", help="registry or torchvision model name (default %(default)s)")
     p.add_argument("--weights", default=None, help="local weights file to start from (the head is replaced)")
@@ -93,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     _add_data(t)
     _add_train(t)
+    _add_force(t)
     t.set_defaults(func=cmd.train)
 
     pr = sub.add_parser("prune", help="prune a checkpoint; writes the pruned checkpoint")
@@ -101,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--verbose", action="store_true", help="print every layer")
     _add_prune(pr)
     _add_data(pr)
+    _add_force(pr)
     pr.set_defaults(func=cmd.prune)
 
     f = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint; resumable")
@@ -108,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, help="fine-tuned checkpoint file")
     _add_data(f)
     _add_train(f, epochs=5)
+    _add_force(f)
     f.set_defaults(func=cmd.finetune)
 
     e = sub.add_parser("evaluate", help="top-1, macro-F1, confusion matrix, params and MACs of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt)")
     e.add_argument("--out", default=None, help="write the metrics JSON here")
     _add_data(e)
+    _add_force(e)
     e.set_defaults(func=cmd.evaluate)
 
     r = sub.add_parser("run", help="train -> prune -> fine-tune -> evaluate from a YAML/TOML config or flags",
@@ -124,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(r)
     _add_train(r)
     _add_prune(r)
+    _add_force(r)
     r.set_defaults(func=cmd.run)
 
     s = sub.add_parser("sweep", help="several methods x ratios from one checkpoint; one results table")
@@ -136,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-steps", type=int, default=None, help="stop each fine-tuning after this many steps")
     _add_schedule(s)
     _add_data(s)
+    _add_force(s)
     s.set_defaults(func=cmd.sweep)
 
     d = sub.add_parser("demo", help="train a CNN on the embedded digits, prune it with several methods, compare")
@@ -156,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--int8", action="store_true", help="static int8 quantization (calibrated on --dataset)")
     x.add_argument("--batch", type=int, default=1, help="batch size of the example input")
     _add_data(x)
+    _add_force(x)
     x.set_defaults(func=cmd.export)
 
     b = sub.add_parser("bench", help="latency/throughput/size of a checkpoint or exported file")
@@ -166,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shape", nargs="+", type=int, default=None, help="input shape without batch (default: from the checkpoint)")
     b.add_argument("--repeats", type=int, default=50, help="timed runs per row (after warm-up)")
     b.add_argument("--out", default="results/bench", help="folder for bench.json and bench.csv")
+    _add_force(b)
     b.set_defaults(func=cmd.bench)
 
     i = sub.add_parser("info", help="parameters, MACs and prunable channel groups of a model")

@@ -8,11 +8,11 @@ import time
 
 import torch
 
+from .._io import check_outputs, write_text
+
 
 def write_json(path: pathlib.Path, obj) -> pathlib.Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, default=float))
-    return path
+    return write_text(path, json.dumps(obj, indent=1, default=float))
 
 
 def dataset(args, size=None, channels=None):

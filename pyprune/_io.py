@@ -1,0 +1,55 @@
+"""Writing files without ever losing one: atomic replacement and output checks made
+before any work starts."""
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+from typing import Callable, Iterable
+
+__all__ = ["atomic_write", "write_text", "check_outputs"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> pathlib.Path:
+    """Call ``write(tmp)`` on a temporary file in `path`'s folder, then rename it over
+    `path`: a reader (or a kill at any moment) sees the old file whole or the new one,
+    never a part. The temporary file is removed if `write` fails."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(pathlib.Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_outputs(outputs: Iterable, inputs: Iterable = (), *, force: bool = False) -> None:
+    """Before any work: every output path may be written. An output that exists needs
+    `force`; an output that is one of the `inputs` is refused even with it; its folder
+    must exist or be creatable, and be writable. Errors name the user's path."""
+    ins = [pathlib.Path(i).resolve() for i in inputs if i is not None]
+    for out in outputs:
+        if out is None:
+            continue
+        out = pathlib.Path(out)
+        if out.resolve() in ins:
+            raise ValueError(f"{out} is also the input: choose another output path (the input is never "
+                             "replaced, even with --force)")
+        if out.is_dir():
+            raise ValueError(f"{out} is a folder: give a file name")
+        if out.exists() and not force:
+            raise ValueError(f"{out} already exists: pass --force to replace it, or choose another output path")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot create the folder {out.parent} for {out}: {e.strerror}") from e
+        if not os.access(out.parent, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write {out}: the folder {out.parent} is not writable")
