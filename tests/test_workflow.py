@@ -386,11 +386,10 @@ def slow_save(obj, f):
 torch.save = slow_save
 c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
 """
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        assert proc.stdout.readline().strip() == "writing"
-        proc.kill()
-    finally:
-        proc.wait(30)
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "writing"
+        finally:
+            proc.kill()
     model, meta = load_model(path, nn.Linear(4, 3))
     assert meta == {"v": 1} and model.out_features == 3
