@@ -172,22 +172,20 @@ def _budget(**given) -> tuple[str, str, float, bool] | None:
     return arg, kind, float(value), fraction
 
 
-def _check_finite(model: nn.Module, graph: ChannelGraph) -> None:
+def _check_finite(ctx: Context) -> None:
     """Refuse NaN/Inf in any tensor pruning reads or slices, naming it, before anything is
     scored or cut (a NaN filter has no norm, direction or cluster, and the pruned model
     would compute NaN)."""
-    mods = dict(model.named_modules())
-    for key in dict.fromkeys((m.module, m.param) for m in graph.members):
-        t = getattr(mods[key[0]], key[1], None)
-        if isinstance(t, torch.Tensor) and t.is_floating_point() and t.device.type != "meta":
-            if torch.isfinite(t.detach().sum()):  # one pass; NaN/Inf propagate (overflow: checked below)
-                continue
-            bad = int((~torch.isfinite(t.detach())).sum())
-            if bad:
-                name = f"{key[0]}.{key[1]}" if key[0] else key[1]
-                raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or Inf) of {t.numel()}: pyprune "
-                                 "cannot rank or cut such a layer. Load finite weights (a diverged training run?) "
-                                 "before pruning; the model was not changed.")
+    for key in dict.fromkeys((m.module, m.param) for m in ctx.graph.members):
+        t = ctx.tensor(*key)
+        if not t.is_floating_point() or t.device.type == "meta" or torch.isfinite(t.sum()):
+            continue  # one summing pass: NaN/Inf propagate (an overflow is counted below)
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            name = f"{key[0]}.{key[1]}" if key[0] else key[1]
+            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or Inf) of {t.numel()}: pyprune "
+                             "cannot rank or cut such a layer. Load finite weights (a diverged training run?) "
+                             "before pruning; the model was not changed.")
 
 
 def _ignored(model: nn.Module, graph: ChannelGraph, ignore) -> list[tuple[np.ndarray, str]]:
@@ -291,9 +289,9 @@ class Pruner:
         budget = _budget(target_macs=target_macs, target_params=target_params, max_macs=max_macs,
                          max_params=max_params)
         graph = self._graph()
-        _check_finite(self.model, graph)
         groups = [g for g in graph.groups if g.prunable > 0]
         ctx = self._context(graph)
+        _check_finite(ctx)
         base_scores = None
         if schedule_spec(self.config.schedule).needs_scores:
             ranker = criterion_spec(self.spec.rank_with) if self.spec.selects else self.spec

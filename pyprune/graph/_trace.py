@@ -607,7 +607,7 @@ def _check_own_tensors(rec: Recorder, name: str, m: nn.Module, new: list, tensor
         return
     known = {r.param for r in new}
     counts = {len(r.ids) for r in new}
-    for pname, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+    for pname, t in (*m._parameters.items(), *m._buffers.items()):
         if pname in known or t is None or t.numel() <= 1 or not any(d in counts for d in t.shape):
             continue
         lays = [lay for lay in (rec.layout(t) for t in tensors) if lay is not None]
