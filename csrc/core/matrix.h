@@ -1,4 +1,5 @@
-// A read-only row-major float matrix view: the core's only input type.
+// A read-only row-major float matrix view: how the filters of one layer reach the kernels
+// (norms, similarity, k-means). The gather (slice.h) takes arrays of any dtype instead.
 #pragma once
 
 #include <cstdint>
