@@ -281,13 +281,14 @@ def test_products_every_tile_remainder(kernel, threads):
     """Every row count m = 1..17 (more than two 8-row tiles) against every filter count
     n = 1..97 (more than two 48-wide panels): every remainder of every path's register tile,
     with a depth d that is not a multiple of the 256-deep block (two blocks, the second
-    partial: the accumulate path runs)."""
+    partial: the accumulate path runs); n = 256..352 repeats every remainder with more
+    than 128 filters per thread."""
     g = torch.Generator().manual_seed(11)
     d = 300
-    a, b = torch.randn(17, d, generator=g), torch.randn(97, d, generator=g)
+    a, b = torch.randn(17, d, generator=g), torch.randn(352, d, generator=g)
     want = (a.double() @ b.double().T).float()
     for m in range(1, 18):
-        for n in range(1, 98):
+        for n in [*range(1, 98), *range(256, 353)]:
             got = engine.products(a[:m], b[:n], kernel=kernel, threads=threads)
             assert_close(got, want[:m, :n], rtol=1e-4, atol=1e-4 * d**0.5, msg=lambda e: f"m={m} n={n}: {e}")
 

@@ -41,15 +41,6 @@ bool cpu_has(const char* feature) {
     return false;
 }
 
-/// Rows of A per register tile of a packed kernel.
-int tile_rows(GemmKernel kernel) {
-    switch (kernel) {
-        case GemmKernel::avx512: return kernels::kAvx512Rows;
-        case GemmKernel::avx2: return kernels::kAvx2Rows;
-        default: return kernels::kPortableRows;
-    }
-}
-
 /// What the CPU lacks for `kernel`, for error messages.
 const char* needs(GemmKernel kernel) {
     switch (kernel) {
@@ -197,21 +188,15 @@ void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, in
     const kernels::PanelFn fn = b.kernel == GemmKernel::avx512 ? kernels::avx512
                                 : b.kernel == GemmKernel::avx2 ? kernels::avx2
                                                                : kernels::portable;
-    const int rows = tile_rows(b.kernel);
-    // One block of A at a time, packed in the kernel's row tiles (a few microseconds per
-    // block, reused by every panel): the kernel then reads A as one contiguous stream.
-    thread_local std::vector<float> tiles;
-    tiles.resize(static_cast<size_t>(((MC + rows - 1) / rows) * rows * KC));
     const int64_t d = b.cols;
     for (int64_t mb = 0; mb < m; mb += MC) {
         const int64_t mc = std::min(MC, m - mb);
         for (int64_t kb = 0; kb < d; kb += KC) {
             const int64_t kc = std::min(KC, d - kb);
-            kernels::pack_tiles(mc, kc, a + mb * lda + kb, lda, rows, tiles.data());
             for (int64_t q = lo / w; q * w < hi; ++q) {
                 const float* panel = b.data.data() + q * d * w + kb * w;
                 const int64_t ncols = std::min(w, hi - q * w);
-                fn(mc, tiles.data(), panel, kc, out + mb * ldo + (q * w - lo), ldo, ncols, kb > 0);
+                fn(mc, a + mb * lda + kb, lda, panel, kc, out + mb * ldo + (q * w - lo), ldo, ncols, kb > 0);
             }
         }
     }

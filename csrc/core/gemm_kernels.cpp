@@ -34,8 +34,8 @@ inline void store_partial(const float* tmp, float* out, int64_t ldo, int64_t nco
 // needs a transpose per step and runs 4-6x slower.
 
 template <int MR>
-inline void tile_portable(const float* a, const float* b, int64_t kc, float* out, int64_t ldo,
-                          int64_t ncols, bool acc) {
+inline void tile_portable(const float* a, int64_t lda, const float* b, int64_t kc, float* out,
+                          int64_t ldo, int64_t ncols, bool acc) {
     constexpr int64_t W = kPortableWidth;
     float r[MR][W];
     for (int i = 0; i < MR; ++i)
@@ -44,7 +44,7 @@ inline void tile_portable(const float* a, const float* b, int64_t kc, float* out
         const float* bt = b + t * W;
 #pragma GCC unroll 8
         for (int i = 0; i < MR; ++i) {
-            const float x = a[t * kPortableRows + i];
+            const float x = a[i * lda + t];
 #pragma omp simd
             for (int64_t j = 0; j < W; ++j) r[i][j] += x * bt[j];
         }
@@ -54,35 +54,20 @@ inline void tile_portable(const float* a, const float* b, int64_t kc, float* out
 
 }  // namespace
 
-void pack_tiles(int64_t m, int64_t kc, const float* a, int64_t lda, int rows, float* dst) {
-    for (int64_t q = 0; q * rows < m; ++q) {
-        float* tile = dst + q * rows * kc;
-        for (int i = 0; i < rows; ++i) {
-            const int64_t r = q * rows + i;
-            if (r < m) {
-                const float* src = a + r * lda;
-                for (int64_t t = 0; t < kc; ++t) tile[t * rows + i] = src[t];
-            } else {
-                for (int64_t t = 0; t < kc; ++t) tile[t * rows + i] = 0.0f;
-            }
-        }
-    }
-}
-
-void portable(int64_t m, const float* a, const float* panel, int64_t kc, float* out,
+void portable(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
               int64_t ldo, int64_t ncols, bool acc) {
     constexpr int MR = kPortableRows;
     static_assert(MR == 5 || MR == 6, "the remainder switch covers 1..5 rows");
     int64_t i = 0;
-    for (; i + MR <= m; i += MR) tile_portable<MR>(a + i * kc, panel, kc, out + i * ldo, ldo, ncols, acc);
-    a += i * kc;
+    for (; i + MR <= m; i += MR) tile_portable<MR>(a + i * lda, lda, panel, kc, out + i * ldo, ldo, ncols, acc);
+    a += i * lda;
     out += i * ldo;
     switch (m - i) {
-        case 5: tile_portable<5>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 4: tile_portable<4>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 3: tile_portable<3>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 2: tile_portable<2>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 1: tile_portable<1>(a, panel, kc, out, ldo, ncols, acc); break;
+        case 5: tile_portable<5>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 4: tile_portable<4>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 3: tile_portable<3>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 2: tile_portable<2>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 1: tile_portable<1>(a, lda, panel, kc, out, ldo, ncols, acc); break;
         default: break;
     }
 }
@@ -118,15 +103,15 @@ __attribute__((target("avx2,fma"))) inline void put_avx2(float* o, __m256 lo, __
 
 #define PYPRUNE_AVX2_ROW(i)                                                   \
     if constexpr (MR > i) {                                                   \
-        const __m256 x = _mm256_broadcast_ss(a + i);                          \
+        const __m256 x = _mm256_broadcast_ss(a + i * lda + t);                \
         c##i##0 = _mm256_fmadd_ps(x, b0, c##i##0);                            \
         c##i##1 = _mm256_fmadd_ps(x, b1, c##i##1);                            \
     }
 
 template <int MR>
-__attribute__((target("avx2,fma"))) inline void tile_avx2(const float* a, const float* b, int64_t kc,
-                                                         float* out, int64_t ldo, int64_t ncols,
-                                                         bool acc) {
+__attribute__((target("avx2,fma"))) inline void tile_avx2(const float* a, int64_t lda, const float* b,
+                                                         int64_t kc, float* out, int64_t ldo,
+                                                         int64_t ncols, bool acc) {
     static_assert(MR >= 1 && MR <= 6, "6 rows at most");
     const __m256 z = _mm256_setzero_ps();
     __m256 c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z, c30 = z, c31 = z, c40 = z, c41 = z,
@@ -140,7 +125,6 @@ __attribute__((target("avx2,fma"))) inline void tile_avx2(const float* a, const 
         PYPRUNE_AVX2_ROW(3)
         PYPRUNE_AVX2_ROW(4)
         PYPRUNE_AVX2_ROW(5)
-        a += kAvx2Rows;
     }
     put_avx2(out, c00, c01, ncols, acc);
     if constexpr (MR > 1) put_avx2(out + 1 * ldo, c10, c11, ncols, acc);
@@ -171,16 +155,16 @@ __attribute__((target("avx512f"))) inline void put_avx512(float* o, __m512 v0, _
 
 #define PYPRUNE_AVX512_ROW(i)                                                 \
     if constexpr (MR > i) {                                                   \
-        const __m512 x = _mm512_set1_ps(a[i]);                                \
+        const __m512 x = _mm512_set1_ps(a[i * lda + t]);                      \
         c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                            \
         c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);                            \
         c##i##2 = _mm512_fmadd_ps(x, b2, c##i##2);                            \
     }
 
 template <int MR>
-__attribute__((target("avx512f"))) inline void tile_avx512(const float* a, const float* b, int64_t kc,
-                                                           float* out, int64_t ldo, int64_t ncols,
-                                                           bool acc) {
+__attribute__((target("avx512f"))) inline void tile_avx512(const float* a, int64_t lda, const float* b,
+                                                           int64_t kc, float* out, int64_t ldo,
+                                                           int64_t ncols, bool acc) {
     static_assert(MR >= 1 && MR <= 8, "8 rows at most");
     const __m512 z = _mm512_setzero_ps();
     __m512 c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z, c30 = z,
@@ -197,7 +181,6 @@ __attribute__((target("avx512f"))) inline void tile_avx512(const float* a, const
         PYPRUNE_AVX512_ROW(5)
         PYPRUNE_AVX512_ROW(6)
         PYPRUNE_AVX512_ROW(7)
-        a += kAvx512Rows;
     }
     put_avx512(out, c00, c01, c02, ncols, acc);
     if constexpr (MR > 1) put_avx512(out + 1 * ldo, c10, c11, c12, ncols, acc);
@@ -213,40 +196,40 @@ __attribute__((target("avx512f"))) inline void tile_avx512(const float* a, const
 
 }  // namespace
 
-__attribute__((target("avx2,fma"))) void avx2(int64_t m, const float* a, const float* panel,
+__attribute__((target("avx2,fma"))) void avx2(int64_t m, const float* a, int64_t lda, const float* panel,
                                               int64_t kc, float* out, int64_t ldo, int64_t ncols,
                                               bool acc) {
-    constexpr int MR = kAvx2Rows;
+    constexpr int MR = 6;
     int64_t i = 0;
-    for (; i + MR <= m; i += MR) tile_avx2<MR>(a + i * kc, panel, kc, out + i * ldo, ldo, ncols, acc);
-    a += i * kc;
+    for (; i + MR <= m; i += MR) tile_avx2<MR>(a + i * lda, lda, panel, kc, out + i * ldo, ldo, ncols, acc);
+    a += i * lda;
     out += i * ldo;
     switch (m - i) {
-        case 5: tile_avx2<5>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 4: tile_avx2<4>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 3: tile_avx2<3>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 2: tile_avx2<2>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 1: tile_avx2<1>(a, panel, kc, out, ldo, ncols, acc); break;
+        case 5: tile_avx2<5>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 4: tile_avx2<4>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 3: tile_avx2<3>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 2: tile_avx2<2>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 1: tile_avx2<1>(a, lda, panel, kc, out, ldo, ncols, acc); break;
         default: break;
     }
 }
 
-__attribute__((target("avx512f"))) void avx512(int64_t m, const float* a, const float* panel,
+__attribute__((target("avx512f"))) void avx512(int64_t m, const float* a, int64_t lda, const float* panel,
                                                int64_t kc, float* out, int64_t ldo, int64_t ncols,
                                                bool acc) {
-    constexpr int MR = kAvx512Rows;
+    constexpr int MR = 8;
     int64_t i = 0;
-    for (; i + MR <= m; i += MR) tile_avx512<MR>(a + i * kc, panel, kc, out + i * ldo, ldo, ncols, acc);
-    a += i * kc;
+    for (; i + MR <= m; i += MR) tile_avx512<MR>(a + i * lda, lda, panel, kc, out + i * ldo, ldo, ncols, acc);
+    a += i * lda;
     out += i * ldo;
     switch (m - i) {
-        case 7: tile_avx512<7>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 6: tile_avx512<6>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 5: tile_avx512<5>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 4: tile_avx512<4>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 3: tile_avx512<3>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 2: tile_avx512<2>(a, panel, kc, out, ldo, ncols, acc); break;
-        case 1: tile_avx512<1>(a, panel, kc, out, ldo, ncols, acc); break;
+        case 7: tile_avx512<7>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 6: tile_avx512<6>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 5: tile_avx512<5>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 4: tile_avx512<4>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 3: tile_avx512<3>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 2: tile_avx512<2>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 1: tile_avx512<1>(a, lda, panel, kc, out, ldo, ncols, acc); break;
         default: break;
     }
 }
@@ -255,8 +238,8 @@ __attribute__((target("avx512f"))) void avx512(int64_t m, const float* a, const 
 
 bool x86_kernels_built() { return false; }
 
-void avx2(int64_t, const float*, const float*, int64_t, float*, int64_t, int64_t, bool) {}
-void avx512(int64_t, const float*, const float*, int64_t, float*, int64_t, int64_t, bool) {}
+void avx2(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, bool) {}
+void avx512(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, bool) {}
 
 #endif  // PYPRUNE_X86
 

@@ -17,16 +17,12 @@
 namespace pyprune::kernels {
 
 /// out[0:m, 0:ncols] = A[0:m, 0:kc] * panel^T, or += when `acc`. `ncols` <= the panel
-/// width: the remaining panel rows are zero padding and are not stored. A comes packed in
-/// tiles of the kernel's row count R (pack_tiles): tile q holds rows qR..qR+R-1 step by step,
-/// [t][R], padded with zero rows, so the R values one depth step broadcasts are contiguous.
-using PanelFn = void (*)(int64_t m, const float* a_tiles, const float* panel, int64_t kc, float* out,
-                         int64_t ldo, int64_t ncols, bool acc);
+/// width: the remaining panel rows are zero padding and are not stored.
+using PanelFn = void (*)(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc,
+                         float* out, int64_t ldo, int64_t ncols, bool acc);
 
 constexpr int64_t kAvx512Width = 48;
-constexpr int kAvx512Rows = 8;
 constexpr int64_t kAvx2Width = 16;
-constexpr int kAvx2Rows = 6;
 #if defined(__aarch64__)
 constexpr int64_t kPortableWidth = 16;  // 32 NEON registers: 5 x 16 = 20 accumulators of 4 floats
 constexpr int kPortableRows = 5;        // (6 rows need 24 + 4 + 6 > 32: two spill every step)
@@ -41,15 +37,11 @@ constexpr int kPortableRows = 6;
 /// True when this build contains the x86 kernels (an x86-64 target built by GCC or Clang).
 bool x86_kernels_built();
 
-void avx512(int64_t m, const float* a_tiles, const float* panel, int64_t kc, float* out, int64_t ldo,
-            int64_t ncols, bool acc);
-void avx2(int64_t m, const float* a_tiles, const float* panel, int64_t kc, float* out, int64_t ldo,
-          int64_t ncols, bool acc);
-void portable(int64_t m, const float* a_tiles, const float* panel, int64_t kc, float* out, int64_t ldo,
-              int64_t ncols, bool acc);
-
-/// Pack rows 0..m, columns 0..kc of A (leading dimension lda) into tiles of `rows` rows for
-/// the kernels above: ceil(m / rows) * rows * kc floats at `dst`.
-void pack_tiles(int64_t m, int64_t kc, const float* a, int64_t lda, int rows, float* dst);
+void avx512(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
+            int64_t ldo, int64_t ncols, bool acc);
+void avx2(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
+          int64_t ldo, int64_t ncols, bool acc);
+void portable(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
+              int64_t ldo, int64_t ncols, bool acc);
 
 }  // namespace pyprune::kernels

@@ -1,6 +1,7 @@
 // Stand-alone check of the core's GEMM paths against a naive double-precision loop: every
 // path this CPU runs (supported_kernels()), every row count m = 1..17 against every filter
-// count n = 1..97 (all remainders of every register tile), depths that are and are not
+// count n = 1..97 and 256..352 (all remainders of every register tile, with few and with
+// many panels per thread), depths that are and are not
 // multiples of the 256-deep block, 1 and 2 threads; plus the kernel choice. It needs no
 // Python, so it also runs on other CPUs, e.g. the portable path built for aarch64 and run
 // under qemu-user (one command, from the repository root):
@@ -109,11 +110,13 @@ int main() {
 #endif
     for (GemmKernel k : paths) {
         for (int64_t d : {1, 7, 256, 300, 600}) {
-            const auto a = random_matrix(17, d, 1 + d), b = random_matrix(97, d, 2 + d);
+            const auto a = random_matrix(17, d, 1 + d), b = random_matrix(352, d, 2 + d);
             for (int threads : {1, 2}) {
                 double bad = 0.0;
-                for (int64_t m = 1; m <= 17; ++m)
+                for (int64_t m = 1; m <= 17; ++m) {
                     for (int64_t n = 1; n <= 97; ++n) bad = std::max(bad, worst(k, a, b, m, n, d, threads));
+                    for (int64_t n = 256; n <= 352; ++n) bad = std::max(bad, worst(k, a, b, m, n, d, threads));
+                }
                 std::printf("%-8s d=%-4lld threads=%d: worst error %.3f of the tolerance\n", kernel_name(k),
                             static_cast<long long>(d), threads, bad);
                 expect(bad <= 1.0, "products within tolerance");
