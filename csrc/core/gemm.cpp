@@ -143,24 +143,32 @@ int64_t panel_width(GemmKernel kernel) {
 }
 
 PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel) {
+    PackedRows p;
+    pack_rows(x, rows, cols, ld, kernel, &p);
+    return p;
+}
+
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out) {
     PYPRUNE_CHECK(kernel != GemmKernel::blas, "pack_rows: the BLAS path packs nothing");
     check_kernel(kernel);
-    PackedRows p;
+    PackedRows& p = *out;
     p.kernel = kernel;
     p.panel = panel_width(kernel);
     p.rows = rows;
     p.cols = cols;
     const int64_t w = p.panel;
     const int64_t panels = (rows + w - 1) / w;
-    p.data.assign(static_cast<size_t>(panels * cols * w), 0.0f);
+    p.data.resize(static_cast<size_t>(panels * cols * w));
     for (int64_t q = 0; q < panels; ++q) {
         float* dst = p.data.data() + q * cols * w;
-        for (int64_t j = 0; j < w && q * w + j < rows; ++j) {
+        const int64_t filled = std::min(w, rows - q * w);
+        for (int64_t j = 0; j < filled; ++j) {
             const float* src = x + (q * w + j) * ld;
             for (int64_t t = 0; t < cols; ++t) dst[t * w + j] = src[t];
         }
+        for (int64_t j = filled; j < w; ++j)  // padding rows of the last panel
+            for (int64_t t = 0; t < cols; ++t) dst[t * w + j] = 0.0f;
     }
-    return p;
 }
 
 int64_t split_rows(int64_t n, int parts, int t, int64_t grain) {
