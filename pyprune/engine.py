@@ -17,7 +17,7 @@ import ctypes
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 import torch
@@ -81,8 +81,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class IterationStats:
+class IterationStats(NamedTuple):
     """What one k-means iteration (an assignment step, then an update step) did; the
     counterpart of faiss's ``ClusteringIterationStats``.
 
@@ -96,6 +95,8 @@ class IterationStats:
         the previous assignment (K again when more than 3/4 of them moved, as one full
         product is then cheaper). This is the work reuse saves.
     seconds: wall-clock time of the iteration.
+
+    A named tuple: fields by name (``s.moved``) or unpacked in this order.
     """
 
     changed: int
@@ -286,10 +287,7 @@ def spherical_kmeans(
             representatives=torch.from_numpy(rep),
             objective=torch.from_numpy(obj),
             n_iter=int(n_iter),
-            stats=[
-                IterationStats(int(ch), int(mv), int(rs), int(rc), float(sec))
-                for ch, mv, rs, rc, sec in zip(st["changed"], st["moved"], st["reseeded"], st["recomputed"], st["seconds"])
-            ],
+            stats=[IterationStats(*row) for row in zip(*(st[f].tolist() for f in IterationStats._fields))],
             cosines=torch.from_numpy(cos),
             kernel=str(used),
         )
