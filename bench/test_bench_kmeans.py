@@ -10,14 +10,19 @@ faiss's.
 "pyprune" is the engine as users call it (reuse=True: each iteration recomputes the
 similarities of only the centroids that moved, with the result of a full recomputation);
 "pyprune_full" recomputes every product every iteration, the same arithmetic as the
-baselines, and shows how close the kernel itself runs to the bound. Where the CPU has
-AVX-512 the products run on the core's packed kernel, so each row also gives its ratio to
-that kernel's own 2048^3 throughput (x_packed_bound), a stricter bound than the BLAS's.
+baselines, and shows how close the kernel itself runs to the bound. Both run once per
+products path this CPU has (engine.gemm_kernels(): avx512, avx2, portable, blas), forced
+with spherical_kmeans(kernel=...); with PYPRUNE_GEMM set only that path runs, chosen by the
+environment variable. Each row also gives its ratio to its own path's 2048^3 throughput
+(x_path_bound), measured the same way as the BLAS's.
 
 Run:  make bench   (or: python3 -m pytest bench/test_bench_kmeans.py -q)
+      PYPRUNE_GEMM=portable python3 -m pytest bench/test_bench_kmeans.py -q   (one path)
 """
 from __future__ import annotations
 
+import os
+import platform
 import time
 
 import pytest
@@ -33,7 +38,31 @@ faiss = pytest.importorskip("faiss", reason="faiss-cpu is the baseline: pip inst
 ITERS = 20
 MODELS = ["resnet50", "resnet152", "densenet201", "vgg16"]
 THREADS = [1, 2]
+# The products paths to run: every one this CPU has, or the one PYPRUNE_GEMM forces (then
+# it is left to the environment variable, not passed as kernel=).
+FORCED = bool(os.environ.get("PYPRUNE_GEMM"))
+PATHS = [engine.gemm_kernel()] if FORCED else engine.gemm_kernels()
 _cache: dict = {}
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(open("/proc/loadavg").read().split()[:3])
+    except OSError:
+        return "?"
+
+
+_LOAD_AT_START = loadavg()
 
 
 def conv_weights(name: str) -> list[torch.Tensor]:
@@ -52,47 +81,50 @@ def conv_weights(name: str) -> list[torch.Tensor]:
     return _cache[name]
 
 
-_gemm: dict[int, float] = {}
-_packed: dict[int, float] = {}
+_bound: dict[tuple[str, int], float] = {}  # (path, threads) -> best 2048^3 flop/s of the run
 
 
-def measure_gemm(threads: int) -> float:
-    """sgemm throughput (flop/s) of a 2048^3 product through the core's BLAS at `threads`.
-    Measured again around every benchmark; the best value seen in the run is the machine's
-    capability (a busy moment can only lower it), which gives the smallest, strictest bound.
-    Where the CPU runs the core's packed kernel, its 2048^3 throughput is measured too: the
-    bound of that kernel, stricter than the BLAS's."""
-    f = 2.0 * 2048**3 / engine.gemm_seconds(2048, threads, repeats=5)
-    _gemm[threads] = max(_gemm.get(threads, 0.0), f)
-    if engine.packed_gemm_available():
-        fp = 2.0 * 2048**3 / engine.gemm_seconds(2048, threads, repeats=5, kernel="packed")
-        _packed[threads] = max(_packed.get(threads, 0.0), fp)
-    return _gemm[threads]
+def measure_gemm(threads: int, path: str = "blas") -> float:
+    """sgemm throughput (flop/s) of a 2048^3 product through `path` (and the BLAS) at
+    `threads`. Measured again around every benchmark; the best value seen in the run is the
+    machine's capability (a busy moment can only lower it), which gives the smallest,
+    strictest bound."""
+    for p in dict.fromkeys(["blas", path]):
+        f = 2.0 * 2048**3 / engine.gemm_seconds(2048, threads, repeats=3, kernel=p)
+        _bound[(p, threads)] = max(_bound.get((p, threads), 0.0), f)
+    return _bound[("blas", threads)]
 
 
 def _fill_bounds():
     for row in TABLES.get("kmeans_fixed20", []):
-        row["gemm_gflops"] = _gemm[row["threads"]] / 1e9
-        row["bound_s"] = row["flops"] / _gemm[row["threads"]]
+        t = row["threads"]
+        row["gemm_gflops"] = _bound[("blas", t)] / 1e9
+        row["bound_s"] = row["flops"] / _bound[("blas", t)]
         row["x_bound"] = row["seconds"] / row["bound_s"]
-        if row["threads"] in _packed:
-            row["packed_gflops"] = _packed[row["threads"]] / 1e9
-            row["x_packed_bound"] = row["seconds"] * _packed[row["threads"]] / row["flops"]
+        if row.get("path"):
+            row["path_gflops"] = _bound[(row["path"], t)] / 1e9
+            row["x_path_bound"] = row["seconds"] * _bound[(row["path"], t)] / row["flops"]
         row.pop("flops", None)
+    if TABLES.get("kmeans_fixed20"):
+        record("kmeans_machine", cpu=cpu_model(), paths=", ".join(PATHS), forced_by_env=FORCED,
+               load_start=_LOAD_AT_START, load_end=loadavg(),
+               **{f"{p}_{t}t_gflops": v / 1e9 for (p, t), v in sorted(_bound.items())})
 
 
 FINALIZERS.append(_fill_bounds)
 
 
-def run_pyprune(ws, inits, threads, reuse=True):
-    res = engine.spherical_kmeans(ws, [c.shape[0] for c in inits], max_iter=ITERS, early_stop=False, threads=threads, init=inits, reuse=reuse)
+def run_pyprune(ws, inits, threads, path, reuse=True):
+    res = engine.spherical_kmeans(ws, [c.shape[0] for c in inits], max_iter=ITERS, early_stop=False, threads=threads,
+                                  init=inits, reuse=reuse, kernel=None if FORCED else path)
+    assert all(r.kernel == path for r in res)
     return [r.centroids for r in res]
 
 
-def run_pyprune_full(ws, inits, threads):
+def run_pyprune_full(ws, inits, threads, path):
     """Every iteration recomputes every similarity (reuse=False): the GEMM kernel's own
     efficiency against the bound, the same arithmetic faiss and the torch loop do."""
-    return run_pyprune(ws, inits, threads, reuse=False)
+    return run_pyprune(ws, inits, threads, path, reuse=False)
 
 
 def run_faiss(ws, inits, threads):
@@ -121,31 +153,40 @@ def quality(ws, cents):
     return sum(ref.mean_cosine_to_nearest(w, c) * w.shape[0] for w, c in zip(ws, cents)) / total
 
 
-@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"{t}t")
+# faiss first: the reference; then the torch loop, then pyprune on every path.
+RUNS = [("faiss", None), ("torch", None)] + [(m, p) for p in PATHS for m in ("pyprune_full", "pyprune")]
+
+
+# Decorators in this order run every method of one (threads, model) group back to back, so
+# a busy moment of the shared machine hits all of them alike.
+@pytest.mark.parametrize("method,path", RUNS, ids=[m if p is None else f"{m}-{p}" for m, p in RUNS])
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("method", ["faiss", "torch", "pyprune_full", "pyprune"])  # faiss first: the reference
-def test_kmeans_all_convs(benchmark, method, model, threads):
+@pytest.mark.parametrize("threads", THREADS, ids=lambda t: f"{t}t")
+def test_kmeans_all_convs(benchmark, method, path, model, threads):
     ws, inits, flops = conv_weights(model)
     benchmark.group = f"kmeans-{model}-{threads}t"
-    measure_gemm(threads)
+    measure_gemm(threads, path or "blas")
+    args = (ws, inits, threads) if path is None else (ws, inits, threads, path)
     old = torch.get_num_threads()
     try:
-        cents = benchmark.pedantic(METHODS[method], args=(ws, inits, threads), rounds=3, iterations=1, warmup_rounds=0)
+        cents = benchmark.pedantic(METHODS[method], args=args, rounds=3, iterations=1, warmup_rounds=0)
     finally:
         torch.set_num_threads(old)
     q = quality(ws, cents)
-    _quality[(model, threads, method)] = q
+    name = method if path is None else f"{method}-{path}"
+    _quality[(model, threads, name)] = q
     if (model, threads, "faiss") not in _quality:
         _quality[(model, threads, "faiss")] = quality(ws, run_faiss(ws, inits, threads))
     qf = _quality[(model, threads, "faiss")]
     assert abs(q - qf) <= 0.005 * abs(qf), f"{method}: mean cosine {q:.5f} vs faiss {qf:.5f}"
-    measure_gemm(threads)
+    measure_gemm(threads, path or "blas")
     t = benchmark.stats.stats.min
-    _times[(model, threads, method)] = t
-    row = dict(workload=model, threads=threads, method=method, seconds=t, flops=flops, mean_cos=q)
-    tf = _times.get((model, threads, "faiss"))
-    if tf:
-        row["faiss_over_this"] = tf / t
+    _times[(model, threads, name)] = t
+    row = dict(workload=model, threads=threads, method=method, path=path or "", seconds=t, flops=flops, mean_cos=q)
+    for base in ("faiss", "torch"):
+        tb = _times.get((model, threads, base))
+        if tb and path:
+            row[f"{base}_over_this"] = tb / t
     record("kmeans_fixed20", **row)
 
 
@@ -163,11 +204,12 @@ def test_kmeans_clustered_early_stop(benchmark):
     ks = [c.shape[0] for c in inits]
     benchmark.group = "kmeans-clustered-early-stop"
     res = benchmark.pedantic(lambda: engine.spherical_kmeans(ws, ks, max_iter=100, early_stop=True, init=inits), rounds=3, iterations=1)
+    assert all(r.stats[-1].changed == 0 for r in res if r.n_iter < 100)
     t0 = time.perf_counter()
     fc = run_faiss(ws, inits, engine.num_threads())
     tf = time.perf_counter() - t0
     q = quality(ws, [r.centroids for r in res])
     qf = quality(ws, fc)
     assert q >= qf * (1 - 0.005), (q, qf)
-    record("kmeans_clustered_early_stop", method="pyprune early stop", seconds=benchmark.stats.stats.min,
+    record("kmeans_clustered_early_stop", method="pyprune early stop", path=res[0].kernel, seconds=benchmark.stats.stats.min,
            iterations=max(r.n_iter for r in res), mean_cos=q, faiss20_seconds=tf, faiss20_mean_cos=qf)

@@ -35,9 +35,9 @@ def spherical_kmeans(
     reuse: bool = True,
     kernel: str = "",
     details: bool = False,
-) -> list[tuple[F32, I64, I64, F64, int]] | list[tuple[F32, I64, I64, F64, int, KMeansStats, F32, str]]:
+) -> list[tuple[F32, I64, I64, F64, int]] | list[tuple[F32, I64, I64, F64, int, KMeansStats, F32, str, F32, F32, F32]]:
     """One tuple per layer: (centroids, labels, representatives, objective, n_iter), and with
-    details=True also (stats, cosines, kernel). `kernel` forces a path; "" = PYPRUNE_GEMM or
+    details=True also (stats, cosines, kernel, norms, rep_cosines, rep_residuals). `kernel` forces a path; "" = PYPRUNE_GEMM or
     the fastest this CPU runs."""
 def choose_k(
     weights: Sequence[F32], ks: Sequence[Sequence[int]], max_iter: int = 100, seed: int = 0, threads: int = 0

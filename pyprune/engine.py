@@ -121,6 +121,12 @@ class KMeansResult:
     cosines: (n,) float32, each filter's cosine to its centroid in this result
         (``centroids[labels]``; 0 for a zero filter), computed by the core.
     kernel: the products path the run used (see :func:`gemm_kernel`).
+    norms: (n,) float32, each filter's L2 norm as given.
+    rep_cosines: (n,) float32, each filter's cosine to its cluster's representative (1 for
+        the representative itself, 0 for a zero filter).
+    rep_residuals: (n,) float32, the relative residual |w_i - a w_r| / |w_i| of each
+        filter's least-squares multiple a of its representative w_r (0 for the representative
+        and for zero filters). With ``rep_cosines`` and ``norms``: what weight merging needs.
     """
 
     centroids: torch.Tensor
@@ -131,6 +137,9 @@ class KMeansResult:
     stats: list[IterationStats] = field(default_factory=list)
     cosines: torch.Tensor | None = None
     kernel: str = ""
+    norms: torch.Tensor | None = None
+    rep_cosines: torch.Tensor | None = None
+    rep_residuals: torch.Tensor | None = None
 
 
 def num_threads() -> int:
@@ -290,8 +299,11 @@ def spherical_kmeans(
             stats=[IterationStats(*row) for row in zip(*(st[f].tolist() for f in IterationStats._fields))],
             cosines=torch.from_numpy(cos),
             kernel=str(used),
+            norms=torch.from_numpy(nrm),
+            rep_cosines=torch.from_numpy(rcos),
+            rep_residuals=torch.from_numpy(rres),
         )
-        for c, lab, rep, obj, n_iter, st, cos, used in raw
+        for c, lab, rep, obj, n_iter, st, cos, used, nrm, rcos, rres in raw
     ]
 
 

@@ -11,7 +11,11 @@ BatchNorm follows (gamma / sqrt(var + eps) per channel); the relative residual
 (ReLU is not odd). The path itself is not inspected: through a BN shift or another
 activation the fold is an approximation too, which fine-tuning then refines.
 
-All dropped channels of a group are folded at once: one ``index_add_`` per consumer tensor.
+Merging never copies a whole consumer tensor: surgery gathers the kept slices as for any
+method, then adds the dropped slices, scaled, onto their representatives' (one
+``index_add_`` per consumer tensor over every group it reads, a DenseNet BN reading
+hundreds). The scales need only each filter's norm and its cosine to its representative,
+which the k-means core returns with the clustering.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch
 
 from .graph import ChannelGraph, Group
 
-__all__ = ["MergeReport", "merge_overrides"]
+__all__ = ["MergeReport", "merge_folds"]
 
 
 @dataclass
@@ -68,15 +72,41 @@ def _matching_positions(units: np.ndarray, src: np.ndarray, target_units: np.nda
     return src[fits], order[first[fits] + occurrence[src[fits]]]
 
 
-def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dict, filters: dict):
-    """New full-size consumer tensors with the dropped channels folded in.
+def _stats_from_weights(g: Group, modules, labels, reps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Norms, representative cosines and residuals from the group's one producer (in
+    double), for a selecting criterion that did not report them."""
+    m = g.producers()[0]
+    w = getattr(modules[m.module], m.param).detach().reshape(len(m.units), -1).double()
+    f = torch.zeros(g.size, w.shape[1], dtype=torch.float64)
+    pos = g.positions(m.units)
+    f[torch.as_tensor(pos[pos >= 0])] = w[torch.as_tensor(np.flatnonzero(pos >= 0))]
+    norms = f.norm(dim=1)
+    rep_of = torch.as_tensor(np.asarray(reps)[np.asarray(labels)])
+    fr = f[rep_of]
+    ab, bb = (f * fr).sum(1), (fr * fr).sum(1)
+    ok = (norms > 0) & (bb > 0)
+    cos = torch.where(ok, ab / (norms * bb.sqrt()).clamp_min(1e-300), torch.zeros(()))
+    res = (f - (ab / bb.clamp_min(1e-300))[:, None] * fr).norm(dim=1) / norms.clamp_min(1e-300)
+    return norms.numpy(), cos.numpy(), torch.where(ok, res, torch.zeros(())).numpy()
+
+
+def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dict, stats: dict | None = None):
+    """What to fold into the consumers of every merged group, for :func:`surgery.apply_keep`.
 
     clusters: group id -> (labels, representatives) from k-means over the group's units.
-    filters: group id -> (units, features) filter matrix the clustering used.
-    Returns ({(module, param): tensor}, MergeReport).
+    stats: group id -> (norms, rep_cosines, rep_residuals): each unit's filter norm, the
+        cosine of its filter to its representative's and the relative residual of its
+        least-squares multiple of it, as the k-means core reports them; groups missing here
+        get them from their producer's weights.
+    Returns ({(module, param): [(dim, src, dst, scale)]}, MergeReport): for each consumer
+    tensor, the positions `src` of dropped channels along `dim` whose slices, times `scale`,
+    are added to the slices at positions `dst` (their representatives), in the tensor's
+    original numbering.
 
-    The scales come per group; the folding is then one ``index_add_`` per consumer tensor
-    over the units of every group it reads (a DenseNet BN reads hundreds of groups).
+    The scale of a dropped filter j merged into r is the least-squares one on the BN-folded
+    filters, a = (s_j |f_j|) / (s_r |f_r|) * cos(f_j, f_r) (s: the BatchNorm's
+    gamma / sqrt(var + eps), 1 without one); its relative residual |a f_r - f_j| / |f_j|
+    is the same with or without the BN scale.
     """
     modules = dict(model.named_modules())
     target = np.full(graph.n_units, -1, np.int64)  # dropped unit -> the kept unit it folds into
@@ -89,26 +119,26 @@ def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters:
         if len(g.producers()) != 1:
             skipped += int((~kept_local).sum())
             continue
-        f = filters[gid].double().numpy()
+        labels, reps = np.asarray(labels), np.asarray(reps)
+        st = (stats or {}).get(gid)
+        norms, cos, res = _stats_from_weights(g, modules, labels, reps) if st is None else st
+        norms, cos, res = (np.asarray(v, np.float64) for v in (norms, cos, res))
         bn = _bn_scale(g, modules)
-        if bn is not None:
-            f = f * bn[:, None]
+        mag = norms * bn if bn is not None else norms
         dropped = np.flatnonzero(~kept_local)
-        rep = np.asarray(reps)[np.asarray(labels)[dropped]]
-        den = np.einsum("ij,ij->i", f[rep], f[rep])
-        a = np.where(den > 0, np.einsum("ij,ij->i", f[dropped], f[rep]) / np.where(den > 0, den, 1.0), 0.0)
+        rep = reps[labels[dropped]]
+        den = mag[rep]
+        a = np.where(den != 0, mag[dropped] * cos[dropped] / np.where(den != 0, den, 1.0), 0.0)
         ok = kept_local[rep] & (a > 0)  # ReLU is not odd: only positive multiples merge
         skipped += int((~ok).sum())
         j, r, a = dropped[ok], rep[ok], a[ok]
         if not len(j):
             continue
-        nj = np.linalg.norm(f[j], axis=1)
-        res = np.linalg.norm(f[j] - a[:, None] * f[r], axis=1)
-        residuals.extend(np.where(nj > 0, res / np.where(nj > 0, nj, 1.0), 0.0).tolist())
+        residuals.extend(res[j].tolist())
         merged += len(j)
         target[g.units[j]] = g.units[r]
         scale[g.units[j]] = a
-    overrides: dict = {}
+    folds: dict = {}
     if merged:
         for m in graph.members:
             if m.role != "in":
@@ -117,16 +147,7 @@ def merge_overrides(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters:
             if not len(src):
                 continue
             src, dst = _matching_positions(m.units, src, target[m.units[src]])
-            if not len(src):
-                continue
-            key = (m.module, m.param)
-            t = overrides.get(key)
-            if t is None:
-                t = getattr(modules[m.module], m.param).detach().clone()
-            shape = [1] * t.dim()
-            shape[m.dim] = -1
-            w = torch.as_tensor(scale[m.units[src]], dtype=t.dtype).view(shape)
-            t.index_add_(m.dim, torch.as_tensor(dst), t.index_select(m.dim, torch.as_tensor(src)) * w)
-            overrides[key] = t
+            if len(src):
+                folds.setdefault((m.module, m.param), []).append((m.dim, src, dst, scale[m.units[src]]))
     report = MergeReport(merged, skipped, float(np.mean(residuals)) if residuals else 0.0)
-    return overrides, report
+    return folds, report

@@ -23,7 +23,7 @@ from torch import nn
 
 from .criteria import Context, Selection, criterion_spec
 from .graph import ChannelGraph, GraphError, as_inputs, build_graph
-from .merge import MergeReport, merge_overrides
+from .merge import MergeReport, merge_folds
 from .schedule import (iterative_keep, iterative_targets, keep_counts, round_keep, schedule_spec,
                        solve_for_budget)
 from .summary import CostModel, Summary, compare, snapshot
@@ -100,7 +100,7 @@ class PrunePlan:
     method: str = ""
     ratio: float = 0.0
     clusters: dict = field(default_factory=dict)  # group id -> (labels, representatives), selecting methods
-    filters: dict = field(default_factory=dict)  # group id -> filter matrix used for clustering
+    cluster_stats: dict = field(default_factory=dict)  # group id -> (norms, rep_cosines, rep_residuals)
     iterations: dict = field(default_factory=dict)  # group id -> iterations the clustering took
 
     def keep_mask(self) -> np.ndarray:
@@ -330,7 +330,9 @@ class Pruner:
                 raise ValueError(f"criterion {self.method!r} dropped frozen units of group {g.id} ({g.name})")
             if result.labels is not None:
                 plan.clusters[g.id] = (np.asarray(result.labels), np.asarray(result.representatives))
-                plan.filters[g.id] = result.filters
+                if result.norms is not None and result.rep_cosines is not None and result.rep_residuals is not None:
+                    plan.cluster_stats[g.id] = (np.asarray(result.norms), np.asarray(result.rep_cosines),
+                                                np.asarray(result.rep_residuals))
                 plan.iterations[g.id] = result.n_iter
             return keep
         s = np.asarray(result, np.float64).copy()
@@ -350,12 +352,12 @@ class Pruner:
         """Cut the model as planned. ``inplace=False`` returns a pruned copy."""
         t0 = time.perf_counter()
         mask = plan.keep_mask()
-        overrides, report = {}, None
+        folds, report = {}, None
         if self.merge and plan.clusters:
-            overrides, report = merge_overrides(self.model, plan.graph, mask, plan.clusters, plan.filters)
+            folds, report = merge_folds(self.model, plan.graph, mask, plan.clusters, plan.cluster_stats)
         before = snapshot(self.model, plan.graph.layers)
         pruned = apply_keep(self.model, plan.graph, mask, inplace=inplace, threads=self.config.threads,
-                            overrides=overrides)
+                            folds=folds)
         if inplace and self._traced[0] is pruned:  # its trace no longer describes it
             self._traced = (None, None)
         summary = compare(before, snapshot(pruned, plan.graph.layers))

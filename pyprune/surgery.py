@@ -35,15 +35,16 @@ def slice_plan(graph: ChannelGraph, keep_unit: np.ndarray) -> dict[tuple[str, st
 
 
 def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, inplace: bool = False,
-               threads: int | None = None, overrides: dict | None = None) -> nn.Module:
+               threads: int | None = None, folds: dict | None = None) -> nn.Module:
     """Return the model with every unit where ``keep_unit`` is False removed.
 
     ``inplace=False`` (the default) leaves `model` untouched and returns a pruned deep copy;
-    ``inplace=True`` prunes `model` itself and returns it. ``overrides`` maps
-    (module, param) to full-size replacement tensors sliced instead of the model's own
-    (used by weight merging).
+    ``inplace=True`` prunes `model` itself and returns it. ``folds`` (from
+    :func:`pyprune.merge.merge_folds`) maps (module, param) to ``(dim, src, dst, scale)``
+    entries: after the kept slices are gathered, the slices at positions `src` of the
+    original tensor, times `scale`, are added onto those at `dst` (weight merging).
     """
-    overrides = overrides or {}
+    folds = folds or {}
     keep_unit = np.asarray(keep_unit, bool)
     if keep_unit.shape != (graph.n_units,):
         raise ValueError(f"keep_unit: expected {graph.n_units} flags, got shape {keep_unit.shape}")
@@ -67,13 +68,30 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
     for (mod, pname), dims in plan.items():
         orig = _get(modules, mod, pname)
         keys.append((mod, pname, orig))
-        sources.append(overrides.get((mod, pname), orig).detach())
+        sources.append(orig.detach())
         idx.append([dims.get(d) for d in range(max(dims) + 1)])
-    for (mod, pname, orig), new in zip(keys, engine.gather(sources, idx, threads=threads)):
+    for (mod, pname, orig), new, dims in zip(keys, engine.gather(sources, idx, threads=threads), plan.values()):
+        for dim, src, dst, scale in folds.get((mod, pname), ()):
+            _fold(new, orig.detach(), dims, dim, src, dst, scale)
         replace_tensor(new_modules[mod], pname, new, like=orig)
     for mod in {m for m, _ in plan}:
         resize(new_modules[mod])
     return target
+
+
+def _fold(new: torch.Tensor, orig: torch.Tensor, dims: dict, dim: int, src, dst, scale) -> None:
+    """new[..., pos(dst), ...] += scale * orig[..., src, ...] along `dim`, where `new` is
+    `orig` with `dims` ({dim: kept positions}) gathered and pos maps an original position
+    along `dim` to its place among the kept ones."""
+    part = orig.index_select(dim, torch.as_tensor(src))
+    for d, kept in dims.items():
+        if d != dim:
+            part = part.index_select(d, torch.as_tensor(kept))
+    shape = [1] * part.dim()
+    shape[dim] = -1
+    part = part * torch.as_tensor(scale, dtype=part.dtype).view(shape)
+    kept = dims.get(dim, np.arange(orig.shape[dim]))
+    new.index_add_(dim, torch.as_tensor(np.searchsorted(kept, dst)), part)
 
 
 def _get(modules: dict, mod: str, pname: str) -> torch.Tensor:

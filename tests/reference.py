@@ -56,3 +56,73 @@ def mean_cosine_to_nearest(x: torch.Tensor, centroids: torch.Tensor) -> float:
     xn = unit_rows(x).float()
     c = centroids.float() / centroids.float().norm(dim=1, keepdim=True)
     return float((xn @ c.T).max(dim=1).values.double().mean())
+
+
+class SplitMix64:
+    """The core's random numbers (splitmix64), bit for bit."""
+
+    M = (1 << 64) - 1
+
+    def __init__(self, seed: int):
+        self.state = (seed + 0x9E3779B97F4A7C15) & self.M
+
+    def next(self) -> int:
+        self.state = (self.state + 0x9E3779B97F4A7C15) & self.M
+        z = self.state
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & self.M
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & self.M
+        return z ^ (z >> 31)
+
+    def uniform(self) -> float:
+        return (self.next() >> 11) * (1.0 / 9007199254740992.0)
+
+
+def greedy_kmeanspp(x: torch.Tensor, k: int, seed: int) -> list:
+    """Greedy k-means++ on the cosine distance 1 - cos, in float64, as the core seeds (the
+    same draws from the same generator): per step 2 + ln K candidates drawn in proportion
+    to the distance to the nearest seed, the one that lowers the total distance most kept.
+    Returns the filter index of every seed (None where a unit basis vector stands in)."""
+    import math
+
+    import numpy as np
+
+    xn = unit_rows(x)
+    n = xn.shape[0]
+    nonzero = (xn.abs().sum(1) > 0).numpy()
+    rng = SplitMix64(seed)
+    trials = 2 + int(math.log(k))
+    mind = np.where(nonzero, 2.0, 0.0)
+    used = np.zeros(n, bool)
+    seeds: list = []
+    if not nonzero.any():
+        return [None] * k
+    for j in range(k):
+        prefix = np.cumsum(mind)  # sequential, as the core's running sum
+        total = prefix[-1]
+        picks: list = []
+        if total > 0:
+            for _ in range(1 if j == 0 else trials):
+                target = rng.uniform() * total
+                above = np.flatnonzero(prefix > target)
+                pick = int(above[0]) if len(above) else int(np.flatnonzero(mind > 0)[-1])
+                if pick not in picks:
+                    picks.append(pick)
+        else:
+            free = np.flatnonzero(~used & nonzero)
+            picks = [int(free[0])] if len(free) else []
+        if not picks:
+            seeds.append(None)
+            continue
+        last = j + 1 == k
+        if len(picks) == 1 and last:
+            seeds.append(picks[0])
+            break
+        dist = np.maximum(0.0, 1.0 - (xn[picks] @ xn.T).numpy())
+        pots = np.minimum(mind[None, :], dist).sum(1)
+        best = int(np.argmin(pots))
+        used[picks[best]] = True
+        seeds.append(picks[best])
+        if last:
+            break
+        mind = np.where(nonzero & ~used, np.minimum(mind, dist[best]), 0.0)
+    return seeds

@@ -469,3 +469,51 @@ def test_cosines_match_torch(early_stop, threads):
             assert_close(r.cosines, want, rtol=0, atol=1e-5)
             if max_iter == 0:
                 assert r.n_iter == 0 and r.stats == []
+
+
+@pytest.mark.parametrize("n,k", [(120, 60), (300, 6), (64, 63)], ids=["gram", "candidates", "k~n"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_seeds_are_greedy_kmeanspp(n, k, threads):
+    """The core's seeding (running sums, binary search, Gram matrix or candidate products)
+    picks the filters a float64 reference of greedy k-means++ picks, from the same random
+    numbers. Random directions: no two candidates tie (noisy copies of one filter can tie
+    exactly in exact arithmetic, and then float rounding decides)."""
+    x = make((n, 40), seed=n + k)
+    want = ref.greedy_kmeanspp(x, k, seed=3)
+    (r,) = engine.spherical_kmeans(x, k, max_iter=0, seed=3, threads=threads)
+    got = (ref.unit_rows(r.centroids) @ ref.unit_rows(x).T).argmax(1).tolist()
+    assert got == want
+
+
+def test_kept_channels_do_not_depend_on_threads_or_x86_path():
+    """Random filters (near-ties everywhere, K = n/2): the labels and representatives are
+    the same bits at 1 and 2 threads, and on the AVX2 path as on the AVX-512 one (both
+    compute every dot as one FMA chain in the same order)."""
+    w = [make((512, 576), seed=1), make((1024, 64), seed=2), make((96, 27), seed=3)]
+    ks = [256, 512, 48]
+    paths = [p for p in ("avx512", "avx2") if p in engine.gemm_kernels()] or [engine.gemm_kernel()]
+    runs = [engine.spherical_kmeans(w, ks, seed=5, threads=t, kernel=p) for p in paths for t in (1, 2)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a.labels, b.labels) and torch.equal(a.representatives, b.representatives)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_merge_statistics_match_torch(threads):
+    """norms, rep_cosines and rep_residuals (what merging needs) against float64 torch."""
+    x, _ = clustered(20, 5, 60, 0.2, seed=4)
+    x[7] = 0.0
+    x[11] = 3.0 * x[10]  # an exact positive multiple: residual 0
+    (r,) = engine.spherical_kmeans(x, 20, seed=1, threads=threads)
+    xd = x.double()
+    rep = r.representatives[r.labels]
+    assert_close(r.norms.double(), xd.norm(dim=1), rtol=1e-6, atol=0)
+    xr = xd[rep]
+    cos = torch.where(xd.norm(dim=1) > 0, (xd * xr).sum(1) / (xd.norm(dim=1) * xr.norm(dim=1)).clamp_min(1e-300), 0)
+    assert_close(r.rep_cosines.double(), cos, rtol=0, atol=1e-6)
+    a = (xd * xr).sum(1) / (xr * xr).sum(1)
+    res = torch.where(xd.norm(dim=1) > 0, (xd - a[:, None] * xr).norm(dim=1) / xd.norm(dim=1).clamp_min(1e-300), 0)
+    assert_close(r.rep_residuals.double(), res, rtol=1e-4, atol=1e-6)
+    assert r.rep_cosines[r.representatives].eq(1).all() and r.rep_residuals[r.representatives].eq(0).all()
+    if r.labels[10] == r.labels[11] and r.representatives[r.labels[10]] in (10, 11):
+        assert r.rep_residuals[10] < 1e-6 and r.rep_residuals[11] < 1e-6

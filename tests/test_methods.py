@@ -357,3 +357,40 @@ def test_digits_merge_beats_no_merge(digits_run):
 def test_digits_finetuned_within_1_5_points(digits_run, method):
     base, rows = digits_run
     assert rows[method]["after"] >= base - 0.015, rows[method]
+
+
+def _numpy_filled(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Weights and BN statistics from numpy's PCG64 (the same numbers on every machine)."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.is_floating_point():
+                v = rng.standard_normal(t.shape) * 0.1
+                if name.endswith("running_var") or name.endswith(".weight") and t.dim() == 1:
+                    v = np.abs(v) + 0.5
+                t.copy_(torch.from_numpy(v))
+    return model.eval()
+
+
+# sha256 of the kept channels, prune(method="kmeans", ratio=0.5, seed=0): a change of any
+# kept channel shows here. They are the same bits on the AVX-512 and AVX2 paths (each dot is
+# one FMA chain in the same order) and at any thread count.
+KEPT_SHA256 = {
+    "mobilenet_v2": "cb261a3fc7d4c0937da8f916f7e04a48ef69c2d6881a92d667db49a8012dd9af",
+    "resnet18": "46b414e1fa70b09f8675b29379853a424e72e37771446e5aa84edebdeff6c9d1",
+}
+
+
+@pytest.mark.skipif(not {"avx512", "avx2"} & set(pyprune.engine.gemm_kernels()),
+                    reason="the recorded channels are those of the AVX2/AVX-512 paths; this CPU has neither")
+@pytest.mark.parametrize("name", sorted(KEPT_SHA256))
+def test_kmeans_kept_channels_unchanged(name):
+    import hashlib
+
+    import torchvision
+
+    model = _numpy_filled(getattr(torchvision.models, name)(weights=None, num_classes=10))
+    res = pyprune.prune(model, torch.zeros(1, 3, 32, 32), method="kmeans", ratio=0.5, seed=0)
+    kept = np.concatenate([np.asarray(res.plan.keep[g], np.int64) for g in sorted(res.plan.keep)])
+    digest = hashlib.sha256(kept.tobytes()).hexdigest()
+    assert digest == KEPT_SHA256[name], digest

@@ -9,7 +9,7 @@ namespace pyprune::bind {
 namespace {
 
 /// (centroids, labels, representatives, objective, n_iter), and with `details` also
-/// (stats, cosines, kernel): stats a dict of per-iteration arrays (changed, moved, reseeded,
+/// (stats, cosines, kernel, norms, rep_cosines, rep_residuals): stats a dict of per-iteration arrays (changed, moved, reseeded,
 /// recomputed: int64; seconds: float64), cosines a float32 array, kernel the path's name.
 py::tuple result_to_python(const KMeansResult& r, bool details) {
     py::array_t<float> centroids({r.k, r.d});
@@ -35,7 +35,8 @@ py::tuple result_to_python(const KMeansResult& r, bool details) {
     stats["seconds"] = to_numpy(seconds);
     return py::make_tuple(centroids, to_numpy(r.labels), to_numpy(r.representatives),
                           to_numpy(r.objective), r.n_iter, stats, to_numpy(r.cosines),
-                          std::string(kernel_name(r.kernel)));
+                          std::string(kernel_name(r.kernel)), to_numpy(r.norms), to_numpy(r.rep_cosines),
+                          to_numpy(r.rep_residuals));
 }
 
 }  // namespace
@@ -92,9 +93,11 @@ void register_kmeans(py::module_& m) {
         py::arg("reuse") = true, py::arg("kernel") = "", py::arg("details") = false,
         "Spherical k-means of many layers in one call. Returns one tuple per layer: "
         "(centroids, labels, representatives, objective, n_iter), with details=True followed by "
-        "(stats, cosines, kernel): stats a dict of per-iteration arrays changed, moved, reseeded, "
-        "recomputed, seconds; cosines each filter's cosine to its centroid; kernel the products "
-        "path used. `kernel` forces a path (blas, portable, avx2, avx512); empty: PYPRUNE_GEMM "
+        "(stats, cosines, kernel, norms, rep_cosines, rep_residuals): stats a dict of per-iteration arrays changed, "
+        "moved, reseeded, recomputed, seconds; cosines each filter's cosine to its centroid; kernel "
+        "the products path used; norms each filter's L2 norm; rep_cosines each filter's cosine to "
+        "its cluster's representative and rep_residuals the relative residual of its least-squares "
+        "multiple of it. `kernel` forces a path (blas, portable, avx2, avx512); empty: PYPRUNE_GEMM "
         "or the fastest this CPU runs.");
 }
 

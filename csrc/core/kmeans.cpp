@@ -36,7 +36,7 @@ struct Rng {
 /// of a batch: a layer then reuses pages it has touched already instead of faulting in (and
 /// zero-filling) fresh ones. On densenet201 that was a tenth of the time outside the products.
 struct Workspace {
-    std::vector<float> xn, s;
+    std::vector<float> xn, s, gram;
     PackedRows xp;
 };
 
@@ -46,14 +46,16 @@ public:
     /// `p.kernel` must be set (see resolved()). The buffers of `ws` are borrowed until the
     /// solver is destroyed.
     Solver(const MatrixView& x, const KMeansParams& p, int nt, Workspace& ws)
-        : n_(x.rows), d_(x.cols), k_(p.k), p_(p), nt_(nt), kernel_(*p.kernel), ws_(ws),
+        : x_(x), n_(x.rows), d_(x.cols), k_(p.k), p_(p), nt_(nt), kernel_(*p.kernel), ws_(ws),
           xn_(std::move(ws.xn)), xp_(std::move(ws.xp)), nonzero_(static_cast<size_t>(n_)),
           c_(static_cast<size_t>(k_ * d_)), s_(std::move(ws.s)),
           best_(static_cast<size_t>(n_)), labels_(static_cast<size_t>(n_), -1),
           moved_(static_cast<size_t>(k_), 1) {
+        gram_.swap(ws.gram);
         xn_.resize(static_cast<size_t>(n_ * d_));
         s_.resize(static_cast<size_t>(n_ * k_));  // every entry is written before it is read
-        normalize_rows(x, xn_.data(), nt_);
+        norms_.resize(static_cast<size_t>(n_));
+        normalize_rows(x, xn_.data(), nt_, norms_.data());
         if (packed_) pack_rows(xn_.data(), n_, d_, d_, kernel_, &xp_);  // X never changes: packed once
         for (int64_t i = 0; i < n_; ++i) {
             const float* r = row(i);
@@ -68,6 +70,7 @@ public:
         ws_.xn = std::move(xn_);
         ws_.xp = std::move(xp_);
         ws_.s = std::move(s_);
+        ws_.gram = std::move(gram_);
     }
 
     Solver(const Solver&) = delete;
@@ -103,6 +106,8 @@ public:
         r.labels = labels_;
         r.cosines = own_cosines();
         r.representatives = representatives(r.cosines);
+        rep_stats(r.representatives, &r);
+        r.norms = std::move(norms_);
         r.centroids = std::move(c_);
         return r;
     }
@@ -129,52 +134,78 @@ private:
         centroid(j)[j % d_] = 1.0f;
     }
 
-    /// dots[i] = <x_i, v> for all rows, rows split over the threads.
-    void dots_with(const float* v, float* dots) const {
-        parallel_rows(n_, parts(), 1, [&](int, int64_t lo, int64_t hi) {
-            blas::gemv(hi - lo, d_, xn_.data() + lo * d_, d_, v, dots + lo);
+    /// Dots of filters with filters: out[t * n + i] = <x_rows[t], x_i> for the m rows
+    /// `rows`, on the run's kernel: the packed kernel computes every entry the same way
+    /// whatever the thread split or the tile it falls in (one FMA chain over the depth, in
+    /// order), so these dots are bit-identical to the entries of the first assignment's
+    /// product and of the Gram matrix (compute_gram). The BLAS path runs one unsplit call,
+    /// so its result does not depend on the thread count either.
+    void dots_of_rows(const int64_t* rows, int64_t m, float* out) {
+        cand_.resize(static_cast<size_t>(m * d_));
+        for (int64_t t = 0; t < m; ++t) std::memcpy(cand_.data() + t * d_, row(rows[t]), sizeof(float) * d_);
+        dots_of(cand_.data(), m, out);
+    }
+
+    /// out[t * n + i] = <v_t, x_i> for m directions v (m x d), as dots_of_rows.
+    void dots_of(const float* v, int64_t m, float* out) const {
+        if (!packed_) {
+            blas::gemm_nt(m, n_, d_, v, d_, xn_.data(), d_, out, n_);
+            return;
+        }
+        parallel_rows(n_, parts(), grain(), [&](int, int64_t lo, int64_t hi) {
+            products(m, v, lo, hi, out + lo, n_);
         });
     }
 
-    /// out[n x m] = X * V^T for m candidate directions V (m x d), rows split over threads.
-    void dots_with_many(const float* v, int64_t m, float* out) const {
-        parallel_rows(n_, parts(), 1, [&](int, int64_t lo, int64_t hi) {
-            blas::gemm_nt(hi - lo, m, d_, xn_.data() + lo * d_, d_, v, d_, out + lo * m, m);
-        });
+    /// Greedy k-means++ evaluates about K (2 + ln K) candidate filters against all n. With
+    /// K (2 + ln K) >= n it is cheaper to compute the Gram matrix X X^T once (n^2 d) and
+    /// read each candidate's dots from it: the same numbers (see dots_of_rows), so the
+    /// seeds do not depend on the choice. Kept while n^2 floats fit in 128 MB.
+    bool use_gram(int64_t trials) const {
+        return packed_ && n_ <= 5792 && k_ * trials >= n_;
     }
 
     /// Greedy k-means++ with the cosine distance 1 - cos (half the squared chord length):
     /// each step samples 2 + ln(K) candidates in proportion to their distance to the
     /// nearest chosen seed and keeps the one that lowers the total distance most (the
     /// variant scikit-learn uses; plain k-means++ falls into poor local optima far more
-    /// often on filters with real cluster structure).
+    /// often on filters with real cluster structure). The draws read a running sum of the
+    /// distances (the same additions in the same order as a sequential scan, so the same
+    /// picks) by binary search; the candidates' potentials are summed side by side.
     void kmeanspp() {
+        seed_row_.assign(static_cast<size_t>(k_), -1);
         if (n_nonzero_ == 0) {
             for (int64_t j = 0; j < k_; ++j) set_basis(j);
             return;
         }
         Rng rng(p_.seed);
         const int64_t trials = 2 + static_cast<int64_t>(std::log(static_cast<double>(k_)));
-        std::vector<double> mind(static_cast<size_t>(n_));
+        std::vector<double> mind(static_cast<size_t>(n_)), prefix(static_cast<size_t>(n_));
         std::vector<char> used(static_cast<size_t>(n_), 0);
-        std::vector<float> cand(static_cast<size_t>(trials * d_));
-        std::vector<float> dots(static_cast<size_t>(n_ * trials));
+        std::vector<double> pot(static_cast<size_t>(trials));
+        std::vector<const float*> dptr(static_cast<size_t>(trials));
         std::vector<int64_t> picks;
+        const bool gram = use_gram(trials);
+        if (gram) {
+            compute_gram();
+        } else {
+            dots_.resize(static_cast<size_t>(n_ * trials));
+        }
         for (int64_t i = 0; i < n_; ++i) mind[i] = nonzero_[i] ? 2.0 : 0.0;
         for (int64_t j = 0; j < k_; ++j) {
             picks.clear();
-            const double total = std::accumulate(mind.begin(), mind.end(), 0.0);
+            double total = 0.0;
+            for (int64_t i = 0; i < n_; ++i) prefix[i] = total += mind[i];
             if (total > 0.0) {
                 const int64_t m = j == 0 ? 1 : trials;  // the first seed: one uniform draw
                 for (int64_t t = 0; t < m; ++t) {
                     const double target = rng.uniform() * total;
-                    double acc = 0.0;
-                    int64_t pick = -1;
-                    for (int64_t i = 0; i < n_; ++i) {
-                        if (mind[i] <= 0.0) continue;
-                        acc += mind[i];
-                        pick = i;
-                        if (acc > target) break;
+                    // the first filter whose running sum passes the target (it has mind > 0:
+                    // the sum grows only there); else the last filter with mind > 0
+                    int64_t pick = std::upper_bound(prefix.begin(), prefix.end(), target) - prefix.begin();
+                    if (pick == n_) {
+                        pick = n_ - 1;
+                        while (pick > 0 && !(mind[pick] > 0.0)) --pick;
                     }
                     if (std::find(picks.begin(), picks.end(), pick) == picks.end()) picks.push_back(pick);
                 }
@@ -187,42 +218,128 @@ private:
                 continue;
             }
             const int64_t m = static_cast<int64_t>(picks.size());
-            for (int64_t t = 0; t < m; ++t)
-                std::memcpy(cand.data() + t * d_, row(picks[t]), sizeof(float) * d_);
             const bool last = j + 1 == k_;
             if (m == 1 && last) {
-                std::memcpy(centroid(j), cand.data(), sizeof(float) * d_);
+                take_seed(j, picks[0]);
                 break;
             }
-            dots_with_many(cand.data(), m, dots.data());
+            if (gram) {
+                for (int64_t t = 0; t < m; ++t) dptr[t] = gram_.data() + picks[t] * n_;
+            } else {
+                dots_of_rows(picks.data(), m, dots_.data());
+                for (int64_t t = 0; t < m; ++t) dptr[t] = dots_.data() + t * n_;
+            }
             int64_t best_t = 0;
             if (m > 1) {
+                potentials(mind.data(), dptr.data(), m, pot.data());
                 double best_pot = std::numeric_limits<double>::infinity();
                 for (int64_t t = 0; t < m; ++t) {
-                    double pot = 0.0;
-                    for (int64_t i = 0; i < n_; ++i) {
-                        if (mind[i] <= 0.0) continue;
-                        const double dist = std::max(0.0, 1.0 - static_cast<double>(dots[i * m + t]));
-                        pot += std::min(mind[i], dist);
-                    }
-                    if (pot < best_pot) {
-                        best_pot = pot;
+                    if (pot[t] < best_pot) {
+                        best_pot = pot[t];
                         best_t = t;
                     }
                 }
             }
             used[picks[best_t]] = 1;
-            std::memcpy(centroid(j), cand.data() + best_t * d_, sizeof(float) * d_);
+            take_seed(j, picks[best_t]);
             if (last) break;
+            const float* bd = dptr[best_t];
             for (int64_t i = 0; i < n_; ++i) {
                 if (!nonzero_[i] || used[i]) {
                     mind[i] = 0.0;
                     continue;
                 }
-                const double dist = std::max(0.0, 1.0 - static_cast<double>(dots[i * m + best_t]));
+                const double dist = std::max(0.0, 1.0 - static_cast<double>(bd[i]));
                 mind[i] = std::min(mind[i], dist);
             }
         }
+    }
+
+    /// min(mind, max(0, 1 - dot)): a filter's distance to its nearest seed if the candidate
+    /// with this dot joined the seeds (written with selects, which vectorise).
+    static inline double capped(double mind, float dot) {
+        const double dist = 1.0 - static_cast<double>(dot);
+        const double pos = 0.0 < dist ? dist : 0.0;
+        return pos < mind ? pos : mind;
+    }
+
+    /// pot[t] = sum over filters of min(mind_i, 1 - <x_i, candidate t>) (the total distance
+    /// if candidate t became a seed; filters with mind_i = 0 add nothing). Summed in kLanes
+    /// interleaved partial sums, then the lanes in order: a fixed order, so every CPU and
+    /// vector width gives the same bits, and the lanes vectorise.
+    void potentials(const double* mind, const float* const* dptr, int64_t m, double* pot) const {
+        constexpr int64_t L = kLanes;
+        lanes_.assign(static_cast<size_t>(m * L), 0.0);
+        double* acc = lanes_.data();
+        const int64_t full = n_ / L * L;
+        for (int64_t i0 = 0; i0 < full; i0 += L) {
+            const double* mi = mind + i0;
+            for (int64_t t = 0; t < m; ++t) {
+                const float* dt = dptr[t] + i0;
+                double* a = acc + t * L;
+#pragma omp simd
+                for (int64_t l = 0; l < L; ++l) a[l] += capped(mi[l], dt[l]);
+            }
+        }
+        for (int64_t i = full; i < n_; ++i)  // the tail: lane i - full
+            for (int64_t t = 0; t < m; ++t)
+                acc[t * L + (i - full)] += capped(mind[i], dptr[t][i]);
+        for (int64_t t = 0; t < m; ++t) {
+            double s = 0.0;
+            for (int64_t l = 0; l < L; ++l) s += acc[t * L + l];
+            pot[t] = s;
+        }
+    }
+
+    /// gram_ = X X^T. Only the blocks on and above the diagonal are multiplied (per panel of
+    /// columns, the rows up to its end), the rest is mirrored: entry (i, j) and (j, i) are the
+    /// same products added in the same order, so the mirror is exact. Threads take panels
+    /// in ranges of about equal work (panel q costs q + 1).
+    void compute_gram() {
+        gram_.resize(static_cast<size_t>(n_ * n_));  // every entry is written below
+        gram_used_ = true;
+        const int64_t w = grain(), panels = (n_ + w - 1) / w;
+        const int np = parts();
+        auto first_panel = [&](int t) {  // the work of panels 0..q grows as q^2
+            return static_cast<int64_t>(std::floor(static_cast<double>(panels) * std::sqrt(static_cast<double>(t) / np)));
+        };
+        float* g = gram_.data();
+        parallel_rows(np, np, 1, [&](int, int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                for (int64_t q = first_panel(static_cast<int>(t)); q < first_panel(static_cast<int>(t) + 1); ++q) {
+                    const int64_t lo = q * w, hi = std::min(n_, lo + w);
+                    products(hi, xn_.data(), lo, hi, g + lo, n_);  // rows 0..hi of columns lo..hi
+                    for (int64_t i0 = 0; i0 < lo; i0 += 16) {  // mirror in 16-row tiles (stay in L1)
+                        const int64_t i1 = std::min(lo, i0 + 16);
+                        for (int64_t j = lo; j < hi; ++j)
+                            for (int64_t i = i0; i < i1; ++i) g[j * n_ + i] = g[i * n_ + j];
+                    }
+                }
+            }
+        });
+    }
+
+    /// Centroid j starts as filter p.
+    void take_seed(int64_t j, int64_t p) {
+        std::memcpy(centroid(j), row(p), sizeof(float) * d_);
+        seed_row_[j] = p;
+    }
+
+    /// The first assignment after seeding with the Gram matrix kept: the products of the
+    /// centroids that are filters are rows of the Gram matrix (the same numbers: see
+    /// dots_of_rows), so only the others are computed. Returns false when there is no Gram
+    /// matrix to read.
+    bool fill_from_gram(std::vector<int64_t>* others) {
+        if (!gram_used_) return false;
+        others->clear();
+        for (int64_t j = 0; j < k_; ++j) {
+            if (seed_row_[j] >= 0) {
+                std::memcpy(s_.data() + j * n_, gram_.data() + seed_row_[j] * n_, sizeof(float) * n_);
+            } else {
+                others->push_back(j);
+            }
+        }
+        return true;
     }
 
     /// Assignment of filters lo..hi. The similarities are computed transposed,
@@ -291,16 +408,18 @@ private:
         std::vector<int64_t> moved;
         std::vector<float> cm;
         const std::vector<int64_t>* part = nullptr;
-        if (p_.reuse && assigned_) {
+        if (!assigned_ && fill_from_gram(&moved)) {
+            part = &moved;
+        } else if (p_.reuse && assigned_) {
             for (int64_t j = 0; j < k_; ++j)
                 if (moved_[j]) moved.push_back(j);
+            if (static_cast<int64_t>(moved.size()) * 4 <= k_ * 3) part = &moved;
+        }
+        if (part != nullptr) {
             const int64_t m = static_cast<int64_t>(moved.size());
-            if (m * 4 <= k_ * 3) {
-                cm.resize(static_cast<size_t>(m * d_));
-                for (int64_t q = 0; q < m; ++q)
-                    std::memcpy(cm.data() + q * d_, centroid(moved[q]), sizeof(float) * d_);
-                part = &moved;
-            }
+            cm.resize(static_cast<size_t>(m * d_));
+            for (int64_t q = 0; q < m; ++q)
+                std::memcpy(cm.data() + q * d_, centroid(moved[q]), sizeof(float) * d_);
         }
         *recomputed = part != nullptr ? static_cast<int64_t>(moved.size()) : k_;
         const int np = parts();
@@ -310,6 +429,7 @@ private:
             assign_rows(lo, hi, part, cm.data(), &objs[t], &chs[t]);
         });
         assigned_ = true;
+        gram_used_ = false;  // read once, by the first assignment
         std::fill(moved_.begin(), moved_.end(), 0);
         *changed = std::accumulate(chs.begin(), chs.end(), int64_t{0});
         return std::accumulate(objs.begin(), objs.end(), 0.0);  // in part order: deterministic
@@ -436,6 +556,39 @@ private:
         return own;
     }
 
+    /// Per filter, against the representative r of its cluster, on the filters as given
+    /// (in double): the cosine, and the relative residual |x_i - a x_r| / |x_i| of the
+    /// least-squares multiple a = <x_i, x_r> / |x_r|^2 (0 for a representative or a zero
+    /// filter). Summed directly, not as sqrt(1 - cos^2), which loses the small residuals
+    /// of near-duplicates to cancellation.
+    void rep_stats(const std::vector<int64_t>& rep, KMeansResult* r) const {
+        r->rep_cosines.assign(static_cast<size_t>(n_), 0.0f);
+        r->rep_residuals.assign(static_cast<size_t>(n_), 0.0f);
+        for (int64_t i = 0; i < n_; ++i) {
+            const int64_t q = rep[labels_[i]];
+            const float* a = x_.data + i * d_;
+            const float* b = x_.data + q * d_;
+            double ab = 0.0, bb = 0.0;
+#pragma omp simd reduction(+ : ab, bb)
+            for (int64_t t = 0; t < d_; ++t) {
+                ab += static_cast<double>(a[t]) * b[t];
+                bb += static_cast<double>(b[t]) * b[t];
+            }
+            const double na = norms_[i], nb = std::sqrt(bb);
+            if (!(na > 0.0) || !(nb > 0.0)) continue;
+            r->rep_cosines[i] = q == i ? 1.0f : static_cast<float>(ab / (na * nb));
+            if (q == i) continue;
+            const double f = ab / bb;
+            double res = 0.0;
+#pragma omp simd reduction(+ : res)
+            for (int64_t t = 0; t < d_; ++t) {
+                const double e = static_cast<double>(a[t]) - f * b[t];
+                res += e * e;
+            }
+            r->rep_residuals[i] = static_cast<float>(std::sqrt(res) / na);
+        }
+    }
+
     /// Per cluster the member of highest cosine `own` to it; an empty cluster takes the
     /// closest filter not yet chosen.
     std::vector<int64_t> representatives(const std::vector<float>& own) {
@@ -450,7 +603,7 @@ private:
         std::vector<float> dots(static_cast<size_t>(n_));
         for (int64_t j = 0; j < k_; ++j) {
             if (rep[j] >= 0) continue;
-            dots_with(centroid(j), dots.data());
+            dots_of(centroid(j), 1, dots.data());
             int64_t b = -1;
             for (int64_t i = 0; i < n_; ++i)
                 if (!taken[i] && (b < 0 || dots[i] > dots[b])) b = i;
@@ -460,6 +613,7 @@ private:
         return rep;
     }
 
+    MatrixView x_;  // the filters as given (caller-owned, alive while the solver runs)
     int64_t n_, d_, k_;
     KMeansParams p_;
     int nt_;
@@ -467,6 +621,7 @@ private:
     Workspace& ws_;
     bool packed_ = kernel_ != GemmKernel::blas;
     std::vector<float> xn_;
+    std::vector<float> norms_;
     PackedRows xp_;
     std::vector<char> nonzero_;
     int64_t n_nonzero_ = 0;
@@ -476,6 +631,12 @@ private:
     std::vector<int64_t> count_;        // members per cluster, as of sum_label_
     std::vector<int64_t> sum_label_;    // the labels the sums describe
     std::vector<char> moved_;           // centroids written since the last assignment
+    std::vector<int64_t> seed_row_;     // per centroid the filter it was seeded with, or -1
+    std::vector<float> gram_;           // X X^T while seeding and the first assignment need it
+    bool gram_used_ = false;            // gram_ holds this layer's X X^T
+    std::vector<float> dots_, cand_;    // candidate dots and rows when there is no Gram matrix
+    mutable std::vector<double> lanes_; // partial sums of potentials()
+    static constexpr int64_t kLanes = 8;
     bool assigned_ = false;             // S^T holds the products of an earlier assignment
 };
 

@@ -66,6 +66,13 @@ struct KMeansResult {
     /// per filter (n) the cosine to its centroid as returned (labels and centroids of the
     /// result); 0 for a zero filter
     std::vector<float> cosines;
+    /// per filter (n) its L2 norm as given (before normalisation)
+    std::vector<float> norms;
+    /// per filter (n) the cosine to its cluster's representative (1 for a representative, 0
+    /// for a zero filter) and the relative residual |x_i - a x_r| / |x_i| of its
+    /// least-squares multiple a of the representative x_r (0 for a representative or a zero
+    /// filter): what merging a dropped filter into its representative needs
+    std::vector<float> rep_cosines, rep_residuals;
     /// the products kernel the run used
     GemmKernel kernel = GemmKernel::blas;
 };

@@ -30,13 +30,18 @@ class Selection:
     keep: positions (into ``group.units``) of the kept units.
     labels / representatives: the clustering behind the choice (cluster of every unit, and
         per cluster the unit kept for it), used to merge dropped units into kept ones.
-    filters: the (units, features) matrix the clustering ran on.
+    norms / rep_cosines / rep_residuals: per unit, its filter's norm, the cosine of its
+        filter to its representative's and the relative residual of its least-squares
+        multiple of it, which merging needs (computed from the weights when not given).
+    n_iter: the iterations the clustering took.
     """
 
     keep: np.ndarray
     labels: np.ndarray | None = None
     representatives: np.ndarray | None = None
-    filters: torch.Tensor | None = None
+    norms: np.ndarray | None = None
+    rep_cosines: np.ndarray | None = None
+    rep_residuals: np.ndarray | None = None
     n_iter: int = 0
 
 

@@ -55,7 +55,8 @@ def kmeans(groups, ctx):
     if jobs:
         res = engine.spherical_kmeans(jobs, ks, seed=ctx.seed, threads=ctx.threads,
                                       max_iter=int(ctx.options.get("kmeans_iter", 100)))
-        for i, x, r in zip(where, jobs, res):
+        for i, r in zip(where, res):
             reps = r.representatives.numpy()
-            out[i] = Selection(np.sort(reps), r.labels.numpy(), reps, x, r.n_iter)
+            out[i] = Selection(np.sort(reps), r.labels.numpy(), reps, r.norms.numpy(), r.rep_cosines.numpy(),
+                               r.rep_residuals.numpy(), r.n_iter)
     return out
