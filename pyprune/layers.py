@@ -38,13 +38,15 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
 from .graph._layout import Layout
 from .graph._trace import register_op
 
-__all__ = ["LayerHandler", "Conv", "Linear", "BatchNorm", "LayerNorm", "GroupNorm", "PReLU", "register_layer",
+__all__ = ["LayerHandler", "Conv", "Linear", "BatchNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention",
+           "register_layer",
            "handler_for", "register_op", "resize", "layer_macs", "Layout", "LAYERS"]
 
 LAYERS: dict[type, "LayerHandler"] = {}
@@ -99,6 +101,7 @@ class LayerHandler:
 
     kind = "other"  # the summary's label: conv | linear | norm | other
     shape_ops: dict = {}
+    cost_param = "weight"  # the tensor whose pruned dims scale the layer's MACs (CostModel)
 
     def trace(self, rec, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
         lay = rec.layout(x)
@@ -142,25 +145,50 @@ def _conv_out(args, kwargs) -> tuple:
     return (x.shape[0], w.shape[0], *spatial)
 
 
+def _own_out_tensors(m: nn.Module, known: tuple, count: int) -> list[str]:
+    """The layer's tensors sliced with its outputs: those named in `known`, and every other
+    parameter or buffer whose dim 0 has one entry per output channel (a subclass's gain or
+    scale): slicing them keeps the pruned layer consistent."""
+    names = [p for p in known if getattr(m, p, None) is not None]
+    for p, t in (*m._parameters.items(), *m._buffers.items()):
+        if p not in names and t is not None and t.dim() >= 1 and t.numel() > 1 and t.shape[0] == count:
+            names.append(p)
+    return names
+
+
 class Conv(LayerHandler):
     """nn.Conv1d/2d/3d: dim 0 of the weight (and bias) are its output channels, dim 1 its
-    input channels; a depthwise conv passes its input channels through; a grouped conv
-    keeps its channel counts."""
+    input channels. A depthwise conv passes its input channels through. A grouped conv
+    keeps its groups: each group loses as many of its input channels, and as many of its
+    output channels, as every other group. Another tensor of the layer with one entry per
+    output channel along dim 0 (a gain) is sliced with the outputs. A conv whose weight goes
+    through other ops before use (weight standardisation) prunes its output channels exactly,
+    its input channels not: the standardisation's statistics change."""
 
     kind = "conv"
     shape_ops = {"conv1d": _conv_out, "conv2d": _conv_out, "conv3d": _conv_out}
     out_tensors: tuple = ("weight", "bias")  # tensors whose dim 0 holds the output channels
 
     def _outputs(self, rec, name, m, ids) -> None:
-        for p in self.out_tensors:
-            if getattr(m, p, None) is not None:
-                rec.add_member(name, p, 0, ids, "out" if p == "weight" else "bias")
+        for p in _own_out_tensors(m, self.out_tensors, m.out_channels):
+            rec.add_member(name, p, 0, ids, "out" if p == "weight" else "bias" if p == "bias" else "param")
 
     def trace(self, rec, name, m, x, out):
         lay = rec.layout(x)
         in_ids = lay.ids if lay is not None and lay.dim == 1 and len(lay.ids) == m.in_channels else None
         if lay is not None and in_ids is None:
-            rec.freeze(lay.ids, f"{name} reads channels from an unexpected dim")
+            if (m.in_channels == m.out_channels == 1 and m.groups == 1 and lay.dim >= 2
+                    and out.dim() == x.dim() and out.shape[lay.dim] == x.shape[lay.dim]):
+                # ECA: a one-channel conv that runs along the channels as its length
+                rec.add_inexact(lay.ids, f"{name} runs along the channel axis (ECA attention): a pruned "
+                                         "channel changes its neighbours' attention")
+                rec.set_layout(out, lay)
+                return
+            rec.freeze(lay.ids, f"{name} reads channels from an unexpected dim {lay.dim} "
+                                f"(shape {tuple(x.shape)})")
+        if in_ids is not None and name in rec.transformed:
+            rec.add_inexact(in_ids, f"{name} transforms its weight before use (weight standardisation): "
+                                    "pruning its input channels changes the statistics")
         g = m.groups
         if g == 1:
             out_ids = rec.new_ids(m.out_channels, name)
@@ -170,11 +198,13 @@ class Conv(LayerHandler):
         elif g == m.in_channels == m.out_channels and in_ids is not None:  # depthwise
             out_ids = in_ids
             self._outputs(rec, name, m, out_ids)
-        else:  # grouped convolution: the channel counts per group stay as they are
+        else:  # grouped: every group keeps as many inputs, and as many outputs, as the others
             out_ids = rec.new_ids(m.out_channels, name)
-            rec.freeze(out_ids, f"grouped convolution {name} (groups={g})")
+            self._outputs(rec, name, m, out_ids)
+            rec.add_blocks(out_ids.reshape(g, -1), f"grouped convolution {name} (groups={g})")
             if in_ids is not None:
-                rec.freeze(in_ids, f"grouped convolution {name} (groups={g})")
+                rec.add_member(name, "weight", 1, in_ids, "in", groups=g)
+                rec.add_blocks(in_ids.reshape(g, -1), f"grouped convolution {name} (groups={g})")
         rec.set_layout(out, Layout(1, out_ids))
 
     def resize(self, m):
@@ -212,9 +242,8 @@ class Linear(LayerHandler):
         if lay is not None and lay.dim == last:
             rec.add_member(name, "weight", 1, lay.ids, "in")
         out_ids = rec.new_ids(m.out_features, name)
-        rec.add_member(name, "weight", 0, out_ids, "out")
-        if m.bias is not None:
-            rec.add_member(name, "bias", 0, out_ids, "bias")
+        for p in _own_out_tensors(m, ("weight", "bias"), m.out_features):
+            rec.add_member(name, p, 0, out_ids, "out" if p == "weight" else "bias" if p == "bias" else "param")
         if lay is not None and lay.dim != last:  # the Linear mixes another dim; channels pass through
             rec.freeze(out_ids, f"{name} applied along a non-channel dim")
             rec.set_layout(out, lay)
@@ -317,8 +346,8 @@ class LayerNorm(LayerHandler):
 
 
 class GroupNorm(LayerHandler):
-    """GroupNorm: prunable with one group (statistics over all channels) or one group per
-    channel; other group counts keep their channels."""
+    """GroupNorm: every group keeps as many channels as the others (its statistics, over
+    the group's channels, change when channels are cut, as a LayerNorm's do)."""
 
     kind = "norm"
     shape_ops = {"group_norm": lambda a, k: _norm_out(a, k, "group")}
@@ -327,10 +356,15 @@ class GroupNorm(LayerHandler):
         lay = rec.layout(x)
         if lay is None:
             return
+        if lay.dim != 1 or len(lay.ids) != m.num_channels:
+            rec.report_unknown(f"GroupNorm on an unexpected dim", [lay], [out])
+            return
         if m.num_groups not in (1, m.num_channels):
-            rec.freeze(lay.ids, f"GroupNorm {name} with {m.num_groups} groups")
-        elif m.affine:
+            rec.add_blocks(lay.ids.reshape(m.num_groups, -1), f"GroupNorm {name} ({m.num_groups} groups)")
+        if m.affine:
             _norm_members(rec, name, m, lay.ids)
+        elif m.num_groups != m.num_channels:
+            rec.add_inexact(lay.ids, f"GroupNorm {name} normalises over several channels")
         rec.set_layout(out, lay)
 
     def resize(self, m):
@@ -358,7 +392,56 @@ class PReLU(LayerHandler):
         m.num_parameters = m.weight.shape[0]
 
 
+class MultiheadAttention(LayerHandler):
+    """nn.MultiheadAttention (self-attention, one packed in-projection): its embedding width
+    is its input's, and its query, key and value widths must equal it, so channel i of the
+    input is cut together with dim i of q, k and v and with output i; every head keeps as
+    many dims as the others. Cross-attention and separate projections keep their channels."""
+
+    kind = "linear"
+    cost_param = "in_proj_weight"
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        ins = rec.inputs
+        self_attn = len(ins) >= 3 and ins[0] is ins[1] is ins[2]
+        if lay is None:
+            return
+        ok = (self_attn and lay.dim == x.dim() - 1 and len(lay.ids) == m.embed_dim and m._qkv_same_embed_dim
+              and m.in_proj_weight is not None and m.bias_k is None)
+        if not ok:
+            rec.freeze(lay.ids, f"{name}: only self-attention with a packed in-projection is pruned")
+            return
+        ids = lay.ids
+        three = np.concatenate([ids, ids, ids])
+        rec.add_member(name, "in_proj_weight", 1, ids, "in")
+        rec.add_member(name, "in_proj_weight", 0, three, "param")
+        if m.in_proj_bias is not None:
+            rec.add_member(name, "in_proj_bias", 0, three, "param")
+        rec.add_member(f"{name}.out_proj", "weight", 1, ids, "in")
+        rec.add_member(f"{name}.out_proj", "weight", 0, ids, "out")
+        if m.out_proj.bias is not None:
+            rec.add_member(f"{name}.out_proj", "bias", 0, ids, "bias")
+        rec.add_blocks(ids.reshape(m.num_heads, -1), f"{name}: {m.num_heads} attention heads")
+        rec.leaf_modules[f"{name}.out_proj"] = "linear"
+        rec.set_layout(out, Layout(out.dim() - 1, ids))
+
+    def resize(self, m):
+        e = m.in_proj_weight.shape[1]
+        m.embed_dim = m.kdim = m.vdim = e
+        m.head_dim = e // m.num_heads
+
+    def macs(self, m, out_shape):
+        tokens = math.prod(out_shape[:-1])
+        seq = out_shape[1] if m.batch_first else out_shape[0]
+        return tokens * 4 * m.embed_dim * m.embed_dim + 2 * tokens * seq * m.embed_dim
+
+    def shape(self, m):
+        return (m.embed_dim, m.num_heads)
+
+
 register_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)(Conv)
+register_layer(nn.MultiheadAttention)(MultiheadAttention)
 register_layer(nn.Linear)(Linear)
 register_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNorm)
 register_layer(nn.LayerNorm)(LayerNorm)

@@ -81,7 +81,7 @@ def _stats_from_weights(g: Group, modules, labels, reps) -> tuple[np.ndarray, np
     pos = g.positions(m.units)
     f[torch.as_tensor(pos[pos >= 0])] = w[torch.as_tensor(np.flatnonzero(pos >= 0))]
     norms = f.norm(dim=1)
-    rep_of = torch.as_tensor(np.asarray(reps)[np.asarray(labels)])
+    rep_of = torch.as_tensor(np.asarray(reps)[np.maximum(np.asarray(labels), 0)])
     fr = f[rep_of]
     ab, bb = (f * fr).sum(1), (fr * fr).sum(1)
     ok = (norms > 0) & (bb > 0)
@@ -125,7 +125,8 @@ def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dic
         norms, cos, res = (np.asarray(v, np.float64) for v in (norms, cos, res))
         bn = _bn_scale(g, modules)
         mag = norms * bn if bn is not None else norms
-        dropped = np.flatnonzero(~kept_local)
+        dropped = np.flatnonzero(~kept_local & (labels >= 0))
+        skipped += int((~kept_local & (labels < 0)).sum())
         rep = reps[labels[dropped]]
         den = mag[rep]
         a = np.where(den != 0, mag[dropped] * cos[dropped] / np.where(den != 0, den, 1.0), 0.0)

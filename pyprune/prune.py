@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import fnmatch
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,10 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .criteria import Context, Selection, criterion_spec
+from .criteria import Context, Selection, block_jobs, criterion_spec
 from .graph import ChannelGraph, GraphError, as_inputs, build_graph
+from .graph._check import check_runs
 from .merge import MergeReport, merge_folds
-from .schedule import (iterative_keep, iterative_targets, keep_counts, round_keep, schedule_spec,
+from .schedule import (fit_blocks, iterative_keep, iterative_targets, keep_counts, round_keep, schedule_spec,
                        solve_for_budget)
 from .summary import CostModel, Summary, compare, snapshot
 from .surgery import apply_keep
@@ -51,6 +53,7 @@ class PruneConfig:
     strict: bool = True
     example_kwargs: dict | None = None
     min_keep: float = 0.1
+    verify: bool = True
     criterion_options: dict = field(default_factory=dict)  # the method's own options (its spec's `options`)
 
     @classmethod
@@ -136,6 +139,22 @@ class PruneResult:
     @property
     def graph(self) -> ChannelGraph:
         return self.plan.graph
+
+    def frozen(self) -> list[tuple[str, int, int, list[str]]]:
+        """Per group that kept channels it could otherwise lose: (name, channels, channels
+        kept whole, why), largest first (network inputs and outputs left out)."""
+        graph, io = self.graph, {"network input", "network output"}
+        rows = []
+        for g in graph.groups:
+            reasons = [r for r in graph.frozen_reasons.get(g.id, []) if r not in io]
+            if g.frozen.any() and reasons:
+                rows.append((g.name, g.size, int(g.frozen.sum()), reasons))
+        return sorted(rows, key=lambda r: -r[2])
+
+    def inexact(self) -> list[tuple[str, list[str]]]:
+        """Groups whose cut changes what the model computes even on zero channels (norms
+        over channels, weight standardisation, a conv along the channel axis)."""
+        return [(g.name, list(g.inexact)) for g in self.graph.groups if g.inexact]
 
     def __str__(self) -> str:
         return str(self.summary)
@@ -309,6 +328,7 @@ class Pruner:
             names = [m.module for m in g.producers()]
             if keep_by_layer and names and names[0] in keep_by_layer:
                 n_keep[g.id] = int(min(g.size, max(1, g.size - g.prunable, keep_by_layer[names[0]])))
+        n_keep = fit_blocks(groups, n_keep)
         if self.spec.selects or base_scores is None:
             ctx.n_keep = n_keep
             results = self.spec(groups, ctx)
@@ -328,6 +348,14 @@ class Pruner:
                                  f"({g.name}, {g.size} units): expected {n_keep} positions in [0, {g.size})")
             if g.frozen.any() and not np.isin(np.flatnonzero(g.frozen), keep).all():
                 raise ValueError(f"criterion {self.method!r} dropped frozen units of group {g.id} ({g.name})")
+            if g.blocks is not None:
+                counts, rest = g.block_counts(n_keep)
+                labels = np.unique(g.blocks[g.blocks >= 0])
+                got = np.array([int(np.isin(np.flatnonzero(g.blocks == b), keep).sum()) for b in labels])
+                if not np.array_equal(got, counts):
+                    raise ValueError(f"criterion {self.method!r} kept {got.tolist()} units per block of group "
+                                     f"{g.id} ({g.name}); its blocks must keep {counts.tolist()} "
+                                     "(Group.block_counts)")
             if result.labels is not None:
                 plan.clusters[g.id] = (np.asarray(result.labels), np.asarray(result.representatives))
                 if result.norms is not None and result.rep_cosines is not None and result.rep_residuals is not None:
@@ -337,7 +365,9 @@ class Pruner:
             return keep
         s = np.asarray(result, np.float64).copy()
         s[g.frozen] = np.inf
-        return np.sort(np.argsort(-s, kind="stable")[:n_keep])
+        if g.blocks is None:
+            return np.sort(np.argsort(-s, kind="stable")[:n_keep])
+        return np.sort(np.concatenate([pos[np.argsort(-s[pos], kind="stable")[:k]] for pos, k in block_jobs(g, n_keep)]))
 
     def _solve(self, graph, groups, scores, budget) -> tuple[dict, float]:
         arg, kind, value, fraction = budget
@@ -349,28 +379,86 @@ class Pruner:
 
     # -- cutting --------------------------------------------------------------------------
     def apply(self, plan: PrunePlan, *, inplace: bool = False) -> PruneResult:
-        """Cut the model as planned. ``inplace=False`` returns a pruned copy."""
+        """Cut the model as planned. ``inplace=False`` returns a pruned copy.
+
+        With ``verify`` (the default) the pruned model is run once on the example inputs
+        (shape-only inside its layers, so it costs little): if it fails, or returns other
+        shapes, :class:`GraphError` names the module where it failed, and `model` is left
+        as it was (an in-place cut is made on a copy first)."""
         t0 = time.perf_counter()
         mask = plan.keep_mask()
         folds, report = {}, None
         if self.merge and plan.clusters:
             folds, report = merge_folds(self.model, plan.graph, mask, plan.clusters, plan.cluster_stats)
         before = snapshot(self.model, plan.graph.layers)
-        pruned = apply_keep(self.model, plan.graph, mask, inplace=inplace, threads=self.config.threads,
-                            folds=folds)
+        verify = self.config.verify
+        pruned = apply_keep(self.model, plan.graph, mask, inplace=inplace and not verify,
+                            threads=self.config.threads, folds=folds)
+        if verify:
+            failure = check_runs(pruned, self.inputs, self.config.example_kwargs, plan.graph.output_shapes)
+            if failure is not None:
+                raise PrunedModelFails(*failure)
+            if inplace:  # the copy ran: now the model itself
+                pruned = apply_keep(self.model, plan.graph, mask, inplace=True, threads=self.config.threads,
+                                    folds=folds)
         if inplace and self._traced[0] is pruned:  # its trace no longer describes it
             self._traced = (None, None)
         summary = compare(before, snapshot(pruned, plan.graph.layers))
         return PruneResult(pruned, plan, summary, {"surgery": time.perf_counter() - t0}, report)
 
     def prune(self, ratio: float | str = 0.5, *, inplace: bool = False, **targets) -> PruneResult:
-        """:meth:`plan` (with its targets) then :meth:`apply`."""
+        """:meth:`plan` (with its targets) then :meth:`apply`. Where the pruned model fails
+        to run (a module that uses channel counts in a way pyprune did not follow), that
+        module's channels are kept and the model is pruned again, with a warning naming the
+        module and the error; after a few such rounds, :class:`GraphError`."""
         t0 = time.perf_counter()
-        plan = self.plan(ratio, **targets)
-        t1 = time.perf_counter()
-        res = self.apply(plan, inplace=inplace)
-        res.seconds["plan"] = t1 - t0
-        return res
+        fallbacks = []
+        for _ in range(_MAX_FALLBACKS + 1):
+            t1 = time.perf_counter()
+            plan = self.plan(ratio, **targets)
+            t2 = time.perf_counter()
+            try:
+                res = self.apply(plan, inplace=inplace)
+            except PrunedModelFails as e:
+                units = self._units_of(plan.graph, self.model, e.module)
+                if units is None or not len(units) or len(fallbacks) == _MAX_FALLBACKS:
+                    raise GraphError(f"the pruned model fails in {e.module or 'the model' + chr(39) + 's own forward'}: "
+                                     f"{e.message}. The model was not changed. Keep those channels with ignore=, or "
+                                     "teach pyprune how that module uses its channels (pyprune.register_layer / "
+                                     "register_op).") from None
+                kind = type(dict(self.model.named_modules()).get(e.module, self.model)).__name__
+                why = (f"the pruned model failed in {e.module or 'the forward'} ({kind}: {e.message[:200]}); "
+                       f"the channels of every {kind} are kept")
+                plan.graph.freeze(units, why)
+                fallbacks.append(why)
+                continue
+            res.seconds["plan"] = t2 - t1
+            res.seconds["first_plans"] = t1 - t0
+            for why in fallbacks:
+                warnings.warn(f"pyprune: {why} and the model was pruned again. Teach pyprune "
+                              "how that module uses its channel counts (pyprune.register_layer / register_op) to "
+                              "prune it.", stacklevel=3)
+            if not targets:
+                _warn_shortfall(res, ratio)
+            return res
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _units_of(graph: ChannelGraph, model: nn.Module, module: str) -> np.ndarray | None:
+        """The units of every tensor in `module` or below it (the nearest enclosing module
+        that holds any), and in every other module of its type (the same code fails the same
+        way), to keep when the pruned model fails there."""
+        mods = dict(model.named_modules())
+        while True:
+            kind = type(mods[module]) if module in mods and module else None
+            roots = [n for n, m in mods.items() if type(m) is kind] if kind is not None else [module]
+            units = [m.units for m in graph.members
+                     if any(r == "" or m.module == r or m.module.startswith(r + ".") for r in roots)]
+            if units:
+                return np.unique(np.concatenate(units))
+            if not module:
+                return None
+            module = module.rpartition(".")[0]
 
     def run(self, ratio: float | str = 0.5, *, target_macs=None, target_params=None, max_macs=None, max_params=None,
             iterative_steps: int = 1, finetune: Callable | None = None, inplace: bool = False) -> PruneResult:
@@ -416,6 +504,44 @@ class Pruner:
         result.summary = compare(snapshot(original, first_graph.layers), snapshot(self.model, first_graph.layers))
         result.steps = steps
         return result
+
+
+class PrunedModelFails(GraphError):
+    """The model cut as planned did not run (raised by :meth:`Pruner.apply` with verify;
+    `model` is unchanged)."""
+
+    def __init__(self, module: str, message: str):
+        super().__init__(f"the pruned model fails in {module or 'the model' + chr(39) + 's own forward'}: {message}. "
+                         "The model was not changed.")
+        self.module, self.message = module, message
+
+
+_MAX_FALLBACKS = 4
+
+
+def _warn_shortfall(res: PruneResult, ratio) -> None:
+    """Warn when far fewer channels were removed than the ratio asked, naming the largest
+    groups that kept channels and why."""
+    if not isinstance(ratio, (int, float)) or ratio <= 0:
+        return
+    graph, keep = res.plan.graph, res.plan.keep
+    io = {"network input", "network output"}
+    total = removed = 0
+    kept_back = []
+    for g in graph.groups:
+        reasons = graph.frozen_reasons.get(g.id, [])
+        if g.frozen.all() and reasons and set(reasons) <= io:
+            continue
+        total += g.size
+        removed += g.size - len(keep.get(g.id, range(g.size)))
+        if g.frozen.any():
+            kept_back.append((int(g.frozen.sum()), g, [r for r in reasons if r not in io]))
+    if not total or removed >= 0.8 * ratio * total:
+        return
+    kept_back.sort(key=lambda t: -t[0])
+    shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
+    warnings.warn(f"pyprune: asked to remove {ratio:.0%} of the channels, removed {removed / total:.0%}. "
+                  f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
 
 
 def prune(

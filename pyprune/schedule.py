@@ -28,7 +28,7 @@ import numpy as np
 
 from .graph import Group
 
-__all__ = ["round_keep", "uniform_keep", "taper_ratios", "global_keep", "keep_counts", "solve_for_budget",
+__all__ = ["round_keep", "uniform_keep", "taper_ratios", "global_keep", "keep_counts", "fit_blocks", "solve_for_budget",
            "iterative_targets", "iterative_keep", "register_schedule", "available_schedules", "SCHEDULES",
            "MAX_RATIO"]
 
@@ -194,6 +194,17 @@ def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=No
     for g in groups:
         if g.id in fixed:
             out[g.id] = _keep_for_ratio(g, fixed[g.id], round_to)
+    return fit_blocks(groups, out)
+
+
+def fit_blocks(groups: list[Group], n_keep: dict) -> dict[int, int]:
+    """Keep counts that groups with channel blocks (grouped convs, chunks, heads) can keep:
+    the count each block keeps (see :meth:`pyprune.graph.Group.block_counts`), summed."""
+    out = dict(n_keep)
+    for g in groups:
+        if g.blocks is not None and g.id in out:
+            counts, rest = g.block_counts(int(out[g.id]))
+            out[g.id] = int(counts.sum()) + rest
     return out
 
 

@@ -141,7 +141,8 @@ class CostModel:
             seen.add(rec.module)
             macs = layer_macs(mods[rec.module], rec.out_shape)
             if macs:
-                self._macs.append((rec.module, "weight", macs, dims.get((rec.module, "weight"), [])))
+                param = getattr(handler_for(mods[rec.module]), "cost_param", "weight")
+                self._macs.append((rec.module, param, macs, dims.get((rec.module, param), [])))
         self.base = self({})
 
     def _scaled(self, entries, keep_frac) -> float:

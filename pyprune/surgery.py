@@ -9,6 +9,7 @@ over: the pruned model's parameters are fresh leaves, so build a new optimizer f
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,11 +19,28 @@ from . import engine
 from .graph import ChannelGraph
 from .layers import resize
 
-__all__ = ["apply_keep", "slice_plan", "replace_tensor"]
+__all__ = ["apply_keep", "slice_plan", "replace_tensor", "BlockedSlice"]
 
 
-def slice_plan(graph: ChannelGraph, keep_unit: np.ndarray) -> dict[tuple[str, str], dict[int, np.ndarray]]:
-    """(module, param) -> {dim: kept positions} for every tensor that loses something."""
+@dataclass(frozen=True)
+class BlockedSlice:
+    """A grouped conv's input dim: of input channel c (block c // (n / groups)) the kept
+    ones, `kept` (sorted, in 0..n), the same count in every block; the tensor's dim holds
+    the n / groups positions of one block for the output rows of that block."""
+
+    groups: int
+    kept: np.ndarray
+    n: int
+
+    def local(self) -> np.ndarray:
+        """(groups, kept per block) positions within each block."""
+        per = self.n // self.groups
+        return (self.kept % per).reshape(self.groups, -1)
+
+
+def slice_plan(graph: ChannelGraph, keep_unit: np.ndarray) -> dict[tuple[str, str], dict]:
+    """(module, param) -> {dim: kept positions, or a BlockedSlice} for every tensor that
+    loses something."""
     plan: dict = {}
     for m in graph.members:
         kept = np.flatnonzero(keep_unit[m.units])
@@ -30,7 +48,14 @@ def slice_plan(graph: ChannelGraph, keep_unit: np.ndarray) -> dict[tuple[str, st
             continue
         if len(kept) == 0:
             raise ValueError(f"pruning would remove every channel of {m.key} (dim {m.dim}); keep at least one")
-        plan.setdefault((m.module, m.param), {})[m.dim] = kept
+        if m.groups > 1:
+            per = np.bincount(kept // (len(m.units) // m.groups), minlength=m.groups)
+            if m.dim != 1 or len(set(per.tolist())) != 1:
+                raise ValueError(f"{m.key}: the groups of a grouped conv must keep as many input channels each, "
+                                 f"got {per.tolist()}")
+            plan.setdefault((m.module, m.param), {})[m.dim] = BlockedSlice(m.groups, kept, len(m.units))
+        else:
+            plan.setdefault((m.module, m.param), {})[m.dim] = kept
     return plan
 
 
@@ -69,14 +94,55 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
         orig = _get(modules, mod, pname)
         keys.append((mod, pname, orig))
         sources.append(orig.detach())
-        idx.append([dims.get(d) for d in range(max(dims) + 1)])
+        idx.append([None if isinstance(dims.get(d), BlockedSlice) else dims.get(d) for d in range(max(dims) + 1)])
     for (mod, pname, orig), new, dims in zip(keys, engine.gather(sources, idx, threads=threads), plan.values()):
+        blocked = {d: b for d, b in dims.items() if isinstance(b, BlockedSlice)}
+        for d, b in blocked.items():
+            new = _block_gather(new, d, b)
         for dim, src, dst, scale in folds.get((mod, pname), ()):
-            _fold(new, orig.detach(), dims, dim, src, dst, scale)
+            if dim in blocked:
+                _fold_blocked(new, orig.detach(), dims, dim, src, dst, scale)
+            else:
+                _fold(new, orig.detach(), dims, dim, src, dst, scale)
         replace_tensor(new_modules[mod], pname, new, like=orig)
     for mod in {m for m, _ in plan}:
         resize(new_modules[mod])
+    for (mod, attr), value in graph.rewritten(keep_unit).items():
+        setattr(new_modules[mod] if mod in new_modules else target, attr, value)
     return target
+
+
+def _block_gather(t: torch.Tensor, dim: int, b: BlockedSlice) -> torch.Tensor:
+    """Keep, for the output rows of each group (dim 0, in groups of equal size), the kept
+    input positions of that group along `dim` (1)."""
+    rows, g = t.shape[0], b.groups
+    t5 = t.reshape(g, rows // g, *t.shape[1:])
+    local = torch.as_tensor(b.local())
+    return torch.stack([t5[i].index_select(dim, local[i]) for i in range(g)]).reshape(rows, len(local[0]), *t.shape[2:])
+
+
+def _fold_blocked(new: torch.Tensor, orig: torch.Tensor, dims: dict, dim: int, src, dst, scale) -> None:
+    """_fold for a grouped conv's input dim: a dropped input channel is added onto its
+    representative in the same group, for that group's output rows."""
+    b = dims[dim]
+    per = b.n // b.groups
+    rows = dims.get(0, np.arange(orig.shape[0]))
+    rows = rows if not isinstance(rows, BlockedSlice) else np.arange(orig.shape[0])
+    row_block = rows // (orig.shape[0] // b.groups)
+    new_rows = new.shape[0] // b.groups
+    for g in range(b.groups):
+        sel = (src // per == g) & (dst // per == g)
+        if not sel.any():
+            continue
+        kept_g = b.kept[b.kept // per == g]
+        part = orig.index_select(0, torch.as_tensor(rows[row_block == g])).index_select(dim, torch.as_tensor(src[sel] % per))
+        for d, kept in dims.items():
+            if d not in (0, dim):
+                part = part.index_select(d, torch.as_tensor(kept))
+        shape = [1] * part.dim()
+        shape[dim] = -1
+        part = part * torch.as_tensor(scale[sel], dtype=part.dtype).view(shape)
+        new[g * new_rows:(g + 1) * new_rows].index_add_(dim, torch.as_tensor(np.searchsorted(kept_g, dst[sel])), part)
 
 
 def _fold(new: torch.Tensor, orig: torch.Tensor, dims: dict, dim: int, src, dst, scale) -> None:

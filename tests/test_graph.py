@@ -12,6 +12,7 @@ from torch import nn
 
 import models as user_models
 import pyprune
+from pyprune.criteria import block_jobs
 from pyprune.graph import build_graph
 from pyprune.surgery import apply_keep
 
@@ -33,9 +34,10 @@ TORCHVISION = {
     "regnet_x_400mf": 64, "regnet_y_400mf": 64, "mnasnet1_0": 64, "shufflenet_v2_x1_0": 64,
     "squeezenet1_1": 64, "googlenet": 64, "inception_v3": 96, "convnext_tiny": 64,
 }
-# Families whose structure pins many channels (documented in the graph module): channel
-# shuffle + chunk (ShuffleNet), grouped convolutions (ResNeXt, RegNet) keep those counts.
-MIN_PARAM_CUT = {"shufflenet_v2_x1_0": 0.15, "regnet_x_400mf": 0.25, "regnet_y_400mf": 0.25}
+# ShuffleNet's stage streams keep their width (channel shuffle then chunk: see the README);
+# its branches still lose half their channels. Grouped convs (ResNeXt, RegNet) keep their
+# groups and lose channels in each, as plain convs do.
+MIN_PARAM_CUT = {"shufflenet_v2_x1_0": 0.45, "resnext50_32x4d": 0.65, "regnet_x_400mf": 0.65, "regnet_y_400mf": 0.65}
 
 
 def tv_model(name: str) -> nn.Module:
@@ -63,7 +65,14 @@ def zero_and_choose(model, graph, frac=0.3, seed=0):
     rng = np.random.default_rng(seed)
     keep = np.ones(graph.n_units, bool)
     for g in graph.groups:
-        if g.prunable < 2 or g.norm_over_channels:
+        if g.prunable < 2 or g.norm_over_channels or g.inexact:
+            continue
+        if g.blocks is not None:  # grouped convs, chunks, heads: the same count in every block
+            if g.frozen.any():
+                continue
+            for pos, k in block_jobs(g, int(round((1 - frac) * g.size))):
+                if k < len(pos):
+                    keep[g.units[rng.choice(pos, len(pos) - k, replace=False)]] = False
             continue
         cand = g.units[~g.frozen]
         n = max(1, int(frac * len(cand)))

@@ -215,15 +215,44 @@ def test_user_schedule():
         del SCHEDULES["half_first"]
 
 
-def test_unknown_per_channel_tensor_of_a_layer_is_refused_before_cutting():
-    """Without a handler, a conv subclass's gain would keep 16 entries in a pruned model
-    that then fails on its first forward: strict pruning refuses (naming the tensor and
-    the fix), and a lenient prune keeps that layer's channels and gives a model that runs."""
+def test_per_output_channel_tensor_of_a_subclass_is_sliced_without_a_handler():
+    """A conv subclass's extra tensor with one entry per output channel along dim 0 (a gain)
+    is sliced with the outputs even without a handler: planted zero channels are pruned
+    exactly and the gain follows."""
     model = gain_net()
+    x = torch.randn(4, 3, 10, 10)
+    dead = [0, 3, 5, 9, 10, 14]
+    with torch.no_grad():
+        model[0].weight[dead] = 0
+        model[0].bias[dead] = 0
+        want = model(x)
+    res = pyprune.prune(model, x, method="l2", ratio=6 / 16, ignore=["2"])
+    assert res.model[0].gain.shape == (10,) and res.model[2].in_channels == 10
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5 * float(want.abs().max()))
+
+
+class InScaleConv2d(nn.Conv2d):
+    """A conv that scales its input channels first: a per-input-channel tensor."""
+
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        self.in_scale = nn.Parameter(torch.rand(self.in_channels) + 0.5)
+
+    def forward(self, x):
+        return super().forward(x * self.in_scale.view(1, -1, 1, 1))
+
+
+def test_unknown_per_channel_tensor_of_a_layer_is_refused_before_cutting():
+    """A layer's own tensor with one entry per *input* channel is not something pyprune
+    slices by itself: strict pruning refuses (naming the tensor and the fix), and a lenient
+    prune keeps the channels it reads and gives a model that runs."""
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), InScaleConv2d(16, 24, 3, padding=1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 5)).eval()
     x = torch.randn(2, 3, 10, 10)
-    with pytest.raises(pyprune.GraphError, match=r"GainConv2d\.gain \(shape \(16,\)\).*register_layer"):
+    with pytest.raises(pyprune.GraphError, match=r"InScaleConv2d\.in_scale \(shape \(16,\)\).*register_layer"):
         pyprune.prune(model, x, method="l2", ratio=0.5)
     res = pyprune.prune(model, x, method="l2", ratio=0.5, strict=False)
-    assert res.model[0].out_channels == 16 and res.model[2].out_channels == 24
+    assert res.model[0].out_channels == 16 and res.model[2].in_channels == 16
     with torch.no_grad():
-        torch.testing.assert_close(res.model(x), model(x))
+        assert res.model(x).shape == (2, 5)

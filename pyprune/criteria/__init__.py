@@ -13,9 +13,9 @@ A criterion is registered by name with :func:`register_criterion`; its
 """
 from __future__ import annotations
 
-from ._registry import (CRITERIA, Context, CriterionSpec, Selection, available_criteria, criterion_spec,
-                        get_criterion, register_criterion)
+from ._registry import (CRITERIA, Context, CriterionSpec, Selection, available_criteria, block_jobs,
+                        criterion_spec, get_criterion, register_criterion)
 from . import activation, clustering, magnitude  # noqa: F401  (register the built-ins)
 
-__all__ = ["Context", "Selection", "CriterionSpec", "register_criterion", "get_criterion", "criterion_spec",
+__all__ = ["Context", "Selection", "CriterionSpec", "block_jobs", "register_criterion", "get_criterion", "criterion_spec",
            "available_criteria", "CRITERIA"]

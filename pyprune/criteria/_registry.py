@@ -19,7 +19,7 @@ from torch import nn
 
 from ..graph import ChannelGraph, Group
 
-__all__ = ["Context", "Selection", "CriterionSpec", "register_criterion", "get_criterion", "criterion_spec",
+__all__ = ["Context", "Selection", "CriterionSpec", "block_jobs", "register_criterion", "get_criterion", "criterion_spec",
            "available_criteria", "CRITERIA"]
 
 
@@ -123,6 +123,20 @@ class CriterionSpec:
                                  f"({g.name}) with {g.size} units")
             checked.append(s)
         return checked
+
+
+def block_jobs(group: Group, n_keep: int) -> list[tuple[np.ndarray, int]]:
+    """(positions, units to keep there) per decision a criterion makes for a group: the whole
+    group, or for a group with channel blocks each block and the units in no block."""
+    if group.blocks is None:
+        return [(np.arange(group.size), int(n_keep))]
+    counts, rest = group.block_counts(int(n_keep))
+    labels = np.unique(group.blocks[group.blocks >= 0])
+    jobs = [(np.flatnonzero(group.blocks == b), int(k)) for b, k in zip(labels, counts)]
+    free = np.flatnonzero(group.blocks < 0)
+    if len(free):
+        jobs.append((free, int(rest)))
+    return jobs
 
 
 CRITERIA: dict[str, CriterionSpec] = {}

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from .. import engine
-from ._registry import Selection, register_criterion
+from ._registry import Selection, block_jobs, register_criterion
 from .magnitude import norm_scores
 
 
@@ -45,18 +46,33 @@ def kmeans(groups, ctx):
     filters can be merged into their representative). Groups k-means cannot decide (frozen
     units, no filters) are ranked by L2 norm."""
     out = norm_scores(groups, ctx, 2)
-    jobs, ks, where = [], [], []
+    jobs, ks, where = [], [], []  # one clustering per group, or per block of a group with blocks
     for i, g in enumerate(groups):
         k = int(ctx.n_keep.get(g.id, g.size))
-        if _clusterable(g, k):
-            jobs.append(ctx.filters(g))
-            ks.append(k)
-            where.append(i)
+        if not _clusterable(g, k):
+            continue
+        f = ctx.filters(g)
+        for pos, kb in block_jobs(g, k):
+            if kb < 1:
+                continue
+            jobs.append(f if len(pos) == g.size else f[torch.as_tensor(pos)])
+            ks.append(kb)
+            where.append((i, pos))
     if jobs:
         res = engine.spherical_kmeans(jobs, ks, seed=ctx.seed, threads=ctx.threads,
                                       max_iter=int(ctx.options.get("kmeans_iter", 100)))
-        for i, r in zip(where, res):
-            reps = r.representatives.numpy()
-            out[i] = Selection(np.sort(reps), r.labels.numpy(), reps, r.norms.numpy(), r.rep_cosines.numpy(),
-                               r.rep_residuals.numpy(), r.n_iter)
+        parts: dict = {}
+        for (i, pos), r in zip(where, res):
+            parts.setdefault(i, []).append((pos, r))
+        for i, rs in parts.items():
+            g = groups[i]
+            labels = np.full(g.size, -1, np.int64)  # -1: dropped without a cluster (a block keeping nothing)
+            reps, stats = [], [np.zeros(g.size, np.float32) for _ in range(3)]
+            for pos, r in rs:
+                labels[pos] = r.labels.numpy() + sum(len(x) for x in reps)
+                reps.append(pos[r.representatives.numpy()])
+                for a, v in zip(stats, (r.norms, r.rep_cosines, r.rep_residuals)):
+                    a[pos] = v.numpy()
+            reps = np.concatenate(reps)
+            out[i] = Selection(np.sort(reps), labels, reps, *stats, max(r.n_iter for _, r in rs))
     return out

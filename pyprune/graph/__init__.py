@@ -45,6 +45,7 @@ class Member:
     dim: int
     units: np.ndarray
     role: str  # out (a layer's filters) | bias | in (a consumer's input dim) | bn | norm | param
+    groups: int = 1  # > 1: a grouped conv's input dim (length len(units) / groups, per group)
 
     @property
     def key(self) -> str:
@@ -60,7 +61,10 @@ class Group:
     units: np.ndarray  # global unit ids, sorted
     frozen: np.ndarray  # bool per unit
     members: list = field(default_factory=list)
-    norm_over_channels: bool = False  # a LayerNorm/GroupNorm(1) couples its units' statistics
+    norm_over_channels: bool = False  # a LayerNorm/GroupNorm couples its units' statistics
+    blocks: np.ndarray | None = None  # block of each unit (-1: none); see block_counts
+    equal_blocks: bool = True  # every block keeps the same count (else: in proportion, >= 1)
+    inexact: list = field(default_factory=list)  # why cutting these units changes the function
 
     @property
     def size(self) -> int:
@@ -73,6 +77,23 @@ class Group:
     def producers(self) -> list[Member]:
         return [m for m in self.members if m.role == "out"]
 
+    def block_counts(self, n_keep: int) -> tuple[np.ndarray, int]:
+        """Per block the units kept when the group keeps about `n_keep`, and the count
+        left for the units in no block: blocks keep in proportion to their size (the same
+        count for blocks of one size), at least one each and at least their frozen units."""
+        blocks = self.blocks
+        labels, sizes = np.unique(blocks[blocks >= 0], return_counts=True)
+        frozen = np.array([int(self.frozen[blocks == b].sum()) for b in labels])
+        want = np.floor(sizes * (n_keep / self.size) + 0.5).astype(np.int64)
+        counts = np.clip(want, 1, sizes)
+        for size in np.unique(sizes):  # blocks of one size keep one count
+            same = sizes == size
+            counts[same] = max(int(counts[same].max()), int(frozen[same].max()))
+        free = self.size - int(sizes.sum())
+        free_frozen = int(self.frozen[blocks < 0].sum())
+        rest = int(np.clip(n_keep - counts.sum(), free_frozen, free)) if free else 0
+        return counts, rest
+
     def positions(self, units: np.ndarray) -> np.ndarray:
         """Position in this group of each of `units` (global ids), -1 where a unit
         belongs to another group (a member spanning several groups)."""
@@ -83,6 +104,8 @@ class Group:
 
 @dataclass
 class ChannelGraph:
+    """The channels of a model and how they are coupled (see the module docstring)."""
+
     groups: list[Group]
     members: list[Member]
     n_units: int
@@ -92,6 +115,8 @@ class ChannelGraph:
     unsupported: list  # (module path, op)
     layers: list[LayerRecord]
     untraced: list[str]
+    rewrites: list = field(default_factory=list)  # (module, attr, kind, [unit arrays], container)
+    output_shapes: list = field(default_factory=list)  # what the model returned, for the check of a cut
 
     def freeze(self, units: np.ndarray, reason: str) -> None:
         """Never prune `units` (global ids); `reason` is shown wherever the graph explains
@@ -106,6 +131,15 @@ class ChannelGraph:
             reasons = self.frozen_reasons.setdefault(int(gid), [])
             if reason not in reasons:
                 reasons.append(reason)
+
+    def rewritten(self, keep_unit: np.ndarray) -> dict:
+        """{(module, attr): value} for the attributes that hold channel counts (split sizes,
+        slice bounds, groups) when the units where ``keep_unit`` is True are kept."""
+        out = {}
+        for mod, attr, kind, pieces, container in self.rewrites:
+            counts = [int(keep_unit[p].sum()) for p in pieces]
+            out[(mod, attr)] = counts[0] if kind == "count" else container(counts)
+        return out
 
     def table(self, max_members: int = 4) -> str:
         """A readable table: group id, channels, prunable channels, the layers that write
@@ -216,7 +250,7 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
                 reasons.setdefault(int(gid), [])
                 if why not in reasons[int(gid)] and len(reasons[int(gid)]) < 5:
                     reasons[int(gid)].append(why)
-    members = [Member(m.module, m.param, m.dim, unit_of[m.ids], m.role) for m in rec.members]
+    members = [Member(m.module, m.param, m.dim, unit_of[m.ids], m.role, m.groups) for m in rec.members]
     # drop duplicate member records (a layer called several times)
     seen, uniq = set(), []
     for m in members:
@@ -243,11 +277,105 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
             groups[int(g)].members.append(m)
             if m.role == "norm":
                 groups[int(g)].norm_over_channels = True
+    before = frozen.copy()
+    graph = ChannelGraph(groups, members, int(n_units), group_of_unit, frozen, reasons, [], rec.layers, rec.untraced,
+                         output_shapes=list(rec.output_shapes))
+    for ids, why in rec.inexact:
+        for gid in np.unique(group_of_unit[unit_of[ids]]):
+            if why not in groups[int(gid)].inexact:
+                groups[int(gid)].inexact.append(why)
+    _assign_blocks(graph, rec, unit_of)
+    _assign_rewrites(graph, rec, unit_of)
     # An unknown op matters only where it touched channels that could otherwise be pruned.
-    unsupported = []
+    legit |= graph.unit_frozen & ~before  # frozen since, by blocks or rewrites
     for where, op, ids in rec.unknown:
         if len(ids) and legit[unit_of[ids]].all():
             continue
-        if (where, op) not in unsupported:
-            unsupported.append((where, op))
-    return ChannelGraph(groups, members, int(n_units), group_of_unit, frozen, reasons, unsupported, rec.layers, rec.untraced)
+        if (where, op) not in graph.unsupported:
+            graph.unsupported.append((where, op))
+    return graph
+
+
+def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
+    """Turn the recorded block constraints (grouped convs, chunks, split sizes, heads) into
+    one partition per group: the common refinement of its constraints. A constraint across
+    several groups, or constraints a common refinement cannot serve, freeze their units."""
+    per_group: dict = {}
+    for pieces, equal, reason in rec.blocks:
+        units = _block_units([unit_of[p] for p in pieces])
+        if units is None:
+            graph.freeze(np.unique(unit_of[np.concatenate(pieces)]), f"{reason}: its pieces share coupled channels")
+            continue
+        allu = np.concatenate(units) if units else np.zeros(0, np.int64)
+        gids = np.unique(graph.unit_group[allu])
+        if len(gids) > 1:
+            graph.freeze(allu, f"{reason}: its pieces span several coupled groups")
+            continue
+        if len(gids) and len(units) > 1:
+            per_group.setdefault(int(gids[0]), []).append((units, equal, reason))
+    for gid, cons in per_group.items():
+        g = graph.groups[gid]
+        keys = np.full((g.size, len(cons)), -1, np.int64)
+        for c, (units, _, _) in enumerate(cons):
+            for b, u in enumerate(units):
+                keys[g.positions(u), c] = b
+        covered = (keys >= 0).any(1)
+        _, label = np.unique(keys, axis=0, return_inverse=True)
+        label = np.where(covered, label.reshape(-1), -1)
+        labels, sizes = np.unique(label[covered], return_counts=True)
+        size_of = dict(zip(labels.tolist(), sizes.tolist()))
+        ok = True
+        for units, equal, _ in cons:  # each piece of an equal constraint: the same block sizes
+            if not equal:
+                continue
+            shapes = {tuple(sorted(size_of[int(b)] for b in np.unique(label[g.positions(u)]))) for u in units}
+            ok &= len(shapes) == 1
+        if not ok:
+            graph.freeze(g.units, "; ".join(dict.fromkeys(r for _, _, r in cons)) + ": block constraints that "
+                         "one partition cannot serve")
+            continue
+        g.blocks = label
+        g.equal_blocks = all(e for _, e, _ in cons)
+
+
+def _block_units(pieces: list[np.ndarray]) -> list[np.ndarray] | None:
+    """The units of each piece that decide its size. A unit found as often in every piece
+    (channel shuffle interleaves partners) changes them alike and is left out; every other
+    unit must lie in one piece, each as often (the piece's size is then a multiple of its
+    units). None when the pieces cannot be sized by their units."""
+    counts = []
+    for p in pieces:
+        u, c = np.unique(p, return_counts=True)
+        counts.append(dict(zip(u.tolist(), c.tolist())))
+    everywhere = set.intersection(*(set(c) for c in counts)) if counts else set()
+    neutral = {u for u in everywhere if len({c[u] for c in counts}) == 1}
+    out, mult = [], set()
+    seen: set = set()
+    for c in counts:
+        own = [u for u in c if u not in neutral]
+        if seen & set(own):
+            return None
+        seen |= set(own)
+        mult |= {c[u] for u in own}
+        out.append(np.asarray(sorted(own), np.int64))
+    if len(mult) > 1:
+        return None
+    return [o for o in out if len(o)] if any(len(o) for o in out) else []
+
+
+def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
+    """Attributes to rewrite after a cut. One attribute read for several tensors must get the
+    same value from each: otherwise the units involved keep their count."""
+    by_attr: dict = {}
+    for r in rec.rewrites:
+        by_attr.setdefault((r.module, r.attr), []).append(r)
+    for (mod, attr), recs in by_attr.items():
+        pieces = [[unit_of[p] for p in r.pieces] for r in recs]
+        first = pieces[0]
+        same = all(r.kind == recs[0].kind and len(p) == len(first) and
+                   all(np.array_equal(np.sort(a), np.sort(b)) for a, b in zip(p, first)) for r, p in zip(recs, pieces))
+        if not same:
+            graph.freeze(np.concatenate([u for p in pieces for u in p]),
+                         f"{mod}.{attr} is read for channel counts of tensors that are cut differently")
+            continue
+        graph.rewrites.append((mod, attr, recs[0].kind, first, recs[0].container))

@@ -31,6 +31,21 @@ class MemberRecord:
     dim: int
     ids: np.ndarray
     role: str  # out | bias | in | bn | norm | param
+    groups: int = 1  # > 1: a grouped conv's input dim, which holds ids[b * len / groups + p] at (block b, p)
+
+
+@dataclass
+class Rewrite:
+    """A module attribute that holds a channel count the pruned model must see changed:
+    a split size, slice bound or ``groups`` read in ``forward``. After pruning it becomes
+    ``kind`` of the kept channels among ``pieces`` (id arrays): ``count`` the kept count of
+    pieces[0]; ``counts`` one kept count per piece (a list or tuple, as ``container``)."""
+
+    module: str
+    attr: str
+    kind: str  # count | counts
+    pieces: list
+    container: type = int
 
 
 @dataclass
@@ -60,6 +75,15 @@ class Recorder:
     param_owner: dict = field(default_factory=dict)  # id(tensor) -> (module, name)
     count_layers: bool = True  # False in the extra pass: MACs are those of the model's own mode
     untraced: list = field(default_factory=list)  # layers with parameters that never ran
+    blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason)
+    rewrites: list = field(default_factory=list)  # Rewrite
+    inexact: list = field(default_factory=list)  # (ids, reason): cutting them changes the function
+    param_views: dict = field(default_factory=dict)  # id(tensor) -> (module, param, {tensor dim: param dim})
+    transformed: set = field(default_factory=set)  # leaf layers whose weight passes through other ops
+    modules: dict = field(default_factory=dict)  # name -> module
+    output_shapes: list = field(default_factory=list)  # shapes of the tensors the model returned
+    inputs: tuple = ()  # the positional inputs of the layer being traced (for its handler)
+    weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_ids(self, size: int, origin: str) -> np.ndarray:
@@ -89,8 +113,58 @@ class Recorder:
         name = self.stack[-1] if self.stack else ""
         return name if name else f"{type(self.model).__name__} (the model's own forward)"
 
-    def add_member(self, module: str, param: str, dim: int, ids: np.ndarray, role: str) -> None:
-        self.members.append(MemberRecord(module, param, dim, ids, role))
+    def add_member(self, module: str, param: str, dim: int, ids: np.ndarray, role: str, groups: int = 1) -> None:
+        self.members.append(MemberRecord(module, param, dim, ids, role, groups))
+
+    def add_blocks(self, pieces, reason: str, equal: bool = True) -> None:
+        """The channels of each piece (id arrays, or the rows of a 2-D array) are cut by the
+        same count (``equal``: the pieces are as large and stay so: the groups of a grouped
+        conv, the chunks of ``chunk``) or in proportion, at least one each (split sizes that
+        are rewritten)."""
+        pieces = [np.asarray(p, np.int64) for p in pieces]
+        if len(pieces) > 1:
+            self.blocks.append((pieces, equal, reason))
+
+    def add_inexact(self, ids: np.ndarray, reason: str) -> None:
+        """Cutting these channels is allowed but changes what the model computes even where
+        they are zero (statistics over channels, a conv along the channel axis)."""
+        self.inexact.append((np.asarray(ids, np.int64), reason))
+
+    def module(self, name: str) -> nn.Module:
+        return self.modules.get(name, self.model)
+
+    def find_attr(self, value, container_ok: bool = False) -> str | None:
+        """The one attribute of the current module that holds `value` (an int by value, a
+        list/tuple by identity or, with ``container_ok``, by value), else None."""
+        if not self.stack:
+            return None
+        mod = self.module(self.stack[-1])
+        hits = []
+        for k, v in vars(mod).items():
+            if k.startswith("_"):
+                continue
+            if isinstance(value, (list, tuple)):
+                if v is value or (container_ok and isinstance(v, (list, tuple)) and list(v) == list(value)):
+                    hits.append(k)
+            elif type(v) is int and type(value) is int and v == value:
+                hits.append(k)
+        return hits[0] if len(hits) == 1 else None
+
+    def add_rewrite(self, attr: str, kind: str, pieces, container: type = int) -> None:
+        self.rewrites.append(Rewrite(self.stack[-1], attr, kind, [np.asarray(p, np.int64) for p in pieces], container))
+
+    def param_dim(self, t: Any, dim: int) -> tuple[str, str, int] | None:
+        """(module, parameter, its dim) when dim `dim` of tensor `t` is a dim of a parameter or
+        buffer (the tensor itself, or a view/reshape/expand of it)."""
+        if not isinstance(t, torch.Tensor):
+            return None
+        owner = self.param_owner.get(id(t))
+        if owner is not None:
+            return owner[0], owner[1], dim
+        view = self.param_views.get(id(t))
+        if view is not None and dim in view[2]:
+            return view[0], view[1], view[2][dim]
+        return None
 
     def report_unknown(self, op: str, lays: list[Layout], outs: list) -> None:
         ids = np.concatenate([lay.ids for lay in lays]) if lays else np.zeros(0, np.int64)
@@ -250,9 +324,9 @@ def _broadcast(rec: Recorder, name, args, kwargs, out):
         pd = od - (o.dim() - t.dim())
         if pd < 0 or t.shape[pd] == 1:
             continue  # broadcast over the channels: nothing to slice
-        owner = rec.param_owner.get(id(t))
+        owner = rec.param_dim(t, pd)
         if owner is not None and t.shape[pd] == size:
-            rec.add_member(owner[0], owner[1], pd, base, "param")
+            rec.add_member(owner[0], owner[1], owner[2], base, "param")
         else:
             rec.freeze(base, f"a tensor of {size} values per channel that is not a parameter ({name} in {rec.where()})")
     rec.set_layout(o, Layout(od, base))
@@ -294,9 +368,20 @@ def _cat(rec: Recorder, name, args, kwargs, out):
         rec.set_layout(out, Layout(dim, np.concatenate(parts)))
         return
     present = [lay for lay in lays if lay is not None]
-    if len({lay.dim for lay in present}) == 1 and all(lay is not None for lay in lays):
+    if len({lay.dim for lay in present}) == 1:  # along another dim (tokens, a class token)
+        base = present[0].ids
         for lay in present[1:]:
-            rec.unite(present[0].ids, lay.ids)
+            rec.unite(base, lay.ids)
+        cd = present[0].dim
+        for t, lay in zip(tensors, lays):
+            if lay is not None:
+                continue
+            owner = rec.param_dim(t, cd)
+            if owner is not None and t.shape[cd] == len(base):
+                rec.add_member(owner[0], owner[1], owner[2], base, "param")
+            elif t.shape[cd] != 1:
+                rec.freeze(base, f"a tensor that is not a parameter is concatenated to these channels along dim "
+                                 f"{dim} in {rec.where()}")
         rec.set_layout(out, present[0])
         return
     rec.report_unknown(name, present, [out])
@@ -341,33 +426,110 @@ def _split(rec: Recorder, name, args, kwargs, out):
             nd = lay.dim - (1 if name == "unbind" and dim < lay.dim else 0)
             rec.set_layout(o, Layout(nd, lay.ids))
         return
-    # The split points are fixed in the model's code: these channels keep their count.
-    rec.freeze(lay.ids, f"{name} along the channel dim in {rec.where()}")
-    offset = 0
-    for o in outs:
-        n = o.shape[dim] if name != "unbind" else 1
+    where = rec.where()
+    sizes = [o.shape[dim] for o in outs] if name != "unbind" else [1] * len(outs)
+    pieces, off = [], 0
+    for n in sizes:
+        pieces.append(lay.ids[off: off + n])
+        off += n
+    arg = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size",
+                                                      kwargs.get("chunks", kwargs.get("sections", kwargs.get("split_sizes")))))
+    equal = len(set(sizes)) == 1
+    reason = None
+    if name == "unbind" or len(outs) < 2 or min(sizes) < 1:
+        reason = f"{name} along the channel dim in {where}"
+    elif name in ("chunk", "tensor_split", "hsplit", "vsplit") and isinstance(arg, int):
+        # the pieces follow the (pruned) size: they stay valid while they stay equal
+        if equal:
+            rec.add_blocks(pieces, f"{name}({arg}) along the channel dim in {where}")
+        else:
+            reason = f"{name} into unequal pieces in {where}"
+    elif isinstance(arg, int):  # split(x, size): the size is a constant of forward
+        attr = rec.find_attr(arg)
+        total = rec.find_attr(len(lay.ids)) if attr is None and equal else None
+        if equal and attr is not None:
+            rec.add_blocks(pieces, f"split({attr}) along the channel dim in {where}")
+            rec.add_rewrite(attr, "count", [pieces[0]])
+        elif total is not None:  # split(x, self.channels // n): the attribute holds the total
+            rec.add_blocks(pieces, f"split({total} // {len(pieces)}) along the channel dim in {where}")
+            rec.add_rewrite(total, "count", [lay.ids])
+        else:
+            reason = (f"split size {arg} in {where} is " + ("not a divisor of the channels" if not equal else
+                      "a constant of forward that no attribute of the module holds (pyprune rewrites split sizes "
+                      "it finds as module attributes)"))
+    elif isinstance(arg, (list, tuple)):
+        attr = rec.find_attr(arg)
+        if attr is not None:  # the list itself is an attribute: rewritten piece by piece
+            rec.add_blocks(pieces, f"split({attr}) along the channel dim in {where}", equal=False)
+            rec.add_rewrite(attr, "counts", pieces, type(arg))
+        else:  # sizes built in forward from attributes: one rewrite per attribute
+            names = [rec.find_attr(v) if isinstance(v, int) else None for v in arg]
+            if any(n is None for n in names):
+                reason = (f"split sizes {list(arg)} in {where} are constants of forward that no attribute of the "
+                          "module holds (pyprune rewrites split sizes it finds as module attributes)")
+            else:
+                by_attr: dict = {}
+                for n, piece in zip(names, pieces):
+                    by_attr.setdefault(n, []).append(piece)
+                for n, ps in by_attr.items():
+                    rec.add_blocks(ps, f"split({n}) along the channel dim in {where}")
+                    rec.add_rewrite(n, "count", [ps[0]])
+                if len(by_attr) > 1:
+                    rec.add_blocks([np.concatenate(ps) for ps in by_attr.values()],
+                                   f"split along the channel dim in {where}", equal=False)
+    else:
+        reason = f"{name} along the channel dim in {where}"
+    if reason is not None:  # the split points are fixed in the model's code: these channels keep their count
+        rec.freeze(lay.ids, reason)
+    for o, piece in zip(outs, pieces):
         if name != "unbind":
-            rec.set_layout(o, Layout(dim, lay.ids[offset : offset + n]))
-        offset += n
+            rec.set_layout(o, Layout(dim, piece))
 
 
 # -- views, permutations, reductions, indexing -------------------------------------------
-def _view_layout(in_shape, lay: Layout, out_shape) -> Layout | None:
-    d, c = lay.dim, in_shape[lay.dim]
-    pre = math.prod(in_shape[:d])
-    for od in range(len(out_shape)):
-        if math.prod(out_shape[:od]) != pre:
+def _reshape_plan(in_shape, d: int, out_shape):
+    """Where dim `d` of a tensor goes through a reshape (C order), as
+    ("same", k): out dim k is dim d; ("split", k0, sizes): dims k0.. of the output split it
+    into `sizes`; ("merge", k, inner, outer): out dim k holds it merged with `inner`
+    following and `outer` preceding elements (flatten); or None (split across dims)."""
+    c = in_shape[d]
+    post = math.prod(in_shape[d + 1:])
+    suffix = [math.prod(out_shape[k:]) for k in range(len(out_shape) + 1)]
+    for k in range(len(out_shape)):
+        if out_shape[k] == c and suffix[k + 1] == post:
+            return ("same", k)
+    for k0 in range(len(out_shape)):
+        if suffix[k0] != post * c:
             continue
-        size = out_shape[od]
-        if size == c:
-            return Layout(od, lay.ids)
-        # channels merged with the dims that follow (flatten before a Linear)
-        rep = 1
-        for k in range(d + 1, len(in_shape)):
-            rep *= in_shape[k]
-            if size == c * rep:
-                return Layout(od, np.repeat(lay.ids, rep))
+        for k1 in range(k0 + 2, len(out_shape) + 1):
+            if suffix[k1] == post:
+                return ("split", k0, tuple(out_shape[k0:k1]))
+    for k in range(len(out_shape)):
+        lo, hi = suffix[k + 1], suffix[k]
+        if lo and hi and post % lo == 0 and hi % (post * c) == 0:
+            return ("merge", k, post // lo, hi // (post * c))
     return None
+
+
+def _view_layout(rec: Recorder, in_shape, lay: Layout, out_shape, where: str) -> Layout | None:
+    plan = _reshape_plan(tuple(in_shape), lay.dim, tuple(out_shape))
+    if plan is None:
+        return None
+    if plan[0] == "same":
+        return Layout(plan[1], lay.ids)
+    if plan[0] == "merge":  # channels merged with the dims around them (flatten before a Linear)
+        _, k, inner, outer = plan
+        return Layout(k, np.tile(np.repeat(lay.ids, inner), outer))
+    # Channels split over several dims (channel shuffle, selective-kernel attention, heads):
+    # the largest of them follows the pruned count, the others are structural constants,
+    # so a channel is cut together with its partners in every other slice.
+    _, k0, sizes = plan
+    q = max(range(len(sizes)), key=lambda i: (sizes[i], i))
+    grid = lay.ids.reshape(sizes)
+    grid = np.moveaxis(grid, q, -1).reshape(-1, sizes[q])
+    for row in grid[1:]:
+        rec.unite(grid[0], row)
+    return Layout(k0 + q, grid[0])
 
 
 @register_op("view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "view_as", "reshape_as", "squeeze_", "unsqueeze_")
@@ -376,11 +538,17 @@ def _view(rec: Recorder, name, args, kwargs, out):
     lay = rec.layout(src)
     if lay is None or not isinstance(out, torch.Tensor):
         return
-    new = _view_layout(tuple(src.shape), lay, tuple(out.shape))
+    new = _view_layout(rec, tuple(src.shape), lay, tuple(out.shape), rec.where())
     if new is None:
         rec.freeze(lay.ids, f"{name} {tuple(src.shape)} -> {tuple(out.shape)} splits the channel dim in {rec.where()}")
         rec.set_layout(out, None)
         return
+    if name in ("view", "reshape"):  # the channel count written in the target shape
+        shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
+        if len(shape) == out.dim() and type(shape[new.dim]) is int and shape[new.dim] == len(new.ids) > 1:
+            attr = rec.find_attr(shape[new.dim])
+            if attr is not None:
+                rec.add_rewrite(attr, "count", [new.ids])
     rec.set_layout(out, new)
 
 
@@ -397,25 +565,45 @@ def _expand(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, Layout(od, lay.ids))
 
 
+def _permuted_dim(name: str, args, kwargs, nd: int, d: int) -> int:
+    """Where dim d goes under permute/transpose/movedim/t."""
+    if name == "permute":
+        perm = args[1:] if len(args) > 2 or (len(args) > 1 and not isinstance(args[1], (list, tuple))) else (
+            args[1] if len(args) > 1 else kwargs["dims"])
+        perm = [_norm_dim(p, nd) for p in perm]
+        return perm.index(d)
+    if name in ("movedim", "moveaxis"):
+        src = args[1] if len(args) > 1 else kwargs.get("source")
+        dst = args[2] if len(args) > 2 else kwargs.get("destination")
+        if isinstance(src, (list, tuple)):
+            if len(src) != 1:
+                raise ValueError("several dims moved")
+            src, dst = src[0], dst[0]
+        s, t = _norm_dim(src, nd), _norm_dim(dst, nd)
+        order = [i for i in range(nd) if i != s]
+        order.insert(t, s)
+        return order.index(d)
+    if name in ("t", "numpy_T"):
+        a, b = (0, 1) if name == "t" or nd == 2 else (None, None)
+        if a is None:  # .T reverses all dims
+            return nd - 1 - d
+    else:
+        a = _norm_dim(args[1] if len(args) > 1 else kwargs["dim0"], nd)
+        b = _norm_dim(args[2] if len(args) > 2 else kwargs["dim1"], nd)
+    return b if d == a else a if d == b else d
+
+
 @register_op("permute", "transpose", "transpose_", "swapaxes", "swapdims", "movedim", "moveaxis", "t", "numpy_T")
 def _permute(rec: Recorder, name, args, kwargs, out):
     src = args[0]
     lay = rec.layout(src)
     if lay is None:
         return
-    nd = src.dim()
-    if name == "permute":
-        perm = args[1:] if len(args) > 2 or not isinstance(args[1], (list, tuple)) else args[1]
-        perm = [_norm_dim(p, nd) for p in (perm if perm else kwargs["dims"])]
-        new = perm.index(lay.dim)
-    elif name in ("movedim", "moveaxis"):
-        s, dst = _norm_dim(args[1], nd), _norm_dim(args[2], nd)
-        order = [i for i in range(nd) if i != s]
-        order.insert(dst, s)
-        new = order.index(lay.dim)
-    else:
-        a, b = (0, 1) if name == "t" else (_norm_dim(args[1], nd), _norm_dim(args[2], nd))
-        new = b if lay.dim == a else a if lay.dim == b else lay.dim
+    try:
+        new = _permuted_dim(name, args, kwargs, src.dim(), lay.dim)
+    except (ValueError, KeyError, IndexError):
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
     rec.set_layout(out, Layout(new, lay.ids))
 
 
@@ -484,15 +672,291 @@ def _getitem(rec: Recorder, name, args, kwargs, out):
             out_dim += 1
             continue
         if in_dim == lay.dim:
-            full = isinstance(i, slice) and i.step in (None, 1) and (i.start in (None, 0)) and (i.stop is None or i.stop >= src.shape[in_dim])
-            if full:
-                rec.set_layout(out, Layout(out_dim, lay.ids))
-            else:
-                rec.freeze(lay.ids, f"channels picked by index in {rec.where()}")
+            _channel_slice(rec, lay, i, src.shape[in_dim], out, out_dim)
             return
         in_dim += 1
         out_dim += 0 if isinstance(i, int) else 1
     rec.set_layout(out, Layout(out_dim + lay.dim - in_dim, lay.ids))
+
+
+# -- functional layers and products -------------------------------------------------------
+def _arg(args, kwargs, i: int, name: str, default=None):
+    return args[i] if len(args) > i else kwargs.get(name, default)
+
+
+def _functional_layer(rec: Recorder, owner: str, kind: str, out: torch.Tensor) -> None:
+    """A module whose weight a functional call used (it never ran as a module): counted
+    as a layer of `kind`, and not reported as untraced."""
+    if owner not in rec.leaf_modules and _layers.handler_for(rec.module(owner)) is not None:
+        rec.leaf_modules[owner] = kind
+        if rec.count_layers:
+            rec.layers.append(LayerRecord(owner, kind, tuple(out.shape)))
+
+
+@register_op("linear")
+def _linear(rec: Recorder, name, args, kwargs, out):
+    """F.linear(x, W, b) outside a Linear module (swin's attention calls it on its
+    submodules' weights): the same channels as an nn.Linear with that weight."""
+    x, w, b = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+    lay = rec.layout(x)
+    wout, win = rec.param_dim(w, 0), rec.param_dim(w, 1)
+    if wout is None or win is None or not isinstance(out, torch.Tensor):
+        rec.report_unknown("linear with a weight that is not a parameter", [lay] if lay is not None else [], _tensors(out))
+        return
+    last = x.dim() - 1
+    if lay is not None and lay.dim == last:
+        rec.add_member(win[0], win[1], win[2], lay.ids, "in")
+    out_ids = rec.new_ids(out.shape[-1], wout[0])
+    rec.add_member(wout[0], wout[1], wout[2], out_ids, "out")
+    bo = rec.param_dim(b, 0) if b is not None else None
+    if b is not None:
+        if bo is None:
+            rec.freeze(out_ids, f"linear in {rec.where()} adds a bias that is not a parameter")
+        else:
+            rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
+    if lay is not None and lay.dim != last:
+        rec.freeze(out_ids, f"linear in {rec.where()} applied along a non-channel dim")
+        rec.set_layout(out, lay)
+    else:
+        rec.set_layout(out, Layout(out.dim() - 1, out_ids))
+    _functional_layer(rec, wout[0], "linear", out)
+
+
+@register_op("conv1d", "conv2d", "conv3d")
+def _conv(rec: Recorder, name, args, kwargs, out):
+    """F.conv*d outside a conv module: a fixed depthwise filter held as a buffer (anti-aliasing
+    BlurPool) or a module's own weight. ``groups`` equal to the channel count is rewritten
+    where the module holds it as an attribute."""
+    x, w, b = args[0], _arg(args, kwargs, 1, "weight"), _arg(args, kwargs, 2, "bias")
+    groups = _arg(args, kwargs, 6, "groups", 1)
+    lay = rec.layout(x)
+    if lay is None:
+        return
+    where = rec.where()
+    if lay.dim != 1 or not isinstance(out, torch.Tensor):
+        rec.report_unknown(f"{name} reading channels from dim {lay.dim}", [lay], _tensors(out))
+        return
+    c_in, c_out = x.shape[1], out.shape[1]
+    wout, win = rec.param_dim(w, 0), rec.param_dim(w, 1)
+    shared = wout is None and isinstance(w, torch.Tensor) and (id(w) in rec.param_views)  # a filter expanded over channels
+    if groups == c_in == c_out:  # depthwise: the channels pass through
+        if wout is not None:
+            rec.add_member(wout[0], wout[1], wout[2], lay.ids, "param")
+        elif not shared:
+            rec.report_unknown(f"{name} with a filter that is not a parameter", [lay], [out])
+            return
+        if groups > 1:
+            attr = rec.find_attr(groups)
+            if attr is not None:
+                rec.add_rewrite(attr, "count", [lay.ids])
+        if b is not None:
+            bo = rec.param_dim(b, 0)
+            if bo is None:
+                rec.freeze(lay.ids, f"{name} in {where} adds a bias that is not a parameter")
+            else:
+                rec.add_member(bo[0], bo[1], bo[2], lay.ids, "param")
+        rec.set_layout(out, lay)
+        return
+    if groups != 1 or wout is None or win is None:
+        rec.report_unknown(f"{name} (groups={groups}) with a weight that is not a module's parameter", [lay], [out])
+        return
+    rec.add_member(win[0], win[1], win[2], lay.ids, "in")
+    out_ids = rec.new_ids(c_out, wout[0])
+    rec.add_member(wout[0], wout[1], wout[2], out_ids, "out")
+    if b is not None:
+        bo = rec.param_dim(b, 0)
+        if bo is None:
+            rec.freeze(out_ids, f"{name} in {where} adds a bias that is not a parameter")
+        else:
+            rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
+    rec.set_layout(out, Layout(1, out_ids))
+    _functional_layer(rec, wout[0], "conv", out)
+
+
+@register_op("matmul", "__matmul__", "bmm")
+def _matmul(rec: Recorder, name, args, kwargs, out):
+    """a @ b: the contracted dim couples a's last dim with b's second to last; a's rows and
+    b's columns carry their channels to the output; batch dims broadcast."""
+    a, b = args[0], args[1]
+    la, lb = rec.layout(a), rec.layout(b)
+    if not isinstance(out, torch.Tensor) or a.dim() < 2 or b.dim() < 2:
+        rec.report_unknown(name, [x for x in (la, lb) if x is not None], _tensors(out))
+        return
+    new = None
+    for lay, t, contracted, kept_dim in ((la, a, a.dim() - 1, a.dim() - 2), (lb, b, b.dim() - 2, b.dim() - 1)):
+        if lay is None:
+            continue
+        if lay.dim == contracted:
+            other, odim = (b, b.dim() - 2) if t is a else (a, a.dim() - 1)
+            lo = rec.layout(other)
+            if lo is not None:
+                if lo.dim != odim:
+                    rec.report_unknown(name, [lay, lo], [out])
+                    return
+                rec.unite(lay.ids, lo.ids)
+            else:
+                owner = rec.param_dim(other, odim)
+                if owner is None:
+                    rec.freeze(lay.ids, f"{name} in {rec.where()} contracts these channels with a tensor that is "
+                                        "not a parameter")
+                else:
+                    rec.add_member(owner[0], owner[1], owner[2], lay.ids, "in")
+        elif lay.dim == kept_dim:
+            od = out.dim() - 2 if t is a else out.dim() - 1
+            if new is not None:
+                rec.report_unknown(name, [la, lb], [out])
+                return
+            new = Layout(od, lay.ids)
+        else:  # a batch dim
+            od = lay.dim + out.dim() - t.dim()
+            if out.shape[od] != t.shape[lay.dim] or new is not None and new.dim != od:
+                rec.report_unknown(name, [lay], [out])
+                return
+            if new is not None:
+                rec.unite(new.ids, lay.ids)
+            new = Layout(od, lay.ids)
+    if new is not None:
+        rec.set_layout(out, new)
+
+
+@register_op("einsum")
+def _einsum(rec: Recorder, name, args, kwargs, out):
+    """torch.einsum("bhid,bhjd->bhij", ...): a channel dim is a letter of its operand. A
+    letter kept in the output carries its channels there; a contracted one couples every
+    operand that has it (a parameter operand is sliced along it)."""
+    eq = args[0] if args and isinstance(args[0], str) else None
+    ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    lays = [rec.layout(t) for t in ops]
+    present = [x for x in lays if x is not None]
+    if eq is None or not isinstance(out, torch.Tensor) or "..." in eq or "->" not in eq:
+        rec.report_unknown(name, present, _tensors(out))
+        return
+    lhs, rhs = eq.replace(" ", "").split("->")
+    subs = lhs.split(",")
+    if len(subs) != len(ops) or any(len(sub) != t.dim() for sub, t in zip(subs, ops)):
+        rec.report_unknown(name, present, _tensors(out))
+        return
+    by_letter: dict = {}
+    for sub, lay in zip(subs, lays):
+        if lay is not None:
+            by_letter.setdefault(sub[lay.dim], []).append(lay)
+    new = None
+    for letter, ls in by_letter.items():
+        for other in ls[1:]:
+            rec.unite(ls[0].ids, other.ids)
+        for sub, t, lay in zip(subs, ops, lays):
+            if lay is None and letter in sub:
+                owner = rec.param_dim(t, sub.index(letter))
+                if owner is not None:
+                    rec.add_member(owner[0], owner[1], owner[2], ls[0].ids, "param" if letter in rhs else "in")
+                elif t.shape[sub.index(letter)] != 1:
+                    rec.freeze(ls[0].ids, f"einsum in {rec.where()} combines these channels with a tensor that is "
+                                          "not a parameter")
+        if letter in rhs:
+            if new is not None:
+                rec.report_unknown(name, present, [out])
+                return
+            new = Layout(rhs.index(letter), ls[0].ids)
+    if new is not None:
+        rec.set_layout(out, new)
+
+
+@register_op("scaled_dot_product_attention")
+def _sdpa(rec: Recorder, name, args, kwargs, out):
+    """softmax(q k^T) v: q's and k's last dims are contracted (cut together), v's last dim
+    is the output's. Heads (a batch dim) keep their count."""
+    q, k, v = (_arg(args, kwargs, i, n) for i, n in enumerate(("query", "key", "value")))
+    lq, lk, lv = rec.layout(q), rec.layout(k), rec.layout(v)
+    present = [x for x in (lq, lk, lv) if x is not None]
+    last = {id(lq): q.dim() - 1, id(lk): k.dim() - 1, id(lv): v.dim() - 1}
+    if any(x.dim != last[id(x)] for x in present) or not isinstance(out, torch.Tensor):
+        rec.report_unknown(f"{name} with channels on a batch or token dim", present, _tensors(out))
+        return
+    if (lq is None) != (lk is None):
+        rec.freeze((lq or lk).ids, f"{name} in {rec.where()}: only one of query and key carries channels")
+    elif lq is not None:
+        rec.unite(lq.ids, lk.ids)
+    if lv is not None:
+        rec.set_layout(out, Layout(out.dim() - 1, lv.ids))
+
+
+def _channel_slice(rec: Recorder, lay: Layout, i, size: int, out: torch.Tensor, out_dim: int) -> None:
+    """x[:, a:b] on the channel dim. A bound inside the channels is a constant of forward:
+    pyprune rewrites it when the module holds it as an attribute (DPN's ``num_1x1_c``,
+    GhostNet's ``out_chs``) to the number of kept channels before it; otherwise the
+    channels keep their count."""
+    where = rec.where()
+    if not isinstance(i, slice) or i.step not in (None, 1):
+        rec.freeze(lay.ids, f"channels picked by index in {where}")
+        return
+    bounds = []  # the bounds that fall inside the channels
+    if i.start is not None and not (type(i.start) is int and i.start == 0):
+        bounds.append(i.start)
+    if i.stop is not None and not (type(i.stop) is int and i.stop >= size):
+        bounds.append(i.stop)
+    for v in bounds:
+        if type(v) is not int or v < 0 or v > size:
+            rec.freeze(lay.ids, f"channels picked by slice bound {v!r} in {where}")
+            return
+    attrs = [rec.find_attr(v) for v in bounds]
+    if any(a is None for a in attrs):
+        rec.freeze(lay.ids, f"slice bound(s) {bounds} of the channels in {where} are constants of forward that no "
+                            "attribute of the module holds (pyprune rewrites bounds it finds as module attributes)")
+        return
+    for v, a in zip(bounds, attrs):
+        rec.add_rewrite(a, "count", [lay.ids[:v]])
+        rec.add_blocks([lay.ids[:v], lay.ids[v:]], f"slice at {a} in {where}", equal=False)
+    start, stop, _ = i.indices(size)
+    rec.set_layout(out, Layout(out_dim, lay.ids[start:stop]))
+
+
+_PASS = set("contiguous clone detach to float half double bfloat16 type requires_grad_".split())
+_RESHAPES = set("view reshape flatten unflatten squeeze unsqueeze view_as reshape_as squeeze_ unsqueeze_".split())
+_EXPANDS = set("expand expand_as broadcast_to".split())
+_PERMUTES = set("permute transpose transpose_ swapaxes swapdims movedim moveaxis t numpy_T".split())
+_VIEW_LIKE = _PASS | _RESHAPES | _EXPANDS | _PERMUTES
+_LAYER_OPS = {"conv1d", "conv2d", "conv3d", "linear"}
+
+
+def _dim_through(name: str, args, kwargs, src: torch.Tensor, out: torch.Tensor, d: int) -> int | None:
+    """Where dim d of `src` is in `out` after a view-like op, when it stays one whole dim."""
+    if name in _PASS:
+        return d if out.shape == src.shape else None
+    if name in _RESHAPES:
+        plan = _reshape_plan(tuple(src.shape), d, tuple(out.shape))
+        return plan[1] if plan is not None and plan[0] == "same" else None
+    if name in _EXPANDS:
+        od = d + out.dim() - src.dim()
+        return od if out.shape[od] == src.shape[d] else None
+    if name in _PERMUTES:
+        return _permuted_dim(name, args, kwargs, src.dim(), d)
+    return None
+
+
+def _param_view(rec: Recorder, name: str, args, kwargs, out) -> None:
+    """Follow a parameter through views (``gamma.reshape(1, -1, 1, 1)``, ``.view``, ``.expand``,
+    ``.permute``): the result is recorded as a view of the parameter, so a broadcast or a
+    concatenation with it slices the parameter itself."""
+    src = args[0] if args else None
+    if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor) or out is src:
+        return
+    owner = rec.param_owner.get(id(src))
+    if owner is not None:
+        mod, pname, dims = owner[0], owner[1], {i: i for i in range(src.dim())}
+    elif id(src) in rec.param_views:
+        mod, pname, dims = rec.param_views[id(src)]
+    else:
+        return
+    new = {}
+    for d, pd in dims.items():
+        if src.shape[d] <= 1:
+            continue
+        od = _dim_through(name, args, kwargs, src, out, d)
+        if od is not None:
+            new[od] = pd
+    if new:
+        rec.param_views[id(out)] = (mod, pname, new)
+        rec.keep_alive.append(out)
 
 
 class _Mode(TorchFunctionMode):
@@ -507,17 +971,37 @@ class _Mode(TorchFunctionMode):
             # Inside a registered layer only the output's shape matters to the graph: its
             # own ops run as zeros of the right shape (no arithmetic, no running-stat
             # updates of a training-mode BN); the layer's handler records its channels.
-            shape_of = _layers.SHAPE_OPS.get(getattr(func, "__name__", ""))
+            fname = getattr(func, "__name__", "")
+            shape_of = _layers.SHAPE_OPS.get(fname)
+            derived = False
+            if rec.stack and fname not in _LAYER_OPS:
+                # a layer whose weight goes through other ops before its conv (weight
+                # standardisation): its filters depend on all of their input channels together
+                leaf = rec.stack[-1]
+                for t in _tensors(list(args)):
+                    owner = rec.param_owner.get(id(t))
+                    if id(t) in rec.weight_views or owner is not None and owner[0] == leaf and owner[1] == "weight":
+                        derived = True
+                if derived and fname not in _VIEW_LIKE:
+                    rec.transformed.add(leaf)
+            res = None
             if shape_of is not None and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
                 try:
-                    return args[0].new_zeros(shape_of(args, kwargs))
+                    res = args[0].new_zeros(shape_of(args, kwargs))
                 except Exception:
-                    pass
-            return func(*args, **kwargs)
+                    res = None
+            if res is None:
+                res = func(*args, **kwargs)
+            if derived and isinstance(res, torch.Tensor):
+                rec.weight_views.add(id(res))
+                rec.keep_alive.append(res)
+            return res
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", None) or str(func)
         if name == "__get__":
             return out
+        if name in _VIEW_LIKE and args and isinstance(args[0], torch.Tensor):
+            _param_view(rec, name, args, kwargs, out)
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
@@ -536,6 +1020,7 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     """Run `model(*example_inputs, **example_kwargs)` once under the recorder."""
     rec = Recorder(model)
     names = {m: n for n, m in model.named_modules()}
+    rec.modules = {n: m for m, n in names.items()}
     for mname, m in model.named_modules():
         for pname, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
             if p is not None:
@@ -556,13 +1041,18 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
         if rec.leaf_depth:
             return
         x = inputs[0] if inputs else None
-        if isinstance(x, torch.Tensor) and isinstance(output, torch.Tensor):
+        out = output[0] if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor) else output
+        if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
             first = len(rec.members)
-            h.trace(rec, name, m, x, output)
-            _check_own_tensors(rec, name, m, rec.members[first:], [x, output])
+            rec.inputs = inputs
+            h.trace(rec, name, m, x, out)
+            _check_own_tensors(rec, name, m, rec.members[first:], [x, out])
             if rec.count_layers and h.kind != "other":
-                rec.layers.append(LayerRecord(name, h.kind, tuple(output.shape)))
+                rec.layers.append(LayerRecord(name, h.kind, tuple(out.shape)))
             rec.leaf_modules[name] = h.kind
+            if out is not output:  # the other outputs (attention weights, say) carry no channels
+                for o in _tensors(list(output)[1:]):
+                    rec.set_layout(o, None)
 
     for m in model.modules():
         hooks.append(m.register_forward_pre_hook(pre))
@@ -635,7 +1125,10 @@ def _forward(rec: Recorder, model: nn.Module, example_inputs: tuple, example_kwa
             rec.set_layout(t, Layout(0, ids))
     with torch.no_grad(), _Mode(rec):
         output = model(*example_inputs, **example_kwargs)
-    for t in _tensors(output if isinstance(output, (list, tuple, dict)) else [output]):
+    outs = _tensors(output if isinstance(output, (list, tuple, dict)) else [output])
+    if rec.count_layers:
+        rec.output_shapes = [tuple(t.shape) for t in outs]
+    for t in outs:
         lay = rec.layout(t)
         if lay is not None:
             rec.freeze(lay.ids, "network output")
