@@ -45,7 +45,7 @@ _rows: dict = {}
 def run(name: str, tool: str, side: int) -> dict:
     try:
         p = subprocess.run([sys.executable, str(WORKER), name, tool, str(side)], capture_output=True, text=True,
-                           timeout=600)
+                           timeout=300)
     except subprocess.TimeoutExpired:
         return {"status": "timeout"}
     lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]

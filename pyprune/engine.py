@@ -72,6 +72,7 @@ __all__ = [
     "choose_k",
     "knee_index",
     "gather",
+    "ridge_solve",
     "gemm_seconds",
     "gemm_kernel",
     "gemm_kernels",
@@ -356,6 +357,25 @@ def choose_k(
 def knee_index(xs: Sequence[float], ys: Sequence[float]) -> int:
     """Index of the knee of a decreasing curve (see :func:`choose_k` for the rule)."""
     return int(_core.knee_index([float(x) for x in xs], [float(y) for y in ys]))
+
+
+def ridge_solve(inputs: TensorOrList, targets: TensorOrList, *, lam: float = 1e-4,
+                threads: int | None = None) -> list[tuple[torch.Tensor, float]]:
+    """Ridge least squares for many layers in one call into C++: for each pair of inputs
+    A (rows, d) and targets B (rows, m), W (m, d) = argmin |A W^T - B|^2 + lam' |W|^2 with
+    lam' = lam * mean(diag(A^T A)) (scale-free), by Cholesky in double. Returns (W, relative
+    residual |A W^T - B| / |B|) per layer; lam is raised where A^T A is singular."""
+    a, single = _arrays(inputs, "inputs")
+    b, _ = _arrays(targets, "targets")
+    if len(a) != len(b):
+        raise ValueError(f"ridge_solve: {len(a)} input matrices and {len(b)} targets")
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"ridge_solve: inputs[{i}] has {x.shape[0]} rows and targets[{i}] {y.shape[0]}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam >= 0:
+        raise ValueError(f"lam must be >= 0, got {lam!r}")
+    out = [(torch.from_numpy(w), float(res)) for w, res, _ in _core.ridge_solve(a, b, float(lam), _threads(threads))]
+    return out[:1] if single else out
 
 
 def gather(

@@ -423,6 +423,7 @@ class MultiheadAttention(LayerHandler):
         if m.out_proj.bias is not None:
             rec.add_member(f"{name}.out_proj", "bias", 0, ids, "bias")
         rec.add_blocks(ids.reshape(m.num_heads, -1), f"{name}: {m.num_heads} attention heads")
+        rec.add_inexact(ids, f"{name}: the attention's scale 1/sqrt(head dim) follows the pruned head dim")
         rec.leaf_modules[f"{name}.out_proj"] = "linear"
         rec.set_layout(out, Layout(out.dim() - 1, ids))
 

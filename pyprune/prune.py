@@ -54,6 +54,8 @@ class PruneConfig:
     example_kwargs: dict | None = None
     min_keep: float = 0.1
     verify: bool = True
+    bn_recalibration: bool | None = None  # None: on when calibration is given
+    reconstruct: bool | None = None  # None: on when calibration is given
     criterion_options: dict = field(default_factory=dict)  # the method's own options (its spec's `options`)
 
     @classmethod
@@ -135,6 +137,7 @@ class PruneResult:
     seconds: dict = field(default_factory=dict)
     merge: MergeReport | None = None
     steps: list = field(default_factory=list)  # per iterative step: summaries
+    recovery: dict = field(default_factory=dict)  # bn_batches, reconstruction (with calibration)
 
     @property
     def graph(self) -> ChannelGraph:
@@ -391,20 +394,49 @@ class Pruner:
         if self.merge and plan.clusters:
             folds, report = merge_folds(self.model, plan.graph, mask, plan.clusters, plan.cluster_stats)
         before = snapshot(self.model, plan.graph.layers)
-        verify = self.config.verify
-        pruned = apply_keep(self.model, plan.graph, mask, inplace=inplace and not verify,
-                            threads=self.config.threads, folds=folds)
+        cfg = self.config
+        verify = cfg.verify
+        recover = cfg.calibration is not None and (cfg.bn_recalibration is not False or cfg.reconstruct is not False)
+        on_copy = inplace and (verify or recover)  # the model itself is cut once the copy is right
+        pruned = apply_keep(self.model, plan.graph, mask, inplace=inplace and not on_copy,
+                            threads=cfg.threads, folds=folds)
         if verify:
-            failure = check_runs(pruned, self.inputs, self.config.example_kwargs, plan.graph.output_shapes)
+            failure = check_runs(pruned, self.inputs, cfg.example_kwargs, plan.graph.output_shapes)
             if failure is not None:
                 raise PrunedModelFails(*failure)
-            if inplace:  # the copy ran: now the model itself
-                pruned = apply_keep(self.model, plan.graph, mask, inplace=True, threads=self.config.threads,
-                                    folds=folds)
+        seconds = {"surgery": time.perf_counter() - t0}
+        recovery = self._recover(pruned, plan, mask) if recover else {}
+        if recovery:
+            seconds["recovery"] = time.perf_counter() - t0 - seconds["surgery"]
+        if on_copy:
+            state = pruned.state_dict()
+            pruned = apply_keep(self.model, plan.graph, mask, inplace=True, threads=cfg.threads, folds=folds)
+            pruned.load_state_dict(state)
         if inplace and self._traced[0] is pruned:  # its trace no longer describes it
             self._traced = (None, None)
         summary = compare(before, snapshot(pruned, plan.graph.layers))
-        return PruneResult(pruned, plan, summary, {"surgery": time.perf_counter() - t0}, report)
+        res = PruneResult(pruned, plan, summary, seconds, report)
+        res.recovery = recovery
+        return res
+
+    def _recover(self, pruned: nn.Module, plan: PrunePlan, mask: np.ndarray) -> dict:
+        """BN recalibration and layer-wise reconstruction on the calibration batches."""
+        from .recover import recalibrate_bn, reconstruct
+
+        cfg = self.config
+        out: dict = {}
+        recal = cfg.bn_recalibration is not False
+        if recal:
+            out["bn_batches"] = recalibrate_bn(pruned, cfg.calibration, batches=cfg.calibration_batches)
+        if cfg.reconstruct is not False:
+            members = [m for m in plan.graph.members if m.param == "weight" and m.groups == 1]
+            keep_out = {m.module: np.flatnonzero(mask[m.units]) for m in members if m.role == "out" and m.dim == 0}
+            keep_in = {m.module: np.flatnonzero(mask[m.units]) for m in members if m.role == "in" and m.dim == 1}
+            out["reconstruction"] = reconstruct(self.model, pruned, keep_in, keep_out, cfg.calibration,
+                                                batches=cfg.calibration_batches, seed=cfg.seed, threads=cfg.threads)
+            if recal and out["reconstruction"].layers:
+                recalibrate_bn(pruned, cfg.calibration, batches=cfg.calibration_batches)
+        return out
 
     def prune(self, ratio: float | str = 0.5, *, inplace: bool = False, **targets) -> PruneResult:
         """:meth:`plan` (with its targets) then :meth:`apply`. Where the pruned model fails

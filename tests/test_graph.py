@@ -3,6 +3,7 @@ of every torchvision CNN family and user-style models."""
 from __future__ import annotations
 
 import copy
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch import nn
 
 import models as user_models
 import pyprune
-from pyprune.criteria import block_jobs
+from planted import check_exact, randomize_bn, zero_and_choose  # noqa: F401
 from pyprune.graph import build_graph
 from pyprune.surgery import apply_keep
 
@@ -46,63 +47,6 @@ def tv_model(name: str) -> nn.Module:
     if name in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=False)
     return getattr(torchvision.models, name)(weights=None, **kwargs).eval()
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
-            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            if m.weight is not None:
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-
-
-def zero_and_choose(model, graph, frac=0.3, seed=0):
-    """Zero the contribution of a random `frac` of each exactly-prunable group's units
-    (filters, biases, BN affine, per-channel params) and return the keep mask."""
-    rng = np.random.default_rng(seed)
-    keep = np.ones(graph.n_units, bool)
-    for g in graph.groups:
-        if g.prunable < 2 or g.norm_over_channels or g.inexact:
-            continue
-        if g.blocks is not None:  # grouped convs, chunks, heads: the same count in every block
-            if g.frozen.any():
-                continue
-            for pos, k in block_jobs(g, int(round((1 - frac) * g.size))):
-                if k < len(pos):
-                    keep[g.units[rng.choice(pos, len(pos) - k, replace=False)]] = False
-            continue
-        cand = g.units[~g.frozen]
-        n = max(1, int(frac * len(cand)))
-        keep[rng.choice(cand, n, replace=False)] = False
-    mods = dict(model.named_modules())
-    for m in graph.members:
-        if m.role in ("out", "bias", "param") or (m.role == "bn" and m.param in ("weight", "bias")):
-            pos = np.flatnonzero(~keep[m.units])
-            if len(pos):
-                t = getattr(mods[m.module], m.param)
-                t.index_fill_(m.dim, torch.as_tensor(pos), 0.0)
-    return keep
-
-
-def check_exact(model, inputs, seed=0):
-    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
-    graph = build_graph(model, inputs)
-    keep = zero_and_choose(model, graph, seed=seed)
-    assert (~keep).sum() > 0, "nothing was chosen to prune"
-    want = model(*inputs)
-    pruned = apply_keep(model, graph, keep)
-    got = pruned(*inputs)
-    assert got.shape == want.shape
-    scale = want.abs().max().clamp_min(1e-12)
-    err = (got - want).abs().max() / scale
-    assert err <= 1e-5, f"relative error {err:.2e}"
-    n_before = sum(p.numel() for p in model.parameters())
-    n_after = sum(p.numel() for p in pruned.parameters())
-    assert n_after < n_before
-    return graph
 
 
 @pytest.mark.parametrize("name", list(TORCHVISION))
@@ -296,3 +240,28 @@ def test_layer_that_never_runs_is_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"never ran on the example inputs.*never"):
         graph = build_graph(_DeadBranch().eval(), torch.randn(2, 3, 8, 8))
     assert graph.untraced == ["never"]
+
+
+@pytest.mark.parametrize("name,kwargs,side", [("vit_b_16", {"image_size": 64}, 64), ("swin_t", {}, 64),
+                                              ("maxvit_t", {}, 224)], ids=["vit_b_16", "swin_t", "maxvit_t"])
+def test_transformers_lose_a_third_of_their_parameters(name, kwargs, side):
+    """Small ViTs prune (MLP widths, the residual stream with its heads, class token and
+    position embedding) and run; attention blocks whose code fixes their widths keep them,
+    with a warning that names them."""
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None, num_classes=10, **kwargs).eval()
+    x = torch.randn(1, 3, side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.model(torch.randn(2, 3, side, side)).shape == (2, 10)
+    assert 1 - res.summary.params_after / res.summary.params_before >= 0.30
+
+
+def test_vit_mlp_and_stream_are_exact_where_nothing_normalises():
+    """Planted zeros in a ViT's MLP hidden channels are cut exactly (the stream's LayerNorms
+    make its own cut inexact, and the result says so)."""
+    torch.manual_seed(0)
+    model = torchvision.models.vit_b_16(weights=None, num_classes=10, image_size=32).eval()
+    graph = check_exact(model, torch.randn(2, 3, 32, 32))
+    assert any(g.norm_over_channels for g in graph.groups)

@@ -13,6 +13,7 @@ void register_kmeans(py::module_& m);
 void register_choose_k(py::module_& m);
 void register_gemm(py::module_& m);
 void register_slice(py::module_& m);
+void register_ridge(py::module_& m);
 }  // namespace pyprune::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -23,6 +24,7 @@ PYBIND11_MODULE(_core, m) {
     pyprune::bind::register_choose_k(m);
     pyprune::bind::register_gemm(m);
     pyprune::bind::register_slice(m);
+    pyprune::bind::register_ridge(m);
     m.def("num_procs", []() { return omp_get_num_procs(); }, "Number of cores OpenMP sees.");
     m.attr("cuda_available") = false;
 #ifdef PYPRUNE_VERSION

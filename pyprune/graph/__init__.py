@@ -115,7 +115,7 @@ class ChannelGraph:
     unsupported: list  # (module path, op)
     layers: list[LayerRecord]
     untraced: list[str]
-    rewrites: list = field(default_factory=list)  # (module, attr, kind, [unit arrays], container)
+    rewrites: list = field(default_factory=list)  # (module, attr, kind, [unit arrays], container, index, original)
     output_shapes: list = field(default_factory=list)  # what the model returned, for the check of a cut
 
     def freeze(self, units: np.ndarray, reason: str) -> None:
@@ -136,9 +136,14 @@ class ChannelGraph:
         """{(module, attr): value} for the attributes that hold channel counts (split sizes,
         slice bounds, groups) when the units where ``keep_unit`` is True are kept."""
         out = {}
-        for mod, attr, kind, pieces, container in self.rewrites:
+        for mod, attr, kind, pieces, container, index, original in self.rewrites:
             counts = [int(keep_unit[p].sum()) for p in pieces]
-            out[(mod, attr)] = counts[0] if kind == "count" else container(counts)
+            if kind == "replace":
+                value = list(original)
+                value[index] = counts[0]
+                out[(mod, attr)] = container(value)
+            else:
+                out[(mod, attr)] = counts[0] if kind == "count" else container(counts)
         return out
 
     def table(self, max_members: int = 4) -> str:
@@ -308,11 +313,14 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             continue
         allu = np.concatenate(units) if units else np.zeros(0, np.int64)
         gids = np.unique(graph.unit_group[allu])
-        if len(gids) > 1:
+        if len(gids) > 1 and equal:
             graph.freeze(allu, f"{reason}: its pieces span several coupled groups")
             continue
-        if len(gids) and len(units) > 1:
-            per_group.setdefault(int(gids[0]), []).append((units, equal, reason))
+        for gid in gids:  # pieces that only need a channel each: served within every group
+            parts = [u[graph.unit_group[u] == gid] for u in units]
+            parts = [p for p in parts if len(p)]
+            if len(parts) > 1:
+                per_group.setdefault(int(gid), []).append((parts, equal, reason))
     for gid, cons in per_group.items():
         g = graph.groups[gid]
         keys = np.full((g.size, len(cons)), -1, np.int64)
@@ -378,4 +386,4 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             graph.freeze(np.concatenate([u for p in pieces for u in p]),
                          f"{mod}.{attr} is read for channel counts of tensors that are cut differently")
             continue
-        graph.rewrites.append((mod, attr, recs[0].kind, first, recs[0].container))
+        graph.rewrites.append((mod, attr, recs[0].kind, first, recs[0].container, recs[0].index, recs[0].original))

@@ -43,9 +43,11 @@ class Rewrite:
 
     module: str
     attr: str
-    kind: str  # count | counts
+    kind: str  # count | counts | replace (entry `index` of the tuple/list `original` set to the count)
     pieces: list
     container: type = int
+    index: int = -1
+    original: Any = None
 
 
 @dataclass
@@ -84,6 +86,7 @@ class Recorder:
     output_shapes: list = field(default_factory=list)  # shapes of the tensors the model returned
     inputs: tuple = ()  # the positional inputs of the layer being traced (for its handler)
     weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
+    param_shape_attrs: dict = field(default_factory=dict)  # (module, param, dim) -> [Rewrite without pieces]
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_ids(self, size: int, origin: str) -> np.ndarray:
@@ -115,6 +118,9 @@ class Recorder:
 
     def add_member(self, module: str, param: str, dim: int, ids: np.ndarray, role: str, groups: int = 1) -> None:
         self.members.append(MemberRecord(module, param, dim, ids, role, groups))
+        for r in self.param_shape_attrs.get((module, param, dim), ()):  # gamma.view(self.shape)
+            self.rewrites.append(Rewrite(r.module, r.attr, r.kind, [np.asarray(ids, np.int64)], r.container,
+                                         r.index, r.original))
 
     def add_blocks(self, pieces, reason: str, equal: bool = True) -> None:
         """The channels of each piece (id arrays, or the rows of a 2-D array) are cut by the
@@ -149,6 +155,13 @@ class Recorder:
             elif type(v) is int and type(value) is int and v == value:
                 hits.append(k)
         return hits[0] if len(hits) == 1 else None
+
+    def find_attrs(self, value: int) -> list[str]:
+        """Every int attribute of the current module equal to `value`."""
+        if not self.stack:
+            return []
+        mod = self.module(self.stack[-1])
+        return [k for k, v in vars(mod).items() if not k.startswith("_") and type(v) is int and v == value]
 
     def add_rewrite(self, attr: str, kind: str, pieces, container: type = int) -> None:
         self.rewrites.append(Rewrite(self.stack[-1], attr, kind, [np.asarray(p, np.int64) for p in pieces], container))
@@ -446,13 +459,14 @@ def _split(rec: Recorder, name, args, kwargs, out):
             reason = f"{name} into unequal pieces in {where}"
     elif isinstance(arg, int):  # split(x, size): the size is a constant of forward
         attr = rec.find_attr(arg)
-        total = rec.find_attr(len(lay.ids)) if attr is None and equal else None
+        total = rec.find_attrs(len(lay.ids)) if attr is None and equal else []
         if equal and attr is not None:
             rec.add_blocks(pieces, f"split({attr}) along the channel dim in {where}")
             rec.add_rewrite(attr, "count", [pieces[0]])
-        elif total is not None:  # split(x, self.channels // n): the attribute holds the total
-            rec.add_blocks(pieces, f"split({total} // {len(pieces)}) along the channel dim in {where}")
-            rec.add_rewrite(total, "count", [lay.ids])
+        elif total:  # split(x, self.channels // n): an attribute holds the total
+            rec.add_blocks(pieces, f"split({total[0]} // {len(pieces)}) along the channel dim in {where}")
+            for t in total:  # (every attribute that holds it: in/out channels alike)
+                rec.add_rewrite(t, "count", [lay.ids])
         else:
             reason = (f"split size {arg} in {where} is " + ("not a divisor of the channels" if not equal else
                       "a constant of forward that no attribute of the module holds (pyprune rewrites split sizes "
@@ -511,10 +525,37 @@ def _reshape_plan(in_shape, d: int, out_shape):
     return None
 
 
+def _reshape_elementwise(in_shape, d: int, out_shape, ids: np.ndarray):
+    """_reshape_plan for any reshape, element by element (small tensors): the channel (id)
+    of every element, reshaped. (k, rows): the channel varies along out dim k alone (one
+    row), or along several dims, k the largest of them (rows: the positions along k, per
+    combination of the others, whose channels are cut together); None if it varies nowhere."""
+    n = math.prod(in_shape)
+    if n == 0 or n > (1 << 22):
+        return None
+    shape = [1] * len(in_shape)
+    shape[d] = in_shape[d]
+    pos = np.broadcast_to(np.arange(in_shape[d]).reshape(shape), in_shape).reshape(out_shape)
+    val = ids[pos]
+    varies = [k for k in range(len(out_shape)) if out_shape[k] > 1 and
+              not (np.take(val, [0], axis=k) == val).all()]
+    if not varies:
+        return None
+    k = max(varies, key=lambda i: (out_shape[i], i))
+    rows = np.unique(np.moveaxis(pos, k, -1).reshape(-1, out_shape[k]), axis=0)
+    return k, rows
+
+
 def _view_layout(rec: Recorder, in_shape, lay: Layout, out_shape, where: str) -> Layout | None:
     plan = _reshape_plan(tuple(in_shape), lay.dim, tuple(out_shape))
     if plan is None:
-        return None
+        plan = _reshape_elementwise(tuple(in_shape), lay.dim, tuple(out_shape), lay.ids)
+        if plan is None:
+            return None
+        k, rows = plan
+        for row in rows[1:]:  # the same slot of the other dims' slices: cut together
+            rec.unite(lay.ids[rows[0]], lay.ids[row])
+        return Layout(k, lay.ids[rows[0]])
     if plan[0] == "same":
         return Layout(plan[1], lay.ids)
     if plan[0] == "merge":  # channels merged with the dims around them (flatten before a Linear)
@@ -617,7 +658,8 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
     if lay is None:
         return
     outs = _tensors(out)
-    dims = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis"))
+    pos = 2 if name == "norm" else 1  # norm(input, p, dim, ...)
+    dims = args[pos] if len(args) > pos else kwargs.get("dim", kwargs.get("axis"))
     if name in ("max", "min") and isinstance(dims, torch.Tensor):
         return _broadcast(rec, name, args, kwargs, out)
     if dims is None:
@@ -625,8 +667,11 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
         return
     dims = [dims] if isinstance(dims, int) else list(dims)
     dims = {_norm_dim(d, src.dim()) for d in dims}
-    if lay.dim in dims:
-        rec.report_unknown(f"{name} over the channel dim", [lay], outs)
+    if lay.dim in dims:  # a statistic over the channels (GRN, channel attention): any count works
+        if name not in ("sum", "nansum"):  # a sum of zero channels is unchanged, a mean or max is not
+            rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
+        for o in outs:
+            rec.set_layout(o, None)
         return
     keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
     new = lay.dim if keep else lay.dim - sum(1 for d in dims if d < lay.dim)
@@ -640,10 +685,15 @@ def _along_dim(rec: Recorder, name, args, kwargs, out):
     lay = rec.layout(src)
     if lay is None:
         return
-    dim = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("dim", 1 if name == "normalize" else None)
-    if dim is None or _norm_dim(dim, src.dim()) == lay.dim:
-        rec.report_unknown(f"{name} over the channel dim", [lay], [out])
+    if name == "normalize":  # normalize(input, p=2, dim=1)
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", 1)
+    else:
+        dim = args[1] if len(args) > 1 and isinstance(args[1], int) else kwargs.get("dim")
+    if dim is None:
+        rec.report_unknown(f"{name} over all dims", [lay], [out])
         return
+    if _norm_dim(dim, src.dim()) == lay.dim and name != "normalize":  # a zero channel leaves a norm alone
+        rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
     rec.set_layout(out, lay)
 
 
@@ -876,6 +926,8 @@ def _sdpa(rec: Recorder, name, args, kwargs, out):
         rec.freeze((lq or lk).ids, f"{name} in {rec.where()}: only one of query and key carries channels")
     elif lq is not None:
         rec.unite(lq.ids, lk.ids)
+        if _arg(args, kwargs, 6, "scale") is None:
+            rec.add_inexact(lq.ids, f"{name} in {rec.where()}: its scale 1/sqrt(dim) follows the pruned dim")
     if lv is not None:
         rec.set_layout(out, Layout(out.dim() - 1, lv.ids))
 
@@ -957,6 +1009,17 @@ def _param_view(rec: Recorder, name: str, args, kwargs, out) -> None:
     if new:
         rec.param_views[id(out)] = (mod, pname, new)
         rec.keep_alive.append(out)
+        if name in ("view", "reshape") and rec.stack:  # a size written in the target shape
+            shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
+            for od, pd in new.items():
+                if od >= len(shape) or type(shape[od]) is not int or shape[od] != out.shape[od]:
+                    continue
+                whole = rec.find_attr(shape) if isinstance(shape, (tuple, list)) and len(args) == 2 else None
+                one = rec.find_attr(shape[od])
+                r = (Rewrite(rec.stack[-1], whole, "replace", [], type(shape), od, shape) if whole is not None else
+                     Rewrite(rec.stack[-1], one, "count", []) if one is not None else None)
+                if r is not None:
+                    rec.param_shape_attrs.setdefault((mod, pname, pd), []).append(r)
 
 
 class _Mode(TorchFunctionMode):

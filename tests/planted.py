@@ -1,0 +1,71 @@
+"""Planted-zero exactness: zero the contribution of some channels of every exactly
+prunable group, prune exactly those, and the outputs must not change."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from pyprune.criteria import block_jobs
+from pyprune.graph import build_graph
+from pyprune.surgery import apply_keep
+
+
+@torch.no_grad()
+def randomize_bn(model: nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.running_mean is not None:
+            m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            if m.weight is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+
+
+@torch.no_grad()
+def zero_and_choose(model, graph, frac=0.3, seed=0):
+    """Zero the contribution of a random `frac` of each exactly-prunable group's units
+    (filters, biases, BN affine, per-channel params) and return the keep mask."""
+    rng = np.random.default_rng(seed)
+    keep = np.ones(graph.n_units, bool)
+    for g in graph.groups:
+        if g.prunable < 2 or g.norm_over_channels or g.inexact:
+            continue
+        if g.blocks is not None:  # grouped convs, chunks, heads: the same count in every block
+            if g.frozen.any():
+                continue
+            for pos, k in block_jobs(g, int(round((1 - frac) * g.size))):
+                if k < len(pos):
+                    keep[g.units[rng.choice(pos, len(pos) - k, replace=False)]] = False
+            continue
+        cand = g.units[~g.frozen]
+        n = max(1, int(frac * len(cand)))
+        keep[rng.choice(cand, n, replace=False)] = False
+    mods = dict(model.named_modules())
+    for m in graph.members:
+        if m.role in ("out", "bias", "param") or (m.role == "bn" and m.param in ("weight", "bias")):
+            pos = np.flatnonzero(~keep[m.units])
+            if len(pos):
+                t = getattr(mods[m.module], m.param)
+                t.index_fill_(m.dim, torch.as_tensor(pos), 0.0)
+    return keep
+
+
+@torch.no_grad()
+def check_exact(model, inputs, seed=0):
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    graph = build_graph(model, inputs)
+    keep = zero_and_choose(model, graph, seed=seed)
+    assert (~keep).sum() > 0, "nothing was chosen to prune"
+    want = model(*inputs)
+    pruned = apply_keep(model, graph, keep)
+    got = pruned(*inputs)
+    assert got.shape == want.shape
+    scale = want.abs().max().clamp_min(1e-12)
+    err = (got - want).abs().max() / scale
+    assert err <= 1e-5, f"relative error {err:.2e}"
+    n_before = sum(p.numel() for p in model.parameters())
+    n_after = sum(p.numel() for p in pruned.parameters())
+    assert n_after < n_before
+    return graph

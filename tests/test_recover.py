@@ -1,0 +1,125 @@
+"""Recovery without labels: BN recalibration and layer-wise reconstruction (ridge least
+squares in the core), against torch and on a model trained on real data (digits)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.testing import assert_close
+from torch.utils.data import DataLoader
+
+import pyprune
+from pyprune import engine
+from pyprune.data import digits
+from pyprune.models import digits_cnn
+from pyprune.recover import recalibrate_bn
+from pyprune.train import evaluate, fit
+
+
+@pytest.mark.parametrize("rows,d,m", [(500, 40, 7), (64, 64, 3), (2000, 300, 50), (1, 1, 1)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ridge_matches_lstsq(rows, d, m, threads):
+    """lam=0 on a full-rank system is plain least squares: torch.linalg.lstsq (float64)."""
+    g = torch.Generator().manual_seed(rows + d)
+    a, b = torch.randn(rows, d, generator=g), torch.randn(rows, m, generator=g)
+    if rows < d:
+        pytest.skip("underdetermined")
+    [(w, res)] = engine.ridge_solve([a], [b], lam=0.0, threads=threads)
+    want = torch.linalg.lstsq(a.double(), b.double()).solution.T
+    assert_close(w.double(), want, rtol=1e-4, atol=1e-5)
+    got_res = float((a.double() @ w.double().T - b.double()).norm() / b.double().norm())
+    assert abs(res - got_res) < 1e-4
+
+
+def test_ridge_lambda_is_the_closed_form_and_handles_singular_inputs():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(300, 20, generator=g).double(), torch.randn(300, 4, generator=g).double()
+    lam = 0.1
+    [(w, _)] = engine.ridge_solve(a.float(), b.float(), lam=lam)
+    gram = a.T @ a
+    want = torch.linalg.solve(gram + lam * gram.diagonal().mean() * torch.eye(20, dtype=torch.float64), a.T @ b).T
+    assert_close(w.double(), want, rtol=1e-4, atol=1e-5)
+    dup = torch.cat([a, a[:, :1]], 1).float()  # a repeated column: singular without ridge
+    [(w2, res)] = engine.ridge_solve(dup, b.float(), lam=0.0)
+    assert torch.isfinite(w2).all() and res < 1.0
+    with pytest.raises(ValueError, match="rows"):
+        engine.ridge_solve(a.float(), b[:10].float())
+
+
+@pytest.fixture(scope="module")
+def trained():
+    torch.manual_seed(0)
+    train, test = digits(seed=0)
+    model = digits_cnn(batchnorm=True)
+    fit(model, train, epochs=20, lr=2e-3, seed=0, progress=False)
+    cal = [x for x, _ in DataLoader(train, batch_size=128)][:4]
+    held = [x for x, _ in DataLoader(test, batch_size=128)]
+    return model, train, test, cal, held
+
+
+def test_bn_recalibration_alone_raises_one_shot_accuracy(trained):
+    model, _, test, cal, _ = trained
+    x = cal[0][:1]
+    plain = pyprune.prune(model, x, method="l1", ratio=0.5)
+    recal = pyprune.prune(model, x, method="l1", ratio=0.5, calibration=cal, reconstruct=False)
+    a0, a1 = evaluate(plain.model, test)["top1"], evaluate(recal.model, test)["top1"]
+    assert recal.recovery["bn_batches"] == 4 and "reconstruction" not in recal.recovery
+    assert a1 >= a0 + 0.20, (a0, a1)
+
+
+def test_recalibration_keeps_modes_and_momentum(trained):
+    model = copy.deepcopy(trained[0]).train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns[0].momentum = 0.3
+    bns[1].eval()
+    recalibrate_bn(model, trained[3])
+    assert bns[0].momentum == 0.3 and bns[0].training and not bns[1].training
+    # the statistics are those of the calibration inputs at that BN
+    feats = []
+    h = bns[0].register_forward_hook(lambda m, i, o: feats.append(i[0]))
+    with torch.no_grad():
+        model.eval()(torch.cat(trained[3]))
+    h.remove()
+    assert_close(bns[0].running_mean, feats[0].mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_default_with_calibration_recovers_one_shot_accuracy(trained):
+    """calibration= turns on BN recalibration and reconstruction: the one-shot pruned model
+    at 50% of the channels keeps its accuracy within 2 points, where plain pruning falls."""
+    model, _, test, cal, _ = trained
+    base = evaluate(model, test)["top1"]
+    res = pyprune.prune(model, cal[0][:1], method="l1", ratio=0.5, calibration=cal)
+    assert res.recovery["reconstruction"].layers
+    assert evaluate(res.model, test)["top1"] >= base - 0.02
+
+
+def test_reconstruction_lowers_the_next_layers_output_error_on_held_out_batches(trained):
+    """Every refitted layer's outputs (at the channels it keeps) are closer to the unpruned
+    layer's on held-out digits than without reconstruction."""
+    model, _, _, cal, held = trained
+    x = cal[0][:1]
+    without = pyprune.prune(model, x, method="l1", ratio=0.5, calibration=cal, reconstruct=False)
+    with_ = pyprune.prune(model, x, method="l1", ratio=0.5, calibration=cal)
+    refit = list(with_.recovery["reconstruction"].layers)
+    assert len(refit) >= 3
+    mask = with_.plan.keep_mask()
+    kept = {m.module: np.flatnonzero(mask[m.units]) for m in with_.graph.members
+            if m.role == "out" and m.param == "weight" and m.dim == 0}
+
+    def outputs(net, name):
+        got = []
+        h = dict(net.named_modules())[name].register_forward_hook(lambda m, i, o: got.append(o))
+        with torch.no_grad():
+            for xb in held:
+                net(xb)
+        h.remove()
+        return torch.cat(got)
+
+    for name in refit:
+        ref = outputs(model, name)[:, torch.as_tensor(kept.get(name, np.arange(outputs(model, name).shape[1])))]
+        err_a = float((outputs(without.model, name) - ref).norm() / ref.norm())
+        err_b = float((outputs(with_.model, name) - ref).norm() / ref.norm())
+        assert err_b < err_a, (name, err_a, err_b)

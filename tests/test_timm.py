@@ -1,0 +1,75 @@
+"""The CNNs users bring, one per mechanism, from timm (random weights): each is exact in
+the planted-zero test and loses as large a share of its parameters at ratio 0.5 as a plain
+ResNet of its family does (within 5 points), or the test says why not."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import pyprune
+from planted import check_exact, randomize_bn
+
+timm = pytest.importorskip("timm", reason="timm is a test extra: pip install timm")
+from timm.layers import BlurPool2d  # noqa: E402
+
+# mechanism -> (model, its options, input side, plain model of its family)
+CASES = {
+    "nf_gain": ("nf_resnet26", {}, 64, "resnet26"),  # ScaledStdConv2d: per-output gain, weight standardisation
+    "layer_scale_reshape": ("convnext_atto", {}, 64, "resnet26"),  # gamma.reshape(1, -1, 1, 1)
+    "layer_scale_view": ("poolformer_s12", {}, 64, "resnet26"),  # scale.view(self.shape)
+    "grn": ("convnextv2_atto", {}, 64, "resnet26"),  # global response norm: a mean over the channels
+    "selective_kernel": ("skresnet18", {}, 64, "resnet18"),  # split(in_channels // paths), view(B, paths, C)
+    "mixnet_split": ("mixnet_s", {}, 64, "efficientnet_b0"),  # split(self.splits) into unequal pieces
+    "dpn_slice": ("dpn48b", {}, 64, "resnet50"),  # x[:, :self.num_1x1_c], dense concat, grouped convs
+    "res2net_split": ("res2net50_26w_4s", {}, 64, "resnet50"),  # split(self.width)
+    "ghost_slice": ("ghostnet_100", {}, 64, "mobilenetv2_100"),  # out[:, :self.out_chs]
+    "eca": ("ecaresnet26t", {}, 64, "resnet26t"),  # a Conv1d along the channels
+    "blurpool": ("resnet18", {"aa_layer": BlurPool2d}, 64, "resnet18"),  # F.conv2d(x, self.filt, groups=self.channels)
+    "grouped": ("resnext26ts", {}, 64, "resnet26"),  # grouped 3x3 convs
+    "mobilevit_attention": ("mobilevit_xxs", {}, 64, "mobilenetv2_100"),  # unfold to patches, attention, fold
+}
+
+
+def build(name: str, **kw) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, pretrained=False, num_classes=10, **kw).eval()
+
+
+def removed(model, side: int) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = pyprune.prune(model, torch.randn(1, 3, side, side), method="l2", ratio=0.5)
+    with torch.no_grad():
+        assert res.model(torch.randn(2, 3, side, side)).shape == (2, 10)
+    return 1 - res.summary.params_after / res.summary.params_before
+
+
+_baseline: dict = {}
+
+
+@pytest.mark.parametrize("mechanism", list(CASES))
+def test_mechanism_is_exact_and_loses_as_much_as_its_family(mechanism):
+    name, kw, side, plain = CASES[mechanism]
+    model = build(name, **kw)
+    randomize_bn(model)
+    x = torch.randn(2, 3, side, side, generator=torch.Generator().manual_seed(1))
+    graph = pyprune.build_graph(model, x)
+    plantable = [g for g in graph.groups if g.prunable >= 2 and not g.norm_over_channels and not g.inexact]
+    if plantable:
+        check_exact(model, x)
+    else:  # every cut changes the function (weight standardisation, GRN): it must say so
+        assert all(g.inexact or g.norm_over_channels for g in graph.groups if g.prunable), name
+    cut = removed(build(name, **kw), side)
+    if plain not in _baseline:
+        _baseline[plain] = removed(build(plain), side)
+    assert cut >= _baseline[plain] - 0.05, f"{name}: {cut:.1%} of the parameters against {_baseline[plain]:.1%} for {plain}"
+
+
+def test_weight_standardised_conv_inputs_are_reported_inexact():
+    """ScaledStdConv2d standardises each filter over its input channels: cutting inputs
+    changes the statistics, and the result says so (outputs alone would be exact)."""
+    res = pyprune.prune(build("nf_resnet26"), torch.randn(1, 3, 64, 64), method="l2", ratio=0.5)
+    reasons = [r for _, rs in res.inexact() for r in rs]
+    assert any("weight standardisation" in r for r in reasons)
