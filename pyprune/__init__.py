@@ -18,6 +18,20 @@ from . import export as _export_module  # noqa: E402,F401
 from .export import export  # noqa: E402
 
 
+def centripetal(*args, **kwargs):
+    """Cluster, train with clusters pulled together, merge exactly (see :mod:`pyprune.centripetal`)."""
+    from .centripetal import centripetal as _centripetal
+
+    return _centripetal(*args, **kwargs)
+
+
+def recalibrate_bn(*args, **kwargs):
+    """Re-estimate BatchNorm statistics on calibration batches (see :mod:`pyprune.recover`)."""
+    from .recover import recalibrate_bn as _recalibrate
+
+    return _recalibrate(*args, **kwargs)
+
+
 def benchmark(*args, **kwargs):
     """Latency/throughput/size in eager, onnxruntime, ExecuTorch (see :mod:`pyprune.bench`)."""
     from .bench import benchmark as _benchmark
@@ -51,4 +65,6 @@ __all__ = [
     "register_schedule",
     "export",
     "benchmark",
+    "centripetal",
+    "recalibrate_bn",
 ]

@@ -90,7 +90,8 @@ def _stats_from_weights(g: Group, modules, labels, reps) -> tuple[np.ndarray, np
     return norms.numpy(), cos.numpy(), torch.where(ok, res, torch.zeros(())).numpy()
 
 
-def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dict, stats: dict | None = None):
+def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dict, stats: dict | None = None, *,
+                unit_scale: bool = False):
     """What to fold into the consumers of every merged group, for :func:`surgery.apply_keep`.
 
     clusters: group id -> (labels, representatives) from k-means over the group's units.
@@ -98,6 +99,8 @@ def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dic
         cosine of its filter to its representative's and the relative residual of its
         least-squares multiple of it, as the k-means core reports them; groups missing here
         get them from their producer's weights.
+    unit_scale: every dropped channel is an exact copy of its representative (after a
+        centripetal phase): fold with scale 1, in every group (several producers too).
     Returns ({(module, param): [(dim, src, dst, scale)]}, MergeReport): for each consumer
     tensor, the positions `src` of dropped channels along `dim` whose slices, times `scale`,
     are added to the slices at positions `dst` (their representatives), in the tensor's
@@ -116,6 +119,17 @@ def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dic
     for gid, (labels, reps) in clusters.items():
         g = graph.groups[gid]
         kept_local = keep_unit[g.units]
+        if unit_scale:
+            labels, reps = np.asarray(labels), np.asarray(reps)
+            j = np.flatnonzero(~kept_local & (labels >= 0))
+            r = reps[labels[j]]
+            ok = kept_local[r]
+            skipped += int((~kept_local).sum()) - int(ok.sum())
+            merged += int(ok.sum())
+            target[g.units[j[ok]]] = g.units[r[ok]]
+            scale[g.units[j[ok]]] = 1.0
+            residuals.extend([0.0] * int(ok.sum()))
+            continue
         if len(g.producers()) != 1:
             skipped += int((~kept_local).sum())
             continue

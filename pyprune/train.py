@@ -66,9 +66,17 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         checkpoint: str | os.PathLike | None = None, resume: bool = True, arch: str | None = None,
         arch_kwargs: dict | None = None, meta: dict | None = None, amp: bool | None = None,
         device: str | torch.device | None = None, num_workers: int = 0, max_steps: int | None = None,
-        progress: bool | None = None, log=None) -> list[dict]:
+        progress: bool | None = None, log=None, teacher: nn.Module | None = None, distill_temperature: float = 4.0,
+        distill_weight: float = 0.5, after_step=None) -> list[dict]:
     """Train `model` in place; returns the history (one dict per epoch: loss, lr, and the
     validation metrics when `val` is given).
+
+    teacher: distil from this model (the unpruned one): the loss is
+        ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` with
+        ``T = distill_temperature`` and ``w = distill_weight`` (Hinton et al., 2015); the
+        teacher runs in eval mode without gradients, on every rank under DDP.
+    after_step: ``after_step(model)`` runs after every optimizer step (no gradients), e.g.
+        to pull clustered filters together (:func:`pyprune.centripetal.centripetal`).
 
     checkpoint: a file for the full training state, written after every epoch; if it
         exists and ``resume`` is true, training continues after its last epoch.
@@ -78,10 +86,18 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         raise ValueError(f"epochs must be >= 0, got {epochs}")
     if optimizer not in ("sgd", "adamw"):
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if teacher is not None:
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher: expected an nn.Module, got {type(teacher).__name__}")
+        if not distill_temperature > 0 or not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_temperature must be > 0 and distill_weight in [0, 1], got "
+                             f"{distill_temperature!r} and {distill_weight!r}")
     distributed = dist.is_available() and dist.is_initialized()
     device = torch.device(device) if device is not None else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
     model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
     use_amp = (device.type == "cuda") if amp is None else (amp and device.type == "cuda")
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if distributed else model
@@ -130,7 +146,14 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = loss_fn(net(xb), yb)
+                logits = net(xb)
+                loss = loss_fn(logits, yb)
+                if teacher is not None:
+                    with torch.no_grad():
+                        soft = torch.log_softmax(teacher(xb).float() / distill_temperature, 1)
+                    kl = nn.functional.kl_div(torch.log_softmax(logits.float() / distill_temperature, 1), soft,
+                                              reduction="batchmean", log_target=True)
+                    loss = (1 - distill_weight) * loss + distill_weight * distill_temperature ** 2 * kl
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(opt)
@@ -139,6 +162,9 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                 loss.backward()
                 opt.step()
             sched.step()
+            if after_step is not None:
+                with torch.no_grad():
+                    after_step(model)
             done_steps += 1
             total += float(loss.detach()) * len(yb)
             n += len(yb)

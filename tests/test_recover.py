@@ -123,3 +123,36 @@ def test_reconstruction_lowers_the_next_layers_output_error_on_held_out_batches(
         err_a = float((outputs(without.model, name) - ref).norm() / ref.norm())
         err_b = float((outputs(with_.model, name) - ref).norm() / ref.norm())
         assert err_b < err_a, (name, err_a, err_b)
+
+
+def test_centripetal_merge_is_lossless(trained):
+    """After the centripetal phase the clusters' members are identical: merging them leaves
+    the outputs equal (1e-4 relative) and top-1 unchanged (0.1 point)."""
+    model, train, test, _, _ = trained
+    model = copy.deepcopy(model)
+    res = pyprune.centripetal(model, test[:1][0], train, ratio=0.5, epochs=1, val=test, progress=False)
+    assert res.spread_after < res.spread_before
+    assert abs(res.accuracy["merged"] - res.accuracy["trained"]) <= 0.001
+    x = test[:128][0]
+    with torch.no_grad():
+        want, got = model(x), res.model(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+    assert res.summary.params_after < 0.35 * res.summary.params_before
+
+
+def test_distillation_loss_pulls_the_student_to_the_teacher(trained):
+    """fit(teacher=...) with distill_weight=1 trains on the teacher's soft labels alone: the
+    student ends closer to the teacher's outputs than one trained on the labels alone."""
+    teacher, train, test, cal, _ = trained
+    base = pyprune.prune(teacher, cal[0][:1], method="l1", ratio=0.7).model
+    a, b = copy.deepcopy(base), copy.deepcopy(base)
+    fit(a, train, epochs=2, lr=2e-3, seed=0, progress=False)
+    fit(b, train, epochs=2, lr=2e-3, seed=0, progress=False, teacher=teacher, distill_weight=1.0,
+        distill_temperature=2.0)
+    x = test[:256][0]
+    with torch.no_grad():
+        t = torch.softmax(teacher(x), 1)
+        kl = [float(torch.nn.functional.kl_div(torch.log_softmax(m(x), 1), t, reduction="batchmean")) for m in (a, b)]
+    assert kl[1] < kl[0], kl
+    with pytest.raises(ValueError, match="distill_weight"):
+        fit(a, train, epochs=1, teacher=teacher, distill_weight=2.0, progress=False)

@@ -275,6 +275,7 @@ def info(args) -> int:
     params, macs = count(model, graph.layers)
     print(f"{args.model}: {params:,} parameters, {macs:,} MACs at {args.in_channels}x{args.size}x{args.size}")
     print(graph.table())
+    print(graph.explain())
     return 0
 
 

@@ -146,6 +146,24 @@ class ChannelGraph:
                 out[(mod, attr)] = counts[0] if kind == "count" else container(counts)
         return out
 
+    def explain(self, max_rows: int = 10) -> str:
+        """What cannot be cut, or not exactly: the groups that keep channels (largest first,
+        network inputs and outputs left out) with the reasons, and the groups whose cut
+        changes what the model computes."""
+        io = {"network input", "network output"}
+        kept = sorted(((int(g.frozen.sum()), g, [r for r in self.frozen_reasons.get(g.id, []) if r not in io])
+                       for g in self.groups if g.frozen.any()), key=lambda t: -t[0])
+        kept = [k for k in kept if k[2]]
+        lines = [f"kept whole: {sum(n for n, _, _ in kept)} channels in {len(kept)} groups"]
+        for n, g, reasons in kept[:max_rows]:
+            lines.append(f"  {g.name}: {n} of {g.size} channels ({'; '.join(reasons[:2])})")
+        inexact = [g for g in self.groups if g.inexact]
+        if inexact:
+            lines.append(f"cut inexactly (fine-tuning or recovery refits them): {len(inexact)} groups")
+            for g in inexact[:max_rows]:
+                lines.append(f"  {g.name}: {g.inexact[0]}")
+        return "\n".join(lines)
+
     def table(self, max_members: int = 4) -> str:
         """A readable table: group id, channels, prunable channels, the layers that write
         the group's channels (producers) and how many tensors are sliced with them."""
