@@ -47,9 +47,10 @@ _cache: dict = {}
 
 def cpu_model() -> str:
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
     return platform.processor() or platform.machine()
@@ -57,7 +58,8 @@ def cpu_model() -> str:
 
 def loadavg() -> str:
     try:
-        return " ".join(open("/proc/loadavg").read().split()[:3])
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
     except OSError:
         return "?"
 

@@ -267,6 +267,16 @@ def test_cli_prune_finetune_sweep(tmp_path):
     assert s.returncode == 0, s.stderr[-2000:]
     rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["unpruned", "l1", "random"]
+    # recovery is on by default (the command's training data calibrates); off, one shot falls
+    s2 = run_cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "--ratios", "0.5",
+                 "--finetune-epochs", "0", "--no-recalibrate", "--no-reconstruct", "--out", str(tmp_path / "sw2"))
+    assert s2.returncode == 0, s2.stderr[-2000:]
+    plain = json.loads((tmp_path / "sw2" / "sweep.json").read_text())["rows"][1]["top1_before_ft"]
+    assert rows[1]["top1_before_ft"] > plain
+    # distillation from the unpruned checkpoint
+    f2 = run_cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--teacher",
+                 str(base / "model.pt"), "--distill-weight", "0.7", "--out", str(tmp_path / "f2.pt"))
+    assert f2.returncode == 0, f2.stderr[-2000:]
 
 
 def test_cli_errors_and_help(tmp_path):

@@ -73,9 +73,15 @@ def finetune(args) -> int:
     model, meta = model_from(obj, args.checkpoint)
     spec = dataset_for(meta, args)
     state = out.with_name(out.stem + ".train_state.pt")
+    distill = {}
+    if args.teacher:
+        from ..checkpoint import load_model
+
+        distill = dict(teacher=load_model(args.teacher)[0], distill_temperature=args.distill_temperature,
+                       distill_weight=args.distill_weight)
     fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         seed=args.seed, checkpoint=state, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta,
-        max_steps=args.max_steps)
+        max_steps=args.max_steps, **distill)
     if is_main_process():
         m = evaluate(model, spec.val)
         meta.update(brief(m))

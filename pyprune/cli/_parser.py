@@ -82,6 +82,18 @@ def _add_prune(p):
     p.add_argument("--max-macs", type=int, default=None, help="MACs budget as an absolute count, instead of --ratio")
     p.add_argument("--max-params", type=int, default=None,
                    help="parameter budget as an absolute count, instead of --ratio")
+    p.add_argument("--no-recalibrate", action="store_true",
+                   help="keep the BatchNorm statistics as they were (default: re-estimated on training batches)")
+    p.add_argument("--no-reconstruct", action="store_true",
+                   help="no layer-wise reconstruction (default: layers whose inputs were cut are refitted by least "
+                        "squares on training batches)")
+
+
+def _add_distill(p):
+    p.add_argument("--distill", action="store_true", help="fine-tune with the unpruned model as teacher")
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="distillation temperature (default %(default)s)")
+    p.add_argument("--distill-weight", type=float, default=0.5,
+                   help="weight of the distillation loss against the label loss, in [0, 1] (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +125,10 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("finetune", help="fine-tune a (pruned) checkpoint; resumable")
     f.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt)")
     f.add_argument("--out", required=True, help="fine-tuned checkpoint file")
+    f.add_argument("--teacher", default=None, help="distil from this checkpoint (the unpruned model)")
+    f.add_argument("--distill-temperature", type=float, default=4.0, help="distillation temperature (default %(default)s)")
+    f.add_argument("--distill-weight", type=float, default=0.5,
+                   help="weight of the distillation loss, in [0, 1] (default %(default)s)")
     _add_data(f)
     _add_train(f, epochs=5)
     _add_force(f)
@@ -133,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(r)
     _add_train(r)
     _add_prune(r)
+    _add_distill(r)
     _add_force(r)
     r.set_defaults(func=cmd.run)
 
@@ -145,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default %(default)s)")
     s.add_argument("--max-steps", type=int, default=None, help="stop each fine-tuning after this many steps")
     _add_schedule(s)
+    s.add_argument("--no-recalibrate", action="store_true", help="keep the BatchNorm statistics as they were")
+    s.add_argument("--no-reconstruct", action="store_true", help="no layer-wise reconstruction")
+    _add_distill(s)
     _add_data(s)
     _add_force(s)
     s.set_defaults(func=cmd.sweep)

@@ -71,17 +71,27 @@ def prune_options(args, **override) -> dict:
               round_to=get("round_to"), seed=get("seed", 0))
     budgets = {k: get(k) for k in _TARGETS if get(k) is not None}
     kw.update(budgets if budgets else {"ratio": get("ratio")})
+    if get("no_recalibrate", False):
+        kw["bn_recalibration"] = False
+    if get("no_reconstruct", False):
+        kw["reconstruct"] = False
     return kw
+
+
+def wants_calibration(kw: dict) -> bool:
+    """The command's data calibrates the prune: a data-driven method, or recovery on."""
+    from ..criteria import criterion_spec
+
+    return criterion_spec(kw["method"]).needs_data or kw.get("bn_recalibration", True) or kw.get("reconstruct", True)
 
 
 def prune_model(model, meta, args, spec=None, **override):
     """Prune `model` as the flags (and `override`) say; data-driven methods calibrate on
     the training set."""
     from .. import prune
-    from ..criteria import criterion_spec
 
     kw = prune_options(args, **override)
-    if criterion_spec(kw["method"]).needs_data:
+    if wants_calibration(kw):
         kw["calibration"] = calibration(spec or dataset_for(meta, args))
     return prune(model, example(meta), **kw)
 
@@ -98,13 +108,19 @@ def prune_finetune_eval(model, meta, spec, args, *, epochs: int, lr: float, exam
     if example_input is None:
         res = prune_model(model, meta, args, spec, **override)
     else:
-        res = prune(model, example_input, **prune_options(args, **override))
+        kw = prune_options(args, **override)
+        if wants_calibration(kw):
+            kw["calibration"] = calibration(spec)
+        res = prune(model, example_input, **kw)
     t_prune = time.perf_counter() - t0
     before = evaluate(res.model, spec.val)
     t0 = time.perf_counter()
     if epochs:
+        distill = dict(teacher=model, distill_temperature=args.distill_temperature,
+                       distill_weight=args.distill_weight) if getattr(args, "distill", False) else {}
         fit(res.model, spec.train, epochs=epochs, lr=lr, batch_size=getattr(args, "batch_size", 64),
-            optimizer=getattr(args, "optimizer", "adamw"), seed=args.seed, max_steps=getattr(args, "max_steps", None))
+            optimizer=getattr(args, "optimizer", "adamw"), seed=args.seed, max_steps=getattr(args, "max_steps", None),
+            **distill)
     t_ft = time.perf_counter() - t0
     after = evaluate(res.model, spec.val)
     s = res.summary
