@@ -37,9 +37,15 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
 
 
 def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: dict | None = None,
-               meta: dict | None = None, extra: dict | None = None) -> pathlib.Path:
+               meta: dict | None = None, extra: dict | None = None, attributes: dict | None = None) -> pathlib.Path:
     """Save `model` (pruned or not) as spec + state_dict. `arch`/`arch_kwargs` name a
-    registry model (``pyprune.models.get_model``) to rebuild it from."""
+    registry model (``pyprune.models.get_model``) to rebuild it from; `attributes`
+    ({(module, attr): value}, :attr:`pyprune.PruneResult.attributes`) are the channel counts
+    pruning rewrote in modules (split sizes, slice bounds), set again on loading.
+
+    A path ending in ``.safetensors`` writes the tensors in that format and the rest (spec,
+    architecture, metadata) as JSON beside it (same name, ``.json``): nothing in either
+    file is code."""
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     obj = {
         "format": FORMAT,
@@ -49,11 +55,47 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
         "spec": {k: list(v.shape) for k, v in sd.items()},
         "state_dict": sd,
         "meta": dict(meta or {}),
+        "attributes": {f"{mod}|{attr}": list(v) if isinstance(v, (list, tuple)) else v
+                       for (mod, attr), v in (attributes or {}).items()},
     }
     if extra:
         obj.update(extra)
-    atomic_save(obj, path)
-    return pathlib.Path(path)
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        _save_safetensors(obj, path)
+    else:
+        atomic_save(obj, path)
+    return path
+
+
+def _save_safetensors(obj: dict, path: pathlib.Path) -> None:
+    import json
+
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise CheckpointError("writing .safetensors needs the safetensors package: pip install safetensors") from None
+    if any(k not in ("format", "version", "arch", "arch_kwargs", "spec", "state_dict", "meta", "attributes")
+           for k in obj):
+        raise CheckpointError(f"{path}: training state cannot be written as .safetensors; use a .pt file")
+    sd = {k: v.contiguous() for k, v in obj["state_dict"].items()}
+    header = {k: v for k, v in obj.items() if k != "state_dict"}
+    atomic_write(path, lambda tmp: save_file(sd, str(tmp)))
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(header, indent=1, default=str)))
+
+
+def _read_safetensors(path: pathlib.Path, what: str) -> dict:
+    """The tensors of a .safetensors file, as a dict."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"reading {path} needs the safetensors package: pip install safetensors") from None
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        return dict(load_file(str(path)))
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable .safetensors {what} (corrupt or truncated)") from e
 
 
 def _load(path, what: str):
@@ -74,13 +116,31 @@ def is_checkpoint(obj) -> bool:
 
 
 def read(path) -> dict:
-    """Read and check a pyprune checkpoint file (weights_only)."""
-    return _check(_load(path, "checkpoint"), pathlib.Path(path))
+    """Read and check a pyprune checkpoint file (weights_only; or .safetensors + its .json)."""
+    path = pathlib.Path(path)
+    if path.suffix == ".safetensors":
+        import json
+
+        side = path.with_suffix(".json")
+        if not side.is_file():
+            raise CheckpointError(f"{path}: its spec {side} is missing (pyprune writes both files)")
+        try:
+            obj = json.loads(side.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{side} is not readable JSON") from e
+        if isinstance(obj, dict):
+            obj["state_dict"] = _read_safetensors(path, "checkpoint")
+        return _check(obj, path)
+    return _check(_load(path, "checkpoint"), path)
 
 
 def read_state_dict(path) -> dict:
     """The state_dict in a weights file: a plain state_dict, a dict holding one under
     ``state_dict``, or a pyprune checkpoint (checked as :func:`read` checks it)."""
+    if pathlib.Path(path).suffix == ".safetensors":
+        if pathlib.Path(path).with_suffix(".json").is_file():
+            return read(path)["state_dict"]
+        return _read_safetensors(pathlib.Path(path), "weights file")
     obj = _load(path, "weights file")
     if is_checkpoint(obj):
         return _check(obj, pathlib.Path(path))["state_dict"]
@@ -153,5 +213,12 @@ def model_from(obj: dict, path, model: nn.Module | None = None) -> tuple[nn.Modu
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the architecture: {e}") from e
+    mods = dict(model.named_modules())
+    for key, value in (obj.get("attributes") or {}).items():
+        mod, _, attr = key.rpartition("|")
+        if mod not in mods or not hasattr(mods[mod], attr):
+            raise CheckpointError(f"{path}: attribute {key!r} does not exist in the architecture")
+        old = getattr(mods[mod], attr)
+        setattr(mods[mod], attr, type(old)(value) if isinstance(old, (list, tuple)) else value)
     model.eval()
     return model, dict(obj.get("meta", {}))

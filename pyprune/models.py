@@ -30,6 +30,7 @@ def register_model(name: str):
 
 
 def available_models() -> list[str]:
+    """pyprune's and torchvision's model names (timm's are reached as ``timm:<name>``)."""
     import torchvision
 
     return sorted(set(MODELS) | set(torchvision.models.list_models(module=torchvision.models)))
@@ -37,9 +38,28 @@ def available_models() -> list[str]:
 
 def get_model(name: str, num_classes: int = 10, *, weights: str | pathlib.Path | None = None,
               in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build a registered or torchvision model with `num_classes` outputs."""
+    """Build a model with `num_classes` outputs and `in_channels` input channels: a name of
+    pyprune's registry, a torchvision model name, or ``timm:<name>`` (timm installed; random
+    weights). `weights` is a local file (state_dict, pyprune checkpoint or .safetensors)
+    loaded before the head is replaced; a torchvision/timm model's first conv is adapted
+    to `in_channels` (its RGB filters averaged when weights were loaded)."""
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    if not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+    if name.startswith("timm:"):
+        try:
+            import timm
+        except ImportError:
+            raise ValueError(f"{name}: timm is not installed (pip install timm)") from None
+        tname = name[5:]
+        if tname not in timm.list_models():
+            raise ValueError(f"unknown timm model {tname!r} (timm.list_models() lists them)")
+        if weights is None:
+            return timm.create_model(tname, pretrained=False, num_classes=num_classes, in_chans=in_channels, **kwargs)
+        model = timm.create_model(tname, pretrained=False, **kwargs)
+        _load_local(model, weights)
+        return replace_head(adapt_input(model, in_channels), num_classes)
     if name in MODELS:
         if weights is not None:
             model = MODELS[name](num_classes=kwargs.pop("weights_classes", num_classes), in_channels=in_channels, **kwargs)
@@ -49,12 +69,33 @@ def get_model(name: str, num_classes: int = 10, *, weights: str | pathlib.Path |
     import torchvision
 
     if name not in torchvision.models.list_models(module=torchvision.models):
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(available_models())}")
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(available_models())}, or timm:<name>")
     if weights is None:
-        return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs)
+        return adapt_input(torchvision.models.get_model(name, weights=None, num_classes=num_classes, **kwargs),
+                           in_channels)
     model = torchvision.models.get_model(name, weights=None, **kwargs)  # the file's head (1000 classes)
     _load_local(model, weights)
-    return replace_head(model, num_classes)
+    return replace_head(adapt_input(model, in_channels), num_classes)
+
+
+def adapt_input(model: nn.Module, in_channels: int) -> nn.Module:
+    """Give the model's first Conv2d `in_channels` inputs (grayscale digits into an RGB
+    network): its filters become the mean over its old input channels, repeated."""
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is None or first[1].in_channels == in_channels:
+        return model
+    name, m = first
+    if m.groups != 1:
+        raise ValueError(f"{name}: a grouped first conv cannot take {in_channels} input channels")
+    new = nn.Conv2d(in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, 1,
+                    m.bias is not None, m.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(m.weight.mean(1, keepdim=True).expand_as(new.weight) * (m.in_channels / in_channels))
+        if m.bias is not None:
+            new.bias.copy_(m.bias)
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    setattr(parent, name.rsplit(".", 1)[-1], new)
+    return model
 
 
 def _load_local(model: nn.Module, path) -> None:
@@ -77,6 +118,8 @@ def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     if last is None:
         raise ValueError("no Linear or Conv2d layer to use as the classifier head")
     name, m = last
+    if (m.out_features if isinstance(m, nn.Linear) else m.out_channels) == num_classes:
+        return model  # the head already has these classes (a trained head is kept)
     if isinstance(m, nn.Linear):
         new = nn.Linear(m.in_features, num_classes, bias=m.bias is not None)
     else:

@@ -143,6 +143,12 @@ class PruneResult:
     def graph(self) -> ChannelGraph:
         return self.plan.graph
 
+    @property
+    def attributes(self) -> dict:
+        """{(module, attr): value} of the channel counts pruning rewrote in modules (split
+        sizes, slice bounds, ``groups``): saved with a checkpoint, set again on loading."""
+        return self.graph.rewritten(self.plan.keep_mask())
+
     def frozen(self) -> list[tuple[str, int, int, list[str]]]:
         """Per group that kept channels it could otherwise lose: (name, channels, channels
         kept whole, why), largest first (network inputs and outputs left out)."""

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -403,3 +404,42 @@ c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
             proc.kill()
     model, meta = load_model(path, nn.Linear(4, 3))
     assert meta == {"v": 1} and model.out_features == 3
+
+
+def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path):
+    """--model takes torchvision names and timm:<name>, --weights a state_dict (.pth) or a
+    .safetensors file; the pruned model can be written as .safetensors + JSON spec and loads
+    back at its pruned widths (split sizes rewritten by pruning included)."""
+    from safetensors.torch import save_file
+
+    from pyprune.checkpoint import load_model
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(weights=None)
+    torch.save(net.state_dict(), tmp_path / "r18.pth")
+    save_file(net.state_dict(), str(tmp_path / "r18.safetensors"))
+    for weights, out in (("r18.pth", "a.safetensors"), ("r18.safetensors", "b.pt")):
+        p = run_cli("prune", "--model", "resnet18", "--weights", str(tmp_path / weights), "--size", "64",
+                    "--method", "l2", "--out", str(tmp_path / out))
+        assert p.returncode == 0, p.stderr[-2000:]
+        model, meta = load_model(tmp_path / out)
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)  # the file's head is kept
+        assert sum(q.numel() for q in model.parameters()) < 0.35 * sum(q.numel() for q in net.parameters())
+    assert (tmp_path / "a.json").is_file()
+    pytest.importorskip("timm", reason="timm models need the timm package")
+    p = run_cli("prune", "--model", "timm:mixnet_s", "--num-classes", "10", "--size", "64", "--method", "l2",
+                "--out", str(tmp_path / "mix.pt"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    model, _ = load_model(tmp_path / "mix.pt")
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
+    both = run_cli("prune", "--model", "resnet18", "--checkpoint", str(tmp_path / "b.pt"), "--out", str(tmp_path / "c.pt"))
+    assert both.returncode != 0 and "either --checkpoint" in both.stderr
+
+
+def test_cli_trains_an_rgb_torchvision_model_on_grayscale_digits(tmp_path):
+    p = run_cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--epochs", "1",
+                "--max-steps", "2", "--out", str(tmp_path / "t"), "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]
+    p = run_cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--in-channels", "3",
+                "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "t3"), "--quiet")
+    assert p.returncode == 0, p.stderr[-2000:]

@@ -45,20 +45,42 @@ def train(args) -> int:
 
 def prune(args) -> int:
     from ..checkpoint import model_from, read, save_model
+    from ..models import get_model
 
-    check_outputs([args.out], [args.checkpoint], force=args.force)
-    obj = read(args.checkpoint)
-    model, meta = model_from(obj, args.checkpoint)
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError("give either --checkpoint (a pyprune checkpoint) or --model (a model name, with --weights "
+                         "for a local weights file)")
+    check_outputs([args.out], [args.checkpoint, args.weights], force=args.force)
+    if args.checkpoint is not None:
+        obj = read(args.checkpoint)
+        model, meta = model_from(obj, args.checkpoint)
+    else:
+        arch_kwargs = {"num_classes": args.num_classes, "in_channels": args.in_channels}
+        model = get_model(args.model, weights=args.weights, **arch_kwargs).eval()
+        obj = {"arch": args.model, "arch_kwargs": arch_kwargs}
+        meta = {"in_channels": args.in_channels, "size": args.size or 224, "num_classes": args.num_classes,
+                "weights": args.weights}
+        if args.dataset is not None:
+            meta["dataset"] = args.dataset
+    if args.dataset is None and args.checkpoint is None:  # no data named: prune on the weights alone
+        args.no_recalibrate = args.no_reconstruct = True
+    if args.dataset is None:
+        args.dataset = meta.get("dataset", "digits")
     res = prune_model(model, meta, args)
     print(res.summary.table(max_rows=None if args.verbose else 20))
     if res.merge is not None:
         print(f"merge: {res.merge}")
+    kept = res.graph.explain(max_rows=5)
+    if not kept.startswith("kept whole: 0 channels"):
+        print(kept)
     meta = dict(meta, method=args.method, ratio=res.plan.ratio, params=res.summary.params_after,
-                macs=res.summary.macs_after, pruned_from=str(args.checkpoint))
+                macs=res.summary.macs_after, pruned_from=str(args.checkpoint or args.weights or args.model))
     meta.pop("top1", None)
     meta.pop("macro_f1", None)
-    out = save_model(args.out, res.model, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta)
-    print(f"pruned model written to {out}")
+    out = save_model(args.out, res.model, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta,
+                     attributes=res.attributes)
+    print(f"pruned model written to {out}" + (f" (spec in {out.with_suffix('.json')})" if out.suffix == ".safetensors"
+                                               else ""))
     return 0
 
 
@@ -130,7 +152,7 @@ def run(args) -> int:
     save_model(out / "base.pt", model, arch=args.model, arch_kwargs=arch_kwargs, meta=dict(meta, **brief(base)))
     print(f"base: top-1 {base['top1']:.4f}")
     res, row = prune_finetune_eval(model, meta, spec, args, epochs=args.finetune_epochs, lr=args.lr / 2)
-    save_model(out / "pruned.pt", res.model, arch=args.model, arch_kwargs=arch_kwargs,
+    save_model(out / "pruned.pt", res.model, arch=args.model, arch_kwargs=arch_kwargs, attributes=res.attributes,
                meta=dict(meta, method=args.method, ratio=res.plan.ratio, top1=row["top1"], macro_f1=row["macro_f1"]))
     result = {
         "model": args.model, "dataset": spec.name, "method": args.method, "schedule": args.schedule,

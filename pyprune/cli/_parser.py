@@ -32,7 +32,9 @@ def _ratio(v: str):
 
 def _add_data(p, dataset_default="digits"):
     p.add_argument("--dataset", default=dataset_default,
-                   help="digits | cifar10 | cifar100 | imagefolder (default %(default)s)")
+                   help="digits | cifar10 | cifar100 | imagefolder (default %(default)s)" if dataset_default else
+                   "digits | cifar10 | cifar100 | imagefolder: the data that calibrates recovery (default: the "
+                   "checkpoint's; with --model, none: no recovery)")
     p.add_argument("--data-dir", default=None, help="local data folder (cifar*, imagefolder); nothing is downloaded")
     p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the data set's own)")
     p.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
@@ -54,8 +56,11 @@ def _add_force(p):
 
 
 def _add_model(p, out_default: str):
-    p.add_argument("--model", default="digits_cnn", help="registry or torchvision model name (default %(default)s)")
+    p.add_argument("--model", default="digits_cnn",
+                   help="pyprune registry or torchvision model name, or timm:<name> (default %(default)s)")
     p.add_argument("--weights", default=None, help="local weights file to start from (the head is replaced)")
+    p.add_argument("--in-channels", type=int, default=None,
+                   help="input channels of the model (default: the data set's; digits repeated to 3 for RGB nets)")
     p.add_argument("--out", default=out_default, help="output folder (default %(default)s)")
 
 
@@ -114,11 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd.train)
 
     pr = sub.add_parser("prune", help="prune a checkpoint; writes the pruned checkpoint")
-    pr.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt) to prune")
-    pr.add_argument("--out", required=True, help="pruned checkpoint file")
+    pr.add_argument("--checkpoint", default=None, help="a pyprune checkpoint (.pt or .safetensors) to prune")
+    pr.add_argument("--model", default=None,
+                    help="instead of --checkpoint: a model name (pyprune's registry, torchvision, or timm:<name>)")
+    pr.add_argument("--weights", default=None,
+                    help="with --model: a local weights file (state_dict .pt/.pth, or .safetensors)")
+    pr.add_argument("--in-channels", type=int, default=3, help="with --model: input channels (default 3)")
+    pr.add_argument("--num-classes", type=int, default=1000,
+                    help="with --model: classifier outputs (default 1000; a weights file's head is kept as it is)")
+    pr.add_argument("--out", required=True, help="pruned checkpoint file (.pt, or .safetensors + a .json spec)")
     pr.add_argument("--verbose", action="store_true", help="print every layer")
     _add_prune(pr)
-    _add_data(pr)
+    _add_data(pr, dataset_default=None)
     _add_force(pr)
     pr.set_defaults(func=cmd.prune)
 

@@ -45,10 +45,8 @@ def data_and_model(args):
     """The data set and a fresh (seeded) model sized for it: (spec, model, arch_kwargs, meta)."""
     from ..models import get_model
 
-    spec = dataset(args)
-    arch_kwargs = {"num_classes": spec.num_classes}
-    if args.model in registry():
-        arch_kwargs["in_channels"] = spec.in_channels
+    spec = dataset(args, channels=getattr(args, "in_channels", None))
+    arch_kwargs = {"num_classes": spec.num_classes, "in_channels": spec.in_channels}
     torch.manual_seed(args.seed)
     model = get_model(args.model, weights=args.weights, **arch_kwargs)
     meta = {"dataset": spec.name, "size": spec.size, "in_channels": spec.in_channels, "num_classes": spec.num_classes}
