@@ -100,10 +100,30 @@ def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Pa
     return files
 
 
+def _check_onnx_batch(path: pathlib.Path, batch_sizes) -> None:
+    """An ONNX file exported with a fixed batch runs at that batch only: say so, and how to
+    get one that takes any batch, before anything is timed."""
+    try:
+        import onnx
+    except ImportError:
+        return
+    try:
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    except Exception as e:  # noqa: BLE001 - an unreadable file
+        raise ValueError(f"{path} is not a readable ONNX file: {e}") from e
+    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+    other = [b for b in batch_sizes if fixed is not None and b != fixed]
+    if other:
+        raise ValueError(f"{path} was exported with a fixed batch of {fixed}, so it cannot run batch "
+                         f"{', '.join(map(str, other))}: benchmark --batch-sizes {fixed}, or export again with "
+                         "`pyprune export --dynamic-batch` (any batch size)")
+
+
 def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "executorch"), threads=(1, 2),
               batch_sizes=(1, 8, 32), *, workdir=None, repeats: int = 50, max_seconds: float = 10.0,
-              warmup: int = 5) -> BenchResult:
-    """Benchmark an ``nn.Module`` (exported here) or an exported file (.onnx, .pte, .pt2)."""
+              warmup: int = 5, progress: bool = True) -> BenchResult:
+    """Benchmark an ``nn.Module`` (exported here) or an exported file (.onnx, .pte, .pt2).
+    ``progress`` prints a line to stderr as each (runtime, threads) starts."""
     runtimes = [runtimes] if isinstance(runtimes, str) else list(runtimes)
     for r in runtimes:
         if r not in RUNTIMES:
@@ -132,6 +152,8 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
                 raise ValueError(f"{path}: cannot tell the runtime from the suffix (.onnx, .pte, .pt2, .pt)")
             runtimes = [rt]
             files = {rt: {"*": path}}
+            if rt == "onnxruntime":
+                _check_onnx_batch(path, batch_sizes)
         result.files = {k: {b: str(p) for b, p in v.items()} for k, v in files.items()}
         with _exclusive():
             for rt in runtimes:
@@ -144,6 +166,9 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
                     else:
                         spec["paths"] = {b: str(p) for b, p in paths.items()}
                         spec["shapes"] = [s for s in spec["shapes"] if str(s[0]) in paths]
+                    if progress:
+                        print(f"benchmark: {rt} at {th} thread{'s' if th > 1 else ''}, batch "
+                              f"{', '.join(str(sh[0]) for sh in spec['shapes'])} ...", file=sys.stderr, flush=True)
                     env = dict(os.environ, OMP_NUM_THREADS=str(th))
                     p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "bench", json.dumps(spec)],
                                        capture_output=True, text=True, timeout=1800, env=env)

@@ -150,6 +150,7 @@ def run_in_fresh_process(fmt: str, path: pathlib.Path, x: np.ndarray) -> np.ndar
     with tempfile.TemporaryDirectory() as d:
         inp, out = os.path.join(d, "x.npy"), os.path.join(d, "y.npy")
         np.save(inp, x)
+        print(f"export: verifying {path.name} in {fmt} (a fresh process) ...", file=sys.stderr, flush=True)
         p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "verify", fmt, str(path), inp, out],
                            capture_output=True, text=True, timeout=600)
         if p.returncode != 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 
 import torch
 import torch.distributed as dist
@@ -128,8 +129,13 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         sched.load_state_dict(state["scheduler"])
         history = list(state["history"])
         start = int(state["epoch"]) + 1
+        if is_main_process() and progress is not False:
+            print(f"resuming from {checkpoint}: epochs 1-{start} are done, continuing with epoch "
+                  f"{start + 1} of {epochs}", file=sys.stderr)
     show = (sys.stderr.isatty() if progress is None else progress) and is_main_process()
+    lines = progress is not False and log is None and is_main_process()  # plain per-epoch lines
     done_steps = start * len(loader)
+    t_start = time.perf_counter()
     for epoch in range(start, epochs):
         torch.manual_seed(seed * 1_000_003 + epoch)  # dropout etc.: a function of (seed, epoch)
         if distributed:
@@ -172,9 +178,16 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         if val is not None:
             m = evaluate(model, val, device=device)
             row.update({"val_top1": m["top1"], "val_macro_f1": m["macro_f1"]})
+        row["seconds"] = time.perf_counter() - t_start - sum(r.get("seconds", 0.0) for r in history[start:])
         history.append(row)
         if log is not None and is_main_process():
             log(row)
+        if lines:
+            done = epoch + 1 - start
+            eta = (time.perf_counter() - t_start) / done * (epochs - epoch - 1)
+            acc = f", val top-1 {row['val_top1']:.4f}" if "val_top1" in row else ""
+            print(f"epoch {epoch + 1}/{epochs}: loss {row['loss']:.4f}{acc}, {row['seconds']:.1f} s, "
+                  f"ETA {eta:.0f} s", file=sys.stderr, flush=True)
         if checkpoint is not None and complete:  # only whole epochs are checkpointed
             if is_main_process():
                 from .checkpoint import save_model

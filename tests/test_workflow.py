@@ -443,3 +443,36 @@ def test_cli_trains_an_rgb_torchvision_model_on_grayscale_digits(tmp_path):
     p = run_cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--in-channels", "3",
                 "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "t3"), "--quiet")
     assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_ctrl_c_says_how_to_resume_and_resuming_says_so(tmp_path):
+    """SIGINT during `pyprune train` (after an epoch was saved): exit 130 and a message that
+    says how to resume; the same command again resumes and says from where."""
+    import signal
+    import time
+
+    out = tmp_path / "t"
+    cmd = [sys.executable, "-m", "pyprune", "train", "--epochs", "200", "--out", str(out)]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = out / "train_state.pt"
+    t0 = time.time()
+    while not state.exists() and time.time() - t0 < 300 and p.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted" in err and "Run the same command again to resume" in err
+    again = subprocess.run(cmd + ["--max-steps", "1"], capture_output=True, text=True, timeout=600)  # stop at once
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" in again.stderr
+
+
+def test_fixed_batch_onnx_gets_a_hint_not_a_traceback(tmp_path):
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx package")
+    from pyprune.models import digits_cnn
+
+    model = digits_cnn().eval()
+    pyprune.export(model, torch.randn(1, 1, 8, 8), "onnx", tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"fixed batch of 1.*--dynamic-batch"):
+        pyprune.benchmark(tmp_path / "m.onnx", (1, 1, 8, 8), batch_sizes=(1, 8))

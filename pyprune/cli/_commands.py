@@ -30,7 +30,7 @@ def train(args) -> int:
     history = fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
                   seed=args.seed, label_smoothing=args.label_smoothing, checkpoint=out / "train_state.pt",
                   arch=args.model, arch_kwargs=arch_kwargs, meta=meta, max_steps=args.max_steps,
-                  log=(lambda r: print(f"epoch {r['epoch'] + 1}: loss {r['loss']:.4f}")) if not args.quiet else None)
+                  progress=False if args.quiet else None)
     agree = ranks_agree(model)
     if is_main_process():
         m = evaluate(model, spec.val)
