@@ -44,15 +44,59 @@ def _plt():
     return plt
 
 
-def _table(title: str, cols: list[str], rows: list[list], table_id: str) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r) + "</tr>" for r in rows)
-    return f'<h3>{html.escape(title)}</h3><table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+# How a column reads in the HTML: its header and a formatter (the CSV keeps full precision).
+_COLUMNS = {
+    "top1": ("top-1 (%)", lambda v: f"{100 * v:.2f}"),
+    "top1_before_ft": ("top-1 before fine-tune (%)", lambda v: f"{100 * v:.2f}"),
+    "p50_s": ("p50 (ms)", lambda v: _ms(v)),
+    "p90_s": ("p90 (ms)", lambda v: _ms(v)),
+    "ratio": ("ratio", lambda v: f"{v:.2f}"),
+    "params": ("parameters", lambda v: f"{int(v):,}"),
+    "macs": ("MACs", lambda v: f"{int(v):,}"),
+    "size_bytes": ("file size", lambda v: _bytes(v)),
+    "file_bytes": ("file size", lambda v: _bytes(v)),
+    "noisy": ("noisy", lambda v: "yes: other load" if v else ""),
+    "before": ("channels before", str),
+    "after": ("channels kept", str),
+}
+
+
+def _ms(seconds: float) -> str:
+    ms = 1e3 * float(seconds)
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _bytes(n) -> str:
+    n = float(n)
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _table(title: str, cols: list[str], rows: list[list], table_id: str, png: str | None = None) -> str:
+    """Heading, then the figure (if any), then the table behind it, formatted to read
+    (columns with no value in any row are left out)."""
+    keep = [i for i in range(len(cols)) if any(r[i] not in (None, "") for r in rows)]
+    cols, rows = [cols[i] for i in keep], [[r[i] for i in keep] for r in rows]
+    head = "".join(f"<th>{html.escape(_COLUMNS.get(c, (c, None))[0])}</th>" for c in cols)
+
+    def cell(c, v):
+        if v is None or v == "":
+            return ""
+        fmt = _COLUMNS.get(c, (None, None))[1]
+        try:
+            return fmt(v) if fmt is not None else _fmt(v)
+        except (TypeError, ValueError):
+            return _fmt(v)
+
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(c, v))}</td>" for c, v in zip(cols, r)) + "</tr>"
+                   for r in rows)
+    fig = f'<div class="fig"><img src="{png}" alt="{html.escape(title)}"></div>' if png else ""
+    return (f'<section><h2>{html.escape(title)}</h2>{fig}<table id="{table_id}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table></section>")
 
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:.6g}"
+        return f"{v:.4g}"
     return str(v)
 
 
@@ -60,14 +104,26 @@ def _csv(path: pathlib.Path, cols, rows) -> None:
     path.write_text("\n".join([",".join(cols)] + [",".join(_fmt(v) for v in r) for r in rows]) + "\n")
 
 
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+_STYLES = ["-", "--", "-.", (0, (3, 1, 1, 1))]
+
+
 def _line_plot(plt, path, series, xlabel: str, ylabel: str, title: str, dotted_label: str) -> None:
-    """One line per (label, points, dotted points); dotted points share the line's colour."""
+    """One line per (label, points, dotted points); dotted points share the line's colour.
+    Each series has its own marker and dash, and is shifted by a hair along x, so lines
+    that coincide (every method back at full accuracy after fine-tuning) all show."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, pts, dotted in series:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    n = max(1, len(series))
+    xs = sorted({p[0] for _, pts, dots in series for p in list(pts) + list(dots)})
+    span = (xs[-1] - xs[0]) if len(xs) > 1 else 1.0
+    for i, (label, pts, dotted) in enumerate(series):
+        dx = (i - (n - 1) / 2) * 0.012 * span
+        ax.plot([p[0] + dx for p in pts], [p[1] for p in pts], marker=_MARKERS[i % len(_MARKERS)],
+                linestyle=_STYLES[i % len(_STYLES)], label=label)
         if dotted:
-            ax.plot([p[0] for p in dotted], [p[1] for p in dotted], marker=".", linestyle=":", alpha=0.6,
-                    color=ax.lines[-1].get_color(), label=f"{label} ({dotted_label})")
+            ax.plot([p[0] + dx for p in dotted], [p[1] for p in dotted], marker=_MARKERS[i % len(_MARKERS)],
+                    linestyle=":", alpha=0.6, markerfacecolor="none", color=ax.lines[-1].get_color(),
+                    label=f"{label} ({dotted_label})")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -109,7 +165,7 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         cols = ["method", "ratio", "top1", "top1_before_ft", "params", "macs"]
         rows = [[r.get(c, "") for c in cols] for r in sweep]
         _csv(out / "accuracy_vs_ratio.csv", cols, rows)
-        figures.append(("accuracy_vs_ratio.png", _table("Accuracy vs pruning ratio", cols, rows, "accuracy")))
+        figures.append(_table("Accuracy vs pruning ratio", cols, rows, "accuracy", "accuracy_vs_ratio.png"))
 
     if bench:
         series = []
@@ -119,10 +175,13 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
             series.append((f"{rt}" + (f", {th} thread(s)" if th else ""), pts, []))
         _line_plot(plt, out / "latency_vs_ratio.png", series, "pruning ratio", "latency p50, batch 1 (ms)",
                    "Latency vs pruning ratio", "")
-        cols = ["runtime", "threads", "ratio", "p50_s", "p90_s", "size_bytes"]
+        cols = ["runtime", "threads", "ratio", "p50_s", "p90_s", "size_bytes", "noisy"]
         rows = [[r.get(c, "") for c in cols] for r in bench]
         _csv(out / "latency_vs_ratio.csv", cols, rows)
-        figures.append(("latency_vs_ratio.png", _table("Latency vs pruning ratio", cols, rows, "latency")))
+        figures.append(_table("Latency vs pruning ratio", cols, rows, "latency", "latency_vs_ratio.png"))
+        if any(r.get("noisy") for r in bench):
+            parts.append("<p class='warn'>Rows marked noisy ran while other load used more than a quarter of "
+                         "the machine: read their latency as an upper bound.</p>")
 
     if sizes:
         names = list(sizes)
@@ -142,7 +201,7 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         cols = ["model"] + [m[0] for m in metrics]
         rows = [[n] + [sizes[n][m[0]] for m in metrics] for n in names]
         _csv(out / "sizes.csv", cols, rows)
-        figures.append(("sizes.png", _table("Original vs pruned", cols, rows, "sizes")))
+        figures.append(_table("Original vs pruned", cols, rows, "sizes", "sizes.png"))
 
     if layer_widths:
         names = list(layer_widths)
@@ -153,7 +212,8 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         ax.bar(xs, before, color="#cccccc", label="original")
         ax.bar(xs, after, color="#2a7ab9", label="kept")
         ax.set_xticks(list(xs))
-        ax.set_xticklabels(names, rotation=90, fontsize=6)
+        ax.set_xticklabels(names, rotation=90, fontsize=6 if len(names) > 20 else 8)
+        ax.set_xlabel("layer (producing module, forward order)")
         ax.set_ylabel("output channels")
         ax.set_title("Per-layer width: original vs kept")
         ax.legend(fontsize=8)
@@ -163,14 +223,21 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         cols = ["layer", "before", "after"]
         rows = [[n, b, a] for n, b, a in zip(names, before, after)]
         _csv(out / "layer_widths.csv", cols, rows)
-        figures.append(("layer_widths.png", _table("Per-layer width", cols, rows, "widths")))
+        figures.append(_table("Per-layer width", cols, rows, "widths", "layer_widths.png"))
 
-    for png, table in figures:
-        parts.append(f'<div class="fig"><img src="{png}" alt="{png}"></div>{table}')
+    parts.extend(figures)
     style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;font-size:12px;margin-bottom:2em}"
-             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
+             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
+             ".warn{color:#a15c00}")
+    # After loading, the page notes how many figures drew and how many tables it holds
+    # (a browser test reads them from the DOM).
+    check = ("<script>window.addEventListener('load',function(){var i=document.images,n=0;"
+             "for(var k=0;k<i.length;k++){if(i[k].complete&&i[k].naturalWidth>0)n++;}"
+             "document.body.setAttribute('data-figures',i.length);document.body.setAttribute('data-figures-drawn',n);"
+             "document.body.setAttribute('data-tables',document.getElementsByTagName('table').length);});</script>")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}{check}</body></html>")
     index = out / "index.html"
     index.write_text(page)
     (out / "report_data.json").write_text(json.dumps({"sweep": sweep, "bench": bench, "sizes": sizes,

@@ -229,13 +229,62 @@ def test_report_from_a_tiny_sweep(tmp_path):
             assert im.format == "PNG" and im.size[0] > 300 and im.size[1] > 200
     acc = p.tables["accuracy"]
     cols = acc[0]
-    for row, want in zip(acc[1:], sweep):
+    assert cols[:4] == ["method", "ratio", "top-1 (%)", "top-1 before fine-tune (%)"]
+    for row, want in zip(acc[1:], sweep):  # accuracies read as percentages, 2 decimals
         got = dict(zip(cols, row))
         assert got["method"] == want["method"]
         assert float(got["ratio"]) == pytest.approx(want["ratio"])
-        assert float(got["top1"]) == pytest.approx(want["top1"], rel=1e-6)
+        assert float(got["top-1 (%)"]) == pytest.approx(100 * want["top1"], abs=0.005)
         if "top1_before_ft" in want:
-            assert float(got["top1_before_ft"]) == pytest.approx(want["top1_before_ft"], rel=1e-6)
-    lat = p.tables["latency"]
-    assert [float(r[3]) for r in lat[1:]] == pytest.approx([b["p50_s"] for b in bench])
+            assert float(got["top-1 before fine-tune (%)"]) == pytest.approx(100 * want["top1_before_ft"], abs=0.005)
+    lat = p.tables["latency"]  # latencies in ms
+    assert lat[0][3] == "p50 (ms)" and [r[3] for r in lat[1:]] == ["4.00", "2.50", "1.10"]
+    assert [r[5] for r in lat[1:]] == ["1.0 kB", "0.5 kB", "0.3 kB"]
     assert [r[1:] for r in p.tables["widths"][1:]] == [["32", "16"], ["64", "24"], ["128", "32"]]
+    # the CSV files keep full precision
+    csv = (index.parent / "latency_vs_ratio.csv").read_text().splitlines()
+    assert float(csv[1].split(",")[3]) == pytest.approx(0.004)
+
+
+def _chromium():
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no Chromium on this machine (apt-get install chromium)")
+def test_report_renders_every_figure_and_table_in_a_real_browser(tmp_path):
+    """Headless Chromium loads the report: every figure is drawn (loaded, non-zero size),
+    every table is there, headings come before their figures, and a screenshot is taken."""
+    import re
+    import subprocess
+
+    from PIL import Image
+
+    rows = [{"method": "unpruned", "ratio": 0.0, "top1": 0.98}] + [
+        {"method": m, "ratio": r, "top1": 0.97 - r / 10, "top1_before_ft": 0.9 - r} for m in ("kmeans", "l1")
+        for r in (0.3, 0.5, 0.7)]
+    bench = [{"runtime": "onnxruntime", "threads": 1, "ratio": r, "p50_s": 0.001 * (1 - r), "p90_s": 0.0012,
+              "size_bytes": 5000, "noisy": r == 0.5} for r in (0.0, 0.5)]
+    index = write_report(tmp_path / "rep", sweep=rows, bench=bench,
+                         sizes={"original": {"params": 10, "macs": 90, "file_bytes": 400},
+                                "pruned": {"params": 4, "macs": 30, "file_bytes": 160}},
+                         layer_widths={"0 (Conv2d)": (8, 4), "3 (Conv2d)": (16, 8)})
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+             "--allow-file-access-from-files"]
+    dom = subprocess.run([_chromium(), *flags, "--dump-dom", index.as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    body = re.search(r"<body([^>]*)>", dom.stdout).group(1)
+    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body))
+    assert attrs == {"figures": "4", "figures-drawn": "4", "tables": "4"}, body
+    sections = re.findall(r"<section><h2>([^<]+)</h2><div class=\"fig\"><img", dom.stdout)
+    assert len(sections) == 4  # each heading sits above its figure
+    assert "noisy" in dom.stdout and "yes: other load" in dom.stdout
+    shot = tmp_path / "shot.png"
+    subprocess.run([_chromium(), *flags, "--window-size=1000,2400", f"--screenshot={shot}", index.as_uri()],
+                   capture_output=True, timeout=120)
+    with Image.open(shot) as im:
+        small = np.asarray(im.convert("RGB").resize((200, 480)))
+    colours = len(np.unique(small.reshape(-1, 3), axis=0))
+    assert colours > 50  # figures and text, not a blank page
