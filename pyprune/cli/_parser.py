@@ -185,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="results/demo", help="results folder (default: results/demo)")
     d.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], help="criteria to compare")
     d.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")
-    d.add_argument("--epochs", type=int, default=30, help="training epochs of the base model")
+    d.add_argument("--epochs", type=int, default=20, help="training epochs of the base model (default %(default)s)")
     d.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning")
     d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     d.add_argument("--no-edge", action="store_true", help="skip the export, benchmark and report steps")
