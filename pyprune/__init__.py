@@ -18,18 +18,10 @@ from . import export as _export_module  # noqa: E402,F401
 from .export import export  # noqa: E402
 
 
-def centripetal(*args, **kwargs):
-    """Cluster, train with clusters pulled together, merge exactly (see :mod:`pyprune.centripetal`)."""
-    from .centripetal import centripetal as _centripetal
-
-    return _centripetal(*args, **kwargs)
-
-
-def recalibrate_bn(*args, **kwargs):
-    """Re-estimate BatchNorm statistics on calibration batches (see :mod:`pyprune.recover`)."""
-    from .recover import recalibrate_bn as _recalibrate
-
-    return _recalibrate(*args, **kwargs)
+# As for export: the submodule first, then the name bound to its function.
+from . import centripetal as _centripetal_module  # noqa: E402,F401
+from .centripetal import centripetal  # noqa: E402
+from .recover import recalibrate_bn  # noqa: E402
 
 
 def benchmark(*args, **kwargs):
