@@ -22,6 +22,8 @@ from .export import export  # noqa: E402
 from . import centripetal as _centripetal_module  # noqa: E402,F401
 from .centripetal import centripetal  # noqa: E402
 from .recover import recalibrate_bn  # noqa: E402
+from . import sensitivity as _sensitivity_module  # noqa: E402,F401  (registers schedule="sensitivity")
+from .sensitivity import Sensitivity, sensitivity  # noqa: E402
 
 
 def benchmark(*args, **kwargs):
@@ -59,4 +61,6 @@ __all__ = [
     "benchmark",
     "centripetal",
     "recalibrate_bn",
+    "sensitivity",
+    "Sensitivity",
 ]

@@ -54,6 +54,7 @@ class PruneConfig:
     example_kwargs: dict | None = None
     min_keep: float = 0.1
     verify: bool = True
+    sensitivity: object = None  # pyprune.sensitivity(...) for schedule="sensitivity"
     bn_recalibration: bool | None = None  # None: on when calibration is given
     reconstruct: bool | None = None  # None: on when calibration is given
     criterion_options: dict = field(default_factory=dict)  # the method's own options (its spec's `options`)
@@ -166,7 +167,19 @@ class PruneResult:
         return [(g.name, list(g.inexact)) for g in self.graph.groups if g.inexact]
 
     def __str__(self) -> str:
-        return str(self.summary)
+        lines = [str(self.summary)]
+        its = sorted(self.plan.iterations.values())
+        if its:
+            lines.append(f"k-means: {len(its)} clusterings, iterations median {its[len(its) // 2]}, max {its[-1]} "
+                         "(PrunePlan.iterations has them per group)")
+        if self.merge is not None:
+            lines.append(f"merge: {self.merge}")
+        rec = self.recovery.get("reconstruction")
+        if "bn_batches" in self.recovery:
+            lines.append(f"BN recalibrated on {self.recovery['bn_batches']} batches")
+        if rec is not None:
+            lines.append(str(rec))
+        return "\n".join(lines)
 
 
 def _check_ratio(ratio, method: str, allow_auto: bool) -> None:
@@ -302,7 +315,7 @@ class Pruner:
 
     def _counts(self, groups, ratio, scores):
         cfg = self.config
-        return keep_counts(groups, ratio, cfg.schedule, round_to=cfg.round_to, taper=cfg.taper,
+        return keep_counts(groups, ratio, cfg.schedule, round_to=cfg.round_to, taper=cfg.taper, sensitivity=cfg.sensitivity,
                            layer_ratios=cfg.layer_ratios, scores=scores, min_keep=cfg.min_keep)
 
     def plan(self, ratio: float | str = 0.5, *, target_macs: float | None = None, target_params: float | None = None,

@@ -138,16 +138,18 @@ class ScheduleSpec:
     name: str
     fn: Callable  # (groups, ratio, *, round_to, taper, scores, min_keep) -> {group id: keep}
     needs_scores: bool = False  # ranks units across groups on the criterion's scores
+    needs_sensitivity: bool = False  # reads per-group accuracy curves (sensitivity=)
 
 
 SCHEDULES: dict[str, ScheduleSpec] = {}
 
 
-def register_schedule(name: str, *, needs_scores: bool = False):
+def register_schedule(name: str, *, needs_scores: bool = False, needs_sensitivity: bool = False):
     """Decorator: a schedule ``fn(groups, ratio, *, round_to, taper, scores, min_keep) ->
-    {group id: keep count}`` usable as ``prune(schedule=name)``."""
+    {group id: keep count}`` usable as ``prune(schedule=name)``; with ``needs_sensitivity``
+    it also gets ``sensitivity=`` (the prune's :class:`pyprune.Sensitivity`)."""
     def deco(fn):
-        SCHEDULES[name] = ScheduleSpec(name, fn, needs_scores)
+        SCHEDULES[name] = ScheduleSpec(name, fn, needs_scores, needs_sensitivity)
         return fn
 
     return deco
@@ -180,9 +182,17 @@ def _taper(groups, ratio, *, round_to=None, taper=1.0, **_):
 
 
 def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=None, taper: float = 1.0,
-                layer_ratios: dict | None = None, scores: list | None = None, min_keep: float = 0.1) -> dict[int, int]:
-    """Keep count per group for a schedule (``scores`` are needed by ``global`` only)."""
+                layer_ratios: dict | None = None, scores: list | None = None, min_keep: float = 0.1,
+                sensitivity=None) -> dict[int, int]:
+    """Keep count per group for a schedule (``scores`` are needed by ``global`` only,
+    ``sensitivity`` (:func:`pyprune.sensitivity`) by schedules registered with
+    ``needs_sensitivity``)."""
     spec = schedule_spec(schedule)
+    extra = {}
+    if spec.needs_sensitivity:
+        if sensitivity is None:
+            raise ValueError(f"schedule {schedule!r} needs sensitivity=pyprune.sensitivity(model, x, val_set)")
+        extra["sensitivity"] = sensitivity
     fixed = match_layer_ratios(groups, layer_ratios) if layer_ratios else {}
     rest = [g for g in groups if g.id not in fixed]
     if spec.needs_scores:
@@ -190,7 +200,7 @@ def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=No
             raise ValueError(f"the {schedule} schedule needs scores")
         sc = {g.id: s for g, s in zip(groups, scores)}
         scores = [sc[g.id] for g in rest]
-    out = spec.fn(rest, ratio, round_to=round_to, taper=taper, scores=scores, min_keep=min_keep)
+    out = spec.fn(rest, ratio, round_to=round_to, taper=taper, scores=scores, min_keep=min_keep, **extra)
     for g in groups:
         if g.id in fixed:
             out[g.id] = _keep_for_ratio(g, fixed[g.id], round_to)

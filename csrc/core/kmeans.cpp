@@ -32,6 +32,46 @@ struct Rng {
     double uniform() { return static_cast<double>(next() >> 11) * (1.0 / 9007199254740992.0); }
 };
 
+/// min(mind, max(0, 1 - dot)): a filter's distance to its nearest seed if the candidate
+/// with this dot joined the seeds (written with selects, which vectorise).
+inline double capped(double mind, float dot) {
+    const double dist = 1.0 - static_cast<double>(dot);
+    const double pos = 0.0 < dist ? dist : 0.0;
+    return pos < mind ? pos : mind;
+}
+
+constexpr int64_t kLanes = 8;
+
+/// pot[t] = sum over the n filters of min(mind_i, 1 - <x_i, candidate t>) (the total
+/// distance if candidate t became a seed; filters with mind_i = 0 add nothing). Summed in
+/// kLanes interleaved partial sums (`acc`, m x kLanes zeros), then the lanes in order: a
+/// fixed order, so every CPU and every vector width gives the same bits. Compiled for
+/// AVX-512 and AVX2 beside the baseline, chosen at load time (no multiply: no FMA can
+/// change a rounding).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void seed_potentials(int64_t n, const double* mind, const float* const* dptr, int64_t m, double* acc, double* pot) {
+    constexpr int64_t L = kLanes;
+    const int64_t full = n / L * L;
+    for (int64_t i0 = 0; i0 < full; i0 += L) {
+        const double* mi = mind + i0;
+        for (int64_t t = 0; t < m; ++t) {
+            const float* dt = dptr[t] + i0;
+            double* a = acc + t * L;
+#pragma omp simd
+            for (int64_t l = 0; l < L; ++l) a[l] += capped(mi[l], dt[l]);
+        }
+    }
+    for (int64_t i = full; i < n; ++i)  // the tail: lane i - full
+        for (int64_t t = 0; t < m; ++t) acc[t * L + (i - full)] += capped(mind[i], dptr[t][i]);
+    for (int64_t t = 0; t < m; ++t) {
+        double s = 0.0;
+        for (int64_t l = 0; l < L; ++l) s += acc[t * L + l];
+        pot[t] = s;
+    }
+}
+
 /// The large buffers of a layer's clustering, kept by one thread from one layer to the next
 /// of a batch: a layer then reuses pages it has touched already instead of faulting in (and
 /// zero-filling) fresh ones. On densenet201 that was a tenth of the time outside the products.
@@ -255,40 +295,9 @@ private:
         }
     }
 
-    /// min(mind, max(0, 1 - dot)): a filter's distance to its nearest seed if the candidate
-    /// with this dot joined the seeds (written with selects, which vectorise).
-    static inline double capped(double mind, float dot) {
-        const double dist = 1.0 - static_cast<double>(dot);
-        const double pos = 0.0 < dist ? dist : 0.0;
-        return pos < mind ? pos : mind;
-    }
-
-    /// pot[t] = sum over filters of min(mind_i, 1 - <x_i, candidate t>) (the total distance
-    /// if candidate t became a seed; filters with mind_i = 0 add nothing). Summed in kLanes
-    /// interleaved partial sums, then the lanes in order: a fixed order, so every CPU and
-    /// vector width gives the same bits, and the lanes vectorise.
     void potentials(const double* mind, const float* const* dptr, int64_t m, double* pot) const {
-        constexpr int64_t L = kLanes;
-        lanes_.assign(static_cast<size_t>(m * L), 0.0);
-        double* acc = lanes_.data();
-        const int64_t full = n_ / L * L;
-        for (int64_t i0 = 0; i0 < full; i0 += L) {
-            const double* mi = mind + i0;
-            for (int64_t t = 0; t < m; ++t) {
-                const float* dt = dptr[t] + i0;
-                double* a = acc + t * L;
-#pragma omp simd
-                for (int64_t l = 0; l < L; ++l) a[l] += capped(mi[l], dt[l]);
-            }
-        }
-        for (int64_t i = full; i < n_; ++i)  // the tail: lane i - full
-            for (int64_t t = 0; t < m; ++t)
-                acc[t * L + (i - full)] += capped(mind[i], dptr[t][i]);
-        for (int64_t t = 0; t < m; ++t) {
-            double s = 0.0;
-            for (int64_t l = 0; l < L; ++l) s += acc[t * L + l];
-            pot[t] = s;
-        }
+        lanes_.assign(static_cast<size_t>(m * kLanes), 0.0);
+        seed_potentials(n_, mind, dptr, m, lanes_.data(), pot);
     }
 
     /// gram_ = X X^T. Only the blocks on and above the diagonal are multiplied (per panel of
@@ -636,7 +645,6 @@ private:
     bool gram_used_ = false;            // gram_ holds this layer's X X^T
     std::vector<float> dots_, cand_;    // candidate dots and rows when there is no Gram matrix
     mutable std::vector<double> lanes_; // partial sums of potentials()
-    static constexpr int64_t kLanes = 8;
     bool assigned_ = false;             // S^T holds the products of an earlier assignment
 };
 

@@ -68,8 +68,7 @@ def prune(args) -> int:
         args.dataset = meta.get("dataset", "digits")
     res = prune_model(model, meta, args)
     print(res.summary.table(max_rows=None if args.verbose else 20))
-    if res.merge is not None:
-        print(f"merge: {res.merge}")
+    print("\n".join(str(res).splitlines()[len(str(res.summary).splitlines()):]))
     kept = res.graph.explain(max_rows=5)
     if not kept.startswith("kept whole: 0 channels"):
         print(kept)
