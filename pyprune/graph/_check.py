@@ -11,6 +11,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .. import layers as _layers
+from ._trace import _tensors
 
 
 class _ShapeOnly(TorchFunctionMode):
@@ -28,16 +29,6 @@ class _ShapeOnly(TorchFunctionMode):
                 except Exception:
                     pass  # operands that do not fit: the real op raises its own error
         return func(*args, **kwargs)
-
-
-def _tensors(obj) -> list:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in _tensors(o)]
-    return []
 
 
 def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes: list) -> tuple[str, str] | None:
