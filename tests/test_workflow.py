@@ -1,6 +1,7 @@
 """The workflow: models, data, training (resume, DDP), checkpoints and the CLI."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -254,40 +255,62 @@ def test_cli_run_end_to_end(tmp_path):
     assert abs(m["top1"] - res["pruned"]["top1"]) < 1e-9 and m["params"] == res["pruned"]["params"]
 
 
-def test_cli_prune_finetune_sweep(tmp_path):
+def cli_in_process(capsys, *args):
+    """The command line's `main` in this process (the same code a subprocess runs, without
+    a fresh interpreter importing torch each time): a CompletedProcess-like result."""
+    from types import SimpleNamespace
+
+    from pyprune.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main(list(args))
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
+def test_cli_prune_finetune_sweep(tmp_path, capsys):
     base = tmp_path / "t"
     assert run_cli("train", "--epochs", "2", "--out", str(base), "--quiet").returncode == 0
-    p = run_cli("prune", "--checkpoint", str(base / "model.pt"), "--method", "kmeans", "--ratio", "0.5",
+    cli = functools.partial(cli_in_process, capsys)  # the rest in process
+    p = cli("prune", "--checkpoint", str(base / "model.pt"), "--method", "kmeans", "--ratio", "0.5",
                 "--out", str(tmp_path / "p.pt"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert "total params" in p.stdout and "pruned model written to" in p.stdout
-    f = run_cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--out", str(tmp_path / "f.pt"))
+    f = cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--out", str(tmp_path / "f.pt"))
     assert f.returncode == 0, f.stderr[-2000:]
-    s = run_cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "random", "--ratios", "0.5",
+    s = cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "random", "--ratios", "0.5",
                 "--finetune-epochs", "0", "--out", str(tmp_path / "sw"))
     assert s.returncode == 0, s.stderr[-2000:]
     rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["unpruned", "l1", "random"]
     # recovery is on by default (the command's training data calibrates); off, one shot falls
-    s2 = run_cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "--ratios", "0.5",
+    s2 = cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "--ratios", "0.5",
                  "--finetune-epochs", "0", "--no-recalibrate", "--no-reconstruct", "--out", str(tmp_path / "sw2"))
     assert s2.returncode == 0, s2.stderr[-2000:]
     plain = json.loads((tmp_path / "sw2" / "sweep.json").read_text())["rows"][1]["top1_before_ft"]
     assert rows[1]["top1_before_ft"] > plain
     # distillation from the unpruned checkpoint
-    f2 = run_cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--teacher",
+    f2 = cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--teacher",
                  str(base / "model.pt"), "--distill-weight", "0.7", "--out", str(tmp_path / "f2.pt"))
     assert f2.returncode == 0, f2.stderr[-2000:]
 
 
-def test_cli_errors_and_help(tmp_path):
+def test_cli_errors_and_help(tmp_path, capsys):
     p = run_cli("prune", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt"))
     assert p.returncode == 2 and "does not exist" in p.stderr
     p = run_cli("train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and "never downloads" in p.stderr
+    h = run_cli("prune", "--help")  # once as a user runs it, every command's help in process
+    assert h.returncode == 0 and "usage: pyprune prune" in h.stdout
+    from pyprune.cli._parser import build_parser
+
     for cmd in ("train", "prune", "finetune", "evaluate", "run", "sweep", "demo", "info", "export", "bench"):
-        h = run_cli(cmd, "--help")
-        assert h.returncode == 0 and "usage: pyprune " + cmd in h.stdout
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args([cmd, "--help"])
+        assert e.value.code == 0 and "usage: pyprune " + cmd in capsys.readouterr().out
 
 
 def test_cli_explicit_flag_beats_config(tmp_path, capsys):
@@ -350,20 +373,21 @@ def small_checkpoint(tmp_path_factory):
     return path
 
 
-def test_cli_never_overwrites_without_force_and_never_the_input(tmp_path, small_checkpoint):
+def test_cli_never_overwrites_without_force_and_never_the_input(tmp_path, small_checkpoint, capsys):
     base = tmp_path / "base.pt"
     base.write_bytes(small_checkpoint.read_bytes())
     original = base.read_bytes()
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
     p = run_cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(precious))
+    cli = functools.partial(cli_in_process, capsys)  # as a user runs it once, the rest in process
     assert p.returncode == 2 and f"{precious} already exists" in p.stderr and "--force" in p.stderr
     assert precious.read_text() == "keep me"
     for extra in ([], ["--force"]):
-        p = run_cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(base), *extra)
+        p = cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(base), *extra)
         assert p.returncode == 2 and "also the input" in p.stderr
         assert base.read_bytes() == original
-    p = run_cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(precious), "--force")
+    p = cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(precious), "--force")
     assert p.returncode == 0, p.stderr[-2000:]
     assert load_model(precious)[0][0].out_channels == 16
 
@@ -406,7 +430,7 @@ c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
     assert meta == {"v": 1} and model.out_features == 3
 
 
-def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path):
+def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path, capsys):
     """--model takes torchvision names and timm:<name>, --weights a state_dict (.pth) or a
     .safetensors file; the pruned model can be written as .safetensors + JSON spec and loads
     back at its pruned widths (split sizes rewritten by pruning included)."""
@@ -418,30 +442,32 @@ def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path):
     net = torchvision.models.resnet18(weights=None)
     torch.save(net.state_dict(), tmp_path / "r18.pth")
     save_file(net.state_dict(), str(tmp_path / "r18.safetensors"))
-    for weights, out in (("r18.pth", "a.safetensors"), ("r18.safetensors", "b.pt")):
-        p = run_cli("prune", "--model", "resnet18", "--weights", str(tmp_path / weights), "--size", "64",
-                    "--method", "l2", "--out", str(tmp_path / out))
+    cli = functools.partial(cli_in_process, capsys)  # as a user runs it once, the rest in process
+    for call, weights, out in ((run_cli, "r18.pth", "a.safetensors"), (cli, "r18.safetensors", "b.pt")):
+        p = call("prune", "--model", "resnet18", "--weights", str(tmp_path / weights), "--size", "64",
+                 "--method", "l2", "--out", str(tmp_path / out))
         assert p.returncode == 0, p.stderr[-2000:]
         model, meta = load_model(tmp_path / out)
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)  # the file's head is kept
         assert sum(q.numel() for q in model.parameters()) < 0.35 * sum(q.numel() for q in net.parameters())
     assert (tmp_path / "a.json").is_file()
     pytest.importorskip("timm", reason="timm models need the timm package")
-    p = run_cli("prune", "--model", "timm:mixnet_s", "--num-classes", "10", "--size", "64", "--method", "l2",
-                "--out", str(tmp_path / "mix.pt"))
+    p = cli("prune", "--model", "timm:mixnet_s", "--num-classes", "10", "--size", "64", "--method", "l2",
+            "--out", str(tmp_path / "mix.pt"))
     assert p.returncode == 0, p.stderr[-2000:]
     model, _ = load_model(tmp_path / "mix.pt")
     assert model(torch.randn(2, 3, 64, 64)).shape == (2, 10)
-    both = run_cli("prune", "--model", "resnet18", "--checkpoint", str(tmp_path / "b.pt"), "--out", str(tmp_path / "c.pt"))
+    both = cli("prune", "--model", "resnet18", "--checkpoint", str(tmp_path / "b.pt"), "--out", str(tmp_path / "c.pt"))
     assert both.returncode != 0 and "either --checkpoint" in both.stderr
 
 
-def test_cli_trains_an_rgb_torchvision_model_on_grayscale_digits(tmp_path):
+def test_cli_trains_an_rgb_torchvision_model_on_grayscale_digits(tmp_path, capsys):
     p = run_cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--epochs", "1",
                 "--max-steps", "2", "--out", str(tmp_path / "t"), "--quiet")
+    cli = functools.partial(cli_in_process, capsys)  # as a user runs it once, the rest in process
     assert p.returncode == 0, p.stderr[-2000:]
-    p = run_cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--in-channels", "3",
-                "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "t3"), "--quiet")
+    p = cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--in-channels", "3",
+            "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "t3"), "--quiet")
     assert p.returncode == 0, p.stderr[-2000:]
 
 
