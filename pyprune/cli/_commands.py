@@ -219,7 +219,7 @@ def demo(args) -> int:
     train_set, test = digits(seed=args.seed)
     spec = SimpleNamespace(train=train_set, val=test)
     print(f"digits: {len(train_set)} training and {len(test)} test images (8x8, 10 classes, shipped with scikit-learn)")
-    print(f"[1/{steps}] training the base CNN, {args.epochs} epochs (about 10 s) ...", flush=True)
+    print(f"[1/{steps}] training the base CNN, {args.epochs} epochs (about 10-30 s) ...", flush=True)
     base = digits_cnn()
     t0 = time.perf_counter()
     fit(base, train_set, epochs=args.epochs, lr=2e-3, seed=args.seed, log=lambda r: None)
@@ -235,6 +235,7 @@ def demo(args) -> int:
     p0, m0 = count(base, build_graph(base, x).layers)
     acc = lambda m: evaluate(m, test)["top1"]  # noqa: E731
 
+    t_step = time.perf_counter()
     print(f"[2/{steps}] pruning {args.ratio:.0%} of the channels: {', '.join(args.methods)}, each one-shot, + BN "
           "recalibration, + reconstruction (8 unlabelled batches, no training; a few seconds) ...", flush=True)
     one_shot: dict = {}
@@ -259,6 +260,8 @@ def demo(args) -> int:
           f"one-shot pruning gives {min(one_shot[(m, 'one-shot')] for m in args.methods):.2%}-"
           f"{max(one_shot[(m, 'one-shot')] for m in args.methods):.2%}")
 
+    print(f"      (step 2: {time.perf_counter() - t_step:.1f} s)")
+    t_step = time.perf_counter()
     print(f"[3/{steps}] fine-tuning each default-path model {args.finetune_epochs} epochs, and the default path "
           "at ratios 0.3 and 0.7 without training (about 15 s) ...", flush=True)
     rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_metrics["top1"], "top1": base_metrics["top1"],
@@ -286,10 +289,16 @@ def demo(args) -> int:
             v = acc(res.model)
             sweep.append({"method": method, "ratio": ratio, "top1_before_ft": v, "top1": v,
                           "params": res.summary.params_after, "macs": res.summary.macs_after})
+    main_s = time.perf_counter() - t_start
+    print(f"      (step 3: {time.perf_counter() - t_step:.1f} s; training, pruning and comparing: {main_s:.1f} s)")
+    t_step = time.perf_counter()
     edge = {} if args.no_edge else _demo_edge(base, pruned_models, sweep, out, x, args, steps)
+    if edge:
+        print(f"      (step {steps}: {time.perf_counter() - t_step:.1f} s)")
     wall = time.perf_counter() - t_start
     result = {"dataset": "digits", "ratio": args.ratio, "epochs": args.epochs, "edge": edge,
-              "finetune_epochs": args.finetune_epochs, "seed": args.seed, "wall_s": wall, "rows": rows,
+              "finetune_epochs": args.finetune_epochs, "seed": args.seed, "wall_s": wall, "main_s": main_s,
+              "rows": rows,
               "one_shot": [{"method": m, "recipe": r, "top1": v} for (m, r), v in one_shot.items()], "sweep": sweep}
     write_json(out / "results.json", result)
     table = markdown_table(rows, RESULT_COLUMNS)
@@ -329,7 +338,8 @@ def _demo_edge(base, pruned_models: dict, rows: list, out: pathlib.Path, x, args
     except ImportError:
         print("ExecuTorch is not installed (pip install 'pyprune[executorch]'): skipping the .pte export")
     print(f"[{steps}/{steps}] exporting the original and the pruned ({method}) model to {', '.join(runtimes[1:])}, "
-          f"verifying each in a fresh process, timing them (about 30 s) ...", flush=True)
+          "verifying each in a fresh process, timing them (1-2 minutes: every export is checked and every "
+          "runtime timed in a process of its own) ...", flush=True)
     edge_dir = out / "edge"
     bench_rows, tables, onnx_bytes = [], [], {}
     for name, model, ratio in (("original", base, 0.0), ("pruned", res.model, args.ratio)):
