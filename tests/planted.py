@@ -69,3 +69,18 @@ def check_exact(model, inputs, seed=0):
     n_after = sum(p.numel() for p in pruned.parameters())
     assert n_after < n_before
     return graph
+
+
+def trained_digits_cnn(*, batchnorm: bool, epochs: int, lr: float):
+    """A digits_cnn trained on scikit-learn's digits (seed 0 throughout): model, train, test."""
+    import torch
+
+    from pyprune.data import digits
+    from pyprune.models import digits_cnn
+    from pyprune.train import fit
+
+    torch.manual_seed(0)
+    train, test = digits(seed=0)
+    model = digits_cnn(batchnorm=batchnorm)
+    fit(model, train, epochs=epochs, lr=lr, seed=0, progress=False)
+    return model, train, test

@@ -8,9 +8,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import pyprune
-from pyprune.data import digits
 from pyprune.models import digits_cnn
 from pyprune.train import evaluate, fit
+from planted import trained_digits_cnn
 
 
 def net(c1=16, c2=8, bias=True, seed=0):
@@ -308,10 +308,7 @@ DIGITS_METHODS = ["kmeans", "kmeans_nomerge", "l1", "l2", "fpgm", "activation", 
 
 @pytest.fixture(scope="module")
 def digits_run():
-    torch.manual_seed(0)
-    train, test = digits(seed=0)
-    model = digits_cnn(batchnorm=False)
-    fit(model, train, epochs=20, lr=2e-3, seed=0, progress=False)
+    model, train, test = trained_digits_cnn(batchnorm=False, epochs=20, lr=2e-3)
     base = evaluate(model, test)["top1"]
     cal = [(x, y) for x, y in DataLoader(train, batch_size=128)][:4]
     x = test[:1][0]

@@ -13,10 +13,9 @@ from torch.utils.data import DataLoader
 
 import pyprune
 from pyprune import engine
-from pyprune.data import digits
-from pyprune.models import digits_cnn
 from pyprune.recover import recalibrate_bn
 from pyprune.train import evaluate, fit
+from planted import trained_digits_cnn
 
 
 @pytest.mark.parametrize("rows,d,m", [(500, 40, 7), (64, 64, 3), (2000, 300, 50), (1, 1, 1)])
@@ -51,10 +50,7 @@ def test_ridge_lambda_is_the_closed_form_and_handles_singular_inputs():
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    train, test = digits(seed=0)
-    model = digits_cnn(batchnorm=True)
-    fit(model, train, epochs=20, lr=2e-3, seed=0, progress=False)
+    model, train, test = trained_digits_cnn(batchnorm=True, epochs=20, lr=2e-3)
     cal = [x for x, _ in DataLoader(train, batch_size=128)][:4]
     held = [x for x, _ in DataLoader(test, batch_size=128)]
     return model, train, test, cal, held

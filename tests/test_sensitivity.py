@@ -3,22 +3,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 import pyprune
-from pyprune.data import digits
-from pyprune.models import digits_cnn
 from pyprune.sensitivity import Sensitivity, sensitivity_keep
-from pyprune.train import evaluate, fit
+from pyprune.train import evaluate
+from planted import trained_digits_cnn
 
 
 @pytest.fixture(scope="module")
 def trained():
-    torch.manual_seed(0)
-    train, test = digits(seed=0)
-    model = digits_cnn(batchnorm=False)
-    fit(model, train, epochs=8, lr=3e-3, seed=0, progress=False)
+    model, _, test = trained_digits_cnn(batchnorm=False, epochs=8, lr=3e-3)
     return model, test
 
 

@@ -502,3 +502,22 @@ def test_fixed_batch_onnx_gets_a_hint_not_a_traceback(tmp_path):
     pyprune.export(model, torch.randn(1, 1, 8, 8), "onnx", tmp_path / "m.onnx")
     with pytest.raises(ValueError, match=r"fixed batch of 1.*--dynamic-batch"):
         pyprune.benchmark(tmp_path / "m.onnx", (1, 1, 8, 8), batch_sizes=(1, 8))
+
+
+def test_demo_runs_and_repeats_itself_exactly(tmp_path, capsys):
+    """The demo (short: 2 base epochs, two methods, 1 fine-tuning epoch, no edge step) announces its steps
+    and their times, writes its results, and a rerun with the same seed gives the same numbers."""
+    cli = functools.partial(cli_in_process, capsys)
+    runs = []
+    for out in ("a", "b"):
+        p = cli("demo", "--epochs", "2", "--finetune-epochs", "1", "--methods", "kmeans", "l1", "--no-edge",
+                "--out", str(tmp_path / out))
+        assert p.returncode == 0, p.stderr[-2000:]
+        for step in ("[1/3]", "[2/3]", "[3/3]", "(step 2:", "training, pruning and comparing:"):
+            assert step in p.stdout, (step, p.stdout[-2000:])
+        runs.append(json.loads((tmp_path / out / "results.json").read_text()))
+    a, b = runs
+    assert a["one_shot"] == b["one_shot"] and len(a["rows"]) == 3  # unpruned and two methods
+    assert [r["top1"] for r in a["rows"]] == [r["top1"] for r in b["rows"]]
+    assert {r["recipe"] for r in a["one_shot"]} >= {"one-shot", "+ BN recalibration", "+ reconstruction"}
+    assert 0 < a["main_s"] <= a["wall_s"]
