@@ -1,7 +1,6 @@
 """The workflow: models, data, training (resume, DDP), checkpoints and the CLI."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 import pathlib
@@ -255,46 +254,50 @@ def test_cli_run_end_to_end(tmp_path):
     assert abs(m["top1"] - res["pruned"]["top1"]) < 1e-9 and m["params"] == res["pruned"]["params"]
 
 
-def cli_in_process(capsys, *args):
+@pytest.fixture
+def cli(capsys):
     """The command line's `main` in this process (the same code a subprocess runs, without
-    a fresh interpreter importing torch each time): a CompletedProcess-like result."""
+    a fresh interpreter importing torch each time); each call gives a CompletedProcess-like
+    result. Tests run one command through `run_cli` as a user does and the rest through this."""
     from types import SimpleNamespace
 
     from pyprune.cli import main
 
-    capsys.readouterr()
-    try:
-        rc = main(list(args))
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else 1
-    out = capsys.readouterr()
-    return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+    def call(*args):
+        capsys.readouterr()
+        try:
+            rc = main(list(args))
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+    return call
 
 
-def test_cli_prune_finetune_sweep(tmp_path, capsys):
+def test_cli_prune_finetune_sweep(tmp_path, cli):
     base = tmp_path / "t"
     assert run_cli("train", "--epochs", "2", "--out", str(base), "--quiet").returncode == 0
-    cli = functools.partial(cli_in_process, capsys)  # the rest in process
     p = cli("prune", "--checkpoint", str(base / "model.pt"), "--method", "kmeans", "--ratio", "0.5",
-                "--out", str(tmp_path / "p.pt"))
+            "--out", str(tmp_path / "p.pt"))
     assert p.returncode == 0, p.stderr[-2000:]
     assert "total params" in p.stdout and "pruned model written to" in p.stdout
     f = cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--out", str(tmp_path / "f.pt"))
     assert f.returncode == 0, f.stderr[-2000:]
     s = cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "random", "--ratios", "0.5",
-                "--finetune-epochs", "0", "--out", str(tmp_path / "sw"))
+            "--finetune-epochs", "0", "--out", str(tmp_path / "sw"))
     assert s.returncode == 0, s.stderr[-2000:]
     rows = json.loads((tmp_path / "sw" / "sweep.json").read_text())["rows"]
     assert [r["method"] for r in rows] == ["unpruned", "l1", "random"]
     # recovery is on by default (the command's training data calibrates); off, one shot falls
     s2 = cli("sweep", "--checkpoint", str(base / "model.pt"), "--methods", "l1", "--ratios", "0.5",
-                 "--finetune-epochs", "0", "--no-recalibrate", "--no-reconstruct", "--out", str(tmp_path / "sw2"))
+             "--finetune-epochs", "0", "--no-recalibrate", "--no-reconstruct", "--out", str(tmp_path / "sw2"))
     assert s2.returncode == 0, s2.stderr[-2000:]
     plain = json.loads((tmp_path / "sw2" / "sweep.json").read_text())["rows"][1]["top1_before_ft"]
     assert rows[1]["top1_before_ft"] > plain
     # distillation from the unpruned checkpoint
     f2 = cli("finetune", "--checkpoint", str(tmp_path / "p.pt"), "--epochs", "1", "--teacher",
-                 str(base / "model.pt"), "--distill-weight", "0.7", "--out", str(tmp_path / "f2.pt"))
+             str(base / "model.pt"), "--distill-weight", "0.7", "--out", str(tmp_path / "f2.pt"))
     assert f2.returncode == 0, f2.stderr[-2000:]
 
 
@@ -373,14 +376,13 @@ def small_checkpoint(tmp_path_factory):
     return path
 
 
-def test_cli_never_overwrites_without_force_and_never_the_input(tmp_path, small_checkpoint, capsys):
+def test_cli_never_overwrites_without_force_and_never_the_input(tmp_path, small_checkpoint, cli):
     base = tmp_path / "base.pt"
     base.write_bytes(small_checkpoint.read_bytes())
     original = base.read_bytes()
     precious = tmp_path / "precious.txt"
     precious.write_text("keep me")
     p = run_cli("prune", "--checkpoint", str(base), "--method", "l1", "--out", str(precious))
-    cli = functools.partial(cli_in_process, capsys)  # as a user runs it once, the rest in process
     assert p.returncode == 2 and f"{precious} already exists" in p.stderr and "--force" in p.stderr
     assert precious.read_text() == "keep me"
     for extra in ([], ["--force"]):
@@ -430,7 +432,7 @@ c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
     assert meta == {"v": 1} and model.out_features == 3
 
 
-def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path, capsys):
+def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path, cli):
     """--model takes torchvision names and timm:<name>, --weights a state_dict (.pth) or a
     .safetensors file; the pruned model can be written as .safetensors + JSON spec and loads
     back at its pruned widths (split sizes rewritten by pruning included)."""
@@ -442,7 +444,6 @@ def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path, capsys):
     net = torchvision.models.resnet18(weights=None)
     torch.save(net.state_dict(), tmp_path / "r18.pth")
     save_file(net.state_dict(), str(tmp_path / "r18.safetensors"))
-    cli = functools.partial(cli_in_process, capsys)  # as a user runs it once, the rest in process
     for call, weights, out in ((run_cli, "r18.pth", "a.safetensors"), (cli, "r18.safetensors", "b.pt")):
         p = call("prune", "--model", "resnet18", "--weights", str(tmp_path / weights), "--size", "64",
                  "--method", "l2", "--out", str(tmp_path / out))
@@ -461,10 +462,9 @@ def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path, capsys):
     assert both.returncode != 0 and "either --checkpoint" in both.stderr
 
 
-def test_cli_trains_an_rgb_torchvision_model_on_grayscale_digits(tmp_path, capsys):
+def test_cli_trains_an_rgb_torchvision_model_on_grayscale_digits(tmp_path, cli):
     p = run_cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--epochs", "1",
                 "--max-steps", "2", "--out", str(tmp_path / "t"), "--quiet")
-    cli = functools.partial(cli_in_process, capsys)  # as a user runs it once, the rest in process
     assert p.returncode == 0, p.stderr[-2000:]
     p = cli("train", "--model", "resnet18", "--dataset", "digits", "--size", "32", "--in-channels", "3",
             "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / "t3"), "--quiet")
@@ -504,10 +504,9 @@ def test_fixed_batch_onnx_gets_a_hint_not_a_traceback(tmp_path):
         pyprune.benchmark(tmp_path / "m.onnx", (1, 1, 8, 8), batch_sizes=(1, 8))
 
 
-def test_demo_runs_and_repeats_itself_exactly(tmp_path, capsys):
+def test_demo_runs_and_repeats_itself_exactly(tmp_path, cli):
     """The demo (short: 2 base epochs, two methods, 1 fine-tuning epoch, no edge step) announces its steps
     and their times, writes its results, and a rerun with the same seed gives the same numbers."""
-    cli = functools.partial(cli_in_process, capsys)
     runs = []
     for out in ("a", "b"):
         p = cli("demo", "--epochs", "2", "--finetune-epochs", "1", "--methods", "kmeans", "l1", "--no-edge",
