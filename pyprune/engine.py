@@ -378,6 +378,17 @@ def ridge_solve(inputs: TensorOrList, targets: TensorOrList, *, lam: float = 1e-
     return out[:1] if single else out
 
 
+def _index_list(s, what: str) -> list[int]:
+    """Kept indices (a tensor, array or sequence of ints) as a list of Python ints, converted
+    in one call (not element by element: surgery passes thousands of index lists)."""
+    if isinstance(s, torch.Tensor):
+        s = s.detach().cpu().numpy()
+    a = np.asarray(s)
+    if a.size and a.dtype.kind not in "iu":
+        raise TypeError(f"{what}: expected integer indices, got {a.dtype}")
+    return a.astype(np.int64, copy=False).ravel().tolist()
+
+
 def gather(
     tensors: Sequence[torch.Tensor],
     indices: Sequence[Sequence[torch.Tensor | Sequence[int] | None]],
@@ -401,8 +412,7 @@ def gather(
             raise TypeError(f"gather: tensors[{i}] is a {type(t).__name__}, expected a torch.Tensor")
         if len(ix) > t.dim():
             raise ValueError(f"gather: tensors[{i}] has rank {t.dim()} but {len(ix)} index lists")
-        lists = [None if s is None else [int(v) for v in (s.tolist() if isinstance(s, torch.Tensor) else s)]
-                 for s in ix]
+        lists = [None if s is None else _index_list(s, f"gather: indices[{i}]") for s in ix]
         if t.device.type != "cpu":
             new = t.detach()
             for d, keep in enumerate(lists):

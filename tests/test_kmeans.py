@@ -517,3 +517,26 @@ def test_merge_statistics_match_torch(threads):
     assert r.rep_cosines[r.representatives].eq(1).all() and r.rep_residuals[r.representatives].eq(0).all()
     if r.labels[10] == r.labels[11] and r.representatives[r.labels[10]] in (10, 11):
         assert r.rep_residuals[10] < 1e-6 and r.rep_residuals[11] < 1e-6
+
+
+@pytest.mark.parametrize("kernel", path_params(["portable", "avx2", "avx512"]))
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "full"])
+def test_lloyd_from_the_gram_matrix_matches_torch(reuse, threads, kernel):
+    """With k-means++ seeding on a packed path the core keeps the seeding's Gram matrix and
+    reads every iteration's similarities from it (a centroid's row is the sum of its
+    members' rows over its norm) instead of multiplying the centroids out. From the same
+    seeds, a float64 torch Lloyd loop must reach the same labels, centroids and objective,
+    also with zero filters (no direction) and a cluster whose members cancel."""
+    x, _ = clustered(24, 10, 96, 1.5, seed=11)
+    x[::17] = 0.0
+    x[5] = -x[6]  # a pair that can only cancel if alone together
+    for k in (24, 60):  # both use the Gram matrix: 2 K (trials + 2) >= n
+        (seeds,) = engine.spherical_kmeans(x, k, max_iter=0, seed=4, kernel=kernel)
+        (r,) = engine.spherical_kmeans(x, k, max_iter=25, early_stop=False, seed=4, reuse=reuse, threads=threads,
+                                       kernel=kernel)
+        c, labels, obj = ref.lloyd(x.double(), seeds.centroids.double(), 25)
+        assert torch.equal(r.labels, labels)
+        assert_close(r.centroids.double(), c, rtol=0, atol=1e-5)
+        assert_close(r.objective, torch.tensor(obj, dtype=torch.float64), rtol=1e-6, atol=1e-4)
+        assert sum(s.moved for s in r.stats[1:]) > 0  # the iterations did move centroids

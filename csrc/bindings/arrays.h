@@ -42,4 +42,13 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
     return out;
 }
 
+/// Hand a std::vector's storage to a new numpy array of the given shape without copying it:
+/// the array owns the vector (through a capsule) from then on.
+template <typename T>
+py::array_t<T> move_to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
+    auto* owned = new std::vector<T>(std::move(v));
+    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    return py::array_t<T>(std::move(shape), owned->data(), owner);
+}
+
 }  // namespace pyprune::bind

@@ -11,10 +11,9 @@ namespace {
 /// (centroids, labels, representatives, objective, n_iter), and with `details` also
 /// (stats, cosines, kernel, norms, rep_cosines, rep_residuals): stats a dict of per-iteration arrays (changed, moved, reseeded,
 /// recomputed: int64; seconds: float64), cosines a float32 array, kernel the path's name.
-py::tuple result_to_python(const KMeansResult& r, bool details) {
-    py::array_t<float> centroids({r.k, r.d});
-    if (!r.centroids.empty())
-        std::memcpy(centroids.mutable_data(), r.centroids.data(), r.centroids.size() * sizeof(float));
+/// The centroids (K x d, the largest part) move into their array without a copy.
+py::tuple result_to_python(KMeansResult&& r, bool details) {
+    py::array_t<float> centroids = move_to_numpy(std::move(r.centroids), {r.k, r.d});
     if (!details)
         return py::make_tuple(centroids, to_numpy(r.labels), to_numpy(r.representatives),
                               to_numpy(r.objective), r.n_iter);
@@ -85,7 +84,7 @@ void register_kmeans(py::module_& m) {
                 results = spherical_kmeans_batch(xs, params, init_ptrs, threads);
             }
             py::list out;
-            for (const auto& r : results) out.append(result_to_python(r, details));
+            for (auto& r : results) out.append(result_to_python(std::move(r), details));
             return out;
         },
         py::arg("weights"), py::arg("ks"), py::arg("max_iter") = 100, py::arg("early_stop") = true,

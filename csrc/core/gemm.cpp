@@ -148,7 +148,8 @@ PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, Gem
     return p;
 }
 
-void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out) {
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out,
+               int threads) {
     PYPRUNE_CHECK(kernel != GemmKernel::blas, "pack_rows: the BLAS path packs nothing");
     check_kernel(kernel);
     PackedRows& p = *out;
@@ -158,16 +159,40 @@ void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKerne
     p.cols = cols;
     const int64_t w = p.panel;
     const int64_t panels = (rows + w - 1) / w;
-    p.data.resize(static_cast<size_t>(panels * cols * w));
+    const size_t size = static_cast<size_t>(panels * cols * w);
+    if (p.data.capacity() < size) p.data.clear();  // every entry is written below: never copy old ones
+    p.data.resize(size);
+    // A transpose per panel through 8 x 32 tiles held in L1: each tile is read as 8 row
+    // pieces of 32 contiguous floats and written as 32 pieces of 8 contiguous floats (every
+    // panel width is a multiple of 8). Rows past the end are written as zeros (padding).
+    constexpr int64_t kRows = 8, kCols = 32;
+    static_assert(kernels::kAvx512Width % kRows == 0 && kernels::kAvx2Width % kRows == 0 &&
+                      kernels::kPortableWidth % kRows == 0,
+                  "panel widths are multiples of the tile's rows");
+    const int nt = resolve_threads(threads);
+    float* data = p.data.data();
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && panels > 1 && rows * cols > 65536)
     for (int64_t q = 0; q < panels; ++q) {
-        float* dst = p.data.data() + q * cols * w;
-        const int64_t filled = std::min(w, rows - q * w);
-        for (int64_t j = 0; j < filled; ++j) {
-            const float* src = x + (q * w + j) * ld;
-            for (int64_t t = 0; t < cols; ++t) dst[t * w + j] = src[t];
+        float* dst = data + q * cols * w;
+        float tile[kRows][kCols];
+        for (int64_t t0 = 0; t0 < cols; t0 += kCols) {
+            const int64_t tn = std::min(kCols, cols - t0);
+            for (int64_t j0 = 0; j0 < w; j0 += kRows) {
+                for (int64_t j = 0; j < kRows; ++j) {
+                    const int64_t r = q * w + j0 + j;
+                    if (r < rows) {
+                        const float* src = x + r * ld + t0;
+                        for (int64_t t = 0; t < tn; ++t) tile[j][t] = src[t];
+                    } else {
+                        for (int64_t t = 0; t < tn; ++t) tile[j][t] = 0.0f;
+                    }
+                }
+                for (int64_t t = 0; t < tn; ++t) {
+                    float* out = dst + (t0 + t) * w + j0;
+                    for (int64_t j = 0; j < kRows; ++j) out[j] = tile[j][t];
+                }
+            }
         }
-        for (int64_t j = filled; j < w; ++j)  // padding rows of the last panel
-            for (int64_t t = 0; t < cols; ++t) dst[t * w + j] = 0.0f;
     }
 }
 

@@ -69,8 +69,10 @@ int64_t panel_width(GemmKernel kernel);
 /// must be a packed kernel this CPU runs (checked).
 PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel);
 
-/// The same into `out`, reusing its storage (only the padding rows are zero-filled).
-void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out);
+/// The same into `out`, reusing its storage (only the padding rows are zero-filled), with
+/// the panels split over `threads` (0: all).
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out,
+               int threads = 1);
 
 /// out[m x (hi - lo)] = A[m x cols] * B[lo:hi]^T, with ldo the leading dimension of out,
 /// on the kernel `b` was packed for. `lo` must be a multiple of b.panel (panels are never

@@ -77,6 +77,7 @@ void seed_potentials(int64_t n, const double* mind, const float* const* dptr, in
 /// zero-filling) fresh ones. On densenet201 that was a tenth of the time outside the products.
 struct Workspace {
     std::vector<float> xn, s, gram;
+    std::vector<double> sum;
     PackedRows xp;
 };
 
@@ -90,20 +91,34 @@ public:
           xn_(std::move(ws.xn)), xp_(std::move(ws.xp)), nonzero_(static_cast<size_t>(n_)),
           c_(static_cast<size_t>(k_ * d_)), s_(std::move(ws.s)),
           best_(static_cast<size_t>(n_)), labels_(static_cast<size_t>(n_), -1),
-          moved_(static_cast<size_t>(k_), 1) {
+          moved_(static_cast<size_t>(k_), 1), src_(static_cast<size_t>(k_), kComputed),
+          inv_norm_(static_cast<size_t>(k_), 0.0) {
         gram_.swap(ws.gram);
-        xn_.resize(static_cast<size_t>(n_ * d_));
-        s_.resize(static_cast<size_t>(n_ * k_));  // every entry is written before it is read
+        sum_.swap(ws.sum);  // stale until rebuild_sums
+        // Every entry of these is written before it is read: a buffer too small for this
+        // layer is replaced, not grown (growing would copy the last layer's numbers).
+        fit(&xn_, n_ * d_);
+        fit(&s_, n_ * k_);
         norms_.resize(static_cast<size_t>(n_));
         normalize_rows(x, xn_.data(), nt_, norms_.data());
-        if (packed_) pack_rows(xn_.data(), n_, d_, d_, kernel_, &xp_);  // X never changes: packed once
+        if (packed_) pack_rows(xn_.data(), n_, d_, d_, kernel_, &xp_, nt_);  // X never changes: packed once
+        int64_t nonzero = 0;
+#pragma omp parallel for num_threads(nt_) reduction(+ : nonzero) if (nt_ > 1)
         for (int64_t i = 0; i < n_; ++i) {
             const float* r = row(i);
             bool nz = false;
             for (int64_t j = 0; j < d_ && !nz; ++j) nz = r[j] != 0.0f;
             nonzero_[i] = nz ? 1 : 0;
-            n_nonzero_ += nz ? 1 : 0;
+            nonzero += nz ? 1 : 0;
         }
+        n_nonzero_ = nonzero;
+    }
+
+    /// v resized to m entries, its old contents dropped.
+    template <typename T>
+    static void fit(std::vector<T>* v, int64_t m) {
+        if (v->capacity() < static_cast<size_t>(m)) v->clear();
+        v->resize(static_cast<size_t>(m));
     }
 
     ~Solver() {
@@ -111,6 +126,7 @@ public:
         ws_.xp = std::move(xp_);
         ws_.s = std::move(s_);
         ws_.gram = std::move(gram_);
+        ws_.sum = std::move(sum_);
     }
 
     Solver(const Solver&) = delete;
@@ -172,6 +188,7 @@ private:
     void set_basis(int64_t j) {
         std::fill(centroid(j), centroid(j) + d_, 0.0f);
         centroid(j)[j % d_] = 1.0f;
+        src_[j] = kComputed;
     }
 
     /// Dots of filters with filters: out[t * n + i] = <x_rows[t], x_i> for the m rows
@@ -197,12 +214,16 @@ private:
         });
     }
 
-    /// Greedy k-means++ evaluates about K (2 + ln K) candidate filters against all n. With
-    /// K (2 + ln K) >= n it is cheaper to compute the Gram matrix X X^T once (n^2 d) and
-    /// read each candidate's dots from it: the same numbers (see dots_of_rows), so the
-    /// seeds do not depend on the choice. Kept while n^2 floats fit in 128 MB.
+    /// Greedy k-means++ evaluates about K (2 + ln K) candidate filters against all n, and
+    /// every Lloyd iteration after it at least K centroids (K n d each way). The Gram matrix
+    /// X X^T costs n^2 d / 2 once (the upper half, mirrored), after which each candidate's
+    /// dots are one of its rows (the same numbers: see dots_of_rows, so the seeds do not
+    /// depend on the choice) and each iteration's similarities are sums of its rows
+    /// (gram_rows: n^2 additions instead of K n d multiply-adds). So it is computed when
+    /// seeding and two iterations would multiply out more than it costs, while n^2 floats
+    /// fit in 128 MB.
     bool use_gram(int64_t trials) const {
-        return packed_ && n_ <= 5792 && k_ * trials >= n_;
+        return packed_ && n_ <= 5792 && 2 * k_ * (trials + 2) >= n_;
     }
 
     /// Greedy k-means++ with the cosine distance 1 - cos (half the squared chord length):
@@ -213,7 +234,6 @@ private:
     /// distances (the same additions in the same order as a sequential scan, so the same
     /// picks) by binary search; the candidates' potentials are summed side by side.
     void kmeanspp() {
-        seed_row_.assign(static_cast<size_t>(k_), -1);
         if (n_nonzero_ == 0) {
             for (int64_t j = 0; j < k_; ++j) set_basis(j);
             return;
@@ -306,7 +326,7 @@ private:
     /// in ranges of about equal work (panel q costs q + 1).
     void compute_gram() {
         gram_.resize(static_cast<size_t>(n_ * n_));  // every entry is written below
-        gram_used_ = true;
+        gram_ready_ = true;
         const int64_t w = grain(), panels = (n_ + w - 1) / w;
         const int np = parts();
         auto first_panel = [&](int t) {  // the work of panels 0..q grows as q^2
@@ -331,45 +351,31 @@ private:
     /// Centroid j starts as filter p.
     void take_seed(int64_t j, int64_t p) {
         std::memcpy(centroid(j), row(p), sizeof(float) * d_);
-        seed_row_[j] = p;
-    }
-
-    /// The first assignment after seeding with the Gram matrix kept: the products of the
-    /// centroids that are filters are rows of the Gram matrix (the same numbers: see
-    /// dots_of_rows), so only the others are computed. Returns false when there is no Gram
-    /// matrix to read.
-    bool fill_from_gram(std::vector<int64_t>* others) {
-        if (!gram_used_) return false;
-        others->clear();
-        for (int64_t j = 0; j < k_; ++j) {
-            if (seed_row_[j] >= 0) {
-                std::memcpy(s_.data() + j * n_, gram_.data() + seed_row_[j] * n_, sizeof(float) * n_);
-            } else {
-                others->push_back(j);
-            }
-        }
-        return true;
+        src_[j] = p;
     }
 
     /// Assignment of filters lo..hi. The similarities are computed transposed,
     /// S^T[K x n] = C X^T (this layout runs measurably closer to the BLAS peak for
     /// these shapes), then a column-wise argmax sweeps S^T row by row (vectorised).
-    /// With `moved` (m < K centroid indices, their rows packed in `cm`), only those rows
-    /// of S^T are recomputed; the others still hold the products with unchanged centroids.
-    void assign_rows(int64_t lo, int64_t hi, const std::vector<int64_t>* moved, const float* cm,
-                     double* obj, int64_t* changed) {
+    /// Only the rows `gram_js` and `prod_js` of S^T are recomputed (all K the first time);
+    /// the others still hold the similarities of unchanged centroids. `prod_js` are
+    /// multiplied out (their centroids packed in `cm`); `gram_js` are read from the Gram
+    /// matrix (see gram_rows).
+    void assign_rows(int64_t lo, int64_t hi, const std::vector<int64_t>& gram_js,
+                     const std::vector<int64_t>& prod_js, const float* cm, double* obj, int64_t* changed) {
         if (hi <= lo) return;
         const int64_t w = hi - lo;
         float* st = s_.data() + lo;  // column block lo..hi of the K x n matrix
-        if (moved == nullptr) {
+        const int64_t m = static_cast<int64_t>(prod_js.size());
+        if (m == k_) {
             products(k_, c_.data(), lo, hi, st, n_);
-        } else if (!moved->empty()) {
-            const int64_t m = static_cast<int64_t>(moved->size());
+        } else if (m > 0) {
             std::vector<float> part(static_cast<size_t>(m * w));
             products(m, cm, lo, hi, part.data(), w);
             for (int64_t q = 0; q < m; ++q)
-                std::memcpy(st + (*moved)[q] * n_, part.data() + q * w, sizeof(float) * w);
+                std::memcpy(st + prod_js[q] * n_, part.data() + q * w, sizeof(float) * w);
         }
+        if (!gram_js.empty()) gram_rows(gram_js, lo, hi, st);
         float* best = best_.data() + lo;
         std::vector<int32_t> arg(static_cast<size_t>(w), 0);
         int32_t* a = arg.data();
@@ -410,35 +416,86 @@ private:
     /// Filters per split unit: whole panels for the packed kernel.
     int64_t grain() const { return packed_ ? xp_.panel : 1; }
 
+    /// Rows `js` of S^T, columns lo..hi (into `st`, the column block lo..hi, rows n_ apart),
+    /// from the Gram matrix X X^T instead of a product with the centroids: a centroid that is
+    /// filter p has row p of the Gram matrix as its similarities; one that is its members'
+    /// normalised sum s / |s| has (sum of its members' rows) / |s|. That costs n per member
+    /// (n^2 for all K centroids) instead of n d per centroid (K n d): with the Gram matrix
+    /// there from seeding, Lloyd's iterations multiply nothing. The sums run in double, in
+    /// the order of the members' indices, so the numbers do not depend on the thread split;
+    /// they are the products with the centroids up to float rounding.
+    void gram_rows(const std::vector<int64_t>& js, int64_t lo, int64_t hi, float* st) const {
+        const int64_t w = hi - lo;
+        std::vector<double> acc(static_cast<size_t>(w));
+        double* a = acc.data();
+        for (int64_t j : js) {
+            float* out = st + j * n_;
+            if (src_[j] >= 0) {
+                std::memcpy(out, gram_.data() + src_[j] * n_ + lo, sizeof(float) * w);
+                continue;
+            }
+            std::fill(acc.begin(), acc.end(), 0.0);
+            for (int64_t q = member_start_[j]; q < member_start_[j + 1]; ++q) {
+                const float* g = gram_.data() + member_order_[q] * n_ + lo;
+#pragma omp simd
+                for (int64_t l = 0; l < w; ++l) a[l] += static_cast<double>(g[l]);
+            }
+            const double inv = inv_norm_[j];
+#pragma omp simd
+            for (int64_t l = 0; l < w; ++l) out[l] = static_cast<float>(a[l] * inv);
+        }
+    }
+
+    /// The members of every cluster as the centroid sums see them (sum_label_), grouped by
+    /// cluster in index order: what gram_rows sums.
+    void index_members() {
+        member_start_.assign(static_cast<size_t>(k_ + 1), 0);
+        member_order_.resize(static_cast<size_t>(n_));
+        for (int64_t i = 0; i < n_; ++i) ++member_start_[sum_label_[i] + 1];
+        for (int64_t j = 0; j < k_; ++j) member_start_[j + 1] += member_start_[j];
+        std::vector<int64_t> pos(member_start_.begin(), member_start_.end() - 1);
+        for (int64_t i = 0; i < n_; ++i) member_order_[pos[sum_label_[i]]++] = i;
+    }
+
     /// Assignment step; `recomputed` receives the rows of S^T computed anew.
     double assign(int64_t* changed, int64_t* recomputed) {
         // Which rows of S^T must be recomputed: all of them the first time, when reuse is
-        // off, or when most centroids moved (one full product is then cheaper).
-        std::vector<int64_t> moved;
-        std::vector<float> cm;
-        const std::vector<int64_t>* part = nullptr;
-        if (!assigned_ && fill_from_gram(&moved)) {
-            part = &moved;
-        } else if (p_.reuse && assigned_) {
-            for (int64_t j = 0; j < k_; ++j)
-                if (moved_[j]) moved.push_back(j);
-            if (static_cast<int64_t>(moved.size()) * 4 <= k_ * 3) part = &moved;
+        // off, or when most centroids moved and there is no Gram matrix (one full product
+        // is then cheaper); otherwise those of the centroids that moved.
+        std::vector<int64_t> rows;
+        const bool all = !assigned_ || !p_.reuse;
+        for (int64_t j = 0; j < k_; ++j)
+            if (all || moved_[j]) rows.push_back(j);
+        if (!gram_ready_ && static_cast<int64_t>(rows.size()) * 4 > k_ * 3) {
+            rows.resize(static_cast<size_t>(k_));
+            std::iota(rows.begin(), rows.end(), int64_t{0});
         }
-        if (part != nullptr) {
-            const int64_t m = static_cast<int64_t>(moved.size());
+        // With the Gram matrix, every centroid that is a filter or its members' mean is read
+        // from it; the rest (unit basis vectors, given or unmoved-on-cancel centroids) are
+        // multiplied out.
+        std::vector<int64_t> gram_js, prod_js;
+        bool means = false;
+        for (int64_t j : rows) {
+            const bool from_gram = gram_ready_ && src_[j] != kComputed;
+            (from_gram ? gram_js : prod_js).push_back(j);
+            means |= from_gram && src_[j] == kMean;
+        }
+        if (means) index_members();
+        std::vector<float> cm;
+        const int64_t m = static_cast<int64_t>(prod_js.size());
+        if (m > 0 && m < k_) {
             cm.resize(static_cast<size_t>(m * d_));
             for (int64_t q = 0; q < m; ++q)
-                std::memcpy(cm.data() + q * d_, centroid(moved[q]), sizeof(float) * d_);
+                std::memcpy(cm.data() + q * d_, centroid(prod_js[q]), sizeof(float) * d_);
         }
-        *recomputed = part != nullptr ? static_cast<int64_t>(moved.size()) : k_;
+        *recomputed = static_cast<int64_t>(rows.size());
         const int np = parts();
         std::vector<double> objs(static_cast<size_t>(np), 0.0);
         std::vector<int64_t> chs(static_cast<size_t>(np), 0);
         parallel_rows(n_, np, grain(), [&](int t, int64_t lo, int64_t hi) {
-            assign_rows(lo, hi, part, cm.data(), &objs[t], &chs[t]);
+            assign_rows(lo, hi, gram_js, prod_js, cm.data(), &objs[t], &chs[t]);
         });
         assigned_ = true;
-        gram_used_ = false;  // read once, by the first assignment
         std::fill(moved_.begin(), moved_.end(), 0);
         *changed = std::accumulate(chs.begin(), chs.end(), int64_t{0});
         return std::accumulate(objs.begin(), objs.end(), 0.0);  // in part order: deterministic
@@ -450,7 +507,7 @@ private:
     /// order of the additions never depends on the thread count.
     /// `moved` and `reseeded` receive how many centroids moved and were re-seeded.
     void update(int64_t changed, int64_t* moved, int64_t* reseeded) {
-        const bool full = sum_.empty() || changed * 4 > n_;
+        const bool full = !sums_built_ || changed * 4 > n_;
         std::vector<char> touched(static_cast<size_t>(k_), 0);
         if (full) {
             rebuild_sums();
@@ -479,6 +536,7 @@ private:
         for (int64_t j = 0; j < k_; ++j) {
             if (count_[j] == 0) {
                 empty[j] = 1;
+                src_[j] = kComputed;  // until re-seeded
                 continue;
             }
             if (!touched[j]) continue;
@@ -486,8 +544,13 @@ private:
             double s = 0.0;
 #pragma omp simd reduction(+ : s)
             for (int64_t t = 0; t < d_; ++t) s += a[t] * a[t];
-            if (!(s > 1e-24)) continue;  // members cancel out: any direction is as good, keep it
+            if (!(s > 1e-24)) {  // members cancel out: any direction is as good, keep it
+                src_[j] = kComputed;  // no longer its members' mean
+                continue;
+            }
             const double inv = 1.0 / std::sqrt(s);
+            src_[j] = kMean;
+            inv_norm_[j] = inv;
             float* c = centroid(j);
             bool differs = false;
             for (int64_t t = 0; t < d_; ++t) {
@@ -510,6 +573,7 @@ private:
             for (int64_t i = 0; i < n_; ++i) order[pos[labels_[i]]++] = i;
         }
         sum_.assign(static_cast<size_t>(k_ * d_), 0.0);
+        sums_built_ = true;
         count_.assign(static_cast<size_t>(k_), 0);
         sum_label_ = labels_;
         const int nt = nt_;
@@ -543,6 +607,7 @@ private:
         for (int64_t j = 0; j < k_; ++j) {
             if (!empty[j]) continue;
             if (q < m) {
+                src_[j] = cand[q];
                 std::memcpy(centroid(j), row(cand[q++]), sizeof(float) * d_);
                 moved_[j] = 1;
             }  // else: fewer directions than clusters, the centroid stays where it was
@@ -554,6 +619,7 @@ private:
     /// assignment's similarities belong to the previous centroids).
     std::vector<float> own_cosines() {
         std::vector<float> own(static_cast<size_t>(n_));
+#pragma omp parallel for num_threads(nt_) schedule(static) if (nt_ > 1)
         for (int64_t i = 0; i < n_; ++i) {
             const float* r = row(i);
             const float* c = centroid(labels_[i]);
@@ -573,6 +639,7 @@ private:
     void rep_stats(const std::vector<int64_t>& rep, KMeansResult* r) const {
         r->rep_cosines.assign(static_cast<size_t>(n_), 0.0f);
         r->rep_residuals.assign(static_cast<size_t>(n_), 0.0f);
+#pragma omp parallel for num_threads(nt_) schedule(static) if (nt_ > 1)
         for (int64_t i = 0; i < n_; ++i) {
             const int64_t q = rep[labels_[i]];
             const float* a = x_.data + i * d_;
@@ -636,13 +703,19 @@ private:
     int64_t n_nonzero_ = 0;
     std::vector<float> c_, s_, best_;
     std::vector<int64_t> labels_;
-    std::vector<double> sum_;           // K x d member sums, as of sum_label_
+    std::vector<double> sum_;           // K x d member sums, as of sum_label_ (once sums_built_)
+    bool sums_built_ = false;
     std::vector<int64_t> count_;        // members per cluster, as of sum_label_
     std::vector<int64_t> sum_label_;    // the labels the sums describe
     std::vector<char> moved_;           // centroids written since the last assignment
-    std::vector<int64_t> seed_row_;     // per centroid the filter it was seeded with, or -1
+    /// where a centroid's similarities can be read: a filter index (the centroid is that
+    /// filter), kMean (its members' normalised sum, inv_norm_ = 1 / |sum|) or kComputed
+    static constexpr int64_t kMean = -1, kComputed = -2;
+    std::vector<int64_t> src_;
+    std::vector<double> inv_norm_;
+    std::vector<int64_t> member_start_, member_order_;  // clusters' members (index_members)
     std::vector<float> gram_;           // X X^T while seeding and the first assignment need it
-    bool gram_used_ = false;            // gram_ holds this layer's X X^T
+    bool gram_ready_ = false;           // gram_ holds this layer's X X^T (from seeding on)
     std::vector<float> dots_, cand_;    // candidate dots and rows when there is no Gram matrix
     mutable std::vector<double> lanes_; // partial sums of potentials()
     bool assigned_ = false;             // S^T holds the products of an earlier assignment

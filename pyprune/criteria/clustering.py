@@ -45,7 +45,7 @@ def kmeans(groups, ctx):
     the member closest to its centroid is kept (a Selection with the clusters, so dropped
     filters can be merged into their representative). Groups k-means cannot decide (frozen
     units, no filters) are ranked by L2 norm."""
-    out = norm_scores(groups, ctx, 2)
+    out: list = [None] * len(groups)
     jobs, ks, where = [], [], []  # one clustering per group, or per block of a group with blocks
     for i, g in enumerate(groups):
         k = int(ctx.n_keep.get(g.id, g.size))
@@ -58,6 +58,11 @@ def kmeans(groups, ctx):
             jobs.append(f if len(pos) == g.size else f[torch.as_tensor(pos)])
             ks.append(kb)
             where.append((i, pos))
+    clustered = {i for i, _ in where}
+    ranked = [i for i in range(len(groups)) if i not in clustered]  # by L2 norm
+    if ranked:
+        for i, sc in zip(ranked, norm_scores([groups[i] for i in ranked], ctx, 2)):
+            out[i] = sc
     if jobs:
         res = engine.spherical_kmeans(jobs, ks, seed=ctx.seed, threads=ctx.threads,
                                       max_iter=int(ctx.options.get("kmeans_iter", 100)))
