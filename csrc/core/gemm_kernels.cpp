@@ -157,21 +157,27 @@ __attribute__((target("avx512f"))) inline void put_avx512(float* o, __m512 v0, _
     if constexpr (MR > i) {                                                   \
         const __m512 x = _mm512_set1_ps(a[i * lda + t]);                      \
         c##i##0 = _mm512_fmadd_ps(x, b0, c##i##0);                            \
-        c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);                            \
-        c##i##2 = _mm512_fmadd_ps(x, b2, c##i##2);                            \
+        if constexpr (NC > 1) c##i##1 = _mm512_fmadd_ps(x, b1, c##i##1);      \
+        if constexpr (NC > 2) c##i##2 = _mm512_fmadd_ps(x, b2, c##i##2);      \
     }
 
-template <int MR>
+/// MR rows by the first NC x 16 columns of a 48-wide panel: a panel with 32 or fewer
+/// columns (a layer of 32 filters, the last panel of a layer) skips the zero padding's
+/// multiply-adds. Every column's dot is the same FMA chain whatever NC is.
+template <int MR, int NC>
 __attribute__((target("avx512f"))) inline void tile_avx512(const float* a, int64_t lda, const float* b,
                                                            int64_t kc, float* out, int64_t ldo,
                                                            int64_t ncols, bool acc) {
     static_assert(MR >= 1 && MR <= 8, "8 rows at most");
+    static_assert(NC >= 1 && NC <= 3, "three zmm columns at most");
     const __m512 z = _mm512_setzero_ps();
     __m512 c00 = z, c01 = z, c02 = z, c10 = z, c11 = z, c12 = z, c20 = z, c21 = z, c22 = z, c30 = z,
            c31 = z, c32 = z, c40 = z, c41 = z, c42 = z, c50 = z, c51 = z, c52 = z, c60 = z, c61 = z,
            c62 = z, c70 = z, c71 = z, c72 = z;
     for (int64_t t = 0; t < kc; ++t) {
-        const __m512 b0 = _mm512_loadu_ps(b), b1 = _mm512_loadu_ps(b + 16), b2 = _mm512_loadu_ps(b + 32);
+        const __m512 b0 = _mm512_loadu_ps(b);
+        const __m512 b1 = NC > 1 ? _mm512_loadu_ps(b + 16) : z;
+        const __m512 b2 = NC > 2 ? _mm512_loadu_ps(b + 32) : z;
         b += kAvx512Width;
         PYPRUNE_AVX512_ROW(0)
         PYPRUNE_AVX512_ROW(1)
@@ -214,23 +220,38 @@ __attribute__((target("avx2,fma"))) void avx2(int64_t m, const float* a, int64_t
     }
 }
 
-__attribute__((target("avx512f"))) void avx512(int64_t m, const float* a, int64_t lda, const float* panel,
-                                               int64_t kc, float* out, int64_t ldo, int64_t ncols,
-                                               bool acc) {
+namespace {
+
+template <int NC>
+__attribute__((target("avx512f"))) void avx512_cols(int64_t m, const float* a, int64_t lda, const float* panel,
+                                                    int64_t kc, float* out, int64_t ldo, int64_t ncols, bool acc) {
     constexpr int MR = 8;
     int64_t i = 0;
-    for (; i + MR <= m; i += MR) tile_avx512<MR>(a + i * lda, lda, panel, kc, out + i * ldo, ldo, ncols, acc);
+    for (; i + MR <= m; i += MR)
+        tile_avx512<MR, NC>(a + i * lda, lda, panel, kc, out + i * ldo, ldo, ncols, acc);
     a += i * lda;
     out += i * ldo;
     switch (m - i) {
-        case 7: tile_avx512<7>(a, lda, panel, kc, out, ldo, ncols, acc); break;
-        case 6: tile_avx512<6>(a, lda, panel, kc, out, ldo, ncols, acc); break;
-        case 5: tile_avx512<5>(a, lda, panel, kc, out, ldo, ncols, acc); break;
-        case 4: tile_avx512<4>(a, lda, panel, kc, out, ldo, ncols, acc); break;
-        case 3: tile_avx512<3>(a, lda, panel, kc, out, ldo, ncols, acc); break;
-        case 2: tile_avx512<2>(a, lda, panel, kc, out, ldo, ncols, acc); break;
-        case 1: tile_avx512<1>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 7: tile_avx512<7, NC>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 6: tile_avx512<6, NC>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 5: tile_avx512<5, NC>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 4: tile_avx512<4, NC>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 3: tile_avx512<3, NC>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 2: tile_avx512<2, NC>(a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 1: tile_avx512<1, NC>(a, lda, panel, kc, out, ldo, ncols, acc); break;
         default: break;
+    }
+}
+
+}  // namespace
+
+__attribute__((target("avx512f"))) void avx512(int64_t m, const float* a, int64_t lda, const float* panel,
+                                               int64_t kc, float* out, int64_t ldo, int64_t ncols,
+                                               bool acc) {
+    switch ((ncols + 15) / 16) {  // the zmm columns the panel's real rows fill
+        case 1: avx512_cols<1>(m, a, lda, panel, kc, out, ldo, ncols, acc); break;
+        case 2: avx512_cols<2>(m, a, lda, panel, kc, out, ldo, ncols, acc); break;
+        default: avx512_cols<3>(m, a, lda, panel, kc, out, ldo, ncols, acc); break;
     }
 }
 
