@@ -269,6 +269,13 @@ def spherical_kmeans(
     product is skipped. Labels, centroids and objective are those of recomputing everything
     (up to float rounding of the product); ``reuse=False`` recomputes everything.
 
+    With k-means++ seeding on a packed path and K large enough that seeding plus two
+    iterations would multiply out more than the filters' Gram matrix costs (K = n/2 on every
+    layer of a ResNet), the seeding computes that Gram matrix once and every iteration reads
+    its similarities from it: a centroid's row is the sum of its members' rows over its norm
+    (n^2 additions per iteration instead of K n d multiply-adds). The labels are those of the
+    products up to float rounding.
+
     ``kernel`` forces the path of the products (``"blas"``, ``"packed"``, ``"avx512"``,
     ``"avx2"``, ``"portable"``, as for :func:`products`); ``None`` takes
     :func:`gemm_kernel`. Every path gives the same clustering up to float rounding.
@@ -384,9 +391,13 @@ def _index_list(s, what: str) -> list[int]:
     if isinstance(s, torch.Tensor):
         s = s.detach().cpu().numpy()
     a = np.asarray(s)
+    if a.ndim != 1:
+        raise TypeError(f"{what}: expected a flat list of indices, got shape {a.shape}")
     if a.size and a.dtype.kind not in "iu":
         raise TypeError(f"{what}: expected integer indices, got {a.dtype}")
-    return a.astype(np.int64, copy=False).ravel().tolist()
+    if a.dtype.kind == "u" and a.size and int(a.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{what}: index {int(a.max())} is out of range")
+    return a.astype(np.int64, copy=False).tolist()
 
 
 def gather(

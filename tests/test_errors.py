@@ -1,6 +1,7 @@
 """Bad input to the engine gives a ValueError/TypeError naming the argument, never a crash."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,6 +122,22 @@ def test_gather_matches_advanced_indexing():
 def test_gather_bad_index():
     with pytest.raises(ValueError, match="index 16 out of range for dim 0 of size 16"):
         engine.gather([torch.randn(16, 4)], [[[0, 16]]])
+
+
+@pytest.mark.parametrize("bad,error,message", [
+    ([[0, 1], [2, 3]], TypeError, r"indices\[0\]: expected a flat list of indices, got shape \(2, 2\)"),
+    (3, TypeError, r"expected a flat list of indices, got shape \(\)"),
+    ([True, False], TypeError, "expected integer indices, got bool"),
+    ([0.0, 2.0], TypeError, "expected integer indices, got float64"),
+    (np.array([2**63], np.uint64), ValueError, "index 9223372036854775808 is out of range"),
+], ids=["nested", "scalar", "mask", "floats", "uint64"])
+def test_gather_index_lists_must_be_flat_integers(bad, error, message):
+    """An index list one level too deep, a boolean mask or floats would otherwise gather the
+    wrong channels without a word."""
+    with pytest.raises(error, match=message):
+        engine.gather([torch.randn(16, 4)], [[bad]])
+    got = engine.gather([torch.randn(16, 4), torch.arange(16)], [[np.array([3, 1], np.uint8)], [torch.tensor([2])]])
+    assert got[1].tolist() == [2] and got[0].shape == (2, 4)
 
 
 def test_products_kernel_name_is_checked():

@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -46,9 +47,11 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
 /// the array owns the vector (through a capsule) from then on.
 template <typename T>
 py::array_t<T> move_to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-    auto* owned = new std::vector<T>(std::move(v));
-    py::capsule owner(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
-    return py::array_t<T>(std::move(shape), owned->data(), owner);
+    auto owned = std::make_unique<std::vector<T>>(std::move(v));
+    const T* data = owned->data();
+    py::capsule owner(owned.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    owned.release();  // the capsule owns it now
+    return py::array_t<T>(std::move(shape), data, owner);
 }
 
 }  // namespace pyprune::bind

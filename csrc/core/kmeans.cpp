@@ -325,7 +325,7 @@ private:
     /// same products added in the same order, so the mirror is exact. Threads take panels
     /// in ranges of about equal work (panel q costs q + 1).
     void compute_gram() {
-        gram_.resize(static_cast<size_t>(n_ * n_));  // every entry is written below
+        fit(&gram_, n_ * n_);  // every entry is written below
         gram_ready_ = true;
         const int64_t w = grain(), panels = (n_ + w - 1) / w;
         const int np = parts();
@@ -549,7 +549,11 @@ private:
                 continue;
             }
             const double inv = 1.0 / std::sqrt(s);
-            src_[j] = kMean;
+            // Summed Gram rows carry the rounding of every member's dots, divided by |sum|:
+            // when the members nearly cancel (|sum| < count / 100, a mean cosine to the
+            // centroid under 0.01) the centroid is multiplied out instead.
+            const double cnt = static_cast<double>(count_[j]);
+            src_[j] = s >= 1e-4 * cnt * cnt ? kMean : kComputed;
             inv_norm_[j] = inv;
             float* c = centroid(j);
             bool differs = false;
