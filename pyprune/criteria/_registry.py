@@ -73,11 +73,15 @@ class Context:
         if len(prods) == 1 and np.array_equal(where[0], np.arange(group.size)):
             w = self.tensor(prods[0].module, prods[0].param)
             return w.reshape(w.shape[0], -1).float()
-        widths = [int(np.prod(self.tensor(m.module, m.param).shape[1:])) for m in prods]
+        ws = [self.tensor(m.module, m.param) for m in prods]
+        if all(len(pos) == group.size and np.array_equal(pos, np.arange(group.size)) for pos in where):
+            # every producer writes every unit in order (a residual stream): one concatenation
+            return torch.cat([w.reshape(w.shape[0], -1).float() for w in ws], dim=1)
+        widths = [int(np.prod(w.shape[1:])) for w in ws]
         out = torch.zeros(group.size, max(1, sum(widths)))
         off = 0
-        for m, pos, wd in zip(prods, where, widths):
-            w = self.tensor(m.module, m.param).reshape(len(m.units), -1).float()
+        for m, pos, wd, w in zip(prods, where, widths, ws):
+            w = w.reshape(len(m.units), -1).float()
             ok = pos >= 0
             out[torch.from_numpy(pos[ok]), off: off + wd] = w[torch.from_numpy(np.flatnonzero(ok))]
             off += wd
