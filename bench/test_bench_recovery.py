@@ -14,11 +14,21 @@ then the default-path kmeans model fine-tuned for 1 and 3 epochs, 3 epochs with
 distillation from the unpruned model, and centripetal clustering (3 epochs of the
 unpruned model with the clusters pulled together, then an exact merge).
 
-Run:  python3 -m pytest bench/test_bench_recovery.py -q   (about an hour on 2 cores)
+Run:  python3 -m pytest bench/test_bench_recovery.py -q   (two to three hours on 2 cores)
+
+Every (network, seed) run is saved to results/bench/recovery_runs/<net>-seed<seed>.json as
+soon as it ends (with the commit it ran on). The work can be split over several sittings:
+run pieces with `-k "test_recovery and vgg16_cifar-0"` and so on, then the whole file with
+PYPRUNE_BENCH_RESUME=1, which loads the saved runs instead of recomputing them (and says
+which commit each came from).
 """
 from __future__ import annotations
 
 import copy
+import json
+import os
+import pathlib
+import subprocess
 import time
 import warnings
 
@@ -42,6 +52,32 @@ TARGETS = {"vgg16_cifar": [0.5, 0.205, 0.10], "resnet56_cifar": [0.5, 0.2]}  # p
 # 98.9% one-shot, 76.9% after one such epoch, 98.9% after one SGD epoch at 1e-2).
 FINETUNE = dict(optimizer="sgd", lr=1e-2, warmup_epochs=0.0)
 _results: dict = {}  # (net, seed) -> {(target, method, recipe): top-1}, "base": top-1
+RUNS = pathlib.Path(__file__).resolve().parent.parent / "results" / "bench" / "recovery_runs"
+RESUME = os.environ.get("PYPRUNE_BENCH_RESUME") == "1"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=pathlib.Path(__file__).parent, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _save(net: str, seed: int, out: dict) -> None:
+    RUNS.mkdir(parents=True, exist_ok=True)
+    items = [[list(k) if isinstance(k, tuple) else k, v] for k, v in out.items()]
+    (RUNS / f"{net}-seed{seed}.json").write_text(json.dumps({"commit": _commit(), "results": items}, indent=1))
+
+
+def _load(net: str, seed: int) -> dict | None:
+    path = RUNS / f"{net}-seed{seed}.json"
+    if not (RESUME and path.exists()):
+        return None
+    saved = json.loads(path.read_text())
+    if saved["commit"] != _commit():
+        warnings.warn(f"{path.name}: saved on commit {saved['commit']}, this is {_commit()}", stacklevel=1)
+    return {tuple(k) if isinstance(k, list) else k: v for k, v in saved["results"]}
 
 
 def run_seed(net: str, seed: int) -> dict:
@@ -51,7 +87,11 @@ def run_seed(net: str, seed: int) -> dict:
             raise _results[key]
         return _results[key]
     try:
-        _results[key] = _run_seed(net, seed)
+        out = _load(net, seed)
+        if out is None:
+            out = _run_seed(net, seed)
+            _save(net, seed, out)
+        _results[key] = out
     except Exception as e:
         _results[key] = e
         raise
