@@ -112,6 +112,34 @@ def test_int8_export_agrees_on_real_digits(tmp_path, fmt, digits_model):
     assert (got == ref).mean() >= 0.98
 
 
+def test_int8_onnx_is_its_own_fake_quantised_graph(tmp_path, digits_model):
+    """Correct by construction, on any CPU: onnxruntime's integer kernels must compute what the
+    exported QDQ graph means. The reference is that same graph evaluated in float by onnx's
+    reference evaluator (quantise, dequantise, float conv: fake quantisation with the file's
+    own scales). The output passes through a final QuantizeLinear, so both land on its grid;
+    integer requantisation may round an intermediate value the other way, so up to two steps of
+    the output's scale apart. (Saturating u8 x s8 pair sums on CPUs without VNNI would break
+    this by far more: the weights are 7-bit for that reason.)"""
+    import onnx
+    from onnx import numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    model, test, cal = digits_model
+    res = export(model, test[:1][0], "onnx", tmp_path / "q.onnx", quantize="int8", calibration=cal, dynamic_batch=True)
+    graph = onnx.load(str(res.path))
+    last = [n for n in graph.graph.node if n.op_type == "DequantizeLinear"][-1]
+    assert last.output[0] == graph.graph.output[0].name  # the output is dequantised from a grid
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+    step = float(np.max(inits[last.input[1]]))
+    imgs = test[:][0].numpy()
+    sess = onnxruntime.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    got = sess.run(None, {name: imgs})[0]
+    want = ReferenceEvaluator(graph).run(None, {name: imgs})[0]
+    assert np.abs(got - want).max() <= 2 * step + 1e-6 * np.abs(want).max()
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.99
+
+
 def test_disagreement_is_an_error(tmp_path, monkeypatch):
     """A runtime whose outputs are 1% off eager's: the export is refused. The runtime runs
     here (onnxruntime in this process) rather than in the fresh process export uses."""
