@@ -14,7 +14,7 @@ then the default-path kmeans model fine-tuned for 1 and 3 epochs, 3 epochs with
 distillation from the unpruned model, and centripetal clustering (3 epochs of the
 unpruned model with the clusters pulled together, then an exact merge).
 
-Run:  python3 -m pytest bench/test_bench_recovery.py -q   (two to three hours on 2 cores)
+Run:  python3 -m pytest bench/test_bench_recovery.py -q   (hours on 2 cores)
 
 Every (network, seed) run is saved to results/bench/recovery_runs/<net>-seed<seed>.json as
 soon as it ends (with the commit it ran on). The work can be split over several sittings:
