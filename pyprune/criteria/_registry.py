@@ -70,13 +70,12 @@ class Context:
         A group with one producer that covers it in order is returned without a copy."""
         prods = group.producers()
         where = [group.positions(m.units) for m in prods]
-        if len(prods) == 1 and np.array_equal(where[0], np.arange(group.size)):
-            w = self.tensor(prods[0].module, prods[0].param)
-            return w.reshape(w.shape[0], -1).float()
         ws = [self.tensor(m.module, m.param) for m in prods]
-        if all(len(pos) == group.size and np.array_equal(pos, np.arange(group.size)) for pos in where):
-            # every producer writes every unit in order (a residual stream): one concatenation
-            return torch.cat([w.reshape(w.shape[0], -1).float() for w in ws], dim=1)
+        if ws and all(np.array_equal(pos, np.arange(group.size)) for pos in where):
+            # every producer writes every unit in order: its own rows (no copy), or one
+            # concatenation of a residual stream's producers
+            rows = [w.reshape(w.shape[0], -1).float() for w in ws]
+            return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
         widths = [int(np.prod(w.shape[1:])) for w in ws]
         out = torch.zeros(group.size, max(1, sum(widths)))
         off = 0
