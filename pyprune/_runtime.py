@@ -3,6 +3,8 @@ verification and benchmarks start in a fresh process:
 
     python -m pyprune._runtime verify  <format> <model file> <inputs.npy> <outputs.npy>
     python -m pyprune._runtime bench   <json spec>            (prints one JSON line)
+    python -m pyprune._runtime layers  <spec.json> <out.json>  (times single layers: latency tables)
+    python -m pyprune._runtime lower   <spec.json>             (single layers to .pte files)
 
 Threads are fixed before any runtime is loaded, which is why every (runtime, threads)
 pair gets its own process.
@@ -153,6 +155,127 @@ def _bench_one(runner, spec: dict, shape) -> dict:
             "repeats": len(times), "machine_busy": machine_busy, "other_load": other}
 
 
+# -- single layers, for the latency tables (pyprune.latency) ---------------------------------
+
+def _layer_module(p: dict):
+    """The torch module of a layer point: a Conv2d or a Linear of the point's widths."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    if p["op"] == "linear":
+        m = nn.Linear(p["cin"], p["cout"], bias=p["bias"])
+    else:
+        m = nn.Conv2d(p["cin"], p["cout"], tuple(p["k"]), stride=tuple(p["s"]), padding=tuple(p["p"]),
+                      dilation=tuple(p["d"]), groups=p["g"], bias=p["bias"])
+    return m.eval()
+
+
+def layer_input_shape(p: dict, batch: int) -> list:
+    return [batch * p["rows"], p["cin"]] if p["op"] == "linear" else [batch, p["cin"], *p["hw"]]
+
+
+def _onnx_layer(p: dict, batch: int) -> bytes:
+    """A one-node ONNX model (Conv or Gemm) of the point, built directly (milliseconds)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shape = layer_input_shape(p, batch)
+    if p["op"] == "linear":
+        w = rng.standard_normal((p["cout"], p["cin"])).astype(np.float32)
+        b = rng.standard_normal(p["cout"]).astype(np.float32)
+        inits = [numpy_helper.from_array(w, "w")] + ([numpy_helper.from_array(b, "b")] if p["bias"] else [])
+        node = helper.make_node("Gemm", ["x", "w"] + (["b"] if p["bias"] else []), ["y"], transB=1)
+        out = [shape[0], p["cout"]]
+    else:
+        k, s, pad, d = p["k"], p["s"], p["p"], p["d"]
+        w = rng.standard_normal((p["cout"], p["cin"] // p["g"], *k)).astype(np.float32)
+        inits = [numpy_helper.from_array(w, "w")]
+        if p["bias"]:
+            inits.append(numpy_helper.from_array(rng.standard_normal(p["cout"]).astype(np.float32), "b"))
+        node = helper.make_node("Conv", ["x", "w"] + (["b"] if p["bias"] else []), ["y"], kernel_shape=list(k),
+                                strides=list(s), pads=[pad[0], pad[1], pad[0], pad[1]], dilations=list(d), group=p["g"])
+        hw = [(shape[2 + i] + 2 * pad[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
+        out = [batch, p["cout"], *hw]
+    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def _layer_runner(runtime: str, p: dict, batch: int, threads: int | None):
+    if runtime in ("onnx", "onnxruntime"):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if threads:
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        sess = ort.InferenceSession(_onnx_layer(p, batch), so, providers=["CPUExecutionProvider"])
+        return lambda x: sess.run(None, {"x": x})
+    if runtime == "eager":
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        m = _layer_module(p)
+
+        def run(x):
+            with torch.inference_mode():
+                return m(torch.from_numpy(x))
+        return run
+    return PteRunner(p["path"], threads)
+
+
+def time_layers(spec: dict, out_path: str) -> None:
+    """Median seconds per point of the spec; prints one line per point done (the parent's
+    progress bar reads them) and writes {id: seconds} to out_path."""
+    import numpy as np
+
+    batch, res = int(spec.get("batch", 1)), {}
+    rng = np.random.default_rng(0)
+    for p in spec["points"]:
+        run = _layer_runner(spec["runtime"], p, batch, spec.get("threads"))
+        x = rng.standard_normal(layer_input_shape(p, batch)).astype(np.float32)
+        for _ in range(spec.get("warmup", 3)):
+            run(x)
+        times, t_end = [], time.perf_counter() + spec.get("max_seconds", 2.0)
+        floor = time.perf_counter() + spec.get("min_seconds", 0.08)
+        while len(times) < spec.get("min_repeats", 15) or (time.perf_counter() < floor and len(times) < 1000):
+            s = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - s)
+            if time.perf_counter() > t_end and len(times) >= 3:
+                break
+        res[p["id"]] = float(np.median(times))
+        print(p["id"], flush=True)
+    with open(out_path, "w") as f:
+        json.dump(res, f)
+
+
+def lower_layers(spec: dict) -> None:
+    """Each point of the spec to an XNNPACK .pte at its `path` (one line printed per point)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    batch = int(spec.get("batch", 1))
+    for p in spec["points"]:
+        m = _layer_module(p)
+        with torch.no_grad():
+            ep = torch.export.export(m, (torch.zeros(layer_input_shape(p, batch)),))
+            prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()
+        tmp = p["path"] + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(prog.buffer)
+        os.replace(tmp, p["path"])
+        print(p["id"], flush=True)
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0]
     if cmd == "verify":
@@ -168,6 +291,16 @@ def main(argv: list[str]) -> int:
         _set_threads(spec.get("threads"))
         print(json.dumps(bench(spec)))
         sys.stdout.flush()
+        return 0
+    if cmd == "layers":
+        with open(argv[1]) as f:
+            spec = json.load(f)
+        _set_threads(spec.get("threads"))
+        time_layers(spec, argv[2])
+        return 0
+    if cmd == "lower":
+        with open(argv[1]) as f:
+            lower_layers(json.load(f))
         return 0
     print(f"unknown command {cmd!r}", file=sys.stderr)
     return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from torch import nn
 from .criteria import Context, Selection, block_jobs, criterion_spec
 from .graph import ChannelGraph, GraphError, as_inputs, build_graph
 from .graph._check import check_runs
+from .latency import RUNTIMES
 from .merge import MergeReport, merge_folds
 from .schedule import (fit_blocks, iterative_keep, iterative_targets, keep_counts, round_keep, schedule_spec,
                        solve_for_budget)
@@ -57,6 +59,11 @@ class PruneConfig:
     sensitivity: object = None  # pyprune.sensitivity(...) for schedule="sensitivity"
     bn_recalibration: bool | None = None  # None: on when calibration is given
     reconstruct: bool | None = None  # None: on when calibration is given
+    runtime: str = "onnxruntime"  # latency targets: the runtime measured (onnxruntime, executorch, eager)
+    batch_size: int = 1  # latency targets: the batch size measured
+    latency_rounds: int = 4  # latency targets: measure -> tighten rounds at most
+    latency_cache: object = None  # latency targets: the table folder (default pyprune.latency.cache_dir())
+    progress: bool = True  # progress bars for long work (latency tables)
     criterion_options: dict = field(default_factory=dict)  # the method's own options (its spec's `options`)
 
     @classmethod
@@ -71,8 +78,7 @@ class PruneConfig:
         spec = criterion_spec(cfg.method)
         unknown = [k for k in rest if k not in spec.options]
         if unknown:
-            known = sorted(names | set(spec.options) | {"ratio", "inplace", "target_macs", "target_params",
-                                                        "max_macs", "max_params", "iterative_steps", "finetune"})
+            known = sorted(names | set(spec.options) | {"ratio", "inplace", "iterative_steps", "finetune"} | set(_BUDGETS))
             hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
                      for k in unknown]
             raise TypeError(f"unknown option(s) {', '.join(hints)} for method {cfg.method!r}; "
@@ -92,6 +98,10 @@ class PruneConfig:
             raise ValueError(f"round_to must be a positive int or None, got {self.round_to!r}")
         if isinstance(self.taper, bool) or not isinstance(self.taper, (int, float)) or self.taper < 0:
             raise ValueError(f"taper must be >= 0 (0 = uniform), got {self.taper!r}")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
+        if isinstance(self.latency_rounds, bool) or not isinstance(self.latency_rounds, int) or self.latency_rounds < 1:
+            raise ValueError(f"latency_rounds must be an int >= 1, got {self.latency_rounds!r}")
         if self.layer_ratios is not None and not isinstance(self.layer_ratios, dict):
             raise TypeError("layer_ratios: expected a dict {layer name or pattern: ratio}")
 
@@ -139,6 +149,7 @@ class PruneResult:
     merge: MergeReport | None = None
     steps: list = field(default_factory=list)  # per iterative step: summaries
     recovery: dict = field(default_factory=dict)  # bn_batches, reconstruction (with calibration)
+    latency: dict = field(default_factory=dict)  # latency targets: budget, predicted, measured, rounds, layers
 
     @property
     def graph(self) -> ChannelGraph:
@@ -179,6 +190,11 @@ class PruneResult:
             lines.append(f"BN recalibrated on {self.recovery['bn_batches']} batches")
         if rec is not None:
             lines.append(str(rec))
+        lat = self.latency
+        if lat:
+            lines.append(f"latency on {lat['target']}: budget {1e3 * lat['budget_s']:.3f} ms, predicted "
+                         f"{1e3 * lat['predicted_s']:.3f} ms, measured {1e3 * lat['measured_s']:.3f} ms (unpruned "
+                         f"{1e3 * lat['unpruned_measured_s']:.3f} ms; {len(lat.get('rounds', [])) or 1} round(s))")
         return "\n".join(lines)
 
 
@@ -191,7 +207,8 @@ def _check_ratio(ratio, method: str, allow_auto: bool) -> None:
 
 
 _BUDGETS = {"target_params": ("params", True), "target_macs": ("macs", True),
-            "max_params": ("params", False), "max_macs": ("macs", False)}
+            "max_params": ("params", False), "max_macs": ("macs", False),
+            "target_latency_ms": ("latency", False), "target_speedup": ("latency", True)}
 
 
 def _budget(**given) -> tuple[str, str, float, bool] | None:
@@ -204,6 +221,13 @@ def _budget(**given) -> tuple[str, str, float, bool] | None:
         return None
     (arg, value), = given.items()
     kind, fraction = _BUDGETS[arg]
+    if kind == "latency":
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                value <= 0 or (arg == "target_speedup" and value < 1):
+            need = "a speedup >= 1 over the measured unpruned model" if arg == "target_speedup" else \
+                "milliseconds per batch (> 0)"
+            raise ValueError(f"{arg}: expected {need}, got {value!r}")
+        return arg, kind, float(value), fraction
     if fraction:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
             raise ValueError(f"{arg} is a fraction of the model's {kind} in (0, 1], got {value!r}; for an "
@@ -285,6 +309,8 @@ class Pruner:
         self.model = model
         self.inputs = as_inputs(example_inputs)
         self._traced = (model, self._trace(model))
+        self._latency = None  # (model, LatencyModel) once a latency target asked for one
+        self._latency_scale = 1.0  # < 1 while measure -> tighten rounds shrink the goal
 
     # -- planning -------------------------------------------------------------------------
     def _trace(self, model: nn.Module) -> ChannelGraph:
@@ -318,23 +344,44 @@ class Pruner:
         return keep_counts(groups, ratio, cfg.schedule, round_to=cfg.round_to, taper=cfg.taper, sensitivity=cfg.sensitivity,
                            layer_ratios=cfg.layer_ratios, scores=scores, min_keep=cfg.min_keep)
 
+    def latency_model(self):
+        """The :class:`pyprune.latency.LatencyModel` of the current model on the configured
+        target (``runtime``, ``threads`` (default 1), ``batch_size``): built on first use,
+        its layer table measured or read from the cache."""
+        if self._latency is None or self._latency[0] is not self.model:
+            from .latency import LatencyModel, LatencyTarget
+
+            cfg = self.config
+            target = LatencyTarget(cfg.runtime, int(cfg.threads or 1), cfg.batch_size)
+            graph = self._graph()
+            cost = CostModel(self.model, graph)
+            lat = LatencyModel(self.model, graph, self.inputs, target, cost, progress=cfg.progress,
+                               cache=cfg.latency_cache)
+            cost.attach_latency(lat)
+            self._latency = (self.model, lat)
+        return self._latency[1]
+
     def plan(self, ratio: float | str = 0.5, *, target_macs: float | None = None, target_params: float | None = None,
-             max_macs: int | None = None, max_params: int | None = None, keep_by_layer: dict | None = None) -> PrunePlan:
+             max_macs: int | None = None, max_params: int | None = None, target_latency_ms: float | None = None,
+             target_speedup: float | None = None, keep_by_layer: dict | None = None) -> PrunePlan:
         """Decide what to cut. ``ratio`` is the fraction of channels removed (``"auto"``
         where the method chooses its own counts, as kmeans does by the elbow rule). A
         budget replaces ``ratio``: ``target_macs`` / ``target_params`` as a fraction in
-        (0, 1] of the current model's, or ``max_macs`` / ``max_params`` as absolute counts;
-        the schedule's ratio is solved for. ``keep_by_layer`` ({producing layer: channels
-        to keep}) overrides the schedule for those layers' groups."""
+        (0, 1] of the current model's, or ``max_macs`` / ``max_params`` as absolute counts
+        (the schedule's ratio is solved for); ``target_latency_ms`` / ``target_speedup`` on
+        the configured runtime (per-group widths solved against its latency table, the
+        criterion's scores deciding where; the plan is predicted, :meth:`prune` measures
+        it). ``keep_by_layer`` ({producing layer: channels to keep}) overrides the schedule
+        for those layers' groups."""
         _check_ratio(ratio, self.method, self.spec.supports_auto)
         budget = _budget(target_macs=target_macs, target_params=target_params, max_macs=max_macs,
-                         max_params=max_params)
+                         max_params=max_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup)
         graph = self._graph()
         groups = [g for g in graph.groups if g.prunable > 0]
         ctx = self._context(graph)
         _check_finite(ctx)
         base_scores = None
-        if schedule_spec(self.config.schedule).needs_scores:
+        if schedule_spec(self.config.schedule).needs_scores or (budget is not None and budget[1] == "latency"):
             ranker = criterion_spec(self.spec.rank_with) if self.spec.selects else self.spec
             base_scores = ranker(groups, ctx)
         if budget is not None:
@@ -393,6 +440,20 @@ class Pruner:
 
     def _solve(self, graph, groups, scores, budget) -> tuple[dict, float]:
         arg, kind, value, fraction = budget
+        if kind == "latency":
+            lat = self.latency_model()
+            goal = (lat.measured_full / value if fraction else value / 1e3) * self._latency_scale
+            cfg = self.config
+            fixed = {}
+            if cfg.layer_ratios:
+                from .schedule import _keep_for_ratio, match_layer_ratios
+
+                fixed = {gid: _keep_for_ratio(graph.groups[gid], r, cfg.round_to)
+                         for gid, r in match_layer_ratios(groups, cfg.layer_ratios).items()}
+            n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed)
+            n_keep = fit_blocks(groups, n_keep)
+            total = sum(g.size for g in groups)
+            return n_keep, 1.0 - sum(n_keep[g.id] for g in groups) / max(1, total)
         cost = CostModel(self.model, graph)
         base = cost.base[kind]
         goal = value * base if fraction else value
@@ -461,7 +522,56 @@ class Pruner:
         """:meth:`plan` (with its targets) then :meth:`apply`. Where the pruned model fails
         to run (a module that uses channel counts in a way pyprune did not follow), that
         module's channels are kept and the model is pruned again, with a warning naming the
-        module and the error; after a few such rounds, :class:`GraphError`."""
+        module and the error; after a few such rounds, :class:`GraphError`.
+
+        With a latency target the pruned model is measured in the runtime; while it misses
+        the budget the goal is tightened by the miss and the model planned again (at most
+        ``latency_rounds``), so the result's ``latency["measured_s"]`` is what was promised
+        or a warning says by how much it was missed."""
+        budget = _budget(**{k: v for k, v in targets.items() if k in _BUDGETS})
+        if budget is not None and budget[1] == "latency":
+            return self._prune_to_latency(ratio, inplace, targets, budget)
+        return self._prune_once(ratio, inplace, targets)
+
+    def _prune_to_latency(self, ratio, inplace: bool, targets: dict, budget) -> PruneResult:
+        arg, _, value, fraction = budget
+        lat = self.latency_model()
+        budget_s = lat.measured_full / value if fraction else value / 1e3
+        rounds, res = [], None
+        try:
+            for _ in range(self.config.latency_rounds):
+                goal = budget_s * self._latency_scale
+                res = self._prune_once(ratio, False, targets)
+                predicted = lat.predict(self._keep_fractions(res.plan))
+                measured = lat.measure(res.model)
+                rounds.append({"goal_s": goal, "predicted_s": predicted, "measured_s": measured})
+                if measured <= budget_s:
+                    break
+                self._latency_scale *= budget_s / measured * 0.98
+        finally:
+            self._latency_scale = 1.0
+        if inplace:
+            plan = res.plan
+            res = self.apply(plan, inplace=True)
+        kf = self._keep_fractions(res.plan)
+        res.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": lat.measured_full,
+                       "unpruned_predicted_s": lat.predict(np.ones(len(kf))), "predicted_s": rounds[-1]["predicted_s"],
+                       "measured_s": rounds[-1]["measured_s"], "rounds": rounds, "calibration": dict(lat.calibration),
+                       "table_points_measured": lat.measured_points, "table": str(lat.table.path),
+                       "layers": [{"module": b["module"], "kind": b["kind"], "before_s": b["seconds"],
+                                   "after_s": a["seconds"]}
+                                  for b, a in zip(lat.breakdown(), lat.breakdown(kf))]}
+        if res.latency["measured_s"] > budget_s:
+            warnings.warn(f"pyprune: {arg}={value:g}: the pruned model measured {1e3 * res.latency['measured_s']:.3f} ms "
+                          f"on {lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms after {len(rounds)} "
+                          "rounds (latency_rounds=). Ask for a smaller target or more rounds.", stacklevel=3)
+        return res
+
+    @staticmethod
+    def _keep_fractions(plan: PrunePlan) -> np.ndarray:
+        return np.array([after / before for before, after in plan.widths().values()], np.float64)
+
+    def _prune_once(self, ratio, inplace: bool, targets: dict) -> PruneResult:
         t0 = time.perf_counter()
         fallbacks = []
         for _ in range(_MAX_FALLBACKS + 1):
@@ -512,22 +622,34 @@ class Pruner:
             module = module.rpartition(".")[0]
 
     def run(self, ratio: float | str = 0.5, *, target_macs=None, target_params=None, max_macs=None, max_params=None,
-            iterative_steps: int = 1, finetune: Callable | None = None, inplace: bool = False) -> PruneResult:
+            target_latency_ms=None, target_speedup=None, iterative_steps: int = 1, finetune: Callable | None = None,
+            inplace: bool = False) -> PruneResult:
         """Prune to the target in ``iterative_steps`` rounds; after each round
         ``finetune(model, step)`` (if given) trains the pruned model and may return a
-        replacement. The final summary compares against the model as it was at the start."""
+        replacement. The final summary compares against the model as it was at the start.
+        A latency target is solved once on the model as it is (its latency table), the
+        rounds split those widths, and the final model is measured."""
         if isinstance(iterative_steps, bool) or not isinstance(iterative_steps, int) or iterative_steps < 1:
             raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps!r}")
         if iterative_steps > 1 and ratio == "auto":
             raise ValueError("ratio='auto' picks the cluster counts in one step; use iterative_steps=1")
-        budget = _budget(target_macs=target_macs, target_params=target_params, max_macs=max_macs,
-                         max_params=max_params)
+        given = dict(target_macs=target_macs, target_params=target_params, max_macs=max_macs, max_params=max_params,
+                     target_latency_ms=target_latency_ms, target_speedup=target_speedup)
+        given = {k: v for k, v in given.items() if v is not None}
+        budget = _budget(**given)
         if iterative_steps == 1:
-            return self.prune(ratio, inplace=inplace, target_macs=target_macs, target_params=target_params,
-                              max_macs=max_macs, max_params=max_params)
+            return self.prune(ratio, inplace=inplace, **given)
         _check_ratio(ratio, self.method, self.spec.supports_auto)
         original, first_graph = self.model, self._graph()
-        if budget is not None:  # the same fraction of the cost removed in every round
+        latency = budget is not None and budget[1] == "latency"
+        if latency:  # widths solved once on the original model, split over the rounds
+            lat = self.latency_model()
+            plan = self.plan(0.5, **given)
+            groups = [g for g in first_graph.groups if g.prunable > 0]
+            final = {g.producers()[0].module: (g.size, len(plan.keep[g.id])) for g in groups if g.producers()}
+            step_targets = [{"keep_by_layer": iterative_keep(final, s, iterative_steps)}
+                            for s in range(1, iterative_steps + 1)]
+        elif budget is not None:  # the same fraction of the cost removed in every round
             _, kind, value, fraction = budget
             base = CostModel(original, first_graph).base[kind]
             goals = iterative_targets(iterative_steps, base, value * base if fraction else value)
@@ -554,6 +676,15 @@ class Pruner:
                     self.model = result.model = out
         result.summary = compare(snapshot(original, first_graph.layers), snapshot(self.model, first_graph.layers))
         result.steps = steps
+        if latency:
+            budget_s = lat.measured_full / budget[2] if budget[3] else budget[2] / 1e3
+            measured = lat.measure(self.model)
+            result.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": lat.measured_full,
+                              "predicted_s": lat.predict(self._keep_fractions(plan)), "measured_s": measured}
+            if measured > budget_s:
+                warnings.warn(f"pyprune: after {iterative_steps} rounds the model measured {1e3 * measured:.3f} ms on "
+                              f"{lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms (iterative rounds "
+                              "are planned once, not re-measured per round).", stacklevel=2)
         return result
 
 
@@ -611,6 +742,10 @@ def prune(
     target_params: float | None = None,
     max_macs: int | None = None,
     max_params: int | None = None,
+    target_latency_ms: float | None = None,
+    target_speedup: float | None = None,
+    runtime: str = "onnxruntime",
+    batch_size: int = 1,
     taper: float = 1.0,
     merge: bool | None = None,
     iterative_steps: int = 1,
@@ -642,6 +777,14 @@ def prune(
     target_macs / target_params: instead of ``ratio``, a budget as a fraction in (0, 1] of
         the model's MACs / parameters; max_macs / max_params: the same as an absolute
         count. The schedule's ratio is solved for.
+    target_latency_ms / target_speedup: instead of ``ratio``, a latency budget per batch on
+        ``runtime`` (``onnxruntime``, ``executorch`` or ``eager``) at ``threads`` (default 1)
+        and ``batch_size``, in milliseconds or as a speedup over the measured unpruned
+        model. Each Conv2d/Linear is measured there at a few widths (cached on disk, see
+        :mod:`pyprune.latency`); widths per group keep the most of the criterion's scores
+        under the predicted budget; the pruned model is measured and, if it misses, planned
+        again tighter (``latency_rounds``). ``result.latency`` holds budget, prediction,
+        measurement and per-layer times.
     merge: fold dropped filters into their cluster's kept filter (default: on for methods
         that merge, i.e. kmeans).
     iterative_steps, finetune: reach the target in several prune -> ``finetune(model, step)``
@@ -655,9 +798,11 @@ def prune(
     """
     pruner = Pruner(model, example_inputs, method=method, schedule=schedule, taper=taper, round_to=round_to,
                     ignore=ignore, layer_ratios=layer_ratios, calibration=calibration, merge=merge, seed=seed,
-                    threads=threads, strict=strict, example_kwargs=example_kwargs, **options)
+                    threads=threads, strict=strict, example_kwargs=example_kwargs, runtime=runtime,
+                    batch_size=batch_size, **options)
     t0 = time.perf_counter()
     res = pruner.run(ratio, target_macs=target_macs, target_params=target_params, max_macs=max_macs,
-                     max_params=max_params, iterative_steps=iterative_steps, finetune=finetune, inplace=inplace)
+                     max_params=max_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup,
+                     iterative_steps=iterative_steps, finetune=finetune, inplace=inplace)
     res.seconds["total"] = time.perf_counter() - t0
     return res

@@ -134,9 +134,41 @@ def _line_plot(plt, path, series, xlabel: str, ylabel: str, title: str, dotted_l
     plt.close(fig)
 
 
+def _latency_section(plt, out: pathlib.Path, lat: dict) -> list[str]:
+    layers = sorted(lat.get("layers", []), key=lambda r: -r["before_s"])
+    parts = []
+    if layers:
+        top = layers[:30]
+        fig, ax = plt.subplots(figsize=(max(6.4, 0.25 * len(top)), 4.2))
+        xs = range(len(top))
+        ax.bar(xs, [1e3 * r["before_s"] for r in top], color="#cccccc", label="unpruned")
+        ax.bar(xs, [1e3 * r["after_s"] for r in top], color="#2a7ab9", label="pruned")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([r["module"] for r in top], rotation=90, fontsize=6 if len(top) > 20 else 8)
+        ax.set_ylabel("predicted ms in the model")
+        ax.set_title(f"Where the time goes ({lat.get('target', '')}), slowest {len(top)} layers")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "layer_latency.png", dpi=110)
+        plt.close(fig)
+        cols = ["module", "kind", "before_ms", "after_ms"]
+        rows = [[r["module"], r["kind"], round(1e3 * r["before_s"], 4), round(1e3 * r["after_s"], 4)] for r in layers]
+        _csv(out / "layer_latency.csv", cols, rows)
+        parts.append(_table("Per-layer latency, unpruned vs pruned (predicted in the model)", cols, rows,
+                            "layer_latency", "layer_latency.png"))
+    cols = ["round", "goal_ms", "predicted_ms", "measured_ms", "budget_ms"]
+    rows = [[i + 1, round(1e3 * r["goal_s"], 4), round(1e3 * r["predicted_s"], 4), round(1e3 * r["measured_s"], 4),
+             round(1e3 * lat["budget_s"], 4)] for i, r in enumerate(lat.get("rounds", []))]
+    if rows:
+        _csv(out / "latency_rounds.csv", cols, rows)
+        parts.append(_table(f"Latency budget: predicted vs measured (unpruned measured "
+                            f"{1e3 * lat['unpruned_measured_s']:.3f} ms)", cols, rows, "latency_rounds"))
+    return parts
+
+
 def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] | None = None,
                  sizes: dict | None = None, layer_widths: dict | None = None, title: str = "pyprune report",
-                 notes: list[str] | None = None) -> pathlib.Path:
+                 notes: list[str] | None = None, latency: dict | None = None) -> pathlib.Path:
     """Write ``index.html`` plus PNG figures and CSV tables into `out_dir`.
 
     sweep: rows with ``method``, ``ratio``, ``top1`` (and optionally ``top1_before_ft``);
@@ -144,6 +176,9 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
     bench: rows with ``runtime``, ``ratio``, ``p50_s`` (batch 1 preferred), optionally ``threads``.
     sizes: {"original": {"params", "macs", "file_bytes"}, "pruned": {...}}.
     layer_widths: {layer: (channels before, channels after)}.
+    latency: a latency-targeted prune's ``PruneResult.latency``: where the time goes per
+        layer before/after (a bar chart of the slowest layers and the full table), and
+        budget, predicted and measured latency per measure -> tighten round.
     """
     plt = _plt()
     out = pathlib.Path(out_dir)
@@ -225,6 +260,9 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         _csv(out / "layer_widths.csv", cols, rows)
         figures.append(_table("Per-layer width", cols, rows, "widths", "layer_widths.png"))
 
+    if latency:
+        figures.extend(_latency_section(plt, out, latency))
+
     parts.extend(figures)
     style = ("body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;font-size:12px;margin-bottom:2em}"
@@ -241,5 +279,5 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
     index = out / "index.html"
     index.write_text(page)
     (out / "report_data.json").write_text(json.dumps({"sweep": sweep, "bench": bench, "sizes": sizes,
-                                                      "layer_widths": layer_widths}, indent=1, default=float))
+                                                      "layer_widths": layer_widths, "latency": latency}, indent=1, default=float))
     return index

@@ -121,6 +121,7 @@ class CostModel:
 
     def __init__(self, model: nn.Module, graph):
         self.graph = graph
+        self.latency = None  # a pyprune.latency.LatencyModel (attach_latency): the third kind
         self.sizes = np.array([g.size for g in graph.groups], np.float64)
         # per (module, param, dim): the groups its units belong to and their shares
         share = {}
@@ -145,20 +146,36 @@ class CostModel:
                 self._macs.append((rec.module, param, macs, dims.get((rec.module, param), [])))
         self.base = self({})
 
+    def dim_share(self, key: tuple, keep_frac: np.ndarray) -> float:
+        """Kept share of the units along dim `key` = (module, param, dim)."""
+        gids, share = self._share[key]
+        return float((share * keep_frac[gids]).sum())
+
     def _scaled(self, entries, keep_frac) -> float:
         total = 0.0
         for mod, param, base, dims in entries:
             f = 1.0
             for d in dims:
-                gids, share = self._share[(mod, param, d)]
-                f *= float((share * keep_frac[gids]).sum())
+                f *= self.dim_share((mod, param, d), keep_frac)
             total += base * f
         return total
 
-    def __call__(self, n_keep: dict) -> dict:
-        """{kind: predicted cost} when group id -> units kept (others keep everything)."""
+    def attach_latency(self, latency) -> None:
+        """Add the ``latency`` kind (seconds predicted by a :class:`pyprune.latency.LatencyModel`)."""
+        self.latency = latency
+        self.kinds = ("params", "macs", "latency")
+        self.base = self({})
+
+    def keep_fractions(self, n_keep: dict) -> np.ndarray:
         keep_frac = np.ones(len(self.sizes))
         for gid, k in n_keep.items():
             keep_frac[gid] = k / self.sizes[gid]
-        return {"params": self._scaled(self._params, keep_frac),
-                "macs": self._scaled(self._macs, keep_frac)}
+        return keep_frac
+
+    def __call__(self, n_keep: dict) -> dict:
+        """{kind: predicted cost} when group id -> units kept (others keep everything)."""
+        keep_frac = self.keep_fractions(n_keep)
+        out = {"params": self._scaled(self._params, keep_frac), "macs": self._scaled(self._macs, keep_frac)}
+        if self.latency is not None:
+            out["latency"] = self.latency.predict(keep_frac)
+        return out

@@ -80,6 +80,14 @@ def prune(args) -> int:
                      attributes=res.attributes)
     print(f"pruned model written to {out}" + (f" (spec in {out.with_suffix('.json')})" if out.suffix == ".safetensors"
                                                else ""))
+    if res.latency:
+        from ..report import write_report
+
+        mods = dict(res.model.named_modules())
+        widths = {f"{n} ({type(mods[n]).__name__})" if n in mods else n: w for n, w in res.plan.layer_widths().items()}
+        report = write_report(out.parent / f"{out.stem}-latency", latency=res.latency, layer_widths=widths,
+                              title=f"pyprune: {args.method} to a latency budget on {res.latency['target']}")
+        print(f"latency report (where the time goes, predicted vs measured): {report}")
     return 0
 
 
@@ -366,6 +374,35 @@ def _demo_edge(base, pruned_models: dict, rows: list, out: pathlib.Path, x, args
                                  "after fine-tuning, at 0.3 and 0.7 without training (pyprune's default path: BN "
                                  "recalibration and reconstruction on 8 unlabelled batches)"])
     return {"bench": bench_rows, "sizes": sizes, "report": str(report), "table": "\n\n".join(tables)}
+
+
+def latency_table(args) -> int:
+    from ..graph import build_graph
+    from ..latency import LatencyModel, LatencyTarget
+    from ..summary import CostModel
+
+    if args.model.endswith(".pt"):
+        from ..checkpoint import load_model
+
+        model, meta = load_model(args.model)
+        x = example(meta) if args.size is None else torch.randn(1, meta.get("in_channels", 3), args.size, args.size)
+    else:
+        from ..models import get_model
+
+        kw = {"in_channels": args.in_channels} if args.model in registry() else {}
+        model = get_model(args.model, num_classes=args.num_classes, **kw).eval()
+        x = torch.randn(1, args.in_channels, args.size or 224, args.size or 224)
+    model.eval()
+    target = LatencyTarget(args.runtime, args.runtime_threads, args.runtime_batch)
+    graph = build_graph(model, x)
+    cost = CostModel(model, graph)
+    t0 = time.perf_counter()
+    lat = LatencyModel(model, graph, x, target, cost, cache=args.cache)
+    took = time.perf_counter() - t0
+    print(lat.report(max_rows=None if args.verbose else 20))
+    print(f"{'measured ' + str(lat.measured_points) + ' layer points' if lat.measured_points else 'read from the cache'}"
+          f" in {took:.1f} s: {lat.table.path}")
+    return 0
 
 
 def info(args) -> int:

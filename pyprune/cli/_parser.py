@@ -87,11 +87,26 @@ def _add_prune(p):
     p.add_argument("--max-macs", type=int, default=None, help="MACs budget as an absolute count, instead of --ratio")
     p.add_argument("--max-params", type=int, default=None,
                    help="parameter budget as an absolute count, instead of --ratio")
+    p.add_argument("--target-latency", dest="target_latency_ms", type=float, default=None,
+                   help="latency budget in ms per batch on --runtime, instead of --ratio (measured, see "
+                        "'pyprune latency-table')")
+    p.add_argument("--target-speedup", type=float, default=None,
+                   help="latency budget as a speedup over the unpruned model measured on --runtime")
+    _add_latency_target(p)
     p.add_argument("--no-recalibrate", action="store_true",
                    help="keep the BatchNorm statistics as they were (default: re-estimated on training batches)")
     p.add_argument("--no-reconstruct", action="store_true",
                    help="no layer-wise reconstruction (default: layers whose inputs were cut are refitted by least "
                         "squares on training batches)")
+
+
+def _add_latency_target(p):
+    from ..latency import RUNTIMES
+
+    p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
+                   help="latency targets: the runtime measured (default %(default)s)")
+    p.add_argument("--runtime-threads", type=int, default=1, help="latency targets: its threads (default %(default)s)")
+    p.add_argument("--runtime-batch", type=int, default=1, help="latency targets: the batch size (default %(default)s)")
 
 
 def _add_distill(p):
@@ -212,6 +227,17 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="results/bench", help="folder for bench.json and bench.csv")
     _add_force(b)
     b.set_defaults(func=cmd.bench)
+
+    lt = sub.add_parser("latency-table", help="build (or show, when cached) the per-layer latency table of a model "
+                                              "on a runtime, as latency targets use it")
+    lt.add_argument("model", help="a pyprune checkpoint (.pt), or a registry/torchvision model name or timm:<name>")
+    lt.add_argument("--size", type=int, default=None, help="input side (default: the checkpoint's, else 224)")
+    lt.add_argument("--in-channels", type=int, default=3, help="input channels of a named model (default 3)")
+    lt.add_argument("--num-classes", type=int, default=1000, help="classifier outputs of a named model (default 1000)")
+    _add_latency_target(lt)
+    lt.add_argument("--cache", default=None, help="table folder (default $PYPRUNE_CACHE or ~/.cache/pyprune)")
+    lt.add_argument("--verbose", action="store_true", help="every layer, not the 20 slowest")
+    lt.set_defaults(func=cmd.latency_table)
 
     i = sub.add_parser("info", help="parameters, MACs and prunable channel groups of a model")
     i.add_argument("model", help="registry or torchvision model name, e.g. resnet50 or resnet56_cifar")

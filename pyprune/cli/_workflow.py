@@ -59,7 +59,7 @@ def calibration(spec, n=4):
     return [b for _, b in zip(range(n), DataLoader(spec.train, batch_size=64, shuffle=False))]
 
 
-_TARGETS = ("target_macs", "target_params", "max_macs", "max_params")
+_TARGETS = ("target_macs", "target_params", "max_macs", "max_params", "target_latency_ms", "target_speedup")
 
 
 def prune_options(args, **override) -> dict:
@@ -69,6 +69,9 @@ def prune_options(args, **override) -> dict:
               round_to=get("round_to"), seed=get("seed", 0))
     budgets = {k: get(k) for k in _TARGETS if get(k) is not None}
     kw.update(budgets if budgets else {"ratio": get("ratio")})
+    if "target_latency_ms" in budgets or "target_speedup" in budgets:
+        kw.update(runtime=get("runtime", "onnxruntime"), threads=get("runtime_threads", 1),
+                  batch_size=get("runtime_batch", 1))
     if get("no_recalibrate", False):
         kw["bn_recalibration"] = False
     if get("no_reconstruct", False):

@@ -1,0 +1,123 @@
+"""Pruning to a latency budget on the target runtime (1 thread, batch 1), measured in one run.
+
+For each model, runtime and budget (0.6x and 0.4x the unpruned measured p50):
+- ``prune(target_speedup=1/fraction, runtime=...)`` with the L1 criterion; the pruned model's
+  measured p50 must be <= 1.05x the budget;
+- the latency model's prediction must be within 10% of a fresh measurement of the unpruned
+  model and of the measurement of the pruned one (the prediction made before measuring);
+- against MACs-targeted pruning with the same criterion, its ``target_macs`` bisected until
+  the latency model predicts the latency-targeted model's measured p50 (then measured too):
+  MACs and parameters kept by each, and the speedup per MACs removed.
+And the table build for resnet50 on onnxruntime: under 2 minutes, a cached second run under
+1 second.
+
+Run:  python3 -m pytest bench/test_bench_latency.py -q            (everything; ExecuTorch lowers
+      every layer point, ~1 s each, so the first run takes long)
+      python3 -m pytest bench/test_bench_latency.py -q -k onnxruntime
+Tables: results/bench/latency_budget.md, latency_table_build.md
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+import pyprune
+from bench_tables import record
+from pyprune.latency import LatencyModel, LatencyTarget, measure
+from pyprune.models import get_model
+
+pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'pyprune[onnx]'")
+
+MODELS = {
+    "resnet50": (lambda: torchvision.models.resnet50(weights=None), 224),
+    "mobilenet_v2": (lambda: torchvision.models.mobilenet_v2(weights=None), 224),
+    "efficientnet_b0": (lambda: torchvision.models.efficientnet_b0(weights=None), 224),
+    "vgg16_cifar": (lambda: get_model("vgg16_cifar", num_classes=10), 32),
+    "resnet56_cifar": (lambda: get_model("resnet56_cifar", num_classes=10), 32),
+}
+RUNTIMES = ["onnxruntime", "executorch"]
+FRACTIONS = [0.6, 0.4]
+
+
+def _macs_model_at(pruner, lat, seconds: float):
+    """The MACs-targeted plan whose predicted latency is `seconds` (bisection on target_macs)."""
+    lo, hi = 0.02, 1.0
+    best = None
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        try:
+            plan = pruner.plan(target_macs=mid)
+        except ValueError:
+            lo = mid
+            continue
+        pred = lat.predict(pruner._keep_fractions(plan))
+        if best is None or abs(pred - seconds) < abs(best[1] - seconds):
+            best = (plan, pred, mid)
+        if pred > seconds:
+            hi = mid
+        else:
+            lo = mid
+    return best
+
+
+@pytest.mark.parametrize("fraction", FRACTIONS)
+@pytest.mark.parametrize("runtime", RUNTIMES)
+@pytest.mark.parametrize("name", list(MODELS))
+def test_latency_budget(name, runtime, fraction):
+    if runtime == "executorch":
+        pytest.importorskip("executorch", reason="needs the executorch extra: pip install 'pyprune[executorch]'")
+    make, size = MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(1, 3, size, size)
+    pruner = pyprune.Pruner(model, x, method="l1", runtime=runtime, threads=1, batch_size=1)
+    lat = pruner.latency_model()
+    res = pruner.prune(target_speedup=1 / fraction)
+    L = res.latency
+    fresh = measure(model, x, lat.target)  # the unpruned model again, in a new worker
+    pred_full = lat.predict(np.ones(len(lat.graph.groups)))
+    err_full = abs(pred_full - fresh) / fresh
+    err_pruned = abs(L["predicted_s"] - L["measured_s"]) / L["measured_s"]
+    # MACs-targeted pruning with the same criterion, tuned to the same latency
+    plan, pred_m, tm = _macs_model_at(pruner, lat, L["measured_s"])
+    macs_res = pruner.apply(plan)
+    measured_m = lat.measure(macs_res.model)
+    s, sm = res.summary, macs_res.summary
+    speed_l = fresh / L["measured_s"]
+    speed_m = fresh / measured_m
+    record("latency_budget", model=name, runtime=runtime, budget=fraction,
+           unpruned_ms=1e3 * fresh, budget_ms=1e3 * L["budget_s"], measured_ms=1e3 * L["measured_s"],
+           measured_over_budget=L["measured_s"] / L["budget_s"], rounds=len(L["rounds"]),
+           pred_err_unpruned=err_full, pred_err_pruned=err_pruned,
+           macs_kept=s.macs_ratio, params_kept=s.params_ratio,
+           macs_target_ms=1e3 * measured_m, macs_target_macs_kept=sm.macs_ratio,
+           macs_target_params_kept=sm.params_ratio,
+           speedup_per_macs_cut=speed_l / (1 / s.macs_ratio), macs_target_speedup_per_macs_cut=speed_m / (1 / sm.macs_ratio),
+           align=lat.align)
+    assert L["measured_s"] <= 1.05 * L["budget_s"], f"{name}/{runtime}: measured {L['measured_s']:.4g} s > 1.05 x budget"
+    assert err_full <= 0.10, f"{name}/{runtime}: unpruned predicted {pred_full:.4g} s, measured {fresh:.4g} s"
+    assert err_pruned <= 0.10, f"{name}/{runtime}: pruned predicted {L['predicted_s']:.4g} s, measured {L['measured_s']:.4g} s"
+
+
+def test_table_build_time_resnet50(tmp_path):
+    """First build of resnet50's onnxruntime table (fresh cache) under 2 minutes, cached under 1 s."""
+    from pyprune.graph import build_graph
+    from pyprune.summary import CostModel
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    graph = build_graph(model, x)
+    target = LatencyTarget("onnxruntime", 1, 1)
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        lat = LatencyModel(model, graph, x, target, CostModel(model, graph), cache=tmp_path)
+        times.append(time.perf_counter() - t0)
+    record("latency_table_build", model="resnet50", runtime="onnxruntime", points=sum(
+        len(v["grid_in"]) * len(v["grid_out"]) for v in lat.table.layers.values()), first_s=times[0], cached_s=times[1])
+    assert times[0] < 120 and times[1] < 1.0, times

@@ -1,0 +1,638 @@
+"""Latency on the target runtime: per-layer cost tables measured there, a latency model
+built from them, and the budget solver that prunes to a latency.
+
+A *target* is ``(runtime, threads, batch)`` on this machine: ``onnxruntime``,
+``executorch`` (XNNPACK) or ``eager`` PyTorch. For a model, every Conv2d and Linear is
+measured alone in that runtime at a grid of input and output widths (the full width and a
+few fractions of it; depthwise convs along their one width, grouped convs in multiples of
+their groups), in a worker process whose threads are set before the runtime loads, warm-up
+runs discarded, the median kept. Between grid points the cost is interpolated bilinearly
+(exact for anything of the form ``a + b*c_in + c*c_out + d*c_in*c_out``, which is what a
+convolution's arithmetic is; the steps of the runtime's kernels show as measured points).
+
+Everything else (norms, activations, adds, pooling, the runtime's per-call work) is the
+*rest of the graph*: ``r0 + r1 * A``, where ``A`` is the number of output elements of the
+measured layers at the current widths. ``r0`` and ``r1`` come from two measurements of the
+whole model in the runtime, at full width and at half of every prunable group's channels,
+so the model predicts the unpruned model by construction and the half model up to noise;
+pruned models in between and beyond are predicted from the table.
+
+Tables are cached on disk (``$PYPRUNE_CACHE``, default ``~/.cache/pyprune``), one file per
+runtime version, threads, batch and CPU model, keyed inside by layer signature, so a second
+model with the same layers, or a second run, measures nothing.
+
+:class:`LatencyModel` is the ``latency`` kind of :class:`pyprune.summary.CostModel`; its
+:meth:`LatencyModel.solve` gives keep counts that keep the most importance (the criterion's
+scores) under a latency goal, and :func:`measure` times a whole model in the runtime (what
+``prune(target_latency_ms=...)`` checks its result with).
+"""
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._io import write_text
+
+__all__ = ["LatencyTarget", "LatencyModel", "LatencyTable", "measure", "cache_dir", "RUNTIMES"]
+
+RUNTIMES = ("onnxruntime", "executorch", "eager")
+# width fractions measured per prunable dim (ExecuTorch lowers one program per point, ~1 s each)
+GRIDS = {"onnxruntime": (1.0, 0.75, 0.5, 0.3, 0.15), "eager": (1.0, 0.75, 0.5, 0.3, 0.15),
+         "executorch": (1.0, 0.55, 0.25)}
+_PKG = {"onnxruntime": "onnxruntime", "executorch": "executorch", "eager": "torch"}
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """Where the pruned model will run: runtime, its threads and the batch size."""
+
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    batch: int = 1
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
+        for name in ("threads", "batch"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                arg = "batch_size" if name == "batch" else name
+                raise ValueError(f"{arg}: a latency target needs a positive int, got {v!r}")
+
+    @property
+    def version(self) -> str:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return version(_PKG[self.runtime])
+        except PackageNotFoundError:
+            raise ValueError(f"runtime {self.runtime!r} is not installed: pip install "
+                             f"'pyprune[{'executorch' if self.runtime == 'executorch' else 'onnx'}]'") from None
+
+    def __str__(self) -> str:
+        return (f"{self.runtime} {self.version}, {self.threads} thread{'s' if self.threads > 1 else ''}, "
+                f"batch {self.batch}, {cpu_model()}")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector ISA (two machines of one kind differ there)."""
+    name, flags = "", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith(("flags", "Features")) and not flags:
+                    flags = line.split(":", 1)[1]
+    except OSError:
+        pass
+    import platform
+
+    name = name or platform.processor() or platform.machine()
+    isa = "avx512" if " avx512f" in flags else "avx2" if " avx2" in flags else platform.machine()
+    return f"{name} ({isa})"
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("PYPRUNE_CACHE") or pathlib.Path.home() / ".cache" / "pyprune") / "latency"
+
+
+class LatencyTable:
+    """Measured layer costs for one target, cached in one JSON file.
+
+    ``layers[signature] = {"grid_in": [...], "grid_out": [...], "s": [[seconds]]}`` (rows
+    over output widths) and ``models[key]`` the whole-model measurements of a model."""
+
+    def __init__(self, target: LatencyTarget, directory=None):
+        self.target = target
+        meta = {"runtime": target.runtime, "version": target.version, "threads": target.threads,
+                "batch": target.batch, "cpu": cpu_model()}
+        tag = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
+        self.path = pathlib.Path(directory or cache_dir()) / f"{target.runtime}-t{target.threads}-b{target.batch}-{tag}.json"
+        self.meta, self.layers, self.models, self.meta_measured = meta, {}, {}, {}
+        if self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+                if data.get("meta") == meta:
+                    self.layers, self.models = data.get("layers", {}), data.get("models", {})
+                    self.meta_measured = data.get("measured", {})
+            except (OSError, ValueError):
+                pass  # an unreadable cache is measured again
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(self.path, json.dumps({"meta": self.meta, "measured": self.meta_measured, "layers": self.layers,
+                                               "models": self.models}))
+
+
+@dataclass
+class LayerCost:
+    """A measured layer of the model: its full-width point and how its widths follow the groups."""
+
+    module: str
+    point: dict  # op, cin, cout, k, s, p, d, g, hw, bias, rows (full width)
+    depthwise: bool
+    in_key: tuple | None  # (module, param, dim) whose kept share scales c_in (None: fixed)
+    out_key: tuple | None
+    out_numel: int  # output elements at full width (the rest-of-graph term)
+    align: int = 1  # the runtime's preferred channel multiple (probe_alignment)
+    grid_in: np.ndarray = field(default=None)
+    grid_out: np.ndarray = field(default=None)
+    seconds: np.ndarray = field(default=None)  # [len(grid_out), len(grid_in)]
+
+    @property
+    def signature(self) -> str:
+        p = self.point
+        if p["op"] == "linear":
+            return (f"linear:{p['rows']}x{p['cin']}->{p['cout']}:b{int(p['bias'])}:pin{int(self.in_key is not None)}:"
+                    f"pout{int(self.out_key is not None)}:a{self.align}")
+        return (f"conv2d:{p['cin']}->{p['cout']}:k{p['k']}:s{p['s']}:p{p['p']}:d{p['d']}:g{p['g']}:hw{p['hw']}:"
+                f"b{int(p['bias'])}:dw{int(self.depthwise)}:pin{int(self.in_key is not None)}:pout{int(self.out_key is not None)}"
+                f":a{self.align}").replace(" ", "")
+
+    def widths(self, fractions, full: int, prunable: bool) -> list[int]:
+        """The measured widths of a dim: full, and multiples of the runtime's alignment (and
+        of a grouped conv's groups) near each fraction."""
+        if not prunable:
+            return [full]
+        m = math.lcm(self.point["g"] if self.point["op"] == "conv2d" and not self.depthwise else 1, self.align)
+        return sorted({full} | {m * max(1, int(round(f * full / m))) for f in fractions if f * full > m / 2}
+                      - {w for w in range(full + 1, 4 * full + m)})
+
+    def points(self, fractions) -> list[dict]:
+        p = self.point
+        if self.depthwise:
+            return [dict(p, cin=c, cout=c, g=c) for c in self.widths(fractions, p["cout"], self.out_key is not None)]
+        return [dict(p, cin=ci, cout=co) for co in self.widths(fractions, p["cout"], self.out_key is not None)
+                for ci in self.widths(fractions, p["cin"], self.in_key is not None)]
+
+    def load(self, entry: dict) -> None:
+        self.grid_in = np.asarray(entry["grid_in"], np.float64)
+        self.grid_out = np.asarray(entry["grid_out"], np.float64)
+        self.seconds = np.asarray(entry["s"], np.float64).reshape(len(self.grid_out), len(self.grid_in))
+
+    def at(self, f_in: float, f_out: float) -> float:
+        """Seconds at the kept shares of its input and output channels (interpolated)."""
+        co = f_out * self.point["cout"]
+        rows = self.seconds
+        if len(self.grid_in) > 1:
+            ci = (f_out if self.depthwise else f_in) * self.point["cin"]
+            rows = np.array([_interp(self.grid_in, r, ci) for r in rows])
+        else:
+            rows = rows[:, 0]
+        return max(0.0, _interp(self.grid_out, rows, co)) if len(self.grid_out) > 1 else float(rows[0])
+
+
+def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
+    """Piecewise-linear through ascending xs, extended linearly past both ends."""
+    i = int(np.clip(np.searchsorted(xs, x) - 1, 0, len(xs) - 2))
+    x0, x1 = xs[i], xs[i + 1]
+    return float(ys[i] + (ys[i + 1] - ys[i]) * (x - x0) / (x1 - x0))
+
+
+def _layer_costs(model: nn.Module, graph, share: dict) -> list[LayerCost]:
+    """The Conv2d and Linear layers the trace saw, with their full-width points."""
+    mods = dict(model.named_modules())
+    out, seen = [], set()
+    for rec in graph.layers:
+        m = mods.get(rec.module)
+        if rec.module in seen or m is None or type(m) not in (nn.Conv2d, nn.Linear) and not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        seen.add(rec.module)
+        shape = tuple(rec.out_shape)
+        # a dim counts where any of its groups can lose units (not the network's input or classes)
+        prunable = {d for (mod, param, d), (gids, _) in share.items() if mod == rec.module and param == "weight"
+                    and any(graph.groups[int(gid)].prunable > 0 for gid in gids)}
+        in_key = (rec.module, "weight", 1) if 1 in prunable else None
+        out_key = (rec.module, "weight", 0) if 0 in prunable else None
+        if isinstance(m, nn.Linear):
+            rows = math.prod(shape[:-1]) // max(1, shape[0]) if len(shape) > 1 else 1
+            pt = {"op": "linear", "cin": m.in_features, "cout": m.out_features, "bias": m.bias is not None,
+                  "rows": int(max(1, rows)), "k": [1, 1], "s": [1, 1], "p": [0, 0], "d": [1, 1], "g": 1, "hw": [1, 1]}
+            out.append(LayerCost(rec.module, pt, False, in_key, out_key, math.prod(shape[1:]) if len(shape) > 1 else 1))
+            continue
+        if len(shape) != 4:
+            continue
+        k, s, d = list(m.kernel_size), list(m.stride), list(m.dilation)
+        pad = m.padding if not isinstance(m.padding, str) else (
+            [0, 0] if m.padding == "valid" else [d[i] * (k[i] - 1) // 2 for i in range(2)])
+        pad = [int(v) for v in pad]
+        # the smallest input that gives the traced output size (timm's "same" convs pad in forward)
+        hw = [max(1, (shape[2 + i] - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + 1) for i in range(2)]
+        dw = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        pt = {"op": "conv2d", "cin": m.in_channels, "cout": m.out_channels, "k": k, "s": s, "p": pad, "d": d,
+              "g": m.groups, "hw": hw, "bias": m.bias is not None, "rows": 1}
+        if dw:
+            in_key = None
+        out.append(LayerCost(rec.module, pt, dw, in_key, out_key, math.prod(shape[1:])))
+    return out
+
+
+def _run_worker(cmd: str, spec: dict, out: pathlib.Path | None, bar) -> None:
+    """Run a pyprune._runtime worker, advancing the progress bar per line it prints."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(spec, f)
+    try:
+        args = [sys.executable, "-m", "pyprune._runtime", cmd, f.name] + ([str(out)] if out else [])
+        env = dict(os.environ, OMP_NUM_THREADS=str(spec.get("threads") or 1))
+        p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        for _ in p.stdout:
+            bar.update(1)
+        err = p.stderr.read()
+        if p.wait() != 0:
+            raise RuntimeError(f"latency table: the {spec.get('runtime', 'executorch')} worker failed:\n{err[-2000:]}")
+    finally:
+        os.unlink(f.name)
+
+
+def _parallel_workers(cmd: str, specs: list[dict], bar) -> None:
+    """Run `cmd` workers over specs side by side (lowering: CPU-bound, one per core)."""
+    procs, files = [], []
+    for spec in specs:
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump(spec, f)
+        files.append(f.name)
+        procs.append(subprocess.Popen([sys.executable, "-m", "pyprune._runtime", cmd, f.name],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        import selectors
+
+        sel = selectors.DefaultSelector()
+        for p in procs:
+            sel.register(p.stdout, selectors.EVENT_READ)
+        open_ = len(procs)
+        while open_:
+            for key, _ in sel.select():
+                if key.fileobj.readline():
+                    bar.update(1)
+                else:
+                    sel.unregister(key.fileobj)
+                    open_ -= 1
+        for p in procs:
+            if p.wait() != 0:
+                raise RuntimeError(f"latency table: lowering layers to ExecuTorch failed:\n{p.stderr.read()[-2000:]}")
+    finally:
+        for name in files:
+            os.unlink(name)
+
+
+_CALL_POINT = {"op": "conv2d", "cin": 1, "cout": 1, "k": [1, 1], "s": [1, 1], "p": [0, 0], "d": [1, 1], "g": 1,
+               "hw": [1, 1], "bias": False, "rows": 1}
+
+
+_PROBE_BASE = 96  # a multiple of every candidate alignment
+
+
+def _probe_point(c: int) -> dict:
+    return {"op": "conv2d", "cin": c, "cout": c, "k": [3, 3], "s": [1, 1], "p": [1, 1], "d": [1, 1], "g": 1,
+            "hw": [16, 16], "bias": True, "rows": 1}
+
+
+def _time_points(points: list[dict], target: LatencyTarget, bar, tmp: str) -> dict:
+    """{id: median seconds} of points in the target runtime (lowered first for ExecuTorch)."""
+    if target.runtime == "executorch":
+        for p in points:
+            p["path"] = os.path.join(tmp, f"p{p['id']}.pte")
+        n = max(1, min(os.cpu_count() or 1, 4, len(points)))
+        _parallel_workers("lower", [{"batch": target.batch, "points": points[i::n]} for i in range(n)], bar)
+    out = pathlib.Path(tmp) / "times.json"
+    _run_worker("layers", {"runtime": target.runtime, "threads": target.threads, "batch": target.batch,
+                           "points": points}, out, bar)
+    return json.loads(out.read_text())
+
+
+def probe_alignment(table: LatencyTable, progress: bool = True) -> int:
+    """The channel multiple the runtime's conv kernels prefer, by measurement (cached): for
+    a in 4, 8, 16, 32, a 3x3 conv of width 96 - a (a multiple of a, not of 2a) against one
+    channel less; the smallest a whose multiples run >= 8% cheaper per MAC, else 1."""
+    if "align" in table.meta_measured:
+        return int(table.meta_measured["align"])
+    from tqdm.auto import tqdm
+
+    cands = (4, 8, 16, 32)
+    points = []
+    for a in cands:
+        for c in (_PROBE_BASE - a, _PROBE_BASE - a - 1):
+            points.append(dict(_probe_point(c), id=f"{a}-{c}"))
+    n = len(points) * (2 if table.target.runtime == "executorch" else 1)
+    with tempfile.TemporaryDirectory(prefix="pyprune-latency-") as tmp, \
+            tqdm(total=n, desc=f"kernel alignment ({table.target.runtime})", disable=not progress,
+                 file=sys.stderr, leave=False) as bar:
+        secs = _time_points(points, table.target, bar, tmp)
+    align, ratios = 1, {}
+    for a in cands:
+        c = _PROBE_BASE - a
+        per_mac = secs[f"{a}-{c}"] / c ** 2
+        per_mac_off = secs[f"{a}-{c - 1}"] / (c - 1) ** 2
+        ratios[a] = per_mac / per_mac_off
+        if align == 1 and ratios[a] < 0.92:
+            align = a
+    table.meta_measured.update(align=align, align_probe=ratios)
+    table.save()
+    return align
+
+
+def measure_layers(layers: list[LayerCost], table: LatencyTable, progress: bool = True) -> int:
+    """Measure the signatures the table lacks; returns how many points were measured."""
+    from tqdm.auto import tqdm
+
+    target = table.target
+    fractions = GRIDS[target.runtime]
+    todo: dict[str, LayerCost] = {}
+    for lc in layers:
+        if lc.signature not in table.layers:
+            todo.setdefault(lc.signature, lc)
+    if not todo:
+        return 0
+    # the runtime's cost of one call that does next to nothing (a 1x1 conv on one value),
+    # subtracted from every point: the in-graph layer does not pay it
+    points, owner = [dict(_CALL_POINT, id="0")], [None]
+    for sig, lc in todo.items():
+        for p in lc.points(fractions):
+            points.append(dict(p, id=str(len(points))))
+            owner.append(sig)
+    et = target.runtime == "executorch"
+    total = len(points) * (2 if et else 1)
+    with tempfile.TemporaryDirectory(prefix="pyprune-latency-") as tmp, \
+            tqdm(total=total, desc=f"latency table ({target.runtime})", disable=not progress, file=sys.stderr,
+                 leave=False) as bar:
+        secs = _time_points(points, target, bar, tmp)
+    call = secs["0"]
+    table.meta_measured["call_s"] = call
+    by_sig: dict[str, list] = {}
+    for p, sig in zip(points[1:], owner[1:]):
+        by_sig.setdefault(sig, []).append((p["cin"], p["cout"], max(secs[p["id"]] - call, 0.0)))
+    for sig, rows in by_sig.items():
+        gin = sorted({r[0] for r in rows})
+        gout = sorted({r[1] for r in rows})
+        grid = {(r[0], r[1]): r[2] for r in rows}
+        if todo[sig].depthwise:  # one width: c_in = c_out = groups
+            table.layers[sig] = {"grid_in": [todo[sig].point["cin"]], "grid_out": gout,
+                                 "s": [[grid[(c, c)]] for c in gout]}
+        else:
+            table.layers[sig] = {"grid_in": gin, "grid_out": gout, "s": [[grid[(ci, co)] for ci in gin] for co in gout]}
+    table.save()
+    return len(points)
+
+
+def measure(model: nn.Module, example_input: torch.Tensor, target: LatencyTarget, *, repeats: int = 40,
+            max_seconds: float = 8.0) -> float:
+    """Measured p50 seconds of the whole model in the target runtime (a worker process; see
+    :func:`pyprune.benchmark`)."""
+    from .bench import benchmark
+
+    shape = (target.batch, *example_input.shape[1:])
+    res = benchmark(model, shape, runtimes=[target.runtime], threads=[target.threads], batch_sizes=[target.batch],
+                    repeats=repeats, max_seconds=max_seconds, progress=False)
+    return float(res.rows[0]["p50_s"])
+
+
+def _single_input(inputs) -> torch.Tensor:
+    if isinstance(inputs, torch.Tensor):
+        return inputs
+    if isinstance(inputs, (tuple, list)) and len(inputs) == 1 and isinstance(inputs[0], torch.Tensor):
+        return inputs[0]
+    raise ValueError("a latency target needs a model with one input tensor (the runtimes are measured on "
+                     "exported single-input models); use target_macs= for this model")
+
+
+class LatencyModel:
+    """Predicted seconds of the model at given keep shares per group (see the module docstring).
+
+    ``cost`` is the model's :class:`pyprune.summary.CostModel` (its per-dim shares of each
+    group); ``measure_fn(model) -> seconds`` times a whole model (default :func:`measure`)."""
+
+    def __init__(self, model: nn.Module, graph, example_inputs, target: LatencyTarget, cost, *,
+                 progress: bool = True, cache=None, measure_fn=None):
+        self.target, self.graph, self.cost = target, graph, cost
+        self.example = _single_input(example_inputs)
+        self.table = LatencyTable(target, cache)
+        self.align = probe_alignment(self.table, progress)
+        self.layers = _layer_costs(model, graph, cost._share)
+        for lc in self.layers:
+            lc.align = self.align
+        self.measured_points = measure_layers(self.layers, self.table, progress)
+        for lc in self.layers:
+            lc.load(self.table.layers[lc.signature])
+        self._measure = measure_fn or (lambda m: measure(m, self.example, target))
+        # layers whose widths follow each group (for the solver's local updates)
+        self.group_layers: dict[int, list[int]] = {}
+        for i, lc in enumerate(self.layers):
+            for key in (lc.in_key, lc.out_key):
+                if key is not None:
+                    for gid in cost._share[key][0]:
+                        self.group_layers.setdefault(int(gid), []).append(i)
+        self.r0, self.r1 = 0.0, 0.0
+        self._calibrate(model)
+
+    # -- the model ---------------------------------------------------------------------------
+    def _fractions(self, lc: LayerCost, keep_frac: np.ndarray) -> tuple[float, float]:
+        f_in = self.cost.dim_share(lc.in_key, keep_frac) if lc.in_key is not None else 1.0
+        f_out = self.cost.dim_share(lc.out_key, keep_frac) if lc.out_key is not None else 1.0
+        return f_in, f_out
+
+    def _layer(self, i: int, keep_frac: np.ndarray) -> tuple[float, float]:
+        """(seconds, output elements) of layer i."""
+        lc = self.layers[i]
+        f_in, f_out = self._fractions(lc, keep_frac)
+        return lc.at(f_in, f_out), lc.out_numel * f_out
+
+    def terms(self, keep_frac: np.ndarray) -> tuple[float, float]:
+        """(sum of layer seconds, output elements A)."""
+        t = a = 0.0
+        for i in range(len(self.layers)):
+            s, n = self._layer(i, keep_frac)
+            t, a = t + s, a + n
+        return t, a
+
+    def predict(self, keep_frac: np.ndarray) -> float:
+        t, a = self.terms(keep_frac)
+        return max(0.0, t + self.r0 + self.r1 * a)
+
+    def breakdown(self, keep_frac: np.ndarray | None = None) -> list[dict]:
+        """Per measured layer: module, kind and predicted seconds inside the model at the
+        keep shares (its table time plus its share ``r1 * elements`` of the rest)."""
+        kf = np.ones(len(self.graph.groups)) if keep_frac is None else keep_frac
+        out = []
+        for i, lc in enumerate(self.layers):
+            s, n = self._layer(i, kf)
+            out.append({"module": lc.module, "kind": lc.point["op"], "seconds": max(0.0, s + self.r1 * n)})
+        return out
+
+    def report(self, keep_frac: np.ndarray | None = None, max_rows: int | None = 20) -> str:
+        """The table as a person reads it: target, calibration, and the layers by time."""
+        c = self.calibration
+        rows = sorted(zip(self.breakdown(keep_frac), self.layers), key=lambda r: -r[0]["seconds"])
+        lines = [f"latency on {self.target}",
+                 f"whole model: measured {1e3 * c['full_measured_s']:.3f} ms; at half width measured "
+                 f"{1e3 * c['half_measured_s']:.3f} ms (the two calibration points)",
+                 f"measured layers alone: {1e3 * c['layers_s']:.3f} ms; rest of the graph: {1e3 * self.r0:+.3f} ms "
+                 f"{1e9 * self.r1:+.3f} ms per million output elements; kernel alignment {self.align} channels",
+                 f"{'layer':<44} {'kind':<6} {'shape':<34} {'ms':>8} {'share':>6}"]
+        total = max(1e-12, sum(r[0]["seconds"] for r in rows))
+        shown = rows if max_rows is None else rows[:max_rows]
+        for b, lc in shown:
+            p = lc.point
+            shape = (f"{p['cin']}->{p['cout']}" if p["op"] == "linear" else
+                     f"{p['cin']}->{p['cout']} k{p['k'][0]}x{p['k'][1]} s{p['s'][0]} g{p['g']} @{p['hw'][0]}x{p['hw'][1]}")
+            lines.append(f"{b['module'][:44]:<44} {b['kind']:<6} {shape:<34} {1e3 * b['seconds']:>8.3f} "
+                         f"{b['seconds'] / total:>6.1%}")
+        if len(shown) < len(rows):
+            lines.append(f"... {len(rows) - len(shown)} more layers")
+        return "\n".join(lines)
+
+    @property
+    def key(self) -> str:
+        sig = [(lc.module, lc.signature) for lc in self.layers] + [list(self.example.shape[1:]), len(self.graph.groups)]
+        return hashlib.sha1(json.dumps(sig).encode()).hexdigest()[:16]
+
+    def half_keep(self) -> np.ndarray:
+        """Unit mask keeping half of every prunable group (frozen units first): the second
+        calibration point."""
+        mask = np.ones(self.graph.n_units, bool)
+        for g in self.graph.groups:
+            if g.prunable <= 0:
+                continue
+            if g.size <= self.align:
+                continue
+            k = max(g.size - g.prunable, self.align * max(1, round(g.size / 2 / self.align)))
+            order = np.argsort(~g.frozen, kind="stable")[:k]
+            m = np.zeros(g.size, bool)
+            m[order] = True
+            mask[g.units] = m
+        return mask
+
+    def _calibrate(self, model: nn.Module) -> None:
+        """r0, r1 from the whole model measured at full and at half width (cached)."""
+        from .surgery import apply_keep
+
+        mask = self.half_keep()
+        half_frac = np.array([mask[g.units].mean() for g in self.graph.groups])
+        rec = self.table.models.get(self.key)
+        if rec is None:
+            full_s = self._measure(model)
+            half_s = self._measure(apply_keep(model, self.graph, mask))
+            rec = self.table.models[self.key] = {"full_s": full_s, "half_s": half_s}
+            self.table.save()
+        self.measured_full = rec["full_s"]
+        t1, a1 = self.terms(np.ones(len(self.graph.groups)))
+        t2, a2 = self.terms(half_frac)
+        m1, m2 = rec["full_s"], rec["half_s"]
+        # r1 < 0 is real: a layer alone pays work per activation element that it does not
+        # pay inside the graph (onnxruntime reorders to its blocked layout at the graph's
+        # edges only, and keeps outputs in a reused arena)
+        self.r1 = ((m1 - t1) - (m2 - t2)) / (a1 - a2) if a1 > a2 else 0.0
+        self.r0 = m1 - t1 - self.r1 * a1
+        self.calibration = {"full_measured_s": m1, "half_measured_s": m2, "full_predicted_s": self.predict(np.ones(len(self.graph.groups))),
+                            "half_predicted_s": self.predict(half_frac), "layers_s": t1}
+
+    def measure(self, model: nn.Module) -> float:
+        return self._measure(model)
+
+    # -- the solver --------------------------------------------------------------------------
+    def solve(self, groups, scores, goal: float, *, round_to: int | None = None, min_keep: float = 0.1,
+              fixed: dict | None = None, max_ratio: float = 0.95) -> dict[int, int]:
+        """Keep counts per group that keep the most importance with predicted seconds <= goal.
+
+        Greedy knapsack: repeatedly take the step (``round_to`` channels, else about 1/32 of
+        the group) that loses the least normalised score per second saved, updating only the
+        layers the group touches. ``fixed`` {group id: keep} are held; floors: frozen units,
+        ``min_keep`` of each group and ``max_ratio`` at most removed. Raises ``ValueError``
+        when the goal cannot be reached."""
+        fixed = dict(fixed or {})
+        n = len(self.graph.groups)
+        keep_frac = np.ones(n)
+        keep = {g.id: g.size for g in groups}
+        for gid, k in fixed.items():
+            keep_frac[gid] = k / self.graph.groups[gid].size
+            keep[gid] = k
+        layer_s = np.array([self._layer(i, keep_frac) for i in range(len(self.layers))]).reshape(-1, 2)
+        total = float(layer_s[:, 0].sum() + self.r0 + self.r1 * layer_s[:, 1].sum())
+        if total <= goal:
+            return keep
+        prefix, floor = {}, {}
+        for g, s in zip(groups, scores):
+            if g.id in fixed:
+                continue
+            s = np.asarray(s, np.float64)
+            finite = s[np.isfinite(s)]
+            mean = float(np.mean(np.abs(finite))) if len(finite) else 1.0
+            norm = np.where(np.isfinite(s), s / (mean if mean > 0 else 1.0), 0.0)
+            free = np.sort(norm[~g.frozen])
+            prefix[g.id] = np.concatenate([[0.0], np.cumsum(np.maximum(free, 0.0))])
+            floor[g.id] = max(1, int(math.ceil(min_keep * g.size)), g.size - g.prunable,
+                              g.size - int(math.floor(max_ratio * g.size)))
+        neighbours = {gid: set() for gid in prefix}
+        for gid in prefix:
+            for i in self.group_layers.get(gid, []):
+                for key in (self.layers[i].in_key, self.layers[i].out_key):
+                    if key is not None:
+                        neighbours[gid].update(int(x) for x in self.cost._share[key][0] if int(x) in prefix)
+
+        step = math.lcm(int(round_to or 1), self.align)
+
+        def step_down(gid: int, k: int) -> int:
+            """The next smaller keep count: a multiple of the step (groups no larger than
+            the runtime's alignment stay whole), else about 1/32 of the group less."""
+            size = self.graph.groups[gid].size
+            if step > 1:
+                if size <= step:
+                    return k if self.align > 1 else k - max(1, size // 32)
+                return max(((k - 1) // step) * step, 0)
+            return k - max(1, size // 32)
+
+        def candidate(gid: int):
+            """(loss per second saved, new keep, seconds saved, layer rows) of the best next move."""
+            size, k = self.graph.groups[gid].size, keep[gid]
+            best, k2 = None, k
+            for _ in range(4):  # look past flat stretches of the table
+                k2, prev = step_down(gid, k2), k2
+                if k2 < floor[gid] or k2 >= prev:
+                    break
+                kf = keep_frac.copy()
+                kf[gid] = k2 / size
+                rows = {i: self._layer(i, kf) for i in self.group_layers.get(gid, [])}
+                saved = sum(layer_s[i, 0] - r[0] + self.r1 * (layer_s[i, 1] - r[1]) for i, r in rows.items())
+                if saved > 1e-9:
+                    lost = prefix[gid][size - k2] - prefix[gid][size - k]
+                    best = (lost / saved, k2, saved, rows)
+                    break
+            return best
+
+        version = dict.fromkeys(prefix, 0)
+        heap = []
+        for gid in prefix:
+            c = candidate(gid)
+            if c is not None:
+                heapq.heappush(heap, (c[0], gid, 0, c))
+        while total > goal:
+            if not heap:
+                raise ValueError(f"latency budget of {1e3 * goal:.3f} ms is unreachable: with every group at its "
+                                 f"floor (min_keep={min_keep}, at most {max_ratio:.0%} removed) the model is predicted "
+                                 f"at {1e3 * total:.3f} ms on {self.target.runtime}")
+            _, gid, ver, (_, k2, saved, rows) = heapq.heappop(heap)
+            if ver != version[gid]:
+                continue
+            keep[gid] = k2
+            keep_frac[gid] = k2 / self.graph.groups[gid].size
+            for i, r in rows.items():
+                layer_s[i] = r
+            total = float(layer_s[:, 0].sum() + self.r0 + self.r1 * layer_s[:, 1].sum())
+            for other in neighbours[gid] | {gid}:
+                version[other] += 1
+                c = candidate(other)
+                if c is not None:
+                    heapq.heappush(heap, (c[0], other, version[other], c))
+        return keep

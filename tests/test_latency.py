@@ -1,0 +1,229 @@
+"""Latency tables, the latency model and pruning to a latency budget (pyprune.latency).
+
+Most tests replace the runtime by a synthetic one (layer seconds from a formula, whole-model
+seconds from the model's MACs) so that what they check is exact; one test runs onnxruntime
+for real on a small CNN, one the CLI on eager PyTorch."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import pyprune
+from pyprune import latency
+from pyprune.graph import build_graph
+from pyprune.latency import LatencyModel, LatencyTarget, LayerCost
+from pyprune.models import digits_cnn
+from pyprune.summary import CostModel, count
+
+# synthetic runtime: a conv costs CALL + NS_PER_MAC per multiply-accumulate, alone
+CALL, NS_PER_MAC = 2e-5, 1e-9
+
+
+def _point_seconds(p: dict, batch: int = 1) -> float:
+    if p["op"] == "linear":
+        macs = batch * p["rows"] * p["cin"] * p["cout"]
+    else:
+        ho = (p["hw"][0] + 2 * p["p"][0] - p["d"][0] * (p["k"][0] - 1) - 1) // p["s"][0] + 1
+        wo = (p["hw"][1] + 2 * p["p"][1] - p["d"][1] * (p["k"][1] - 1) - 1) // p["s"][1] + 1
+        macs = batch * ho * wo * p["cout"] * (p["cin"] // p["g"]) * p["k"][0] * p["k"][1]
+    return CALL + NS_PER_MAC * macs
+
+
+def _synthetic_seconds(p: dict, batch: int = 1) -> float:
+    s = _point_seconds(p, batch)
+    return s if p["cin"] % 8 == 0 and p["cout"] % 8 == 0 else CALL + (s - CALL) / 0.7
+
+
+@pytest.fixture
+def synthetic(monkeypatch, tmp_path):
+    """Layer points timed by formula; alignment 8 (multiples of 8 cost 30% less per MAC)."""
+    calls = {"points": 0}
+
+    def fake_time(points, target, bar, tmp):
+        calls["points"] += len(points)
+        return {p["id"]: _synthetic_seconds(p, target.batch) for p in points}
+
+    monkeypatch.setattr(latency, "_time_points", fake_time)
+    monkeypatch.setenv("PYPRUNE_CACHE", str(tmp_path))
+    return calls
+
+
+def _whole_model_seconds(model, x):
+    """The synthetic runtime's whole model: its MACs at NS_PER_MAC plus 0.1 ms."""
+    graph = build_graph(model, x)
+    return 1e-4 + NS_PER_MAC * count(model, graph.layers)[1]
+
+
+def _latency_model(model, x, cache=None):
+    graph = build_graph(model, x)
+    cost = CostModel(model, graph)
+    lat = LatencyModel(model, graph, x, LatencyTarget("onnxruntime"), cost, progress=False, cache=cache,
+                       measure_fn=lambda m: _whole_model_seconds(m, x))
+    cost.attach_latency(lat)
+    return lat, graph, cost
+
+
+def test_bilinear_table_reproduces_a_bilinear_cost():
+    """Between (and past) grid points the table is exact for a + b*ci + c*co + d*ci*co."""
+    f = lambda ci, co: 3e-5 + 2e-7 * ci + 5e-7 * co + 4e-9 * ci * co  # noqa: E731
+    pt = {"op": "conv2d", "cin": 64, "cout": 96, "k": [3, 3], "s": [1, 1], "p": [1, 1], "d": [1, 1], "g": 1,
+          "hw": [8, 8], "bias": False, "rows": 1}
+    lc = LayerCost("c", pt, False, ("c", "weight", 1), ("c", "weight", 0), 96 * 64)
+    gi, go = [8, 24, 40, 64], [16, 48, 96]
+    lc.load({"grid_in": gi, "grid_out": go, "s": [[f(ci, co) for ci in gi] for co in go]})
+    for fi, fo in [(1, 1), (0.5, 0.7), (0.3, 0.2), (0.1, 0.1), (0.9, 0.33)]:
+        assert lc.at(fi, fo) == pytest.approx(f(fi * 64, fo * 96), rel=1e-9)
+
+
+def test_alignment_found_by_measurement_and_widths_follow_it(synthetic):
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    lat, graph, cost = _latency_model(model, x)
+    assert lat.align == 8  # the synthetic runtime is 30% cheaper per MAC at multiples of 8 only
+    for lc in lat.layers:
+        for grid, full in ((lc.grid_in, lc.point["cin"]), (lc.grid_out, lc.point["cout"])):
+            assert all(w % 8 == 0 or w == full for w in grid), (lc.module, grid)
+
+
+def test_model_calibrated_on_full_and_half_width(synthetic):
+    """Prediction equals the whole-model measurement at both calibration points, and the
+    layer table is what the formula says (call cost removed)."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    lat, graph, cost = _latency_model(model, x)
+    c = lat.calibration
+    assert c["full_predicted_s"] == pytest.approx(c["full_measured_s"], rel=1e-9)
+    assert c["half_predicted_s"] == pytest.approx(c["half_measured_s"], rel=1e-9)
+    assert c["full_measured_s"] == pytest.approx(_whole_model_seconds(model, x), rel=1e-12)
+    # alone, each full-width layer costs its MACs (its call cost subtracted)
+    mods = dict(model.named_modules())
+    for b in lat.breakdown():
+        lc = next(lc for lc in lat.layers if lc.module == b["module"])
+        # the probe's call point (a 1x1 conv on one value) costs CALL + 1 MAC, unaligned
+        call = _synthetic_seconds(latency._CALL_POINT)
+        assert lc.at(1, 1) == pytest.approx(_synthetic_seconds(lc.point) - call, rel=1e-9)
+        assert isinstance(mods[b["module"]], (nn.Conv2d, nn.Linear))
+
+
+def test_table_cached_second_build_measures_nothing(synthetic):
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=16).eval(), torch.randn(1, 1, 8, 8)
+    lat1, _, _ = _latency_model(model, x)
+    first = synthetic["points"]
+    assert first > 0 and lat1.measured_points > 0
+    measured = []
+    graph = build_graph(model, x)
+    cost = CostModel(model, graph)
+    lat2 = LatencyModel(model, graph, x, LatencyTarget("onnxruntime"), cost, progress=False,
+                        measure_fn=lambda m: measured.append(1) or 1.0)
+    assert synthetic["points"] == first and lat2.measured_points == 0 and not measured
+    assert lat2.r0 == lat1.r0 and lat2.r1 == lat1.r1
+    # another target (threads) is another table
+    lat3 = LatencyModel(model, graph, x, LatencyTarget("onnxruntime", threads=2), cost, progress=False,
+                        measure_fn=lambda m: _whole_model_seconds(m, x))
+    assert lat3.measured_points > 0 and lat3.table.path != lat1.table.path
+
+
+def test_solver_meets_goal_keeps_floors_and_alignment(synthetic):
+    """Predicted seconds <= goal, counts multiples of the alignment, floors kept, and the
+    group with the lowest scores gives up the most."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    lat, graph, cost = _latency_model(model, x)
+    groups = [g for g in graph.groups if g.prunable > 0]
+    rng = np.random.default_rng(0)
+    scores = [rng.uniform(1, 2, g.size) for g in groups]
+    low = groups[2].id  # three quarters of this group barely matter (scores are compared per group,
+    scores[2] = np.where(np.arange(groups[2].size) < 3 * groups[2].size // 4, 1e-3, 1.0)  # normalised by its mean)
+    base = cost.base["latency"]
+    goal = 0.5 * base
+    keep = lat.solve(groups, scores, goal, min_keep=0.1)
+    kf = cost.keep_fractions(keep)
+    assert lat.predict(kf) <= goal
+    for g in groups:
+        assert keep[g.id] % 8 == 0 or keep[g.id] == g.size
+        assert keep[g.id] >= max(1, math.ceil(0.1 * g.size), g.size - g.prunable)
+    assert keep[low] <= graph.groups[low].size // 4 + 8  # its near-zero units go first
+    assert min(keep[g.id] / g.size for g in groups) == keep[low] / graph.groups[low].size
+    with pytest.raises(ValueError, match="unreachable"):
+        lat.solve(groups, scores, 1e-9)
+
+
+def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
+    """The first plan misses (the runtime is 20% slower than predicted on pruned models):
+    the goal is tightened until the measured model meets the budget."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    full = _whole_model_seconds(model, x)
+
+    def measure(m, example, target):
+        s = _whole_model_seconds(m, example)
+        return s if abs(s - full) < 1e-12 else s * 1.2
+
+    monkeypatch.setattr(latency, "measure", measure)
+    res = pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
+    lat = res.latency
+    assert lat["budget_s"] == pytest.approx(full / 2.0, rel=1e-9)
+    assert len(lat["rounds"]) >= 2 and lat["rounds"][0]["measured_s"] > lat["budget_s"]
+    assert lat["measured_s"] <= lat["budget_s"]
+    assert lat["measured_s"] == pytest.approx(1.2 * _whole_model_seconds(res.model, x), rel=1e-9)
+    assert res.model(x).shape == (1, 10)
+    assert len(lat["layers"]) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+
+
+def test_latency_target_errors():
+    m, x = digits_cnn(width=8).eval(), torch.randn(1, 1, 8, 8)
+    with pytest.raises(ValueError, match="runtime"):
+        pyprune.prune(m, x, target_latency_ms=1.0, runtime="tflite")
+    with pytest.raises(ValueError, match="target_speedup"):
+        pyprune.prune(m, x, target_speedup=0.5)
+    with pytest.raises(ValueError, match="target_latency_ms"):
+        pyprune.prune(m, x, target_latency_ms=-1)
+    with pytest.raises(ValueError, match="one budget"):
+        pyprune.prune(m, x, target_latency_ms=1.0, target_macs=0.5)
+    with pytest.raises(ValueError, match="batch_size"):
+        LatencyTarget("onnxruntime", 1, 0)
+
+
+def test_onnxruntime_latency_budget_end_to_end(tmp_path, monkeypatch):
+    """Real onnxruntime on a small CNN: the result is measured, and either it meets the
+    budget or pyprune warns that it did not (never a silent miss)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("PYPRUNE_CACHE", str(tmp_path))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x, method="l1", target_speedup=1.5, runtime="onnxruntime", progress=False)
+    lat = res.latency
+    missed = [str(v.message) for v in w if "over the budget" in str(v.message)]
+    assert lat["measured_s"] <= lat["budget_s"] or missed
+    assert lat["unpruned_measured_s"] > 0 and lat["predicted_s"] > 0
+    assert res.model(x).shape == (1, 10)
+    table = json.loads(next(tmp_path.glob("latency/onnxruntime-*.json")).read_text())
+    assert table["meta"]["threads"] == 1 and table["layers"]
+
+
+def test_cli_latency_table_builds_then_reads_the_cache(tmp_path):
+    cmd = [sys.executable, "-m", "pyprune", "latency-table", "digits_cnn", "--size", "8", "--in-channels", "1",
+           "--num-classes", "10", "--runtime", "eager", "--cache", str(tmp_path)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "measured" in first.stdout and "layer points" in first.stdout
+    assert "latency on eager" in first.stdout
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "read from the cache" in second.stdout
