@@ -163,6 +163,8 @@ def _layer_module(p: dict):
     from torch import nn
 
     torch.manual_seed(0)
+    if p.get("chain", 1) > 1:  # the alignment probe: c -> c convs in a row (the runtime's layout between them)
+        return nn.Sequential(*[_layer_module(dict(p, chain=1)) for _ in range(p["chain"])]).eval()
     if p["op"] == "linear":
         m = nn.Linear(p["cin"], p["cout"], bias=p["bias"])
     else:
@@ -195,11 +197,20 @@ def _onnx_layer(p: dict, batch: int) -> bytes:
         inits = [numpy_helper.from_array(w, "w")]
         if p["bias"]:
             inits.append(numpy_helper.from_array(rng.standard_normal(p["cout"]).astype(np.float32), "b"))
-        node = helper.make_node("Conv", ["x", "w"] + (["b"] if p["bias"] else []), ["y"], kernel_shape=list(k),
-                                strides=list(s), pads=[pad[0], pad[1], pad[0], pad[1]], dilations=list(d), group=p["g"])
+        n = p.get("chain", 1)  # n convs in a row (c -> c) for the alignment probe
+        nodes = []
+        for i in range(n):
+            w = rng.standard_normal((p["cout"], p["cin"] // p["g"], *k)).astype(np.float32)
+            if i:
+                inits.append(numpy_helper.from_array(w, f"w{i}"))
+            nodes.append(helper.make_node("Conv", [f"y{i - 1}" if i else "x", f"w{i}" if i else "w"] +
+                                          (["b"] if p["bias"] else []), ["y" if i == n - 1 else f"y{i}"],
+                                          kernel_shape=list(k), strides=list(s), pads=[pad[0], pad[1], pad[0], pad[1]],
+                                          dilations=list(d), group=p["g"]))
         hw = [(shape[2 + i] + 2 * pad[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1 for i in range(2)]
         out = [batch, p["cout"], *hw]
-    graph = helper.make_graph([node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        node = nodes
+    graph = helper.make_graph(node if isinstance(node, list) else [node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

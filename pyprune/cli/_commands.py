@@ -186,16 +186,35 @@ def sweep(args) -> int:
     base, meta, spec, base_m = _load_and_evaluate(args)
     rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_m["top1"], "top1": base_m["top1"],
              "macro_f1": base_m["macro_f1"]}]
+    targets = [("target_speedup", sp) for sp in args.speedups] if args.speedups else [("ratio", r) for r in args.ratios]
     for method in args.methods:
-        for ratio in args.ratios:
+        for key, value in targets:
             res, row = prune_finetune_eval(base, meta, spec, args, epochs=args.finetune_epochs, lr=args.lr,
-                                           method=method, ratio=ratio)
-            rows.append(dict(row, layer_widths=res.plan.layer_widths()))
-            print(f"{method:>10} @ {ratio:.2f}: top-1 {row['top1_before_ft']:.4f} -> {row['top1']:.4f}")
+                                           method=method, **{key: value})
+            row = dict(row, layer_widths=res.plan.layer_widths())
+            if res.latency:
+                row.update(speedup=value, p50_s=res.latency["measured_s"], predicted_s=res.latency["predicted_s"],
+                           runtime=args.runtime)
+                rows[0].setdefault("p50_s", res.latency["unpruned_measured_s"])
+            rows.append(row)
+            label = f"{value:.2f}x faster" if key == "target_speedup" else f"{value:.2f}"
+            print(f"{method:>10} @ {label}: top-1 {row['top1_before_ft']:.4f} -> {row['top1']:.4f}")
     path = write_json(out / "sweep.json", {"checkpoint": str(args.checkpoint), "rows": rows})
-    table = markdown_table(rows, RESULT_COLUMNS[:-1])
+    cols = RESULT_COLUMNS[:-1] + ([("speedup", "target speedup", ".2f"), ("p50_s", "measured p50 s", ".5f")]
+                                 if args.speedups else [])
+    table = markdown_table(rows, cols)
     write_text(out / "sweep.md", table + "\n")
     print(table)
+    if args.speedups:
+        from ..report import write_report
+
+        lat_rows = [dict(r, runtime=args.runtime, ratio=1 - r["p50_s"] / rows[0]["p50_s"]) for r in rows[1:]]
+        curve = [{"method": r["method"], "ratio": r["ratio"], "top1": r["top1"], "top1_before_ft": r["top1_before_ft"]}
+                 for r in lat_rows] + [dict(method="unpruned", ratio=0.0, top1=rows[0]["top1"])]
+        report = write_report(out / "report", sweep=curve, title="pyprune sweep: accuracy vs measured latency",
+                              notes=[f"x axis: the share of the unpruned model's measured latency removed on "
+                                     f"{args.runtime} ({args.runtime_threads} thread(s), batch {args.runtime_batch})"])
+        print(f"accuracy vs latency: {report}")
     print(f"sweep written to {path} and {out / 'sweep.md'}")
     return 0
 

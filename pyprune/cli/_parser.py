@@ -184,6 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", required=True, help="the trained pyprune checkpoint (.pt) to prune")
     s.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], help="criteria to compare")
     s.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="fractions of channels removed")
+    s.add_argument("--speedups", nargs="+", type=float, default=None,
+                   help="latency targets instead of --ratios: speedups over the unpruned model measured on --runtime "
+                        "(the table gets the measured latency of each, and report/ the accuracy-vs-latency curve)")
+    _add_latency_target(s)
     s.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs per pruned model")
     s.add_argument("--out", default="results/sweep", help="output folder (default %(default)s)")
     s.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default %(default)s)")
