@@ -712,7 +712,8 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
     kept_back = []
     for g in graph.groups:
         reasons = graph.frozen_reasons.get(g.id, [])
-        if g.frozen.all() and reasons and set(reasons) <= io:
+        asked = [r for r in reasons if r in io or r.startswith("ignore=")]  # what the user or the I/O fixes
+        if g.frozen.all() and reasons and len(asked) == len(reasons):
             continue
         total += g.size
         removed += g.size - len(keep.get(g.id, range(g.size)))

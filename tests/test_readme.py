@@ -14,7 +14,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 SNIPPETS = re.findall(r"```python\n(.*?)```", README, re.S)
-SLOW_MARKERS = ("pyprune.benchmark(",)  # the README says these take minutes
+SLOW_MARKERS = ("pyprune.benchmark(", "target_speedup=")  # the README says these take minutes
 
 
 def _params():
