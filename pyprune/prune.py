@@ -633,12 +633,12 @@ class Pruner:
             raise ValueError(f"iterative_steps must be an int >= 1, got {iterative_steps!r}")
         if iterative_steps > 1 and ratio == "auto":
             raise ValueError("ratio='auto' picks the cluster counts in one step; use iterative_steps=1")
-        given = dict(target_macs=target_macs, target_params=target_params, max_macs=max_macs, max_params=max_params,
-                     target_latency_ms=target_latency_ms, target_speedup=target_speedup)
-        given = {k: v for k, v in given.items() if v is not None}
+        targets = dict(target_macs=target_macs, target_params=target_params, max_macs=max_macs,
+                       max_params=max_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup)
+        given = {k: v for k, v in targets.items() if v is not None}
         budget = _budget(**given)
         if iterative_steps == 1:
-            return self.prune(ratio, inplace=inplace, **given)
+            return self.prune(ratio, inplace=inplace, **targets)
         _check_ratio(ratio, self.method, self.spec.supports_auto)
         original, first_graph = self.model, self._graph()
         latency = budget is not None and budget[1] == "latency"
