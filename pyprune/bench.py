@@ -121,8 +121,9 @@ def _check_onnx_batch(path: pathlib.Path, batch_sizes) -> None:
 
 def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "executorch"), threads=(1, 2),
               batch_sizes=(1, 8, 32), *, workdir=None, repeats: int = 50, max_seconds: float = 10.0,
-              warmup: int = 5, progress: bool = True) -> BenchResult:
+              warmup: int = 5, min_seconds: float = 0.5, progress: bool = True) -> BenchResult:
     """Benchmark an ``nn.Module`` (exported here) or an exported file (.onnx, .pte, .pt2).
+    Each row times at least ``repeats`` runs and ``min_seconds`` (at most ``max_seconds``).
     ``progress`` prints a line to stderr as each (runtime, threads) starts."""
     runtimes = [runtimes] if isinstance(runtimes, str) else list(runtimes)
     for r in runtimes:
@@ -159,7 +160,8 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
             for rt in runtimes:
                 for th in threads:
                     spec = {"runtime": rt, "threads": int(th), "shapes": [[b, *shape[1:]] for b in batch_sizes],
-                            "repeats": repeats, "max_seconds": max_seconds, "warmup": warmup}
+                            "repeats": repeats, "max_seconds": max_seconds, "warmup": warmup,
+                            "min_seconds": min_seconds}
                     paths = files[rt]
                     if "*" in paths:
                         spec["path"] = str(paths["*"])

@@ -10,12 +10,16 @@ runs discarded, the median kept. Between grid points the cost is interpolated bi
 (exact for anything of the form ``a + b*c_in + c*c_out + d*c_in*c_out``, which is what a
 convolution's arithmetic is; the steps of the runtime's kernels show as measured points).
 
-Everything else (norms, activations, adds, pooling, the runtime's per-call work) is the
-*rest of the graph*: ``r0 + r1 * A``, where ``A`` is the number of output elements of the
-measured layers at the current widths. ``r0`` and ``r1`` come from two measurements of the
-whole model in the runtime, at full width and at half of every prunable group's channels,
-so the model predicts the unpruned model by construction and the half model up to noise;
-pruned models in between and beyond are predicted from the table.
+A layer inside the model does not cost what it costs alone: a model's weights larger than
+the cache stream from memory on every run (alone, one layer's stay cached), and alone a
+layer converts its input and output to the runtime's blocked layout (inside, only the
+graph's edges do). So the prediction is ``r0 + sum over layers of (table time + r_act *
+output elements + r_weight * weights)`` at the current widths, ``r0`` holding everything
+else (norms, activations, adds, pooling, per-call work). The three rates come from three
+measurements of the whole model in the runtime: as it is, at half of every prunable group's
+channels, and with only its later half of groups at half width (early layers hold most
+activations, late ones most weights). They predict those three by construction; every other
+width is predicted from the table.
 
 Tables are cached on disk (``$PYPRUNE_CACHE``, default ``~/.cache/pyprune``), one file per
 runtime version, threads, batch and CPU model, keyed inside by layer signature, so a second
@@ -146,7 +150,8 @@ class LayerCost:
     depthwise: bool
     in_key: tuple | None  # (module, param, dim) whose kept share scales c_in (None: fixed)
     out_key: tuple | None
-    out_numel: int  # output elements at full width (the rest-of-graph term)
+    out_numel: int  # output elements at full width (the rest-of-graph terms)
+    weight_numel: int = 0  # weight elements at full width
     align: int = 1  # the runtime's preferred channel multiple (probe_alignment)
     grid_in: np.ndarray = field(default=None)
     grid_out: np.ndarray = field(default=None)
@@ -221,7 +226,8 @@ def _layer_costs(model: nn.Module, graph, share: dict) -> list[LayerCost]:
             rows = math.prod(shape[:-1]) // max(1, shape[0]) if len(shape) > 1 else 1
             pt = {"op": "linear", "cin": m.in_features, "cout": m.out_features, "bias": m.bias is not None,
                   "rows": int(max(1, rows)), "k": [1, 1], "s": [1, 1], "p": [0, 0], "d": [1, 1], "g": 1, "hw": [1, 1]}
-            out.append(LayerCost(rec.module, pt, False, in_key, out_key, math.prod(shape[1:]) if len(shape) > 1 else 1))
+            out.append(LayerCost(rec.module, pt, False, in_key, out_key, math.prod(shape[1:]) if len(shape) > 1 else 1,
+                                 m.weight.numel()))
             continue
         if len(shape) != 4:
             continue
@@ -236,7 +242,7 @@ def _layer_costs(model: nn.Module, graph, share: dict) -> list[LayerCost]:
               "g": m.groups, "hw": hw, "bias": m.bias is not None, "rows": 1}
         if dw:
             in_key = None
-        out.append(LayerCost(rec.module, pt, dw, in_key, out_key, math.prod(shape[1:])))
+        out.append(LayerCost(rec.module, pt, dw, in_key, out_key, math.prod(shape[1:]), m.weight.numel()))
     return out
 
 
@@ -402,14 +408,15 @@ def measure_layers(layers: list[LayerCost], table: LatencyTable, progress: bool 
 
 
 def measure(model: nn.Module, example_input: torch.Tensor, target: LatencyTarget, *, repeats: int = 40,
-            max_seconds: float = 8.0) -> float:
+            min_seconds: float = 2.0, max_seconds: float = 8.0) -> float:
     """Measured p50 seconds of the whole model in the target runtime (a worker process; see
-    :func:`pyprune.benchmark`)."""
+    :func:`pyprune.benchmark`). At least ``min_seconds`` of runs: the median of a longer
+    window moves less with the machine's other load."""
     from .bench import benchmark
 
     shape = (target.batch, *example_input.shape[1:])
     res = benchmark(model, shape, runtimes=[target.runtime], threads=[target.threads], batch_sizes=[target.batch],
-                    repeats=repeats, max_seconds=max_seconds, progress=False)
+                    repeats=repeats, min_seconds=min_seconds, max_seconds=max_seconds, progress=False)
     return float(res.rows[0]["p50_s"])
 
 
@@ -429,11 +436,11 @@ class LatencyModel:
     group); ``measure_fn(model) -> seconds`` times a whole model (default :func:`measure`)."""
 
     def __init__(self, model: nn.Module, graph, example_inputs, target: LatencyTarget, cost, *,
-                 progress: bool = True, cache=None, measure_fn=None):
+                 progress: bool = True, cache=None, measure_fn=None, align: int | None = None):
         self.target, self.graph, self.cost = target, graph, cost
         self.example = _single_input(example_inputs)
         self.table = LatencyTable(target, cache)
-        self.align = probe_alignment(self.table, progress)
+        self.align = probe_alignment(self.table, progress) if align is None else int(align)
         self.layers = _layer_costs(model, graph, cost._share)
         for lc in self.layers:
             lc.align = self.align
@@ -448,7 +455,7 @@ class LatencyModel:
                 if key is not None:
                     for gid in cost._share[key][0]:
                         self.group_layers.setdefault(int(gid), []).append(i)
-        self.r0, self.r1 = 0.0, 0.0
+        self.r0 = self.r_act = self.r_weight = 0.0
         self._calibrate(model)
 
     # -- the model ---------------------------------------------------------------------------
@@ -457,33 +464,32 @@ class LatencyModel:
         f_out = self.cost.dim_share(lc.out_key, keep_frac) if lc.out_key is not None else 1.0
         return f_in, f_out
 
-    def _layer(self, i: int, keep_frac: np.ndarray) -> tuple[float, float]:
-        """(seconds, output elements) of layer i."""
+    def _raw(self, i: int, keep_frac: np.ndarray) -> tuple[float, float, float]:
+        """(table seconds, output elements, weight elements) of layer i at the keep shares."""
         lc = self.layers[i]
         f_in, f_out = self._fractions(lc, keep_frac)
-        return lc.at(f_in, f_out), lc.out_numel * f_out
+        return lc.at(f_in, f_out), lc.out_numel * f_out, lc.weight_numel * f_out * (1.0 if lc.depthwise else f_in)
 
-    def terms(self, keep_frac: np.ndarray) -> tuple[float, float]:
-        """(sum of layer seconds, output elements A)."""
-        t = a = 0.0
-        for i in range(len(self.layers)):
-            s, n = self._layer(i, keep_frac)
-            t, a = t + s, a + n
-        return t, a
+    def _layer(self, i: int, keep_frac: np.ndarray) -> float:
+        """Predicted seconds of layer i inside the model: its table time, plus what it pays
+        there and not alone per output element (r_act) and per weight (r_weight)."""
+        s, n, w = self._raw(i, keep_frac)
+        return s + self.r_act * n + self.r_weight * w
+
+    def terms(self, keep_frac: np.ndarray) -> np.ndarray:
+        """[table seconds, output elements, weight elements] summed over the layers."""
+        return np.sum([self._raw(i, keep_frac) for i in range(len(self.layers))], axis=0).reshape(3)
 
     def predict(self, keep_frac: np.ndarray) -> float:
-        t, a = self.terms(keep_frac)
-        return max(0.0, t + self.r0 + self.r1 * a)
+        t, a, w = self.terms(keep_frac)
+        return max(0.0, t + self.r0 + self.r_act * a + self.r_weight * w)
 
     def breakdown(self, keep_frac: np.ndarray | None = None) -> list[dict]:
         """Per measured layer: module, kind and predicted seconds inside the model at the
-        keep shares (its table time plus its share ``r1 * elements`` of the rest)."""
+        keep shares (its table time plus its own share of the rest, see :meth:`_layer`)."""
         kf = np.ones(len(self.graph.groups)) if keep_frac is None else keep_frac
-        out = []
-        for i, lc in enumerate(self.layers):
-            s, n = self._layer(i, kf)
-            out.append({"module": lc.module, "kind": lc.point["op"], "seconds": max(0.0, s + self.r1 * n)})
-        return out
+        return [{"module": lc.module, "kind": lc.point["op"], "seconds": max(0.0, self._layer(i, kf))}
+                for i, lc in enumerate(self.layers)]
 
     def report(self, keep_frac: np.ndarray | None = None, max_rows: int | None = 20) -> str:
         """The table as a person reads it: target, calibration, and the layers by time."""
@@ -493,7 +499,8 @@ class LatencyModel:
                  f"whole model: measured {1e3 * c['full_measured_s']:.3f} ms; at half width measured "
                  f"{1e3 * c['half_measured_s']:.3f} ms (the two calibration points)",
                  f"measured layers alone: {1e3 * c['layers_s']:.3f} ms; rest of the graph: {1e3 * self.r0:+.3f} ms "
-                 f"{1e9 * self.r1:+.3f} ms per million output elements; kernel alignment {self.align} channels",
+                 f"{1e9 * self.r_act:+.3f} ms per million output elements {1e9 * self.r_weight:+.3f} ms per million "
+                 f"weights; kernel alignment {self.align} channels",
                  f"{'layer':<44} {'kind':<6} {'shape':<34} {'ms':>8} {'share':>6}"]
         total = max(1e-12, sum(r[0]["seconds"] for r in rows))
         shown = rows if max_rows is None else rows[:max_rows]
@@ -512,12 +519,15 @@ class LatencyModel:
         sig = [(lc.module, lc.signature) for lc in self.layers] + [list(self.example.shape[1:]), len(self.graph.groups)]
         return hashlib.sha1(json.dumps(sig).encode()).hexdigest()[:16]
 
-    def half_keep(self) -> np.ndarray:
-        """Unit mask keeping half of every prunable group (frozen units first): the second
-        calibration point."""
+    def half_keep(self, late_only: bool = False) -> np.ndarray:
+        """Unit mask keeping half of every prunable group (frozen units first), or with
+        ``late_only`` of the later half of them (forward order): the calibration points
+        besides the model itself (early layers hold most activations, late ones most weights)."""
         mask = np.ones(self.graph.n_units, bool)
-        for g in self.graph.groups:
-            if g.prunable <= 0:
+        prunable = [g for g in self.graph.groups if g.prunable > 0]
+        late = {g.id for g in prunable[len(prunable) // 2:]}
+        for g in prunable:
+            if late_only and g.id not in late:
                 continue
             if g.size <= self.align:
                 continue
@@ -529,31 +539,59 @@ class LatencyModel:
         return mask
 
     def _calibrate(self, model: nn.Module) -> None:
-        """r0, r1 from the whole model measured at full and at half width (cached)."""
+        """r0, r_act, r_weight from the whole model measured as it is, at half width, and
+        with its later half of groups at half width (cached).
+
+        Inside a model a layer pays what it does not alone and the reverse: the weights of a
+        model larger than the cache stream from memory every run (alone they stay cached),
+        and alone a layer converts its input and output to the runtime's blocked layout
+        (inside, only the graph's edges do). The first scales with weights, the second with
+        activations; the three measurements fit one rate for each and a constant."""
         from .surgery import apply_keep
 
-        mask = self.half_keep()
-        half_frac = np.array([mask[g.units].mean() for g in self.graph.groups])
-        rec = self.table.models.get(self.key)
-        if rec is None:
-            full_s = self._measure(model)
-            half_s = self._measure(apply_keep(model, self.graph, mask))
-            rec = self.table.models[self.key] = {"full_s": full_s, "half_s": half_s}
+        n = len(self.graph.groups)
+        masks = {"half_s": self.half_keep(), "late_s": self.half_keep(late_only=True)}
+        rec = dict(self.table.models.get(self.key) or {})
+        todo = [k for k in ("full_s", "half_s", "late_s") if k not in rec]
+        for k in todo:
+            rec[k] = self._measure(model if k == "full_s" else apply_keep(model, self.graph, masks[k]))
+        if todo:
+            self.table.models[self.key] = rec
             self.table.save()
+        self.calibrated_now = bool(todo)
         self.measured_full = rec["full_s"]
-        t1, a1 = self.terms(np.ones(len(self.graph.groups)))
-        t2, a2 = self.terms(half_frac)
-        m1, m2 = rec["full_s"], rec["half_s"]
-        # r1 < 0 is real: a layer alone pays work per activation element that it does not
-        # pay inside the graph (onnxruntime reorders to its blocked layout at the graph's
-        # edges only, and keeps outputs in a reused arena)
-        self.r1 = ((m1 - t1) - (m2 - t2)) / (a1 - a2) if a1 > a2 else 0.0
-        self.r0 = m1 - t1 - self.r1 * a1
-        self.calibration = {"full_measured_s": m1, "half_measured_s": m2, "full_predicted_s": self.predict(np.ones(len(self.graph.groups))),
-                            "half_predicted_s": self.predict(half_frac), "layers_s": t1}
+        fracs = {"full_s": np.ones(n)}
+        fracs.update({k: np.array([m[g.units].mean() for g in self.graph.groups]) for k, m in masks.items()})
+        terms = {k: self.terms(f) for k, f in fracs.items()}
+        keys = list(fracs)
+        x = np.array([[1.0, terms[k][1], terms[k][2]] for k in keys])
+        y = np.array([rec[k] - terms[k][0] for k in keys])
+        scale = np.abs(x).max(axis=0)
+        scale[scale == 0] = 1.0
+        if np.linalg.matrix_rank(x / scale, tol=1e-6) == 3:
+            r0, ra, rw = np.linalg.solve(x / scale, y) / scale
+        else:  # too few groups to tell activations from weights: a constant and one rate
+            x2 = (x / scale)[:, :2]
+            sol = np.linalg.lstsq(x2, y, rcond=None)[0] / scale[:2]
+            r0, ra, rw = sol[0], sol[1], 0.0
+        self.r0, self.r_act, self.r_weight = float(r0), float(ra), float(rw)
+        self.calibration = {"full_measured_s": rec["full_s"], "half_measured_s": rec["half_s"],
+                            "late_half_measured_s": rec["late_s"], "layers_s": float(terms["full_s"][0])}
+        for k in keys:
+            self.calibration[k.replace("_s", "_predicted_s").replace("late", "late_half")] = self.predict(fracs[k])
 
     def measure(self, model: nn.Module) -> float:
         return self._measure(model)
+
+    def refresh(self, model: nn.Module) -> float:
+        """Measure the unpruned model now and move the constant so the prediction matches it
+        (a cached calibration may come from a busier or quieter hour of the machine);
+        returns the measurement, which budgets relative to the model use from then on."""
+        m = self._measure(model)
+        self.r0 += m - self.predict(np.ones(len(self.graph.groups)))
+        self.measured_full = m
+        self.calibration["full_remeasured_s"] = m
+        return m
 
     # -- the solver --------------------------------------------------------------------------
     def solve(self, groups, scores, goal: float, *, round_to: int | None = None, min_keep: float = 0.1,
@@ -572,8 +610,8 @@ class LatencyModel:
         for gid, k in fixed.items():
             keep_frac[gid] = k / self.graph.groups[gid].size
             keep[gid] = k
-        layer_s = np.array([self._layer(i, keep_frac) for i in range(len(self.layers))]).reshape(-1, 2)
-        total = float(layer_s[:, 0].sum() + self.r0 + self.r1 * layer_s[:, 1].sum())
+        layer_s = np.array([self._layer(i, keep_frac) for i in range(len(self.layers))])
+        total = float(layer_s.sum() + self.r0)
         if total <= goal:
             return keep
         prefix, floor = {}, {}
@@ -618,7 +656,7 @@ class LatencyModel:
                 kf = keep_frac.copy()
                 kf[gid] = k2 / size
                 rows = {i: self._layer(i, kf) for i in self.group_layers.get(gid, [])}
-                saved = sum(layer_s[i, 0] - r[0] + self.r1 * (layer_s[i, 1] - r[1]) for i, r in rows.items())
+                saved = sum(layer_s[i] - r for i, r in rows.items())
                 if saved > 1e-9:
                     lost = prefix[gid][size - k2] - prefix[gid][size - k]
                     best = (lost / saved, k2, saved, rows)
@@ -643,7 +681,7 @@ class LatencyModel:
             keep_frac[gid] = k2 / self.graph.groups[gid].size
             for i, r in rows.items():
                 layer_s[i] = r
-            total = float(layer_s[:, 0].sum() + self.r0 + self.r1 * layer_s[:, 1].sum())
+            total = float(layer_s.sum() + self.r0)
             for other in neighbours[gid] | {gid}:
                 version[other] += 1
                 c = candidate(other)

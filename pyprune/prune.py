@@ -311,6 +311,7 @@ class Pruner:
         self._traced = (model, self._trace(model))
         self._latency = None  # (model, LatencyModel) once a latency target asked for one
         self._latency_scale = 1.0  # < 1 while measure -> tighten rounds shrink the goal
+        self._latency_budget_s = None  # the budget in seconds while prune() works towards it
 
     # -- planning -------------------------------------------------------------------------
     def _trace(self, model: nn.Module) -> ChannelGraph:
@@ -344,11 +345,14 @@ class Pruner:
         return keep_counts(groups, ratio, cfg.schedule, round_to=cfg.round_to, taper=cfg.taper, sensitivity=cfg.sensitivity,
                            layer_ratios=cfg.layer_ratios, scores=scores, min_keep=cfg.min_keep)
 
-    def latency_model(self):
+    def latency_model(self, align: int | None = None):
         """The :class:`pyprune.latency.LatencyModel` of the current model on the configured
         target (``runtime``, ``threads`` (default 1), ``batch_size``): built on first use,
-        its layer table measured or read from the cache."""
-        if self._latency is None or self._latency[0] is not self.model:
+        its layer table measured or read from the cache; with a cached calibration the
+        unpruned model is measured again now. ``align`` overrides the probed channel
+        multiple (a new model is built when it differs)."""
+        current = self._latency[1] if self._latency is not None and self._latency[0] is self.model else None
+        if current is None or (align is not None and align != current.align):
             from .latency import LatencyModel, LatencyTarget
 
             cfg = self.config
@@ -356,7 +360,9 @@ class Pruner:
             graph = self._graph()
             cost = CostModel(self.model, graph)
             lat = LatencyModel(self.model, graph, self.inputs, target, cost, progress=cfg.progress,
-                               cache=cfg.latency_cache)
+                               cache=cfg.latency_cache, align=align)
+            if not lat.calibrated_now:
+                lat.refresh(self.model)
             cost.attach_latency(lat)
             self._latency = (self.model, lat)
         return self._latency[1]
@@ -442,7 +448,8 @@ class Pruner:
         arg, kind, value, fraction = budget
         if kind == "latency":
             lat = self.latency_model()
-            goal = (lat.measured_full / value if fraction else value / 1e3) * self._latency_scale
+            budget_s = self._latency_budget_s or (lat.measured_full / value if fraction else value / 1e3)
+            goal = budget_s * self._latency_scale
             cfg = self.config
             fixed = {}
             if cfg.layer_ratios:
@@ -450,7 +457,18 @@ class Pruner:
 
                 fixed = {gid: _keep_for_ratio(graph.groups[gid], r, cfg.round_to)
                          for gid, r in match_layer_ratios(groups, cfg.layer_ratios).items()}
-            n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed)
+            while True:
+                try:
+                    n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed)
+                    break
+                except ValueError:
+                    if lat.align <= 1:
+                        raise
+                    # the runtime's preferred multiple leaves too little to cut: finer widths
+                    # (a table of their own), at the kernels' cost
+                    warnings.warn(f"pyprune: {arg}={value:g} is out of reach at multiples of {lat.align} channels "
+                                  f"on {lat.target.runtime}; trying multiples of {lat.align // 2}", stacklevel=4)
+                    lat = self.latency_model(align=lat.align // 2)
             n_keep = fit_blocks(groups, n_keep)
             total = sum(g.size for g in groups)
             return n_keep, 1.0 - sum(n_keep[g.id] for g in groups) / max(1, total)
@@ -536,12 +554,18 @@ class Pruner:
     def _prune_to_latency(self, ratio, inplace: bool, targets: dict, budget) -> PruneResult:
         arg, _, value, fraction = budget
         lat = self.latency_model()
-        budget_s = lat.measured_full / value if fraction else value / 1e3
+        budget_s = self._latency_budget_s = lat.measured_full / value if fraction else value / 1e3
         rounds, res = [], None
         try:
             for _ in range(self.config.latency_rounds):
                 goal = budget_s * self._latency_scale
-                res = self._prune_once(ratio, False, targets)
+                try:
+                    res = self._prune_once(ratio, False, targets)
+                except ValueError:
+                    if res is None:
+                        raise
+                    break  # no tighter plan exists: the last one stands (and the warning below says so)
+                lat = self.latency_model()  # finer widths may have been needed
                 predicted = lat.predict(self._keep_fractions(res.plan))
                 measured = lat.measure(res.model)
                 rounds.append({"goal_s": goal, "predicted_s": predicted, "measured_s": measured})
@@ -549,7 +573,7 @@ class Pruner:
                     break
                 self._latency_scale *= budget_s / measured * 0.98
         finally:
-            self._latency_scale = 1.0
+            self._latency_scale, self._latency_budget_s = 1.0, None
         if inplace:
             plan = res.plan
             res = self.apply(plan, inplace=True)
@@ -643,8 +667,9 @@ class Pruner:
         original, first_graph = self.model, self._graph()
         latency = budget is not None and budget[1] == "latency"
         if latency:  # widths solved once on the original model, split over the rounds
-            lat = self.latency_model()
+            self.latency_model()
             plan = self.plan(0.5, **given)
+            lat = self._latency[1]  # the one the plan used (finer widths may have been needed)
             groups = [g for g in first_graph.groups if g.prunable > 0]
             final = {g.producers()[0].module: (g.size, len(plan.keep[g.id])) for g in groups if g.producers()}
             step_targets = [{"keep_by_layer": iterative_keep(final, s, iterative_steps)}
