@@ -173,8 +173,7 @@ class LayerCost:
         if not prunable:
             return [full]
         m = math.lcm(self.point["g"] if self.point["op"] == "conv2d" and not self.depthwise else 1, self.align)
-        return sorted({full} | {m * max(1, int(round(f * full / m))) for f in fractions if f * full > m / 2}
-                      - {w for w in range(full + 1, 4 * full + m)})
+        return sorted({full} | {w for f in fractions if (w := m * max(1, int(round(f * full / m)))) < full})
 
     def points(self, fractions) -> list[dict]:
         p = self.point
@@ -213,7 +212,7 @@ def _layer_costs(model: nn.Module, graph, share: dict) -> list[LayerCost]:
     out, seen = [], set()
     for rec in graph.layers:
         m = mods.get(rec.module)
-        if rec.module in seen or m is None or type(m) not in (nn.Conv2d, nn.Linear) and not isinstance(m, (nn.Conv2d, nn.Linear)):
+        if rec.module in seen or not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
         seen.add(rec.module)
         shape = tuple(rec.out_shape)
