@@ -594,14 +594,16 @@ class LatencyModel:
 
     # -- the solver --------------------------------------------------------------------------
     def solve(self, groups, scores, goal: float, *, round_to: int | None = None, min_keep: float = 0.1,
-              fixed: dict | None = None, max_ratio: float = 0.95) -> dict[int, int]:
+              fixed: dict | None = None, max_ratio: float = 0.95, weights: dict | None = None) -> dict[int, int]:
         """Keep counts per group that keep the most importance with predicted seconds <= goal.
 
         Greedy knapsack: repeatedly take the step (``round_to`` channels, else about 1/32 of
         the group) that loses the least normalised score per second saved, updating only the
         layers the group touches. ``fixed`` {group id: keep} are held; floors: frozen units,
-        ``min_keep`` of each group and ``max_ratio`` at most removed. Raises ``ValueError``
-        when the goal cannot be reached."""
+        ``min_keep`` of each group and ``max_ratio`` at most removed. ``weights`` {group id:
+        factor} scale a group's normalised scores (the pruner passes each group's MACs per
+        channel: a channel is worth the compute it carries, so the cuts go where the runtime
+        is slow for its MACs). Raises ``ValueError`` when the goal cannot be reached."""
         fixed = dict(fixed or {})
         n = len(self.graph.groups)
         keep_frac = np.ones(n)
@@ -620,7 +622,7 @@ class LatencyModel:
             s = np.asarray(s, np.float64)
             finite = s[np.isfinite(s)]
             mean = float(np.mean(np.abs(finite))) if len(finite) else 1.0
-            norm = np.where(np.isfinite(s), s / (mean if mean > 0 else 1.0), 0.0)
+            norm = np.where(np.isfinite(s), s / (mean if mean > 0 else 1.0), 0.0) * (weights or {}).get(g.id, 1.0)
             free = np.sort(norm[~g.frozen])
             prefix[g.id] = np.concatenate([[0.0], np.cumsum(np.maximum(free, 0.0))])
             floor[g.id] = max(1, int(math.ceil(min_keep * g.size)), g.size - g.prunable,

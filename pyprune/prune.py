@@ -457,9 +457,11 @@ class Pruner:
 
                 fixed = {gid: _keep_for_ratio(graph.groups[gid], r, cfg.round_to)
                          for gid, r in match_layer_ratios(groups, cfg.layer_ratios).items()}
+            weights = _macs_per_unit(lat.cost, groups)
             while True:
                 try:
-                    n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed)
+                    n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed,
+                                       weights=weights)
                     break
                 except ValueError:
                     if lat.align <= 1:
@@ -711,6 +713,17 @@ class Pruner:
                               f"{lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms (iterative rounds "
                               "are planned once, not re-measured per round).", stacklevel=2)
         return result
+
+
+def _macs_per_unit(cost: CostModel, groups) -> dict[int, float]:
+    """Group id -> MACs one of its channels carries at full width, relative to the mean over
+    groups (floored at 1% of it, so a group without MACs still counts)."""
+    base = cost.base["macs"]
+    per = {g.id: (base - cost({g.id: g.size - 1})["macs"]) for g in groups}
+    mean = float(np.mean(list(per.values()))) if per else 1.0
+    if mean <= 0:
+        return {gid: 1.0 for gid in per}
+    return {gid: max(v / mean, 0.01) for gid, v in per.items()}
 
 
 class PrunedModelFails(GraphError):
