@@ -625,7 +625,7 @@ class Pruner:
                 warnings.warn(f"pyprune: {why} and the model was pruned again. Teach pyprune "
                               "how that module uses its channel counts (pyprune.register_layer / register_op) to "
                               "prune it.", stacklevel=3)
-            if not targets:
+            if all(v is None for v in targets.values()):  # a ratio, not a budget, was asked
                 _warn_shortfall(res, ratio)
             return res
         raise AssertionError("unreachable")
@@ -757,8 +757,8 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
         removed += g.size - len(keep.get(g.id, range(g.size)))
         if g.frozen.any():
             kept_back.append((int(g.frozen.sum()), g, [r for r in reasons if r not in io]))
-    if not total or removed >= 0.8 * ratio * total:
-        return
+    if not total or removed >= 0.8 * ratio * total or not kept_back:
+        return  # (nothing kept whole: the schedule's own choice, not channels pyprune could not cut)
     kept_back.sort(key=lambda t: -t[0])
     shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
     warnings.warn(f"pyprune: asked to remove {ratio:.0%} of the channels, removed {removed / total:.0%}. "

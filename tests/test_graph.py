@@ -140,8 +140,9 @@ def test_unsupported_op_names_module_and_op_and_leaves_model_untouched():
         pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
-    # strict=False keeps the channels the op touches and prunes the rest
-    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5, strict=False)
+    # strict=False keeps the channels the op touches, prunes the rest, and says what it kept
+    with pytest.warns(UserWarning, match=r"removed 0%.*c1 \(16 channels: unsupported op roll"):
+        res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5, strict=False)
     assert res.model.c1.out_channels == 16
     assert res.model(torch.randn(1, 3, 8, 8)).shape == (1, 8, 8, 8)
 

@@ -252,7 +252,8 @@ def test_unknown_per_channel_tensor_of_a_layer_is_refused_before_cutting():
     x = torch.randn(2, 3, 10, 10)
     with pytest.raises(pyprune.GraphError, match=r"InScaleConv2d\.in_scale \(shape \(16,\)\).*register_layer"):
         pyprune.prune(model, x, method="l2", ratio=0.5)
-    res = pyprune.prune(model, x, method="l2", ratio=0.5, strict=False)
+    with pytest.warns(UserWarning, match=r"asked to remove 50% of the channels, removed 0%.*InScaleConv2d"):
+        res = pyprune.prune(model, x, method="l2", ratio=0.5, strict=False)  # and says what it kept
     assert res.model[0].out_channels == 16 and res.model[2].in_channels == 16
     with torch.no_grad():
         assert res.model(x).shape == (2, 5)
