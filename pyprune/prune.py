@@ -448,7 +448,7 @@ class Pruner:
         arg, kind, value, fraction = budget
         if kind == "latency":
             lat = self.latency_model()
-            budget_s = self._latency_budget_s or (lat.measured_full / value if fraction else value / 1e3)
+            budget_s = self._latency_budget_s or _latency_budget_s(lat, value, fraction)
             goal = budget_s * self._latency_scale
             cfg = self.config
             fixed = {}
@@ -556,7 +556,7 @@ class Pruner:
     def _prune_to_latency(self, ratio, inplace: bool, targets: dict, budget) -> PruneResult:
         arg, _, value, fraction = budget
         lat = self.latency_model()
-        budget_s = self._latency_budget_s = lat.measured_full / value if fraction else value / 1e3
+        budget_s = self._latency_budget_s = _latency_budget_s(lat, value, fraction)
         rounds, res = [], None
         try:
             for _ in range(self.config.latency_rounds):
@@ -704,7 +704,7 @@ class Pruner:
         result.summary = compare(snapshot(original, first_graph.layers), snapshot(self.model, first_graph.layers))
         result.steps = steps
         if latency:
-            budget_s = lat.measured_full / budget[2] if budget[3] else budget[2] / 1e3
+            budget_s = _latency_budget_s(lat, budget[2], budget[3])
             measured = lat.measure(self.model)
             result.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": lat.measured_full,
                               "predicted_s": lat.predict(self._keep_fractions(plan)), "measured_s": measured}
@@ -713,6 +713,12 @@ class Pruner:
                               f"{lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms (iterative rounds "
                               "are planned once, not re-measured per round).", stacklevel=2)
         return result
+
+
+def _latency_budget_s(lat, value: float, speedup: bool) -> float:
+    """A latency budget in seconds: ``target_speedup`` over the measured unpruned model, or
+    ``target_latency_ms``."""
+    return lat.measured_full / value if speedup else value / 1e3
 
 
 def _macs_per_unit(cost: CostModel, groups) -> dict[int, float]:

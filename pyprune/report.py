@@ -134,23 +134,34 @@ def _line_plot(plt, path, series, xlabel: str, ylabel: str, title: str, dotted_l
     plt.close(fig)
 
 
+def _before_after_bars(plt, path: pathlib.Path, names, before, after, labels, xlabel, ylabel: str, title: str,
+                       width_per_bar: float = 0.25) -> None:
+    """One bar per layer: the value before (grey) with the value after drawn over it."""
+    fig, ax = plt.subplots(figsize=(max(6.4, width_per_bar * len(names)), 4.2))
+    xs = range(len(names))
+    ax.bar(xs, before, color="#cccccc", label=labels[0])
+    ax.bar(xs, after, color="#2a7ab9", label=labels[1])
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(names, rotation=90, fontsize=6 if len(names) > 20 else 8)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _latency_section(plt, out: pathlib.Path, lat: dict) -> list[str]:
     layers = sorted(lat.get("layers", []), key=lambda r: -r["before_s"])
     parts = []
     if layers:
         top = layers[:30]
-        fig, ax = plt.subplots(figsize=(max(6.4, 0.25 * len(top)), 4.2))
-        xs = range(len(top))
-        ax.bar(xs, [1e3 * r["before_s"] for r in top], color="#cccccc", label="unpruned")
-        ax.bar(xs, [1e3 * r["after_s"] for r in top], color="#2a7ab9", label="pruned")
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([r["module"] for r in top], rotation=90, fontsize=6 if len(top) > 20 else 8)
-        ax.set_ylabel("predicted ms in the model")
-        ax.set_title(f"Where the time goes ({lat.get('target', '')}), slowest {len(top)} layers")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "layer_latency.png", dpi=110)
-        plt.close(fig)
+        _before_after_bars(plt, out / "layer_latency.png", [r["module"] for r in top],
+                           [1e3 * r["before_s"] for r in top], [1e3 * r["after_s"] for r in top],
+                           ("unpruned", "pruned"), None, "predicted ms in the model",
+                           f"Where the time goes ({lat.get('target', '')}), slowest {len(top)} layers")
         cols = ["module", "kind", "before_ms", "after_ms"]
         rows = [[r["module"], r["kind"], round(1e3 * r["before_s"], 4), round(1e3 * r["after_s"], 4)] for r in layers]
         _csv(out / "layer_latency.csv", cols, rows)
@@ -242,19 +253,9 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         names = list(layer_widths)
         before = [layer_widths[n][0] for n in names]
         after = [layer_widths[n][1] for n in names]
-        fig, ax = plt.subplots(figsize=(max(6.4, 0.22 * len(names)), 4.2))
-        xs = range(len(names))
-        ax.bar(xs, before, color="#cccccc", label="original")
-        ax.bar(xs, after, color="#2a7ab9", label="kept")
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels(names, rotation=90, fontsize=6 if len(names) > 20 else 8)
-        ax.set_xlabel("layer (producing module, forward order)")
-        ax.set_ylabel("output channels")
-        ax.set_title("Per-layer width: original vs kept")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "layer_widths.png", dpi=110)
-        plt.close(fig)
+        _before_after_bars(plt, out / "layer_widths.png", names, before, after, ("original", "kept"),
+                           "layer (producing module, forward order)", "output channels",
+                           "Per-layer width: original vs kept", width_per_bar=0.22)
         cols = ["layer", "before", "after"]
         rows = [[n, b, a] for n, b, a in zip(names, before, after)]
         _csv(out / "layer_widths.csv", cols, rows)
