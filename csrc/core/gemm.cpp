@@ -148,8 +148,7 @@ PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, Gem
     return p;
 }
 
-void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out,
-               int threads) {
+void prepare_packed(int64_t rows, int64_t cols, GemmKernel kernel, PackedRows* out) {
     PYPRUNE_CHECK(kernel != GemmKernel::blas, "pack_rows: the BLAS path packs nothing");
     check_kernel(kernel);
     PackedRows& p = *out;
@@ -157,43 +156,51 @@ void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKerne
     p.panel = panel_width(kernel);
     p.rows = rows;
     p.cols = cols;
-    const int64_t w = p.panel;
-    const int64_t panels = (rows + w - 1) / w;
-    const size_t size = static_cast<size_t>(panels * cols * w);
-    if (p.data.capacity() < size) p.data.clear();  // every entry is written below: never copy old ones
+    const int64_t panels = (rows + p.panel - 1) / p.panel;
+    const size_t size = static_cast<size_t>(panels * cols * p.panel);
+    if (p.data.capacity() < size) p.data.clear();  // every entry is written by pack_panel: never copy old ones
     p.data.resize(size);
-    // A transpose per panel through 8 x 32 tiles held in L1: each tile is read as 8 row
-    // pieces of 32 contiguous floats and written as 32 pieces of 8 contiguous floats (every
-    // panel width is a multiple of 8). Rows past the end are written as zeros (padding).
+}
+
+void pack_panel(const float* x, int64_t ld, int64_t q, PackedRows* out) {
+    PackedRows& p = *out;
+    const int64_t w = p.panel, rows = p.rows, cols = p.cols;
+    // A transpose through 8 x 32 tiles held in L1: each tile is read as 8 row pieces of 32
+    // contiguous floats and written as 32 pieces of 8 contiguous floats (every panel width
+    // is a multiple of 8). Rows past the end are written as zeros (padding).
     constexpr int64_t kRows = 8, kCols = 32;
     static_assert(kernels::kAvx512Width % kRows == 0 && kernels::kAvx2Width % kRows == 0 &&
                       kernels::kPortableWidth % kRows == 0,
                   "panel widths are multiples of the tile's rows");
-    const int nt = resolve_threads(threads);
-    float* data = p.data.data();
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && panels > 1 && rows * cols > 65536)
-    for (int64_t q = 0; q < panels; ++q) {
-        float* dst = data + q * cols * w;
-        float tile[kRows][kCols];
-        for (int64_t t0 = 0; t0 < cols; t0 += kCols) {
-            const int64_t tn = std::min(kCols, cols - t0);
-            for (int64_t j0 = 0; j0 < w; j0 += kRows) {
-                for (int64_t j = 0; j < kRows; ++j) {
-                    const int64_t r = q * w + j0 + j;
-                    if (r < rows) {
-                        const float* src = x + r * ld + t0;
-                        for (int64_t t = 0; t < tn; ++t) tile[j][t] = src[t];
-                    } else {
-                        for (int64_t t = 0; t < tn; ++t) tile[j][t] = 0.0f;
-                    }
+    float* dst = p.data.data() + q * cols * w;
+    float tile[kRows][kCols];
+    for (int64_t t0 = 0; t0 < cols; t0 += kCols) {
+        const int64_t tn = std::min(kCols, cols - t0);
+        for (int64_t j0 = 0; j0 < w; j0 += kRows) {
+            for (int64_t j = 0; j < kRows; ++j) {
+                const int64_t r = q * w + j0 + j;
+                if (r < rows) {
+                    const float* src = x + r * ld + t0;
+                    for (int64_t t = 0; t < tn; ++t) tile[j][t] = src[t];
+                } else {
+                    for (int64_t t = 0; t < tn; ++t) tile[j][t] = 0.0f;
                 }
-                for (int64_t t = 0; t < tn; ++t) {
-                    float* out = dst + (t0 + t) * w + j0;
-                    for (int64_t j = 0; j < kRows; ++j) out[j] = tile[j][t];
-                }
+            }
+            for (int64_t t = 0; t < tn; ++t) {
+                float* o = dst + (t0 + t) * w + j0;
+                for (int64_t j = 0; j < kRows; ++j) o[j] = tile[j][t];
             }
         }
     }
+}
+
+void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out,
+               int threads) {
+    prepare_packed(rows, cols, kernel, out);
+    const int64_t panels = (rows + out->panel - 1) / out->panel;
+    const int nt = resolve_threads(threads);
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && panels > 1 && rows * cols > 65536)
+    for (int64_t q = 0; q < panels; ++q) pack_panel(x, ld, q, out);
 }
 
 int64_t split_rows(int64_t n, int parts, int t, int64_t grain) {
@@ -230,6 +237,31 @@ void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, in
                 const float* panel = b.data.data() + q * d * w + kb * w;
                 const int64_t ncols = std::min(w, hi - q * w);
                 fn(mc, a + mb * lda + kb, lda, panel, kc, out + mb * ldo + (q * w - lo), ldo, ncols, kb > 0);
+            }
+        }
+    }
+}
+
+void gemm_packed_upper(const float* a, int64_t lda, const PackedRows& b, int64_t q0, int64_t q1, float* out,
+                       int64_t ldo) {
+    const int64_t w = b.panel, d = b.cols, n = b.rows;
+    PYPRUNE_CHECK(w >= 1 && q0 >= 0 && q0 <= q1 && q1 * w < n + w, "gemm_packed_upper: bad panels ", q0, "..",
+                  q1, " of ", n, " rows (panels of ", w, ")");
+    if (q0 == q1) return;
+    const kernels::PanelFn fn = b.kernel == GemmKernel::avx512 ? kernels::avx512
+                                : b.kernel == GemmKernel::avx2 ? kernels::avx2
+                                                               : kernels::portable;
+    // As gemm_packed panel by panel (the same blocks of depth, so the same bits), but each
+    // block of A is multiplied with every panel of the range while it is in cache.
+    const int64_t m = std::min(n, q1 * w);
+    for (int64_t mb = 0; mb < m; mb += MC) {
+        for (int64_t kb = 0; kb < d; kb += KC) {
+            const int64_t kc = std::min(KC, d - kb);
+            for (int64_t q = q0; q < q1; ++q) {
+                const int64_t rows = std::min(n, q * w + w);  // panel q needs rows 0..rows
+                if (mb >= rows) continue;
+                fn(std::min(MC, rows - mb), a + mb * lda + kb, lda, b.data.data() + q * d * w + kb * w, kc,
+                   out + mb * ldo + q * w, ldo, std::min(w, n - q * w), kb > 0);
             }
         }
     }

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer.h"
 #include "matrix.h"
 
 namespace pyprune {
@@ -58,8 +59,8 @@ struct PackedRows {
     int64_t panel = 1;
     /// rows and columns of the packed matrix
     int64_t rows = 0, cols = 0;
-    /// ceil(rows / panel) * panel * cols floats
-    std::vector<float> data;
+    /// ceil(rows / panel) * panel * cols floats (uninitialised until packed)
+    Buffer<float> data;
 };
 
 /// Rows per panel of a packed kernel (1 for blas: rows are never packed).
@@ -74,11 +75,27 @@ PackedRows pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, Gem
 void pack_rows(const float* x, int64_t rows, int64_t cols, int64_t ld, GemmKernel kernel, PackedRows* out,
                int threads = 1);
 
+/// Size `out` for `rows` x `cols` on `kernel` (a packed kernel this CPU runs: checked),
+/// reusing its storage, without writing a panel: pack_panel(q) then writes panel q. Lets a
+/// caller pack each panel of rows right after producing them, while they are in cache.
+void prepare_packed(int64_t rows, int64_t cols, GemmKernel kernel, PackedRows* out);
+
+/// Pack panel q of x (`out->panel` rows from row q * panel, leading dimension ld) into
+/// `out`, sized by prepare_packed; rows past the end become zeros.
+void pack_panel(const float* x, int64_t ld, int64_t q, PackedRows* out);
+
 /// out[m x (hi - lo)] = A[m x cols] * B[lo:hi]^T, with ldo the leading dimension of out,
 /// on the kernel `b` was packed for. `lo` must be a multiple of b.panel (panels are never
 /// split; see split_rows). beta = 0.
 void gemm_packed(int64_t m, const float* a, int64_t lda, const PackedRows& b, int64_t lo, int64_t hi,
                  float* out, int64_t ldo);
+
+/// For each panel q in q0..q1 of `b` (b.rows rows): out[0:r, q*panel : q*panel + width]
+/// = A[0:r] * (panel q)^T, r = min(b.rows, (q + 1) * panel): the blocks on and above the
+/// diagonal of A B^T, the upper part of a Gram matrix when A is B unpacked. Each entry has
+/// the bits gemm_packed gives it; blocks of A are reused across the panels of the range.
+void gemm_packed_upper(const float* a, int64_t lda, const PackedRows& b, int64_t q0, int64_t q1, float* out,
+                       int64_t ldo);
 
 /// out[m x (hi - lo)] = A[m x cols] * B[lo:hi]^T, where B is `b` (row-major, leading
 /// dimension cols): through the packed kernel when `packed` (B packed by pack_rows) is

@@ -40,6 +40,38 @@ inline double capped(double mind, float dot) {
     return pos < mind ? pos : mind;
 }
 
+/// sum_t a[t] b[t] in double. One out-of-line function for every caller, so a cosine
+/// computed while the centroids are built and one computed afterwards are the same bits.
+__attribute__((noinline)) double dot_double(const float* a, const float* b, int64_t d) {
+    double s = 0.0;
+#pragma omp simd reduction(+ : s)
+    for (int64_t t = 0; t < d; ++t) s += static_cast<double>(a[t]) * b[t];
+    return s;
+}
+
+/// <a, b> and <b, b> in double, in one pass (the same bits for every caller).
+__attribute__((noinline)) void dots_ab_bb(const float* a, const float* b, int64_t d, double* ab, double* bb) {
+    double x = 0.0, y = 0.0;
+#pragma omp simd reduction(+ : x, y)
+    for (int64_t t = 0; t < d; ++t) {
+        x += static_cast<double>(a[t]) * b[t];
+        y += static_cast<double>(b[t]) * b[t];
+    }
+    *ab = x;
+    *bb = y;
+}
+
+/// |a - f b|^2 in double.
+__attribute__((noinline)) double residual_sq(const float* a, const float* b, double f, int64_t d) {
+    double res = 0.0;
+#pragma omp simd reduction(+ : res)
+    for (int64_t t = 0; t < d; ++t) {
+        const double e = static_cast<double>(a[t]) - f * b[t];
+        res += e * e;
+    }
+    return res;
+}
+
 constexpr int64_t kLanes = 8;
 
 /// pot[t] = sum over the n filters of min(mind_i, 1 - <x_i, candidate t>) (the total
@@ -76,8 +108,8 @@ void seed_potentials(int64_t n, const double* mind, const float* const* dptr, in
 /// of a batch: a layer then reuses pages it has touched already instead of faulting in (and
 /// zero-filling) fresh ones. On densenet201 that was a tenth of the time outside the products.
 struct Workspace {
-    std::vector<float> xn, s, gram;
-    std::vector<double> sum;
+    Buffer<float> xn, s, gram;
+    Buffer<double> sum;
     PackedRows xp;
 };
 
@@ -94,14 +126,13 @@ public:
           moved_(static_cast<size_t>(k_), 1), src_(static_cast<size_t>(k_), kComputed),
           inv_norm_(static_cast<size_t>(k_), 0.0) {
         gram_.swap(ws.gram);
-        sum_.swap(ws.sum);  // stale until rebuild_sums
+        sum_.swap(ws.sum);  // stale until the first update
         // Every entry of these is written before it is read: a buffer too small for this
         // layer is replaced, not grown (growing would copy the last layer's numbers).
         fit(&xn_, n_ * d_);
         fit(&s_, n_ * k_);
         norms_.resize(static_cast<size_t>(n_));
-        normalize_rows(x, xn_.data(), nt_, norms_.data());
-        if (packed_) pack_rows(xn_.data(), n_, d_, d_, kernel_, &xp_, nt_);  // X never changes: packed once
+        normalize_and_pack();  // X never changes: packed once
         int64_t nonzero = 0;
 #pragma omp parallel for num_threads(nt_) reduction(+ : nonzero) if (nt_ > 1)
         for (int64_t i = 0; i < n_; ++i) {
@@ -114,9 +145,28 @@ public:
         n_nonzero_ = nonzero;
     }
 
+    /// xn_ = the filters scaled to unit length (norms_: their lengths) and, for a packed
+    /// kernel, xp_ = xn_ packed. Each panel of rows is packed right after it is normalised,
+    /// while it is in cache: one pass over the filters instead of two.
+    void normalize_and_pack() {
+        if (!packed_) {
+            normalize_rows(x_, xn_.data(), nt_, norms_.data());
+            return;
+        }
+        prepare_packed(n_, d_, kernel_, &xp_);
+        const int64_t w = xp_.panel, panels = (n_ + w - 1) / w;
+        const int nt = nt_;
+#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && panels > 1 && n_ * d_ > 65536)
+        for (int64_t q = 0; q < panels; ++q) {
+            const int64_t lo = q * w, hi = std::min(n_, lo + w);
+            normalize_rows(MatrixView{x_.data + lo * d_, hi - lo, d_}, xn_.data() + lo * d_, 1, norms_.data() + lo);
+            pack_panel(xn_.data(), d_, q, &xp_);
+        }
+    }
+
     /// v resized to m entries, its old contents dropped.
     template <typename T>
-    static void fit(std::vector<T>* v, int64_t m) {
+    static void fit(Buffer<T>* v, int64_t m) {
         if (v->capacity() < static_cast<size_t>(m)) v->clear();
         v->resize(static_cast<size_t>(m));
     }
@@ -160,7 +210,8 @@ public:
             r.objective.push_back(assign(&changed, &recomputed));
         }
         r.labels = labels_;
-        r.cosines = own_cosines();
+        // The cosines the last update computed hold while the labels are those it saw.
+        r.cosines = own_valid_ && labels_ == sum_label_ ? own_ : own_cosines();
         r.representatives = representatives(r.cosines);
         rep_stats(r.representatives, &r);
         r.norms = std::move(norms_);
@@ -333,11 +384,17 @@ private:
             return static_cast<int64_t>(std::floor(static_cast<double>(panels) * std::sqrt(static_cast<double>(t) / np)));
         };
         float* g = gram_.data();
+        const int64_t group = std::max<int64_t>(1, 384 / w);  // panels per pass over A: ~384 columns
         parallel_rows(np, np, 1, [&](int, int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; ++t) {
-                for (int64_t q = first_panel(static_cast<int>(t)); q < first_panel(static_cast<int>(t) + 1); ++q) {
+                const int64_t end = first_panel(static_cast<int>(t) + 1);
+                for (int64_t q0 = first_panel(static_cast<int>(t)); q0 < end; q0 += group) {
+                    // rows 0..hi of the columns lo..hi of each panel, a few panels at a time
+                    const int64_t q1 = std::min(end, q0 + group);
+                    gemm_packed_upper(xn_.data(), d_, xp_, q0, q1, g, n_);  // use_gram: packed
+                }
+                for (int64_t q = first_panel(static_cast<int>(t)); q < end; ++q) {
                     const int64_t lo = q * w, hi = std::min(n_, lo + w);
-                    products(hi, xn_.data(), lo, hi, g + lo, n_);  // rows 0..hi of columns lo..hi
                     for (int64_t i0 = 0; i0 < lo; i0 += 16) {  // mirror in 16-row tiles (stay in L1)
                         const int64_t i1 = std::min(lo, i0 + 16);
                         for (int64_t j = lo; j < hi; ++j)
@@ -448,14 +505,7 @@ private:
 
     /// The members of every cluster as the centroid sums see them (sum_label_), grouped by
     /// cluster in index order: what gram_rows sums.
-    void index_members() {
-        member_start_.assign(static_cast<size_t>(k_ + 1), 0);
-        member_order_.resize(static_cast<size_t>(n_));
-        for (int64_t i = 0; i < n_; ++i) ++member_start_[sum_label_[i] + 1];
-        for (int64_t j = 0; j < k_; ++j) member_start_[j + 1] += member_start_[j];
-        std::vector<int64_t> pos(member_start_.begin(), member_start_.end() - 1);
-        for (int64_t i = 0; i < n_; ++i) member_order_[pos[sum_label_[i]]++] = i;
-    }
+    void index_members() { group_by_label(sum_label_, &member_start_, &member_order_); }
 
     /// Assignment step; `recomputed` receives the rows of S^T computed anew.
     double assign(int64_t* changed, int64_t* recomputed) {
@@ -504,14 +554,17 @@ private:
     /// Centroid step: each centroid becomes its members' normalised sum. The per-cluster
     /// sums are kept (in double) between iterations: when few filters changed cluster only
     /// those are moved from one sum to the other, otherwise the sums are rebuilt. The
-    /// order of the additions never depends on the thread count.
+    /// order of the additions never depends on the thread count. Each touched cluster's
+    /// sum, centroid and its members' cosines to it (own_) are computed in one go, while
+    /// the members' rows are in cache.
     /// `moved` and `reseeded` receive how many centroids moved and were re-seeded.
     void update(int64_t changed, int64_t* moved, int64_t* reseeded) {
         const bool full = !sums_built_ || changed * 4 > n_;
-        std::vector<char> touched(static_cast<size_t>(k_), 0);
+        std::vector<char> touched(static_cast<size_t>(k_), full ? 1 : 0);
         if (full) {
-            rebuild_sums();
-            std::fill(touched.begin(), touched.end(), 1);
+            fit(&sum_, k_ * d_);  // each row is set from its first member (or zeroed) below
+            sum_label_ = labels_;
+            sums_built_ = true;
         } else {
             for (int64_t i = 0; i < n_; ++i) {
                 const int64_t from = sum_label_[i], to = labels_[i];
@@ -524,73 +577,72 @@ private:
                     a[t] -= r[t];
                     b[t] += r[t];
                 }
-                --count_[from];
-                ++count_[to];
                 touched[from] = touched[to] = 1;
                 sum_label_[i] = to;
             }
         }
+        index_members();
+        count_.resize(static_cast<size_t>(k_));
+        for (int64_t j = 0; j < k_; ++j) count_[j] = member_start_[j + 1] - member_start_[j];
+        own_.resize(static_cast<size_t>(n_));
         std::vector<char> empty(static_cast<size_t>(k_), 0);
         const int nt = nt_;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1 && full)
         for (int64_t j = 0; j < k_; ++j) {
+            double* a = sum_.data() + j * d_;
             if (count_[j] == 0) {
+                if (full) std::fill(a, a + d_, 0.0);
                 empty[j] = 1;
                 src_[j] = kComputed;  // until re-seeded
                 continue;
             }
             if (!touched[j]) continue;
-            const double* a = sum_.data() + j * d_;
-            double s = 0.0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t t = 0; t < d_; ++t) s += a[t] * a[t];
-            if (!(s > 1e-24)) {  // members cancel out: any direction is as good, keep it
-                src_[j] = kComputed;  // no longer its members' mean
-                continue;
+            const int64_t* members = member_order_.data() + member_start_[j];
+            if (full) {
+                const float* r0 = row(members[0]);
+#pragma omp simd
+                for (int64_t t = 0; t < d_; ++t) a[t] = r0[t];  // 0 + x = x: the sums of zeroed rows
+                for (int64_t q = 1; q < count_[j]; ++q) {
+                    const float* r = row(members[q]);
+#pragma omp simd
+                    for (int64_t t = 0; t < d_; ++t) a[t] += r[t];
+                }
             }
-            const double inv = 1.0 / std::sqrt(s);
-            // Summed Gram rows carry the rounding of every member's dots, divided by |sum|:
-            // when the members nearly cancel (|sum| < count / 100, a mean cosine to the
-            // centroid under 0.01) the centroid is multiplied out instead.
-            const double cnt = static_cast<double>(count_[j]);
-            src_[j] = s >= 1e-4 * cnt * cnt ? kMean : kComputed;
-            inv_norm_[j] = inv;
-            float* c = centroid(j);
-            bool differs = false;
-            for (int64_t t = 0; t < d_; ++t) {
-                const float v = static_cast<float>(a[t] * inv);
-                differs |= v != c[t];
-                c[t] = v;
-            }
-            if (differs) moved_[j] = 1;  // an unchanged centroid keeps its similarities
+            set_centroid(j);
+            for (int64_t q = 0; q < count_[j]; ++q)
+                own_[members[q]] = static_cast<float>(dot_double(row(members[q]), centroid(j), d_));
         }
+        if (full) own_valid_ = true;
         *reseeded = reseed(empty);
         *moved = std::count(moved_.begin(), moved_.end(), char{1});
     }
 
-    void rebuild_sums() {
-        std::vector<int64_t> start(static_cast<size_t>(k_ + 1), 0), order(static_cast<size_t>(n_));
-        for (int64_t i = 0; i < n_; ++i) ++start[labels_[i] + 1];
-        for (int64_t j = 0; j < k_; ++j) start[j + 1] += start[j];
-        {
-            std::vector<int64_t> pos(start.begin(), start.end() - 1);
-            for (int64_t i = 0; i < n_; ++i) order[pos[labels_[i]]++] = i;
+    /// Centroid j from its members' sum (sum_): normalised, or kept where the members
+    /// cancel out.
+    void set_centroid(int64_t j) {
+        const double* a = sum_.data() + j * d_;
+        double s = 0.0;
+#pragma omp simd reduction(+ : s)
+        for (int64_t t = 0; t < d_; ++t) s += a[t] * a[t];
+        if (!(s > 1e-24)) {  // members cancel out: any direction is as good, keep it
+            src_[j] = kComputed;  // no longer its members' mean
+            return;
         }
-        sum_.assign(static_cast<size_t>(k_ * d_), 0.0);
-        sums_built_ = true;
-        count_.assign(static_cast<size_t>(k_), 0);
-        sum_label_ = labels_;
-        const int nt = nt_;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)
-        for (int64_t j = 0; j < k_; ++j) {
-            double* a = sum_.data() + j * d_;
-            count_[j] = start[j + 1] - start[j];
-            for (int64_t q = start[j]; q < start[j + 1]; ++q) {
-                const float* r = row(order[q]);
-#pragma omp simd
-                for (int64_t t = 0; t < d_; ++t) a[t] += r[t];
-            }
+        const double inv = 1.0 / std::sqrt(s);
+        // Summed Gram rows carry the rounding of every member's dots, divided by |sum|:
+        // when the members nearly cancel (|sum| < count / 100, a mean cosine to the
+        // centroid under 0.01) the centroid is multiplied out instead.
+        const double cnt = static_cast<double>(count_[j]);
+        src_[j] = s >= 1e-4 * cnt * cnt ? kMean : kComputed;
+        inv_norm_[j] = inv;
+        float* c = centroid(j);
+        bool differs = false;
+        for (int64_t t = 0; t < d_; ++t) {
+            const float v = static_cast<float>(a[t] * inv);
+            differs |= v != c[t];
+            c[t] = v;
         }
+        if (differs) moved_[j] = 1;  // an unchanged centroid keeps its similarities
     }
 
     /// Give every empty cluster the worst-served non-zero filter not used as a seed yet.
@@ -624,14 +676,7 @@ private:
     std::vector<float> own_cosines() {
         std::vector<float> own(static_cast<size_t>(n_));
 #pragma omp parallel for num_threads(nt_) schedule(static) if (nt_ > 1)
-        for (int64_t i = 0; i < n_; ++i) {
-            const float* r = row(i);
-            const float* c = centroid(labels_[i]);
-            double s = 0.0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t t = 0; t < d_; ++t) s += static_cast<double>(r[t]) * c[t];
-            own[i] = static_cast<float>(s);
-        }
+        for (int64_t i = 0; i < n_; ++i) own[i] = static_cast<float>(dot_double(row(i), centroid(labels_[i]), d_));
         return own;
     }
 
@@ -643,30 +688,38 @@ private:
     void rep_stats(const std::vector<int64_t>& rep, KMeansResult* r) const {
         r->rep_cosines.assign(static_cast<size_t>(n_), 0.0f);
         r->rep_residuals.assign(static_cast<size_t>(n_), 0.0f);
-#pragma omp parallel for num_threads(nt_) schedule(static) if (nt_ > 1)
-        for (int64_t i = 0; i < n_; ++i) {
-            const int64_t q = rep[labels_[i]];
-            const float* a = x_.data + i * d_;
+        // Cluster by cluster, so the representative's row is read from memory once and
+        // from cache for its other members.
+        std::vector<int64_t> start, order;
+        group_by_label(labels_, &start, &order);
+#pragma omp parallel for num_threads(nt_) schedule(dynamic, 16) if (nt_ > 1)
+        for (int64_t j = 0; j < k_; ++j) {
+            const int64_t q = rep[j];
             const float* b = x_.data + q * d_;
-            double ab = 0.0, bb = 0.0;
-#pragma omp simd reduction(+ : ab, bb)
-            for (int64_t t = 0; t < d_; ++t) {
-                ab += static_cast<double>(a[t]) * b[t];
-                bb += static_cast<double>(b[t]) * b[t];
+            for (int64_t m = start[j]; m < start[j + 1]; ++m) {
+                const int64_t i = order[m];
+                const float* a = x_.data + i * d_;
+                double ab, bb;
+                dots_ab_bb(a, b, d_, &ab, &bb);
+                const double na = norms_[i], nb = std::sqrt(bb);
+                if (!(na > 0.0) || !(nb > 0.0)) continue;
+                r->rep_cosines[i] = q == i ? 1.0f : static_cast<float>(ab / (na * nb));
+                if (q == i) continue;
+                r->rep_residuals[i] = static_cast<float>(std::sqrt(residual_sq(a, b, ab / bb, d_)) / na);
             }
-            const double na = norms_[i], nb = std::sqrt(bb);
-            if (!(na > 0.0) || !(nb > 0.0)) continue;
-            r->rep_cosines[i] = q == i ? 1.0f : static_cast<float>(ab / (na * nb));
-            if (q == i) continue;
-            const double f = ab / bb;
-            double res = 0.0;
-#pragma omp simd reduction(+ : res)
-            for (int64_t t = 0; t < d_; ++t) {
-                const double e = static_cast<double>(a[t]) - f * b[t];
-                res += e * e;
-            }
-            r->rep_residuals[i] = static_cast<float>(std::sqrt(res) / na);
         }
+    }
+
+    /// The filters grouped by cluster, in index order within each: cluster j's members are
+    /// order[start[j]..start[j + 1]).
+    void group_by_label(const std::vector<int64_t>& labels, std::vector<int64_t>* start,
+                        std::vector<int64_t>* order) const {
+        start->assign(static_cast<size_t>(k_ + 1), 0);
+        order->resize(static_cast<size_t>(n_));
+        for (int64_t i = 0; i < n_; ++i) ++(*start)[labels[i] + 1];
+        for (int64_t j = 0; j < k_; ++j) (*start)[j + 1] += (*start)[j];
+        std::vector<int64_t> pos(start->begin(), start->end() - 1);
+        for (int64_t i = 0; i < n_; ++i) (*order)[pos[labels[i]]++] = i;
     }
 
     /// Per cluster the member of highest cosine `own` to it; an empty cluster takes the
@@ -700,16 +753,20 @@ private:
     GemmKernel kernel_;
     Workspace& ws_;
     bool packed_ = kernel_ != GemmKernel::blas;
-    std::vector<float> xn_;
+    Buffer<float> xn_;
     std::vector<float> norms_;
     PackedRows xp_;
     std::vector<char> nonzero_;
     int64_t n_nonzero_ = 0;
-    std::vector<float> c_, s_, best_;
+    std::vector<float> c_;
+    Buffer<float> s_;
+    std::vector<float> best_;
     std::vector<int64_t> labels_;
-    std::vector<double> sum_;           // K x d member sums, as of sum_label_ (once sums_built_)
+    Buffer<double> sum_;                // K x d member sums, as of sum_label_ (once sums_built_)
     bool sums_built_ = false;
     std::vector<int64_t> count_;        // members per cluster, as of sum_label_
+    std::vector<float> own_;            // each filter's cosine to its centroid, as of sum_label_
+    bool own_valid_ = false;            // own_ holds every filter's (after a full update)
     std::vector<int64_t> sum_label_;    // the labels the sums describe
     std::vector<char> moved_;           // centroids written since the last assignment
     /// where a centroid's similarities can be read: a filter index (the centroid is that
@@ -718,7 +775,7 @@ private:
     std::vector<int64_t> src_;
     std::vector<double> inv_norm_;
     std::vector<int64_t> member_start_, member_order_;  // clusters' members (index_members)
-    std::vector<float> gram_;           // X X^T while seeding and the first assignment need it
+    Buffer<float> gram_;                // X X^T while seeding and the first assignment need it
     bool gram_ready_ = false;           // gram_ holds this layer's X X^T (from seeding on)
     std::vector<float> dots_, cand_;    // candidate dots and rows when there is no Gram matrix
     mutable std::vector<double> lanes_; // partial sums of potentials()
@@ -759,15 +816,26 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
                   params.size(), " parameter sets");
     PYPRUNE_CHECK(inits.empty() || inits.size() == L, "init: one entry per layer: ", L,
                   " layers, ", inits.size(), " inits");
+    const int nt = resolve_threads(threads);
+    // Every value is read once to check it is finite: the layers side by side, the errors
+    // raised in layer order afterwards (as a serial check would).
+    std::vector<std::exception_ptr> invalid(L);
+    const int64_t nl = static_cast<int64_t>(L);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && L > 1)
+    for (int64_t l = 0; l < nl; ++l) {
+        try {
+            validate(xs[l], ("weights[" + std::to_string(l) + "]").c_str());
+        } catch (...) {
+            invalid[l] = std::current_exception();
+        }
+    }
     std::vector<KMeansParams> ps;
     ps.reserve(L);
     for (size_t l = 0; l < L; ++l) {
-        const std::string what = "weights[" + std::to_string(l) + "]";
-        validate(xs[l], what.c_str());
-        check_params(xs[l], params[l], what.c_str());
+        if (invalid[l]) std::rethrow_exception(invalid[l]);
+        check_params(xs[l], params[l], ("weights[" + std::to_string(l) + "]").c_str());
         ps.push_back(resolved(params[l]));
     }
-    const int nt = resolve_threads(threads);
     std::vector<KMeansResult> out(L);
     std::vector<double> cost(L);
     double total = 0.0;
