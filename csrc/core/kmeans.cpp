@@ -74,6 +74,9 @@ __attribute__((noinline)) double residual_sq(const float* a, const float* b, dou
 
 constexpr int64_t kLanes = 8;
 
+/// The most filters a layer may have for its Gram matrix to be kept (n^2 floats: 128 MB).
+constexpr int64_t kGramMaxRows = 5792;
+
 /// pot[t] = sum over the n filters of min(mind_i, 1 - <x_i, candidate t>) (the total
 /// distance if candidate t became a seed; filters with mind_i = 0 add nothing). Summed in
 /// kLanes interleaved partial sums (`acc`, m x kLanes zeros), then the lanes in order: a
@@ -274,7 +277,7 @@ private:
     /// seeding and two iterations would multiply out more than it costs, while n^2 floats
     /// fit in 128 MB.
     bool use_gram(int64_t trials) const {
-        return packed_ && n_ <= 5792 && 2 * k_ * (trials + 2) >= n_;
+        return packed_ && n_ <= kGramMaxRows && 2 * k_ * (trials + 2) >= n_;
     }
 
     /// Greedy k-means++ with the cosine distance 1 - cos (half the squared chord length):
@@ -855,6 +858,24 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
     }
     auto init_of = [&](size_t l) { return inits.empty() ? nullptr : inits[l]; };
     std::vector<Workspace> spaces(static_cast<size_t>(nt));  // one per thread
+    if (!big.empty()) {  // one block each for the largest of the big layers, not one per size met
+        size_t nd = 0, nk = 0, nn = 0, kd = 0, packed = 0;
+        for (size_t l : big) {
+            const auto n = static_cast<size_t>(xs[l].rows), d = static_cast<size_t>(xs[l].cols),
+                       k = static_cast<size_t>(ps[l].k), w = static_cast<size_t>(panel_width(*ps[l].kernel));
+            nd = std::max(nd, n * d);
+            nk = std::max(nk, n * k);
+            if (n <= kGramMaxRows) nn = std::max(nn, n * n);
+            kd = std::max(kd, k * d);
+            packed = std::max(packed, (n + w - 1) / w * w * d);
+        }
+        Workspace& ws = spaces[0];
+        ws.xn.reserve(nd);
+        ws.s.reserve(nk);
+        ws.gram.reserve(nn);
+        ws.sum.reserve(kd);
+        ws.xp.data.reserve(packed);
+    }
     for (size_t l : big) out[l] = Solver(xs[l], ps[l], nt, spaces[0]).run(init_of(l));
 
     std::exception_ptr error;
