@@ -404,6 +404,7 @@ def gather(
     tensors: Sequence[torch.Tensor],
     indices: Sequence[Sequence[torch.Tensor | Sequence[int] | None]],
     *,
+    folds: Sequence[Sequence[tuple]] | None = None,
     threads: int | None = None,
 ) -> list[torch.Tensor]:
     """Structured slicing of many tensors in one call.
@@ -413,23 +414,39 @@ def gather(
     dtype; the results are new contiguous tensors on the sources' devices. CPU tensors go
     to the core in one parallel call; tensors on other devices are sliced there by torch
     (this build has no device kernels), so nothing makes a round trip through the host.
+
+    ``folds`` (weight merging), one list per tensor of ``(dim, src, dst, scale)``: after
+    the copy, ``scale[q] * tensors[i][..., src[q], ...]`` (its other dims sliced like the
+    output's) is added to the output slice at the kept position of ``dst[q]`` along `dim`,
+    in the order given. `dst` must be kept along `dim`. float32 CPU tensors fold in the
+    core's call; others with torch.
     """
     if len(tensors) != len(indices):
         raise ValueError(f"gather: {len(tensors)} tensors but {len(indices)} index sets")
+    if folds is not None and len(folds) != len(tensors):
+        raise ValueError(f"gather: {len(tensors)} tensors but {len(folds)} fold lists")
     result: list = [None] * len(tensors)
-    cpu, sources, idx = [], [], []
+    cpu, sources, idx, core_folds, torch_folds = [], [], [], [], []
     for i, (t, ix) in enumerate(zip(tensors, indices)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"gather: tensors[{i}] is a {type(t).__name__}, expected a torch.Tensor")
+        fl = list(folds[i]) if folds is not None else []
+        if fl:  # a dim with folds gets an index list (all of it when it keeps everything)
+            ix = list(ix) + [None] * (max(int(f[0]) for f in fl) + 1 - len(ix))
+            if len(ix) > t.dim():
+                raise ValueError(f"gather: tensors[{i}] has rank {t.dim()} but folds along dim {len(ix) - 1}")
+            ix = [np.arange(t.shape[d]) if s is None and any(f[0] == d for f in fl) else s for d, s in enumerate(ix)]
         if len(ix) > t.dim():
             raise ValueError(f"gather: tensors[{i}] has rank {t.dim()} but {len(ix)} index lists")
         lists = [None if s is None else _index_list(s, f"gather: indices[{i}]") for s in ix]
+        fl = [_fold_spec(f, lists, i) for f in fl]
         if t.device.type != "cpu":
             new = t.detach()
             for d, keep in enumerate(lists):
                 if keep is not None:
                     new = new.index_select(d, torch.as_tensor(keep, device=t.device))
             result[i] = new.contiguous()
+            torch_folds.append((i, lists, fl))
             continue
         src = t.detach().contiguous()
         if src.dtype == torch.bfloat16:  # numpy has no bfloat16: move the raw 16-bit words
@@ -437,11 +454,49 @@ def gather(
         cpu.append(i)
         sources.append(src.numpy())
         idx.append([[] if keep is None else keep for keep in lists])
+        if src.dtype == torch.float32:
+            core_folds.append([(d, start, s, np.asarray(a, np.float32)) for d, start, s, _, a in fl])
+        else:
+            core_folds.append([])
+            torch_folds.append((i, lists, fl))
     if cpu:
-        for i, a in zip(cpu, _core.gather(sources, idx, _threads(threads))):
+        for i, a in zip(cpu, _core.gather(sources, idx, _threads(threads), core_folds)):
             r = torch.from_numpy(a)
             result[i] = r.view(torch.bfloat16) if tensors[i].dtype == torch.bfloat16 else r
+    for i, lists, fl in torch_folds:  # the same sums with torch (other dtypes and devices)
+        t = tensors[i].detach()
+        for d, _, s, pos, a in fl:
+            part = t.index_select(d, torch.as_tensor(s, device=t.device))
+            for e, keep in enumerate(lists):
+                if keep is not None and e != d:
+                    part = part.index_select(e, torch.as_tensor(keep, device=t.device))
+            shape = [1] * part.dim()
+            shape[d] = -1
+            part = part * torch.as_tensor(a, dtype=part.dtype, device=t.device).view(shape)
+            result[i].index_add_(d, torch.as_tensor(pos, device=t.device), part)
     return result
+
+
+def _fold_spec(fold, lists: list, i: int):
+    """(dim, src, dst, scale) as (dim, start, src, pos, scale) for the core: `pos` the
+    output positions of `dst` along dim; src and scale ordered by pos (stable), start[p] the
+    first of those that land on p."""
+    dim, src, dst, scale = fold
+    kept = np.asarray(lists[dim], np.int64)
+    src, dst = np.asarray(src, np.int64).ravel(), np.asarray(dst, np.int64).ravel()
+    scale = np.asarray(scale, np.float64).ravel()
+    if not (len(src) == len(dst) == len(scale)):
+        raise ValueError(f"gather: fold {dim} of tensors[{i}]: src, dst and scale differ in length")
+    order = np.argsort(kept, kind="stable")
+    at = np.searchsorted(kept[order], dst)
+    at = np.minimum(at, len(kept) - 1)
+    pos = order[at]
+    if len(dst) and not np.array_equal(kept[pos], dst):
+        raise ValueError(f"gather: fold along dim {dim} of tensors[{i}]: a destination is not kept")
+    by = np.argsort(pos, kind="stable")
+    start = np.zeros(len(kept) + 1, np.int64)
+    np.add.at(start, pos + 1, 1)
+    return dim, np.cumsum(start), src[by], pos[by], scale[by]
 
 
 def gemm_seconds(size: int = 2048, threads: int | None = None, repeats: int = 3, *, kernel: str = "blas") -> float:

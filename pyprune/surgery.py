@@ -89,21 +89,25 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
     else:
         target = model
     new_modules = dict(target.named_modules())
-    keys, sources, idx = [], [], []
+    keys, sources, idx, gather_folds = [], [], [], []
     for (mod, pname), dims in plan.items():
         orig = _get(modules, mod, pname)
         keys.append((mod, pname, orig))
         sources.append(orig.detach())
         idx.append([None if isinstance(dims.get(d), BlockedSlice) else dims.get(d) for d in range(max(dims) + 1)])
-    for (mod, pname, orig), new, dims in zip(keys, engine.gather(sources, idx, threads=threads), plan.values()):
+        blocked = any(isinstance(b, BlockedSlice) for b in dims.values())
+        gather_folds.append(() if blocked else folds.get((mod, pname), ()))  # folded in the gather's call
+    gathered = engine.gather(sources, idx, folds=gather_folds, threads=threads)
+    for (mod, pname, orig), new, dims in zip(keys, gathered, plan.values()):
         blocked = {d: b for d, b in dims.items() if isinstance(b, BlockedSlice)}
         for d, b in blocked.items():
             new = _block_gather(new, d, b)
-        for dim, src, dst, scale in folds.get((mod, pname), ()):
-            if dim in blocked:
-                _fold_blocked(new, orig.detach(), dims, dim, src, dst, scale)
-            else:
-                _fold(new, orig.detach(), dims, dim, src, dst, scale)
+        if blocked:  # a grouped conv's tensor: its folds are done here
+            for dim, src, dst, scale in folds.get((mod, pname), ()):
+                if dim in blocked:
+                    _fold_blocked(new, orig.detach(), dims, dim, src, dst, scale)
+                else:
+                    _fold(new, orig.detach(), dims, dim, src, dst, scale)
         replace_tensor(new_modules[mod], pname, new, like=orig)
     for mod in {m for m, _ in plan}:
         resize(new_modules[mod])

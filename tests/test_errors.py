@@ -119,6 +119,48 @@ def test_gather_matches_advanced_indexing():
     assert torch.equal(got[4], x.bfloat16()[o])
 
 
+def _folded_reference(x, kept, dim, src, dst, scale):
+    """Gather by advanced indexing, then add each dropped slice, times its scale, onto its
+    destination's slice, one at a time in the order given (float64 loop, independent of
+    the core)."""
+    out = x.double()
+    for d, k in enumerate(kept):
+        if k is not None:
+            out = out.index_select(d, torch.as_tensor(k))
+    out = out.clone()
+    kd = list(kept[dim]) if kept[dim] is not None else list(range(x.shape[dim]))
+    for s_, t_, a in zip(src, dst, scale):
+        part = x.double().select(dim, s_)
+        for d, k in enumerate(kept):
+            if k is not None and d != dim:
+                part = part.index_select(d if d < dim else d - 1, torch.as_tensor(k))
+        out.select(dim, kd.index(t_)).add_(part * float(np.float32(a)))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["core", "torch"])
+def test_gather_folds_dropped_slices_onto_kept_ones(dtype):
+    """Weight merging in the gather's call: a conv weight sliced on both dims, dropped input
+    channels added onto kept ones (two onto the same one, in order), and a fold along a dim
+    the slicing keeps whole. float32 folds in the core, float64 with torch; both against a
+    float64 loop."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 8, 3, 3, generator=g, dtype=dtype)
+    rows, cols = [0, 2, 5], [1, 3, 4, 6]
+    src, dst, scale = [0, 7, 2], [3, 3, 6], [0.5, -1.25, 2.0]
+    fold_rows = ([1, 4], [0, 5], [1.5, 0.25])
+    got = engine.gather([x, x, x], [[rows, cols], [None, cols], [rows]],
+                        folds=[[(1, src, dst, scale)], [(1, src, dst, scale), (0, *fold_rows)], []])
+    want0 = _folded_reference(x, [rows, cols], 1, src, dst, scale)
+    torch.testing.assert_close(got[0].double(), want0, rtol=1e-5, atol=1e-5)  # float32: a few roundings of values below 20
+    want1 = _folded_reference(x, [None, cols], 1, src, dst, scale)
+    want1 += _folded_reference(x, [list(range(6)), cols], 0, *fold_rows) - _folded_reference(x, [None, cols], 0, [], [], [])
+    torch.testing.assert_close(got[1].double(), want1, rtol=1e-5, atol=1e-5)  # float32: a few roundings of values below 20
+    assert torch.equal(got[2], x[rows])
+    with pytest.raises(ValueError, match="a destination is not kept"):
+        engine.gather([x], [[rows, cols]], folds=[[(1, [0], [2], [1.0])]])
+
+
 def test_gather_bad_index():
     with pytest.raises(ValueError, match="index 16 out of range for dim 0 of size 16"):
         engine.gather([torch.randn(16, 4)], [[[0, 16]]])

@@ -64,6 +64,20 @@ void gather_batch(const std::vector<GatherJob>& jobs, int threads) {
                               " out of range for dim ", dim, " of size ", job.shape[dim]);
             }
         }
+        for (const GatherFold& f : job.folds) {
+            PYPRUNE_CHECK(job.elem_size == 4, "gather job ", j, ": folds need float32 elements");
+            PYPRUNE_CHECK(f.dim >= 0 && f.dim < static_cast<int64_t>(job.index.size()) && !job.index[f.dim].empty(),
+                          "gather job ", j, ": a fold along dim ", f.dim, " needs that dim's index list");
+            const auto kept = static_cast<int64_t>(job.index[f.dim].size());
+            PYPRUNE_CHECK(static_cast<int64_t>(f.start.size()) == kept + 1 && f.start[0] == 0 &&
+                              f.start[kept] == static_cast<int64_t>(f.src.size()) && f.src.size() == f.scale.size(),
+                          "gather job ", j, ": malformed fold along dim ", f.dim);
+            for (int64_t p = 0; p < kept; ++p)
+                PYPRUNE_CHECK(f.start[p] <= f.start[p + 1], "gather job ", j, ": malformed fold along dim ", f.dim);
+            for (int64_t v : f.src)
+                PYPRUNE_CHECK(v >= 0 && v < job.shape[f.dim], "gather job ", j, ": fold source ", v,
+                              " out of range for dim ", f.dim, " of size ", job.shape[f.dim]);
+        }
     }
     std::vector<Plan> plans;
     plans.reserve(jobs.size());
@@ -91,10 +105,25 @@ void gather_batch(const std::vector<GatherJob>& jobs, int threads) {
             for (int64_t dim = nd - 1; dim >= 0; --dim) {
                 const int64_t i = rem % p.dshape[dim];
                 rem /= p.dshape[dim];
+                idx[dim] = i;
                 const auto& ix = job.index[dim];
                 off += (ix.empty() ? i : ix[i]) * p.sstride[dim];
             }
             std::memcpy(dst + o * p.block, src + off, static_cast<size_t>(p.block));
+            for (const GatherFold& f : job.folds) {  // dims with folds are indexed: f.dim <= p.last
+                const int64_t i = idx[f.dim];
+                const char* base = src + off - job.index[f.dim][i] * p.sstride[f.dim];
+                float* d = reinterpret_cast<float*>(dst + o * p.block);
+                const int64_t len = p.block / 4;
+                for (int64_t q = f.start[i]; q < f.start[i + 1]; ++q) {
+                    const float* s = reinterpret_cast<const float*>(base + f.src[q] * p.sstride[f.dim]);
+                    const float a = f.scale[q];
+                    for (int64_t e = 0; e < len; ++e) {
+                        const float prod = a * s[e];
+                        d[e] += prod;
+                    }
+                }
+            }
         }
     }
 }

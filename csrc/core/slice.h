@@ -6,6 +6,17 @@
 
 namespace pyprune {
 
+/// Dropped slices added onto kept ones after the copy (weight merging): along `dim`, which
+/// must have an index list, output position p receives, in order, scale[q] * the source
+/// slice at index src[q] (its other dims gathered like the output's) for q in
+/// start[p]..start[p + 1]. Each product is rounded to float, then added.
+struct GatherFold {
+    int64_t dim = 0;
+    std::vector<int64_t> start;  // one more than the dim's kept indices
+    std::vector<int64_t> src;
+    std::vector<float> scale;
+};
+
 /// One tensor to slice: dst = src[index[0], index[1], ...] (outer product of the indices).
 struct GatherJob {
     /// source tensor, contiguous row-major, any element type
@@ -18,6 +29,8 @@ struct GatherJob {
     std::vector<int64_t> shape;
     /// per dim the kept indices in output order; an empty list keeps the whole dim
     std::vector<std::vector<int64_t>> index;
+    /// weight merging (float32 tensors only), see GatherFold
+    std::vector<GatherFold> folds;
 };
 
 /// Destination shape of a job.
