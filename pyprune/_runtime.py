@@ -3,6 +3,7 @@ verification and benchmarks start in a fresh process:
 
     python -m pyprune._runtime verify  <format> <model file> <inputs.npy> <outputs.npy>
     python -m pyprune._runtime bench   <json spec>            (prints one JSON line)
+    python -m pyprune._runtime turns   <json spec>            (several models timed in turns)
     python -m pyprune._runtime layers  <spec.json> <out.json>  (times single layers: latency tables)
     python -m pyprune._runtime lower   <spec.json>             (single layers to .pte files)
 
@@ -73,7 +74,10 @@ class EagerRunner:
 
         if threads:
             torch.set_num_threads(threads)
-            torch.set_num_interop_threads(1)
+            try:
+                torch.set_num_interop_threads(1)
+            except RuntimeError:  # a second model in this process: set by the first
+                pass
         if path.endswith(".pt2"):
             self.model = torch.export.load(path).module()
         else:
@@ -153,6 +157,38 @@ def _bench_one(runner, spec: dict, shape) -> dict:
     return {"runtime": spec["runtime"], "threads": spec.get("threads"), "batch": shape[0],
             "p50_s": float(np.percentile(t, 50)), "p90_s": float(np.percentile(t, 90)), "mean_s": float(t.mean()),
             "repeats": len(times), "machine_busy": machine_busy, "other_load": other}
+
+
+def bench_turns(spec: dict) -> list[dict]:
+    """Time several models of one runtime in turns: each turn runs every model once, the
+    order rotating from turn to turn, so a machine that slows down or speeds up during the
+    measurement moves them all alike and their ratios hold. At least `repeats` turns and
+    `min_seconds`, at most `max_seconds` (past `min_repeats`). One row per path: p50, p90,
+    mean and runs."""
+    import numpy as np
+
+    runners = [RUNNERS[spec["runtime"]](path, spec.get("threads")) for path in spec["paths"]]
+    x = np.random.default_rng(0).standard_normal(spec["shape"]).astype(np.float32)
+    for run in runners:
+        for _ in range(spec.get("warmup", 5)):
+            run(x)
+    times = [[] for _ in runners]
+    start = time.perf_counter()
+    floor, deadline = start + spec.get("min_seconds", 2.0), start + spec.get("max_seconds", 12.0)
+    turn = 0
+    while True:
+        now = time.perf_counter()
+        enough = turn >= spec.get("repeats", 40) and now >= floor
+        if turn >= spec.get("min_repeats", 10) and (enough or now >= deadline):
+            break
+        for j in range(len(runners)):
+            i = (j + turn) % len(runners)
+            s = time.perf_counter()
+            runners[i](x)
+            times[i].append(time.perf_counter() - s)
+        turn += 1
+    return [{"p50_s": float(np.percentile(t, 50)), "p90_s": float(np.percentile(t, 90)), "mean_s": float(np.mean(t)),
+             "repeats": len(t)} for t in times]
 
 
 # -- single layers, for the latency tables (pyprune.latency) ---------------------------------
@@ -301,6 +337,12 @@ def main(argv: list[str]) -> int:
         spec = json.loads(argv[1])
         _set_threads(spec.get("threads"))
         print(json.dumps(bench(spec)))
+        sys.stdout.flush()
+        return 0
+    if cmd == "turns":
+        spec = json.loads(argv[1])
+        _set_threads(spec.get("threads"))
+        print(json.dumps(bench_turns(spec)))
         sys.stdout.flush()
         return 0
     if cmd == "layers":

@@ -188,3 +188,41 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
         if tmp is not None:
             tmp.cleanup()
     return result
+
+
+def benchmark_turns(models, input_shape, runtime: str, threads: int = 1, *, workdir=None, repeats: int = 40,
+                    min_seconds: float = 2.0, max_seconds: float = 12.0, warmup: int = 5) -> list[float]:
+    """p50 seconds of each model (an ``nn.Module``, exported here, or a file for the runtime)
+    timed in turns in one worker process: every turn runs each model once, the order
+    rotating, so their ratios hold on a machine whose speed drifts during the measurement
+    (two separate measurements of the same model here can differ by 15-20%)."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)}")
+    shape = tuple(int(v) for v in input_shape)
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="pyprune-bench-")
+        workdir = tmp.name
+    workdir = pathlib.Path(workdir)
+    try:
+        paths = []
+        for i, m in enumerate(models):
+            if isinstance(m, nn.Module):
+                sub = workdir / f"m{i}"
+                sub.mkdir(parents=True, exist_ok=True)
+                files = _prepare(m, shape, [runtime], [shape[0]], sub, [])[runtime]
+                paths.append(str(files.get("*", files.get(str(shape[0])))))
+            else:
+                paths.append(str(m))
+        spec = {"runtime": runtime, "threads": int(threads), "shape": list(shape), "paths": paths,
+                "repeats": repeats, "min_seconds": min_seconds, "max_seconds": max_seconds, "warmup": warmup}
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+        with _exclusive():
+            p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "turns", json.dumps(spec)],
+                               capture_output=True, text=True, timeout=1800, env=env)
+        if p.returncode != 0:
+            raise RuntimeError(f"benchmark of {runtime} at {threads} threads failed:\n{p.stderr[-2000:]}")
+        return [float(r["p50_s"]) for r in json.loads(p.stdout.strip().splitlines()[-1])]
+    finally:
+        if tmp is not None:
+            tmp.cleanup()

@@ -18,8 +18,15 @@ output elements + r_weight * weights)`` at the current widths, ``r0`` holding ev
 else (norms, activations, adds, pooling, per-call work). The three rates come from three
 measurements of the whole model in the runtime: as it is, at half of every prunable group's
 channels, and with only its later half of groups at half width (early layers hold most
-activations, late ones most weights). They predict those three by construction; every other
-width is predicted from the table.
+activations, late ones most weights), timed in turns in one worker so that their ratios
+hold. They predict those three by construction; every other width is predicted from the
+table.
+
+This machine's speed drifts: the same model measured minutes apart differs by 15-20%. So
+whole models are compared in turns, one run of each in rotation in one worker
+(:func:`measure_turns`): the pruned model beside the unpruned one, which also gives the
+machine's speed at that moment (``speed``, unpruned measured over its calibrated
+prediction); every prediction is scaled by the speed last measured.
 
 Tables are cached on disk (``$PYPRUNE_CACHE``, default ``~/.cache/pyprune``), one file per
 runtime version, threads, batch and CPU model, keyed inside by layer signature, so a second
@@ -38,9 +45,11 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +58,7 @@ from torch import nn
 
 from ._io import write_text
 
-__all__ = ["LatencyTarget", "LatencyModel", "LatencyTable", "measure", "cache_dir", "RUNTIMES"]
+__all__ = ["LatencyTarget", "LatencyModel", "LatencyTable", "measure", "measure_turns", "cache_dir", "RUNTIMES"]
 
 RUNTIMES = ("onnxruntime", "executorch", "eager")
 # width fractions measured per prunable dim (ExecuTorch lowers one program per point, ~1 s each)
@@ -419,6 +428,40 @@ def measure(model: nn.Module, example_input: torch.Tensor, target: LatencyTarget
     return float(res.rows[0]["p50_s"])
 
 
+class ReferenceExport:
+    """One model's export for the target runtime, made on first use and kept for the next
+    :func:`measure_turns` with the same first model; its folder goes with this object."""
+
+    def __init__(self):
+        self.model, self.path = None, None
+        self._dir = tempfile.mkdtemp(prefix="pyprune-latency-ref-")
+        weakref.finalize(self, shutil.rmtree, self._dir, True)
+
+    def file(self, model: nn.Module, shape, target: LatencyTarget) -> str:
+        if self.model is not model:
+            from .bench import _prepare
+
+            files = _prepare(model, shape, [target.runtime], [target.batch], pathlib.Path(self._dir), [])[target.runtime]
+            self.model, self.path = model, str(files.get("*", files.get(str(target.batch))))
+        return self.path
+
+
+def measure_turns(models, example_input: torch.Tensor, target: LatencyTarget, *, repeats: int = 40,
+                  min_seconds: float = 2.0, max_seconds: float = 12.0,
+                  reference: ReferenceExport | None = None) -> list[float]:
+    """p50 seconds of each model in the target runtime, timed in turns in one worker process
+    (see :func:`pyprune.bench.benchmark_turns`). With ``reference`` the first model's export
+    is made once and reused by later calls with the same first model."""
+    from .bench import benchmark_turns
+
+    shape = (target.batch, *example_input.shape[1:])
+    models = list(models)
+    if reference is not None and models:
+        models[0] = reference.file(models[0], shape, target)
+    return benchmark_turns(models, shape, target.runtime, target.threads, repeats=repeats,
+                           min_seconds=min_seconds, max_seconds=max_seconds)
+
+
 def _single_input(inputs) -> torch.Tensor:
     if isinstance(inputs, torch.Tensor):
         return inputs
@@ -435,7 +478,7 @@ class LatencyModel:
     group); ``measure_fn(model) -> seconds`` times a whole model (default :func:`measure`)."""
 
     def __init__(self, model: nn.Module, graph, example_inputs, target: LatencyTarget, cost, *,
-                 progress: bool = True, cache=None, measure_fn=None, align: int | None = None):
+                 progress: bool = True, cache=None, measure_fn=None, turns_fn=None, align: int | None = None):
         self.target, self.graph, self.cost = target, graph, cost
         self.example = _single_input(example_inputs)
         self.table = LatencyTable(target, cache)
@@ -446,7 +489,18 @@ class LatencyModel:
         self.measured_points = measure_layers(self.layers, self.table, progress)
         for lc in self.layers:
             lc.load(self.table.layers[lc.signature])
+        self.model = model  # the unpruned model: the reference of paired measurements
         self._measure = measure_fn or (lambda m: measure(m, self.example, target))
+        self._exported = ReferenceExport()  # the unpruned model's export, made once for every paired measurement
+        if turns_fn is not None:
+            self._turns = turns_fn
+        elif measure_fn is not None:  # a stand-in runtime: one model at a time
+            self._turns = lambda models: [measure_fn(m) for m in models]
+        else:
+            self._turns = lambda models: measure_turns(models, self.example, target, reference=self._exported)
+        # how much slower (> 1) the machine runs now than when the model was calibrated:
+        # every prediction is scaled by it (set by refresh and by every paired measurement)
+        self.speed = 1.0
         # layers whose widths follow each group (for the solver's local updates)
         self.group_layers: dict[int, list[int]] = {}
         for i, lc in enumerate(self.layers):
@@ -479,9 +533,14 @@ class LatencyModel:
         """[table seconds, output elements, weight elements] summed over the layers."""
         return np.sum([self._raw(i, keep_frac) for i in range(len(self.layers))], axis=0).reshape(3)
 
-    def predict(self, keep_frac: np.ndarray) -> float:
+    def raw_predict(self, keep_frac: np.ndarray) -> float:
+        """Predicted seconds at the machine speed of the calibration."""
         t, a, w = self.terms(keep_frac)
         return max(0.0, t + self.r0 + self.r_act * a + self.r_weight * w)
+
+    def predict(self, keep_frac: np.ndarray) -> float:
+        """Predicted seconds at the keep shares, at the machine speed last measured."""
+        return self.speed * self.raw_predict(keep_frac)
 
     def breakdown(self, keep_frac: np.ndarray | None = None) -> list[dict]:
         """Per measured layer: module, kind and predicted seconds inside the model at the
@@ -552,9 +611,9 @@ class LatencyModel:
         masks = {"half_s": self.half_keep(), "late_s": self.half_keep(late_only=True)}
         rec = dict(self.table.models.get(self.key) or {})
         todo = [k for k in ("full_s", "half_s", "late_s") if k not in rec]
-        for k in todo:
-            rec[k] = self._measure(model if k == "full_s" else apply_keep(model, self.graph, masks[k]))
-        if todo:
+        if todo:  # the three side by side (in turns): their ratios hold on a drifting machine
+            secs = self._turns([model, *(apply_keep(model, self.graph, masks[k]) for k in ("half_s", "late_s"))])
+            rec.update(zip(("full_s", "half_s", "late_s"), secs))
             self.table.models[self.key] = rec
             self.table.save()
         self.calibrated_now = bool(todo)
@@ -577,17 +636,27 @@ class LatencyModel:
         self.calibration = {"full_measured_s": rec["full_s"], "half_measured_s": rec["half_s"],
                             "late_half_measured_s": rec["late_s"], "layers_s": float(terms["full_s"][0])}
         for k in keys:
-            self.calibration[k.replace("_s", "_predicted_s").replace("late", "late_half")] = self.predict(fracs[k])
+            self.calibration[k.replace("_s", "_predicted_s").replace("late", "late_half")] = self.raw_predict(fracs[k])
 
     def measure(self, model: nn.Module) -> float:
         return self._measure(model)
 
+    def measure_pair(self, model: nn.Module) -> tuple[float, float]:
+        """(unpruned seconds, `model` seconds), timed in turns in one worker. The machine's
+        speed now (unpruned measured over its calibrated prediction) rescales every later
+        prediction, and the unpruned time is what relative budgets refer to from then on."""
+        ref, m = self._turns([self.model, model])
+        self.speed = ref / max(1e-12, self.raw_predict(np.ones(len(self.graph.groups))))
+        self.measured_full = ref
+        return ref, m
+
     def refresh(self, model: nn.Module) -> float:
-        """Measure the unpruned model now and move the constant so the prediction matches it
-        (a cached calibration may come from a busier or quieter hour of the machine);
-        returns the measurement, which budgets relative to the model use from then on."""
-        m = self._measure(model)
-        self.r0 += m - self.predict(np.ones(len(self.graph.groups)))
+        """Measure the unpruned model now and rescale the predictions to match it (a cached
+        calibration may come from a busier or quieter hour of the machine: every part of the
+        model runs that much slower or faster); returns the measurement, which budgets
+        relative to the model use from then on."""
+        m = self._turns([model])[0]
+        self.speed = m / max(1e-12, self.raw_predict(np.ones(len(self.graph.groups))))
         self.measured_full = m
         self.calibration["full_remeasured_s"] = m
         return m
@@ -605,6 +674,7 @@ class LatencyModel:
         channel: a channel is worth the compute it carries, so the cuts go where the runtime
         is slow for its MACs). Raises ``ValueError`` when the goal cannot be reached."""
         fixed = dict(fixed or {})
+        goal = goal / self.speed  # the table's seconds are those of the calibration
         n = len(self.graph.groups)
         keep_frac = np.ones(n)
         keep = {g.id: g.size for g in groups}
@@ -672,9 +742,9 @@ class LatencyModel:
                 heapq.heappush(heap, (c[0], gid, 0, c))
         while total > goal:
             if not heap:
-                raise ValueError(f"latency budget of {1e3 * goal:.3f} ms is unreachable: with every group at its "
-                                 f"floor (min_keep={min_keep}, at most {max_ratio:.0%} removed) the model is predicted "
-                                 f"at {1e3 * total:.3f} ms on {self.target.runtime}")
+                raise ValueError(f"latency budget of {1e3 * goal * self.speed:.3f} ms is unreachable: with every group "
+                                 f"at its floor (min_keep={min_keep}, at most {max_ratio:.0%} removed) the model is "
+                                 f"predicted at {1e3 * total * self.speed:.3f} ms on {self.target.runtime}")
             _, gid, ver, (_, k2, saved, rows) = heapq.heappop(heap)
             if ver != version[gid]:
                 continue

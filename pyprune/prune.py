@@ -568,9 +568,17 @@ class Pruner:
                         raise
                     break  # no tighter plan exists: the last one stands (and the warning below says so)
                 lat = self.latency_model()  # finer widths may have been needed
-                predicted = lat.predict(self._keep_fractions(res.plan))
-                measured = lat.measure(res.model)
-                rounds.append({"goal_s": goal, "predicted_s": predicted, "measured_s": measured})
+                kf = self._keep_fractions(res.plan)
+                predicted = lat.predict(kf)  # before measuring, at the speed last measured
+                predicted_full = lat.predict(np.ones(len(kf)))
+                ratio = lat.raw_predict(kf) / lat.raw_predict(np.ones(len(kf)))
+                reference, measured = lat.measure_pair(res.model)  # in turns with the unpruned model
+                if fraction:  # a relative budget follows the machine: the unpruned model measured beside
+                    budget_s = self._latency_budget_s = reference / value
+                rounds.append({"goal_s": goal, "predicted_s": predicted, "measured_s": measured,
+                               "unpruned_measured_s": reference, "unpruned_predicted_s": predicted_full,
+                               "predicted_ratio": ratio,
+                               "measured_ratio": measured / reference})
                 if measured <= budget_s:
                     break
                 self._latency_scale *= budget_s / measured * 0.98
@@ -580,9 +588,12 @@ class Pruner:
             plan = res.plan
             res = self.apply(plan, inplace=True)
         kf = self._keep_fractions(res.plan)
-        res.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": lat.measured_full,
-                       "unpruned_predicted_s": lat.predict(np.ones(len(kf))), "predicted_s": rounds[-1]["predicted_s"],
-                       "measured_s": rounds[-1]["measured_s"], "rounds": rounds, "calibration": dict(lat.calibration),
+        last = rounds[-1]
+        res.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": last["unpruned_measured_s"],
+                       "unpruned_predicted_s": last["unpruned_predicted_s"], "predicted_s": last["predicted_s"],
+                       "measured_s": last["measured_s"], "predicted_ratio": last["predicted_ratio"],
+                       "measured_ratio": last["measured_ratio"], "speed": lat.speed,
+                       "rounds": rounds, "calibration": dict(lat.calibration),
                        "table_points_measured": lat.measured_points, "table": str(lat.table.path),
                        "layers": [{"module": b["module"], "kind": b["kind"], "before_s": b["seconds"],
                                    "after_s": a["seconds"]}
@@ -704,10 +715,11 @@ class Pruner:
         result.summary = compare(snapshot(original, first_graph.layers), snapshot(self.model, first_graph.layers))
         result.steps = steps
         if latency:
+            predicted = lat.predict(self._keep_fractions(plan))
+            reference, measured = lat.measure_pair(self.model)  # in turns with the unpruned model
             budget_s = _latency_budget_s(lat, budget[2], budget[3])
-            measured = lat.measure(self.model)
-            result.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": lat.measured_full,
-                              "predicted_s": lat.predict(self._keep_fractions(plan)), "measured_s": measured}
+            result.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": reference,
+                              "predicted_s": predicted, "measured_s": measured}
             if measured > budget_s:
                 warnings.warn(f"pyprune: after {iterative_steps} rounds the model measured {1e3 * measured:.3f} ms on "
                               f"{lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms (iterative rounds "

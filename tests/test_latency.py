@@ -164,11 +164,11 @@ def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
     model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
     full = _whole_model_seconds(model, x)
 
-    def measure(m, example, target):
-        s = _whole_model_seconds(m, example)
-        return s if abs(s - full) < 1e-12 else s * 1.2
+    def measure(models, example, target, **kw):
+        out = [_whole_model_seconds(m, example) for m in models]
+        return [s if abs(s - full) < 1e-12 else s * 1.2 for s in out]
 
-    monkeypatch.setattr(latency, "measure", measure)
+    monkeypatch.setattr(latency, "measure_turns", measure)
     res = pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
     lat = res.latency
     assert lat["budget_s"] == pytest.approx(full / 2.0, rel=1e-9)
@@ -233,7 +233,8 @@ def test_cli_latency_table_builds_then_reads_the_cache(tmp_path):
 def test_unreachable_at_the_runtimes_multiple_tries_finer_widths(synthetic, monkeypatch):
     """A budget that multiples of 8 channels cannot reach is met at multiples of 4, with a
     warning; keep counts follow the finer multiple."""
-    monkeypatch.setattr(latency, "measure", lambda m, example, target: _whole_model_seconds(m, example))
+    monkeypatch.setattr(latency, "measure_turns",
+                        lambda models, example, target, **kw: [_whole_model_seconds(m, example) for m in models])
     torch.manual_seed(0)
     model, x = digits_cnn(width=8).eval(), torch.randn(1, 1, 8, 8)
     with pytest.warns(UserWarning, match="multiples of 8 .* trying multiples of 4"):
