@@ -464,17 +464,24 @@ def gather(
             r = torch.from_numpy(a)
             result[i] = r.view(torch.bfloat16) if tensors[i].dtype == torch.bfloat16 else r
     for i, lists, fl in torch_folds:  # the same sums with torch (other dtypes and devices)
-        t = tensors[i].detach()
         for d, _, s, pos, a in fl:
-            part = t.index_select(d, torch.as_tensor(s, device=t.device))
-            for e, keep in enumerate(lists):
-                if keep is not None and e != d:
-                    part = part.index_select(e, torch.as_tensor(keep, device=t.device))
-            shape = [1] * part.dim()
-            shape[d] = -1
-            part = part * torch.as_tensor(a, dtype=part.dtype, device=t.device).view(shape)
-            result[i].index_add_(d, torch.as_tensor(pos, device=t.device), part)
+            fold_slices(result[i], tensors[i].detach(), lists, d, s, pos, a)
     return result
+
+
+def fold_slices(new: torch.Tensor, orig: torch.Tensor, kept: Sequence, dim: int, src, pos, scale) -> None:
+    """With torch: ``new[..., pos[q], ...] += scale[q] * orig[..., src[q], ...]`` along
+    `dim`, the other dims of `orig` sliced by ``kept`` (one list or None per leading dim),
+    as :func:`gather`'s folds do in the core."""
+    dev = orig.device
+    part = orig.index_select(dim, torch.as_tensor(np.asarray(src, np.int64), device=dev))
+    for e, keep in enumerate(kept):
+        if keep is not None and e != dim:
+            part = part.index_select(e, torch.as_tensor(np.asarray(keep, np.int64), device=dev))
+    shape = [1] * part.dim()
+    shape[dim] = -1
+    part = part * torch.as_tensor(np.asarray(scale), dtype=part.dtype, device=dev).view(shape)
+    new.index_add_(dim, torch.as_tensor(np.asarray(pos, np.int64), device=dev), part)
 
 
 def _fold_spec(fold, lists: list, i: int):

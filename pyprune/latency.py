@@ -65,6 +65,8 @@ RUNTIMES = ("onnxruntime", "executorch", "eager")
 GRIDS = {"onnxruntime": (1.0, 0.75, 0.5, 0.3, 0.15), "eager": (1.0, 0.75, 0.5, 0.3, 0.15),
          "executorch": (1.0, 0.55, 0.25)}
 _PKG = {"onnxruntime": "onnxruntime", "executorch": "executorch", "eager": "torch"}
+# how the whole-model calibration is measured (part of its cache key)
+_CALIBRATION = "turns-1"
 
 
 @dataclass(frozen=True)
@@ -574,7 +576,10 @@ class LatencyModel:
 
     @property
     def key(self) -> str:
-        sig = [(lc.module, lc.signature) for lc in self.layers] + [list(self.example.shape[1:]), len(self.graph.groups)]
+        """The model's calibration entry in the table (its layers, input and groups, and how
+        the calibration was measured: a new method never reads an old method's numbers)."""
+        sig = [(lc.module, lc.signature) for lc in self.layers] + [list(self.example.shape[1:]), len(self.graph.groups),
+                                                                    _CALIBRATION]
         return hashlib.sha1(json.dumps(sig).encode()).hexdigest()[:16]
 
     def half_keep(self, late_only: bool = False) -> np.ndarray:

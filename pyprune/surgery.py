@@ -153,15 +153,9 @@ def _fold(new: torch.Tensor, orig: torch.Tensor, dims: dict, dim: int, src, dst,
     """new[..., pos(dst), ...] += scale * orig[..., src, ...] along `dim`, where `new` is
     `orig` with `dims` ({dim: kept positions}) gathered and pos maps an original position
     along `dim` to its place among the kept ones."""
-    part = orig.index_select(dim, torch.as_tensor(src))
-    for d, kept in dims.items():
-        if d != dim:
-            part = part.index_select(d, torch.as_tensor(kept))
-    shape = [1] * part.dim()
-    shape[dim] = -1
-    part = part * torch.as_tensor(scale, dtype=part.dtype).view(shape)
     kept = dims.get(dim, np.arange(orig.shape[dim]))
-    new.index_add_(dim, torch.as_tensor(np.searchsorted(kept, dst)), part)
+    lists = [dims.get(d) for d in range(max(max(dims), dim) + 1)]
+    engine.fold_slices(new, orig, lists, dim, src, np.searchsorted(kept, dst), scale)
 
 
 def _get(modules: dict, mod: str, pname: str) -> torch.Tensor:
