@@ -333,16 +333,10 @@ def main(argv: list[str]) -> int:
         y = RUNNERS[fmt](path, 1)(x)
         np.save(out, np.asarray(y))
         return 0
-    if cmd == "bench":
+    if cmd in ("bench", "turns"):  # a JSON spec in, one JSON line of rows out
         spec = json.loads(argv[1])
         _set_threads(spec.get("threads"))
-        print(json.dumps(bench(spec)))
-        sys.stdout.flush()
-        return 0
-    if cmd == "turns":
-        spec = json.loads(argv[1])
-        _set_threads(spec.get("threads"))
-        print(json.dumps(bench_turns(spec)))
+        print(json.dumps((bench if cmd == "bench" else bench_turns)(spec)))
         sys.stdout.flush()
         return 0
     if cmd == "layers":

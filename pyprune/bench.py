@@ -100,6 +100,17 @@ def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Pa
     return files
 
 
+def _worker_rows(cmd: str, spec: dict) -> list[dict]:
+    """Run a pyprune._runtime timing command on `spec` in a fresh process (threads set before
+    the runtime loads) and return the rows of the JSON line it prints."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    p = subprocess.run([sys.executable, "-m", "pyprune._runtime", cmd, json.dumps(spec)],
+                       capture_output=True, text=True, timeout=1800, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"benchmark of {spec['runtime']} at {spec['threads']} threads failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def _check_onnx_batch(path: pathlib.Path, batch_sizes) -> None:
     """An ONNX file exported with a fixed batch runs at that batch only: say so, and how to
     get one that takes any batch, before anything is timed."""
@@ -171,12 +182,7 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
                     if progress:
                         print(f"benchmark: {rt} at {th} thread{'s' if th > 1 else ''}, batch "
                               f"{', '.join(str(sh[0]) for sh in spec['shapes'])} ...", file=sys.stderr, flush=True)
-                    env = dict(os.environ, OMP_NUM_THREADS=str(th))
-                    p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "bench", json.dumps(spec)],
-                                       capture_output=True, text=True, timeout=1800, env=env)
-                    if p.returncode != 0:
-                        raise RuntimeError(f"benchmark of {rt} at {th} threads failed:\n{p.stderr[-2000:]}")
-                    for row in json.loads(p.stdout.strip().splitlines()[-1]):
+                    for row in _worker_rows("bench", spec):
                         b = row["batch"]
                         f = paths.get(str(b), paths.get("*"))
                         row.update({"per_image_p50_s": row["p50_s"] / b, "per_image_mean_s": row["mean_s"] / b,
@@ -216,13 +222,8 @@ def benchmark_turns(models, input_shape, runtime: str, threads: int = 1, *, work
                 paths.append(str(m))
         spec = {"runtime": runtime, "threads": int(threads), "shape": list(shape), "paths": paths,
                 "repeats": repeats, "min_seconds": min_seconds, "max_seconds": max_seconds, "warmup": warmup}
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads))
         with _exclusive():
-            p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "turns", json.dumps(spec)],
-                               capture_output=True, text=True, timeout=1800, env=env)
-        if p.returncode != 0:
-            raise RuntimeError(f"benchmark of {runtime} at {threads} threads failed:\n{p.stderr[-2000:]}")
-        return [float(r["p50_s"]) for r in json.loads(p.stdout.strip().splitlines()[-1])]
+            return [float(r["p50_s"]) for r in _worker_rows("turns", spec)]
     finally:
         if tmp is not None:
             tmp.cleanup()
