@@ -25,7 +25,7 @@ def filter_norms(weights: Sequence[F32], p: int, threads: int = 0) -> list[F32]:
 def cosine_similarity(weight: F32, threads: int = 0) -> F32: ...
 def fpgm_scores(weight: F32, threads: int = 0) -> F32: ...
 def spherical_kmeans(
-    weights: Sequence[F32],
+    weights: list[F32 | list[F32]],
     ks: Sequence[int],
     max_iter: int = 100,
     early_stop: bool = True,
@@ -37,8 +37,9 @@ def spherical_kmeans(
     details: bool = False,
 ) -> list[tuple[F32, I64, I64, F64, int]] | list[tuple[F32, I64, I64, F64, int, KMeansStats, F32, str, F32, F32, F32]]:
     """One tuple per layer: (centroids, labels, representatives, objective, n_iter), and with
-    details=True also (stats, cosines, kernel, norms, rep_cosines, rep_residuals). `kernel` forces a path; "" = PYPRUNE_GEMM or
-    the fastest this CPU runs."""
+    details=True also (stats, cosines, kernel, norms, rep_cosines, rep_residuals). A layer is an
+    array or a list of arrays with the same rows (column blocks, read in place). `kernel` forces
+    a path; "" = PYPRUNE_GEMM or the fastest this CPU runs."""
 def choose_k(
     weights: Sequence[F32], ks: Sequence[Sequence[int]], max_iter: int = 100, seed: int = 0, threads: int = 0
 ) -> tuple[list[int], list[list[float]]]: ...

@@ -62,7 +62,27 @@ _core = _UserErrors(_load_core())
 
 TensorOrList = Union[torch.Tensor, Sequence[torch.Tensor]]
 
+
+class Columns(tuple):
+    """One layer's filters given as column blocks: tensors with the same number of filters
+    (dim 0), clustered as the concatenation of their ``(filters, -1)`` views along the
+    weights, as ``torch.cat([b.reshape(len(b), -1) for b in blocks], 1)`` would give, but
+    without building it: the core reads every block in place. A residual stream's
+    producers are such blocks. ``spherical_kmeans([Columns(w1, w2), w3], ks)`` clusters two
+    layers."""
+
+    def __new__(cls, *blocks: torch.Tensor):
+        if not blocks:
+            raise ValueError("Columns: expected at least one tensor")
+        return super().__new__(cls, blocks)
+
+    def take(self, index) -> "Columns":
+        """The filters at ``index`` (positions along dim 0) of every block."""
+        return Columns(*(b[index] for b in self))
+
+
 __all__ = [
+    "Columns",
     "IterationStats",
     "KMeansResult",
     "filter_norms",
@@ -224,7 +244,30 @@ def fpgm_scores(weight: torch.Tensor, *, threads: int | None = None) -> torch.Te
     return torch.from_numpy(_core.fpgm_scores(_to_core(weight, "weight"), _threads(threads)))
 
 
-def _check_ks(ks, arrays: list[np.ndarray]) -> list[int]:
+def _kmeans_arrays(weights, name: str) -> tuple[list, bool]:
+    """As _arrays, where a layer may also be a Columns: a list of arrays for the core."""
+    def layer(w, what):
+        if not isinstance(w, Columns):
+            return _to_core(w, what)
+        blocks = [_to_core(b, f"{what} block {i}") for i, b in enumerate(w)]
+        for i, b in enumerate(blocks[1:], 1):
+            if b.shape[0] != blocks[0].shape[0]:
+                raise ValueError(f"{what}: every column block needs the same number of filters: block 0 has "
+                                 f"{blocks[0].shape[0]}, block {i} has {b.shape[0]}")
+        return blocks
+
+    if isinstance(weights, (torch.Tensor, Columns)):
+        return [layer(weights, name)], True
+    ws, _ = _as_list(weights, name)
+    return [layer(w, f"{name}[{i}]") for i, w in enumerate(ws)], False
+
+
+def _rows(a) -> int:
+    """Filters of a core layer: an array, or a list of column blocks."""
+    return a[0].shape[0] if isinstance(a, list) else a.shape[0]
+
+
+def _check_ks(ks, arrays: list) -> list[int]:
     if isinstance(ks, (int, np.integer)) and not isinstance(ks, bool):
         ks = [int(ks)] * len(arrays)
     if not isinstance(ks, (list, tuple)) or len(ks) != len(arrays):
@@ -233,8 +276,8 @@ def _check_ks(ks, arrays: list[np.ndarray]) -> list[int]:
     for i, (k, a) in enumerate(zip(ks, arrays)):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise ValueError(f"ks[{i}]: expected an int, got {k!r}")
-        if not 1 <= int(k) <= a.shape[0]:
-            raise ValueError(f"ks[{i}]: K must satisfy 1 <= K <= n = {a.shape[0]} filters, got K = {k}")
+        if not 1 <= int(k) <= _rows(a):
+            raise ValueError(f"ks[{i}]: K must satisfy 1 <= K <= n = {_rows(a)} filters, got K = {k}")
         out.append(int(k))
     return out
 
@@ -260,7 +303,12 @@ def spherical_kmeans(
 
     ``ks`` is one K for all layers or one per layer. ``init`` optionally gives the (K, d)
     starting centroids per layer (``None`` entries use k-means++). Returns one
-    :class:`KMeansResult` per layer.
+    :class:`KMeansResult` per layer. A layer may be a :class:`Columns` of blocks (a residual
+    stream's producers): clustered as their concatenation, read in place.
+
+    Every value is checked to be finite while the filters are normalised; a layer holding
+    an infinite or NaN value raises ValueError naming it (the first such layer, after the
+    others have run).
 
     ``reuse=True`` recomputes, at each assignment, the similarities of only the centroids
     that moved since the previous one; the others are kept from before. Lloyd's iterations
@@ -282,7 +330,7 @@ def spherical_kmeans(
     Each result carries per-iteration :class:`IterationStats` and each filter's cosine to
     its centroid.
     """
-    arrays, single = _arrays(weights, "weights")
+    arrays, single = _kmeans_arrays(weights, "weights")
     k_list = _check_ks(ks, arrays)
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")

@@ -540,3 +540,58 @@ def test_lloyd_from_the_gram_matrix_matches_torch(reuse, threads, kernel):
         assert_close(r.centroids.double(), c, rtol=0, atol=1e-5)
         assert_close(r.objective, torch.tensor(obj, dtype=torch.float64), rtol=1e-6, atol=1e-4)
         assert sum(s.moved for s in r.stats[1:]) > 0  # the iterations did move centroids
+
+
+@pytest.mark.parametrize("kernel", path_params())
+@pytest.mark.parametrize("threads", [1, 2])
+def test_column_blocks_cluster_as_their_concatenation(kernel, threads):
+    """A layer given as engine.Columns (a residual stream's producers: same filters, their
+    own weights each) is clustered exactly as torch.cat of their (filters, -1) views, which
+    the core never builds: the same labels, representatives, centroids and objective (the
+    same bits: the filters are gathered before they are normalised), and the merge
+    statistics of the concatenation. Blocks beside plain layers in one batch, small layers
+    and one large enough to be split over the threads, with and without the Gram matrix."""
+    g = torch.Generator().manual_seed(5)
+    big = [torch.randn(300, c, 1, 1, generator=g) for c in (24, 8, 40)]  # 300 filters x 72 weights
+    big[1][17] = 0.0  # a block's row that is zero (the filter is not)
+    small = [torch.randn(40, 3, 3, 3, generator=g), torch.randn(40, 5, generator=g)]
+    small[0][3], small[1][3] = 0.0, 0.0  # a filter zero in every block: no direction
+    plain = torch.randn(64, 18, generator=g)
+    cat = [torch.cat([b.reshape(len(b), -1) for b in bl], 1) for bl in (big, small)]
+    for ks in ([150, 20, 16], [40, 3, 60]):  # Gram matrix (K = n / 2) and products
+        got = engine.spherical_kmeans([engine.Columns(*big), engine.Columns(*small), plain], ks, seed=3,
+                                      threads=threads, kernel=kernel)
+        want = engine.spherical_kmeans([cat[0], cat[1], plain], ks, seed=3, threads=threads, kernel=kernel)
+        for a, b in zip(got, want):
+            assert torch.equal(a.labels, b.labels) and torch.equal(a.representatives, b.representatives)
+            assert torch.equal(a.centroids, b.centroids) and torch.equal(a.objective, b.objective)
+            assert a.n_iter == b.n_iter and torch.equal(a.norms, b.norms)
+            assert_close(a.rep_cosines, b.rep_cosines, rtol=0, atol=1e-6)
+            assert_close(a.rep_residuals, b.rep_residuals, rtol=1e-5, atol=1e-6)
+
+
+def test_column_blocks_errors_name_the_layer_block_and_element():
+    a, b = torch.randn(16, 4), torch.randn(16, 3, 2)
+    with pytest.raises(ValueError, match=r"weights\[1\]: every column block needs the same number of filters: "
+                                         r"block 0 has 16, block 1 has 15"):
+        engine.spherical_kmeans([a, engine.Columns(a, b[:15])], 2)
+    bad = b.clone()
+    bad[9, 2, 1] = float("nan")  # element 5 of block 1: element 4 + 5 = 9 of the filter
+    with pytest.raises(ValueError, match=r"weights\[0\]: contains a non-finite value \(nan\) at filter 9, element 9"):
+        engine.spherical_kmeans([engine.Columns(a, bad)], 2)
+    with pytest.raises(ValueError, match=r"weights block 1: expected a floating-point tensor"):
+        engine.spherical_kmeans(engine.Columns(a, torch.ones(16, 2, dtype=torch.int64)), 2)
+    with pytest.raises(ValueError, match="Columns: expected at least one tensor"):
+        engine.Columns()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_non_finite_value_error_names_the_first_bad_layer(threads):
+    """The values are checked while each layer is normalised, layers side by side: the error
+    is still the one a check in layer order gives (the first bad layer, its first bad value)."""
+    ws = [torch.randn(n, 20, generator=torch.Generator().manual_seed(n)) for n in (300, 30, 40, 500, 50)]
+    ws[3][7, 3] = float("inf")  # a large layer (run first, its rows split over threads)
+    ws[2][5, 11] = float("nan")
+    ws[2][9, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"weights\[2\]: contains a non-finite value \(nan\) at filter 5, element 11"):
+        engine.spherical_kmeans(ws, [n // 2 for n in (300, 30, 40, 500, 50)], threads=threads)

@@ -38,16 +38,31 @@ py::tuple result_to_python(KMeansResult&& r, bool details) {
                           to_numpy(r.rep_residuals));
 }
 
+/// One layer's filters: a float32 C-contiguous 2-D array, or a list of them with the same
+/// rows (column blocks, read in place: see Filters).
+Filters as_filters(const py::handle& h, const std::string& what) {
+    if (!py::isinstance<py::list>(h) && !py::isinstance<py::tuple>(h)) return as_matrix(py::cast<py::array>(h), what);
+    std::vector<MatrixView> blocks;
+    size_t b = 0;
+    for (const py::handle& a : h) blocks.push_back(as_matrix(py::cast<py::array>(a), what + " block " + std::to_string(b++)));
+    PYPRUNE_CHECK(!blocks.empty(), what, ": an empty list of column blocks");
+    for (size_t q = 1; q < blocks.size(); ++q)
+        PYPRUNE_CHECK(blocks[q].rows == blocks[0].rows, what, ": every column block needs the same rows (filters): block 0 has ",
+                      blocks[0].rows, ", block ", q, " has ", blocks[q].rows);
+    return Filters(std::move(blocks));
+}
+
 }  // namespace
 
 void register_kmeans(py::module_& m) {
     m.def(
         "spherical_kmeans",
-        [](const std::vector<py::array>& weights, const std::vector<int64_t>& ks, int max_iter,
+        [](const py::list& weights, const std::vector<int64_t>& ks, int max_iter,
            bool early_stop, uint64_t seed, int threads,
            const std::optional<std::vector<std::optional<py::array>>>& inits, bool reuse,
            const std::string& kernel, bool details) {
-            const auto xs = as_matrices(weights, "weights");
+            std::vector<Filters> xs;
+            for (size_t l = 0; l < weights.size(); ++l) xs.push_back(as_filters(weights[l], "weights[" + std::to_string(l) + "]"));
             PYPRUNE_CHECK(ks.size() == xs.size(), "ks: one K per layer: ", xs.size(), " layers, ",
                           ks.size(), " values of K");
             std::optional<GemmKernel> k;
@@ -90,7 +105,8 @@ void register_kmeans(py::module_& m) {
         py::arg("weights"), py::arg("ks"), py::arg("max_iter") = 100, py::arg("early_stop") = true,
         py::arg("seed") = 0, py::arg("threads") = 0, py::arg("inits") = py::none(),
         py::arg("reuse") = true, py::arg("kernel") = "", py::arg("details") = false,
-        "Spherical k-means of many layers in one call. Returns one tuple per layer: "
+        "Spherical k-means of many layers in one call. A layer is a float32 (filters x weights) array "
+        "or a list of such arrays with the same rows (column blocks, read in place). Returns one tuple per layer: "
         "(centroids, labels, representatives, objective, n_iter), with details=True followed by "
         "(stats, cosines, kernel, norms, rep_cosines, rep_residuals): stats a dict of per-iteration arrays changed, "
         "moved, reseeded, recomputed, seconds; cosines each filter's cosine to its centroid; kernel "

@@ -39,7 +39,7 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
                               std::vector<std::vector<double>>* curves) {
     PYPRUNE_CHECK(xs.size() == ks.size(), "choose_k: one K range per layer: ", xs.size(),
                   " layers, ", ks.size(), " ranges");
-    std::vector<MatrixView> jobs;
+    std::vector<Filters> jobs;
     std::vector<KMeansParams> params;
     for (size_t l = 0; l < xs.size(); ++l) {
         PYPRUNE_CHECK(!ks[l].empty(), "choose_k: layer ", l, " has an empty K range");

@@ -8,6 +8,7 @@
 #include <exception>
 #include <limits>
 #include <numeric>
+#include <string>
 
 #include "blas.h"
 #include "check.h"
@@ -16,7 +17,55 @@
 
 namespace pyprune {
 
+Filters::Filters(std::vector<MatrixView> parts) : blocks(std::move(parts)) {
+    PYPRUNE_CHECK(!blocks.empty(), "filters: at least one block of columns is needed");
+    rows = blocks[0].rows;
+    for (size_t b = 0; b < blocks.size(); ++b) {
+        PYPRUNE_CHECK(blocks[b].rows == rows, "filters: every block needs the same rows (filters): block 0 has ",
+                      rows, ", block ", b, " has ", blocks[b].rows);
+        cols += blocks[b].cols;
+    }
+}
+
+const float* Filters::row(int64_t i, float* scratch) const {
+    if (blocks.size() == 1) return blocks[0].data + i * blocks[0].cols;
+    copy(i, 0, cols, scratch);
+    return scratch;
+}
+
+void Filters::copy(int64_t i, int64_t c0, int64_t c1, float* out) const {
+    int64_t off = 0;  // first column of block b
+    for (const MatrixView& b : blocks) {
+        const int64_t lo = std::max(c0, off), hi = std::min(c1, off + b.cols);
+        if (lo < hi) std::memcpy(out + (lo - c0), b.data + i * b.cols + (lo - off), sizeof(float) * (hi - lo));
+        off += b.cols;
+        if (off >= c1) break;
+    }
+}
+
 namespace {
+
+/// Shape checks of every block (what validate() checks, less the values).
+void check_shape(const Filters& x, const std::string& what) {
+    PYPRUNE_CHECK(!x.blocks.empty(), what, ": no blocks of columns");
+    for (size_t b = 0; b < x.blocks.size(); ++b) {
+        const MatrixView& v = x.blocks[b];
+        const std::string name = x.blocks.size() == 1 ? what : what + " block " + std::to_string(b);
+        PYPRUNE_CHECK(v.rows >= 1, name, ": needs at least one filter, got ", v.rows, " rows");
+        PYPRUNE_CHECK(v.cols >= 1, name, ": filters must have at least one weight, got ", v.cols, " columns");
+        PYPRUNE_CHECK(v.data != nullptr, name, ": null data pointer");
+    }
+}
+
+/// The error validate() raises for filter i, which holds a non-finite value.
+[[noreturn]] void non_finite(const Filters& x, int64_t i, const std::string& what) {
+    std::vector<float> r(static_cast<size_t>(x.cols));
+    x.copy(i, 0, x.cols, r.data());
+    int64_t j = 0;
+    while (j + 1 < x.cols && std::isfinite(r[j])) ++j;
+    detail::check_failed("std::isfinite(value)", __FILE__, __LINE__, what, ": contains a non-finite value (", r[j],
+                         ") at filter ", i, ", element ", j);
+}
 
 /// splitmix64: small, fast and identical on every platform (std distributions are not).
 struct Rng {
@@ -121,7 +170,7 @@ class Solver {
 public:
     /// `p.kernel` must be set (see resolved()). The buffers of `ws` are borrowed until the
     /// solver is destroyed.
-    Solver(const MatrixView& x, const KMeansParams& p, int nt, Workspace& ws)
+    Solver(const Filters& x, const KMeansParams& p, int nt, Workspace& ws, const std::string& what)
         : x_(x), n_(x.rows), d_(x.cols), k_(p.k), p_(p), nt_(nt), kernel_(*p.kernel), ws_(ws),
           xn_(std::move(ws.xn)), xp_(std::move(ws.xp)), nonzero_(static_cast<size_t>(n_)),
           c_(static_cast<size_t>(k_ * d_)), s_(std::move(ws.s)),
@@ -132,40 +181,51 @@ public:
         sum_.swap(ws.sum);  // stale until the first update
         // Every entry of these is written before it is read: a buffer too small for this
         // layer is replaced, not grown (growing would copy the last layer's numbers).
-        fit(&xn_, n_ * d_);
         fit(&s_, n_ * k_);
         norms_.resize(static_cast<size_t>(n_));
-        normalize_and_pack();  // X never changes: packed once
+        const int64_t bad = normalize_and_pack();  // X never changes: packed once
+        if (bad >= 0) non_finite(x_, bad, what);
         int64_t nonzero = 0;
-#pragma omp parallel for num_threads(nt_) reduction(+ : nonzero) if (nt_ > 1)
-        for (int64_t i = 0; i < n_; ++i) {
-            const float* r = row(i);
-            bool nz = false;
-            for (int64_t j = 0; j < d_ && !nz; ++j) nz = r[j] != 0.0f;
-            nonzero_[i] = nz ? 1 : 0;
-            nonzero += nz ? 1 : 0;
+        for (int64_t i = 0; i < n_; ++i) {  // a row has a direction when its norm is > 0
+            nonzero_[i] = norms_[i] > 0.0f ? 1 : 0;
+            nonzero += nonzero_[i];
         }
         n_nonzero_ = nonzero;
     }
 
     /// xn_ = the filters scaled to unit length (norms_: their lengths) and, for a packed
     /// kernel, xp_ = xn_ packed. Each panel of rows is packed right after it is normalised,
-    /// while it is in cache: one pass over the filters instead of two.
-    void normalize_and_pack() {
-        if (!packed_) {
-            normalize_rows(x_, xn_.data(), nt_, norms_.data());
-            return;
-        }
+    /// while it is in cache: one pass over the filters instead of two. Returns the first
+    /// filter whose length is not finite (it holds an infinite or NaN value), -1 when none:
+    /// the one check of the values.
+    int64_t normalize_and_pack() {
+        fit(&xn_, n_ * d_);
+        if (!packed_) return normalize_block(0, n_, nt_);
         prepare_packed(n_, d_, kernel_, &xp_);
         const int64_t w = xp_.panel, panels = (n_ + w - 1) / w;
         const int nt = nt_;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && panels > 1 && n_ * d_ > 65536)
+        int64_t bad = n_;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : bad) if (nt > 1 && panels > 1 && n_ * d_ > 65536)
         for (int64_t q = 0; q < panels; ++q) {
-            const int64_t lo = q * w, hi = std::min(n_, lo + w);
-            normalize_rows(MatrixView{x_.data + lo * d_, hi - lo, d_}, xn_.data() + lo * d_, 1, norms_.data() + lo);
+            const int64_t lo = q * w, b = normalize_block(lo, std::min(n_, lo + w), 1);
+            if (b >= 0) bad = std::min(bad, lo + b);
             pack_panel(xn_.data(), d_, q, &xp_);
         }
+        return bad < n_ ? bad : -1;
     }
+
+    /// Rows lo..hi of xn_ and norms_ (normalize_rows, from the filters' blocks: a single
+    /// block is read in place, several are gathered into xn_ and scaled there); returns
+    /// the first row of the range with a non-finite norm, relative to lo (-1: none).
+    int64_t normalize_block(int64_t lo, int64_t hi, int threads) {
+        float* out = xn_.data() + lo * d_;
+        if (x_.blocks.size() == 1)
+            return normalize_rows(MatrixView{x_.blocks[0].data + lo * d_, hi - lo, d_}, out, threads, norms_.data() + lo);
+        for (int64_t i = lo; i < hi; ++i) x_.copy(i, 0, d_, out + (i - lo) * d_);
+        return normalize_rows(MatrixView{out, hi - lo, d_}, out, threads, norms_.data() + lo);
+    }
+
+    const float* row(int64_t i) const { return xn_.data() + i * d_; }
 
     /// v resized to m entries, its old contents dropped.
     template <typename T>
@@ -223,7 +283,6 @@ public:
     }
 
 private:
-    const float* row(int64_t i) const { return xn_.data() + i * d_; }
     float* centroid(int64_t j) { return c_.data() + j * d_; }
 
     void set_init(const float* init) {
@@ -554,21 +613,25 @@ private:
         return std::accumulate(objs.begin(), objs.end(), 0.0);  // in part order: deterministic
     }
 
-    /// Centroid step: each centroid becomes its members' normalised sum. The per-cluster
-    /// sums are kept (in double) between iterations: when few filters changed cluster only
-    /// those are moved from one sum to the other, otherwise the sums are rebuilt. The
-    /// order of the additions never depends on the thread count. Each touched cluster's
-    /// sum, centroid and its members' cosines to it (own_) are computed in one go, while
-    /// the members' rows are in cache.
+    /// Centroid step: each centroid becomes its members' normalised sum. When few filters
+    /// changed cluster only those are moved from one sum to the other (the per-cluster sums,
+    /// in double, kept in sum_ between iterations), otherwise every sum is rebuilt. A
+    /// rebuild sums each cluster in a scratch of its thread and stores nothing: sum_ is
+    /// filled (store_sums, the same additions) only when a later update moves filters
+    /// between sums, so a run that stops early never writes K x d doubles. The order of the
+    /// additions never depends on the thread count. Each touched cluster's sum, centroid
+    /// and its members' cosines to it (own_) are computed in one go, while the members'
+    /// rows are in cache.
     /// `moved` and `reseeded` receive how many centroids moved and were re-seeded.
     void update(int64_t changed, int64_t* moved, int64_t* reseeded) {
         const bool full = !sums_built_ || changed * 4 > n_;
         std::vector<char> touched(static_cast<size_t>(k_), full ? 1 : 0);
         if (full) {
-            fit(&sum_, k_ * d_);  // each row is set from its first member (or zeroed) below
             sum_label_ = labels_;
             sums_built_ = true;
+            sums_stored_ = false;
         } else {
+            if (!sums_stored_) store_sums();
             for (int64_t i = 0; i < n_; ++i) {
                 const int64_t from = sum_label_[i], to = labels_[i];
                 if (from == to) continue;
@@ -590,40 +653,65 @@ private:
         own_.resize(static_cast<size_t>(n_));
         std::vector<char> empty(static_cast<size_t>(k_), 0);
         const int nt = nt_;
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1 && full)
-        for (int64_t j = 0; j < k_; ++j) {
-            double* a = sum_.data() + j * d_;
-            if (count_[j] == 0) {
-                if (full) std::fill(a, a + d_, 0.0);
-                empty[j] = 1;
-                src_[j] = kComputed;  // until re-seeded
-                continue;
-            }
-            if (!touched[j]) continue;
-            const int64_t* members = member_order_.data() + member_start_[j];
-            if (full) {
-                const float* r0 = row(members[0]);
-#pragma omp simd
-                for (int64_t t = 0; t < d_; ++t) a[t] = r0[t];  // 0 + x = x: the sums of zeroed rows
-                for (int64_t q = 1; q < count_[j]; ++q) {
-                    const float* r = row(members[q]);
-#pragma omp simd
-                    for (int64_t t = 0; t < d_; ++t) a[t] += r[t];
+#pragma omp parallel num_threads(nt) if (nt > 1 && full)
+        {
+            Buffer<double> acc(static_cast<size_t>(full ? d_ : 0));  // a rebuilt sum
+#pragma omp for schedule(dynamic, 16)
+            for (int64_t j = 0; j < k_; ++j) {
+                if (count_[j] == 0) {
+                    empty[j] = 1;
+                    src_[j] = kComputed;  // until re-seeded
+                    continue;
                 }
+                if (!touched[j]) continue;
+                const double* a = full ? sum_members(j, acc.data()) : sum_.data() + j * d_;
+                set_centroid(j, a);
+                const int64_t* members = member_order_.data() + member_start_[j];
+                for (int64_t q = 0; q < count_[j]; ++q)
+                    own_[members[q]] = static_cast<float>(dot_double(row(members[q]), centroid(j), d_));
             }
-            set_centroid(j);
-            for (int64_t q = 0; q < count_[j]; ++q)
-                own_[members[q]] = static_cast<float>(dot_double(row(members[q]), centroid(j), d_));
         }
         if (full) own_valid_ = true;
         *reseeded = reseed(empty);
         *moved = std::count(moved_.begin(), moved_.end(), char{1});
     }
 
-    /// Centroid j from its members' sum (sum_): normalised, or kept where the members
-    /// cancel out.
-    void set_centroid(int64_t j) {
-        const double* a = sum_.data() + j * d_;
+    /// Cluster j's sum into a (d doubles): its members (as index_members grouped them) in
+    /// index order, the first copied (0 + x = x), the others added. Returns a.
+    const double* sum_members(int64_t j, double* a) const {
+        const int64_t* members = member_order_.data() + member_start_[j];
+        const int64_t count = member_start_[j + 1] - member_start_[j];
+        const float* r0 = row(members[0]);
+#pragma omp simd
+        for (int64_t t = 0; t < d_; ++t) a[t] = r0[t];
+        for (int64_t q = 1; q < count; ++q) {
+            const float* r = row(members[q]);
+#pragma omp simd
+            for (int64_t t = 0; t < d_; ++t) a[t] += r[t];
+        }
+        return a;
+    }
+
+    /// sum_ = every cluster's sum as of sum_label_ (an empty cluster's is zero): what the
+    /// last rebuild computed and did not keep.
+    void store_sums() {
+        fit(&sum_, k_ * d_);
+        index_members();
+        const int nt = nt_;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 16) if (nt > 1)
+        for (int64_t j = 0; j < k_; ++j) {
+            double* a = sum_.data() + j * d_;
+            if (member_start_[j + 1] == member_start_[j]) {
+                std::fill(a, a + d_, 0.0);
+            } else {
+                sum_members(j, a);
+            }
+        }
+        sums_stored_ = true;
+    }
+
+    /// Centroid j from its members' sum `a`: normalised, or kept where the members cancel out.
+    void set_centroid(int64_t j, const double* a) {
         double s = 0.0;
 #pragma omp simd reduction(+ : s)
         for (int64_t t = 0; t < d_; ++t) s += a[t] * a[t];
@@ -695,20 +783,25 @@ private:
         // from cache for its other members.
         std::vector<int64_t> start, order;
         group_by_label(labels_, &start, &order);
-#pragma omp parallel for num_threads(nt_) schedule(dynamic, 16) if (nt_ > 1)
-        for (int64_t j = 0; j < k_; ++j) {
-            const int64_t q = rep[j];
-            const float* b = x_.data + q * d_;
-            for (int64_t m = start[j]; m < start[j + 1]; ++m) {
-                const int64_t i = order[m];
-                const float* a = x_.data + i * d_;
-                double ab, bb;
-                dots_ab_bb(a, b, d_, &ab, &bb);
-                const double na = norms_[i], nb = std::sqrt(bb);
-                if (!(na > 0.0) || !(nb > 0.0)) continue;
-                r->rep_cosines[i] = q == i ? 1.0f : static_cast<float>(ab / (na * nb));
-                if (q == i) continue;
-                r->rep_residuals[i] = static_cast<float>(std::sqrt(residual_sq(a, b, ab / bb, d_)) / na);
+#pragma omp parallel num_threads(nt_) if (nt_ > 1)
+        {
+            // the filters' rows in place, or gathered from their blocks
+            Buffer<float> ta(static_cast<size_t>(x_.blocks.size() > 1 ? d_ : 0)), tb(ta.size());
+#pragma omp for schedule(dynamic, 16)
+            for (int64_t j = 0; j < k_; ++j) {
+                const int64_t q = rep[j];
+                const float* b = x_.row(q, tb.data());
+                for (int64_t m = start[j]; m < start[j + 1]; ++m) {
+                    const int64_t i = order[m];
+                    const float* a = x_.row(i, ta.data());
+                    double ab, bb;
+                    dots_ab_bb(a, b, d_, &ab, &bb);
+                    const double na = norms_[i], nb = std::sqrt(bb);
+                    if (!(na > 0.0) || !(nb > 0.0)) continue;
+                    r->rep_cosines[i] = q == i ? 1.0f : static_cast<float>(ab / (na * nb));
+                    if (q == i) continue;
+                    r->rep_residuals[i] = static_cast<float>(std::sqrt(residual_sq(a, b, ab / bb, d_)) / na);
+                }
             }
         }
     }
@@ -749,7 +842,7 @@ private:
         return rep;
     }
 
-    MatrixView x_;  // the filters as given (caller-owned, alive while the solver runs)
+    const Filters& x_;  // the filters as given (caller-owned, alive while the solver runs)
     int64_t n_, d_, k_;
     KMeansParams p_;
     int nt_;
@@ -765,8 +858,9 @@ private:
     Buffer<float> s_;
     std::vector<float> best_;
     std::vector<int64_t> labels_;
-    Buffer<double> sum_;                // K x d member sums, as of sum_label_ (once sums_built_)
-    bool sums_built_ = false;
+    Buffer<double> sum_;                // K x d member sums, as of sum_label_ (once sums_stored_)
+    bool sums_built_ = false;           // sum_label_, count_ and own_ describe a rebuild of the sums
+    bool sums_stored_ = false;          // ... and sum_ holds them
     std::vector<int64_t> count_;        // members per cluster, as of sum_label_
     std::vector<float> own_;            // each filter's cosine to its centroid, as of sum_label_
     bool own_valid_ = false;            // own_ holds every filter's (after a full update)
@@ -785,7 +879,7 @@ private:
     bool assigned_ = false;             // S^T holds the products of an earlier assignment
 };
 
-void check_params(const MatrixView& x, const KMeansParams& p, const char* what) {
+void check_params(const Filters& x, const KMeansParams& p, const std::string& what) {
     PYPRUNE_CHECK(p.k >= 1 && p.k <= x.rows, what, ": K must satisfy 1 <= K <= n = ", x.rows,
                   ", got K = ", p.k);
     PYPRUNE_CHECK(p.max_iter >= 0, what, ": max_iter must be >= 0, got ", p.max_iter);
@@ -801,16 +895,12 @@ KMeansParams resolved(KMeansParams p) {
 
 }  // namespace
 
-KMeansResult spherical_kmeans(const MatrixView& x, const KMeansParams& params, const float* init,
+KMeansResult spherical_kmeans(const Filters& x, const KMeansParams& params, const float* init,
                               int threads) {
-    validate(x, "weights");
-    check_params(x, params, "weights");
-    Workspace ws;
-    Solver solver(x, resolved(params), resolve_threads(threads), ws);
-    return solver.run(init);
+    return std::move(spherical_kmeans_batch({x}, {params}, {init}, threads).front());
 }
 
-std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& xs,
+std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<Filters>& xs,
                                                  const std::vector<KMeansParams>& params,
                                                  const std::vector<const float*>& inits,
                                                  int threads) {
@@ -820,23 +910,12 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
     PYPRUNE_CHECK(inits.empty() || inits.size() == L, "init: one entry per layer: ", L,
                   " layers, ", inits.size(), " inits");
     const int nt = resolve_threads(threads);
-    // Every value is read once to check it is finite: the layers side by side, the errors
-    // raised in layer order afterwards (as a serial check would).
-    std::vector<std::exception_ptr> invalid(L);
-    const int64_t nl = static_cast<int64_t>(L);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1 && L > 1)
-    for (int64_t l = 0; l < nl; ++l) {
-        try {
-            validate(xs[l], ("weights[" + std::to_string(l) + "]").c_str());
-        } catch (...) {
-            invalid[l] = std::current_exception();
-        }
-    }
+    auto name = [](size_t l) { return "weights[" + std::to_string(l) + "]"; };
     std::vector<KMeansParams> ps;
     ps.reserve(L);
     for (size_t l = 0; l < L; ++l) {
-        if (invalid[l]) std::rethrow_exception(invalid[l]);
-        check_params(xs[l], params[l], ("weights[" + std::to_string(l) + "]").c_str());
+        check_shape(xs[l], name(l));
+        check_params(xs[l], params[l], name(l));
         ps.push_back(resolved(params[l]));
     }
     std::vector<KMeansResult> out(L);
@@ -859,38 +938,45 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& 
     auto init_of = [&](size_t l) { return inits.empty() ? nullptr : inits[l]; };
     std::vector<Workspace> spaces(static_cast<size_t>(nt));  // one per thread
     if (!big.empty()) {  // one block each for the largest of the big layers, not one per size met
-        size_t nd = 0, nk = 0, nn = 0, kd = 0, packed = 0;
+        size_t xn = 0, nk = 0, nn = 0, packed = 0;
         for (size_t l : big) {
             const auto n = static_cast<size_t>(xs[l].rows), d = static_cast<size_t>(xs[l].cols),
                        k = static_cast<size_t>(ps[l].k), w = static_cast<size_t>(panel_width(*ps[l].kernel));
-            nd = std::max(nd, n * d);
+            xn = std::max(xn, n * d);
             nk = std::max(nk, n * k);
             if (n <= kGramMaxRows) nn = std::max(nn, n * n);
-            kd = std::max(kd, k * d);
             packed = std::max(packed, (n + w - 1) / w * w * d);
         }
         Workspace& ws = spaces[0];
-        ws.xn.reserve(nd);
+        ws.xn.reserve(xn);
         ws.s.reserve(nk);
         ws.gram.reserve(nn);
-        ws.sum.reserve(kd);
         ws.xp.data.reserve(packed);
     }
-    for (size_t l : big) out[l] = Solver(xs[l], ps[l], nt, spaces[0]).run(init_of(l));
-
-    std::exception_ptr error;
+    // A layer's error (a non-finite value is found while its filters are normalised) is
+    // kept, and the first layer's raised once every layer has run, as a check of the
+    // values in layer order before any work would.
+    std::vector<std::exception_ptr> errors(L);
+    for (size_t l : big) {
+        try {
+            out[l] = Solver(xs[l], ps[l], nt, spaces[0], name(l)).run(init_of(l));
+        } catch (...) {
+            errors[l] = std::current_exception();
+        }
+    }
     const int64_t ns = static_cast<int64_t>(small.size());
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t q = 0; q < ns; ++q) {
         const size_t l = small[q];
         try {
-            out[l] = Solver(xs[l], ps[l], 1, spaces[static_cast<size_t>(omp_get_thread_num())]).run(init_of(l));
+            out[l] = Solver(xs[l], ps[l], 1, spaces[static_cast<size_t>(omp_get_thread_num())], name(l))
+                         .run(init_of(l));
         } catch (...) {
-#pragma omp critical
-            error = std::current_exception();
+            errors[l] = std::current_exception();
         }
     }
-    if (error) std::rethrow_exception(error);
+    for (const auto& e : errors)
+        if (e) std::rethrow_exception(e);
     return out;
 }
 

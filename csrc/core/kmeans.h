@@ -10,6 +10,27 @@
 
 namespace pyprune {
 
+/// The filters of one layer as column blocks with the same rows: filter i is the
+/// concatenation of every block's row i (a residual stream's producers side by side). The
+/// core reads the blocks where they are: no concatenated copy is made. One block is the
+/// plain case (a MatrixView converts).
+struct Filters {
+    std::vector<MatrixView> blocks;
+    int64_t rows = 0;  ///< number of filters n
+    int64_t cols = 0;  ///< filter length d: the blocks' columns together
+
+    Filters() = default;
+    Filters(const MatrixView& x) : blocks{x}, rows(x.rows), cols(x.cols) {}  // NOLINT: implicit on purpose
+    /// Checks that there is at least one block and that all have the same rows.
+    explicit Filters(std::vector<MatrixView> parts);
+
+    /// The one block's row i in place when there is a single block, else row i gathered
+    /// into `scratch` (cols floats).
+    const float* row(int64_t i, float* scratch) const;
+    /// Columns c0..c1 of row i into out.
+    void copy(int64_t i, int64_t c0, int64_t c1, float* out) const;
+};
+
 /// Parameters of one clustering run (one layer).
 struct KMeansParams {
     /// number of clusters K, 1 <= K <= number of filters
@@ -87,13 +108,15 @@ struct KMeansResult {
 /// filter is available, and with all filters zero the centroids are unit basis vectors.
 /// `init` (K x d, may be null) replaces k-means++ (it is normalised first).
 /// `threads` splits this one layer's work (rows of each GEMM) over that many threads.
-KMeansResult spherical_kmeans(const MatrixView& x, const KMeansParams& params, const float* init,
+KMeansResult spherical_kmeans(const Filters& x, const KMeansParams& params, const float* init,
                               int threads);
 
 /// Cluster many layers in one call. Large layers run one after another with their rows
 /// split over all threads; the rest run side by side, one thread each, largest first.
-/// `inits` is empty or has one (possibly null) pointer per layer.
-std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<MatrixView>& xs,
+/// `inits` is empty or has one (possibly null) pointer per layer. Every value is checked
+/// to be finite while the filters are normalised (not in a pass of its own); a layer that
+/// is not raises, after the batch, the error of the first such layer.
+std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<Filters>& xs,
                                                  const std::vector<KMeansParams>& params,
                                                  const std::vector<const float*>& inits,
                                                  int threads);

@@ -50,19 +50,22 @@ void filter_norms(const std::vector<MatrixView>& xs, int p, const std::vector<fl
     }
 }
 
-void normalize_rows(const MatrixView& x, float* out, int threads, float* norms) {
+int64_t normalize_rows(const MatrixView& x, float* out, int threads, float* norms) {
     const int nt = resolve_threads(threads);
     const int64_t d = x.cols;
-#pragma omp parallel for num_threads(nt) schedule(static) if (nt > 1 && x.rows * d > 65536)
+    int64_t bad = x.rows;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(min : bad) if (nt > 1 && x.rows * d > 65536)
     for (int64_t i = 0; i < x.rows; ++i) {
         const float* r = x.data + i * d;
         float* o = out + i * d;
         const double nrm = row_norm(r, d, 2);
+        if (!std::isfinite(nrm)) bad = std::min(bad, i);
         if (norms != nullptr) norms[i] = static_cast<float>(nrm);
         const float inv = nrm > 0.0 ? static_cast<float>(1.0 / nrm) : 0.0f;
 #pragma omp simd
         for (int64_t j = 0; j < d; ++j) o[j] = r[j] * inv;
     }
+    return bad < x.rows ? bad : -1;
 }
 
 namespace {

@@ -16,8 +16,10 @@ void filter_norms(const std::vector<MatrixView>& xs, int p, const std::vector<fl
 /// Copy `x` into `out` (rows x cols) with every row scaled to unit L2 norm.
 /// A row of norm zero stays all-zero: it has no direction, so its cosine with
 /// anything (itself included) is defined as 0. With `norms` (rows floats), each row's L2
-/// norm before scaling is stored there too.
-void normalize_rows(const MatrixView& x, float* out, int threads, float* norms = nullptr);
+/// norm before scaling is stored there too. `out` may be x's own storage (scaled in place).
+/// Returns the first row whose norm is not finite (one holding an infinite or NaN value),
+/// -1 when there is none: callers that check here need no separate pass over the values.
+int64_t normalize_rows(const MatrixView& x, float* out, int threads, float* norms = nullptr);
 
 /// Pairwise cosine similarity, out[i * n + j] = <x_i, x_j> / (|x_i| |x_j|), n x n.
 /// Zero-norm rows give 0 (see normalize_rows).

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import engine
 from ..graph import ChannelGraph, Group
 
 __all__ = ["Context", "Selection", "CriterionSpec", "block_jobs", "register_criterion", "get_criterion", "criterion_spec",
@@ -64,10 +65,13 @@ class Context:
             self._modules = dict(self.model.named_modules())
         return getattr(self._modules[module], param).detach()
 
-    def filters(self, group: Group) -> torch.Tensor:
+    def filters(self, group: Group, columns: bool = False) -> torch.Tensor | engine.Columns:
         """The group's filters as a (units, features) float32 matrix: for every unit the
         weights of each producer (conv/Linear output rows) that writes it, concatenated.
-        A group with one producer that covers it in order is returned without a copy."""
+        A group with one producer that covers it in order is returned without a copy. With
+        ``columns=True``, a group whose producers all cover it in order (a residual stream)
+        comes back as an :class:`engine.Columns` of their rows, which the core reads in place,
+        instead of their concatenation."""
         prods = group.producers()
         where = [group.positions(m.units) for m in prods]
         ws = [self.tensor(m.module, m.param) for m in prods]
@@ -75,7 +79,9 @@ class Context:
             # every producer writes every unit in order: its own rows (no copy), or one
             # concatenation of a residual stream's producers
             rows = [w.reshape(w.shape[0], -1).float() for w in ws]
-            return rows[0] if len(rows) == 1 else torch.cat(rows, dim=1)
+            if len(rows) == 1:
+                return rows[0]
+            return engine.Columns(*rows) if columns else torch.cat(rows, dim=1)
         widths = [int(np.prod(w.shape[1:])) for w in ws]
         out = torch.zeros(group.size, max(1, sum(widths)))
         off = 0

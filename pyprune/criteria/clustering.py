@@ -51,11 +51,15 @@ def kmeans(groups, ctx):
         k = int(ctx.n_keep.get(g.id, g.size))
         if not _clusterable(g, k):
             continue
-        f = ctx.filters(g)
+        f = ctx.filters(g, columns=True)
         for pos, kb in block_jobs(g, k):
             if kb < 1:
                 continue
-            jobs.append(f if len(pos) == g.size else f[torch.as_tensor(pos)])
+            if len(pos) == g.size:
+                jobs.append(f)
+            else:
+                idx = torch.as_tensor(pos)
+                jobs.append(f.take(idx) if isinstance(f, engine.Columns) else f[idx])
             ks.append(kb)
             where.append((i, pos))
     clustered = {i for i, _ in where}
