@@ -68,7 +68,7 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         arch_kwargs: dict | None = None, meta: dict | None = None, amp: bool | None = None,
         device: str | torch.device | None = None, num_workers: int = 0, max_steps: int | None = None,
         progress: bool | None = None, log=None, teacher: nn.Module | None = None, distill_temperature: float = 4.0,
-        distill_weight: float = 0.5, after_step=None) -> list[dict]:
+        distill_weight: float = 0.5, before_step=None, after_step=None) -> list[dict]:
     """Train `model` in place; returns the history (one dict per epoch: loss, lr, and the
     validation metrics when `val` is given).
 
@@ -76,8 +76,12 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` with
         ``T = distill_temperature`` and ``w = distill_weight`` (Hinton et al., 2015); the
         teacher runs in eval mode without gradients, on every rank under DDP.
+    before_step: ``before_step(model)`` runs after every backward pass, before the optimizer
+        step (no gradients recorded), and may change the gradients, e.g. to give clustered
+        filters their cluster's mean gradient (:func:`pyprune.centripetal.centripetal`). Under
+        AMP it sees the scaled gradients.
     after_step: ``after_step(model)`` runs after every optimizer step (no gradients), e.g.
-        to pull clustered filters together (:func:`pyprune.centripetal.centripetal`).
+        to pull clustered filters together.
 
     checkpoint: a file for the full training state, written after every epoch; if it
         exists and ``resume`` is true, training continues after its last epoch.
@@ -162,10 +166,15 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                     loss = (1 - distill_weight) * loss + distill_weight * distill_temperature ** 2 * kl
             if scaler is not None:
                 scaler.scale(loss).backward()
+            else:
+                loss.backward()
+            if before_step is not None:
+                with torch.no_grad():
+                    before_step(model)
+            if scaler is not None:
                 scaler.step(opt)
                 scaler.update()
             else:
-                loss.backward()
                 opt.step()
             sched.step()
             if after_step is not None:

@@ -136,6 +136,43 @@ def test_centripetal_merge_is_lossless(trained):
     assert res.summary.params_after < 0.35 * res.summary.params_before
 
 
+def test_shared_gradients_never_widen_a_cluster(trained):
+    """C-SGD's half of the centripetal update: before every optimizer step each cluster's
+    members get their mean gradient, so training moves them alike. With no weight decay and
+    no pull, a member's difference to its cluster's mean is exactly what it was, while the
+    weights themselves moved on shuffled labels (without the sharing the differences grow)."""
+    from pyprune.centripetal import _share_gradients, cluster_slices
+
+    base, train, test, _, _ = trained
+
+    def diffs(model, slices):
+        out = []
+        for t, c, k in slices:
+            if not isinstance(t, nn.Parameter):
+                continue
+            sel = torch.nonzero(c >= 0).flatten()
+            x = t.detach().index_select(0, sel).reshape(len(sel), -1).double()
+            mean = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, c[sel], x)
+            mean /= torch.bincount(c[sel], minlength=k).clamp_min(1).double()[:, None]
+            out.append((x - mean[c[sel]], x))
+        return out
+
+    xs, ys = train[:512]
+    noisy = torch.utils.data.TensorDataset(xs, ys[torch.randperm(len(ys), generator=torch.Generator().manual_seed(0))])
+    moved = {}
+    for shared in (True, False):
+        model = copy.deepcopy(base)
+        plan = pyprune.Pruner(model, test[:1][0], method="kmeans").plan(0.5)
+        slices = cluster_slices(model, plan)
+        before = diffs(model, slices)
+        fit(model, noisy, epochs=1, max_steps=6, optimizer="sgd", lr=5e-2, weight_decay=0.0, progress=False,
+            before_step=(lambda m: _share_gradients(slices)) if shared else None)
+        after = diffs(model, slices)
+        assert max(float((xa - xb).abs().max()) for (_, xa), (_, xb) in zip(after, before)) > 1e-3  # trained
+        moved[shared] = max(float((da - db).abs().max() / db.abs().max()) for (da, _), (db, _) in zip(after, before))
+    assert moved[True] < 1e-5 < 1e-3 < moved[False], moved
+
+
 def test_distillation_loss_pulls_the_student_to_the_teacher(trained):
     """fit(teacher=...) with distill_weight=1 trains on the teacher's soft labels alone: the
     student ends closer to the teacher's outputs than one trained on the labels alone."""
