@@ -74,18 +74,31 @@ def cluster_slices(model: nn.Module, plan: PrunePlan) -> list[tuple[torch.Tensor
     return out
 
 
+def _members(t: torch.Tensor, c: torch.Tensor, k: int):
+    """(positions along dim 0 that belong to a cluster, their clusters, and for a tensor of
+    t's shape the function giving those slices as (members, -1) float64 rows and each
+    member's cluster mean of them)."""
+    sel = torch.nonzero(c >= 0).flatten()
+    lab = c[sel]
+    cnt = torch.bincount(lab, minlength=k).clamp_min(1).double()
+
+    def rows_and_means(v: torch.Tensor):
+        x = v.index_select(0, sel).reshape(len(sel), -1).double()
+        sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, lab, x)
+        return x, (sums / cnt[:, None])[lab]
+
+    return sel, rows_and_means
+
+
 @torch.no_grad()
 def _share_gradients(slices) -> None:
     """Give every member slice of a parameter its cluster's mean gradient."""
     for t, c, k in slices:
         if t.grad is None:
             continue  # a buffer (BN statistics), or a parameter without a gradient this step
-        sel = torch.nonzero(c >= 0).flatten()
-        lab = c[sel]
-        g = t.grad.index_select(0, sel).reshape(len(sel), -1).double()
-        sums = torch.zeros(k, g.shape[1], dtype=torch.float64).index_add_(0, lab, g)
-        cnt = torch.bincount(lab, minlength=k).clamp_min(1).double()
-        t.grad.index_copy_(0, sel, (sums / cnt[:, None])[lab].to(t.grad.dtype).reshape(len(sel), *t.shape[1:]))
+        sel, rows_and_means = _members(t, c, k)
+        _, mean = rows_and_means(t.grad)
+        t.grad.index_copy_(0, sel, mean.to(t.grad.dtype).reshape(len(sel), *t.shape[1:]))
 
 
 @torch.no_grad()
@@ -94,12 +107,8 @@ def _pull(slices, fraction: float) -> float:
     relative distance to the means before the move."""
     spread, count = 0.0, 0
     for t, c, k in slices:
-        sel = torch.nonzero(c >= 0).flatten()
-        x = t.data.index_select(0, sel).reshape(len(sel), -1).double()
-        lab = c[sel]
-        sums = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, lab, x)
-        cnt = torch.bincount(lab, minlength=k).clamp_min(1).double()
-        mean = (sums / cnt[:, None])[lab]
+        sel, rows_and_means = _members(t, c, k)
+        x, mean = rows_and_means(t.data)
         d = x - mean
         spread += float(d.norm(dim=1).sum() / (mean.norm(dim=1).sum() + 1e-12)) * len(sel)
         count += len(sel)
