@@ -193,10 +193,12 @@ def test_latency_target_errors():
         LatencyTarget("onnxruntime", 1, 0)
 
 
-def test_onnxruntime_latency_budget_end_to_end(tmp_path, monkeypatch):
-    """Real onnxruntime on a small CNN: the result is measured, and either it meets the
-    budget or pyprune warns that it did not (never a silent miss)."""
-    pytest.importorskip("onnxruntime")
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("executorch", marks=pytest.mark.slow)])
+def test_latency_budget_end_to_end_on_the_runtime(runtime, tmp_path, monkeypatch):
+    """The real runtime (onnxruntime; ExecuTorch with XNNPACK, which lowers every layer
+    point: slow) on a small CNN: the result is measured, and either it meets the budget or
+    pyprune warns that it did not (never a silent miss)."""
+    pytest.importorskip(runtime, reason=f"needs the {runtime} extra: pip install 'pyprune[{'onnx' if runtime == 'onnxruntime' else runtime}]'")
     monkeypatch.setenv("PYPRUNE_CACHE", str(tmp_path))
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
@@ -208,13 +210,13 @@ def test_onnxruntime_latency_budget_end_to_end(tmp_path, monkeypatch):
 
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        res = pyprune.prune(model, x, method="l1", target_speedup=1.5, runtime="onnxruntime", progress=False)
+        res = pyprune.prune(model, x, method="l1", target_speedup=1.5, runtime=runtime, progress=False)
     lat = res.latency
     missed = [str(v.message) for v in w if "over the budget" in str(v.message)]
     assert lat["measured_s"] <= lat["budget_s"] or missed
     assert lat["unpruned_measured_s"] > 0 and lat["predicted_s"] > 0
     assert res.model(x).shape == (1, 10)
-    table = json.loads(next(tmp_path.glob("latency/onnxruntime-*.json")).read_text())
+    table = json.loads(next(tmp_path.glob(f"latency/{runtime}-*.json")).read_text())
     assert table["meta"]["threads"] == 1 and table["layers"]
 
 
