@@ -479,7 +479,10 @@ def test_ctrl_c_says_how_to_resume_and_resuming_says_so(tmp_path):
 
     out = tmp_path / "t"
     cmd = [sys.executable, "-m", "pyprune", "train", "--epochs", "200", "--out", str(out)]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # as from a terminal: a shell that runs the suite in the background hands its children
+    # SIGINT ignored, and Python then installs no KeyboardInterrupt handler
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     state = out / "train_state.pt"
     t0 = time.time()
     while not state.exists() and time.time() - t0 < 300 and p.poll() is None:
