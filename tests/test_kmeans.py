@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
@@ -583,6 +584,15 @@ def test_column_blocks_errors_name_the_layer_block_and_element():
         engine.spherical_kmeans(engine.Columns(a, torch.ones(16, 2, dtype=torch.int64)), 2)
     with pytest.raises(ValueError, match="Columns: expected at least one tensor"):
         engine.Columns()
+    # the core checks the blocks too, for callers of the binding itself
+    blocks = [a.numpy(), b[:15].reshape(15, -1).contiguous().numpy()]
+    with pytest.raises(ValueError, match=r"weights\[0\]: every column block needs the same rows \(filters\): "
+                                         r"block 0 has 16, block 1 has 15"):
+        engine._core.spherical_kmeans([blocks], [2])
+    with pytest.raises(ValueError, match=r"weights\[0\]: an empty list of column blocks"):
+        engine._core.spherical_kmeans([[]], [2])
+    with pytest.raises(ValueError, match=r"weights\[0\] block 0: needs at least one filter, got 0 rows"):
+        engine._core.spherical_kmeans([[np.zeros((0, 2), np.float32), np.zeros((0, 3), np.float32)]], [1])
 
 
 @pytest.mark.parametrize("threads", [1, 2])

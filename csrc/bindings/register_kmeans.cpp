@@ -45,11 +45,7 @@ Filters as_filters(const py::handle& h, const std::string& what) {
     std::vector<MatrixView> blocks;
     size_t b = 0;
     for (const py::handle& a : h) blocks.push_back(as_matrix(py::cast<py::array>(a), what + " block " + std::to_string(b++)));
-    PYPRUNE_CHECK(!blocks.empty(), what, ": an empty list of column blocks");
-    for (size_t q = 1; q < blocks.size(); ++q)
-        PYPRUNE_CHECK(blocks[q].rows == blocks[0].rows, what, ": every column block needs the same rows (filters): block 0 has ",
-                      blocks[0].rows, ", block ", q, " has ", blocks[q].rows);
-    return Filters(std::move(blocks));
+    return Filters(std::move(blocks), what);
 }
 
 }  // namespace

@@ -17,11 +17,11 @@
 
 namespace pyprune {
 
-Filters::Filters(std::vector<MatrixView> parts) : blocks(std::move(parts)) {
-    PYPRUNE_CHECK(!blocks.empty(), "filters: at least one block of columns is needed");
+Filters::Filters(std::vector<MatrixView> parts, const std::string& what) : blocks(std::move(parts)) {
+    PYPRUNE_CHECK(!blocks.empty(), what, ": an empty list of column blocks");
     rows = blocks[0].rows;
     for (size_t b = 0; b < blocks.size(); ++b) {
-        PYPRUNE_CHECK(blocks[b].rows == rows, "filters: every block needs the same rows (filters): block 0 has ",
+        PYPRUNE_CHECK(blocks[b].rows == rows, what, ": every column block needs the same rows (filters): block 0 has ",
                       rows, ", block ", b, " has ", blocks[b].rows);
         cols += blocks[b].cols;
     }
@@ -45,16 +45,11 @@ void Filters::copy(int64_t i, int64_t c0, int64_t c1, float* out) const {
 
 namespace {
 
-/// Shape checks of every block (what validate() checks, less the values).
+/// The shape check of every block (validate() less the values: those are checked while
+/// the filters are normalised).
 void check_shape(const Filters& x, const std::string& what) {
-    PYPRUNE_CHECK(!x.blocks.empty(), what, ": no blocks of columns");
-    for (size_t b = 0; b < x.blocks.size(); ++b) {
-        const MatrixView& v = x.blocks[b];
-        const std::string name = x.blocks.size() == 1 ? what : what + " block " + std::to_string(b);
-        PYPRUNE_CHECK(v.rows >= 1, name, ": needs at least one filter, got ", v.rows, " rows");
-        PYPRUNE_CHECK(v.cols >= 1, name, ": filters must have at least one weight, got ", v.cols, " columns");
-        PYPRUNE_CHECK(v.data != nullptr, name, ": null data pointer");
-    }
+    for (size_t b = 0; b < x.blocks.size(); ++b)
+        check_shape(x.blocks[b], (x.blocks.size() == 1 ? what : what + " block " + std::to_string(b)).c_str());
 }
 
 /// The error validate() raises for filter i, which holds a non-finite value.

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "gemm.h"
@@ -19,10 +20,10 @@ struct Filters {
     int64_t rows = 0;  ///< number of filters n
     int64_t cols = 0;  ///< filter length d: the blocks' columns together
 
-    Filters() = default;
     Filters(const MatrixView& x) : blocks{x}, rows(x.rows), cols(x.cols) {}  // NOLINT: implicit on purpose
-    /// Checks that there is at least one block and that all have the same rows.
-    explicit Filters(std::vector<MatrixView> parts);
+    /// Checks that there is at least one block and that all have the same rows; `what`
+    /// names the layer in the error.
+    explicit Filters(std::vector<MatrixView> parts, const std::string& what = "filters");
 
     /// The one block's row i in place when there is a single block, else row i gathered
     /// into `scratch` (cols floats).

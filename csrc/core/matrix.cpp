@@ -11,11 +11,15 @@
 
 namespace pyprune {
 
-void validate(const MatrixView& x, const char* what) {
+void check_shape(const MatrixView& x, const char* what) {
     PYPRUNE_CHECK(x.rows >= 1, what, ": needs at least one filter, got ", x.rows, " rows");
     PYPRUNE_CHECK(x.cols >= 1, what, ": filters must have at least one weight, got ", x.cols,
                   " columns");
     PYPRUNE_CHECK(x.data != nullptr, what, ": null data pointer");
+}
+
+void validate(const MatrixView& x, const char* what) {
+    check_shape(x, what);
     const int64_t total = x.rows * x.cols;
     // A float is finite unless its exponent bits are all ones. This branch-free pass
     // vectorises (a loop that stops at the first bad value does not); only when it finds

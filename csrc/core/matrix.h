@@ -13,7 +13,10 @@ struct MatrixView {
     int64_t cols = 0;             ///< filter length d
 };
 
-/// Check a view: non-null data, n >= 1, d >= 1, every value finite. `what` names it in errors.
+/// Check a view's shape: non-null data, n >= 1, d >= 1. `what` names it in errors.
+void check_shape(const MatrixView& x, const char* what);
+
+/// check_shape, and every value finite. `what` names it in errors.
 void validate(const MatrixView& x, const char* what);
 
 /// Number of OpenMP threads to use: `requested` when > 0, else every core.
