@@ -13,7 +13,9 @@ convolution's arithmetic is; the steps of the runtime's kernels show as measured
 A layer inside the model does not cost what it costs alone: a model's weights larger than
 the cache stream from memory on every run (alone, one layer's stay cached), and alone a
 layer converts its input and output to the runtime's blocked layout (inside, only the
-graph's edges do). So the prediction is ``r0 + sum over layers of (table time + r_act *
+graph's edges do). ExecuTorch convs are therefore lowered and timed on a channels-last
+input, the layout XNNPACK runs in, so they pay no conversion alone either; onnxruntime's
+reorders are left to the rates below. So the prediction is ``r0 + sum over layers of (table time + r_act *
 output elements + r_weight * weights)`` at the current widths, ``r0`` holding everything
 else (norms, activations, adds, pooling, per-call work). The three rates come from three
 measurements of the whole model in the runtime: as it is, at half of every prunable group's
@@ -134,6 +136,8 @@ class LatencyTable:
         self.target = target
         meta = {"runtime": target.runtime, "version": target.version, "threads": target.threads,
                 "batch": target.batch, "cpu": cpu_model()}
+        if target.runtime == "executorch":  # how its layers are measured (older tables timed NCHW programs)
+            meta["layers"] = "channels-last"
         tag = hashlib.sha1(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:12]
         self.path = pathlib.Path(directory or cache_dir()) / f"{target.runtime}-t{target.threads}-b{target.batch}-{tag}.json"
         self.meta, self.layers, self.models, self.meta_measured = meta, {}, {}, {}
@@ -321,6 +325,7 @@ _CALL_POINT = {"op": "conv2d", "cin": 1, "cout": 1, "k": [1, 1], "s": [1, 1], "p
 
 
 _PROBE_BASE = 96  # a multiple of every candidate alignment
+_ALIGN_METHOD = 2  # the probe's method (a cached alignment from another is probed again)
 
 
 def _probe_point(c: int) -> dict:
@@ -345,33 +350,44 @@ def _time_points(points: list[dict], target: LatencyTarget, bar, tmp: str) -> di
 
 def probe_alignment(table: LatencyTable, progress: bool = True) -> int:
     """The channel multiple the runtime's conv kernels prefer, by measurement (cached): for
-    a in 4, 8, 16, 32, a chain of 3x3 convs of width 96 - a (a multiple of a, not of 2a)
-    against one channel less: the smallest a whose multiples run (within 5 points) as much
-    cheaper per MAC as the best a does, when that is >= 8%; else 1."""
-    if "align" in table.meta_measured:
+    a in 4, 8, 16, 32, a chain of 3x3 convs of width c = 96 - a (a multiple of a, not of
+    2a) against one channel less and one more. A runtime with a slow path for other widths
+    makes both neighbours dearer per MAC; one that pads channels to its register tile (XNNPACK
+    does, to 16 on AVX-512) makes c + 1 cost what c + a does. The ratio of a is c's cost per
+    MAC over the dearer neighbour's; the smallest a whose ratio is (within 5 points) the best
+    one, when that is <= 0.92; else 1."""
+    if table.meta_measured.get("align_method") == _ALIGN_METHOD and "align" in table.meta_measured:
         return int(table.meta_measured["align"])
     from tqdm.auto import tqdm
 
     cands = (4, 8, 16, 32)
     points = []
     for a in cands:
-        for c in (_PROBE_BASE - a, _PROBE_BASE - a - 1):
+        for c in (_PROBE_BASE - a - 1, _PROBE_BASE - a, _PROBE_BASE - a + 1):
             points.append(dict(_probe_point(c), id=f"{a}-{c}"))
     n = len(points) * (2 if table.target.runtime == "executorch" else 1)
     with tempfile.TemporaryDirectory(prefix="pyprune-latency-") as tmp, \
             tqdm(total=n, desc=f"kernel alignment ({table.target.runtime})", disable=not progress,
                  file=sys.stderr, leave=False) as bar:
         secs = _time_points(points, table.target, bar, tmp)
-    ratios = {}
-    for a in cands:
-        c = _PROBE_BASE - a
-        ratios[a] = (secs[f"{a}-{c}"] / c ** 2) / (secs[f"{a}-{c - 1}"] / (c - 1) ** 2)
-    best = min(ratios.values())
-    # the smallest multiple that gets (within 5 points) the best of the runtime's advantage
-    align = next(a for a in cands if ratios[a] <= best + 0.05) if best < 0.92 else 1
-    table.meta_measured.update(align=align, align_probe=ratios)
+    align, ratios = alignment_from_probe(secs)
+    table.meta_measured.update(align=align, align_probe=ratios, align_method=_ALIGN_METHOD)
     table.save()
     return align
+
+
+def alignment_from_probe(secs: dict) -> tuple[int, dict]:
+    """(alignment, ratio per candidate) from the probe's times {"a-c": seconds} (see
+    probe_alignment)."""
+    ratios = {}
+    for a in (4, 8, 16, 32):
+        c = _PROBE_BASE - a
+        per_mac = {w: secs[f"{a}-{w}"] / w ** 2 for w in (c - 1, c, c + 1)}
+        ratios[a] = per_mac[c] / max(per_mac[c - 1], per_mac[c + 1])
+    best = min(ratios.values())
+    # the smallest multiple that gets (within 5 points) the best of the runtime's advantage
+    align = next(a for a in sorted(ratios) if ratios[a] <= best + 0.05) if best <= 0.92 else 1
+    return align, ratios
 
 
 def measure_layers(layers: list[LayerCost], table: LatencyTable, progress: bool = True) -> int:

@@ -244,3 +244,45 @@ def test_unreachable_at_the_runtimes_multiple_tries_finer_widths(synthetic, monk
     assert res.latency["measured_s"] <= res.latency["budget_s"]
     widths = [after for before, after in res.plan.widths().values() if after != before]
     assert widths and all(w % 4 == 0 for w in widths) and any(w % 8 for w in widths)
+
+
+def _probe_times(cost) -> dict:
+    """The alignment probe's points {"a-c": seconds} under a runtime costing cost(c) per conv."""
+    return {f"{a}-{c}": cost(c) for a in (4, 8, 16, 32) for c in (96 - a - 1, 96 - a, 96 - a + 1)}
+
+
+def test_alignment_probe_sees_padded_tiles_and_slow_paths():
+    """A runtime that pads channels to a tile of 16 (c + 1 costs what c + 16 does), one with
+    a 40% slower path off multiples of 8, and one that is linear in c^2: 16, 8 and 1."""
+    padded = lambda c: math.ceil(c / 16) * 16 * c  # noqa: E731
+    assert latency.alignment_from_probe(_probe_times(padded))[0] == 16
+    slow = lambda c: c * c * (1.0 if c % 8 == 0 else 1.4)  # noqa: E731
+    assert latency.alignment_from_probe(_probe_times(slow))[0] == 8
+    assert latency.alignment_from_probe(_probe_times(lambda c: c * c))[0] == 1
+
+
+def test_alignment_from_an_older_probe_is_measured_again(synthetic):
+    """A cached alignment without the probe's current method (an older cache) is probed
+    again; a current one is read."""
+    table = latency.LatencyTable(LatencyTarget("onnxruntime"))
+    table.meta_measured.update(align=1)  # as the first probe method stored it
+    assert latency.probe_alignment(table, progress=False) == 8 and synthetic["points"] == 12
+    assert latency.probe_alignment(latency.LatencyTable(LatencyTarget("onnxruntime")), progress=False) == 8
+    assert synthetic["points"] == 12  # read from the cache
+
+
+def test_executorch_layer_points_are_timed_channels_last(tmp_path):
+    """ExecuTorch conv points are lowered for, and run on, a channels-last input (the layout
+    XNNPACK runs; an NCHW program would convert around the one layer), and compute the conv."""
+    pytest.importorskip("executorch", reason="needs the executorch extra: pip install 'pyprune[executorch]'")
+    from pyprune import _runtime
+
+    p = {"op": "conv2d", "cin": 8, "cout": 16, "k": [3, 3], "s": [1, 1], "p": [1, 1], "d": [1, 1], "g": 1,
+         "hw": [6, 6], "bias": True, "rows": 1, "id": "0", "path": str(tmp_path / "p.pte")}
+    _runtime.lower_layers({"batch": 1, "points": [p]})
+    x = np.random.default_rng(0).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    run, inp = _runtime._layer_runner("executorch", p, 1, 1, x)
+    assert inp.is_contiguous(memory_format=torch.channels_last) and not inp.is_contiguous()
+    with torch.no_grad():
+        ref = _runtime._layer_module(p)(torch.from_numpy(x))
+    torch.testing.assert_close(run(inp)[0], ref, rtol=1e-4, atol=1e-4)
