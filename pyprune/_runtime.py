@@ -253,12 +253,14 @@ def _onnx_layer(p: dict, batch: int) -> bytes:
     return model.SerializeToString()
 
 
-def _channels_last(p: dict) -> bool:
-    """An ExecuTorch conv point is lowered and timed on a channels-last input: XNNPACK runs
-    NHWC, and an NCHW program converts its input and output around the one layer, which
-    inside a model only the graph's edges do (a 96-channel depthwise conv at 112x112: 6.8
-    ms with the conversions, 1.2 ms without)."""
-    return p["op"] == "conv2d"
+def _pte_input(p: dict, t):
+    """The input tensor `t` of an ExecuTorch point, as it is lowered and timed: a conv's
+    channels-last. XNNPACK runs NHWC, and an NCHW program converts its input and output
+    around the one layer, which inside a model only the graph's edges do (a 96-channel
+    depthwise conv at 112x112: 6.8 ms with the conversions, 1.2 ms without)."""
+    import torch
+
+    return t.contiguous(memory_format=torch.channels_last) if p["op"] == "conv2d" else t
 
 
 def _layer_runner(runtime: str, p: dict, batch: int, threads: int | None, x):
@@ -286,10 +288,7 @@ def _layer_runner(runtime: str, p: dict, batch: int, threads: int | None, x):
                 return m(v)
         return run, torch.from_numpy(x)
     method = PteRunner(p["path"], threads).method
-    t = torch.from_numpy(x)
-    if _channels_last(p):
-        t = t.contiguous(memory_format=torch.channels_last)
-    return (lambda v: method.execute([v])), t
+    return (lambda v: method.execute([v])), _pte_input(p, torch.from_numpy(x))
 
 
 def time_layers(spec: dict, out_path: str) -> None:
@@ -320,7 +319,7 @@ def time_layers(spec: dict, out_path: str) -> None:
 
 def lower_layers(spec: dict) -> None:
     """Each point of the spec to an XNNPACK .pte at its `path` (one line printed per point);
-    a conv point takes a channels-last input (see _channels_last)."""
+    a conv point takes a channels-last input (see _pte_input)."""
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -328,9 +327,7 @@ def lower_layers(spec: dict) -> None:
     batch = int(spec.get("batch", 1))
     for p in spec["points"]:
         m = _layer_module(p)
-        x = torch.zeros(layer_input_shape(p, batch))
-        if _channels_last(p):
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = _pte_input(p, torch.zeros(layer_input_shape(p, batch)))
         with torch.no_grad():
             ep = torch.export.export(m, (x,))
             prog = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch()

@@ -326,6 +326,13 @@ _CALL_POINT = {"op": "conv2d", "cin": 1, "cout": 1, "k": [1, 1], "s": [1, 1], "p
 
 _PROBE_BASE = 96  # a multiple of every candidate alignment
 _ALIGN_METHOD = 2  # the probe's method (a cached alignment from another is probed again)
+_ALIGN_CANDIDATES = (4, 8, 16, 32)
+
+
+def _probe_widths(a: int) -> tuple[int, int, int]:
+    """The probe's widths for candidate a: c = 96 - a and its two neighbours."""
+    c = _PROBE_BASE - a
+    return c - 1, c, c + 1
 
 
 def _probe_point(c: int) -> dict:
@@ -353,18 +360,14 @@ def probe_alignment(table: LatencyTable, progress: bool = True) -> int:
     a in 4, 8, 16, 32, a chain of 3x3 convs of width c = 96 - a (a multiple of a, not of
     2a) against one channel less and one more. A runtime with a slow path for other widths
     makes both neighbours dearer per MAC; one that pads channels to its register tile (XNNPACK
-    does, to 16 on AVX-512) makes c + 1 cost what c + a does. The ratio of a is c's cost per
+    does) makes c + 1 cost what c + a does. The ratio of a is c's cost per
     MAC over the dearer neighbour's; the smallest a whose ratio is (within 5 points) the best
     one, when that is <= 0.92; else 1."""
     if table.meta_measured.get("align_method") == _ALIGN_METHOD and "align" in table.meta_measured:
         return int(table.meta_measured["align"])
     from tqdm.auto import tqdm
 
-    cands = (4, 8, 16, 32)
-    points = []
-    for a in cands:
-        for c in (_PROBE_BASE - a - 1, _PROBE_BASE - a, _PROBE_BASE - a + 1):
-            points.append(dict(_probe_point(c), id=f"{a}-{c}"))
+    points = [dict(_probe_point(c), id=f"{a}-{c}") for a in _ALIGN_CANDIDATES for c in _probe_widths(a)]
     n = len(points) * (2 if table.target.runtime == "executorch" else 1)
     with tempfile.TemporaryDirectory(prefix="pyprune-latency-") as tmp, \
             tqdm(total=n, desc=f"kernel alignment ({table.target.runtime})", disable=not progress,
@@ -380,10 +383,9 @@ def alignment_from_probe(secs: dict) -> tuple[int, dict]:
     """(alignment, ratio per candidate) from the probe's times {"a-c": seconds} (see
     probe_alignment)."""
     ratios = {}
-    for a in (4, 8, 16, 32):
-        c = _PROBE_BASE - a
-        per_mac = {w: secs[f"{a}-{w}"] / w ** 2 for w in (c - 1, c, c + 1)}
-        ratios[a] = per_mac[c] / max(per_mac[c - 1], per_mac[c + 1])
+    for a in _ALIGN_CANDIDATES:
+        below, c, above = (secs[f"{a}-{w}"] / w ** 2 for w in _probe_widths(a))  # seconds per MAC
+        ratios[a] = c / max(below, above)
     best = min(ratios.values())
     # the smallest multiple that gets (within 5 points) the best of the runtime's advantage
     align = next(a for a in sorted(ratios) if ratios[a] <= best + 0.05) if best <= 0.92 else 1

@@ -248,7 +248,7 @@ def test_unreachable_at_the_runtimes_multiple_tries_finer_widths(synthetic, monk
 
 def _probe_times(cost) -> dict:
     """The alignment probe's points {"a-c": seconds} under a runtime costing cost(c) per conv."""
-    return {f"{a}-{c}": cost(c) for a in (4, 8, 16, 32) for c in (96 - a - 1, 96 - a, 96 - a + 1)}
+    return {f"{a}-{c}": cost(c) for a in (4, 8, 16, 32) for c in (96 - a - 1, 96 - a, 96 - a + 1)}  # as probed
 
 
 def test_alignment_probe_sees_padded_tiles_and_slow_paths():
