@@ -85,7 +85,12 @@ def _macs_model_at(pruner, lat, ratio: float, *, tol: float = 0.03, measurements
     t = _macs_plan_at(pruner, lat, ratio)[2]
     seen = []  # (target_macs, measured ratio, result)
     for _ in range(measurements):
-        res = pruner.apply(pruner.plan(target_macs=t))
+        try:
+            plan = pruner.plan(target_macs=t)
+        except ValueError:  # below what the floors allow: halfway back to the smallest that planned
+            t = (t + min(p[0] for p in seen)) / 2
+            continue
+        res = pruner.apply(plan)
         ref, m = lat.measure_pair(res.model)
         seen.append((t, m / ref, res))
         if abs(m / ref / ratio - 1) <= tol:
