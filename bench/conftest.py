@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import sys
 
@@ -10,7 +9,7 @@ import sys
 _here = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(_here), str(_here.parent / "tests")]
 
-from bench_tables import FINALIZERS, TABLES  # noqa: E402
+from bench_tables import FINALIZERS, TABLES, out_dir, partial_file  # noqa: E402
 
 from pyprune.report import markdown_table  # noqa: E402
 
@@ -20,12 +19,13 @@ def pytest_terminal_summary(terminalreporter):
         fn()
     if not TABLES:
         return
-    out_dir = pathlib.Path(os.environ.get("PYPRUNE_BENCH_OUT", "results/bench"))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out = out_dir()
+    out.mkdir(parents=True, exist_ok=True)
     for name, rows in TABLES.items():
         terminalreporter.write_sep("=", f"pyprune bench table: {name}")
         text = markdown_table(rows)
         terminalreporter.write_line(text)
-        (out_dir / f"{name}.md").write_text(text + "\n")
-        (out_dir / f"{name}.json").write_text(json.dumps(rows, indent=1))
-        terminalreporter.write_line(f"(written to {out_dir / name}.md/.json)")
+        (out / f"{name}.md").write_text(text + "\n")
+        (out / f"{name}.json").write_text(json.dumps(rows, indent=1, default=str))
+        partial_file(name).unlink(missing_ok=True)
+        terminalreporter.write_line(f"(written to {out / name}.md/.json)")
