@@ -25,7 +25,7 @@
 #ifdef PYPRUNE_CBLAS_STUB
 #include <cblas.h>
 
-// Naive stand-ins for the two BLAS calls the core makes (row-major only).
+// Naive stand-ins for the BLAS calls the core makes (row-major only).
 void scipy_openblas_set_num_threads(int) {}
 void scipy_cblas_sgemm(CBLAS_ORDER, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, blasint m, blasint n, blasint k,
                        float alpha, const float* a, blasint lda, const float* b, blasint ldb, float beta,
@@ -48,6 +48,17 @@ void scipy_cblas_sgemv(CBLAS_ORDER, CBLAS_TRANSPOSE, blasint m, blasint n, float
         for (blasint t = 0; t < n; ++t) s += static_cast<double>(a[i * lda + t]) * x[t];
         y[i] = static_cast<float>(alpha * s);
     }
+}
+void scipy_cblas_somatcopy(CBLAS_ORDER, CBLAS_TRANSPOSE trans, blasint rows, blasint cols, float alpha,
+                           const float* a, blasint lda, float* b, blasint ldb) {
+    for (blasint i = 0; i < rows; ++i)
+        for (blasint j = 0; j < cols; ++j) {
+            if (trans == CblasNoTrans) {
+                b[i * ldb + j] = alpha * a[i * lda + j];
+            } else {
+                b[j * ldb + i] = alpha * a[i * lda + j];
+            }
+        }
 }
 #endif
 

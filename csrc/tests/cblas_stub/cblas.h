@@ -14,3 +14,5 @@ void scipy_cblas_sgemm(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb
 void scipy_cblas_sgemv(CBLAS_ORDER order, CBLAS_TRANSPOSE ta, blasint m, blasint n, float alpha,
                        const float* a, blasint lda, const float* x, blasint incx, float beta, float* y,
                        blasint incy);
+void scipy_cblas_somatcopy(CBLAS_ORDER order, CBLAS_TRANSPOSE trans, blasint rows, blasint cols, float alpha,
+                           const float* a, blasint lda, float* b, blasint ldb);
