@@ -1,0 +1,95 @@
+"""How the latency solver's channel weights trade MACs against parameters (no measurement).
+
+The budget solver (`LatencyModel.solve`) cuts the channels that lose the least weighted score
+per predicted second saved; `pyprune.prune` weights each group's normalised scores by the MACs
+one of its channels carries (`_macs_per_unit`). This script swaps that weight for others and,
+for each of the latency bench's five models and budgets 0.6 and 0.4, compares the
+latency-targeted plan with the MACs-targeted plan (same L1 criterion) tuned to the same
+*predicted* latency (`_macs_plan_at` of the bench): MACs and parameters kept by each, and
+"M"/"P" where the latency-targeted plan keeps at least as many. Plans only: nothing is cut
+or measured beyond what the latency model's calibration does, and the runtime's latency
+table must be cached already (run the latency bench once). A screening: the bench's
+comparison is at equal *measured* latency, which moves the MACs-targeted side (unaligned
+widths run at other speeds than the table's multiples predict).
+
+Weights: macs (what prune uses), none (every group alike), params (the parameters a channel
+holds), mixed (the mean of the macs and params weights).
+
+Run:  python3 bench/screen_latency_weights.py onnxruntime macs,none,params,mixed
+      python3 bench/screen_latency_weights.py executorch macs,mixed resnet50,vgg16_cifar
+"""
+from __future__ import annotations
+
+import importlib
+import pathlib
+import sys
+import warnings
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import pyprune  # noqa: E402
+from pyprune.summary import CostModel  # noqa: E402
+from test_bench_latency import MODELS, _macs_plan_at  # noqa: E402
+
+prune_module = importlib.import_module("pyprune.prune")
+MACS = prune_module._macs_per_unit
+
+
+def params_per_unit(cost: CostModel, groups) -> dict[int, float]:
+    """As _macs_per_unit, for the parameters one channel of each group holds."""
+    base = cost.base["params"]
+    per = {g.id: base - cost({g.id: g.size - 1})["params"] for g in groups}
+    mean = float(np.mean(list(per.values())))
+    return {gid: max(v / mean, 0.01) for gid, v in per.items()}
+
+
+def mixed(cost: CostModel, groups) -> dict[int, float]:
+    a, b = MACS(cost, groups), params_per_unit(cost, groups)
+    return {gid: 0.5 * (a[gid] + b[gid]) for gid in a}
+
+
+WEIGHTS = {"macs": MACS, "none": lambda cost, groups: {g.id: 1.0 for g in groups},
+           "params": params_per_unit, "mixed": mixed}
+
+
+def screen(runtime: str, weights: list[str], names: list[str]) -> None:
+    for name in names:
+        make, size = MODELS[name]
+        torch.manual_seed(0)
+        model = make().eval()
+        x = torch.randn(1, 3, size, size)
+        pruner = pyprune.Pruner(model, x, method="l1", runtime=runtime, threads=1, batch_size=1)
+        lat = pruner.latency_model()
+        cost = CostModel(model, lat.graph)
+        full = lat.raw_predict(np.ones(len(lat.graph.groups)))
+
+        def kept(plan):
+            c = cost({gid: len(k) for gid, k in plan.keep.items()})
+            return c["macs"] / cost.base["macs"], c["params"] / cost.base["params"]
+
+        for fraction in (0.6, 0.4):
+            for w in weights:
+                prune_module._macs_per_unit = WEIGHTS[w]
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        plan = pruner.plan(target_speedup=1 / fraction)
+                finally:
+                    prune_module._macs_per_unit = MACS
+                pred = lat.raw_predict(pruner._keep_fractions(plan)) / full
+                m, p = kept(plan)
+                mplan, mpred, _ = _macs_plan_at(pruner, lat, pred)
+                mm, mp = kept(mplan)
+                flags = ("M" if m >= mm else "-") + ("P" if p >= mp else "-")
+                print(f"{name:16s} {fraction} {w:6s} predicted {pred:.3f}: latency-targeted MACs {m:.3f} params "
+                      f"{p:.3f} | MACs-targeted (predicted {mpred:.3f}) MACs {mm:.3f} params {mp:.3f}  {flags}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    screen(sys.argv[1], sys.argv[2].split(","), sys.argv[3].split(",") if len(sys.argv) > 3 else list(MODELS))
