@@ -936,10 +936,14 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<Filters>& xs,
     std::vector<size_t> order(L);
     std::iota(order.begin(), order.end(), size_t{0});
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return cost[a] > cost[b]; });
-    // Layers that would unbalance a one-thread-per-layer schedule run alone, rows split.
+    // A layer with at least 1/nt of the work would unbalance a one-thread-per-layer schedule:
+    // it runs alone, rows split. The others run one per thread, largest first, which the
+    // dynamic schedule balances; running them split instead (from 1/(4 nt) of the work on,
+    // before) left a thread idle in every step that does not split (the seeding's draws, an
+    // update that moves few filters): resnet152's k-means in prune 0.46 s against 0.50 s.
     std::vector<size_t> big, small;
     for (size_t l : order) {
-        const bool is_big = nt > 1 && xs[l].rows >= 64 * nt && cost[l] * 4.0 * nt >= total;
+        const bool is_big = nt > 1 && xs[l].rows >= 64 * nt && cost[l] * nt >= total;
         (is_big ? big : small).push_back(l);
     }
     auto init_of = [&](size_t l) { return inits.empty() ? nullptr : inits[l]; };
