@@ -26,13 +26,11 @@ import sys
 import warnings
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import pyprune  # noqa: E402
 from pyprune.summary import CostModel  # noqa: E402
-from test_bench_latency import MODELS, _macs_plan_at  # noqa: E402
+from test_bench_latency import MODELS, _macs_plan_at, budget_pruner  # noqa: E402
 
 prune_module = importlib.import_module("pyprune.prune")
 MACS = prune_module._macs_per_unit
@@ -57,11 +55,7 @@ WEIGHTS = {"macs": MACS, "none": lambda cost, groups: {g.id: 1.0 for g in groups
 
 def screen(runtime: str, weights: list[str], names: list[str]) -> None:
     for name in names:
-        make, size = MODELS[name]
-        torch.manual_seed(0)
-        model = make().eval()
-        x = torch.randn(1, 3, size, size)
-        pruner = pyprune.Pruner(model, x, method="l1", runtime=runtime, threads=1, batch_size=1)
+        model, pruner = budget_pruner(name, runtime)
         lat = pruner.latency_model()
         cost = CostModel(model, lat.graph)
         full = lat.raw_predict(np.ones(len(lat.graph.groups)))

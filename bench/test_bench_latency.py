@@ -106,17 +106,22 @@ def _macs_model_at(pruner, lat, ratio: float, *, tol: float = 0.03, measurements
     return res, got, len(seen)
 
 
+def budget_pruner(name: str, runtime: str):
+    """(model, Pruner) of the bench's cases: the model built with seed 0, L1, 1 thread, batch 1."""
+    make, size = MODELS[name]
+    torch.manual_seed(0)
+    model = make().eval()
+    x = torch.randn(1, 3, size, size)
+    return model, pyprune.Pruner(model, x, method="l1", runtime=runtime, threads=1, batch_size=1)
+
+
 @pytest.mark.parametrize("fraction", FRACTIONS)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("name", list(MODELS))
 def test_latency_budget(name, runtime, fraction):
     if runtime == "executorch":
         pytest.importorskip("executorch", reason="needs the executorch extra: pip install 'pyprune[executorch]'")
-    make, size = MODELS[name]
-    torch.manual_seed(0)
-    model = make().eval()
-    x = torch.randn(1, 3, size, size)
-    pruner = pyprune.Pruner(model, x, method="l1", runtime=runtime, threads=1, batch_size=1)
+    _, pruner = budget_pruner(name, runtime)
     lat = pruner.latency_model()
     with warnings.catch_warnings(record=True) as caught:  # finer channel multiples, a missed budget: recorded
         warnings.simplefilter("always")
