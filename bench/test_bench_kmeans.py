@@ -14,7 +14,10 @@ baselines, and shows how close the kernel itself runs to the bound. Both run onc
 products path this CPU has (engine.gemm_kernels(): avx512, avx2, portable, blas), forced
 with spherical_kmeans(kernel=...); with PYPRUNE_GEMM set only that path runs, chosen by the
 environment variable. Each row also gives its ratio to its own path's 2048^3 throughput
-(x_path_bound), measured the same way as the BLAS's.
+(x_path_bound), measured the same way as the BLAS's, and the machine's speed around it
+(machine_speed: the lower of the path's 2048^3 throughputs measured just before and just
+after the benchmark, over the best of the run; well under 1, the row was measured while a
+shared machine was slow and its ratios mean little).
 
 Run:  make bench   (or: python3 -m pytest bench/test_bench_kmeans.py -q)
       PYPRUNE_GEMM=portable python3 -m pytest bench/test_bench_kmeans.py -q   (one path)
@@ -88,13 +91,14 @@ _bound: dict[tuple[str, int], float] = {}  # (path, threads) -> best 2048^3 flop
 
 def measure_gemm(threads: int, path: str = "blas") -> float:
     """sgemm throughput (flop/s) of a 2048^3 product through `path` (and the BLAS) at
-    `threads`. Measured again around every benchmark; the best value seen in the run is the
-    machine's capability (a busy moment can only lower it), which gives the smallest,
-    strictest bound."""
+    `threads`, this time. Measured again around every benchmark; the best value seen in the
+    run is the machine's capability (a busy moment can only lower it), which gives the
+    smallest, strictest bound."""
+    got = {}
     for p in dict.fromkeys(["blas", path]):
-        f = 2.0 * 2048**3 / engine.gemm_seconds(2048, threads, repeats=3, kernel=p)
-        _bound[(p, threads)] = max(_bound.get((p, threads), 0.0), f)
-    return _bound[("blas", threads)]
+        got[p] = 2.0 * 2048**3 / engine.gemm_seconds(2048, threads, repeats=3, kernel=p)
+        _bound[(p, threads)] = max(_bound.get((p, threads), 0.0), got[p])
+    return got[path]
 
 
 def _fill_bounds():
@@ -107,6 +111,10 @@ def _fill_bounds():
             row["path_gflops"] = _bound[(row["path"], t)] / 1e9
             row["x_path_bound"] = row["seconds"] * _bound[(row["path"], t)] / row["flops"]
         row.pop("flops", None)
+        # the machine's speed around this benchmark against its best of the run: a row
+        # measured in a slow phase of a shared machine shows it here (1.00: at its best)
+        p, around = row.pop("around")
+        row["machine_speed"] = min(around) / _bound[(p, t)]
     if TABLES.get("kmeans_fixed20"):
         record("kmeans_machine", cpu=cpu_model(), paths=", ".join(PATHS), forced_by_env=FORCED,
                load_start=_LOAD_AT_START, load_end=loadavg(),
@@ -167,7 +175,7 @@ RUNS = [("faiss", None), ("torch", None)] + [(m, p) for p in PATHS for m in ("py
 def test_kmeans_all_convs(benchmark, method, path, model, threads):
     ws, inits, flops = conv_weights(model)
     benchmark.group = f"kmeans-{model}-{threads}t"
-    measure_gemm(threads, path or "blas")
+    before = measure_gemm(threads, path or "blas")
     args = (ws, inits, threads) if path is None else (ws, inits, threads, path)
     old = torch.get_num_threads()
     try:
@@ -181,10 +189,11 @@ def test_kmeans_all_convs(benchmark, method, path, model, threads):
         _quality[(model, threads, "faiss")] = quality(ws, run_faiss(ws, inits, threads))
     qf = _quality[(model, threads, "faiss")]
     assert abs(q - qf) <= 0.005 * abs(qf), f"{method}: mean cosine {q:.5f} vs faiss {qf:.5f}"
-    measure_gemm(threads, path or "blas")
+    after = measure_gemm(threads, path or "blas")
     t = benchmark.stats.stats.min
     _times[(model, threads, name)] = t
-    row = dict(workload=model, threads=threads, method=method, path=path or "", seconds=t, flops=flops, mean_cos=q)
+    row = dict(workload=model, threads=threads, method=method, path=path or "", seconds=t, flops=flops, mean_cos=q,
+               around=(path or "blas", (before, after)))
     for base in ("faiss", "torch"):
         tb = _times.get((model, threads, base))
         if tb and path:
