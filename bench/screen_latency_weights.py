@@ -30,7 +30,11 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from pyprune.summary import CostModel  # noqa: E402
-from test_bench_latency import MODELS, _macs_plan_at, budget_pruner  # noqa: E402
+
+try:
+    from test_bench_latency import MODELS, _macs_plan_at, budget_pruner  # noqa: E402
+except BaseException as e:  # the bench module skips (pytest's Skipped) without onnxruntime
+    sys.exit(f"screen_latency_weights: {e}")
 
 prune_module = importlib.import_module("pyprune.prune")
 MACS = prune_module._macs_per_unit
@@ -40,7 +44,9 @@ def params_per_unit(cost: CostModel, groups) -> dict[int, float]:
     """As _macs_per_unit, for the parameters one channel of each group holds."""
     base = cost.base["params"]
     per = {g.id: base - cost({g.id: g.size - 1})["params"] for g in groups}
-    mean = float(np.mean(list(per.values())))
+    mean = float(np.mean(list(per.values()))) if per else 1.0
+    if mean <= 0:
+        return {gid: 1.0 for gid in per}
     return {gid: max(v / mean, 0.01) for gid, v in per.items()}
 
 
@@ -56,9 +62,7 @@ WEIGHTS = {"macs": MACS, "none": lambda cost, groups: {g.id: 1.0 for g in groups
 def screen(runtime: str, weights: list[str], names: list[str]) -> None:
     for name in names:
         model, pruner = budget_pruner(name, runtime)
-        lat = pruner.latency_model()
-        cost = CostModel(model, lat.graph)
-        full = lat.raw_predict(np.ones(len(lat.graph.groups)))
+        cost = CostModel(model, pruner.latency_model().graph)
 
         def kept(plan):
             c = cost({gid: len(k) for gid, k in plan.keep.items()})
@@ -68,11 +72,15 @@ def screen(runtime: str, weights: list[str], names: list[str]) -> None:
             for w in weights:
                 prune_module._macs_per_unit = WEIGHTS[w]
                 try:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
+                    with warnings.catch_warnings(record=True) as caught:
+                        warnings.simplefilter("always")
                         plan = pruner.plan(target_speedup=1 / fraction)
                 finally:
                     prune_module._macs_per_unit = MACS
+                for note in {str(c.message) for c in caught if "pyprune" in str(c.message)}:
+                    print(f"  ({note})")
+                lat = pruner.latency_model()  # the one the plan used (finer multiples after a fallback)
+                full = lat.raw_predict(np.ones(len(lat.graph.groups)))
                 pred = lat.raw_predict(pruner._keep_fractions(plan)) / full
                 m, p = kept(plan)
                 mplan, mpred, _ = _macs_plan_at(pruner, lat, pred)
