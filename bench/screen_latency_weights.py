@@ -2,7 +2,7 @@
 
 The budget solver (`LatencyModel.solve`) cuts the channels that lose the least weighted score
 per predicted second saved; `pyprune.prune` weights each group's normalised scores by the MACs
-one of its channels carries (`_macs_per_unit`). This script swaps that weight for others and,
+one of its channels carries (`_cost_per_unit`). This script swaps that weight for others and,
 for each of the latency bench's five models and budgets 0.6 and 0.4, compares the
 latency-targeted plan with the MACs-targeted plan (same L1 criterion) tuned to the same
 *predicted* latency (`_macs_plan_at` of the bench): MACs and parameters kept by each, and
@@ -37,25 +37,19 @@ except BaseException as e:  # the bench module skips (pytest's Skipped) without 
     sys.exit(f"screen_latency_weights: {e}")
 
 prune_module = importlib.import_module("pyprune.prune")
-MACS = prune_module._macs_per_unit
+PER_UNIT = prune_module._cost_per_unit  # (cost, groups, kind="macs"): what prune weights by
 
 
 def params_per_unit(cost: CostModel, groups) -> dict[int, float]:
-    """As _macs_per_unit, for the parameters one channel of each group holds."""
-    base = cost.base["params"]
-    per = {g.id: base - cost({g.id: g.size - 1})["params"] for g in groups}
-    mean = float(np.mean(list(per.values()))) if per else 1.0
-    if mean <= 0:
-        return {gid: 1.0 for gid in per}
-    return {gid: max(v / mean, 0.01) for gid, v in per.items()}
+    return PER_UNIT(cost, groups, "params")
 
 
 def mixed(cost: CostModel, groups) -> dict[int, float]:
-    a, b = MACS(cost, groups), params_per_unit(cost, groups)
+    a, b = PER_UNIT(cost, groups), params_per_unit(cost, groups)
     return {gid: 0.5 * (a[gid] + b[gid]) for gid in a}
 
 
-WEIGHTS = {"macs": MACS, "none": lambda cost, groups: {g.id: 1.0 for g in groups},
+WEIGHTS = {"macs": PER_UNIT, "none": lambda cost, groups: {g.id: 1.0 for g in groups},
            "params": params_per_unit, "mixed": mixed}
 
 
@@ -70,13 +64,13 @@ def screen(runtime: str, weights: list[str], names: list[str]) -> None:
 
         for fraction in (0.6, 0.4):
             for w in weights:
-                prune_module._macs_per_unit = WEIGHTS[w]
+                prune_module._cost_per_unit = WEIGHTS[w]
                 try:
                     with warnings.catch_warnings(record=True) as caught:
                         warnings.simplefilter("always")
                         plan = pruner.plan(target_speedup=1 / fraction)
                 finally:
-                    prune_module._macs_per_unit = MACS
+                    prune_module._cost_per_unit = PER_UNIT
                 for note in {str(c.message) for c in caught if "pyprune" in str(c.message)}:
                     print(f"  ({note})")
                 lat = pruner.latency_model()  # the one the plan used (finer multiples after a fallback)

@@ -457,7 +457,7 @@ class Pruner:
 
                 fixed = {gid: _keep_for_ratio(graph.groups[gid], r, cfg.round_to)
                          for gid, r in match_layer_ratios(groups, cfg.layer_ratios).items()}
-            weights = _macs_per_unit(lat.cost, groups)
+            weights = _cost_per_unit(lat.cost, groups)
             while True:
                 try:
                     n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed,
@@ -733,11 +733,12 @@ def _latency_budget_s(lat, value: float, speedup: bool) -> float:
     return lat.measured_full / value if speedup else value / 1e3
 
 
-def _macs_per_unit(cost: CostModel, groups) -> dict[int, float]:
-    """Group id -> MACs one of its channels carries at full width, relative to the mean over
-    groups (floored at 1% of it, so a group without MACs still counts)."""
-    base = cost.base["macs"]
-    per = {g.id: (base - cost({g.id: g.size - 1})["macs"]) for g in groups}
+def _cost_per_unit(cost: CostModel, groups, kind: str = "macs") -> dict[int, float]:
+    """Group id -> the `kind` of cost (MACs by default, or e.g. "params") one of its channels
+    carries at full width, relative to the mean over groups (floored at 1% of it, so a group
+    without any still counts)."""
+    base = cost.base[kind]
+    per = {g.id: (base - cost({g.id: g.size - 1})[kind]) for g in groups}
     mean = float(np.mean(list(per.values()))) if per else 1.0
     if mean <= 0:
         return {gid: 1.0 for gid in per}
