@@ -76,6 +76,10 @@ class Columns(tuple):
             raise ValueError("Columns: expected at least one tensor")
         return super().__new__(cls, blocks)
 
+    def __getnewargs__(self):
+        # pickle and copy rebuild through __new__(*blocks), not tuple's __new__(iterable)
+        return tuple(self)
+
     def take(self, index) -> "Columns":
         """The filters at ``index`` (positions along dim 0) of every block."""
         return Columns(*(b[index] for b in self))

@@ -571,6 +571,22 @@ def test_column_blocks_cluster_as_their_concatenation(kernel, threads):
             assert_close(a.rep_residuals, b.rep_residuals, rtol=1e-5, atol=1e-6)
 
 
+def test_column_blocks_survive_pickle_and_copy():
+    """A Columns pickled (as a multiprocessing worker or a saved call receives it) or
+    copied is the same blocks again, not one block holding the tuple of them."""
+    import copy
+    import pickle
+
+    blocks = (torch.randn(6, 4), torch.randn(6, 2, 3))
+    c = engine.Columns(*blocks)
+    for d in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c), copy.copy(c)):
+        assert type(d) is engine.Columns and len(d) == 2
+        assert all(torch.equal(x, y) for x, y in zip(d, blocks))
+    a = engine.spherical_kmeans(c, 3, seed=1)[0]
+    b = engine.spherical_kmeans(pickle.loads(pickle.dumps(c)), 3, seed=1)[0]
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
+
+
 def test_column_blocks_errors_name_the_layer_block_and_element():
     a, b = torch.randn(16, 4), torch.randn(16, 3, 2)
     with pytest.raises(ValueError, match=r"weights\[1\]: every column block needs the same number of filters: "
