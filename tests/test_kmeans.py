@@ -472,16 +472,17 @@ def test_cosines_match_torch(early_stop, threads):
                 assert r.n_iter == 0 and r.stats == []
 
 
+@pytest.mark.parametrize("kernel", path_params())
 @pytest.mark.parametrize("n,k", [(120, 60), (300, 6), (64, 63)], ids=["gram", "candidates", "k~n"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_seeds_are_greedy_kmeanspp(n, k, threads):
+def test_seeds_are_greedy_kmeanspp(n, k, threads, kernel):
     """The core's seeding (running sums, binary search, Gram matrix or candidate products)
     picks the filters a float64 reference of greedy k-means++ picks, from the same random
     numbers. Random directions: no two candidates tie (noisy copies of one filter can tie
     exactly in exact arithmetic, and then float rounding decides)."""
     x = make((n, 40), seed=n + k)
     want = ref.greedy_kmeanspp(x, k, seed=3)
-    (r,) = engine.spherical_kmeans(x, k, max_iter=0, seed=3, threads=threads)
+    (r,) = engine.spherical_kmeans(x, k, max_iter=0, seed=3, threads=threads, kernel=kernel)
     got = (ref.unit_rows(r.centroids) @ ref.unit_rows(x).T).argmax(1).tolist()
     assert got == want
 
@@ -520,11 +521,11 @@ def test_merge_statistics_match_torch(threads):
         assert r.rep_residuals[10] < 1e-6 and r.rep_residuals[11] < 1e-6
 
 
-@pytest.mark.parametrize("kernel", path_params(["portable", "avx2", "avx512"]))
+@pytest.mark.parametrize("kernel", path_params())
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("reuse", [True, False], ids=["reuse", "full"])
 def test_lloyd_from_the_gram_matrix_matches_torch(reuse, threads, kernel):
-    """With k-means++ seeding on a packed path the core keeps the seeding's Gram matrix and
+    """With k-means++ seeding on any path (the BLAS's too) the core keeps the seeding's Gram matrix and
     reads every iteration's similarities from it (a centroid's row is the sum of its
     members' rows over its norm) instead of multiplying the centroids out. From the same
     seeds, a float64 torch Lloyd loop must reach the same labels, centroids and objective,

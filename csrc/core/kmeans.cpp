@@ -109,6 +109,9 @@ constexpr int64_t kLanes = 8;
 /// The most filters a layer may have for its Gram matrix to be kept (n^2 floats: 128 MB).
 constexpr int64_t kGramMaxRows = 5792;
 
+/// Columns per BLAS product of the Gram matrix (compute_gram on the BLAS path).
+constexpr int64_t kBlasGramPanel = 128;
+
 /// pot[t] = sum over the n filters of min(mind_i, 1 - <x_i, candidate t>) (the total
 /// distance if candidate t became a seed; filters with mind_i = 0 add nothing). Summed in
 /// kLanes interleaved partial sums (`acc`, m x kLanes zeros), then the lanes in order: a
@@ -330,13 +333,16 @@ private:
     /// Greedy k-means++ evaluates about K (2 + ln K) candidate filters against all n, and
     /// every Lloyd iteration after it at least K centroids (K n d each way). The Gram matrix
     /// X X^T costs n^2 d / 2 once (the upper half, mirrored), after which each candidate's
-    /// dots are one of its rows (the same numbers: see dots_of_rows, so the seeds do not
-    /// depend on the choice) and each iteration's similarities are sums of its rows
+    /// dots are one of its rows (on a packed path the same numbers: see dots_of_rows, so the
+    /// seeds do not depend on the choice; on the BLAS path the same up to float rounding,
+    /// and the Gram matrix's bits do not depend on the thread count, as every panel is one
+    /// call of the same shape whichever thread runs it) and each iteration's similarities are sums of its rows
     /// (gram_rows: n^2 additions instead of K n d multiply-adds). So it is computed when
     /// seeding and two iterations would multiply out more than it costs, while n^2 floats
-    /// fit in 128 MB.
+    /// fit in 128 MB. On every path: the BLAS runs the Gram matrix's large products near its
+    /// peak, and the candidates' skinny products (a few rows each) far from it.
     bool use_gram(int64_t trials) const {
-        return packed_ && n_ <= kGramMaxRows && 2 * k_ * (trials + 2) >= n_;
+        return n_ <= kGramMaxRows && 2 * k_ * (trials + 2) >= n_;
     }
 
     /// Greedy k-means++ with the cosine distance 1 - cos (half the squared chord length):
@@ -434,13 +440,15 @@ private:
     }
 
     /// gram_ = X X^T. Only the blocks on and above the diagonal are multiplied (per panel of
-    /// columns, the rows up to its end), the rest is mirrored: entry (i, j) and (j, i) are the
-    /// same products added in the same order, so the mirror is exact. Threads take panels
-    /// in ranges of about equal work (panel q costs q + 1).
+    /// columns, the rows up to its end), the rest is mirrored: on a packed path entry (i, j)
+    /// and (j, i) are the same products added in the same order, so the mirror is exact. The
+    /// BLAS path multiplies panels of kBlasGramPanel columns (NN products on xt_) and mirrors
+    /// each diagonal block's upper triangle too, as the BLAS does not promise those bits.
+    /// Threads take panels in ranges of about equal work (panel q costs q + 1).
     void compute_gram() {
         fit(&gram_, n_ * n_);  // every entry is written below
         gram_ready_ = true;
-        const int64_t w = grain(), panels = (n_ + w - 1) / w;
+        const int64_t w = packed_ ? grain() : kBlasGramPanel, panels = (n_ + w - 1) / w;
         const int np = parts();
         auto first_panel = [&](int t) {  // the work of panels 0..q grows as q^2
             return static_cast<int64_t>(std::floor(static_cast<double>(panels) * std::sqrt(static_cast<double>(t) / np)));
@@ -450,17 +458,25 @@ private:
         parallel_rows(np, np, 1, [&](int, int64_t t0, int64_t t1) {
             for (int64_t t = t0; t < t1; ++t) {
                 const int64_t end = first_panel(static_cast<int>(t) + 1);
-                for (int64_t q0 = first_panel(static_cast<int>(t)); q0 < end; q0 += group) {
-                    // rows 0..hi of the columns lo..hi of each panel, a few panels at a time
-                    const int64_t q1 = std::min(end, q0 + group);
-                    gemm_packed_upper(xn_.data(), d_, xp_, q0, q1, g, n_);  // use_gram: packed
+                if (packed_) {
+                    for (int64_t q0 = first_panel(static_cast<int>(t)); q0 < end; q0 += group) {
+                        // rows 0..hi of the columns lo..hi of each panel, a few panels at a time
+                        const int64_t q1 = std::min(end, q0 + group);
+                        gemm_packed_upper(xn_.data(), d_, xp_, q0, q1, g, n_);
+                    }
+                } else {
+                    for (int64_t q = first_panel(static_cast<int>(t)); q < end; ++q) {
+                        const int64_t lo = q * w, hi = std::min(n_, lo + w);
+                        blas::gemm_nn(hi, hi - lo, d_, xn_.data(), d_, xt_.data() + lo, n_, g + lo, n_);
+                    }
                 }
                 for (int64_t q = first_panel(static_cast<int>(t)); q < end; ++q) {
                     const int64_t lo = q * w, hi = std::min(n_, lo + w);
-                    for (int64_t i0 = 0; i0 < lo; i0 += 16) {  // mirror in 16-row tiles (stay in L1)
-                        const int64_t i1 = std::min(lo, i0 + 16);
+                    const int64_t top = packed_ ? lo : hi;  // the BLAS path: its diagonal block too
+                    for (int64_t i0 = 0; i0 < top; i0 += 16) {  // mirror in 16-row tiles (stay in L1)
+                        const int64_t i1 = std::min(top, i0 + 16);
                         for (int64_t j = lo; j < hi; ++j)
-                            for (int64_t i = i0; i < i1; ++i) g[j * n_ + i] = g[i * n_ + j];
+                            for (int64_t i = i0; i < std::min(i1, j); ++i) g[j * n_ + i] = g[i * n_ + j];
                     }
                 }
             }
