@@ -321,7 +321,7 @@ def spherical_kmeans(
     product is skipped. Labels, centroids and objective are those of recomputing everything
     (up to float rounding of the product); ``reuse=False`` recomputes everything.
 
-    With k-means++ seeding on a packed path and K large enough that seeding plus two
+    With k-means++ seeding (on every path) and K large enough that seeding plus two
     iterations would multiply out more than the filters' Gram matrix costs (K = n/2 on every
     layer of a ResNet), the seeding computes that Gram matrix once and every iteration reads
     its similarities from it: a centroid's row is the sum of its members' rows over its norm
