@@ -473,7 +473,8 @@ def test_cosines_match_torch(early_stop, threads):
 
 
 @pytest.mark.parametrize("kernel", path_params())
-@pytest.mark.parametrize("n,k", [(120, 60), (300, 6), (64, 63)], ids=["gram", "candidates", "k~n"])
+@pytest.mark.parametrize("n,k", [(120, 60), (300, 150), (300, 6), (64, 63)],
+                         ids=["gram", "gram-panels", "candidates", "k~n"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_seeds_are_greedy_kmeanspp(n, k, threads, kernel):
     """The core's seeding (running sums, binary search, Gram matrix or candidate products)
@@ -490,7 +491,8 @@ def test_seeds_are_greedy_kmeanspp(n, k, threads, kernel):
 def test_kept_channels_do_not_depend_on_threads_or_x86_path():
     """Random filters (near-ties everywhere, K = n/2): the labels and representatives are
     the same bits at 1 and 2 threads, and on the AVX2 path as on the AVX-512 one (both
-    compute every dot as one FMA chain in the same order)."""
+    compute every dot as one FMA chain in the same order); on the BLAS path the same at 1
+    and 2 threads."""
     w = [make((512, 576), seed=1), make((1024, 64), seed=2), make((96, 27), seed=3)]
     ks = [256, 512, 48]
     paths = [p for p in ("avx512", "avx2") if p in engine.gemm_kernels()] or [engine.gemm_kernel()]
@@ -498,6 +500,12 @@ def test_kept_channels_do_not_depend_on_threads_or_x86_path():
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a.labels, b.labels) and torch.equal(a.representatives, b.representatives)
+    # the BLAS path (its own bits: the Gram matrix in panels of fixed shape, whichever thread
+    # runs them) does not depend on the thread count either
+    blas = [engine.spherical_kmeans(w, ks, seed=5, threads=t, kernel="blas") for t in (1, 2)]
+    for a, b in zip(*blas):
+        assert torch.equal(a.labels, b.labels) and torch.equal(a.representatives, b.representatives)
+        assert torch.equal(a.centroids, b.centroids)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
