@@ -972,7 +972,7 @@ std::vector<KMeansResult> spherical_kmeans_batch(const std::vector<Filters>& xs,
             xn = std::max(xn, n * d);
             nk = std::max(nk, n * k);
             if (n <= kGramMaxRows) nn = std::max(nn, n * n);
-            packed = std::max(packed, (n + w - 1) / w * w * d);
+            if (*ps[l].kernel != GemmKernel::blas) packed = std::max(packed, (n + w - 1) / w * w * d);
         }
         Workspace& ws = spaces[0];
         ws.xn.reserve(xn);
