@@ -3,8 +3,10 @@ for another's speed (no pruning).
 
 The latency solver rescales its predictions by the machine's speed measured on the unpruned
 model (`LatencyModel.measure_pair`), one round before the prediction is checked. Where the
-machine drifts between rounds, the prediction misses. This script times the latency bench's
-models in a loop, each group in turns in one worker (`measure_turns`, as the solver does), and
+machine drifts between rounds, the prediction misses. This script times four of the latency
+bench's models (its depthwise efficientnet_b0 and mobilenet_v2, and its two CIFAR models) and
+a dense model at 224, resnet18, in a loop, the models of one input size in turns in one worker
+(`measure_turns`, as the solver does), and
 prints per model how far its p50 moved (max - min over the median, and the largest change
 between consecutive samples), and the same for the ratio of every two models of one round
 (the models of one input size share a worker, the two sizes run one after the other): a
@@ -15,6 +17,7 @@ Run:  python3 bench/latency_drift.py 25            # minutes, onnxruntime, 1 thr
 """
 from __future__ import annotations
 
+import pathlib
 import statistics
 import sys
 import time
@@ -22,14 +25,20 @@ import time
 import torch
 import torchvision
 
-from pyprune.latency import LatencyTarget, measure_turns
-from pyprune.models import get_model
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+from pyprune.latency import LatencyTarget, measure_turns  # noqa: E402
+
+try:
+    from test_bench_latency import MODELS  # noqa: E402
+except BaseException as e:  # the bench module skips (pytest's Skipped) without onnxruntime
+    sys.exit(f"latency_drift: {e}")
+
+MAKERS = {name: make for name, (make, _) in MODELS.items()}
+MAKERS["resnet18"] = lambda: torchvision.models.resnet18(weights=None)
 GROUPS = {  # models timed in turns in one worker, per input size
-    224: {"efficientnet_b0": torchvision.models.efficientnet_b0, "mobilenet_v2": torchvision.models.mobilenet_v2,
-          "resnet18": torchvision.models.resnet18},
-    32: {"resnet56_cifar": lambda: get_model("resnet56_cifar", num_classes=10),
-         "vgg16_cifar": lambda: get_model("vgg16_cifar", num_classes=10)},
+    224: ["efficientnet_b0", "mobilenet_v2", "resnet18"],
+    32: ["resnet56_cifar", "vgg16_cifar"],
 }
 
 
@@ -44,7 +53,7 @@ def largest_step(v: list[float]) -> float:
 def main(minutes: float, runtime: str) -> None:
     torch.manual_seed(0)
     target = LatencyTarget(runtime, 1, 1)
-    groups = [(size, {name: make().eval() for name, make in models.items()}) for size, models in GROUPS.items()]
+    groups = [(size, {name: MAKERS[name]().eval() for name in group}) for size, group in GROUPS.items()]
     names = [name for _, models in groups for name in models]
     samples: list[list[float]] = []
     end = time.time() + 60 * minutes

@@ -336,8 +336,9 @@ private:
     /// dots are one of its rows (on a packed path the same numbers: see dots_of_rows, so the
     /// seeds do not depend on the choice; on the BLAS path the same up to float rounding,
     /// and the Gram matrix's bits do not depend on the thread count, as every panel is one
-    /// call of the same shape whichever thread runs it) and each iteration's similarities are sums of its rows
-    /// (gram_rows: n^2 additions instead of K n d multiply-adds). So it is computed when
+    /// call of the same shape whichever thread runs it) and each iteration's similarities
+    /// are sums of its rows (gram_rows: n^2 additions instead of K n d multiply-adds). So
+    /// it is computed when
     /// seeding and two iterations would multiply out more than it costs, while n^2 floats
     /// fit in 128 MB. On every path: the BLAS runs the Gram matrix's large products near its
     /// peak, and the candidates' skinny products (a few rows each) far from it.
