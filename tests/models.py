@@ -63,3 +63,46 @@ class ChannelRoll(nn.Module):
 
     def forward(self, x):
         return self.c2(torch.roll(self.c1(x), shifts=1, dims=1))
+
+
+class SplitStem(nn.Module):
+    """A stem of two convolutions (12 and 4 filters) concatenated into a residual stream
+    (timm's CSATv2 DCT stem, GhostNet-style concatenations): one group of 16 channels whose
+    second piece only `part` writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.main = nn.Conv2d(3, 12, 3, padding=1)
+        self.part = nn.Conv2d(3, 4, 3, padding=1)
+        self.body = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = torch.cat([self.main(x), self.part(x)], dim=1)
+        x = x + self.body(torch.relu(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class SpatialGate(nn.Module):
+    """One-channel maps broadcast over every channel: a spatial attention gate (a 1-filter
+    conv, a position conv on that one channel in token layout ((B, N, 1) -> (B, 1, H, W),
+    as timm's CSATv2 does), sigmoid, product with every channel) beside a CBAM-style one
+    from the channel mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.squeeze = nn.Conv2d(16, 1, 1)
+        self.pos = nn.Conv2d(1, 1, 3, padding=1)
+        self.gate = nn.Conv2d(1, 1, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        b, _, h, w = x.shape
+        t = self.squeeze(x).flatten(2).transpose(1, 2)  # (B, N, 1)
+        m = t.transpose(1, 2).view(b, 1, h, w)
+        m = self.pos(m) + m
+        x = x * torch.sigmoid(m) * torch.sigmoid(self.gate(x.mean(dim=1, keepdim=True)))
+        return self.head(torch.relu(self.c2(x)).mean(dim=(2, 3)))

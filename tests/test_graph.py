@@ -77,6 +77,8 @@ USER = {
     "sequential": (user_models.sequential_cnn, lambda: (torch.randn(2, 3, 16, 16),)),
     "custom": (user_models.CustomModel, lambda: (torch.randn(2, 3, 12, 12),)),
     "two_inputs": (user_models.TwoInputs, lambda: (torch.randn(2, 3, 16, 16), torch.randn(2, 7))),
+    "split_stem": (user_models.SplitStem, lambda: (torch.randn(2, 3, 8, 8),)),
+    "spatial_gate": (user_models.SpatialGate, lambda: (torch.randn(2, 3, 8, 8),)),
 }
 
 
@@ -91,6 +93,83 @@ def test_user_models(name):
     x = inputs()
     assert res.model(*x).shape == model(*x).shape
     assert res.summary.params_after < 0.6 * res.summary.params_before
+
+
+def test_one_channel_maps_broadcast_over_the_channels_are_followed_at_batch_one():
+    """A 1-channel map multiplied into every channel is followed, not refused, and its one
+    channel kept; at batch 1 the view (1, 1, N) -> (1, 1, H, W) has two size-1 dims the
+    channel could be, and it is the one in its place (dim 1), so the position conv's sum
+    with that map is an add of one channel, not a mismatch."""
+    torch.manual_seed(0)
+    model = user_models.SpatialGate().eval()
+    x = torch.randn(1, 3, 8, 8)
+    graph = build_graph(model, (x,))
+    assert graph.unsupported == []
+    one = [g for g in graph.groups if g.size == 1 and any(m.module == "squeeze" for m in g.producers())]
+    assert len(one) == 1 and one[0].frozen.all()
+    assert any("one channel broadcast over 16" in r for r in graph.frozen_reasons[one[0].id])
+    check_exact(model, x)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.model.c1.out_channels == 8 and res.model.squeeze.out_channels == 1
+    assert res.model(x).shape == (1, 5)
+
+
+def _piece_group(size: int, pieces: list, frozen=()):
+    from pyprune.graph import Group, Member
+
+    units = np.arange(100, 100 + size)
+    members = [Member("full", "weight", 0, units, "bn")]
+    members += [Member(f"p{i}", "weight", 0, units[np.asarray(p)], "out") for i, p in enumerate(pieces)]
+    fz = np.zeros(size, bool)
+    fz[list(frozen)] = True
+    return Group(0, "g", units, fz, members)
+
+
+def test_keep_every_piece_swaps_in_the_best_unit_of_an_emptied_piece():
+    """Hand-worked: pieces {0..5} and {6, 7} of 8 units, scores 8..1, the top 4 kept
+    empties the second piece; its best unit (6) replaces the lowest-scored kept unit (3),
+    or the next (2) when 3 is frozen; where every kept unit is its piece's last, the unit
+    is kept in addition."""
+    from pyprune.prune import _keep_every_piece
+
+    s = np.arange(8, 0, -1).astype(float)
+    g = _piece_group(8, [range(6), [6, 7]])
+    assert [p.tolist() for p in g.pieces()] == [[0, 1, 2, 3, 4, 5], [6, 7]]
+    assert _keep_every_piece(g, np.array([0, 1, 2, 3]), pick=s, cost=s).tolist() == [0, 1, 2, 6]
+    g = _piece_group(8, [range(6), [6, 7]], frozen=[3])
+    assert _keep_every_piece(g, np.array([0, 1, 2, 3]), pick=s, cost=s).tolist() == [0, 1, 3, 6]
+    assert _keep_every_piece(g, np.array([0, 1, 2, 6]), pick=s, cost=s).tolist() == [0, 1, 2, 6]  # nothing empty
+    g = _piece_group(3, [[0], [1], [2]])
+    assert _keep_every_piece(g, np.array([0]), pick=None, cost=None).tolist() == [0, 1, 2]
+
+
+def test_a_concatenated_piece_of_a_stream_keeps_a_channel():
+    """SplitStem: `part` writes 4 of the 16 channels of a residual stream. With its filters
+    1000x smaller, L2 ranks all four last, and a user's selecting criterion that keeps the
+    first units picks none of them either: both would leave `part` without a filter (the
+    surgery refuses). The plan swaps in one of its channels for the lowest-ranked kept one:
+    the stream keeps the 8 asked, `part` 1, and the model runs."""
+    torch.manual_seed(0)
+    model = user_models.SplitStem().eval()
+    model.part.weight.mul_(1e-3)
+    model.part.bias.mul_(1e-3)
+    x = torch.randn(2, 3, 8, 8)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert (res.model.main.out_channels, res.model.part.out_channels, res.model.body.out_channels) == (7, 1, 8)
+    assert res.model(x).shape == (2, 5)
+
+    from pyprune.criteria._registry import CRITERIA
+
+    @pyprune.register_criterion("test_first_units", selects=True)
+    def first_units(group, ctx):
+        return pyprune.Selection(np.arange(ctx.n_keep[group.id]))
+
+    try:
+        res = pyprune.prune(model, x, method="test_first_units", ratio=0.5)
+    finally:
+        del CRITERIA["test_first_units"]
+    assert (res.model.main.out_channels, res.model.part.out_channels) == (7, 1)
+    assert res.model(x).shape == (2, 5)
 
 
 def test_custom_scale_parameter_is_sliced():

@@ -317,7 +317,10 @@ def _broadcast(rec: Recorder, name, args, kwargs, out):
         lay = rec.layout(t)
         if lay is not None:
             od = lay.dim + o.dim() - t.dim()
-            if t.shape[lay.dim] != o.shape[od]:  # broadcast along the channel dim: odd
+            if t.shape[lay.dim] != o.shape[od]:  # broadcast along the channel dim
+                if t.shape[lay.dim] == 1:  # one channel over all of them (a spatial attention map)
+                    rec.freeze(lay.ids, f"one channel broadcast over {o.shape[od]} ({name} in {rec.where()})")
+                    continue
                 rec.report_unknown(name, [lay], outs)
                 return
             od_lays.setdefault(od, []).append(lay)
@@ -509,9 +512,9 @@ def _reshape_plan(in_shape, d: int, out_shape):
     c = in_shape[d]
     post = math.prod(in_shape[d + 1:])
     suffix = [math.prod(out_shape[k:]) for k in range(len(out_shape) + 1)]
-    for k in range(len(out_shape)):
-        if out_shape[k] == c and suffix[k + 1] == post:
-            return ("same", k)
+    same = [k for k in range(len(out_shape)) if out_shape[k] == c and suffix[k + 1] == post]
+    if same:  # several only when c == 1 (size-1 dims around it): the one nearest its place
+        return ("same", min(same, key=lambda k: (abs(k - d), k)))
     for k0 in range(len(out_shape)):
         if suffix[k0] != post * c:
             continue
