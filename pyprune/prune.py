@@ -418,9 +418,12 @@ class Pruner:
         """Kept positions of group `g` from the criterion's scores or Selection."""
         if isinstance(result, Selection):
             keep = np.unique(np.asarray(result.keep, np.int64))
-            if len(keep) != n_keep or keep.min(initial=0) < 0 or keep.max(initial=0) >= g.size:
+            # a group with channel blocks keeps what its blocks keep (Group.block_counts: at
+            # least one each, one count per block size), which can round above n_keep
+            want = n_keep if g.blocks is None else sum(k for _, k in block_jobs(g, n_keep))
+            if len(keep) != want or keep.min(initial=0) < 0 or keep.max(initial=0) >= g.size:
                 raise ValueError(f"criterion {self.method!r} selected {len(keep)} distinct units of group {g.id} "
-                                 f"({g.name}, {g.size} units): expected {n_keep} positions in [0, {g.size})")
+                                 f"({g.name}, {g.size} units): expected {want} positions in [0, {g.size})")
             if g.frozen.any() and not np.isin(np.flatnonzero(g.frozen), keep).all():
                 raise ValueError(f"criterion {self.method!r} dropped frozen units of group {g.id} ({g.name})")
             if g.blocks is not None:
@@ -437,11 +440,19 @@ class Pruner:
                     plan.cluster_stats[g.id] = (np.asarray(result.norms), np.asarray(result.rep_cosines),
                                                 np.asarray(result.rep_residuals))
                 plan.iterations[g.id] = result.n_iter
-            return keep
+            if g.blocks is not None:
+                return keep
+            # a dropped representative's cluster is not merged (merge_folds skips clusters
+            # whose representative is cut): give up the kept unit of the smallest cluster
+            size = None if result.labels is None else np.bincount(np.asarray(result.labels) + 1)[
+                np.asarray(result.labels) + 1]
+            pick = None if result.norms is None else np.asarray(result.norms, np.float64)
+            return _keep_every_piece(g, keep, pick=pick, cost=size)
         s = np.asarray(result, np.float64).copy()
         s[g.frozen] = np.inf
         if g.blocks is None:
-            return np.sort(np.argsort(-s, kind="stable")[:n_keep])
+            keep = np.sort(np.argsort(-s, kind="stable")[:n_keep])
+            return _keep_every_piece(g, keep, pick=s, cost=s)
         return np.sort(np.concatenate([pos[np.argsort(-s[pos], kind="stable")[:k]] for pos, k in block_jobs(g, n_keep)]))
 
     def _solve(self, graph, groups, scores, budget) -> tuple[dict, float]:
@@ -725,6 +736,36 @@ class Pruner:
                               f"{lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms (iterative rounds "
                               "are planned once, not re-measured per round).", stacklevel=2)
         return result
+
+
+def _keep_every_piece(g, keep: np.ndarray, *, pick=None, cost=None) -> np.ndarray:
+    """`keep` (sorted positions in group `g`) with a unit of every piece of the group
+    (Group.pieces: a layer writing or reading only part of it) that it would empty, as
+    the surgery cannot leave a layer without channels. The piece's unit with the highest
+    `pick` (else its first) replaces the kept unit of lowest `cost` (else the last) that is
+    not frozen and whose own pieces keep others, so the count stays what the schedule
+    asked; with no such unit it is kept in addition."""
+    pieces = g.pieces()
+    kept = np.zeros(g.size, bool)
+    kept[keep] = True
+    if all(kept[p].any() for p in pieces):
+        return keep
+    holds = np.zeros((len(pieces), g.size), bool)  # piece x position
+    for i, p in enumerate(pieces):
+        holds[i, p] = True
+    for i in sorted(range(len(pieces)), key=lambda i: len(pieces[i])):  # the smallest first
+        p = pieces[i]
+        if kept[p].any():
+            continue
+        u = int(p[np.argmax(pick[p])]) if pick is not None else int(p[0])
+        counts = (holds & kept).sum(axis=1)
+        spare = kept & ~g.frozen & ~holds[counts < 2].any(axis=0)
+        cand = np.flatnonzero(spare)
+        if len(cand):
+            order = np.argsort(cost[cand], kind="stable") if cost is not None else np.arange(len(cand))[::-1]
+            kept[int(cand[order[0]])] = False
+        kept[u] = True
+    return np.flatnonzero(kept)
 
 
 def _latency_budget_s(lat, value: float, speedup: bool) -> float:

@@ -29,6 +29,9 @@ CASES = {
     "blurpool": ("resnet18", {"aa_layer": BlurPool2d}, 64, "resnet18"),  # F.conv2d(x, self.filt, groups=self.channels)
     "grouped": ("resnext26ts", {}, 64, "resnet26"),  # grouped 3x3 convs
     "mobilevit_attention": ("mobilevit_xxs", {}, 64, "mobilenetv2_100"),  # unfold to patches, attention, fold
+    "partial_residual": ("rexnet_100", {}, 64, "mobilenetv2_100"),  # x[:, :C] + shortcut: blocks of unequal size
+    "stream_of_concat": ("cspnext_tiny", {}, 64, "resnet26"),  # a stream one of whose pieces a lone conv writes
+    "one_channel_gate": ("csatv2", {}, 64, "resnet26"),  # a 1-channel map times every channel; DCT stem pieces
 }
 
 
@@ -65,6 +68,24 @@ def test_mechanism_is_exact_and_loses_as_much_as_its_family(mechanism):
     if plain not in _baseline:
         _baseline[plain] = removed(build(plain), side)
     assert cut >= _baseline[plain] - 0.05, f"{name}: {cut:.1%} of the parameters against {_baseline[plain]:.1%} for {plain}"
+
+
+@pytest.mark.parametrize("mechanism", list(CASES))
+def test_kmeans_keeps_as_many_channels_as_l2_in_every_group(mechanism):
+    """k-means decides which channels, the schedule how many: on every mechanism it keeps
+    exactly as many units per group as L2 does (blocks of unequal size included, whose
+    counts round above the asked count), and the pruned model runs."""
+    name, kw, side, _ = CASES[mechanism]
+    model = build(name, **kw)
+    x = torch.randn(1, 3, side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        l2 = pyprune.prune(model, x, method="l2", ratio=0.5)
+        km = pyprune.prune(model, x, method="kmeans", ratio=0.5, seed=0)
+    assert {g: len(k) for g, k in km.plan.keep.items()} == {g: len(k) for g, k in l2.plan.keep.items()}
+    assert km.summary.params_after < 0.6 * km.summary.params_before
+    with torch.no_grad():
+        assert km.model(torch.randn(2, 3, side, side)).shape == (2, 10)
 
 
 def test_weight_standardised_conv_inputs_are_reported_inexact():

@@ -159,7 +159,8 @@ def register_criterion(name: str, fn: Callable | None = None, *, batched: bool =
     A plain criterion is ``fn(group, ctx) -> scores`` (one float per unit of the group,
     higher = keep); ``batched=True`` means ``fn(groups, ctx) -> [result per group]``. With
     ``selects=True`` a result may be a :class:`Selection` (the kept positions, exactly
-    ``ctx.n_keep[group.id]`` of them) instead of scores. ``needs_data``: the criterion reads
+    ``ctx.n_keep[group.id]`` of them, or for a group with channel blocks what
+    :func:`block_jobs` gives each block) instead of scores. ``needs_data``: the criterion reads
     ``ctx.calibration`` (prune refuses to run without it). ``merges``: merge dropped units
     into kept ones by default (needs Selections with clusters). ``auto_keep``: a function
     ``(groups, ctx, round_to) -> {group id: keep count}`` that makes ``ratio="auto"`` valid.

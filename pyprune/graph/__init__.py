@@ -94,6 +94,21 @@ class Group:
         rest = int(np.clip(n_keep - counts.sum(), free_frozen, free)) if free else 0
         return counts, rest
 
+    def pieces(self) -> list[np.ndarray]:
+        """Positions (sorted) of each tensor dim that holds only part of this group's units:
+        one input of a concatenation whose result joins a residual stream, a consumer of a
+        slice. Each must keep at least one unit, or its layer is left without channels."""
+        out, seen = [], set()
+        for m in self.members:
+            pos = self.positions(m.units)
+            if (pos < 0).any():
+                continue  # a member spanning several groups keeps units of the others
+            pos = np.unique(pos)
+            if len(pos) < self.size and pos.tobytes() not in seen:
+                seen.add(pos.tobytes())
+                out.append(pos)
+        return out
+
     def positions(self, units: np.ndarray) -> np.ndarray:
         """Position in this group of each of `units` (global ids), -1 where a unit
         belongs to another group (a member spanning several groups)."""
