@@ -70,6 +70,41 @@ def test_activation_criteria_match_hooks(method):
         assert set(got) == top
 
 
+class ChannelsLastMlp(nn.Module):
+    """A ConvNeXt-style block: conv, then a Linear MLP over the channels-last map (N, H, W, C)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x).permute(0, 2, 3, 1)
+        y = self.fc2(torch.relu(self.fc1(y)))
+        return self.head(y.mean(dim=(1, 2)))
+
+
+@pytest.mark.parametrize("method", ["activation", "apoz"])
+def test_activation_criteria_read_a_linear_input_channels_last(method):
+    """fc2 reads fc1's 16 units at the last dim of a (N, H, W, 16) map: the statistics are
+    taken over N, H and W per unit, as a hook on fc2 computes them (a conv reads dim 1)."""
+    model = ChannelsLastMlp().eval()
+    cal = batches()
+    seen = []
+    h = model.fc2.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    with torch.no_grad():
+        for x, _ in cal:
+            model(x)
+    h.remove()
+    a = torch.cat(seen).reshape(-1, 16)
+    ref = a.abs().mean(0) if method == "activation" else -(a == 0).float().mean(0)
+    res = pyprune.prune(model, cal[0][0][:1], method=method, calibration=cal, ratio=0.5)
+    assert kept(res, "fc1") == sorted(torch.argsort(ref, descending=True, stable=True)[:8].tolist())
+    assert res.model(cal[0][0]).shape == (8, 4)
+
+
 def test_taylor_matches_autograd_reference():
     model = Pool(net())
     cal = batches(n=4)

@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from ..data import iter_batches
+from ..layers import handler_for
 from ._registry import Context, register_criterion
 
 
@@ -20,29 +21,34 @@ def _activation_stats(groups, ctx: Context, stat: str) -> list:
     mods = dict(model.named_modules())
     hooks = []
 
-    def make_hook(members):
+    def make_hook(members, conv: bool):
         def hook(mod, inputs):
-            x = inputs[0].detach().float()
-            if x.dim() >= 3:  # conv input (N, C, *spatial)
-                fmap = x.transpose(0, 1).reshape(x.shape[1], x.shape[0], -1)  # C, N, HW
-            else:  # Linear input (N, F): each position is one feature of its unit
-                fmap = x.transpose(0, 1).reshape(x.shape[-1], x.shape[0], 1)
+            x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+            if x is None or x.dim() < 2:
+                return
+            x = x.detach().float()
+            # a conv reads channels at dim 1 (N, C, *spatial); a Linear (and the other layers)
+            # at the last dim, whatever comes before it (N, F), (N, H, W, C), (N, L, C)
+            cdim = 1 if conv else x.dim() - 1
+            fmap = x.movedim(cdim, 0).reshape(x.shape[cdim], x.shape[0], -1)  # C, N, rest
             if stat == "mean":
                 v = fmap.abs().mean(dim=(1, 2))
             elif stat == "apoz":
                 v = 1.0 - (fmap == 0).float().mean(dim=(1, 2))  # keep channels that fire
-            elif x.dim() == 4:  # HRank: average rank of each channel's feature map
+            elif conv and x.dim() == 4:  # HRank: average rank of each channel's feature map
                 v = torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1)
             else:
                 return
             v = v.double().numpy()
             for m in members:
-                np.add.at(total, m.units, v)
-                np.add.at(count, m.units, 1.0)
+                if len(m.units) == len(v):  # (an input the layer reads otherwise is not scored)
+                    np.add.at(total, m.units, v)
+                    np.add.at(count, m.units, 1.0)
         return hook
 
     for name, members in consumers.items():
-        hooks.append(mods[name].register_forward_pre_hook(make_hook(members)))
+        h = handler_for(mods[name])
+        hooks.append(mods[name].register_forward_pre_hook(make_hook(members, h is not None and h.kind == "conv")))
     was = model.training
     model.eval()
     try:
