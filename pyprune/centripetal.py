@@ -47,9 +47,10 @@ class CentripetalResult:
     history: list = field(default_factory=list)
 
 
-def cluster_slices(model: nn.Module, plan: PrunePlan) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-    """(tensor, cluster of each of its slices along dim 0 (-1: none), clusters) for every
-    tensor whose dim 0 holds units of a clustered group: what the centripetal pull moves."""
+def cluster_slices(model: nn.Module, plan: PrunePlan) -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """(tensor, cluster of each of its slices along `dim` (-1: none), clusters, dim) for
+    every tensor a dim of which holds units of a clustered group as its layer's outputs
+    (dim 0, or dim 1 of a transposed conv's weight): what the centripetal pull moves."""
     graph = plan.graph
     cluster = np.full(graph.n_units, -1, np.int64)
     offset = 0
@@ -62,15 +63,15 @@ def cluster_slices(model: nn.Module, plan: PrunePlan) -> list[tuple[torch.Tensor
     mods = dict(model.named_modules())
     out, seen = [], set()
     for m in graph.members:
-        if m.dim != 0 or m.role not in ("out", "bias", "bn", "param", "norm") or (m.module, m.param) in seen:
+        if m.role not in ("out", "bias", "bn", "param", "norm") or (m.module, m.param) in seen:
             continue
         t = getattr(mods[m.module], m.param, None)
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape[0] != len(m.units):
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.shape[m.dim] != len(m.units):
             continue
         c = cluster[m.units]
         if (c >= 0).any():
             seen.add((m.module, m.param))
-            out.append((t, torch.as_tensor(c), offset))
+            out.append((t, torch.as_tensor(c), offset, m.dim))
     return out
 
 
@@ -93,12 +94,13 @@ def _members(t: torch.Tensor, c: torch.Tensor, k: int):
 @torch.no_grad()
 def _share_gradients(slices) -> None:
     """Give every member slice of a parameter its cluster's mean gradient."""
-    for t, c, k in slices:
+    for t, c, k, dim in slices:
         if t.grad is None:
             continue  # a buffer (BN statistics), or a parameter without a gradient this step
-        sel, rows_and_means = _members(t, c, k)
-        _, mean = rows_and_means(t.grad)
-        t.grad.index_copy_(0, sel, mean.to(t.grad.dtype).reshape(len(sel), *t.shape[1:]))
+        grad = t.grad.movedim(dim, 0)  # a view: writing it writes the gradient
+        sel, rows_and_means = _members(grad, c, k)
+        _, mean = rows_and_means(grad)
+        grad.index_copy_(0, sel, mean.to(grad.dtype).reshape(len(sel), *grad.shape[1:]))
 
 
 @torch.no_grad()
@@ -106,13 +108,14 @@ def _pull(slices, fraction: float) -> float:
     """Move every member slice `fraction` of the way to its cluster mean; returns the mean
     relative distance to the means before the move."""
     spread, count = 0.0, 0
-    for t, c, k in slices:
-        sel, rows_and_means = _members(t, c, k)
-        x, mean = rows_and_means(t.data)
+    for t, c, k, dim in slices:
+        data = t.data.movedim(dim, 0)  # a view: writing it writes the tensor
+        sel, rows_and_means = _members(data, c, k)
+        x, mean = rows_and_means(data)
         d = x - mean
         spread += float(d.norm(dim=1).sum() / (mean.norm(dim=1).sum() + 1e-12)) * len(sel)
         count += len(sel)
-        t.data.index_copy_(0, sel, (x - fraction * d).to(t.dtype).reshape(len(sel), *t.shape[1:]))
+        data.index_copy_(0, sel, (x - fraction * d).to(t.dtype).reshape(len(sel), *data.shape[1:]))
     return spread / max(1, count)
 
 

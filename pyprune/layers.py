@@ -45,7 +45,7 @@ from torch import nn
 from .graph._layout import Layout
 from .graph._trace import register_op
 
-__all__ = ["LayerHandler", "Conv", "Linear", "BatchNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention",
+__all__ = ["LayerHandler", "Conv", "ConvTranspose", "Linear", "BatchNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention",
            "register_layer",
            "handler_for", "register_op", "resize", "layer_macs", "Layout", "LAYERS"]
 
@@ -219,6 +219,79 @@ class Conv(LayerHandler):
     def macs(self, m, out_shape):
         spatial = math.prod(out_shape[2:]) * out_shape[0]
         return spatial * m.out_channels * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+    def shape(self, m):
+        return (m.out_channels, m.in_channels)
+
+
+def _conv_transpose_out(args, kwargs) -> tuple:
+    x, w = args[0], args[1]
+    nd = x.dim() - 2
+
+    def arg(i, name, default):
+        v = args[i] if len(args) > i else kwargs.get(name, default)
+        return [v] * nd if isinstance(v, int) else list(v)
+
+    stride, padding, extra = arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "output_padding", 0)
+    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+    dilation = arg(7, "dilation", 1)
+    if x.shape[1] != w.shape[0] or w.dim() != x.dim():
+        raise _mismatch()
+    spatial = [(x.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + extra[i] + 1
+               for i in range(nd)]
+    if min(spatial) < 1:
+        raise ValueError("input too small: let the real op raise its own error")
+    return (x.shape[0], w.shape[1] * groups, *spatial)
+
+
+class ConvTranspose(LayerHandler):
+    """nn.ConvTranspose1d/2d/3d: its weight is (in, out / groups, *kernel), so dim 1 of the
+    weight (and dim 0 of the bias) holds its output channels and dim 0 its inputs. A
+    depthwise one (groups = in = out) passes its channels through; other grouped ones keep
+    their channels."""
+
+    kind = "conv"
+    shape_ops = {"conv_transpose1d": _conv_transpose_out, "conv_transpose2d": _conv_transpose_out,
+                 "conv_transpose3d": _conv_transpose_out}
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        in_ids = lay.ids if lay is not None and lay.dim == 1 and len(lay.ids) == m.in_channels else None
+        if lay is not None and in_ids is None:
+            rec.freeze(lay.ids, f"{name} reads channels from an unexpected dim {lay.dim} (shape {tuple(x.shape)})")
+        g = m.groups
+        if g == 1:
+            out_ids = rec.new_ids(m.out_channels, name)
+            rec.add_member(name, "weight", 1, out_ids, "out")
+            if in_ids is not None:
+                rec.add_member(name, "weight", 0, in_ids, "in")
+        elif g == m.in_channels == m.out_channels and in_ids is not None:  # depthwise: (C, 1, *k)
+            out_ids = in_ids
+            rec.add_member(name, "weight", 0, out_ids, "out")
+        else:
+            out_ids = rec.new_ids(m.out_channels, name)
+            rec.freeze(out_ids, f"grouped transposed convolution {name} (groups={g})")
+            if in_ids is not None:
+                rec.freeze(in_ids, f"grouped transposed convolution {name} (groups={g})")
+        if m.bias is not None:
+            rec.add_member(name, "bias", 0, out_ids, "bias")
+        rec.set_layout(out, Layout(1, out_ids))
+
+    def resize(self, m):
+        w = m.weight
+        if m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+            m.groups = m.in_channels = m.out_channels = w.shape[0]
+        else:
+            m.in_channels, m.out_channels = w.shape[0], w.shape[1] * m.groups
+
+    def macs(self, m, out_shape):
+        # every input position multiplies its in/groups x out/groups x kernel block: the input
+        # side, from the output's (the shape formula inverted)
+        n_in = out_shape[0]
+        for i, size in enumerate(out_shape[2:]):
+            k, s, p = m.kernel_size[i], m.stride[i], m.padding[i]
+            n_in *= (size - 1 - m.output_padding[i] + 2 * p - m.dilation[i] * (k - 1)) // s + 1
+        return n_in * m.in_channels * (m.out_channels // m.groups) * math.prod(m.kernel_size)
 
     def shape(self, m):
         return (m.out_channels, m.in_channels)
@@ -442,6 +515,7 @@ class MultiheadAttention(LayerHandler):
 
 
 register_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)(Conv)
+register_layer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)(ConvTranspose)
 register_layer(nn.MultiheadAttention)(MultiheadAttention)
 register_layer(nn.Linear)(Linear)
 register_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNorm)

@@ -76,7 +76,7 @@ def _stats_from_weights(g: Group, modules, labels, reps) -> tuple[np.ndarray, np
     """Norms, representative cosines and residuals from the group's one producer (in
     double), for a selecting criterion that did not report them."""
     m = g.producers()[0]
-    w = getattr(modules[m.module], m.param).detach().reshape(len(m.units), -1).double()
+    w = getattr(modules[m.module], m.param).detach().movedim(m.dim, 0).reshape(len(m.units), -1).double()
     f = torch.zeros(g.size, w.shape[1], dtype=torch.float64)
     pos = g.positions(m.units)
     f[torch.as_tensor(pos[pos >= 0])] = w[torch.as_tensor(np.flatnonzero(pos >= 0))]

@@ -106,3 +106,22 @@ class SpatialGate(nn.Module):
         m = self.pos(m) + m
         x = x * torch.sigmoid(m) * torch.sigmoid(self.gate(x.mean(dim=1, keepdim=True)))
         return self.head(torch.relu(self.c2(x)).mean(dim=(2, 3)))
+
+
+class TinyUNet(nn.Module):
+    """An encoder-decoder: a strided conv down, a transposed conv up (weight (in, out, k, k)),
+    concatenated with the skip connection; the user-style model with ConvTranspose2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Conv2d(3, 16, 3, padding=1)
+        self.down = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.up = nn.ConvTranspose2d(32, 16, 2, stride=2)
+        self.dec = nn.Conv2d(32, 8, 3, padding=1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        a = torch.relu(self.enc(x))
+        u = torch.relu(self.up(torch.relu(self.down(a))))
+        y = torch.relu(self.dec(torch.cat([u, a], 1)))
+        return self.head(y.mean(dim=(2, 3)))

@@ -79,6 +79,7 @@ USER = {
     "two_inputs": (user_models.TwoInputs, lambda: (torch.randn(2, 3, 16, 16), torch.randn(2, 7))),
     "split_stem": (user_models.SplitStem, lambda: (torch.randn(2, 3, 8, 8),)),
     "spatial_gate": (user_models.SpatialGate, lambda: (torch.randn(2, 3, 8, 8),)),
+    "unet": (user_models.TinyUNet, lambda: (torch.randn(2, 3, 16, 16),)),
 }
 
 
@@ -170,6 +171,32 @@ def test_a_concatenated_piece_of_a_stream_keeps_a_channel():
         del CRITERIA["test_first_units"]
     assert (res.model.main.out_channels, res.model.part.out_channels) == (7, 1)
     assert res.model(x).shape == (2, 5)
+
+
+def test_transposed_conv_is_pruned_on_its_output_dim():
+    """ConvTranspose2d keeps its filters in dim 1 of its weight (in, out, k, k): L2 ranks them
+    by that dim's slices (the reference: the weight transposed), its inputs are cut on dim 0,
+    the summary counts its MACs per input position, and k-means prunes it too."""
+    torch.manual_seed(0)
+    model = user_models.TinyUNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    w = model.up.weight  # (32, 16, 2, 2)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    want = sorted(torch.argsort(w.transpose(0, 1).flatten(1).norm(dim=1), descending=True)[:8].tolist())
+    g = [g for g in res.plan.graph.groups if g.name == "up"][0]
+    assert sorted(res.plan.keep[g.id].tolist()) == want
+    kept_down = sorted(res.plan.keep[[g for g in res.plan.graph.groups if g.name == "down"][0].id].tolist())
+    up = res.model.up
+    assert (up.in_channels, up.out_channels) == (16, 8)
+    torch.testing.assert_close(up.weight, w[kept_down][:, want])
+    assert res.model(x).shape == (2, 5)
+    # MACs by hand, unpruned: input 8x8 positions x 32 in x 16 out x 2x2 kernel, per image
+    from pyprune.layers import layer_macs
+
+    assert layer_macs(model.up, (1, 16, 16, 16)) == 8 * 8 * 32 * 16 * 4
+    km = pyprune.prune(model, x, method="kmeans", ratio=0.5)
+    assert (km.model.up.in_channels, km.model.up.out_channels) == (16, 8)
+    assert km.model(x).shape == (2, 5)
 
 
 def test_custom_scale_parameter_is_sliced():

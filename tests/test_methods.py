@@ -120,6 +120,25 @@ def test_taylor_matches_autograd_reference():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_taylor_sums_a_transposed_convs_filters_over_its_output_dim():
+    """Taylor on a ConvTranspose2d: each output channel's w * dL/dw summed over dim 1's slice
+    of the (in, out, k, k) weight, plus its bias term; autograd reference."""
+    import models as user_models
+
+    torch.manual_seed(0)
+    model = user_models.TinyUNet().eval()
+    g = torch.Generator().manual_seed(0)
+    cal = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 5, (8,), generator=g)) for _ in range(3)]
+    w, b = model.up.weight, model.up.bias
+    score = torch.zeros(16, dtype=torch.float64)
+    for x, y in cal:
+        gw, gb = torch.autograd.grad(nn.functional.cross_entropy(model(x), y), [w, b])
+        score += ((w * gw).transpose(0, 1).flatten(1).sum(1) + b * gb).double() ** 2
+    want = sorted(torch.argsort(score, descending=True)[:8].tolist())
+    res = pyprune.prune(model, cal[0][0][:1], method="taylor", calibration=cal, ratio=0.5)
+    assert kept(res, "up") == want
+
+
 @pytest.mark.parametrize("method", ["activation", "apoz", "hrank", "taylor"])
 def test_data_methods_need_calibration(method):
     with pytest.raises(ValueError, match="calibration"):

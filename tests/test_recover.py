@@ -147,11 +147,11 @@ def test_shared_gradients_never_widen_a_cluster(trained):
 
     def diffs(model, slices):
         out = []
-        for t, c, k in slices:
+        for t, c, k, dim in slices:
             if not isinstance(t, nn.Parameter):
                 continue
             sel = torch.nonzero(c >= 0).flatten()
-            x = t.detach().index_select(0, sel).reshape(len(sel), -1).double()
+            x = t.detach().movedim(dim, 0).index_select(0, sel).reshape(len(sel), -1).double()
             mean = torch.zeros(k, x.shape[1], dtype=torch.float64).index_add_(0, c[sel], x)
             mean /= torch.bincount(c[sel], minlength=k).clamp_min(1).double()[:, None]
             out.append((x - mean[c[sel]], x))
@@ -189,3 +189,24 @@ def test_distillation_loss_pulls_the_student_to_the_teacher(trained):
     assert kl[1] < kl[0], kl
     with pytest.raises(ValueError, match="distill_weight"):
         fit(a, train, epochs=1, teacher=teacher, distill_weight=2.0, progress=False)
+
+
+def test_centripetal_pull_moves_a_transposed_convs_filters_along_its_output_dim():
+    """A ConvTranspose2d's filters are dim 1 of its weight: the centripetal slices hold that
+    dim, and a full pull makes every member of a cluster equal to its cluster's mean there
+    (the reference: the mean of the member slices w[:, j], computed here)."""
+    import models as user_models
+    from pyprune.centripetal import _pull, cluster_slices
+
+    torch.manual_seed(0)
+    model = user_models.TinyUNet().eval()
+    plan = pyprune.Pruner(model, torch.randn(1, 3, 16, 16), method="kmeans").plan(0.5)
+    slices = cluster_slices(model, plan)
+    (t, c, k, dim), = [s for s in slices if s[0] is model.up.weight]
+    assert dim == 1 and len(c) == 16
+    w = model.up.weight.detach().clone()
+    want = {int(j): w[:, c == j].mean(dim=1) for j in c.unique() if j >= 0}
+    _pull(slices, 1.0)
+    for i in range(16):
+        if c[i] >= 0:
+            torch.testing.assert_close(model.up.weight[:, i].detach(), want[int(c[i])], rtol=1e-6, atol=1e-6)

@@ -65,6 +65,12 @@ class Context:
             self._modules = dict(self.model.named_modules())
         return getattr(self._modules[module], param).detach()
 
+    def rows(self, m) -> torch.Tensor:
+        """Member `m`'s tensor with its units along dim 0 (a transposed conv's filters are
+        dim 1 of its weight)."""
+        t = self.tensor(m.module, m.param)
+        return t if m.dim == 0 else t.movedim(m.dim, 0).contiguous()
+
     def filters(self, group: Group, columns: bool = False) -> torch.Tensor | engine.Columns:
         """The group's filters as a (units, features) float32 matrix: for every unit the
         weights of each producer (conv/Linear output rows) that writes it, concatenated.
@@ -74,7 +80,7 @@ class Context:
         instead of their concatenation."""
         prods = group.producers()
         where = [group.positions(m.units) for m in prods]
-        ws = [self.tensor(m.module, m.param) for m in prods]
+        ws = [self.rows(m) for m in prods]
         if ws and all(np.array_equal(pos, np.arange(group.size)) for pos in where):
             # every producer writes every unit in order: its own rows (no copy), or one
             # concatenation of a residual stream's producers

@@ -131,7 +131,7 @@ def taylor(groups, ctx):
                     g = params[k].grad
                     if g is None:
                         continue
-                    wg = (params[k].detach() * g).reshape(params[k].shape[0], -1).sum(1).double().numpy()
+                    wg = (params[k].detach() * g).movedim(m.dim, 0).reshape(len(m.units), -1).sum(1).double().numpy()
                     np.add.at(contrib, m.units, wg)
                 total += contrib**2
                 n_batches += 1

@@ -17,7 +17,7 @@ def norm_scores(groups, ctx: Context, p: int) -> list:
     members = list(prods.values())
     total = np.zeros(graph.n_units)
     if members:
-        norms = engine.filter_norms([ctx.tensor(m.module, m.param) for m in members], p, threads=ctx.threads)
+        norms = engine.filter_norms([ctx.rows(m) for m in members], p, threads=ctx.threads)
         for m, nv in zip(members, norms):
             np.add.at(total, m.units, nv.double().numpy() ** p)
     return [total[g.units] ** (1.0 / p) for g in groups]
