@@ -442,17 +442,24 @@ class Pruner:
                 plan.iterations[g.id] = result.n_iter
             if g.blocks is not None:
                 return keep
-            # a dropped representative's cluster is not merged (merge_folds skips clusters
-            # whose representative is cut): give up the kept unit of the smallest cluster
-            size = None if result.labels is None else np.bincount(np.asarray(result.labels) + 1)[
-                np.asarray(result.labels) + 1]
+            # an emptied piece's unit is kept in place of its own cluster's representative
+            # (it stands for that cluster), else of the representative of the smallest cluster
             pick = None if result.norms is None else np.asarray(result.norms, np.float64)
-            return _keep_every_piece(g, keep, pick=pick, cost=size)
+            if result.labels is None:
+                return _keep_every_piece(g, keep, pick=pick)[0]
+            labels, reps = np.asarray(result.labels), np.asarray(result.representatives)
+            size = np.bincount(labels + 1)[labels + 1]
+            keep, swaps = _keep_every_piece(g, keep, pick=pick, cost=size,
+                                            prefer=lambda u: int(reps[labels[u]]) if labels[u] >= 0 else None)
+            if swaps:
+                plan.clusters[g.id] = _reassign_clusters(labels, reps, swaps)
+                plan.cluster_stats.pop(g.id, None)  # measured against the old representatives
+            return keep
         s = np.asarray(result, np.float64).copy()
         s[g.frozen] = np.inf
         if g.blocks is None:
             keep = np.sort(np.argsort(-s, kind="stable")[:n_keep])
-            return _keep_every_piece(g, keep, pick=s, cost=s)
+            return _keep_every_piece(g, keep, pick=s, cost=s)[0]
         return np.sort(np.concatenate([pos[np.argsort(-s[pos], kind="stable")[:k]] for pos, k in block_jobs(g, n_keep)]))
 
     def _solve(self, graph, groups, scores, budget) -> tuple[dict, float]:
@@ -738,21 +745,23 @@ class Pruner:
         return result
 
 
-def _keep_every_piece(g, keep: np.ndarray, *, pick=None, cost=None) -> np.ndarray:
+def _keep_every_piece(g, keep: np.ndarray, *, pick=None, cost=None, prefer=None) -> tuple[np.ndarray, list]:
     """`keep` (sorted positions in group `g`) with a unit of every piece of the group
     (Group.pieces: a layer writing or reading only part of it) that it would empty, as
     the surgery cannot leave a layer without channels. The piece's unit with the highest
-    `pick` (else its first) replaces the kept unit of lowest `cost` (else the last) that is
-    not frozen and whose own pieces keep others, so the count stays what the schedule
-    asked; with no such unit it is kept in addition."""
+    `pick` (else its first) replaces a kept unit that is not frozen and whose own pieces keep
+    others: ``prefer(unit)``'s choice where it is such a unit, else the one of lowest `cost`
+    (else the last), so the count stays what the schedule asked; with no such unit it is
+    kept in addition. Returns (keep, [(unit kept, unit given up or None)])."""
     pieces = g.pieces()
     kept = np.zeros(g.size, bool)
     kept[keep] = True
     if all(kept[p].any() for p in pieces):
-        return keep
+        return keep, []
     holds = np.zeros((len(pieces), g.size), bool)  # piece x position
     for i, p in enumerate(pieces):
         holds[i, p] = True
+    swaps = []
     for i in sorted(range(len(pieces)), key=lambda i: len(pieces[i])):  # the smallest first
         p = pieces[i]
         if kept[p].any():
@@ -760,12 +769,35 @@ def _keep_every_piece(g, keep: np.ndarray, *, pick=None, cost=None) -> np.ndarra
         u = int(p[np.argmax(pick[p])]) if pick is not None else int(p[0])
         counts = (holds & kept).sum(axis=1)
         spare = kept & ~g.frozen & ~holds[counts < 2].any(axis=0)
-        cand = np.flatnonzero(spare)
-        if len(cand):
-            order = np.argsort(cost[cand], kind="stable") if cost is not None else np.arange(len(cand))[::-1]
-            kept[int(cand[order[0]])] = False
+        v = prefer(u) if prefer is not None else None
+        if v is None or not spare[v]:
+            cand = np.flatnonzero(spare)
+            v = None
+            if len(cand):
+                v = int(cand[np.argsort(cost[cand], kind="stable")[0]] if cost is not None else cand[-1])
+        if v is not None:
+            kept[v] = False
         kept[u] = True
-    return np.flatnonzero(kept)
+        swaps.append((u, v))
+    return np.flatnonzero(kept), swaps
+
+
+def _reassign_clusters(labels: np.ndarray, reps: np.ndarray, swaps: list) -> tuple[np.ndarray, np.ndarray]:
+    """The clusters after _keep_every_piece's swaps, every one with a kept representative:
+    a unit kept in place of its own cluster's representative stands for that cluster; any
+    other kept unit becomes a cluster of its own, and the clusters whose representative was
+    given up lose their members (labels -1: dropped without a merge)."""
+    labels, reps = labels.copy(), reps.copy()
+    for u, v in swaps:
+        c = labels[u]
+        if v is not None and c >= 0 and reps[c] == v:
+            reps[c] = u
+            continue
+        if v is not None and labels[v] >= 0:
+            labels[labels == labels[v]] = -1
+        labels[u] = len(reps)
+        reps = np.append(reps, u)
+    return labels, reps
 
 
 def _latency_budget_s(lat, value: float, speedup: bool) -> float:

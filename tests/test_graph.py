@@ -136,12 +136,29 @@ def test_keep_every_piece_swaps_in_the_best_unit_of_an_emptied_piece():
     s = np.arange(8, 0, -1).astype(float)
     g = _piece_group(8, [range(6), [6, 7]])
     assert [p.tolist() for p in g.pieces()] == [[0, 1, 2, 3, 4, 5], [6, 7]]
-    assert _keep_every_piece(g, np.array([0, 1, 2, 3]), pick=s, cost=s).tolist() == [0, 1, 2, 6]
+    assert _keep_every_piece(g, np.array([0, 1, 2, 3]), pick=s, cost=s)[0].tolist() == [0, 1, 2, 6]
     g = _piece_group(8, [range(6), [6, 7]], frozen=[3])
-    assert _keep_every_piece(g, np.array([0, 1, 2, 3]), pick=s, cost=s).tolist() == [0, 1, 3, 6]
-    assert _keep_every_piece(g, np.array([0, 1, 2, 6]), pick=s, cost=s).tolist() == [0, 1, 2, 6]  # nothing empty
+    assert _keep_every_piece(g, np.array([0, 1, 2, 3]), pick=s, cost=s)[0].tolist() == [0, 1, 3, 6]
+    assert _keep_every_piece(g, np.array([0, 1, 2, 6]), pick=s, cost=s)[0].tolist() == [0, 1, 2, 6]  # nothing empty
     g = _piece_group(3, [[0], [1], [2]])
-    assert _keep_every_piece(g, np.array([0]), pick=None, cost=None).tolist() == [0, 1, 2]
+    assert _keep_every_piece(g, np.array([0]), pick=None, cost=None)[0].tolist() == [0, 1, 2]
+
+
+def test_clusters_after_a_swap_keep_a_representative_each():
+    """Hand-worked: clusters {0, 1}, {2, 3}, {4} with representatives 0, 2, 4. Unit 1 kept in
+    place of 0 represents {0, 1}; kept in place of 4 (another cluster's representative) it is
+    a cluster of its own and 4's cluster is dropped unmerged (-1); kept in addition, a cluster
+    of its own."""
+    from pyprune.prune import _reassign_clusters
+
+    labels, reps = np.array([0, 0, 1, 1, 2]), np.array([0, 2, 4])
+    lab, rep = _reassign_clusters(labels, reps, [(1, 0)])
+    assert lab.tolist() == [0, 0, 1, 1, 2] and rep.tolist() == [1, 2, 4]
+    lab, rep = _reassign_clusters(labels, reps, [(1, 4)])
+    assert lab.tolist() == [0, 3, 1, 1, -1] and rep.tolist() == [0, 2, 4, 1]
+    lab, rep = _reassign_clusters(labels, reps, [(1, None)])
+    assert lab.tolist() == [0, 3, 1, 1, 2] and rep.tolist() == [0, 2, 4, 1]
+    assert labels.tolist() == [0, 0, 1, 1, 2]  # the criterion's arrays are left as they were
 
 
 def test_a_concatenated_piece_of_a_stream_keeps_a_channel():
@@ -173,6 +190,34 @@ def test_a_concatenated_piece_of_a_stream_keeps_a_channel():
     assert res.model(x).shape == (2, 5)
 
 
+def test_a_piece_unit_kept_for_a_clustering_stands_for_its_own_cluster():
+    """A selecting criterion with clusters: unit i of the 16-channel stream in cluster i % 8,
+    the representatives 0..7 (all of them `main`'s), so `part` (units 12..15) would keep
+    nothing. Unit 12 is kept in place of its own cluster's representative (4), and the plan's
+    clusters say so: every cluster keeps its representative, and merging has one kept unit
+    per cluster to fold into."""
+    from pyprune.criteria._registry import CRITERIA
+
+    @pyprune.register_criterion("test_mod8", selects=True)
+    def mod8(group, ctx):
+        k = ctx.n_keep[group.id]
+        labels = np.arange(group.size) % k
+        return pyprune.Selection(np.arange(k), labels, np.arange(k))
+
+    torch.manual_seed(0)
+    model = user_models.SplitStem().eval()
+    x = torch.randn(2, 3, 8, 8)
+    try:
+        plan = pyprune.Pruner(model, x, method="test_mod8").plan(0.5)
+    finally:
+        del CRITERIA["test_mod8"]
+    g = [g for g in plan.graph.groups if g.size == 16][0]
+    assert plan.keep[g.id].tolist() == [0, 1, 2, 3, 5, 6, 7, 12]
+    labels, reps = plan.clusters[g.id]
+    assert labels.tolist() == (np.arange(16) % 8).tolist() and reps.tolist() == [0, 1, 2, 3, 12, 5, 6, 7]
+    assert g.id not in plan.cluster_stats
+
+
 def test_transposed_conv_is_pruned_on_its_output_dim():
     """ConvTranspose2d keeps its filters in dim 1 of its weight (in, out, k, k): L2 ranks them
     by that dim's slices (the reference: the weight transposed), its inputs are cut on dim 0,
@@ -197,6 +242,17 @@ def test_transposed_conv_is_pruned_on_its_output_dim():
     km = pyprune.prune(model, x, method="kmeans", ratio=0.5)
     assert (km.model.up.in_channels, km.model.up.out_channels) == (16, 8)
     assert km.model(x).shape == (2, 5)
+
+
+def test_a_conv_after_a_transposed_conv_is_not_taken_for_weight_standardisation():
+    """The transposed conv's output is a feature map, not a derived weight: a reflect-padded
+    conv reading it (an op before its conv) is exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2),
+                          nn.Conv2d(8, 4, 3, padding=1, padding_mode="reflect")).eval()
+    res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    assert res.inexact() == []
+    assert (res.model[2].in_channels, res.model[2].out_channels, res.model[3].in_channels) == (4, 4, 4)
 
 
 def test_custom_scale_parameter_is_sliced():

@@ -120,6 +120,36 @@ def test_taylor_matches_autograd_reference():
     assert all(p.grad is None for p in model.parameters())
 
 
+class FunctionalConv(nn.Module):
+    """A module pyprune has no handler for, running F.conv2d on its own weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 8, 3, 3) * 0.1)
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight, padding=1)
+
+
+def test_activation_reads_a_functional_convs_input_at_dim_1():
+    """The 8 channels feed F.conv2d inside a module pyprune has no handler for, on 8x8 maps
+    (dim 1 and the last dim both 8 wide): the statistics are per channel (dim 1), as a hook
+    computes them, not per column."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), FunctionalConv(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    cal = batches()
+    seen = []
+    h = model[2].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    with torch.no_grad():
+        for x, _ in cal:
+            model(x)
+    h.remove()
+    ref = torch.cat(seen).abs().mean(dim=(0, 2, 3))
+    res = pyprune.prune(model, cal[0][0][:1], method="activation", calibration=cal, ratio=0.5)
+    assert kept(res) == sorted(torch.argsort(ref, descending=True, stable=True)[:4].tolist())
+
+
 def test_taylor_sums_a_transposed_convs_filters_over_its_output_dim():
     """Taylor on a ConvTranspose2d: each output channel's w * dL/dw summed over dim 1's slice
     of the (in, out, k, k) weight, plus its bias term; autograd reference."""

@@ -21,34 +21,40 @@ def _activation_stats(groups, ctx: Context, stat: str) -> list:
     mods = dict(model.named_modules())
     hooks = []
 
-    def make_hook(members, conv: bool):
+    def make_hook(members, kind: str | None):
         def hook(mod, inputs):
             x = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
             if x is None or x.dim() < 2:
                 return
             x = x.detach().float()
-            # a conv reads channels at dim 1 (N, C, *spatial); a Linear (and the other layers)
-            # at the last dim, whatever comes before it (N, F), (N, H, W, C), (N, L, C)
-            cdim = 1 if conv else x.dim() - 1
-            fmap = x.movedim(cdim, 0).reshape(x.shape[cdim], x.shape[0], -1)  # C, N, rest
-            if stat == "mean":
-                v = fmap.abs().mean(dim=(1, 2))
-            elif stat == "apoz":
-                v = 1.0 - (fmap == 0).float().mean(dim=(1, 2))  # keep channels that fire
-            elif conv and x.dim() == 4:  # HRank: average rank of each channel's feature map
-                v = torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1)
-            else:
-                return
-            v = v.double().numpy()
+            # a conv reads channels at dim 1 (N, C, *spatial); a Linear at the last dim,
+            # whatever comes before it ((N, F), (N, H, W, C), (N, L, C)); a module pyprune has
+            # no handler for (a functional conv or linear inside it) at the first of the two
+            # whose width matches, dim 1 first for a map with spatial dims
+            last = x.dim() - 1
+            order = [1] if kind == "conv" else [last] if kind is not None else [1, last] if x.dim() > 2 else [last]
             for m in members:
-                if len(m.units) == len(v):  # (an input the layer reads otherwise is not scored)
-                    np.add.at(total, m.units, v)
-                    np.add.at(count, m.units, 1.0)
+                cdim = next((d for d in order if x.shape[d] == len(m.units)), None)
+                if cdim is None:
+                    continue  # an input the layer reads otherwise is not scored
+                if stat == "rank" and not (cdim == 1 and x.dim() == 4):
+                    continue
+                v = _stat(x, cdim)
+                np.add.at(total, m.units, v)
+                np.add.at(count, m.units, 1.0)
         return hook
+
+    def _stat(x, cdim):
+        if stat == "rank":  # HRank: average rank of each channel's feature map
+            return torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1).double().numpy()
+        fmap = x.movedim(cdim, 0).reshape(x.shape[cdim], x.shape[0], -1)  # C, N, rest
+        if stat == "mean":
+            return fmap.abs().mean(dim=(1, 2)).double().numpy()
+        return (1.0 - (fmap == 0).float().mean(dim=(1, 2))).double().numpy()  # apoz: keep channels that fire
 
     for name, members in consumers.items():
         h = handler_for(mods[name])
-        hooks.append(mods[name].register_forward_pre_hook(make_hook(members, h is not None and h.kind == "conv")))
+        hooks.append(mods[name].register_forward_pre_hook(make_hook(members, None if h is None else h.kind)))
     was = model.training
     model.eval()
     try:

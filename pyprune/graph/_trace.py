@@ -970,7 +970,7 @@ _RESHAPES = set("view reshape flatten unflatten squeeze unsqueeze view_as reshap
 _EXPANDS = set("expand expand_as broadcast_to".split())
 _PERMUTES = set("permute transpose transpose_ swapaxes swapdims movedim moveaxis t numpy_T".split())
 _VIEW_LIKE = _PASS | _RESHAPES | _EXPANDS | _PERMUTES
-_LAYER_OPS = {"conv1d", "conv2d", "conv3d", "linear"}
+_LAYER_OPS = {"conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear"}
 
 
 def _dim_through(name: str, args, kwargs, src: torch.Tensor, out: torch.Tensor, d: int) -> int | None:
