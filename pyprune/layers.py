@@ -380,9 +380,19 @@ def _norm_members(rec, name, m, ids) -> None:
             rec.add_member(name, p, 0, ids, "norm")
 
 
-def _channel_first_layernorm(m: nn.Module) -> bool:
-    """LayerNorm subclasses that normalise dim 1 of NCHW (torchvision's LayerNorm2d)."""
-    return type(m).__name__ in ("LayerNorm2d", "ChannelsFirstLayerNorm", "LayerNormChannelsFirst")
+_CHANNELS_FIRST_LN = {"LayerNorm2d", "LayerNorm2dFp32", "LayerNormAct2d", "ChannelsFirstLayerNorm",
+                      "LayerNormChannelsFirst"}
+
+
+def _channel_first_layernorm(m: nn.Module, x: torch.Tensor, lay) -> bool:
+    """LayerNorm subclasses that normalise dim 1 of NCHW: torchvision's and timm's
+    LayerNorm2d and what derives from them (timm's LayerNormAct2d, MetaFormer's
+    LayerNorm2dNoBias), or any subclass with a forward of its own whose input has the
+    normalised width at dim 1 and not at the last dim (where nn.LayerNorm would fail)."""
+    if any(c.__name__ in _CHANNELS_FIRST_LN for c in type(m).__mro__):
+        return True
+    return (type(m).forward is not nn.LayerNorm.forward and len(m.normalized_shape) == 1 and lay.dim == 1
+            and x.dim() >= 3 and x.shape[1] == m.normalized_shape[0] != x.shape[-1])
 
 
 class LayerNorm(LayerHandler):
@@ -397,7 +407,7 @@ class LayerNorm(LayerHandler):
         if lay is None:
             return
         k = len(m.normalized_shape)
-        if _channel_first_layernorm(m) and k == 1:
+        if k == 1 and _channel_first_layernorm(m, x, lay):
             if lay.dim == 1:
                 _norm_members(rec, name, m, lay.ids)
                 rec.set_layout(out, lay)

@@ -255,6 +255,28 @@ def test_a_conv_after_a_transposed_conv_is_not_taken_for_weight_standardisation(
     assert (res.model[2].in_channels, res.model[2].out_channels, res.model[3].in_channels) == (4, 4, 4)
 
 
+class _MyLayerNorm2d(nn.LayerNorm):
+    """A user's channels-first LayerNorm: permutes NCHW to NHWC around the normalisation."""
+
+    def forward(self, x):
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def test_a_channels_first_layernorm_subclass_is_followed_by_what_it_reads():
+    """An nn.LayerNorm subclass with its own forward on (N, 16, 5, 5) maps normalises the
+    16 channels (the last dim is 5, where nn.LayerNorm's own forward would fail): its weight
+    and bias are cut with them, not the subclass kept whole."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _MyLayerNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 4, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 5, 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback that keeps the norm's channels
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.model[1].weight.shape == (8,) and res.model[1].normalized_shape == (8,)
+    assert res.model(x).shape == (2, 4, 5, 5)
+
+
 def test_custom_scale_parameter_is_sliced():
     torch.manual_seed(0)
     model = user_models.CustomModel().eval()

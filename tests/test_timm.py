@@ -32,6 +32,8 @@ CASES = {
     "partial_residual": ("rexnet_100", {}, 64, "mobilenetv2_100"),  # x[:, :C] + shortcut: blocks of unequal size
     "stream_of_concat": ("cspnext_tiny", {}, 64, "resnet26"),  # a stream one of whose pieces a lone conv writes
     "one_channel_gate": ("csatv2", {}, 64, "resnet26"),  # a 1-channel map times every channel; DCT stem pieces
+    "layernorm2d_subclass": ("poolformerv2_s12", {}, 64, "resnet26"),  # LayerNorm2dNoBias(LayerNorm2d)
+    "layernorm_act2d": ("test_efficientnet_ln", {}, 64, "efficientnet_b0"),  # LayerNormAct2d(nn.LayerNorm)
 }
 
 
