@@ -125,3 +125,25 @@ class TinyUNet(nn.Module):
         u = torch.relu(self.up(torch.relu(self.down(a))))
         y = torch.relu(self.dec(torch.cat([u, a], 1)))
         return self.head(y.mean(dim=(2, 3)))
+
+
+class GatedConvNet(nn.Module):
+    """MambaOut's gated CNN block on a channels-last map: fc1's output split into (g, i, c)
+    by sizes the module holds (`split_indices`), c through a depthwise conv, gelu(g) times
+    cat(i, c): g's channel j is coupled with channel j of cat(i, c), across the pieces."""
+
+    def __init__(self, hidden: int = 12, conv: int = 4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8, 2 * hidden)
+        self.split_indices = (hidden, hidden - conv, conv)
+        self.conv = nn.Conv2d(conv, conv, 3, padding=1, groups=conv)
+        self.fc2 = nn.Linear(hidden, 8)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.stem(x).permute(0, 2, 3, 1)
+        g, i, c = torch.split(self.fc1(x), self.split_indices, dim=-1)
+        c = self.conv(c.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        x = x + self.fc2(nn.functional.gelu(g) * torch.cat((i, c), dim=-1))
+        return self.head(x.mean(dim=(1, 2)))

@@ -80,6 +80,7 @@ USER = {
     "split_stem": (user_models.SplitStem, lambda: (torch.randn(2, 3, 8, 8),)),
     "spatial_gate": (user_models.SpatialGate, lambda: (torch.randn(2, 3, 8, 8),)),
     "unet": (user_models.TinyUNet, lambda: (torch.randn(2, 3, 16, 16),)),
+    "gated_conv": (user_models.GatedConvNet, lambda: (torch.randn(2, 3, 8, 8),)),
 }
 
 
@@ -275,6 +276,28 @@ def test_a_channels_first_layernorm_subclass_is_followed_by_what_it_reads():
         res = pyprune.prune(model, x, method="l2", ratio=0.5)
     assert res.model[1].weight.shape == (8,) and res.model[1].normalized_shape == (8,)
     assert res.model(x).shape == (2, 4, 5, 5)
+
+
+def test_split_pieces_coupled_across_each_other_are_cut_and_a_piece_may_empty():
+    """GatedConvNet: g's 12 channels are coupled with cat(i, c)'s (8 + 4): one group, its
+    split sizes rewritten from what each piece keeps. With the channels of i made the
+    weakest (their rows of fc1, for g and for i, 1000x smaller) and 3 of 12 kept, i keeps
+    none: the split becomes (3, 0, 3) and the model runs; c, read by its conv alone, keeps
+    3 (its 4 channels' ranking decides which)."""
+    torch.manual_seed(0)
+    model = user_models.GatedConvNet().eval()
+    with torch.no_grad():
+        for rows in (slice(0, 8), slice(12, 20)):
+            model.fc1.weight[rows] *= 1e-3
+            model.fc1.bias[rows] *= 1e-3
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, (x,))
+    g = [g for g in graph.groups if g.name == "fc1"][0]
+    assert g.size == 12 and not g.frozen.any()
+    res = pyprune.prune(model, x, method="l2", layer_ratios={"fc1": 0.75}, ratio=0.0)
+    assert res.model.split_indices == (3, 0, 3)
+    assert (res.model.conv.out_channels, res.model.fc2.in_features, res.model.fc1.out_features) == (3, 3, 6)
+    assert res.model(x).shape == (2, 5)
 
 
 def test_custom_scale_parameter_is_sliced():

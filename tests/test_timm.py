@@ -34,6 +34,7 @@ CASES = {
     "one_channel_gate": ("csatv2", {}, 64, "resnet26"),  # a 1-channel map times every channel; DCT stem pieces
     "layernorm2d_subclass": ("poolformerv2_s12", {}, 64, "resnet26"),  # LayerNorm2dNoBias(LayerNorm2d)
     "layernorm_act2d": ("test_efficientnet_ln", {}, 64, "efficientnet_b0"),  # LayerNormAct2d(nn.LayerNorm)
+    "gated_split": ("mambaout_femto", {}, 64, "resnet26"),  # split(split_indices), gelu(g) * cat(i, c)
 }
 
 

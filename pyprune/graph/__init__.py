@@ -342,6 +342,12 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     for pieces, equal, reason in rec.blocks:
         units = _block_units([unit_of[p] for p in pieces])
         if units is None:
+            if not equal:
+                # pieces sized one by one (a split into attribute sizes) whose channels are
+                # coupled across them (MambaOut's gate g times cat(i, c)): the rewritten sizes
+                # follow what each piece keeps, so they need no partition; a piece read by a
+                # layer alone keeps a channel (Group.pieces), another may keep none
+                continue
             graph.freeze(np.unique(unit_of[np.concatenate(pieces)]), f"{reason}: its pieces share coupled channels")
             continue
         allu = np.concatenate(units) if units else np.zeros(0, np.int64)
