@@ -27,6 +27,7 @@ from .criteria import Context, Selection, block_jobs, criterion_spec
 from .graph import ChannelGraph, GraphError, as_inputs, build_graph
 from .graph._check import check_runs
 from .latency import RUNTIMES
+from .layers import LAYERS
 from .merge import MergeReport, merge_folds
 from .schedule import (fit_blocks, iterative_keep, iterative_targets, keep_counts, round_keep, schedule_spec,
                        solve_for_budget)
@@ -636,13 +637,14 @@ class Pruner:
             try:
                 res = self.apply(plan, inplace=inplace)
             except PrunedModelFails as e:
-                units = self._units_of(plan.graph, self.model, e.module)
+                blamed = self._blamed(self.model, e.module)
+                units = self._units_of(plan.graph, self.model, blamed)
                 if units is None or not len(units) or len(fallbacks) == _MAX_FALLBACKS:
                     raise GraphError(f"the pruned model fails in {e.module or 'the model' + chr(39) + 's own forward'}: "
                                      f"{e.message}. The model was not changed. Keep those channels with ignore=, or "
                                      "teach pyprune how that module uses its channels (pyprune.register_layer / "
                                      "register_op).") from None
-                kind = type(dict(self.model.named_modules()).get(e.module, self.model)).__name__
+                kind = type(dict(self.model.named_modules()).get(blamed, self.model)).__name__
                 why = (f"the pruned model failed in {e.module or 'the forward'} ({kind}: {e.message[:200]}); "
                        f"the channels of every {kind} are kept")
                 plan.graph.freeze(units, why)
@@ -658,6 +660,15 @@ class Pruner:
                 _warn_shortfall(res, ratio)
             return res
         raise AssertionError("unreachable")
+
+    @staticmethod
+    def _blamed(model: nn.Module, module: str) -> str:
+        """The module whose code is at fault when the pruned model fails in `module`: a
+        layer of one of torch's own types that pyprune handles (nn.Linear, nn.Conv2d, ...)
+        does what pyprune expects of it, so the input its parent's code gave it is (an
+        attention block's projection: the block, not every Linear of the model)."""
+        m = dict(model.named_modules()).get(module) if module else None
+        return module.rpartition(".")[0] if m is not None and type(m) in LAYERS and "." in module else module
 
     @staticmethod
     def _units_of(graph: ChannelGraph, model: nn.Module, module: str) -> np.ndarray | None:

@@ -300,6 +300,49 @@ def test_split_pieces_coupled_across_each_other_are_cut_and_a_piece_may_empty():
     assert res.model(x).shape == (2, 5)
 
 
+class _FixedWidthAttention(nn.Module):
+    """Attention whose forward writes its width (16) as a constant: pruned heads make the
+    reshape fold tokens instead of failing, and the projection (an nn.Linear) fails."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        n, length, _ = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, 2, -1).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, -1, 16)
+        return self.proj(y)
+
+
+class _TokenNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 2, stride=2)
+        self.attn = _FixedWidthAttention()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.head = nn.Linear(16, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t)
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.mean(1))
+
+
+def test_a_failing_torch_layer_keeps_its_parents_channels_not_every_layer_of_its_type():
+    """The pruned model fails in attn.proj, an nn.Linear: the Linear does what pyprune
+    expects, the attention's code fed it the wrong width. The check keeps the channels of
+    the attention block (its type), names it, and the MLP's hidden channels are still cut
+    (keeping every Linear's, as before, left the MLP whole)."""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    with pytest.warns(UserWarning, match=r"failed in attn.proj.*every _FixedWidthAttention are kept"):
+        res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    assert res.model.attn.qkv.out_features == 48 and res.model.fc1.out_features == 16
+    assert res.model(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+
+
 def test_custom_scale_parameter_is_sliced():
     torch.manual_seed(0)
     model = user_models.CustomModel().eval()
