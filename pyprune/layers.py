@@ -189,6 +189,8 @@ class Conv(LayerHandler):
         if in_ids is not None and name in rec.transformed:
             rec.add_inexact(in_ids, f"{name} transforms its weight before use (weight standardisation): "
                                     "pruning its input channels changes the statistics")
+            if m.groups == 1:  # statistics over each filter need two values: 2 inputs of a 1x1 conv
+                rec.min_keep.append((in_ids, -(-2 // math.prod(m.kernel_size))))
         g = m.groups
         if g == 1:
             out_ids = rec.new_ids(m.out_channels, name)

@@ -447,11 +447,13 @@ class Pruner:
             # (it stands for that cluster), else of the representative of the smallest cluster
             pick = None if result.norms is None else np.asarray(result.norms, np.float64)
             if result.labels is None:
-                return _keep_every_piece(g, keep, pick=pick)[0]
+                return _keep_at_least(g, _keep_every_piece(g, keep, pick=pick)[0], pick)[0]
             labels, reps = np.asarray(result.labels), np.asarray(result.representatives)
             size = np.bincount(labels + 1)[labels + 1]
             keep, swaps = _keep_every_piece(g, keep, pick=pick, cost=size,
                                             prefer=lambda u: int(reps[labels[u]]) if labels[u] >= 0 else None)
+            keep, added = _keep_at_least(g, keep, pick)
+            swaps += [(u, None) for u in added]  # each a cluster of its own
             if swaps:
                 plan.clusters[g.id] = _reassign_clusters(labels, reps, swaps)
                 plan.cluster_stats.pop(g.id, None)  # measured against the old representatives
@@ -459,7 +461,7 @@ class Pruner:
         s = np.asarray(result, np.float64).copy()
         s[g.frozen] = np.inf
         if g.blocks is None:
-            keep = np.sort(np.argsort(-s, kind="stable")[:n_keep])
+            keep = np.sort(np.argsort(-s, kind="stable")[:max(n_keep, g.min_keep)])
             return _keep_every_piece(g, keep, pick=s, cost=s)[0]
         return np.sort(np.concatenate([pos[np.argsort(-s[pos], kind="stable")[:k]] for pos, k in block_jobs(g, n_keep)]))
 
@@ -791,6 +793,17 @@ def _keep_every_piece(g, keep: np.ndarray, *, pick=None, cost=None, prefer=None)
         kept[u] = True
         swaps.append((u, v))
     return np.flatnonzero(kept), swaps
+
+
+def _keep_at_least(g, keep: np.ndarray, pick=None) -> tuple[np.ndarray, list]:
+    """`keep` with the best units by `pick` (else the first) added up to ``g.min_keep``
+    (a layer that needs that many to run): (keep, units added)."""
+    if len(keep) >= g.min_keep:
+        return keep, []
+    rest = np.setdiff1d(np.arange(g.size), keep)
+    order = np.argsort(-pick[rest], kind="stable") if pick is not None else np.arange(len(rest))
+    added = [int(u) for u in rest[order[:g.min_keep - len(keep)]]]
+    return np.union1d(keep, added), added
 
 
 def _reassign_clusters(labels: np.ndarray, reps: np.ndarray, swaps: list) -> tuple[np.ndarray, np.ndarray]:

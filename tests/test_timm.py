@@ -91,6 +91,37 @@ def test_kmeans_keeps_as_many_channels_as_l2_in_every_group(mechanism):
         assert km.model(torch.randn(2, 3, side, side)).shape == (2, 10)
 
 
+def test_a_weight_standardised_1x1_conv_keeps_two_inputs():
+    """ScaledStdConv2d standardises each filter over its values with batch statistics, which
+    need two: a 1x1 one keeps two input channels even where the ratio asks for one, and the
+    pruned model runs (it failed on its first forward)."""
+    from timm.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), ScaledStdConv2d(8, 4, 1)).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.9)
+    assert res.model[2].in_channels == 2
+    with torch.no_grad():
+        assert res.model(torch.randn(2, 3, 8, 8)).shape == (2, 4, 6, 6)
+
+
+def test_the_check_of_a_cut_runs_a_layers_own_weight_ops():
+    """A grouped 1x1 ScaledStdConv2d whose groups keep one input each: its standardisation
+    (batch_norm over each filter's one value) fails. The check of the cut runs that op for
+    real (it is the layer's weight, not a feature map), finds it, keeps the layer's channels
+    and says so: the model returned runs."""
+    from timm.layers import ScaledStdConv2d
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), ScaledStdConv2d(8, 8, 1, groups=4)).eval()
+    with pytest.warns(UserWarning, match=r"failed in 2 \(ScaledStdConv2d.*more than 1 value"):
+        res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.75)
+    with torch.no_grad():
+        assert res.model(torch.randn(2, 3, 8, 8)).shape == (2, 8, 6, 6)
+
+
 def test_weight_standardised_conv_inputs_are_reported_inexact():
     """ScaledStdConv2d standardises each filter over its input channels: cutting inputs
     changes the statistics, and the result says so (outputs alone would be exact)."""

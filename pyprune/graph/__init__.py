@@ -64,6 +64,7 @@ class Group:
     norm_over_channels: bool = False  # a LayerNorm/GroupNorm couples its units' statistics
     blocks: np.ndarray | None = None  # block of each unit (-1: none); see block_counts
     equal_blocks: bool = True  # every block keeps the same count (else: in proportion, >= 1)
+    min_keep: int = 1  # units a layer needs to run (a weight-standardised 1x1 conv's inputs: 2)
     inexact: list = field(default_factory=list)  # why cutting these units changes the function
 
     @property
@@ -322,6 +323,11 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
         for gid in np.unique(group_of_unit[unit_of[ids]]):
             if why not in groups[int(gid)].inexact:
                 groups[int(gid)].inexact.append(why)
+    for ids, n in rec.min_keep:
+        gids = np.unique(group_of_unit[unit_of[ids]])
+        if len(gids) == 1:
+            g = groups[int(gids[0])]
+            g.min_keep = min(g.size, max(g.min_keep, int(n)))
     _assign_blocks(graph, rec, unit_of)
     _assign_rewrites(graph, rec, unit_of)
     # An unknown op matters only where it touched channels that could otherwise be pruned.

@@ -14,6 +14,11 @@ from .. import layers as _layers
 from ._trace import _tensors
 
 
+def _is_weight(t: torch.Tensor) -> bool:
+    """A parameter, or a view of one (``weight.reshape(1, out, -1)``)."""
+    return isinstance(t, nn.Parameter) or isinstance(getattr(t, "_base", None), nn.Parameter)
+
+
 class _ShapeOnly(TorchFunctionMode):
     def __init__(self, state):
         super().__init__()
@@ -23,7 +28,8 @@ class _ShapeOnly(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.state["depth"]:
             shape_of = _layers.SHAPE_OPS.get(getattr(func, "__name__", ""))
-            if shape_of is not None and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+            if shape_of is not None and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2 \
+                    and not _is_weight(args[0]):  # (a weight's own standardisation runs: it is small)
                 try:
                     return args[0].new_zeros(shape_of(args, kwargs))
                 except Exception:

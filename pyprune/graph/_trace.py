@@ -80,6 +80,7 @@ class Recorder:
     blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason)
     rewrites: list = field(default_factory=list)  # Rewrite
     inexact: list = field(default_factory=list)  # (ids, reason): cutting them changes the function
+    min_keep: list = field(default_factory=list)  # (ids, n): a layer needs n of these channels to run
     param_views: dict = field(default_factory=dict)  # id(tensor) -> (module, param, {tensor dim: param dim})
     transformed: set = field(default_factory=set)  # leaf layers whose weight passes through other ops
     modules: dict = field(default_factory=dict)  # name -> module
