@@ -91,6 +91,21 @@ def test_kmeans_keeps_as_many_channels_as_l2_in_every_group(mechanism):
         assert km.model(torch.randn(2, 3, side, side)).shape == (2, 10)
 
 
+def test_split_sizes_with_repeated_units_keep_their_partition():
+    """SHViT's attention splits qkv by [qk_dim, qk_dim, pdim] with q and k coupled by their
+    product: the pieces (q and k together, v) hold their units a different number of times,
+    which no partition serves, so they keep their count; only a split one piece of which is
+    the others' channels one by one (MambaOut) goes without one. The cut passes its check
+    (it failed in qkv.c when both were let through) and removes what it did before."""
+    model = build("shvit_s1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, torch.randn(1, 3, 128, 128), method="l2", ratio=0.5)
+    assert 1 - res.summary.params_after / res.summary.params_before > 0.4
+    with torch.no_grad():
+        assert res.model(torch.randn(2, 3, 128, 128)).shape == (2, 10)
+
+
 def test_a_weight_standardised_1x1_conv_keeps_two_inputs():
     """ScaledStdConv2d standardises each filter over its values with batch statistics, which
     need two: a 1x1 one keeps two input channels even where the ratio asks for one, and the

@@ -348,11 +348,12 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     for pieces, equal, reason in rec.blocks:
         units = _block_units([unit_of[p] for p in pieces])
         if units is None:
-            if not equal:
-                # pieces sized one by one (a split into attribute sizes) whose channels are
-                # coupled across them (MambaOut's gate g times cat(i, c)): the rewritten sizes
-                # follow what each piece keeps, so they need no partition; a piece read by a
-                # layer alone keeps a channel (Group.pieces), another may keep none
+            if not equal and _one_piece_is_the_others([unit_of[p] for p in pieces]):
+                # pieces sized one by one (a split into attribute sizes) one of which is coupled
+                # channel by channel with the others together (MambaOut's gate g times
+                # cat(i, c)): the rewritten sizes follow what each piece keeps, so they need no
+                # partition; a piece read by a layer alone keeps a channel (Group.pieces),
+                # another may keep none
                 continue
             graph.freeze(np.unique(unit_of[np.concatenate(pieces)]), f"{reason}: its pieces share coupled channels")
             continue
@@ -389,6 +390,19 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             continue
         g.blocks = label
         g.equal_blocks = all(e for _, e, _ in cons)
+
+
+def _one_piece_is_the_others(pieces: list[np.ndarray]) -> bool:
+    """One piece holds exactly the units of all the others, which share none, and no piece
+    holds a unit twice."""
+    sets = [set(p.tolist()) for p in pieces]
+    if any(len(s) != len(p) for s, p in zip(sets, pieces)):
+        return False
+    for a, whole in enumerate(sets):
+        rest = [s for b, s in enumerate(sets) if b != a]
+        if sum(len(s) for s in rest) == len(whole) and set().union(*rest) == whole:
+            return True
+    return False
 
 
 def _block_units(pieces: list[np.ndarray]) -> list[np.ndarray] | None:
