@@ -39,15 +39,20 @@ class Pool(nn.Module):
 
 
 # -- data-driven criteria against hook / autograd references ------------------------------
-def reference_stats(model, cal):
-    """Statistics of the input of model[2] (= channels of layer 0 after ReLU), via a hook."""
+def inputs_seen(model, layer, cal):
+    """What `layer` reads over the calibration batches, via a hook."""
     seen = []
-    h = model[2].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    h = layer.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
     with torch.no_grad():
         for x, _ in cal:
             model(x)
     h.remove()
-    a = torch.cat(seen)  # N, C, H, W
+    return torch.cat(seen)
+
+
+def reference_stats(model, cal):
+    """Statistics of the input of model[2] (= channels of layer 0 after ReLU), via a hook."""
+    a = inputs_seen(model, model[2], cal)  # N, C, H, W
     mean = a.abs().mean(dim=(0, 2, 3))
     apoz = (a == 0).float().mean(dim=(0, 2, 3))
     rank = torch.linalg.matrix_rank(a).float().mean(0)
@@ -92,13 +97,7 @@ def test_activation_criteria_read_a_linear_input_channels_last(method):
     taken over N, H and W per unit, as a hook on fc2 computes them (a conv reads dim 1)."""
     model = ChannelsLastMlp().eval()
     cal = batches()
-    seen = []
-    h = model.fc2.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
-    with torch.no_grad():
-        for x, _ in cal:
-            model(x)
-    h.remove()
-    a = torch.cat(seen).reshape(-1, 16)
+    a = inputs_seen(model, model.fc2, cal).reshape(-1, 16)
     ref = a.abs().mean(0) if method == "activation" else -(a == 0).float().mean(0)
     res = pyprune.prune(model, cal[0][0][:1], method=method, calibration=cal, ratio=0.5)
     assert kept(res, "fc1") == sorted(torch.argsort(ref, descending=True, stable=True)[:8].tolist())
@@ -139,13 +138,7 @@ def test_activation_reads_a_functional_convs_input_at_dim_1():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), FunctionalConv(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
     cal = batches()
-    seen = []
-    h = model[2].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
-    with torch.no_grad():
-        for x, _ in cal:
-            model(x)
-    h.remove()
-    ref = torch.cat(seen).abs().mean(dim=(0, 2, 3))
+    ref = reference_stats(model, cal)[0]
     res = pyprune.prune(model, cal[0][0][:1], method="activation", calibration=cal, ratio=0.5)
     assert kept(res) == sorted(torch.argsort(ref, descending=True, stable=True)[:4].tolist())
 
