@@ -120,15 +120,18 @@ class LayerHandler:
 
 
 # -- convolutions and Linear ---------------------------------------------------------------
+def _per_dim(args, kwargs, i: int, name: str, default, nd: int):
+    """Argument `i` (or keyword `name`) of a functional conv, one value per spatial dim (a
+    padding string as it is)."""
+    v = args[i] if len(args) > i else kwargs.get(name, default)
+    return [v] * nd if isinstance(v, int) else list(v) if not isinstance(v, str) else v
+
+
 def _conv_out(args, kwargs) -> tuple:
     x, w = args[0], args[1]
     nd = x.dim() - 2
-
-    def arg(i, name, default):
-        v = args[i] if len(args) > i else kwargs.get(name, default)
-        return [v] * nd if isinstance(v, int) else list(v) if not isinstance(v, str) else v
-
-    stride, padding, dilation = arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "dilation", 1)
+    stride, padding, dilation = (_per_dim(args, kwargs, i, n, d, nd)
+                                 for i, n, d in ((3, "stride", 1), (4, "padding", 0), (5, "dilation", 1)))
     groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
     if x.shape[1] != w.shape[1] * groups or w.dim() != x.dim():
         raise _mismatch()
@@ -229,14 +232,9 @@ class Conv(LayerHandler):
 def _conv_transpose_out(args, kwargs) -> tuple:
     x, w = args[0], args[1]
     nd = x.dim() - 2
-
-    def arg(i, name, default):
-        v = args[i] if len(args) > i else kwargs.get(name, default)
-        return [v] * nd if isinstance(v, int) else list(v)
-
-    stride, padding, extra = arg(3, "stride", 1), arg(4, "padding", 0), arg(5, "output_padding", 0)
+    stride, padding, extra, dilation = (_per_dim(args, kwargs, i, n, d, nd) for i, n, d in (
+        (3, "stride", 1), (4, "padding", 0), (5, "output_padding", 0), (7, "dilation", 1)))
     groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
-    dilation = arg(7, "dilation", 1)
     if x.shape[1] != w.shape[0] or w.dim() != x.dim():
         raise _mismatch()
     spatial = [(x.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (w.shape[2 + i] - 1) + extra[i] + 1

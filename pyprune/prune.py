@@ -461,8 +461,8 @@ class Pruner:
         s = np.asarray(result, np.float64).copy()
         s[g.frozen] = np.inf
         if g.blocks is None:
-            keep = np.sort(np.argsort(-s, kind="stable")[:max(n_keep, g.min_keep)])
-            return _keep_every_piece(g, keep, pick=s, cost=s)[0]
+            keep = np.sort(np.argsort(-s, kind="stable")[:n_keep])
+            return _keep_at_least(g, _keep_every_piece(g, keep, pick=s, cost=s)[0], s)[0]
         return np.sort(np.concatenate([pos[np.argsort(-s[pos], kind="stable")[:k]] for pos, k in block_jobs(g, n_keep)]))
 
     def _solve(self, graph, groups, scores, budget) -> tuple[dict, float]:

@@ -66,6 +66,7 @@ class Group:
     equal_blocks: bool = True  # every block keeps the same count (else: in proportion, >= 1)
     min_keep: int = 1  # units a layer needs to run (a weight-standardised 1x1 conv's inputs: 2)
     inexact: list = field(default_factory=list)  # why cutting these units changes the function
+    _pieces: list | None = field(default=None, repr=False)  # see pieces(); set when the graph is built
 
     @property
     def size(self) -> int:
@@ -99,16 +100,18 @@ class Group:
         """Positions (sorted) of each tensor dim that holds only part of this group's units:
         one input of a concatenation whose result joins a residual stream, a consumer of a
         slice. Each must keep at least one unit, or its layer is left without channels."""
-        out, seen = [], set()
-        for m in self.members:
-            pos = self.positions(m.units)
-            if (pos < 0).any():
-                continue  # a member spanning several groups keeps units of the others
-            pos = np.unique(pos)
-            if len(pos) < self.size and pos.tobytes() not in seen:
-                seen.add(pos.tobytes())
-                out.append(pos)
-        return out
+        if self._pieces is None:
+            self._pieces = []
+            for m in self.members:
+                pos = self.positions(m.units)
+                if not (pos < 0).any():  # (a member spanning several groups keeps units of the others)
+                    self._add_piece(pos)
+        return self._pieces
+
+    def _add_piece(self, pos: np.ndarray) -> None:
+        pos = np.unique(pos)
+        if len(pos) < self.size and not any(np.array_equal(pos, p) for p in self._pieces):
+            self._pieces.append(pos)
 
     def positions(self, units: np.ndarray) -> np.ndarray:
         """Position in this group of each of `units` (global ids), -1 where a unit
@@ -311,11 +314,17 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
     for g in range(n_groups):
         us = np.array(units_by_group[g], np.int64)
         groups.append(Group(g, origin_name.get(g, f"group{g}"), us, frozen[us], []))
+    for g in groups:
+        g._pieces = []
     for m in members:
-        for g in np.unique(group_of_unit[m.units]):
+        gids = np.unique(group_of_unit[m.units])
+        for g in gids:
             groups[int(g)].members.append(m)
             if m.role == "norm":
                 groups[int(g)].norm_over_channels = True
+        if len(gids) == 1:  # Group.pieces, found here once instead of per group and plan
+            g = groups[int(gids[0])]
+            g._add_piece(g.positions(m.units))
     before = frozen.copy()
     graph = ChannelGraph(groups, members, int(n_units), group_of_unit, frozen, reasons, [], rec.layers, rec.untraced,
                          output_shapes=list(rec.output_shapes))
