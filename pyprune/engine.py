@@ -375,6 +375,7 @@ def choose_k(
     seed: int = 0,
     threads: int | None = None,
     return_curve: bool = False,
+    min_depth: float = 0.0,
 ):
     """Choose the cluster count per layer automatically.
 
@@ -388,6 +389,14 @@ def choose_k(
     the knee (where the rule on raw values picks too early). Distortions are floored at
     1e-3 of the first one so that K = n (zero distortion) cannot dominate. A flat curve
     gives the smallest K.
+
+    ``min_depth`` (in [0, 1)) is how far below the chord, on those scaled axes, the knee
+    must lie to count as an elbow. A layer whose knee is shallower gets its *largest*
+    candidate: no smaller K is clearly enough (the knee is never the last candidate, so
+    the largest K marks "no elbow"). Filters with clear cluster structure give knees
+    0.17-0.63 deep (noisy copies of a few prototypes, noise up to half their norm); random
+    and trained CNN filters 0-0.03, where the knee is noise and falls on the smallest K.
+    The default 0 keeps every knee.
 
     ``ks`` is one increasing list of candidates for every layer, or (for a list of weights)
     one list per layer. Returns an int for a single weight, a list for a list; with
@@ -405,7 +414,9 @@ def choose_k(
         per_layer.append(_check_ks(list(cand), [a] * len(cand)))
         if any(b <= a_ for a_, b in zip(per_layer[-1], per_layer[-1][1:])):
             raise ValueError(f"ks: candidate values must be strictly increasing, got {list(cand)}")
-    chosen, curves = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads))
+    if isinstance(min_depth, bool) or not isinstance(min_depth, (int, float)) or not 0.0 <= min_depth < 1.0:
+        raise ValueError(f"min_depth must be a number in [0, 1), got {min_depth!r}")
+    chosen, curves, _ = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads), float(min_depth))
     chosen = [int(c) for c in chosen]
     curves = [torch.tensor(c, dtype=torch.float64) for c in curves]
     if single:
@@ -413,9 +424,12 @@ def choose_k(
     return (chosen, curves) if return_curve else chosen
 
 
-def knee_index(xs: Sequence[float], ys: Sequence[float]) -> int:
-    """Index of the knee of a decreasing curve (see :func:`choose_k` for the rule)."""
-    return int(_core.knee_index([float(x) for x in xs], [float(y) for y in ys]))
+def knee_index(xs: Sequence[float], ys: Sequence[float], *, return_depth: bool = False):
+    """Index of the knee of a decreasing curve (see :func:`choose_k` for the rule); with
+    ``return_depth=True`` also its depth below the chord on the [0, 1]-scaled axes (0 when
+    no point lies below it)."""
+    index, depth = _core.knee_point([float(x) for x in xs], [float(y) for y in ys])
+    return (int(index), float(depth)) if return_depth else int(index)
 
 
 def ridge_solve(inputs: TensorOrList, targets: TensorOrList, *, lam: float = 1e-4,

@@ -630,3 +630,47 @@ def test_non_finite_value_error_names_the_first_bad_layer(threads):
     ws[2][9, 0] = float("nan")
     with pytest.raises(ValueError, match=r"weights\[2\]: contains a non-finite value \(nan\) at filter 5, element 11"):
         engine.spherical_kmeans(ws, [n // 2 for n in (300, 30, 40, 500, 50)], threads=threads)
+
+
+def test_knee_depth_hand_computed():
+    # scaled: y = [1, 1/9, 0.5/9, 0.2/9, 0], chord 1 - x with x = i/4: at i = 1, 3/4 - 1/9
+    index, depth = engine.knee_index([1, 2, 3, 4, 5], [10, 2, 1.5, 1.2, 1.0], return_depth=True)
+    assert index == 1 and depth == pytest.approx(23 / 36, abs=1e-12)
+    assert engine.knee_index([1, 2, 3], [5, 5, 5], return_depth=True) == (0, 0.0)
+    assert engine.knee_index([1, 2, 3], [5, 4, 1], return_depth=True) == (0, 0.0)  # concave: none below
+
+
+def _log_knee(ks, curve):
+    """The knee of choose_k's log-distortion curve, computed from the curve it returns."""
+    d = np.asarray(curve, dtype=float)
+    return engine.knee_index(ks, np.log(np.maximum(d, 1e-3 * max(d[0], 1e-12))).tolist(), return_depth=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_choose_k_min_depth_keeps_the_largest_k_without_an_elbow(seed):
+    """Random filters have no cluster structure: their knee is shallow noise on the smallest
+    K. With min_depth the largest candidate is chosen instead; without, the knee."""
+    x = make((64, 576), seed=seed)
+    ks = list(range(1, 33)) + [40, 48, 56, 64]
+    plain, curve = engine.choose_k(x, ks, return_curve=True)
+    index, depth = _log_knee(ks, curve.tolist())
+    assert plain == ks[index] and depth < 0.05, (plain, depth)
+    assert engine.choose_k(x, ks, min_depth=0.1) == ks[-1]
+    assert engine.choose_k([x, x], ks, min_depth=depth + 1e-9) == [ks[-1]] * 2
+    if depth > 0:
+        assert engine.choose_k(x, ks, min_depth=depth) == plain  # a knee exactly as deep counts
+
+
+def test_choose_k_min_depth_keeps_planted_elbows():
+    for n_proto in (4, 8, 16):
+        x, _ = clustered(n_proto, 12, 48, 0.25, seed=n_proto)
+        ks = list(range(2, 41, 2))
+        k, curve = engine.choose_k(x, ks, return_curve=True, min_depth=0.1)
+        assert k == n_proto
+        assert _log_knee(ks, curve.tolist())[1] > 0.25
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "0.1"])
+def test_choose_k_bad_min_depth(bad):
+    with pytest.raises(ValueError, match="min_depth must be a number in"):
+        engine.choose_k(make((8, 4)), [1, 2, 4], min_depth=bad)

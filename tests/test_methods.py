@@ -246,6 +246,24 @@ def test_kmeans_auto_k_finds_planted_clusters():
     assert res.model[0].out_channels == 6
 
 
+def test_kmeans_auto_keeps_layers_without_cluster_structure_and_says_so():
+    """A layer of random filters has no elbow in its distortion curve: ratio="auto" keeps it
+    whole and names it in a warning that points at the caller's line; the planted layer
+    beside it still gets its cluster count."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 48, 3), nn.ReLU(), nn.Conv2d(48, 32, 3), nn.ReLU(), nn.Conv2d(32, 4, 1)).eval()
+    proto = torch.randn(6, 3, 3, 3)
+    with torch.no_grad():
+        model[0].weight.copy_(proto.repeat(8, 1, 1, 1) * (1 + 0.05 * torch.randn(48, 1, 1, 1))
+                              + 0.05 * torch.randn(48, 3, 3, 3))
+    x = torch.randn(2, 3, 10, 10)
+    with pytest.warns(UserWarning, match=r"no elbow in the k-means distortion curve of 1 of 2 groups \(2\)") as rec:
+        res = pyprune.prune(model, x[:1], method="kmeans", ratio="auto")
+    assert [w.filename for w in rec if "no elbow" in str(w.message)] == [__file__]
+    assert (res.model[0].out_channels, res.model[2].out_channels) == (6, 32)
+    torch.testing.assert_close(res.model[4].weight, model[4].weight)  # its input kept whole
+
+
 # -- schedules -----------------------------------------------------------------------------
 def deep_net():
     torch.manual_seed(0)

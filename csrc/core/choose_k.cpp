@@ -8,35 +8,34 @@
 
 namespace pyprune {
 
-int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys) {
+int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys) { return knee_point(xs, ys).index; }
+
+Knee knee_point(const std::vector<double>& xs, const std::vector<double>& ys) {
     PYPRUNE_CHECK(xs.size() == ys.size() && !xs.empty(), "knee: need matching non-empty curves, got ",
                   xs.size(), " and ", ys.size(), " points");
     const size_t m = xs.size();
-    if (m <= 2) return 0;
+    if (m <= 2) return {};
     const auto [ymin, ymax] = std::minmax_element(ys.begin(), ys.end());
     const double x0 = xs.front(), xr = xs.back() - xs.front();
     const double yr = *ymax - *ymin;
-    if (!(xr > 0.0) || !(yr > 0.0)) return 0;
+    if (!(xr > 0.0) || !(yr > 0.0)) return {};
     const double y_first = (ys.front() - *ymin) / yr, y_last = (ys.back() - *ymin) / yr;
-    int64_t best = 0;
-    double best_gap = 0.0;
+    Knee best;
     for (size_t i = 0; i < m; ++i) {
         const double xn = (xs[i] - x0) / xr;
         const double yn = (ys[i] - *ymin) / yr;
         const double chord = y_first + (y_last - y_first) * xn;
         const double gap = chord - yn;
-        if (gap > best_gap) {
-            best_gap = gap;
-            best = static_cast<int64_t>(i);
-        }
+        if (gap > best.depth) best = {static_cast<int64_t>(i), gap};
     }
     return best;
 }
 
 std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
                               const std::vector<std::vector<int64_t>>& ks, int max_iter,
-                              uint64_t seed, int threads,
-                              std::vector<std::vector<double>>* curves) {
+                              uint64_t seed, int threads, double min_depth,
+                              std::vector<std::vector<double>>* curves, std::vector<double>* depths) {
+    PYPRUNE_CHECK(min_depth >= 0.0 && min_depth < 1.0, "choose_k: min_depth must be in [0, 1), got ", min_depth);
     PYPRUNE_CHECK(xs.size() == ks.size(), "choose_k: one K range per layer: ", xs.size(),
                   " layers, ", ks.size(), " ranges");
     std::vector<Filters> jobs;
@@ -58,6 +57,7 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
     const auto results = spherical_kmeans_batch(jobs, params, {}, threads);
     std::vector<int64_t> chosen(xs.size());
     if (curves) curves->assign(xs.size(), {});
+    if (depths) depths->assign(xs.size(), 0.0);
     size_t r = 0;
     for (size_t l = 0; l < xs.size(); ++l) {
         std::vector<double> kx, dist;
@@ -70,8 +70,10 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
         const double floor = 1e-3 * std::max(dist.front(), 1e-12);
         std::vector<double> logd(dist.size());
         for (size_t q = 0; q < dist.size(); ++q) logd[q] = std::log(std::max(dist[q], floor));
-        chosen[l] = ks[l][static_cast<size_t>(knee_index(kx, logd))];
+        const Knee knee = knee_point(kx, logd);
+        chosen[l] = knee.depth < min_depth ? ks[l].back() : ks[l][static_cast<size_t>(knee.index)];
         if (curves) (*curves)[l] = dist;
+        if (depths) (*depths)[l] = knee.depth;
     }
     return chosen;
 }

@@ -16,13 +16,25 @@ namespace pyprune {
 /// Returns the index into `xs`. A flat curve returns 0 (the smallest K).
 int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys);
 
+/// The knee (knee_index) and its depth: how far it lies below the chord on the [0, 1]-scaled
+/// axes (0 when no point lies below it). The last point is never the knee (it is on the
+/// chord).
+struct Knee {
+    int64_t index = 0;
+    double depth = 0.0;
+};
+Knee knee_point(const std::vector<double>& xs, const std::vector<double>& ys);
+
 /// Automatic cluster count per layer: for every layer and every K in `ks[l]`, run
 /// spherical k-means and take the final distortion sum(1 - cos); the knee of the
 /// log-distortion curve (relative gains; floored at 1e-3 of the first value so K = n with
-/// zero distortion does not dominate) is the chosen K. `curves` (if not null) receives the distortions, per layer per K.
+/// zero distortion does not dominate) is the chosen K. A knee shallower than `min_depth`
+/// is no elbow: the layer then gets its largest candidate (no K is clearly enough; 0 keeps
+/// every knee). `curves` (if not null) receives the distortions, per layer per K, and
+/// `depths` (if not null) each layer's knee depth.
 std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
                               const std::vector<std::vector<int64_t>>& ks, int max_iter,
-                              uint64_t seed, int threads,
-                              std::vector<std::vector<double>>* curves);
+                              uint64_t seed, int threads, double min_depth,
+                              std::vector<std::vector<double>>* curves, std::vector<double>* depths);
 
 }  // namespace pyprune
