@@ -8,8 +8,6 @@
 
 namespace pyprune {
 
-int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys) { return knee_point(xs, ys).index; }
-
 Knee knee_point(const std::vector<double>& xs, const std::vector<double>& ys) {
     PYPRUNE_CHECK(xs.size() == ys.size() && !xs.empty(), "knee: need matching non-empty curves, got ",
                   xs.size(), " and ", ys.size(), " points");

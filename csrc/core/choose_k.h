@@ -13,12 +13,9 @@ namespace pyprune {
 /// the first and the last point is the knee. It needs no tuning constant, does not depend
 /// on the units of either axis, and for a convex decreasing cost (k-means distortion
 /// against K) it picks the point after which extra clusters buy the least.
-/// Returns the index into `xs`. A flat curve returns 0 (the smallest K).
-int64_t knee_index(const std::vector<double>& xs, const std::vector<double>& ys);
-
-/// The knee (knee_index) and its depth: how far it lies below the chord on the [0, 1]-scaled
-/// axes (0 when no point lies below it). The last point is never the knee (it is on the
-/// chord).
+/// Returns the knee's index into `xs` and its depth: how far it lies below the chord on the
+/// scaled axes. When no point lies below it (a flat or concave curve) the index is 0 (the
+/// smallest K) and the depth 0. The last point is never the knee (it is on the chord).
 struct Knee {
     int64_t index = 0;
     double depth = 0.0;
