@@ -395,8 +395,9 @@ def choose_k(
     candidate: no smaller K is clearly enough (the knee is never the last candidate, so
     the largest K marks "no elbow"). Filters with clear cluster structure give knees
     0.17-0.63 deep (noisy copies of a few prototypes, noise up to half their norm); random
-    and trained CNN filters 0-0.03, where the knee is noise and falls on the smallest K.
-    The default 0 keeps every knee.
+    and trained CNN filters up to 0.13, where the knee is geometry, not clusters, and often
+    falls on the smallest K. ``prune(ratio="auto")`` uses 0.15; the default 0 keeps every
+    knee.
 
     ``ks`` is one increasing list of candidates for every layer, or (for a list of weights)
     one list per layer. Returns an int for a single weight, a list for a list; with

@@ -143,3 +143,13 @@ def test_weight_standardised_conv_inputs_are_reported_inexact():
     res = pyprune.prune(build("nf_resnet26"), torch.randn(1, 3, 64, 64), method="l2", ratio=0.5)
     reasons = [r for _, rs in res.inexact() for r in rs]
     assert any("weight standardisation" in r for r in reasons)
+
+
+def test_auto_ratio_keeps_filters_without_cluster_structure_whole():
+    """Random filters have no clusters to prune by: ratio="auto" keeps every group whole and
+    says so, also the wide expansions of inverted residuals, whose depthwise weights give
+    their distortion curves knees 0.12 deep (cut there, they lost 96% of their channels)."""
+    model = build("mobilenetv2_100")
+    with pytest.warns(UserWarning, match=r"found no elbow .* of (\d+) of \1 groups"):
+        res = pyprune.prune(model, torch.randn(1, 3, 64, 64), method="kmeans", ratio="auto")
+    assert res.summary.params_after == res.summary.params_before
