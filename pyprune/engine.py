@@ -14,6 +14,7 @@ has nothing else to offer.
 from __future__ import annotations
 
 import ctypes
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -387,8 +388,10 @@ def choose_k(
     it weigh *relative* gains, so it marks where one more cluster stops removing a real
     share of the remaining distortion, even when the curve falls almost linearly before
     the knee (where the rule on raw values picks too early). Distortions are floored at
-    1e-3 of the first one so that K = n (zero distortion) cannot dominate. A flat curve
-    gives the smallest K.
+    1e-3 of the first one so that K = n (zero distortion) cannot dominate, and at 1e-5 per
+    filter, below which a distortion is float noise: a curve there from its first K on (every
+    filter a scaled copy of that many directions) gives its first K. A flat curve gives the
+    smallest K (with ``min_depth`` 0).
 
     ``min_depth`` (in [0, 1)) is how far below the chord, on those scaled axes, the knee
     must lie to count as an elbow. A layer whose knee is shallower gets its *largest*
@@ -397,7 +400,9 @@ def choose_k(
     0.17-0.63 deep (noisy copies of a few prototypes, noise up to half their norm); random
     and trained CNN filters up to 0.13, where the knee is geometry, not clusters, and often
     falls on the smallest K. ``prune(ratio="auto")`` uses 0.15; the default 0 keeps every
-    knee.
+    knee. The rule needs the candidates to start at or below the true count (from K = 1,
+    as ``ratio="auto"`` does): a curve that starts past its elbow has none to find, and
+    curves of one or two candidates have no knee (depth 0).
 
     ``ks`` is one increasing list of candidates for every layer, or (for a list of weights)
     one list per layer. Returns an int for a single weight, a list for a list; with
@@ -415,7 +420,7 @@ def choose_k(
         per_layer.append(_check_ks(list(cand), [a] * len(cand)))
         if any(b <= a_ for a_, b in zip(per_layer[-1], per_layer[-1][1:])):
             raise ValueError(f"ks: candidate values must be strictly increasing, got {list(cand)}")
-    if isinstance(min_depth, bool) or not isinstance(min_depth, (int, float)) or not 0.0 <= min_depth < 1.0:
+    if isinstance(min_depth, bool) or not isinstance(min_depth, numbers.Real) or not 0.0 <= min_depth < 1.0:
         raise ValueError(f"min_depth must be a number in [0, 1), got {min_depth!r}")
     chosen, curves, _ = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads), float(min_depth))
     chosen = [int(c) for c in chosen]

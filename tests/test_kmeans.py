@@ -1,6 +1,7 @@
 """Spherical k-means: against a pure-torch Lloyd loop and by its invariants."""
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import subprocess
@@ -640,10 +641,11 @@ def test_knee_depth_hand_computed():
     assert engine.knee_index([1, 2, 3], [5, 4, 1], return_depth=True) == (0, 0.0)  # concave: none below
 
 
-def _log_knee(ks, curve):
-    """The knee of choose_k's log-distortion curve, computed from the curve it returns."""
-    d = np.asarray(curve, dtype=float)
-    return engine.knee_index(ks, np.log(np.maximum(d, 1e-3 * max(d[0], 1e-12))).tolist(), return_depth=True)
+def _log_knee(ks, curve, n):
+    """The knee of choose_k's log-distortion curve for n filters, computed from the curve it
+    returns (with the C library's log, as the core takes it: the same bits)."""
+    floor = max(1e-3 * curve[0], 1e-5 * n)
+    return engine.knee_index(ks, [math.log(max(v, floor)) for v in curve], return_depth=True)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -653,12 +655,12 @@ def test_choose_k_min_depth_keeps_the_largest_k_without_an_elbow(seed):
     x = make((64, 576), seed=seed)
     ks = list(range(1, 33)) + [40, 48, 56, 64]
     plain, curve = engine.choose_k(x, ks, return_curve=True)
-    index, depth = _log_knee(ks, curve.tolist())
+    index, depth = _log_knee(ks, curve.tolist(), len(x))
     assert plain == ks[index] and depth < 0.05, (plain, depth)
     assert engine.choose_k(x, ks, min_depth=0.1) == ks[-1]
     assert engine.choose_k([x, x], ks, min_depth=depth + 1e-9) == [ks[-1]] * 2
-    if depth > 0:
-        assert engine.choose_k(x, ks, min_depth=depth) == plain  # a knee exactly as deep counts
+    if depth > 0:  # the core's depth is this one: just under it the knee counts
+        assert engine.choose_k(x, ks, min_depth=depth * (1 - 1e-9)) == plain
 
 
 def test_choose_k_min_depth_keeps_planted_elbows():
@@ -667,10 +669,31 @@ def test_choose_k_min_depth_keeps_planted_elbows():
         ks = list(range(2, 41, 2))
         k, curve = engine.choose_k(x, ks, return_curve=True, min_depth=0.1)
         assert k == n_proto
-        assert _log_knee(ks, curve.tolist())[1] > 0.25
+        depth = _log_knee(ks, curve.tolist(), len(x))[1]
+        assert depth > 0.25
+        # the core's depth is this one: a threshold just above it drops the elbow
+        assert engine.choose_k(x, ks, min_depth=depth * (1 + 1e-9)) == ks[-1]
 
 
-@pytest.mark.parametrize("bad", [-0.1, 1.0, True, "0.1"])
+@pytest.mark.parametrize("n_dirs", [1, 3])
+def test_choose_k_scaled_copies_of_a_few_directions(n_dirs):
+    """Filters that are positive multiples of n_dirs directions: from K = n_dirs on the
+    distortion is float noise, which must not make a knee of its own (it chose 12 of 16 for
+    one direction), with or without min_depth."""
+    g = torch.Generator().manual_seed(n_dirs)
+    dirs = torch.randn(n_dirs, 27, generator=g)
+    x = dirs.repeat(16 // n_dirs + 1, 1)[:16] * (torch.rand(16, 1, generator=g) + 0.5)
+    for ks in (list(range(1, 17)), list(range(n_dirs, 17))):
+        for min_depth in (0.0, 0.15):
+            assert engine.choose_k(x, ks, min_depth=min_depth) == n_dirs, (ks, min_depth)
+
+
+def test_choose_k_min_depth_takes_numpy_numbers():
+    x, _ = clustered(4, 12, 48, 0.25, seed=4)
+    assert engine.choose_k(x, list(range(2, 41, 2)), min_depth=np.float32(0.1)) == 4
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, float("nan"), True, "0.1"])
 def test_choose_k_bad_min_depth(bad):
     with pytest.raises(ValueError, match="min_depth must be a number in"):
         engine.choose_k(make((8, 4)), [1, 2, 4], min_depth=bad)

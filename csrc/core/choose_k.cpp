@@ -63,14 +63,25 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
             kx.push_back(static_cast<double>(ks[l][q]));
             dist.push_back(static_cast<double>(results[r].n) - results[r].objective.back());
         }
+        if (curves) (*curves)[l] = dist;
+        // Float rounding leaves each filter's 1 - cos within a few 1e-7 of its true value,
+        // so a distortion under 1e-5 per filter is zero: every filter lies on one of the K
+        // directions (exact duplicates up to scale). A curve there from its first K on is
+        // flat for that reason, not for want of structure: its first K is the answer.
+        const double noise = 1e-5 * static_cast<double>(xs[l].rows);
+        if (dist.front() <= noise) {
+            chosen[l] = ks[l].front();
+            if (depths) (*depths)[l] = 1.0;
+            continue;
+        }
         // The knee is taken on log-distortion: what matters is the relative gain of one
-        // more cluster. The floor keeps an exact zero (K = n) from dominating the scale.
-        const double floor = 1e-3 * std::max(dist.front(), 1e-12);
+        // more cluster. The floor keeps an exact zero (K = n) from dominating the scale, and
+        // float noise from making a knee of its own.
+        const double floor = std::max(1e-3 * dist.front(), noise);
         std::vector<double> logd(dist.size());
         for (size_t q = 0; q < dist.size(); ++q) logd[q] = std::log(std::max(dist[q], floor));
         const Knee knee = knee_point(kx, logd);
         chosen[l] = knee.depth < min_depth ? ks[l].back() : ks[l][static_cast<size_t>(knee.index)];
-        if (curves) (*curves)[l] = dist;
         if (depths) (*depths)[l] = knee.depth;
     }
     return chosen;

@@ -25,7 +25,9 @@ Knee knee_point(const std::vector<double>& xs, const std::vector<double>& ys);
 /// Automatic cluster count per layer: for every layer and every K in `ks[l]`, run
 /// spherical k-means and take the final distortion sum(1 - cos); the knee of the
 /// log-distortion curve (relative gains; floored at 1e-3 of the first value so K = n with
-/// zero distortion does not dominate) is the chosen K. A knee shallower than `min_depth`
+/// zero distortion does not dominate, and at 1e-5 per filter, float noise) is the chosen K.
+/// A curve at that noise from its first K on has every filter on that many directions: it
+/// gets its first K (depth 1). A knee shallower than `min_depth`
 /// is no elbow: the layer then gets its largest candidate (no K is clearly enough; 0 keeps
 /// every knee). `curves` (if not null) receives the distortions, per layer per K, and
 /// `depths` (if not null) each layer's knee depth.

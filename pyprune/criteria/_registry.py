@@ -110,7 +110,7 @@ class CriterionSpec:
     needs_labels: bool = False  # ... which must be (inputs, labels) pairs
     selects: bool = False  # may return a Selection instead of scores
     merges: bool = False  # dropped units are folded into kept ones by default (merge=None)
-    auto_keep: Callable | None = None  # (groups, ctx, round_to) -> {group id: keep}: ratio="auto"
+    auto_keep: Callable | None = None  # (groups, ctx) -> {group id: keep}: ratio="auto"
     rank_with: str = "l2"  # a selecting criterion's scores for the global schedule
     options: tuple = ()  # extra keyword options the criterion reads from ctx.options
     doc: str = ""
@@ -169,7 +169,8 @@ def register_criterion(name: str, fn: Callable | None = None, *, batched: bool =
     :func:`block_jobs` gives each block) instead of scores. ``needs_data``: the criterion reads
     ``ctx.calibration`` (prune refuses to run without it). ``merges``: merge dropped units
     into kept ones by default (needs Selections with clusters). ``auto_keep``: a function
-    ``(groups, ctx, round_to) -> {group id: keep count}`` that makes ``ratio="auto"`` valid.
+    ``(groups, ctx) -> {group id: keep count}`` that makes ``ratio="auto"`` valid (pyprune rounds
+    the counts to ``round_to`` itself).
     ``options``: names of extra keyword options the criterion reads from ``ctx.options``.
     """
     if not isinstance(name, str) or not name:

@@ -28,14 +28,15 @@ def _user_stacklevel() -> int:
     """The stacklevel of a warning raised here that points at the first caller outside
     pyprune (the user's line), however deep the call came in."""
     level, frame = 1, sys._getframe(1)
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
         level, frame = level + 1, frame.f_back
-    return level
+    return level  # the outermost frame when every one is pyprune's
 
 
 # How far below the chord (scaled axes) the knee of a group's distortion curve must lie for
 # ratio="auto" to take it as an elbow. Planted clusters (noisy copies of a few prototypes)
-# give 0.34-0.45 at a noise of a quarter of their norm and 0.17-0.27 at half of it. Filters
+# give 0.6-0.63 at a noise of a tenth of their norm, 0.34-0.45 at a quarter and 0.17-0.27
+# at half of it. Filters
 # with no cluster structure give at most 0.128 over 28 timm models with random weights: 0-0.07
 # in plain convs, up to 0.13 in the wide expansion groups of inverted residuals (each
 # channel's filter there is the 1x1 conv's row beside the depthwise conv's few weights, which
