@@ -13,6 +13,18 @@ from collections import defaultdict
 TABLES: dict[str, list[dict]] = defaultdict(list)
 
 
+def use_checkout() -> None:
+    """Make a worker process import the pyprune of this checkout (where `make setup` puts the
+    built core beside the sources, as `python3 -m pytest` from the repository root imports
+    it), not an installed copy that may be older. Without a built core there, nothing
+    changes."""
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    if any((root / "pyprune").glob("_core*")) and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+
+
 def out_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get("PYPRUNE_BENCH_OUT", "results/bench"))
 

@@ -12,8 +12,11 @@ import sys
 import time
 import warnings
 
+from bench_tables import use_checkout
+
 
 def main() -> None:
+    use_checkout()
     name, tool = sys.argv[1], sys.argv[2]
     side = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     import timm

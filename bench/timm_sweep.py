@@ -64,6 +64,9 @@ def calibration(method: str, x):
 
 
 def worker(name: str, side: int, methods: list[str]) -> dict:
+    from bench_tables import use_checkout
+
+    use_checkout()
     sys.path[:0] = [str(HERE.parent / "tests")]
     import timm
     import torch
