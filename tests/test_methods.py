@@ -262,6 +262,10 @@ def test_kmeans_auto_keeps_layers_without_cluster_structure_and_says_so():
     assert [w.filename for w in rec if "no elbow" in str(w.message)] == [__file__]
     assert (res.model[0].out_channels, res.model[2].out_channels) == (6, 32)
     torch.testing.assert_close(res.model[4].weight, model[4].weight)  # its input kept whole
+    with pytest.warns(UserWarning, match="no elbow") as rec:  # the plan step, called directly
+        plan = pyprune.Pruner(model, x[:1], method="kmeans").plan(ratio="auto")
+    assert [w.filename for w in rec if "no elbow" in str(w.message)] == [__file__]
+    assert [len(plan.keep[g.id]) for g in plan.graph.groups if g.name in ("0", "2")] == [6, 32]
 
 
 # -- schedules -----------------------------------------------------------------------------
