@@ -286,11 +286,15 @@ class ConvTranspose(LayerHandler):
 
     def macs(self, m, out_shape):
         # every input position multiplies its in/groups x out/groups x kernel block: the input
-        # side, from the output's (the shape formula inverted)
+        # side, from the output's (the shape formula inverted). The output's extra rows (the
+        # output padding: the constructor's, or what forward(x, output_size=...) asks for)
+        # are fewer than the stride unless the dilation is larger, so with dilation <= stride
+        # rounding down drops them whichever they were; otherwise the constructor's are taken.
         n_in = out_shape[0]
         for i, size in enumerate(out_shape[2:]):
-            k, s, p = m.kernel_size[i], m.stride[i], m.padding[i]
-            n_in *= (size - 1 - m.output_padding[i] + 2 * p - m.dilation[i] * (k - 1)) // s + 1
+            k, s, p, d = m.kernel_size[i], m.stride[i], m.padding[i], m.dilation[i]
+            extra = 0 if d <= s else m.output_padding[i]
+            n_in *= (size - 1 - extra + 2 * p - d * (k - 1)) // s + 1
         return n_in * m.in_channels * (m.out_channels // m.groups) * math.prod(m.kernel_size)
 
     def shape(self, m):

@@ -245,6 +245,33 @@ def test_transposed_conv_is_pruned_on_its_output_dim():
     assert km.model(x).shape == (2, 5)
 
 
+class _UpTo(nn.Module):
+    """A transposed conv called with output_size (torch then sets its output padding)."""
+
+    def __init__(self, **kw):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(4, 6, 3, **kw)
+
+    def forward(self, x, size):
+        return self.up(x, output_size=size)
+
+
+@pytest.mark.parametrize("kw,size", [
+    (dict(stride=2, padding=1, output_padding=1), (9, 10)),  # asks less than the constructor's 1
+    (dict(stride=2, padding=1), (10, 10)),                     # more than the constructor's 0
+    (dict(stride=3, padding=1, dilation=2, output_padding=2), (17, 17)),  # dilation > stride: as constructed
+])
+def test_transposed_conv_macs_count_its_input_positions(kw, size):
+    """MACs = input positions x in x out x kernel, by hand from the input (5 x 5), whatever
+    output padding the output size implies."""
+    from pyprune.layers import layer_macs
+
+    m = _UpTo(**kw)
+    out = m(torch.randn(1, 4, 5, 5), size)
+    assert tuple(out.shape[2:]) == size
+    assert layer_macs(m.up, tuple(out.shape)) == 5 * 5 * 4 * 6 * 9
+
+
 def test_a_conv_after_a_transposed_conv_is_not_taken_for_weight_standardisation():
     """The transposed conv's output is a feature map, not a derived weight: a reflect-padded
     conv reading it (an op before its conv) is exact."""
