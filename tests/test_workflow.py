@@ -275,6 +275,14 @@ def cli(capsys):
     return call
 
 
+def test_cli_prints_pyprune_warnings_as_its_own_messages(tmp_path, cli):
+    p = cli("prune", "--model", "resnet18", "--num-classes", "10", "--size", "32", "--ratio", "auto",
+            "--out", str(tmp_path / "p.pt"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "pyprune prune: warning: ratio='auto' found no elbow in the k-means distortion curve" in p.stderr
+    assert "UserWarning" not in p.stderr
+
+
 def test_cli_prune_finetune_sweep(tmp_path, cli):
     base = tmp_path / "t"
     assert run_cli("train", "--epochs", "2", "--out", str(base), "--quiet").returncode == 0

@@ -11,8 +11,25 @@ Exit codes: 0 success, 2 bad usage or input (a clear message on stderr), 1 unexp
 from __future__ import annotations
 
 import sys
+import warnings
 
 __all__ = ["main", "run"]
+
+
+def _warnings_as_messages(command: str):
+    """A `warnings.showwarning` that prints pyprune's own warnings as the command's messages
+    (``pyprune prune: warning: ...``, not ``<frozen runpy>:88: UserWarning: pyprune: ...``)
+    and leaves every other warning to Python's display."""
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        text = str(message)
+        if text.startswith("pyprune: "):
+            print(f"pyprune {command}: warning: {text[len('pyprune: '):]}", file=sys.stderr if file is None else file)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def run(argv: list[str]) -> int:
@@ -21,6 +38,15 @@ def run(argv: list[str]) -> int:
     args = parse(argv)
     if args is None:  # a config-file problem, already reported
         return 2
+    with warnings.catch_warnings():
+        # pyprune's warnings are the command's messages: always shown (once per place), whatever
+        # the interpreter's filters say
+        warnings.filterwarnings("default", message="pyprune: ")
+        warnings.showwarning = _warnings_as_messages(args.command)
+        return _run(args)
+
+
+def _run(args) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, TypeError, FileNotFoundError) as e:

@@ -74,7 +74,7 @@ def auto_cluster_counts(groups, ctx) -> dict:
         names = ", ".join(g.name for g in flat[:5]) + (", ..." if len(flat) > 5 else "")
         warnings.warn(f"pyprune: ratio='auto' found no elbow in the k-means distortion curve of {len(flat)} of "
                       f"{len(picked)} groups ({names}): their filters show no cluster structure to prune by, so "
-                      f"they are kept whole. Pass a number (e.g. ratio=0.5) to prune them by a count.",
+                      f"they are kept whole. Give a numeric ratio (e.g. 0.5) to prune them by a count.",
                       stacklevel=_user_stacklevel())
     return out
 
