@@ -35,13 +35,12 @@ def _user_stacklevel() -> int:
 
 # How far below the chord (scaled axes) the knee of a group's distortion curve must lie for
 # ratio="auto" to take it as an elbow. Planted clusters (noisy copies of a few prototypes)
-# give 0.6-0.63 at a noise of a tenth of their norm, 0.34-0.45 at a quarter and 0.17-0.27
-# at half of it. Filters
-# with no cluster structure give at most 0.128 over 28 timm models with random weights: 0-0.07
-# in plain convs, up to 0.13 in the wide expansion groups of inverted residuals (each
-# channel's filter there is the 1x1 conv's row beside the depthwise conv's few weights, which
-# dominate its direction); and 0-0.03 in the trained digits CNN. Taking those knees removed
-# 94-99.7% of the parameters.
+# give 0.6-0.63 at a noise of a tenth of their norm, 0.34-0.45 at a quarter and 0.17-0.27 at
+# half of it. Filters with no cluster structure give 0-0.03 in the trained digits CNN and, over
+# 28 timm models with random weights, 0-0.07 in plain convs and up to 0.128 in the wide
+# expansion groups of inverted residuals (each channel's filter there is the 1x1 conv's row
+# beside the depthwise conv's few weights, which dominate its direction). Taking those knees
+# removed 94-99.7% of the parameters.
 AUTO_MIN_KNEE_DEPTH = 0.15
 
 
