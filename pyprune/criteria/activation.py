@@ -33,13 +33,16 @@ def _activation_stats(groups, ctx: Context, stat: str) -> list:
             # whose width matches, dim 1 first for a map with spatial dims
             last = x.dim() - 1
             order = [1] if kind == "conv" else [last] if kind is not None else [1, last] if x.dim() > 2 else [last]
+            per_dim: dict = {}  # the statistic over each channel dim, once for all its members
             for m in members:
                 cdim = next((d for d in order if x.shape[d] == len(m.units)), None)
                 if cdim is None:
                     continue  # an input the layer reads otherwise is not scored
                 if stat == "rank" and not (cdim == 1 and x.dim() == 4):
                     continue
-                v = _stat(x, cdim)
+                if cdim not in per_dim:
+                    per_dim[cdim] = _stat(x, cdim)
+                v = per_dim[cdim]
                 np.add.at(total, m.units, v)
                 np.add.at(count, m.units, 1.0)
         return hook
