@@ -422,7 +422,7 @@ def choose_k(
             raise ValueError(f"ks: candidate values must be strictly increasing, got {list(cand)}")
     if isinstance(min_depth, bool) or not isinstance(min_depth, numbers.Real) or not 0.0 <= min_depth < 1.0:
         raise ValueError(f"min_depth must be a number in [0, 1), got {min_depth!r}")
-    chosen, curves, _ = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads), float(min_depth))
+    chosen, curves = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads), float(min_depth))
     chosen = [int(c) for c in chosen]
     curves = [torch.tensor(c, dtype=torch.float64) for c in curves]
     if single:

@@ -12,17 +12,16 @@ void register_choose_k(py::module_& m) {
            int max_iter, uint64_t seed, int threads, double min_depth) {
             const auto xs = as_matrices(weights, "weights");
             std::vector<std::vector<double>> curves;
-            std::vector<double> depths;
             std::vector<int64_t> chosen;
             {
                 py::gil_scoped_release nogil;
-                chosen = choose_k(xs, ks, max_iter, seed, threads, min_depth, &curves, &depths);
+                chosen = choose_k(xs, ks, max_iter, seed, threads, min_depth, &curves);
             }
-            return py::make_tuple(chosen, curves, depths);
+            return py::make_tuple(chosen, curves);
         },
         py::arg("weights"), py::arg("ks"), py::arg("max_iter") = 100, py::arg("seed") = 0,
         py::arg("threads") = 0, py::arg("min_depth") = 0.0,
-        "Chosen K per layer by the knee of the distortion curve; returns (chosen, distortions, knee depths).");
+        "Chosen K per layer by the knee of the distortion curve; returns (chosen, distortions).");
 
     m.def(
         "knee_point",

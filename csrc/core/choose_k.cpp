@@ -32,7 +32,7 @@ Knee knee_point(const std::vector<double>& xs, const std::vector<double>& ys) {
 std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
                               const std::vector<std::vector<int64_t>>& ks, int max_iter,
                               uint64_t seed, int threads, double min_depth,
-                              std::vector<std::vector<double>>* curves, std::vector<double>* depths) {
+                              std::vector<std::vector<double>>* curves) {
     PYPRUNE_CHECK(min_depth >= 0.0 && min_depth < 1.0, "choose_k: min_depth must be in [0, 1), got ", min_depth);
     PYPRUNE_CHECK(xs.size() == ks.size(), "choose_k: one K range per layer: ", xs.size(),
                   " layers, ", ks.size(), " ranges");
@@ -55,7 +55,6 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
     const auto results = spherical_kmeans_batch(jobs, params, {}, threads);
     std::vector<int64_t> chosen(xs.size());
     if (curves) curves->assign(xs.size(), {});
-    if (depths) depths->assign(xs.size(), 0.0);
     size_t r = 0;
     for (size_t l = 0; l < xs.size(); ++l) {
         std::vector<double> kx, dist;
@@ -71,7 +70,6 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
         const double noise = 1e-5 * static_cast<double>(xs[l].rows);
         if (dist.front() <= noise) {
             chosen[l] = ks[l].front();
-            if (depths) (*depths)[l] = 1.0;
             continue;
         }
         // The knee is taken on log-distortion: what matters is the relative gain of one
@@ -82,7 +80,6 @@ std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
         for (size_t q = 0; q < dist.size(); ++q) logd[q] = std::log(std::max(dist[q], floor));
         const Knee knee = knee_point(kx, logd);
         chosen[l] = knee.depth < min_depth ? ks[l].back() : ks[l][static_cast<size_t>(knee.index)];
-        if (depths) (*depths)[l] = knee.depth;
     }
     return chosen;
 }

@@ -27,13 +27,12 @@ Knee knee_point(const std::vector<double>& xs, const std::vector<double>& ys);
 /// log-distortion curve (relative gains; floored at 1e-3 of the first value so K = n with
 /// zero distortion does not dominate, and at 1e-5 per filter, float noise) is the chosen K.
 /// A curve at that noise from its first K on has every filter on that many directions: it
-/// gets its first K (depth 1). A knee shallower than `min_depth`
-/// is no elbow: the layer then gets its largest candidate (no K is clearly enough; 0 keeps
-/// every knee). `curves` (if not null) receives the distortions, per layer per K, and
-/// `depths` (if not null) each layer's knee depth.
+/// gets its first K. A knee shallower than `min_depth` is no elbow: the layer then gets its
+/// largest candidate (no K is clearly enough; 0 keeps every knee). `curves` (if not null)
+/// receives the distortions, per layer per K.
 std::vector<int64_t> choose_k(const std::vector<MatrixView>& xs,
                               const std::vector<std::vector<int64_t>>& ks, int max_iter,
                               uint64_t seed, int threads, double min_depth,
-                              std::vector<std::vector<double>>* curves, std::vector<double>* depths);
+                              std::vector<std::vector<double>>* curves);
 
 }  // namespace pyprune
