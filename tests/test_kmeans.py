@@ -509,13 +509,7 @@ def test_kept_channels_do_not_depend_on_threads_or_x86_path():
         assert torch.equal(a.centroids, b.centroids)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_merge_statistics_match_torch(threads):
-    """norms, rep_cosines and rep_residuals (what merging needs) against float64 torch."""
-    x, _ = clustered(20, 5, 60, 0.2, seed=4)
-    x[7] = 0.0
-    x[11] = 3.0 * x[10]  # an exact positive multiple: residual 0
-    (r,) = engine.spherical_kmeans(x, 20, seed=1, threads=threads)
+def _check_merge_statistics(r, x):
     xd = x.double()
     rep = r.representatives[r.labels]
     assert_close(r.norms.double(), xd.norm(dim=1), rtol=1e-6, atol=0)
@@ -526,8 +520,32 @@ def test_merge_statistics_match_torch(threads):
     res = torch.where(xd.norm(dim=1) > 0, (xd - a[:, None] * xr).norm(dim=1) / xd.norm(dim=1).clamp_min(1e-300), 0)
     assert_close(r.rep_residuals.double(), res, rtol=1e-4, atol=1e-6)
     assert r.rep_cosines[r.representatives].eq(1).all() and r.rep_residuals[r.representatives].eq(0).all()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_merge_statistics_match_torch(threads):
+    """norms, rep_cosines and rep_residuals (what merging needs) against float64 torch."""
+    x, _ = clustered(20, 5, 60, 0.2, seed=4)
+    x[7] = 0.0
+    x[11] = 3.0 * x[10]  # an exact positive multiple: residual 0
+    (r,) = engine.spherical_kmeans(x, 20, seed=1, threads=threads)
+    _check_merge_statistics(r, x)
     if r.labels[10] == r.labels[11] and r.representatives[r.labels[10]] in (10, 11):
         assert r.rep_residuals[10] < 1e-6 and r.rep_residuals[11] < 1e-6
+
+
+@pytest.mark.parametrize("d", [1, 5, 16, 17, 31, 32, 47])
+def test_merge_statistics_at_every_lane_remainder(d):
+    """The core's sums run in 16 lanes: filter lengths below, at and past whole groups of
+    them, against float64 torch, with a zero filter and an exact multiple among them."""
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(40, d, generator=g)
+    x[3] = 0.0
+    x[9] = -2.5 * x[8]
+    (r,) = engine.spherical_kmeans(x, 8, seed=2)
+    _check_merge_statistics(r, x)
+    assert_close(r.cosines.double(), (ref.unit_rows(x.double()) * r.centroids.double()[r.labels]).sum(1),
+                 rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kernel", path_params())

@@ -39,6 +39,18 @@ def test_filter_norms_match_torch(shape, p):
     assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("p", [1, 2])
+def test_filter_norms_are_double_sums_at_every_lane_remainder(p):
+    """Rows of 1..49 entries (the core sums in 16 lanes: every remainder, 0 to 3 whole
+    groups), entries from 1e-4 to 1e4 side by side: summed in double, each norm is the
+    float64 norm rounded to float (a float sum would be off by several float steps)."""
+    g = torch.Generator().manual_seed(3)
+    for d in range(1, 50):
+        w = torch.randn(8, d, generator=g) * 10.0 ** torch.randint(-4, 5, (8, d), generator=g)
+        want = w.double().norm(p=p, dim=1)
+        assert_close(engine.filter_norms(w, p).double(), want, rtol=2.0**-23, atol=0, msg=f"d={d}")
+
+
 def test_filter_norms_many_layers_in_one_call():
     ws = [make(s, seed=i) for i, s in enumerate(SHAPES)]
     got = engine.filter_norms(ws, 2)

@@ -43,13 +43,14 @@ py::array_t<T> to_numpy(const std::vector<T>& v) {
     return out;
 }
 
-/// Hand a std::vector's storage to a new numpy array of the given shape without copying it:
+/// Hand a vector's storage to a new numpy array of the given shape without copying it:
 /// the array owns the vector (through a capsule) from then on.
-template <typename T>
-py::array_t<T> move_to_numpy(std::vector<T>&& v, std::vector<py::ssize_t> shape) {
-    auto owned = std::make_unique<std::vector<T>>(std::move(v));
+template <typename T, typename Alloc>
+py::array_t<T> move_to_numpy(std::vector<T, Alloc>&& v, std::vector<py::ssize_t> shape) {
+    using Vec = std::vector<T, Alloc>;
+    auto owned = std::make_unique<Vec>(std::move(v));
     const T* data = owned->data();
-    py::capsule owner(owned.get(), [](void* p) { delete static_cast<std::vector<T>*>(p); });
+    py::capsule owner(owned.get(), [](void* p) { delete static_cast<Vec*>(p); });
     owned.release();  // the capsule owns it now
     return py::array_t<T>(std::move(shape), data, owner);
 }

@@ -13,6 +13,7 @@
 #include "blas.h"
 #include "check.h"
 #include "gemm.h"
+#include "reduce.h"
 #include "similarity.h"
 
 namespace pyprune {
@@ -82,26 +83,6 @@ inline double capped(double mind, float dot) {
     const double dist = 1.0 - static_cast<double>(dot);
     const double pos = 0.0 < dist ? dist : 0.0;
     return pos < mind ? pos : mind;
-}
-
-/// sum_t a[t] b[t] in double. One out-of-line function for every caller, so the same
-/// pair of rows gives the same bits wherever it is computed.
-__attribute__((noinline)) double dot_double(const float* a, const float* b, int64_t d) {
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (int64_t t = 0; t < d; ++t) s += static_cast<double>(a[t]) * b[t];
-    return s;
-}
-
-/// |a - f b|^2 in double.
-__attribute__((noinline)) double residual_sq(const float* a, const float* b, double f, int64_t d) {
-    double res = 0.0;
-#pragma omp simd reduction(+ : res)
-    for (int64_t t = 0; t < d; ++t) {
-        const double e = static_cast<double>(a[t]) - f * b[t];
-        res += e * e;
-    }
-    return res;
 }
 
 constexpr int64_t kLanes = 8;
@@ -291,13 +272,10 @@ private:
     void set_init(const float* init) {
         for (int64_t j = 0; j < k_; ++j) {
             const float* src = init + j * d_;
-            double s = 0.0;
-#pragma omp simd reduction(+ : s)
-            for (int64_t t = 0; t < d_; ++t) s += static_cast<double>(src[t]) * src[t];
+            const double s = sum_sq(src, d_);
             PYPRUNE_CHECK(std::isfinite(s) && s > 0.0, "init: centroid ", j,
                           " must be finite and non-zero (squared norm ", s, ")");
-            const float inv = static_cast<float>(1.0 / std::sqrt(s));
-            for (int64_t t = 0; t < d_; ++t) centroid(j)[t] = src[t] * inv;
+            scale_row(src, static_cast<float>(1.0 / std::sqrt(s)), d_, centroid(j));
         }
     }
 
@@ -662,13 +640,7 @@ private:
                 const int64_t from = sum_label_[i], to = labels_[i];
                 if (from == to) continue;
                 const float* r = row(i);
-                double* a = sum_.data() + from * d_;
-                double* b = sum_.data() + to * d_;
-#pragma omp simd
-                for (int64_t t = 0; t < d_; ++t) {
-                    a[t] -= r[t];
-                    b[t] += r[t];
-                }
+                move_row(r, d_, sum_.data() + from * d_, sum_.data() + to * d_);
                 touched[from] = touched[to] = 1;
                 sum_label_[i] = to;
             }
@@ -702,14 +674,8 @@ private:
     const double* sum_members(int64_t j, double* a) const {
         const int64_t* members = member_order_.data() + member_start_[j];
         const int64_t count = member_start_[j + 1] - member_start_[j];
-        const float* r0 = row(members[0]);
-#pragma omp simd
-        for (int64_t t = 0; t < d_; ++t) a[t] = r0[t];
-        for (int64_t q = 1; q < count; ++q) {
-            const float* r = row(members[q]);
-#pragma omp simd
-            for (int64_t t = 0; t < d_; ++t) a[t] += r[t];
-        }
+        widen_row(row(members[0]), d_, a);
+        for (int64_t q = 1; q < count; ++q) add_row(row(members[q]), d_, a);
         return a;
     }
 
@@ -747,14 +713,7 @@ private:
         const double cnt = static_cast<double>(count_[j]);
         src_[j] = s >= 1e-4 * cnt * cnt ? kMean : kComputed;
         inv_norm_[j] = inv;
-        float* c = centroid(j);
-        bool differs = false;
-        for (int64_t t = 0; t < d_; ++t) {
-            const float v = static_cast<float>(a[t] * inv);
-            differs |= v != c[t];
-            c[t] = v;
-        }
-        if (differs) moved_[j] = 1;  // an unchanged centroid keeps its similarities
+        if (narrow_row(a, inv, d_, centroid(j))) moved_[j] = 1;  // an unchanged centroid keeps its similarities
     }
 
     /// Give every empty cluster the worst-served non-zero filter not used as a seed yet.
@@ -880,7 +839,7 @@ private:
     PackedRows xp_;
     std::vector<char> nonzero_;
     int64_t n_nonzero_ = 0;
-    std::vector<float> c_;
+    Buffer<float> c_;                   // K x d centroids (every row written by the seeding)
     Buffer<float> s_;
     std::vector<float> best_;
     std::vector<int64_t> labels_;

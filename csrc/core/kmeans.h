@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "buffer.h"
 #include "gemm.h"
 #include "matrix.h"
 
@@ -73,7 +74,7 @@ struct IterationStats {
 struct KMeansResult {
     int64_t n = 0, d = 0, k = 0;
     /// K x d unit-norm centroids, row-major
-    std::vector<float> centroids;
+    Buffer<float> centroids;
     /// cluster of each filter (n), from the last assignment step
     std::vector<int64_t> labels;
     /// K distinct filter indices: per cluster the member closest to its centroid

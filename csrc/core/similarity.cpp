@@ -9,22 +9,13 @@
 #include "blas.h"
 #include "check.h"
 #include "gemm.h"
+#include "reduce.h"
 
 namespace pyprune {
 
 namespace {
 
-double row_norm(const float* r, int64_t d, int p) {
-    double acc = 0.0;
-    if (p == 1) {
-#pragma omp simd reduction(+ : acc)
-        for (int64_t j = 0; j < d; ++j) acc += std::fabs(static_cast<double>(r[j]));
-        return acc;
-    }
-#pragma omp simd reduction(+ : acc)
-    for (int64_t j = 0; j < d; ++j) acc += static_cast<double>(r[j]) * r[j];
-    return std::sqrt(acc);
-}
+double row_norm(const float* r, int64_t d, int p) { return p == 1 ? sum_abs(r, d) : std::sqrt(sum_sq(r, d)); }
 
 }  // namespace
 
@@ -62,8 +53,7 @@ int64_t normalize_rows(const MatrixView& x, float* out, int threads, float* norm
         if (!std::isfinite(nrm)) bad = std::min(bad, i);
         if (norms != nullptr) norms[i] = static_cast<float>(nrm);
         const float inv = nrm > 0.0 ? static_cast<float>(1.0 / nrm) : 0.0f;
-#pragma omp simd
-        for (int64_t j = 0; j < d; ++j) o[j] = r[j] * inv;
+        scale_row(r, inv, d, o);
     }
     return bad < x.rows ? bad : -1;
 }

@@ -1,0 +1,124 @@
+#include "reduce.h"
+
+#include <cstddef>  // defines __GLIBC__ on glibc, whose loader resolves the clones (ifunc)
+
+namespace pyprune {
+
+// GCC builds each function for AVX-512, AVX2 and the baseline and resolves the call once,
+// when the library loads. Elsewhere (Clang, other libcs, other CPUs) one baseline build.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#define PYPRUNE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PYPRUNE_CLONES
+#endif
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+
+/// The lanes summed pairwise: ((0+8)+(4+12))+... , the same order on every build.
+inline double combine(double* acc) {
+    for (int64_t w = kLanes / 2; w >= 1; w /= 2)
+        for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+}  // namespace
+
+PYPRUNE_CLONES double dot_double(const float* a, const float* b, int64_t d) {
+    double acc[kLanes] = {};
+    int64_t t = 0;
+    for (; t + kLanes <= d; t += kLanes) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(a[t + l]) * static_cast<double>(b[t + l]);
+    }
+    for (int64_t l = 0; t + l < d; ++l) acc[l] += static_cast<double>(a[t + l]) * static_cast<double>(b[t + l]);
+    return combine(acc);
+}
+
+PYPRUNE_CLONES double sum_sq(const float* a, int64_t d) {
+    double acc[kLanes] = {};
+    int64_t t = 0;
+    for (; t + kLanes <= d; t += kLanes) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+            const double v = a[t + l];
+            acc[l] += v * v;
+        }
+    }
+    for (int64_t l = 0; t + l < d; ++l) {
+        const double v = a[t + l];
+        acc[l] += v * v;
+    }
+    return combine(acc);
+}
+
+PYPRUNE_CLONES double sum_abs(const float* a, int64_t d) {
+    double acc[kLanes] = {};
+    int64_t t = 0;
+    for (; t + kLanes <= d; t += kLanes) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+            const double v = a[t + l];
+            acc[l] += v < 0.0 ? -v : v;
+        }
+    }
+    for (int64_t l = 0; t + l < d; ++l) {
+        const double v = a[t + l];
+        acc[l] += v < 0.0 ? -v : v;
+    }
+    return combine(acc);
+}
+
+PYPRUNE_CLONES double residual_sq(const float* a, const float* b, double f, int64_t d) {
+    double acc[kLanes] = {};
+    int64_t t = 0;
+    for (; t + kLanes <= d; t += kLanes) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) {
+            const double e = static_cast<double>(a[t + l]) - f * static_cast<double>(b[t + l]);
+            acc[l] += e * e;
+        }
+    }
+    for (int64_t l = 0; t + l < d; ++l) {
+        const double e = static_cast<double>(a[t + l]) - f * static_cast<double>(b[t + l]);
+        acc[l] += e * e;
+    }
+    return combine(acc);
+}
+
+PYPRUNE_CLONES void scale_row(const float* a, float s, int64_t d, float* out) {
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) out[t] = a[t] * s;
+}
+
+PYPRUNE_CLONES void widen_row(const float* r, int64_t d, double* a) {
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) a[t] = r[t];
+}
+
+PYPRUNE_CLONES void add_row(const float* r, int64_t d, double* a) {
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) a[t] += r[t];
+}
+
+PYPRUNE_CLONES void move_row(const float* r, int64_t d, double* from, double* to) {
+#pragma omp simd
+    for (int64_t t = 0; t < d; ++t) {
+        from[t] -= r[t];
+        to[t] += r[t];
+    }
+}
+
+PYPRUNE_CLONES bool narrow_row(const double* a, double s, int64_t d, float* c) {
+    int differs = 0;
+#pragma omp simd reduction(| : differs)
+    for (int64_t t = 0; t < d; ++t) {
+        const float v = static_cast<float>(a[t] * s);
+        differs |= v != c[t];
+        c[t] = v;
+    }
+    return differs != 0;
+}
+
+}  // namespace pyprune
