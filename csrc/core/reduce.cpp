@@ -16,8 +16,18 @@ namespace {
 
 constexpr int64_t kLanes = 16;
 
-/// The lanes summed pairwise: ((0+8)+(4+12))+... , the same order on every build.
-inline double combine(double* acc) {
+/// sum_t term(t) for t < d: term(t) into lane t mod 16, the lanes then summed pairwise
+/// (((0+8)+(4+12))+((2+10)+(6+14)))+..., the same order on every build. Inlined into each
+/// build of its caller, so it is vectorised for that build's instruction set.
+template <class Term>
+inline __attribute__((always_inline)) double lane_sum(int64_t d, Term term) {
+    double acc[kLanes] = {};
+    int64_t t = 0;
+    for (; t + kLanes <= d; t += kLanes) {
+#pragma omp simd
+        for (int64_t l = 0; l < kLanes; ++l) acc[l] += term(t + l);
+    }
+    for (int64_t l = 0; t + l < d; ++l) acc[l] += term(t + l);
     for (int64_t w = kLanes / 2; w >= 1; w /= 2)
         for (int64_t l = 0; l < w; ++l) acc[l] += acc[l + w];
     return acc[0];
@@ -26,65 +36,28 @@ inline double combine(double* acc) {
 }  // namespace
 
 PYPRUNE_CLONES double dot_double(const float* a, const float* b, int64_t d) {
-    double acc[kLanes] = {};
-    int64_t t = 0;
-    for (; t + kLanes <= d; t += kLanes) {
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) acc[l] += static_cast<double>(a[t + l]) * static_cast<double>(b[t + l]);
-    }
-    for (int64_t l = 0; t + l < d; ++l) acc[l] += static_cast<double>(a[t + l]) * static_cast<double>(b[t + l]);
-    return combine(acc);
+    return lane_sum(d, [=](int64_t t) { return static_cast<double>(a[t]) * static_cast<double>(b[t]); });
 }
 
 PYPRUNE_CLONES double sum_sq(const float* a, int64_t d) {
-    double acc[kLanes] = {};
-    int64_t t = 0;
-    for (; t + kLanes <= d; t += kLanes) {
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) {
-            const double v = a[t + l];
-            acc[l] += v * v;
-        }
-    }
-    for (int64_t l = 0; t + l < d; ++l) {
-        const double v = a[t + l];
-        acc[l] += v * v;
-    }
-    return combine(acc);
+    return lane_sum(d, [=](int64_t t) {
+        const double v = a[t];
+        return v * v;
+    });
 }
 
 PYPRUNE_CLONES double sum_abs(const float* a, int64_t d) {
-    double acc[kLanes] = {};
-    int64_t t = 0;
-    for (; t + kLanes <= d; t += kLanes) {
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) {
-            const double v = a[t + l];
-            acc[l] += v < 0.0 ? -v : v;
-        }
-    }
-    for (int64_t l = 0; t + l < d; ++l) {
-        const double v = a[t + l];
-        acc[l] += v < 0.0 ? -v : v;
-    }
-    return combine(acc);
+    return lane_sum(d, [=](int64_t t) {
+        const double v = a[t];
+        return v < 0.0 ? -v : v;
+    });
 }
 
 PYPRUNE_CLONES double residual_sq(const float* a, const float* b, double f, int64_t d) {
-    double acc[kLanes] = {};
-    int64_t t = 0;
-    for (; t + kLanes <= d; t += kLanes) {
-#pragma omp simd
-        for (int64_t l = 0; l < kLanes; ++l) {
-            const double e = static_cast<double>(a[t + l]) - f * static_cast<double>(b[t + l]);
-            acc[l] += e * e;
-        }
-    }
-    for (int64_t l = 0; t + l < d; ++l) {
-        const double e = static_cast<double>(a[t + l]) - f * static_cast<double>(b[t + l]);
-        acc[l] += e * e;
-    }
-    return combine(acc);
+    return lane_sum(d, [=](int64_t t) {
+        const double e = static_cast<double>(a[t]) - f * static_cast<double>(b[t]);
+        return e * e;
+    });
 }
 
 PYPRUNE_CLONES void scale_row(const float* a, float s, int64_t d, float* out) {
