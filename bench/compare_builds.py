@@ -9,8 +9,9 @@ default). Printed: each build's time over the path's 2048^3 bound (best of three
 measurements, so absolute ratios read higher than the bench's best-of-run bound would
 give), and the median over rounds of the time ratio other / this, which is what to quote.
 
-"this" is the `pyprune._core` Python imports (the checkout's, from the repository root);
-"other" is the `_core*.so` in the folder given, e.g. a build of an older commit:
+"this" is the checkout's `pyprune/_core*.so` (this script puts the repository root first on
+the path; `make setup` or a copy of a build puts the extension there); "other" is the
+`_core*.so` in the folder given, e.g. a build of an older commit:
 
     git worktree add /tmp/old <commit>
     cmake -S /tmp/old -B /tmp/oldbuild -DCMAKE_BUILD_TYPE=Release \
@@ -31,7 +32,7 @@ import sys
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+sys.path[:0] = [str(HERE.parent), str(HERE), str(HERE.parent / "tests")]  # the checkout first
 
 from pyprune import _core, engine  # noqa: E402
 
@@ -71,15 +72,16 @@ def main(argv=None) -> None:
                 for _ in range(3))
     builds = {"this": _core, "other": other}
     times: dict[str, list[float]] = {"this": [], "other": []}
-    for r in range(args.rounds):
+    for r in range(-1, args.rounds):  # round -1 warms both up and is not counted
         order = ("this", "other") if r % 2 == 0 else ("other", "this")
         for name in order:
             t = time.perf_counter()
             builds[name].spherical_kmeans(arrays, ks, args.iters, False, 0, args.threads, ins, args.reuse,
                                           args.path, True)
-            times[name].append(time.perf_counter() - t)
+            if r >= 0:
+                times[name].append(time.perf_counter() - t)
     print(f"{args.model}, path {args.path}, {args.threads} threads, {args.iters} iterations, "
-          f"reuse={args.reuse}, {args.rounds} rounds; other = {other_path}")
+          f"reuse={args.reuse}, {args.rounds} rounds\n  this  = {_core.__file__}\n  other = {other_path}")
     for name in ("this", "other"):
         x = [t * bound / flops for t in times[name]]
         print(f"  {name:5s} x bound: min {min(x):.3f}  median {statistics.median(x):.3f}")

@@ -99,10 +99,7 @@ constexpr int64_t kBlasGramPanel = 128;
 /// fixed order, so every CPU and every vector width gives the same bits. Compiled for
 /// AVX-512 and AVX2 beside the baseline, chosen at load time (no multiply: no FMA can
 /// change a rounding).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-void seed_potentials(int64_t n, const double* mind, const float* const* dptr, int64_t m, double* acc, double* pot) {
+PYPRUNE_CLONES void seed_potentials(int64_t n, const double* mind, const float* const* dptr, int64_t m, double* acc, double* pot) {
     constexpr int64_t L = kLanes;
     const int64_t full = n / L * L;
     for (int64_t i0 = 0; i0 < full; i0 += L) {

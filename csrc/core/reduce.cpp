@@ -1,16 +1,10 @@
 #include "reduce.h"
 
-#include <cstddef>  // defines __GLIBC__ on glibc, whose loader resolves the clones (ifunc)
+#ifdef __FAST_MATH__
+#error "reduce.cpp promises the same bits on every CPU: build it without -ffast-math/-Ofast"
+#endif
 
 namespace pyprune {
-
-// GCC builds each function for AVX-512, AVX2 and the baseline and resolves the call once,
-// when the library loads. Elsewhere (Clang, other libcs, other CPUs) one baseline build.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
-#define PYPRUNE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PYPRUNE_CLONES
-#endif
 
 namespace {
 

@@ -11,7 +11,17 @@
 // memory speed either way).
 #pragma once
 
+#include <cstddef>  // on glibc, defines __GLIBC__ (its loader resolves the clones: ifunc)
 #include <cstdint>
+
+// Build a function for AVX-512, AVX2 and the x86-64 baseline, resolved once when the library
+// loads: GCC on x86-64 glibc. Elsewhere (Clang, other C libraries, other CPUs) one build.
+// Only for functions whose results do not depend on the vector width (see above).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#define PYPRUNE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PYPRUNE_CLONES
+#endif
 
 namespace pyprune {
 
