@@ -147,3 +147,23 @@ class GatedConvNet(nn.Module):
         c = self.conv(c.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         x = x + self.fc2(nn.functional.gelu(g) * torch.cat((i, c), dim=-1))
         return self.head(x.mean(dim=(1, 2)))
+
+
+class SubPixelNet(nn.Module):
+    """Sub-pixel convolution (ESPCN, super-resolution heads): a conv writes 4 channels per
+    output channel, pixel_shuffle(2) folds each run of 4 into one channel at twice the
+    resolution; pixel_unshuffle(2) on the way in spreads each input channel over 4."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(12, 16, 3, padding=1)  # reads pixel_unshuffle(x, 2): 3 x 4 channels
+        self.expand = nn.Conv2d(16, 8 * 4, 3, padding=1)
+        self.refine = nn.Conv2d(8, 16, 3, padding=1)
+        self.squeeze = nn.Conv2d(16 * 4, 8, 1)  # reads pixel_unshuffle(refine, 2)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(nn.functional.pixel_unshuffle(x, 2)))
+        h = torch.relu(self.refine(nn.functional.pixel_shuffle(self.expand(h), 2)))
+        h = torch.relu(self.squeeze(nn.functional.pixel_unshuffle(h, 2)))
+        return self.head(h.mean(dim=(2, 3)))

@@ -81,6 +81,7 @@ USER = {
     "spatial_gate": (user_models.SpatialGate, lambda: (torch.randn(2, 3, 8, 8),)),
     "unet": (user_models.TinyUNet, lambda: (torch.randn(2, 3, 16, 16),)),
     "gated_conv": (user_models.GatedConvNet, lambda: (torch.randn(2, 3, 8, 8),)),
+    "sub_pixel": (user_models.SubPixelNet, lambda: (torch.randn(2, 3, 8, 8),)),
 }
 
 
@@ -95,6 +96,39 @@ def test_user_models(name):
     x = inputs()
     assert res.model(*x).shape == model(*x).shape
     assert res.summary.params_after < 0.6 * res.summary.params_before
+
+
+class _SubPixelModules(nn.Module):
+    """nn.PixelUnshuffle / nn.PixelShuffle modules, and the functions with keyword factors."""
+
+    def __init__(self):
+        super().__init__()
+        self.down, self.up = nn.PixelUnshuffle(2), nn.PixelShuffle(3)
+        self.a = nn.Conv2d(3 * 4, 8, 1)
+        self.b = nn.Conv2d(8, 6 * 9, 3, padding=1)
+        self.c = nn.Conv2d(6 * 4, 8 * 4, 1)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        h = self.up(self.b(torch.relu(self.a(self.down(x)))))  # 6 channels, 3x the resolution
+        h = nn.functional.pixel_unshuffle(torch.relu(h), downscale_factor=2)  # 24 channels
+        h = nn.functional.pixel_shuffle(torch.relu(self.c(h)), upscale_factor=2)  # 8 channels
+        return self.head(h.mean(dim=(2, 3)))
+
+
+def test_sub_pixel_shuffles_cut_whole_runs_of_channels():
+    """pixel_shuffle(r) makes each run of r*r channels one unit: the conv before it keeps
+    whole runs (b: 3 runs of 9), the layer after it one channel per run; pixel_unshuffle
+    repeats a channel's unit r*r times (c reads 4 columns per channel kept)."""
+    torch.manual_seed(0)
+    model = _SubPixelModules().eval()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    m = res.model
+    assert (m.a.out_channels, m.b.out_channels, m.c.in_channels, m.c.out_channels, m.head.in_features) == \
+        (4, 3 * 9, 3 * 4, 4 * 4, 4)
+    assert m(x).shape == model(x).shape
 
 
 def test_one_channel_maps_broadcast_over_the_channels_are_followed_at_batch_one():

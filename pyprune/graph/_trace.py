@@ -597,6 +597,29 @@ def _view(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, new)
 
 
+@register_op("pixel_shuffle", "pixel_unshuffle")
+def _pixel_shuffle(rec: Recorder, name, args, kwargs, out):
+    """pixel_shuffle(x, r): each run of r*r channels of x becomes one channel at r times the
+    resolution, so the run is one unit (cut whole); pixel_unshuffle(x, r): each channel
+    becomes r*r channels, its unit repeated. The channels are dim -3 of both."""
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    r = args[1] if len(args) > 1 else kwargs.get("upscale_factor", kwargs.get("downscale_factor"))
+    if (not isinstance(out, torch.Tensor) or not isinstance(r, int) or isinstance(r, bool) or r < 1
+            or lay.dim != src.dim() - 3):
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    if name == "pixel_unshuffle":
+        rec.set_layout(out, Layout(lay.dim, np.repeat(lay.ids, r * r)))
+        return
+    runs = lay.ids.reshape(-1, r * r)
+    for j in range(1, r * r):
+        rec.unite(runs[:, 0], runs[:, j])
+    rec.set_layout(out, Layout(lay.dim, runs[:, 0]))
+
+
 @register_op("expand", "expand_as", "broadcast_to")
 def _expand(rec: Recorder, name, args, kwargs, out):
     src = args[0]
