@@ -43,9 +43,9 @@ import torch
 from torch import nn
 
 from .graph._layout import Layout
-from .graph._trace import register_op
+from .graph._trace import Rewrite, register_op
 
-__all__ = ["LayerHandler", "Conv", "ConvTranspose", "Linear", "BatchNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention",
+__all__ = ["LayerHandler", "Conv", "ConvTranspose", "Linear", "BatchNorm", "InstanceNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention",
            "register_layer",
            "handler_for", "register_op", "resize", "layer_macs", "Layout", "LAYERS"]
 
@@ -378,6 +378,29 @@ class BatchNorm(LayerHandler):
         m.num_features = t.shape[0]
 
 
+class InstanceNorm(LayerHandler):
+    """InstanceNorm: each channel normalised over its own positions (nothing across
+    channels, so a cut is exact); affine parameters and running statistics, where the
+    module has them, per channel of dim 1, and ``num_features`` rewritten to the kept count
+    (the module checks it against its input even without parameters)."""
+
+    kind = "norm"
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        if lay is None:
+            return
+        if lay.dim != 1 or len(lay.ids) != m.num_features:
+            rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
+            return
+        for p in ("weight", "bias", "running_mean", "running_var"):
+            if isinstance(getattr(m, p, None), torch.Tensor):
+                rec.add_member(name, p, 0, lay.ids, "bn")  # a per-channel affine, as BatchNorm's
+        rec.rewrites.append(Rewrite(name, "num_features", "count", [np.asarray(lay.ids, np.int64)]))
+        rec.add_scale_free(lay.ids, f"{type(m).__name__} {name}")
+        rec.set_layout(out, lay)
+
+
 def _norm_members(rec, name, m, ids) -> None:
     for p in ("weight", "bias"):
         if getattr(m, p, None) is not None:
@@ -533,6 +556,7 @@ register_layer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)(ConvT
 register_layer(nn.MultiheadAttention)(MultiheadAttention)
 register_layer(nn.Linear)(Linear)
 register_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNorm)
+register_layer(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(InstanceNorm)
 register_layer(nn.LayerNorm)(LayerNorm)
 register_layer(nn.GroupNorm)(GroupNorm)
 register_layer(nn.PReLU)(PReLU)

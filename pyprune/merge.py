@@ -9,7 +9,8 @@ least-squares one, a = <w_j, w_r> / |w_r|^2, taken on the BN-folded filters when
 BatchNorm follows (gamma / sqrt(var + eps) per channel); the relative residual
 |w_j - a w_r| / |w_j| is reported as the approximation. Filters with a <= 0 are not merged
 (ReLU is not odd). The path itself is not inspected: through a BN shift or another
-activation the fold is an approximation too, which fine-tuning then refines.
+activation the fold is an approximation too, which fine-tuning then refines. Groups an
+InstanceNorm normalises are not merged (it divides out each channel's scale per sample).
 
 Merging never copies a whole consumer tensor: surgery gathers the kept slices as for any
 method, then adds the dropped slices, scaled, onto their representatives' (one
@@ -130,7 +131,7 @@ def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dic
             scale[g.units[j[ok]]] = 1.0
             residuals.extend([0.0] * int(ok.sum()))
             continue
-        if len(g.producers()) != 1:
+        if len(g.producers()) != 1 or g.scale_free:  # (InstanceNorm: see Group.scale_free)
             skipped += int((~kept_local).sum())
             continue
         labels, reps = np.asarray(labels), np.asarray(reps)

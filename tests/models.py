@@ -54,7 +54,8 @@ class TwoInputs(nn.Module):
 
 
 class ChannelRoll(nn.Module):
-    """Uses an op pyprune cannot follow: rolling the channel dim."""
+    """Uses an op pyprune cannot follow: rolling the flattened tensor (its channels shift
+    into each other's positions)."""
 
     def __init__(self):
         super().__init__()
@@ -62,7 +63,7 @@ class ChannelRoll(nn.Module):
         self.c2 = nn.Conv2d(16, 8, 3, padding=1)
 
     def forward(self, x):
-        return self.c2(torch.roll(self.c1(x), shifts=1, dims=1))
+        return self.c2(torch.roll(self.c1(x), shifts=1))
 
 
 class SplitStem(nn.Module):

@@ -98,6 +98,108 @@ def test_user_models(name):
     assert res.summary.params_after < 0.6 * res.summary.params_before
 
 
+class _OpNet(nn.Module):
+    """conv a -> op -> conv b -> mean -> Linear: one op between two prunable convs."""
+
+    def __init__(self, op, norm=None):
+        super().__init__()
+        self.a, self.b, self.head = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1), nn.Linear(8, 4)
+        self.norm = norm if norm is not None else nn.Identity()
+        self.op = op
+
+    def forward(self, x):
+        h = self.op(self, self.norm(self.a(x)))
+        return self.head(torch.relu(self.b(torch.relu(h))).mean(dim=(2, 3)))
+
+
+F = nn.functional
+OPS = {
+    "flip_hw": lambda s, h: torch.flip(h, dims=[3]),
+    "flip_channels": lambda s, h: torch.flip(h, dims=(1, 2)),
+    "fliplr_channels": lambda s, h: torch.fliplr(h),
+    "roll_hw": lambda s, h: torch.roll(h, 2, 3),
+    "roll_channels": lambda s, h: torch.roll(h, shifts=(3, 1), dims=(1, 2)),
+    "rot90": lambda s, h: torch.rot90(h, 1, (2, 3)),
+    "narrow_hw": lambda s, h: h.narrow(3, 1, 5),
+    "index_select_hw": lambda s, h: h.index_select(2, torch.tensor([0, 2, 5])),
+    "repeat_hw": lambda s, h: h.repeat(1, 1, 2, 1),
+    "tile_hw": lambda s, h: h.tile((2, 2)),
+    "channel_shuffle": lambda s, h: F.channel_shuffle(h, 4),
+    "channel_shuffle_module": lambda s, h: nn.ChannelShuffle(2)(h),
+    "where_gt": lambda s, h: torch.where(h > 0, h, 0.1 * h),
+    "masked_fill_lt": lambda s, h: h.masked_fill(h.lt(-1.0), 0.0),
+    "clamp_min": lambda s, h: h.clamp_min(-0.5),
+    "instance_norm": lambda s, h: F.instance_norm(h),
+}
+
+
+@pytest.mark.parametrize("name", list(OPS))
+def test_ops_along_other_dims_and_channel_reorders_are_exact(name):
+    """Ops users write between convs: along the spatial dims the channels pass through; a
+    flip or roll of the channels reorders them and their units with them; a channel
+    shuffle makes channel j of every slice one unit; comparisons, masks and clamps are
+    element-wise. Planted zeros cut exactly, and half the channels go."""
+    torch.manual_seed(0)
+    model = _OpNet(OPS[name]).eval()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model.a.out_channels == 8 and res.model(x).shape == (2, 4)
+
+
+@pytest.mark.parametrize("name", ["rot90_channels", "narrow_channels", "roll_flat"])
+def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
+    op = {"rot90_channels": lambda s, h: torch.rot90(h, 1, (1, 2))[:, :, :16],
+          "narrow_channels": lambda s, h: torch.cat([h.narrow(1, 0, 8), h.narrow(1, 8, 8)], 1),
+          "roll_flat": lambda s, h: torch.roll(h, 5)}[name]
+    model = _OpNet(op).eval()
+    with pytest.raises(pyprune.GraphError, match="cannot follow channels"):
+        pyprune.prune(model, torch.randn(1, 3, 16, 16), method="l2", ratio=0.5)
+
+
+def test_repeat_of_the_channels_carries_each_unit_to_its_copies():
+    """h.repeat(1, 2, 1, 1): conv b reads 32 channels, each of a's twice; a cut of a's channel
+    removes both of b's columns."""
+    torch.manual_seed(0)
+    model = _OpNet(lambda s, h: h.repeat(1, 2, 1, 1)).eval()
+    model.b = nn.Conv2d(32, 8, 3, padding=1)
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert (res.model.a.out_channels, res.model.b.in_channels) == (8, 16)
+
+
+@pytest.mark.parametrize("affine,stats", [(False, False), (True, False), (True, True)])
+def test_instance_norm_modules_are_cut_with_their_channels(affine, stats):
+    """nn.InstanceNorm2d normalises each channel on its own: cut exactly, its parameters and
+    statistics sliced and num_features rewritten (the module checks it, affine or not: no
+    warning from the pruned model). k-means merging leaves such groups alone."""
+    torch.manual_seed(0)
+    norm = nn.InstanceNorm2d(16, affine=affine, track_running_stats=stats)
+    if affine:
+        with torch.no_grad():
+            norm.weight.uniform_(0.5, 1.5)
+            norm.bias.normal_(0, 0.1)
+    model = _OpNet(lambda s, h: h, norm).eval()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    n = res.model.norm
+    assert n.num_features == 8 and res.model.a.out_channels == 8
+    if affine:
+        assert n.weight.shape == n.bias.shape == (8,)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert res.model(x).shape == (2, 4)
+    km = pyprune.prune(model, x[:1], method="kmeans", ratio=0.5, merge=True)
+    g = next(g for g in km.plan.graph.groups if g.name == "a")
+    kept = torch.as_tensor(np.asarray(km.plan.keep[g.id]))
+    assert km.model.norm.num_features == len(kept) == 8
+    assert g.scale_free
+    kept_b = torch.as_tensor(np.asarray(km.plan.keep[next(h for h in km.plan.graph.groups if h.name == "b").id]))
+    assert torch.equal(km.model.b.weight, model.b.weight[kept_b][:, kept])  # nothing folded into b
+
+
 class _SubPixelModules(nn.Module):
     """nn.PixelUnshuffle / nn.PixelShuffle modules, and the functions with keyword factors."""
 

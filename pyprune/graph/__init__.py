@@ -66,6 +66,7 @@ class Group:
     equal_blocks: bool = True  # every block keeps the same count (else: in proportion, >= 1)
     min_keep: int = 1  # units a layer needs to run (a weight-standardised 1x1 conv's inputs: 2)
     inexact: list = field(default_factory=list)  # why cutting these units changes the function
+    scale_free: list = field(default_factory=list)  # norms dividing out each unit's scale (InstanceNorm)
     _pieces: list | None = field(default=None, repr=False)  # see pieces(); set when the graph is built
 
     @property
@@ -332,6 +333,10 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
         for gid in np.unique(group_of_unit[unit_of[ids]]):
             if why not in groups[int(gid)].inexact:
                 groups[int(gid)].inexact.append(why)
+    for ids, why in rec.scale_free:
+        for gid in np.unique(group_of_unit[unit_of[ids]]):
+            if why not in groups[int(gid)].scale_free:
+                groups[int(gid)].scale_free.append(why)
     for ids, n in rec.min_keep:
         gids = np.unique(group_of_unit[unit_of[ids]])
         if len(gids) == 1:

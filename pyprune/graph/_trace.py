@@ -80,6 +80,7 @@ class Recorder:
     blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason)
     rewrites: list = field(default_factory=list)  # Rewrite
     inexact: list = field(default_factory=list)  # (ids, reason): cutting them changes the function
+    scale_free: list = field(default_factory=list)  # (ids, reason): a norm divides out each one's scale
     min_keep: list = field(default_factory=list)  # (ids, n): a layer needs n of these channels to run
     param_views: dict = field(default_factory=dict)  # id(tensor) -> (module, param, {tensor dim: param dim})
     transformed: set = field(default_factory=set)  # leaf layers whose weight passes through other ops
@@ -136,6 +137,12 @@ class Recorder:
         """Cutting these channels is allowed but changes what the model computes even where
         they are zero (statistics over channels, a conv along the channel axis)."""
         self.inexact.append((np.asarray(ids, np.int64), reason))
+
+    def add_scale_free(self, ids: np.ndarray, reason: str) -> None:
+        """A norm divides out each of these channels' scale per sample (InstanceNorm): the
+        cut is exact, but a dropped channel is no multiple of a kept one after it, so
+        k-means merging leaves their group alone."""
+        self.scale_free.append((np.asarray(ids, np.int64), reason))
 
     def module(self, name: str) -> nn.Module:
         return self.modules.get(name, self.model)
@@ -238,7 +245,10 @@ _UNARY = (
     "double bfloat16 to type neg __neg__ abs __abs__ exp log sqrt rsqrt square clamp clamp_ clip clip_ "
     "sign round floor ceil nan_to_num requires_grad_ cpu cuda __pos__ erf logsigmoid tanhshrink "
     "softsign hardshrink softshrink threshold threshold_ rrelu glu_ zero_ fill_ exp_ mul_scalar "
-    "__rpow__ reciprocal relu6_ celu_ selu_ silu_ mish_ gelu_"
+    "__rpow__ reciprocal relu6_ celu_ selu_ silu_ mish_ gelu_ clamp_min clamp_min_ clamp_max clamp_max_ "
+    "log1p expm1 log2 log10 exp2 sin cos tan sinh cosh atan asin acos trunc frac erfc logit logical_not "
+    "bitwise_not __invert__ isnan isinf isfinite sqrt_ abs_ neg_ sign_ sigmoid_ log_ log1p_ sin_ cos_ "
+    "trunc_ frac_ reciprocal_ square_ rsqrt_ floor_ ceil_ round_"
 ).split()
 
 
@@ -302,7 +312,10 @@ def _pad(rec: Recorder, name, args, kwargs, out):
 _BINARY = (
     "add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub mul mul_ __mul__ __imul__ "
     "__rmul__ div div_ __truediv__ __itruediv__ __rtruediv__ true_divide maximum minimum where addcmul "
-    "addcdiv lerp hardtanh_backward fmax fmin"
+    "addcdiv lerp hardtanh_backward fmax fmin gt ge lt le eq ne __gt__ __ge__ __lt__ __le__ __eq__ __ne__ "
+    "greater greater_equal less less_equal not_equal logical_and logical_or logical_xor remainder fmod "
+    "__mod__ __rmod__ floor_divide __floordiv__ __rfloordiv__ atan2 copysign hypot xlogy bitwise_and "
+    "bitwise_or bitwise_xor __and__ __or__ __xor__ masked_fill masked_fill_"
 ).split()
 
 
@@ -595,6 +608,137 @@ def _view(rec: Recorder, name, args, kwargs, out):
             if attr is not None:
                 rec.add_rewrite(attr, "count", [new.ids])
     rec.set_layout(out, new)
+
+
+def _dims_arg(v, nd: int) -> list[int] | None:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return [_norm_dim(v, nd)]
+    if isinstance(v, (list, tuple, torch.Size)) and all(isinstance(d, int) for d in v):
+        return [_norm_dim(d, nd) for d in v]
+    return None
+
+
+@register_op("flip", "fliplr", "flipud", "rot90", "roll", "narrow", "index_select")
+def _along_dims(rec: Recorder, name, args, kwargs, out):
+    """Ops that reorder or select positions along some dims and leave the others as they
+    are: the channels pass through when their dim is not one of them; flip and roll along the
+    channels reorder them (their units with them)."""
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    nd = src.dim()
+    dims, shifts = None, None
+    if name == "flip":
+        dims = _dims_arg(args[1] if len(args) > 1 else kwargs.get("dims"), nd)
+    elif name in ("fliplr", "flipud"):
+        dims = [1 if name == "fliplr" else 0]
+    elif name == "rot90":
+        dims = _dims_arg(args[2] if len(args) > 2 else kwargs.get("dims", (0, 1)), nd)
+    elif name == "roll":
+        dims = _dims_arg(args[2] if len(args) > 2 else kwargs.get("dims"), nd)  # None: rolls the flat tensor
+        shifts = args[1] if len(args) > 1 else kwargs.get("shifts")
+        shifts = [shifts] if isinstance(shifts, int) else list(shifts) if isinstance(shifts, (list, tuple)) else None
+    else:  # narrow, index_select
+        dims = _dims_arg(args[1] if len(args) > 1 else kwargs.get("dim"), nd)
+    if dims is None or not isinstance(out, torch.Tensor) or out.dim() != nd:
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    if lay.dim not in dims:
+        if out.shape[lay.dim] != src.shape[lay.dim]:
+            rec.report_unknown(name, [lay], [out])
+            return
+        rec.set_layout(out, lay)
+        return
+    if name in ("flip", "fliplr", "flipud"):
+        rec.set_layout(out, Layout(lay.dim, lay.ids[::-1].copy()))
+    elif name == "roll" and shifts is not None and len(shifts) == len(dims):
+        rec.set_layout(out, Layout(lay.dim, np.roll(lay.ids, shifts[dims.index(lay.dim)])))
+    else:  # rot90 mixes the channels with another dim; narrow/index_select pick channels by constants
+        rec.report_unknown(name, [lay], [out])
+
+
+@register_op("repeat", "tile")
+def _repeat(rec: Recorder, name, args, kwargs, out):
+    """repeat/tile: the channels pass through where their dim is repeated once; repeated f
+    times, each channel's unit comes f times, in the order the copies are laid out."""
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    sizes = args[1:] if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else (
+        args[1] if len(args) > 1 else kwargs.get("repeats", kwargs.get("dims")))
+    nd = src.dim()
+    if not isinstance(sizes, (list, tuple, torch.Size)) or not all(isinstance(v, int) for v in sizes) \
+            or not isinstance(out, torch.Tensor):
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    sizes = list(sizes)
+    if name == "tile" and len(sizes) < nd:
+        sizes = [1] * (nd - len(sizes)) + sizes
+    if len(sizes) < nd:
+        rec.report_unknown(name, [lay], [out])
+        return
+    od = lay.dim + len(sizes) - nd
+    rec.set_layout(out, Layout(od, np.tile(lay.ids, sizes[od])))
+
+
+@register_op("channel_shuffle", "native_channel_shuffle")
+def _channel_shuffle(rec: Recorder, name, args, kwargs, out):
+    """channel_shuffle(x, g): x's channels as g slices, interleaved. Channel j of every slice
+    is one unit (the slices keep equal widths) and the output reads the units interleaved."""
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    g = args[1] if len(args) > 1 else kwargs.get("groups")
+    if (not isinstance(g, int) or g < 1 or lay.dim != 1 or len(lay.ids) % g
+            or not isinstance(out, torch.Tensor)):
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    grid = lay.ids.reshape(g, -1)
+    for row in grid[1:]:
+        rec.unite(grid[0], row)
+    rec.set_layout(out, Layout(1, grid.T.reshape(-1).copy()))
+
+
+@register_op("instance_norm")
+def _instance_norm(rec: Recorder, name, args, kwargs, out):
+    """F.instance_norm: each channel normalised over its own positions (nothing across
+    channels); its per-channel tensors (statistics, weight, bias) are sliced with them."""
+    src = args[0]
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    if lay.dim != 1 or not isinstance(out, torch.Tensor) or out.shape != src.shape:
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    names = ("running_mean", "running_var", "weight", "bias")
+    for i, key in enumerate(names, start=1):
+        t = args[i] if len(args) > i else kwargs.get(key)
+        if not isinstance(t, torch.Tensor):
+            continue
+        owner = rec.param_dim(t, 0)
+        if owner is None or t.dim() != 1 or t.shape[0] != len(lay.ids):
+            rec.freeze(lay.ids, f"instance_norm's {key} is not a parameter of {len(lay.ids)} channels ({rec.where()})")
+            continue
+        rec.add_member(owner[0], owner[1], owner[2], lay.ids, "param")
+    rec.add_scale_free(lay.ids, f"{name} in {rec.where()}")
+    rec.set_layout(out, lay)
+
+
+@register_op("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
+def _new_tensor(rec: Recorder, name, args, kwargs, out):
+    """x.new_zeros(shape) and the like: a fresh tensor of the shape given, with x's dtype and
+    device and nothing of its channels (used with them later, it is a constant like any)."""
+
+
+@register_op("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like")
+def _like(rec: Recorder, name, args, kwargs, out):
+    """zeros_like(x) and the like: constants in x's shape, its channels where x has them."""
+    lay = rec.layout(args[0]) if args else None
+    if lay is not None and isinstance(out, torch.Tensor) and out.shape == args[0].shape:
+        rec.set_layout(out, lay)
 
 
 @register_op("pixel_shuffle", "pixel_unshuffle")
