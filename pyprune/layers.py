@@ -390,7 +390,8 @@ class InstanceNorm(LayerHandler):
         lay = rec.layout(x)
         if lay is None:
             return
-        if lay.dim != 1 or len(lay.ids) != m.num_features:
+        batched = x.dim() == m._get_no_batch_dim() + 1  # unbatched, dim 1 is not the channels
+        if lay.dim != 1 or len(lay.ids) != m.num_features or not batched:
             rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
             return
         for p in ("weight", "bias", "running_mean", "running_var"):

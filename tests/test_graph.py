@@ -118,7 +118,8 @@ OPS = {
     "flip_channels": lambda s, h: torch.flip(h, dims=(1, 2)),
     "fliplr_channels": lambda s, h: torch.fliplr(h),
     "roll_hw": lambda s, h: torch.roll(h, 2, 3),
-    "roll_channels": lambda s, h: torch.roll(h, shifts=(3, 1), dims=(1, 2)),
+    "roll_hw_method": lambda s, h: h.roll((1, 2), (2, 3)),
+    "flip_method_dims": lambda s, h: h.flip(3, 1),
     "rot90": lambda s, h: torch.rot90(h, 1, (2, 3)),
     "narrow_hw": lambda s, h: h.narrow(3, 1, 5),
     "index_select_hw": lambda s, h: h.index_select(2, torch.tensor([0, 2, 5])),
@@ -129,6 +130,8 @@ OPS = {
     "where_gt": lambda s, h: torch.where(h > 0, h, 0.1 * h),
     "masked_fill_lt": lambda s, h: h.masked_fill(h.lt(-1.0), 0.0),
     "clamp_min": lambda s, h: h.clamp_min(-0.5),
+    "clamp_max_param": lambda s, h: torch.clamp_max(h, s.ceiling),
+    "new_zeros_other_shape": lambda s, h: h + h.new_zeros(h.shape[-1]),
     "instance_norm": lambda s, h: F.instance_norm(h),
 }
 
@@ -141,20 +144,50 @@ def test_ops_along_other_dims_and_channel_reorders_are_exact(name):
     element-wise. Planted zeros cut exactly, and half the channels go."""
     torch.manual_seed(0)
     model = _OpNet(OPS[name]).eval()
+    model.ceiling = nn.Parameter(torch.rand(1, 16, 1, 1) + 0.5)  # a per-channel bound (clamp_max_param)
     x = torch.randn(2, 3, 8, 8)
     check_exact(model, x)
     res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
     assert res.model.a.out_channels == 8 and res.model(x).shape == (2, 4)
+    if name == "clamp_max_param":
+        assert res.model.ceiling.shape == (1, 8, 1, 1)
 
 
-@pytest.mark.parametrize("name", ["rot90_channels", "narrow_channels", "roll_flat"])
+@pytest.mark.parametrize("name", ["rot90_channels", "narrow_channels", "roll_flat", "roll_flat_empty_dims",
+                                  "roll_channels", "where_indices", "where_indices_1d"])
 def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
+    """A roll of the channels is refused too: the pruned model would roll its kept channels
+    by the same shift, which is the cut only when the channels rolled around are kept."""
     op = {"rot90_channels": lambda s, h: torch.rot90(h, 1, (1, 2))[:, :, :16],
           "narrow_channels": lambda s, h: torch.cat([h.narrow(1, 0, 8), h.narrow(1, 8, 8)], 1),
-          "roll_flat": lambda s, h: torch.roll(h, 5)}[name]
+          "roll_flat": lambda s, h: torch.roll(h, 5),
+          "roll_flat_empty_dims": lambda s, h: torch.roll(h, 5, ()),
+          "roll_channels": lambda s, h: torch.roll(h, shifts=(3, 1), dims=(1, 2)),
+          "where_indices": lambda s, h: h * torch.where(h > 0)[1].float().mean(),
+          "where_indices_1d": lambda s, h: h * torch.where(h.mean((0, 2, 3)) > -9.0)[0].float().mean()}[name]
     model = _OpNet(op).eval()
     with pytest.raises(pyprune.GraphError, match="cannot follow channels"):
         pyprune.prune(model, torch.randn(1, 3, 16, 16), method="l2", ratio=0.5)
+
+
+def test_a_new_tensor_sized_by_the_channel_count_keeps_those_channels():
+    """cat([h, h.new_zeros(h.shape)]): the zeros' channel count is h's, which the pruned
+    model would see shrink: h's channels are kept (b still reads 32), not refused."""
+    torch.manual_seed(0)
+    model = _OpNet(lambda s, h: torch.cat([h, h.new_zeros(h.shape)], 1)).eval()
+    model.b = nn.Conv2d(32, 8, 3, padding=1)
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="new_zeros"):
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert (res.model.a.out_channels, res.model.b.in_channels) == (16, 32) and res.model(x).shape == (2, 4)
+
+
+def test_unbatched_instance_norm_is_not_taken_for_channels():
+    """InstanceNorm1d on a 2-D input normalises over its dim 1: not channels to cut."""
+    lin, norm, head = nn.Linear(3, 6), nn.InstanceNorm1d(6), nn.Linear(6, 2)
+    model = nn.Sequential(lin, norm, head).eval()
+    with pytest.raises(pyprune.GraphError, match="InstanceNorm1d on an unexpected dim"):
+        pyprune.prune(model, torch.randn(6, 3), method="l2", ratio=0.5)
 
 
 def test_repeat_of_the_channels_carries_each_unit_to_its_copies():

@@ -242,10 +242,10 @@ _UNARY = (
     "relu relu_ relu6 hardtanh hardtanh_ elu elu_ selu celu leaky_relu leaky_relu_ gelu silu mish "
     "sigmoid sigmoid_ tanh tanh_ hardswish hardswish_ hardsigmoid softplus dropout dropout_ dropout1d "
     "dropout2d dropout3d alpha_dropout feature_alpha_dropout clone contiguous detach detach_ float half "
-    "double bfloat16 to type neg __neg__ abs __abs__ exp log sqrt rsqrt square clamp clamp_ clip clip_ "
+    "double bfloat16 to type neg __neg__ abs __abs__ exp log sqrt rsqrt square "
     "sign round floor ceil nan_to_num requires_grad_ cpu cuda __pos__ erf logsigmoid tanhshrink "
     "softsign hardshrink softshrink threshold threshold_ rrelu glu_ zero_ fill_ exp_ mul_scalar "
-    "__rpow__ reciprocal relu6_ celu_ selu_ silu_ mish_ gelu_ clamp_min clamp_min_ clamp_max clamp_max_ "
+    "__rpow__ reciprocal relu6_ celu_ selu_ silu_ mish_ gelu_ "
     "log1p expm1 log2 log10 exp2 sin cos tan sinh cosh atan asin acos trunc frac erfc logit logical_not "
     "bitwise_not __invert__ isnan isinf isfinite sqrt_ abs_ neg_ sign_ sigmoid_ log_ log1p_ sin_ cos_ "
     "trunc_ frac_ reciprocal_ square_ rsqrt_ floor_ ceil_ round_"
@@ -264,9 +264,12 @@ def _unary(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(outs[0], lay)
 
 
-@register_op("pow", "__pow__", "pow_")
+@register_op("pow", "__pow__", "pow_", "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_",
+             "clamp_max", "clamp_max_")
 def _pow(rec: Recorder, name, args, kwargs, out):
-    if len(args) > 1 and isinstance(args[1], torch.Tensor) and args[1].numel() > 1:
+    """An exponent or bound that is a tensor of several values is an operand like any
+    (sliced with the channels, or refused); a number or one value: element-wise."""
+    if any(isinstance(a, torch.Tensor) and a.numel() > 1 for a in list(args[1:]) + list(kwargs.values())):
         return _broadcast(rec, name, args, kwargs, out)
     return _unary(rec, name, args, kwargs, out)
 
@@ -323,7 +326,10 @@ _BINARY = (
 def _broadcast(rec: Recorder, name, args, kwargs, out):
     operands = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
     outs = _tensors(out)
-    if len(outs) != 1:
+    if len(outs) != 1 or (name == "where" and len(operands) == 1):  # where(cond): indices of its true entries
+        lays = [rec.layout(t) for t in operands if rec.layout(t) is not None]
+        if lays:
+            rec.report_unknown(name, lays, outs)
         return
     o = outs[0]
     od_lays: dict[int, list[Layout]] = {}
@@ -621,24 +627,22 @@ def _dims_arg(v, nd: int) -> list[int] | None:
 @register_op("flip", "fliplr", "flipud", "rot90", "roll", "narrow", "index_select")
 def _along_dims(rec: Recorder, name, args, kwargs, out):
     """Ops that reorder or select positions along some dims and leave the others as they
-    are: the channels pass through when their dim is not one of them; flip and roll along the
-    channels reorder them (their units with them)."""
-    src = args[0]
+    are: the channels pass through when their dim is not one of them; a flip of the
+    channels reverses them (their units with them)."""
+    src = args[0] if args else kwargs.get("input")
     lay = rec.layout(src)
     if lay is None:
         return
     nd = src.dim()
     dims, shifts = None, None
-    if name == "flip":
-        dims = _dims_arg(args[1] if len(args) > 1 else kwargs.get("dims"), nd)
+    if name == "flip":  # x.flip(2, 3) passes the dims as separate arguments
+        dims = _dims_arg(tuple(args[1:]) if len(args) > 2 else args[1] if len(args) > 1 else kwargs.get("dims"), nd)
     elif name in ("fliplr", "flipud"):
         dims = [1 if name == "fliplr" else 0]
     elif name == "rot90":
         dims = _dims_arg(args[2] if len(args) > 2 else kwargs.get("dims", (0, 1)), nd)
     elif name == "roll":
-        dims = _dims_arg(args[2] if len(args) > 2 else kwargs.get("dims"), nd)  # None: rolls the flat tensor
-        shifts = args[1] if len(args) > 1 else kwargs.get("shifts")
-        shifts = [shifts] if isinstance(shifts, int) else list(shifts) if isinstance(shifts, (list, tuple)) else None
+        dims = _dims_arg(args[2] if len(args) > 2 else kwargs.get("dims"), nd) or None  # none: the flat tensor
     else:  # narrow, index_select
         dims = _dims_arg(args[1] if len(args) > 1 else kwargs.get("dim"), nd)
     if dims is None or not isinstance(out, torch.Tensor) or out.dim() != nd:
@@ -650,11 +654,12 @@ def _along_dims(rec: Recorder, name, args, kwargs, out):
             return
         rec.set_layout(out, lay)
         return
-    if name in ("flip", "fliplr", "flipud"):
+    if name in ("flip", "fliplr", "flipud"):  # the kept channels, reversed: what the pruned flip gives
         rec.set_layout(out, Layout(lay.dim, lay.ids[::-1].copy()))
-    elif name == "roll" and shifts is not None and len(shifts) == len(dims):
-        rec.set_layout(out, Layout(lay.dim, np.roll(lay.ids, shifts[dims.index(lay.dim)])))
-    else:  # rot90 mixes the channels with another dim; narrow/index_select pick channels by constants
+    else:
+        # roll of the channels: the pruned model would roll its kept channels by the same
+        # shift, which matches the cut only when the channels rolled around are all kept;
+        # rot90 mixes them with another dim; narrow/index_select pick them by constants
         rec.report_unknown(name, [lay], [out])
 
 
@@ -662,7 +667,7 @@ def _along_dims(rec: Recorder, name, args, kwargs, out):
 def _repeat(rec: Recorder, name, args, kwargs, out):
     """repeat/tile: the channels pass through where their dim is repeated once; repeated f
     times, each channel's unit comes f times, in the order the copies are laid out."""
-    src = args[0]
+    src = args[0] if args else kwargs.get("input")
     lay = rec.layout(src)
     if lay is None:
         return
@@ -687,7 +692,7 @@ def _repeat(rec: Recorder, name, args, kwargs, out):
 def _channel_shuffle(rec: Recorder, name, args, kwargs, out):
     """channel_shuffle(x, g): x's channels as g slices, interleaved. Channel j of every slice
     is one unit (the slices keep equal widths) and the output reads the units interleaved."""
-    src = args[0]
+    src = args[0] if args else kwargs.get("input")
     lay = rec.layout(src)
     if lay is None:
         return
@@ -706,7 +711,7 @@ def _channel_shuffle(rec: Recorder, name, args, kwargs, out):
 def _instance_norm(rec: Recorder, name, args, kwargs, out):
     """F.instance_norm: each channel normalised over its own positions (nothing across
     channels); its per-channel tensors (statistics, weight, bias) are sliced with them."""
-    src = args[0]
+    src = args[0] if args else kwargs.get("input")
     lay = rec.layout(src)
     if lay is None:
         return
@@ -730,7 +735,14 @@ def _instance_norm(rec: Recorder, name, args, kwargs, out):
 @register_op("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
 def _new_tensor(rec: Recorder, name, args, kwargs, out):
     """x.new_zeros(shape) and the like: a fresh tensor of the shape given, with x's dtype and
-    device and nothing of its channels (used with them later, it is a constant like any)."""
+    device and nothing of its channels. Where that shape has x's channel count in x's
+    channel dim (``x.new_zeros(x.shape)``), the count may come from x and would not follow a
+    cut: x's channels are kept."""
+    src = args[0] if args else None
+    lay = rec.layout(src)
+    if (lay is not None and isinstance(out, torch.Tensor) and out.dim() == src.dim()
+            and out.shape[lay.dim] == len(lay.ids)):
+        rec.freeze(lay.ids, f"{name} of {tuple(out.shape)} in {rec.where()}: a shape with the channel count")
 
 
 @register_op("zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like")
@@ -746,7 +758,7 @@ def _pixel_shuffle(rec: Recorder, name, args, kwargs, out):
     """pixel_shuffle(x, r): each run of r*r channels of x becomes one channel at r times the
     resolution, so the run is one unit (cut whole); pixel_unshuffle(x, r): each channel
     becomes r*r channels, its unit repeated. The channels are dim -3 of both."""
-    src = args[0]
+    src = args[0] if args else kwargs.get("input")
     lay = rec.layout(src)
     if lay is None:
         return
