@@ -329,14 +329,12 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
     before = frozen.copy()
     graph = ChannelGraph(groups, members, int(n_units), group_of_unit, frozen, reasons, [], rec.layers, rec.untraced,
                          output_shapes=list(rec.output_shapes))
-    for ids, why in rec.inexact:
-        for gid in np.unique(group_of_unit[unit_of[ids]]):
-            if why not in groups[int(gid)].inexact:
-                groups[int(gid)].inexact.append(why)
-    for ids, why in rec.scale_free:
-        for gid in np.unique(group_of_unit[unit_of[ids]]):
-            if why not in groups[int(gid)].scale_free:
-                groups[int(gid)].scale_free.append(why)
+    for kind in ("inexact", "scale_free"):  # (ids, reason) recorded -> the reasons of each group
+        for ids, why in getattr(rec, kind):
+            for gid in np.unique(group_of_unit[unit_of[ids]]):
+                reasons_of = getattr(groups[int(gid)], kind)
+                if why not in reasons_of:
+                    reasons_of.append(why)
     for ids, n in rec.min_keep:
         gids = np.unique(group_of_unit[unit_of[ids]])
         if len(gids) == 1:

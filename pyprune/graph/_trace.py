@@ -266,7 +266,7 @@ def _unary(rec: Recorder, name, args, kwargs, out):
 
 @register_op("pow", "__pow__", "pow_", "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_",
              "clamp_max", "clamp_max_")
-def _pow(rec: Recorder, name, args, kwargs, out):
+def _operand_or_unary(rec: Recorder, name, args, kwargs, out):
     """An exponent or bound that is a tensor of several values is an operand like any
     (sliced with the channels, or refused); a number or one value: element-wise."""
     if any(isinstance(a, torch.Tensor) and a.numel() > 1 for a in list(args[1:]) + list(kwargs.values())):
@@ -634,7 +634,6 @@ def _along_dims(rec: Recorder, name, args, kwargs, out):
     if lay is None:
         return
     nd = src.dim()
-    dims, shifts = None, None
     if name == "flip":  # x.flip(2, 3) passes the dims as separate arguments
         dims = _dims_arg(tuple(args[1:]) if len(args) > 2 else args[1] if len(args) > 1 else kwargs.get("dims"), nd)
     elif name in ("fliplr", "flipud"):
