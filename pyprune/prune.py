@@ -522,7 +522,7 @@ class Pruner:
         pruned = apply_keep(self.model, plan.graph, mask, inplace=inplace and not on_copy,
                             threads=cfg.threads, folds=folds)
         if verify:
-            failure = check_runs(pruned, self.inputs, cfg.example_kwargs, plan.graph.output_shapes)
+            failure = check_runs(pruned, self.inputs, cfg.example_kwargs, plan.graph.output_shapes, plan.graph.op_log)
             if failure is not None:
                 raise PrunedModelFails(*failure)
         seconds = {"surgery": time.perf_counter() - t0}
@@ -639,6 +639,14 @@ class Pruner:
             try:
                 res = self.apply(plan, inplace=inplace)
             except PrunedModelFails as e:
+                if e.call is not None:  # keep the channels that went through the call (and its copies)
+                    units = plan.graph.op_units(e.call, self.model)
+                    units = units[~plan.graph.unit_frozen[units]]
+                    if len(units) and len(fallbacks) < _MAX_FALLBACKS:
+                        why = f"the pruned model computed another shape: {e.message[:300]}; those channels are kept"
+                        plan.graph.freeze(units, why)
+                        fallbacks.append(why)
+                        continue
                 blamed = self._blamed(self.model, e.module)
                 units = self._units_of(plan.graph, self.model, blamed)
                 if units is None or not len(units) or len(fallbacks) == _MAX_FALLBACKS:
@@ -846,10 +854,11 @@ class PrunedModelFails(GraphError):
     """The model cut as planned did not run (raised by :meth:`Pruner.apply` with verify;
     `model` is unchanged)."""
 
-    def __init__(self, module: str, message: str):
+    def __init__(self, module: str, message: str, call: int | None = None):
         super().__init__(f"the pruned model fails in {module or 'the model' + chr(39) + 's own forward'}: {message}. "
                          "The model was not changed.")
         self.module, self.message = module, message
+        self.call = call  # the index in the graph's op_log of a call that gave another shape
 
 
 _MAX_FALLBACKS = 4

@@ -98,6 +98,74 @@ def test_user_models(name):
     assert res.summary.params_after < 0.6 * res.summary.params_before
 
 
+class _WidthInConfig(nn.Module):
+    """A block whose code reads its width from a config dict: the reshape after conv b
+    keeps 32 as the last dim whatever b keeps. A pruned b of 16 channels would still run
+    (and return the same shape) but group the tokens otherwise: another function. Like
+    LeViT's attention biases, a tensor is made on the first run only and cached, so the
+    pruned model (a copy made after the trace) skips those calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, padding=1)
+        self.config = {"width": 32}
+        self.register_buffer("table", torch.arange(4.0))
+        self.cache = None
+
+    def forward(self, x):
+        if self.cache is None:
+            self.cache = self.table[torch.tensor([1, 2])].mul(0.0).reshape(1, 2)
+        h = self.b(torch.relu(self.a(x)))
+        t = h.permute(0, 2, 3, 1).reshape(h.shape[0], -1, self.config["width"])
+        return (t.softmax(dim=1) * t).sum(dim=(1, 2)) + self.cache.sum()
+
+
+class _TwoWidthBlocks(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.one, self.two = _WidthInConfig(), _WidthInConfig()
+
+    def forward(self, x):
+        return self.one(x) + self.two(x)
+
+
+def test_a_channel_count_held_as_a_number_keeps_those_channels_instead_of_a_silent_other_model():
+    """Cutting b's channels leaves a model that runs and returns the same shapes but
+    computes something else (checked below with planted zeros: the cut is not exact). The
+    check of a cut compares every call of the model's own code with the unpruned run: the
+    reshape's tokens differ, so b's channels (in both blocks, one round) are kept and a's
+    are cut, exactly."""
+    torch.manual_seed(0)
+    model = _TwoWidthBlocks().eval()
+    x = torch.randn(2, 3, 6, 6)
+    graph = build_graph(model, x[:1])
+    keep = np.ones(graph.n_units, bool)
+    with torch.no_grad():
+        for blk in ("one", "two"):  # b's first 16 filters planted zero, then cut by the graph alone
+            b = model.get_submodule(blk).b
+            b.weight[:16] = 0
+            b.bias[:16] = 0
+            member = next(m for m in graph.members if m.module == f"{blk}.b" and m.param == "weight")
+            keep[member.units[:16]] = False
+        want = model(x)
+        cut = apply_keep(model, graph, keep)
+        assert cut(x).shape == want.shape
+        assert not torch.allclose(cut(x), want, rtol=1e-3, atol=1e-3)  # runs, same shape, another function
+    # pyprune keeps b's channels in both blocks and cuts a's planted zeros exactly
+    with torch.no_grad():
+        for blk in (model.one, model.two):
+            blk.a.weight[8:] = 0
+            blk.a.bias[8:] = 0
+        want = model(x)
+    model.one.cache = model.two.cache = None  # made again by pyprune's trace, not by the pruned model
+    with pytest.warns(UserWarning, match="computed another shape: reshape in one") as caught:
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert sum(str(w.message).startswith("pyprune: the pruned model computed another shape") for w in caught) == 1
+    for blk in (res.model.one, res.model.two):
+        assert (blk.a.out_channels, blk.b.out_channels) == (8, 32)
+    torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
+
+
 class _OpNet(nn.Module):
     """conv a -> op -> conv b -> mean -> Linear: one op between two prunable convs."""
 
@@ -133,6 +201,11 @@ OPS = {
     "clamp_max_param": lambda s, h: torch.clamp_max(h, s.ceiling),
     "new_zeros_other_shape": lambda s, h: h + h.new_zeros(h.shape[-1]),
     "instance_norm": lambda s, h: F.instance_norm(h),
+    "vector_norm_hw": lambda s, h: h / (torch.linalg.vector_norm(h, 2, (2, 3), True) + 1.0),
+    "vector_norm_channels": lambda s, h: h / (torch.linalg.vector_norm(h, dim=1, keepdim=True) + 1.0),
+    "linalg_norm_channels": lambda s, h: h / (torch.linalg.norm(h, dim=1, keepdim=True) + 1.0),
+    "matrix_norm_hw": lambda s, h: h / (torch.linalg.matrix_norm(h, keepdim=True) + 1.0),
+    "norm_inf_channels_positional": lambda s, h: h / (torch.linalg.vector_norm(h, float("inf"), 1, True) + 1.0),
 }
 
 
@@ -151,6 +224,16 @@ def test_ops_along_other_dims_and_channel_reorders_are_exact(name):
     assert res.model.a.out_channels == 8 and res.model(x).shape == (2, 4)
     if name == "clamp_max_param":
         assert res.model.ceiling.shape == (1, 8, 1, 1)
+
+
+def test_a_norm_of_negative_order_over_the_channels_is_inexact():
+    """A zero channel leaves a norm of positive order over the channels as it was (the
+    norm cases above are cut exactly) but not one of negative order (a harmonic sum)."""
+    for order, inexact in ((2, False), (-1, True)):
+        model = _OpNet(lambda s, h: h / (torch.linalg.vector_norm(h, order, dim=1, keepdim=True) + 1.0)).eval()
+        graph = build_graph(model, torch.randn(1, 3, 8, 8))
+        group = next(g for g in graph.groups if any(m.module == "a" and m.role == "out" for m in g.members))
+        assert bool(group.inexact) is inexact and group.prunable == 16
 
 
 @pytest.mark.parametrize("name", ["rot90_channels", "narrow_channels", "roll_flat", "roll_flat_empty_dims",
@@ -527,16 +610,54 @@ class _TokenNet(nn.Module):
 
 
 def test_a_failing_torch_layer_keeps_its_parents_channels_not_every_layer_of_its_type():
-    """The pruned model fails in attn.proj, an nn.Linear: the Linear does what pyprune
-    expects, the attention's code fed it the wrong width. The check keeps the channels of
-    the attention block (its type), names it, and the MLP's hidden channels are still cut
-    (keeping every Linear's, as before, left the MLP whole)."""
+    """Cut as traced, the pruned model would fail in attn.proj, an nn.Linear: the Linear
+    does what pyprune expects, the attention's code fed it the wrong width. The check of
+    the cut finds where: the reshape to the constant width folds the tokens (another shape
+    than the unpruned run's), so the channels through that reshape are kept and it is
+    named; the MLP's hidden channels are still cut (keeping every Linear's, as once, left
+    the MLP whole)."""
     torch.manual_seed(0)
     model = _TokenNet().eval()
-    with pytest.warns(UserWarning, match=r"failed in attn.proj.*every _FixedWidthAttention are kept"):
+    with pytest.warns(UserWarning, match=r"computed another shape: reshape in attn gave a tensor of shape \(1, 8, 16\)"):
         res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
     assert res.model.attn.qkv.out_features == 48 and res.model.fc1.out_features == 16
     assert res.model(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+
+
+def test_a_failing_call_in_a_blocks_code_keeps_the_channels_of_every_block_of_its_type():
+    """Where the pruned model raises (here a reshape with a constant head size that the
+    pruned width does not divide), the block's type is blamed: its channels are kept in
+    every block of that type, in one round."""
+
+    class FixedHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+        def forward(self, x):
+            n, length, _ = x.shape
+            q, k, v = self.qkv(x).reshape(n, length, 3, 2, 8).permute(2, 0, 3, 1, 4)
+            return self.proj(nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+    class TwoBlocks(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 16, 2, stride=2)
+            self.attn, self.attn2 = FixedHeads(), FixedHeads()
+            self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            t = self.attn2(t + self.attn(t))
+            return self.fc2(torch.relu(self.fc1(t))).mean(1)
+
+    torch.manual_seed(0)
+    model = TwoBlocks().eval()
+    with pytest.warns(UserWarning, match=r"failed in attn \(FixedHeads: RuntimeError.*every FixedHeads are kept") as caught:
+        res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    assert sum(str(w.message).startswith("pyprune: the pruned model failed") for w in caught) == 1
+    assert res.model.attn.qkv.out_features == res.model.attn2.qkv.out_features == 48
+    assert res.model.fc1.out_features == 16 and res.model(torch.randn(2, 3, 8, 8)).shape == (2, 16)
 
 
 def test_custom_scale_parameter_is_sliced():

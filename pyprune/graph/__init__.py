@@ -137,6 +137,9 @@ class ChannelGraph:
     untraced: list[str]
     rewrites: list = field(default_factory=list)  # (module, attr, kind, [unit arrays], container, index, original)
     output_shapes: list = field(default_factory=list)  # what the model returned, for the check of a cut
+    # the torch calls of the model's own code, for the check of a cut: (module, op, [(output
+    # shape, (dim, units) where the output carries channels, else None)])
+    op_log: list = field(default_factory=list)
 
     def freeze(self, units: np.ndarray, reason: str) -> None:
         """Never prune `units` (global ids); `reason` is shown wherever the graph explains
@@ -151,6 +154,25 @@ class ChannelGraph:
             reasons = self.frozen_reasons.setdefault(int(gid), [])
             if reason not in reasons:
                 reasons.append(reason)
+
+    def op_units(self, index: int, model: nn.Module) -> np.ndarray:
+        """The channels (units) of the output of call `index` of :attr:`op_log`, and of the
+        same call (the same op, as the same call of its module's code) in every other module
+        of that module's type: the code that gave one the wrong shape does so in all."""
+        where, op, outs = self.op_log[index]
+        mods = dict(model.named_modules())
+        kind = type(mods[where]) if where and where in mods else None
+        sites = {n for n, m in mods.items() if type(m) is kind} if kind is not None else {where}
+        nth = sum(1 for w, _, _ in self.op_log[:index] if w == where)
+        seen: dict = {}
+        units = []
+        for w, o, outs in self.op_log:
+            if w not in sites:
+                continue
+            k = seen[w] = seen.get(w, -1) + 1
+            if k == nth and o == op:
+                units += [lay[1] for _, lay in outs if lay is not None]
+        return np.unique(np.concatenate(units)) if units else np.zeros(0, np.int64)
 
     def rewritten(self, keep_unit: np.ndarray) -> dict:
         """{(module, attr): value} for the attributes that hold channel counts (split sizes,
@@ -340,6 +362,8 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
         if len(gids) == 1:
             g = groups[int(gids[0])]
             g.min_keep = min(g.size, max(g.min_keep, int(n)))
+    graph.op_log = [(where, op, [(shape, None if lay is None else (lay.dim, unit_of[lay.ids])) for shape, lay in outs])
+                    for where, op, outs in rec.op_log]
     _assign_blocks(graph, rec, unit_of)
     _assign_rewrites(graph, rec, unit_of)
     # An unknown op matters only where it touched channels that could otherwise be pruned.

@@ -89,6 +89,10 @@ class Recorder:
     inputs: tuple = ()  # the positional inputs of the layer being traced (for its handler)
     weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
     param_shape_attrs: dict = field(default_factory=dict)  # (module, param, dim) -> [Rewrite without pieces]
+    # The torch calls of the model's own code (outside the leaf layers) as they ran, for the
+    # check of a cut: (module, op, [(output shape, its Layout or None)]), first pass only.
+    op_log: list = field(default_factory=list)
+    in_hook: bool = False  # a layer's handler is running (its own torch calls are not the model's)
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_ids(self, size: int, origin: str) -> np.ndarray:
@@ -830,7 +834,8 @@ def _permute(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, Layout(new, lay.ids))
 
 
-_REDUCE = "mean sum amax amin max min std var logsumexp nansum nanmean prod norm median".split()
+_NORMS = ("norm", "linalg_vector_norm", "linalg_norm", "linalg_matrix_norm")  # (input, ord, dim, keepdim)
+_REDUCE = "mean sum amax amin max min std var logsumexp nansum nanmean prod median".split() + list(_NORMS)
 
 
 @register_op(*_REDUCE)
@@ -840,8 +845,10 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
     if lay is None:
         return
     outs = _tensors(out)
-    pos = 2 if name == "norm" else 1  # norm(input, p, dim, ...)
+    pos = 2 if name in _NORMS else 1
     dims = args[pos] if len(args) > pos else kwargs.get("dim", kwargs.get("axis"))
+    if dims is None and name == "linalg_matrix_norm":
+        dims = (-2, -1)
     if name in ("max", "min") and isinstance(dims, torch.Tensor):
         return _broadcast(rec, name, args, kwargs, out)
     if dims is None:
@@ -850,12 +857,14 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
     dims = [dims] if isinstance(dims, int) else list(dims)
     dims = {_norm_dim(d, src.dim()) for d in dims}
     if lay.dim in dims:  # a statistic over the channels (GRN, channel attention): any count works
-        if name not in ("sum", "nansum"):  # a sum of zero channels is unchanged, a mean or max is not
+        p = args[1] if name in _NORMS and len(args) > 1 else kwargs.get("p", kwargs.get("ord", 2))
+        # a zero channel leaves a sum and a norm (of a positive order) as they were, not a mean or max
+        if not (name in ("sum", "nansum") or name in _NORMS and (p is None or isinstance(p, str) or p > 0)):
             rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
         for o in outs:
             rec.set_layout(o, None)
         return
-    keep = kwargs.get("keepdim", args[2] if len(args) > 2 and isinstance(args[2], bool) else False)
+    keep = kwargs.get("keepdim", args[pos + 1] if len(args) > pos + 1 and isinstance(args[pos + 1], bool) else False)
     new = lay.dim if keep else lay.dim - sum(1 for d in dims if d < lay.dim)
     if outs:
         rec.set_layout(outs[0], Layout(new, lay.ids))
@@ -1243,22 +1252,32 @@ class _Mode(TorchFunctionMode):
             return res
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", None) or str(func)
+        self._follow(name, args, kwargs, out)
+        if rec.count_layers and not rec.in_hook:
+            outs = _tensors(out)
+            if outs:
+                rec.op_log.append((rec.stack[-1] if rec.stack else "", name,
+                                   [(tuple(t.shape), rec.layout(t)) for t in outs]))
+        return out
+
+    def _follow(self, name: str, args, kwargs, out) -> None:
+        """Record how `out` carries the channels of the op's inputs (its handler)."""
+        rec = self.rec
         if name == "__get__":
-            return out
+            return
         if name in _VIEW_LIKE and args and isinstance(args[0], torch.Tensor):
             _param_view(rec, name, args, kwargs, out)
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
-            return out
+            return
         handler = _HANDLERS.get(name)
         outs = _tensors(out)
         if handler is None:
             if outs:  # an op that makes tensors from tracked channels and that we do not know
                 rec.report_unknown(name, lays, outs)
-            return out
+            return
         handler(rec, name, args, kwargs, out)
-        return out
 
 
 def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tuple[Recorder, Any]:
@@ -1290,8 +1309,12 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
         if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
             first = len(rec.members)
             rec.inputs = inputs
-            h.trace(rec, name, m, x, out)
-            _check_own_tensors(rec, name, m, rec.members[first:], [x, out])
+            rec.in_hook = True
+            try:
+                h.trace(rec, name, m, x, out)
+                _check_own_tensors(rec, name, m, rec.members[first:], [x, out])
+            finally:
+                rec.in_hook = False
             if rec.count_layers and h.kind != "other":
                 rec.layers.append(LayerRecord(name, h.kind, tuple(out.shape)))
             rec.leaf_modules[name] = h.kind
