@@ -206,6 +206,14 @@ OPS = {
     "linalg_norm_channels": lambda s, h: h / (torch.linalg.norm(h, dim=1, keepdim=True) + 1.0),
     "matrix_norm_hw": lambda s, h: h / (torch.linalg.matrix_norm(h, keepdim=True) + 1.0),
     "norm_inf_channels_positional": lambda s, h: h / (torch.linalg.vector_norm(h, float("inf"), 1, True) + 1.0),
+    "repeat_interleave_hw": lambda s, h: h.repeat_interleave(2, dim=3)[..., ::2],
+    "repeat_interleave_batch": lambda s, h: h.repeat_interleave(2, dim=0)[::2],
+    "unfold_windows_hw": lambda s, h: h.unfold(3, 2, 1).mean(-1),
+    "unfold_fold": lambda s, h: F.fold(F.unfold(h, 2, stride=2), h.shape[-2:], 2, stride=2),
+    # MobileViTv2: patches by unfold, a reshape to (N, C, pixels, patches), fold back
+    "unfold_patches_fold": lambda s, h: F.fold(
+        (F.unfold(h, (2, 2), stride=(2, 2)).reshape(h.shape[0], h.shape[1], 4, -1) * 2.0).reshape(h.shape[0], -1, 16),
+        h.shape[-2:], (2, 2), stride=(2, 2)),
 }
 
 
@@ -237,7 +245,8 @@ def test_a_norm_of_negative_order_over_the_channels_is_inexact():
 
 
 @pytest.mark.parametrize("name", ["rot90_channels", "narrow_channels", "roll_flat", "roll_flat_empty_dims",
-                                  "roll_channels", "where_indices", "where_indices_1d"])
+                                  "roll_channels", "where_indices", "where_indices_1d", "repeat_interleave_counts",
+                                  "repeat_interleave_flat", "unfold_windows_of_channels"])
 def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
     """A roll of the channels is refused too: the pruned model would roll its kept channels
     by the same shift, which is the cut only when the channels rolled around are kept."""
@@ -247,7 +256,10 @@ def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
           "roll_flat_empty_dims": lambda s, h: torch.roll(h, 5, ()),
           "roll_channels": lambda s, h: torch.roll(h, shifts=(3, 1), dims=(1, 2)),
           "where_indices": lambda s, h: h * torch.where(h > 0)[1].float().mean(),
-          "where_indices_1d": lambda s, h: h * torch.where(h.mean((0, 2, 3)) > -9.0)[0].float().mean()}[name]
+          "where_indices_1d": lambda s, h: h * torch.where(h.mean((0, 2, 3)) > -9.0)[0].float().mean(),
+          "repeat_interleave_counts": lambda s, h: h.repeat_interleave(torch.arange(16) % 2 + 1, dim=1)[:, :16],
+          "repeat_interleave_flat": lambda s, h: h * h.repeat_interleave(2).mean(),
+          "unfold_windows_of_channels": lambda s, h: h.unfold(1, 2, 2).mean(-1).repeat(1, 2, 1, 1)}[name]
     model = _OpNet(op).eval()
     with pytest.raises(pyprune.GraphError, match="cannot follow channels"):
         pyprune.prune(model, torch.randn(1, 3, 16, 16), method="l2", ratio=0.5)
@@ -273,11 +285,13 @@ def test_unbatched_instance_norm_is_not_taken_for_channels():
         pyprune.prune(model, torch.randn(6, 3), method="l2", ratio=0.5)
 
 
-def test_repeat_of_the_channels_carries_each_unit_to_its_copies():
-    """h.repeat(1, 2, 1, 1): conv b reads 32 channels, each of a's twice; a cut of a's channel
-    removes both of b's columns."""
+@pytest.mark.parametrize("op", ["repeat", "repeat_interleave"])
+def test_repeat_of_the_channels_carries_each_unit_to_its_copies(op):
+    """h.repeat(1, 2, 1, 1) or h.repeat_interleave(2, dim=1): conv b reads 32 channels, each
+    of a's twice (tiled or side by side); a cut of a's channel removes both of b's columns."""
     torch.manual_seed(0)
-    model = _OpNet(lambda s, h: h.repeat(1, 2, 1, 1)).eval()
+    model = _OpNet({"repeat": lambda s, h: h.repeat(1, 2, 1, 1),
+                    "repeat_interleave": lambda s, h: h.repeat_interleave(2, dim=1)}[op]).eval()
     model.b = nn.Conv2d(32, 8, 3, padding=1)
     x = torch.randn(2, 3, 8, 8)
     check_exact(model, x)
@@ -658,6 +672,40 @@ def test_a_failing_call_in_a_blocks_code_keeps_the_channels_of_every_block_of_it
     assert sum(str(w.message).startswith("pyprune: the pruned model failed") for w in caught) == 1
     assert res.model.attn.qkv.out_features == res.model.attn2.qkv.out_features == 48
     assert res.model.fc1.out_features == 16 and res.model(torch.randn(2, 3, 8, 8)).shape == (2, 16)
+
+
+class _TalkingHeads(nn.Module):
+    """CaiT's talking-heads attention: a Linear mixes the heads of the attention map, which
+    then multiplies v. The map's heads come from a layer (they are channels) and v's
+    channels run along its last dim; the product carries v's. (CaiT mixes the heads before
+    the softmax too; a head cut there is cut, but a planted zero does not stay zero through
+    a softmax over the tokens, so this exactness test leaves that Linear out.)"""
+
+    def __init__(self, dim: int = 16, heads: int = 2):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.proj_w = nn.Linear(heads, heads)
+
+    def forward(self, x):
+        n, length, _ = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        attn = self.proj_w(attn.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, length, -1))
+
+
+def test_talking_heads_keep_the_mixed_heads_and_cut_v_exactly():
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _TalkingHeads()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    attn = res.model.attn
+    assert attn.proj_w.out_features == 2  # the heads are kept
+    assert attn.qkv.out_features == 24 and attn.head_dim == 4
+    assert res.model(x).shape == (2, 5)
 
 
 def test_custom_scale_parameter_is_sliced():

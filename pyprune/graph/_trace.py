@@ -691,6 +691,81 @@ def _repeat(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, Layout(od, np.tile(lay.ids, sizes[od])))
 
 
+@register_op("repeat_interleave")
+def _repeat_interleave(rec: Recorder, name, args, kwargs, out):
+    """repeat_interleave(x, r, dim): along another dim the channels pass through; along
+    theirs each channel's unit comes r times in a row. Per-element counts along the
+    channels, or no dim (a flat result), are not followed."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    r = args[1] if len(args) > 1 else kwargs.get("repeats")
+    dim = args[2] if len(args) > 2 else kwargs.get("dim")
+    if isinstance(r, torch.Tensor) and r.numel() == 1:
+        r = int(r)
+    if dim is None or not isinstance(out, torch.Tensor) or out.dim() != src.dim():
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    if _norm_dim(dim, src.dim()) != lay.dim:
+        rec.set_layout(out, lay)
+    elif isinstance(r, int):
+        rec.set_layout(out, Layout(lay.dim, np.repeat(lay.ids, r)))
+    else:
+        rec.report_unknown(f"{name} with a count per channel", [lay], [out])
+
+
+def _pair(v) -> tuple[int, int] | None:
+    if isinstance(v, int):
+        return v, v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(i, int) for i in v):
+        return v[0], v[1]
+    return None
+
+
+@register_op("unfold")
+def _unfold(rec: Recorder, name, args, kwargs, out):
+    """F.unfold (im2col): (N, C, H, W) -> (N, C*kh*kw, L), channel c on rows c*kh*kw..:
+    each channel's unit repeated kh*kw times. Tensor.unfold(dim, size, step) adds a window
+    dim: along another dim than the channels' they pass through."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None or not isinstance(out, torch.Tensor):
+        return
+    if out.dim() == src.dim() + 1:  # Tensor.unfold(dimension, size, step)
+        d = args[1] if len(args) > 1 else kwargs.get("dimension")
+        if isinstance(d, int) and _norm_dim(d, src.dim()) != lay.dim:
+            rec.set_layout(out, lay)
+        else:
+            rec.report_unknown(f"{name} of the channels", [lay], [out])
+        return
+    k = _pair(args[1] if len(args) > 1 else kwargs.get("kernel_size"))
+    c = src.dim() - 3  # the channel dim of a (N, C, H, W) or (C, H, W) input
+    if k is None or lay.dim != c or out.shape[c] != src.shape[c] * k[0] * k[1]:
+        rec.report_unknown(name, [lay], [out])
+        return
+    rec.set_layout(out, Layout(c, np.repeat(lay.ids, k[0] * k[1])))
+
+
+@register_op("fold")
+def _fold(rec: Recorder, name, args, kwargs, out):
+    """F.fold (col2im): (N, C*kh*kw, L) -> (N, C, H, W); output channel c sums rows
+    c*kh*kw..: those rows' units are cut together, as c."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None or not isinstance(out, torch.Tensor):
+        return
+    k = _pair(args[2] if len(args) > 2 else kwargs.get("kernel_size"))
+    c = src.dim() - 2
+    if k is None or lay.dim != c or src.shape[c] != out.shape[c] * k[0] * k[1]:
+        rec.report_unknown(name, [lay], [out])
+        return
+    rows = lay.ids.reshape(-1, k[0] * k[1])
+    for j in range(1, rows.shape[1]):
+        rec.unite(rows[:, 0], rows[:, j])
+    rec.set_layout(out, Layout(c, rows[:, 0].copy()))
+
+
 @register_op("channel_shuffle", "native_channel_shuffle")
 def _channel_shuffle(rec: Recorder, name, args, kwargs, out):
     """channel_shuffle(x, g): x's channels as g slices, interleaved. Channel j of every slice
@@ -1023,7 +1098,7 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
     if not isinstance(out, torch.Tensor) or a.dim() < 2 or b.dim() < 2:
         rec.report_unknown(name, [x for x in (la, lb) if x is not None], _tensors(out))
         return
-    new = None
+    carried = []  # (output dim, ids, through a batch dim)
     for lay, t, contracted, kept_dim in ((la, a, a.dim() - 1, a.dim() - 2), (lb, b, b.dim() - 2, b.dim() - 1)):
         if lay is None:
             continue
@@ -1043,21 +1118,30 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
                 else:
                     rec.add_member(owner[0], owner[1], owner[2], lay.ids, "in")
         elif lay.dim == kept_dim:
-            od = out.dim() - 2 if t is a else out.dim() - 1
-            if new is not None:
-                rec.report_unknown(name, [la, lb], [out])
-                return
-            new = Layout(od, lay.ids)
+            carried.append((out.dim() - 2 if t is a else out.dim() - 1, lay.ids, False))
         else:  # a batch dim
             od = lay.dim + out.dim() - t.dim()
-            if out.shape[od] != t.shape[lay.dim] or new is not None and new.dim != od:
+            if out.shape[od] != t.shape[lay.dim]:
                 rec.report_unknown(name, [lay], [out])
                 return
-            if new is not None:
-                rec.unite(new.ids, lay.ids)
-            new = Layout(od, lay.ids)
-    if new is not None:
-        rec.set_layout(out, new)
+            carried.append((od, lay.ids, True))
+    dims = {od for od, _, _ in carried}
+    if len(dims) > 1:
+        rows = [c for c in carried if not c[2]]
+        if len(rows) != 1:  # channels in two dims of the product (a Gram matrix of channels)
+            rec.report_unknown(name, [x for x in (la, lb) if x is not None], [out])
+            return
+        # Channels along a batch dim and along the rows or columns: heads that a layer mixed
+        # (talking heads, a learnt bias per head) times the heads of v, whose channels run
+        # along its columns. A tensor carries one channel dim: those heads are kept.
+        for _, ids, batch in carried:
+            if batch:
+                rec.freeze(ids, f"{name} in {rec.where()}: heads made by a layer, multiplied with channels")
+        carried = rows
+    if carried:
+        for _, ids, _ in carried[1:]:  # both operands' channels along one batch dim: the same
+            rec.unite(carried[0][1], ids)
+        rec.set_layout(out, Layout(carried[0][0], carried[0][1]))
 
 
 @register_op("einsum")
