@@ -708,6 +708,32 @@ def test_talking_heads_keep_the_mixed_heads_and_cut_v_exactly():
     assert res.model(x).shape == (2, 5)
 
 
+class _StateMixer(nn.Module):
+    """EfficientViM's hidden state: h = x @ s^T has x's channels along its rows and the
+    state's along its columns; the state then multiplies back (y = out(h) @ s)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.s, self.out = nn.Conv1d(4, 16, 1), nn.Conv1d(4, 6, 1), nn.Conv1d(16, 16, 1)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        h, st = torch.relu(self.a(x)), self.s(x)
+        return self.head((self.out(h @ st.transpose(-2, -1)) @ st).mean(-1))
+
+
+def test_a_product_with_channels_on_both_sides_keeps_the_fewer():
+    torch.manual_seed(0)
+    model = _StateMixer().eval()
+    x = torch.randn(2, 4, 10)
+    graph = check_exact(model, x)
+    state = next(g for g in graph.groups if any(m.module == "s" and m.role == "out" for m in g.members))
+    assert state.prunable == 0
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert (res.model.a.out_channels, res.model.s.out_channels, res.model.out.out_channels) == (8, 6, 8)
+    assert res.model(x).shape == (2, 3)
+
+
 def test_custom_scale_parameter_is_sliced():
     torch.manual_seed(0)
     model = user_models.CustomModel().eval()

@@ -1105,10 +1105,10 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
         if lay.dim == contracted:
             other, odim = (b, b.dim() - 2) if t is a else (a, a.dim() - 1)
             lo = rec.layout(other)
-            if lo is not None:
-                if lo.dim != odim:
-                    rec.report_unknown(name, [lay, lo], [out])
-                    return
+            if lo is not None and lo.dim != odim:  # met by a dim without channels: keep its length
+                rec.freeze(lay.ids, f"{name} in {rec.where()} contracts these channels with a dim that is not "
+                                    "channels")
+            elif lo is not None:
                 rec.unite(lay.ids, lo.ids)
             else:
                 owner = rec.param_dim(other, odim)
@@ -1127,17 +1127,21 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
             carried.append((od, lay.ids, True))
     dims = {od for od, _, _ in carried}
     if len(dims) > 1:
+        # A tensor carries one channel dim. Channels along a batch dim and along the rows or
+        # columns: heads that a layer mixed (talking heads, a learnt bias per head) times the
+        # heads of v, whose channels run along its columns: those heads are kept. Channels
+        # along both the rows and the columns (x @ s^T, EfficientViM's state per channel, or
+        # a Gram matrix): the fewer are kept.
         rows = [c for c in carried if not c[2]]
-        if len(rows) != 1:  # channels in two dims of the product (a Gram matrix of channels)
+        if not rows:
             rec.report_unknown(name, [x for x in (la, lb) if x is not None], [out])
             return
-        # Channels along a batch dim and along the rows or columns: heads that a layer mixed
-        # (talking heads, a learnt bias per head) times the heads of v, whose channels run
-        # along its columns. A tensor carries one channel dim: those heads are kept.
+        keep = max(rows, key=lambda c: len(c[1]))
         for _, ids, batch in carried:
-            if batch:
-                rec.freeze(ids, f"{name} in {rec.where()}: heads made by a layer, multiplied with channels")
-        carried = rows
+            if ids is not keep[1]:
+                why = "heads made by a layer" if batch else "channels along the other side of a product"
+                rec.freeze(ids, f"{name} in {rec.where()}: {why}, multiplied with channels")
+        carried = [keep]
     if carried:
         for _, ids, _ in carried[1:]:  # both operands' channels along one batch dim: the same
             rec.unite(carried[0][1], ids)
