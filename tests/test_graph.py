@@ -674,6 +674,45 @@ def test_a_failing_call_in_a_blocks_code_keeps_the_channels_of_every_block_of_it
     assert res.model.fc1.out_features == 16 and res.model(torch.randn(2, 3, 8, 8)).shape == (2, 16)
 
 
+class _SquareHeads(nn.Module):
+    """Swin-B's last stage: as many heads as channels per head (4 x 4 here), the head size
+    computed from the input's width. Taking num_heads for the count the reshape cuts
+    regroups the heads: a model that runs and computes something else."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads = 4
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        n, length, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v, scale=0.5)
+        return self.proj(y.transpose(1, 2).reshape(n, length, c))
+
+
+def test_heads_as_many_as_their_channels_keep_their_count_and_cut_exactly():
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _SquareHeads()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():  # zeros where L2 will cut: half the stream, half of every head, half the MLP
+        for layer, rows in ((model.embed, slice(8, 16)), (model.attn.proj, slice(8, 16)), (model.fc2, slice(8, 16)),
+                            (model.fc1, slice(16, 32))):
+            layer.weight[rows] = 0
+            layer.bias[rows] = 0
+        per_head = torch.arange(48).reshape(3, 4, 4)[:, :, 2:].flatten()
+        model.attn.qkv.weight[per_head] = 0
+        model.attn.qkv.bias[per_head] = 0
+        want = model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing kept back, no retry
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    attn = res.model.attn
+    assert (attn.num_heads, attn.qkv.out_features, res.model.embed.out_channels) == (4, 24, 8)
+    torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
+
+
 class _TalkingHeads(nn.Module):
     """CaiT's talking-heads attention: a Linear mixes the heads of the attention map, which
     then multiplies v. The map's heads come from a layer (they are channels) and v's

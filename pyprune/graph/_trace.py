@@ -613,7 +613,10 @@ def _view(rec: Recorder, name, args, kwargs, out):
         return
     if name in ("view", "reshape"):  # the channel count written in the target shape
         shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
-        if len(shape) == out.dim() and type(shape[new.dim]) is int and shape[new.dim] == len(new.ids) > 1:
+        # (not where another dim of the shape has that length too: Swin-B's 32 heads of 32
+        # channels, whose num_heads is no channel count)
+        if len(shape) == out.dim() and type(shape[new.dim]) is int and shape[new.dim] == len(new.ids) > 1 \
+                and sum(1 for v in shape if v == shape[new.dim]) == 1:
             attr = rec.find_attr(shape[new.dim])
             if attr is not None:
                 rec.add_rewrite(attr, "count", [new.ids])
