@@ -6,9 +6,11 @@ random weights and a 10-class head, pruned at ratio 0.5 by each of ``--methods``
 thread, seed 0), and the pruned model is run on a batch of 2. A row per model: for each
 method ok / refused (pyprune raised its own error before cutting) / error (anything else:
 a bug) / broken (the returned model fails or changes its output shape), the share of the
-channels and of the parameters removed, pyprune's warnings; and the planted-zero exactness
-of its graph (tests/planted.py: zeroed channels cut, outputs unchanged). Models that do not
-run at their input size are "no-forward".
+channels and of the parameters removed, pyprune's warnings; for L2, ``cut_error``: that very
+cut with zeros planted in exactly the channels it drops (groups it cuts inexactly left
+whole), the relative change of the output (tests/planted.py ``cut_error``); and the
+planted-zero exactness of its graph for a random choice of channels (``check_exact``).
+Models that do not run at their input size are "no-forward".
 
     python3 bench/timm_sweep.py                      # l2 and kmeans, 2 per family (about 40 min)
     python3 bench/timm_sweep.py --per-family 5 --methods l2,kmeans,fpgm,taylor,activation
@@ -72,7 +74,7 @@ def worker(name: str, side: int, methods: list[str]) -> dict:
     import torch
 
     import pyprune
-    from planted import check_exact, randomize_bn
+    from planted import check_exact, cut_error, randomize_bn
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -104,6 +106,12 @@ def worker(name: str, side: int, methods: list[str]) -> dict:
                     total += g.size
                     removed += g.size - len(res.plan.keep.get(g.id, range(g.size)))
             r["removed_channels"] = round(removed / max(total, 1), 3)
+            if method == "l2":  # this very cut, planted: exact where the graph says so
+                try:
+                    err = cut_error(model, x[:1], res.plan)
+                    r["cut_error"] = None if err is None else float(f"{err:.2e}")
+                except Exception as e:  # noqa: BLE001
+                    r["cut_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         except Exception as e:  # noqa: BLE001 - a refusal is a result, anything else a bug
             r["status"] = "refused" if type(e).__module__.startswith("pyprune") else "error"
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
@@ -164,6 +172,9 @@ def main() -> None:
         for m in methods:
             if m in row:
                 counts[(m, row[m]["status"].split(":")[0])] += 1
+        err = row.get("l2", {}).get("cut_error")
+        if err is not None:
+            counts[("l2 cut_error", "<= 1e-5" if isinstance(err, float) and err <= 1e-5 else "above or failed")] += 1
     for k, v in sorted(counts.items(), key=str):
         print(k, v)
 

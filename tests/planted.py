@@ -2,6 +2,8 @@
 prunable group, prune exactly those, and the outputs must not change."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -42,6 +44,14 @@ def zero_and_choose(model, graph, frac=0.3, seed=0):
         cand = g.units[~g.frozen]
         n = max(1, int(frac * len(cand)))
         keep[rng.choice(cand, n, replace=False)] = False
+    plant(model, graph, keep)
+    return keep
+
+
+@torch.no_grad()
+def plant(model, graph, keep) -> None:
+    """Zero the contribution of the units where `keep` is False (filters, biases, BN affine,
+    per-channel params)."""
     mods = dict(model.named_modules())
     for m in graph.members:
         if m.role in ("out", "bias", "param") or (m.role == "bn" and m.param in ("weight", "bias")):
@@ -49,7 +59,25 @@ def zero_and_choose(model, graph, frac=0.3, seed=0):
             if len(pos):
                 t = getattr(mods[m.module], m.param)
                 t.index_fill_(m.dim, torch.as_tensor(pos), 0.0)
-    return keep
+
+
+@torch.no_grad()
+def cut_error(model, inputs, plan) -> float | None:
+    """pyprune's own cut, checked: zeros planted in exactly the channels `plan` drops
+    (groups it cuts inexactly left whole) and the planted model cut as planned must give
+    the planted model's output. The relative error; None when nothing is left to check."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    graph, keep = plan.graph, plan.keep_mask().copy()
+    for g in graph.groups:
+        if g.norm_over_channels or g.inexact:
+            keep[g.units] = True
+    if keep.all():
+        return None
+    planted = copy.deepcopy(model)
+    plant(planted, graph, keep)
+    want = planted(*inputs)
+    got = apply_keep(planted, graph, keep)(*inputs)
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
 @torch.no_grad()

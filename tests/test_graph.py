@@ -13,7 +13,7 @@ from torch import nn
 
 import models as user_models
 import pyprune
-from planted import check_exact, randomize_bn, zero_and_choose  # noqa: F401
+from planted import check_exact, cut_error, randomize_bn, zero_and_choose  # noqa: F401
 from pyprune.graph import build_graph
 from pyprune.surgery import apply_keep
 
@@ -96,6 +96,8 @@ def test_user_models(name):
     x = inputs()
     assert res.model(*x).shape == model(*x).shape
     assert res.summary.params_after < 0.6 * res.summary.params_before
+    err = cut_error(model, inputs(), res.plan)  # this very cut, with zeros planted where it cuts
+    assert err is None or err <= 1e-5, err
 
 
 class _WidthInConfig(nn.Module):
