@@ -643,7 +643,7 @@ class Pruner:
                     units = plan.graph.op_units(e.call, self.model)
                     units = units[~plan.graph.unit_frozen[units]]
                     if len(units) and len(fallbacks) < _MAX_FALLBACKS:
-                        why = f"the pruned model computed another shape: {e.message[:300]}; those channels are kept"
+                        why = f"the pruned model computes something else: {e.message[:300]}; those channels are kept"
                         plan.graph.freeze(units, why)
                         fallbacks.append(why)
                         continue

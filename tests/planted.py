@@ -75,9 +75,17 @@ def cut_error(model, inputs, plan) -> float | None:
         return None
     planted = copy.deepcopy(model)
     plant(planted, graph, keep)
-    want = planted(*inputs)
-    got = apply_keep(planted, graph, keep)(*inputs)
+    want = _flat(planted(*inputs))
+    got = _flat(apply_keep(planted, graph, keep)(*inputs))
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+
+
+def _flat(out) -> torch.Tensor:
+    """A model's outputs (a tensor, a tuple/list/dict of them, a ModelOutput) as one vector."""
+    if isinstance(out, torch.Tensor):
+        return out.reshape(-1)
+    parts = out.values() if isinstance(out, dict) else out
+    return torch.cat([_flat(o) for o in parts if isinstance(o, (torch.Tensor, tuple, list, dict))])
 
 
 @torch.no_grad()

@@ -19,17 +19,24 @@ def _is_weight(t: torch.Tensor) -> bool:
     return isinstance(t, nn.Parameter) or isinstance(getattr(t, "_base", None), nn.Parameter)
 
 
-_LOOKAHEAD = 8
-
-
-class OtherShape(Exception):
-    """A call of the model's own code gave a tensor whose other dims than the channels'
-    differ from the model's: a channel count the code holds as a number (a config value, a
-    head size) that the cut did not change, so the pruned model computes something else."""
+class OtherShape(BaseException):  # (not an Exception: the model's own `except Exception` must not hide it)
+    """The pruned model's own code computes something else than the model's where the
+    channels go: a call gave a tensor whose dims other than the channels' differ from the
+    unpruned run (a channel count the code holds as a number, a config value or a head
+    size, that the cut did not change), or the code skipped a call that carried channels
+    (a branch on a channel count)."""
 
     def __init__(self, index: int, message: str):
         super().__init__(message)
         self.index = index
+
+
+def _carries(entry) -> bool:
+    return any(lay is not None for _, lay in entry[2])
+
+
+def _where(where: str) -> str:
+    return where or "the model's own forward"
 
 
 class _ShapeOnly(TorchFunctionMode):
@@ -55,11 +62,8 @@ class _ShapeOnly(TorchFunctionMode):
         if outs:
             name = getattr(func, "__name__", None) or str(func)
             where = state["stack"][-1] if state["stack"] else ""
-            # the same call of the unpruned run, a few calls on at most (a model that caches a
-            # tensor on its first run, as LeViT's attention biases, skips the calls that made it)
-            i = next((j for j in range(state["calls"], min(len(log), state["calls"] + _LOOKAHEAD))
-                      if log[j][:2] == (where, name) and len(log[j][2]) == len(outs)), None)
-            if i is None:  # a call the unpruned run did not make here: nothing to compare with
+            i = self._same_call(where, name, len(outs))
+            if i is None:  # a call the unpruned run did not make: nothing to compare with
                 return out
             state["calls"] = i + 1
             for t, (shape, lay) in zip(outs, log[i][2]):
@@ -67,10 +71,27 @@ class _ShapeOnly(TorchFunctionMode):
                     continue
                 got = tuple(t.shape)
                 if len(got) != len(shape) or any(a != b for k, (a, b) in enumerate(zip(got, shape)) if k != lay[0]):
-                    raise OtherShape(i, f"{name} in {where or 'the model' + chr(39) + 's own forward'} gave a tensor of "
-                                        f"shape {got}, where the model's has {shape} (channels in dim {lay[0]}): a "
-                                        "channel count written in its code as a number stayed unchanged")
+                    raise OtherShape(i, f"{name} in {_where(where)} gave a tensor of shape {got}, where the model's "
+                                        f"has {shape} (channels in dim {lay[0]}): a channel count in its code did not "
+                                        "follow the cut")
         return out
+
+    def _same_call(self, where: str, name: str, n_out: int) -> int | None:
+        """This call's index in the unpruned run's log: the next call of this op in this
+        module. Calls passed over must not carry channels (a tensor cached on the model's
+        first run, as LeViT's attention biases, is made from parameters only): one that
+        does was skipped by the pruned model's code, which then took another path. (The
+        pruned copy is made after the trace, so it finds whatever the trace cached: it
+        makes fewer calls, not more.)"""
+        log, start = self.state["log"], self.state["calls"]
+        for j in range(start, len(log)):
+            if log[j][:2] == (where, name) and len(log[j][2]) == n_out:
+                return j
+            if _carries(log[j]):
+                raise OtherShape(j, f"the pruned model did not make the call {log[j][1]} in {_where(log[j][0])}, which "
+                                    "the model made on these channels: its code took another path (a branch on a "
+                                    "channel count)")
+        return None
 
 
 def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes: list,
@@ -101,6 +122,11 @@ def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[]), _ShapeOnly(state):
             out = model(*inputs, **(kwargs or {}))
+        rest = [j for j in range(state["calls"], len(log or [])) if _carries(log[j])]
+        if rest:  # the unpruned run made more calls on channels than the pruned one
+            raise OtherShape(rest[0], f"the pruned model did not make the call {log[rest[0]][1]} in "
+                                      f"{_where(log[rest[0]][0])}, which the model made on these channels: its code "
+                                      "took another path (a branch on a channel count)")
     except OtherShape as e:
         return (state["stack"][-1] if state["stack"] else ""), str(e), e.index
     except Exception as e:  # noqa: BLE001 - any failure of the user's code is the answer

@@ -613,10 +613,12 @@ def _view(rec: Recorder, name, args, kwargs, out):
         return
     if name in ("view", "reshape"):  # the channel count written in the target shape
         shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
-        # (not where another dim of the shape has that length too: Swin-B's 32 heads of 32
-        # channels, whose num_heads is no channel count)
+        # (not where the channels split into pieces two of which have that length: Swin-B's
+        # 32 heads of 32 channels, whose num_heads is no channel count)
+        plan = _reshape_plan(tuple(src.shape), lay.dim, tuple(out.shape))
+        pieces = plan[2] if plan is not None and plan[0] == "split" else ()
         if len(shape) == out.dim() and type(shape[new.dim]) is int and shape[new.dim] == len(new.ids) > 1 \
-                and sum(1 for v in shape if v == shape[new.dim]) == 1:
+                and sum(1 for v in pieces if v == shape[new.dim]) <= 1:
             attr = rec.find_attr(shape[new.dim])
             if attr is not None:
                 rec.add_rewrite(attr, "count", [new.ids])
@@ -942,7 +944,8 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
         for o in outs:
             rec.set_layout(o, None)
         return
-    keep = kwargs.get("keepdim", args[pos + 1] if len(args) > pos + 1 and isinstance(args[pos + 1], bool) else False)
+    at = pos + 2 if name in ("std", "var") else pos + 1  # std(input, dim, unbiased, keepdim)
+    keep = kwargs.get("keepdim", args[at] if len(args) > at and isinstance(args[at], bool) else False)
     new = lay.dim if keep else lay.dim - sum(1 for d in dims if d < lay.dim)
     if outs:
         rec.set_layout(outs[0], Layout(new, lay.ids))
@@ -1096,9 +1099,11 @@ def _conv(rec: Recorder, name, args, kwargs, out):
 def _matmul(rec: Recorder, name, args, kwargs, out):
     """a @ b: the contracted dim couples a's last dim with b's second to last; a's rows and
     b's columns carry their channels to the output; batch dims broadcast."""
-    a, b = args[0], args[1]
+    a = args[0] if args else kwargs.get("input")
+    b = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
     la, lb = rec.layout(a), rec.layout(b)
-    if not isinstance(out, torch.Tensor) or a.dim() < 2 or b.dim() < 2:
+    if not isinstance(out, torch.Tensor) or not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) \
+            or a.dim() < 2 or b.dim() < 2:
         rec.report_unknown(name, [x for x in (la, lb) if x is not None], _tensors(out))
         return
     carried = []  # (output dim, ids, through a batch dim)
@@ -1139,12 +1144,16 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
         if not rows:
             rec.report_unknown(name, [x for x in (la, lb) if x is not None], [out])
             return
-        keep = max(rows, key=lambda c: len(c[1]))
-        for _, ids, batch in carried:
-            if ids is not keep[1]:
-                why = "heads made by a layer" if batch else "channels along the other side of a product"
-                rec.freeze(ids, f"{name} in {rec.where()}: {why}, multiplied with channels")
-        carried = [keep]
+        keep = max(range(len(rows)), key=lambda i: len(rows[i][1]))
+        others = [c for c in carried if c is not rows[keep]]
+        if any(np.intersect1d(ids, rows[keep][1]).size for _, ids, _ in others):
+            # the same channels on both sides (f @ f^T, a Gram matrix): a cut changes every entry
+            rec.report_unknown(name, [x for x in (la, lb) if x is not None], [out])
+            return
+        for _, ids, batch in others:
+            why = "heads made by a layer" if batch else "channels along the other side of a product"
+            rec.freeze(ids, f"{name} in {rec.where()}: {why}, multiplied with channels")
+        carried = [rows[keep]]
     if carried:
         for _, ids, _ in carried[1:]:  # both operands' channels along one batch dim: the same
             rec.unite(carried[0][1], ids)
@@ -1343,7 +1352,7 @@ class _Mode(TorchFunctionMode):
             return res
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", None) or str(func)
-        self._follow(name, args, kwargs, out)
+        self._follow(func, name, args, kwargs, out)
         if rec.count_layers and not rec.in_hook:
             outs = _tensors(out)
             if outs:
@@ -1351,10 +1360,21 @@ class _Mode(TorchFunctionMode):
                                    [(tuple(t.shape), rec.layout(t)) for t in outs]))
         return out
 
-    def _follow(self, name: str, args, kwargs, out) -> None:
+    def _follow(self, func, name: str, args, kwargs, out) -> None:
         """Record how `out` carries the channels of the op's inputs (its handler)."""
         rec = self.rec
-        if name == "__get__":
+        if name == "__get__":  # a Tensor property: the transposes move the channels
+            prop = getattr(getattr(func, "__self__", None), "__name__", None)
+            src = args[0] if args else None
+            lay = rec.layout(src)
+            if lay is not None and prop in ("T", "H", "mT", "mH") and isinstance(out, torch.Tensor) \
+                    and out.dim() == src.dim():
+                nd = src.dim()
+                if prop in ("T", "H"):
+                    d = nd - 1 - lay.dim
+                else:
+                    d = {nd - 1: nd - 2, nd - 2: nd - 1}.get(lay.dim, lay.dim)
+                rec.set_layout(out, Layout(d, lay.ids))
             return
         if name in _VIEW_LIKE and args and isinstance(args[0], torch.Tensor):
             _param_view(rec, name, args, kwargs, out)
