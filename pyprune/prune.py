@@ -632,13 +632,15 @@ class Pruner:
     def _prune_once(self, ratio, inplace: bool, targets: dict) -> PruneResult:
         t0 = time.perf_counter()
         fallbacks = []
-        for _ in range(_MAX_FALLBACKS + 1):
+        while True:  # each round drops tentative rewrites or keeps more channels: at most _MAX_FALLBACKS of those
             t1 = time.perf_counter()
             plan = self.plan(ratio, **targets)
             t2 = time.perf_counter()
             try:
                 res = self.apply(plan, inplace=inplace)
             except PrunedModelFails as e:
+                if plan.graph.drop_tentative(e.module, self.model):
+                    continue  # a count read from an attribute as long as another dim: cut again without it
                 if e.call is not None:  # keep the channels that went through the call (and its copies)
                     units = plan.graph.op_units(e.call, self.model)
                     units = units[~plan.graph.unit_frozen[units]]
@@ -669,7 +671,6 @@ class Pruner:
             if all(v is None for v in targets.values()):  # a ratio, not a budget, was asked
                 _warn_shortfall(res, ratio)
             return res
-        raise AssertionError("unreachable")
 
     @staticmethod
     def _blamed(model: nn.Module, module: str) -> str:

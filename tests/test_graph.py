@@ -3,6 +3,8 @@ of every torchvision CNN family and user-style models."""
 from __future__ import annotations
 
 import copy
+import functools
+import random
 import warnings
 
 import numpy as np
@@ -220,6 +222,88 @@ def test_a_branch_on_a_channel_count_keeps_those_channels():
     with pytest.warns(UserWarning, match="did not make the call mul"):
         res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
     assert res.model.a.out_channels == 16
+
+
+class _CachedGrid(nn.Module):
+    """A coordinate map cached per module (lru_cache on a method): a model run once before
+    pruning has it, the pruned copy builds it again, so the two runs make other calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 16, 1)
+
+    @functools.lru_cache(maxsize=8)
+    def grid(self, h, w):
+        ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        return torch.stack([ys, xs]).float().sum(0) / (h + w)
+
+    def forward(self, x):
+        return x + self.b(self.a(x).relu() + self.grid(*x.shape[2:]))
+
+    __hash__ = nn.Module.__hash__
+
+
+class _LayerDrop(nn.Module):
+    """Training-mode layer drop decided by Python's random: the trace and the check of the
+    cut make the same draws."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(16, 32, 3, padding=1), nn.Conv2d(32, 16, 1)
+
+    def forward(self, x):
+        if self.training and random.random() < 0.3:
+            return x
+        return x + self.b(self.a(x).relu())
+
+
+@pytest.mark.parametrize("block", ["cached_grid_warm", "cached_grid_cold", "layer_drop"])
+def test_calls_one_run_makes_and_the_other_not_are_no_failure(block):
+    """The check of a cut aligns the pruned run's calls with the trace's: a cache one of
+    them finds built, or a random layer drop, is no branch on a channel count."""
+    torch.manual_seed(0)
+    make = _LayerDrop if block == "layer_drop" else _CachedGrid
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), *[make() for _ in range(6)])
+    model.train(block == "layer_drop")
+    x = torch.randn(2, 3, 8, 8)
+    if block == "cached_grid_warm":
+        model(x)  # the user ran the model before pruning it
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert [m.a.out_channels for m in res.model[1:]] == [16] * 6
+
+
+def test_an_attribute_as_long_as_the_width_is_rewritten_only_if_the_cut_needs_it():
+    """reshape(B, C, self.side, self.side) with side == C: `side` was taken for the width
+    and rewritten, and the cut failed. A rewrite of a value that another dim of the shape
+    has too is tentative: dropped when the cut fails, and the model cut again."""
+
+    class Mix(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.side = 16
+            self.c, self.tok, self.d = nn.Conv2d(3, 16, 1), nn.Linear(256, 256), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            y = self.c(x)
+            t = torch.relu(self.tok(y.flatten(2)))
+            return self.d(t.reshape(y.shape[0], y.shape[1], self.side, self.side))
+
+    torch.manual_seed(0)
+    model = Mix().eval()
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        model.c.weight[8:] = 0
+        model.c.bias[8:] = 0
+        model.tok.bias.zero_()
+        want = model(x)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert not [w for w in caught if "pruned model" in str(w.message)]  # no retry that kept channels
+    assert (res.model.c.out_channels, res.model.side) == (8, 16)
+    torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_gram_matrix_of_channels_is_refused():

@@ -140,6 +140,7 @@ class ChannelGraph:
     # the torch calls of the model's own code, for the check of a cut: (module, op, [(output
     # shape, (dim, units) where the output carries channels, else None)])
     op_log: list = field(default_factory=list)
+    tentative: list = field(default_factory=list)  # (module, attr) of rewrites to drop if the cut fails
 
     def freeze(self, units: np.ndarray, reason: str) -> None:
         """Never prune `units` (global ids); `reason` is shown wherever the graph explains
@@ -154,6 +155,18 @@ class ChannelGraph:
             reasons = self.frozen_reasons.setdefault(int(gid), [])
             if reason not in reasons:
                 reasons.append(reason)
+
+    def drop_tentative(self, where: str, model: nn.Module) -> bool:
+        """The cut failed in module `where`: drop the tentative rewrites of it or of a module
+        around it, in every module of those types. True if any was dropped."""
+        mods = dict(model.named_modules())
+        kinds = {type(mods.get(m)) for m, _ in self.tentative if m == where or where.startswith(m + ".") or not m}
+        drop = {(m, a) for m, a in self.tentative if type(mods.get(m)) in kinds}
+        if not drop:
+            return False
+        self.rewrites = [r for r in self.rewrites if (r[0], r[1]) not in drop]
+        self.tentative = [t for t in self.tentative if t not in drop]
+        return True
 
     def op_units(self, index: int, model: nn.Module) -> np.ndarray:
         """The channels (units) of the output of call `index` of :attr:`op_log`, and of the
@@ -477,8 +490,12 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         first = pieces[0]
         same = all(r.kind == recs[0].kind and len(p) == len(first) and
                    all(np.array_equal(np.sort(a), np.sort(b)) for a, b in zip(p, first)) for r, p in zip(recs, pieces))
+        tentative = all(r.tentative for r in recs)
         if not same:
-            graph.freeze(np.concatenate([u for p in pieces for u in p]),
-                         f"{mod}.{attr} is read for channel counts of tensors that are cut differently")
+            if not tentative:  # (a tentative one is left out: the value was likely another dim's)
+                graph.freeze(np.concatenate([u for p in pieces for u in p]),
+                             f"{mod}.{attr} is read for channel counts of tensors that are cut differently")
             continue
+        if tentative:
+            graph.tentative.append((mod, attr))
         graph.rewrites.append((mod, attr, recs[0].kind, first, recs[0].container, recs[0].index, recs[0].original))

@@ -4,6 +4,7 @@ output shape (as the trace does), after checking that their operands fit; everyt
 (reshapes, splits, concatenations, attribute-driven sizes) runs for real."""
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 import torch
@@ -11,24 +12,12 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from .. import layers as _layers
-from ._trace import _tensors
+from ._trace import _tensors, fixed_rng
 
 
 def _is_weight(t: torch.Tensor) -> bool:
     """A parameter, or a view of one (``weight.reshape(1, out, -1)``)."""
     return isinstance(t, nn.Parameter) or isinstance(getattr(t, "_base", None), nn.Parameter)
-
-
-class OtherShape(BaseException):  # (not an Exception: the model's own `except Exception` must not hide it)
-    """The pruned model's own code computes something else than the model's where the
-    channels go: a call gave a tensor whose dims other than the channels' differ from the
-    unpruned run (a channel count the code holds as a number, a config value or a head
-    size, that the cut did not change), or the code skipped a call that carried channels
-    (a branch on a channel count)."""
-
-    def __init__(self, index: int, message: str):
-        super().__init__(message)
-        self.index = index
 
 
 def _carries(entry) -> bool:
@@ -37,6 +26,39 @@ def _carries(entry) -> bool:
 
 def _where(where: str) -> str:
     return where or "the model's own forward"
+
+
+def compare_calls(log: list, calls: list, complete: bool) -> tuple[int, str] | None:
+    """Where the pruned model's own code computes something else than the model's: `calls`
+    (module, op, output shapes) as the pruned run made them, against `log`
+    (:attr:`ChannelGraph.op_log`). The two are aligned as sequences of (module, op, number
+    of outputs), so a call one run makes and the other does not (a cache one of them finds
+    built) leaves the rest aligned. (index in `log`, what differs) for the first call that
+    carries channels and either gave a tensor whose dims other than the channels' differ
+    (a channel count the code holds as a number, a config value or a head size, that the
+    cut did not change) or was not made by the pruned run (a branch on a channel count);
+    None if there is none. `complete`: the pruned run finished (else the calls it did not
+    reach are not missing)."""
+    keys = [(w, op, len(outs)) for w, op, outs in log]
+    got = [(w, op, len(shapes)) for w, op, shapes in calls]
+    matcher = difflib.SequenceMatcher(None, keys, got, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            for i, j in zip(range(i1, i2), range(j1, j2)):
+                where, op, outs = log[i]
+                for (shape, lay), have in zip(outs, calls[j][2]):
+                    if lay is not None and (len(have) != len(shape) or any(
+                            x != y for k, (x, y) in enumerate(zip(have, shape)) if k != lay[0])):
+                        return i, (f"{op} in {_where(where)} gave a tensor of shape {have}, where the model's has "
+                                   f"{shape} (channels in dim {lay[0]}): a channel count in its code did not follow "
+                                   "the cut")
+        elif tag in ("delete", "replace") and (complete or j2 < len(got)):
+            for i in range(i1, i2):
+                if _carries(log[i]):
+                    return i, (f"the pruned model did not make the call {log[i][1]} in {_where(log[i][0])}, which the "
+                               "model made on these channels: its code took another path (a branch on a channel "
+                               "count)")
+    return None
 
 
 class _ShapeOnly(TorchFunctionMode):
@@ -57,51 +79,21 @@ class _ShapeOnly(TorchFunctionMode):
                     pass  # operands that do not fit: the real op raises its own error
             return func(*args, **kwargs)
         out = func(*args, **kwargs)
-        log = state["log"]
-        outs = _tensors(out) if log is not None else []
-        if outs:
+        outs = _tensors(out)
+        if outs:  # the model's own code: logged as the trace logs it
             name = getattr(func, "__name__", None) or str(func)
-            where = state["stack"][-1] if state["stack"] else ""
-            i = self._same_call(where, name, len(outs))
-            if i is None:  # a call the unpruned run did not make: nothing to compare with
-                return out
-            state["calls"] = i + 1
-            for t, (shape, lay) in zip(outs, log[i][2]):
-                if lay is None:
-                    continue
-                got = tuple(t.shape)
-                if len(got) != len(shape) or any(a != b for k, (a, b) in enumerate(zip(got, shape)) if k != lay[0]):
-                    raise OtherShape(i, f"{name} in {_where(where)} gave a tensor of shape {got}, where the model's "
-                                        f"has {shape} (channels in dim {lay[0]}): a channel count in its code did not "
-                                        "follow the cut")
+            state["calls"].append((state["stack"][-1] if state["stack"] else "", name, [tuple(t.shape) for t in outs]))
         return out
-
-    def _same_call(self, where: str, name: str, n_out: int) -> int | None:
-        """This call's index in the unpruned run's log: the next call of this op in this
-        module. Calls passed over must not carry channels (a tensor cached on the model's
-        first run, as LeViT's attention biases, is made from parameters only): one that
-        does was skipped by the pruned model's code, which then took another path. (The
-        pruned copy is made after the trace, so it finds whatever the trace cached: it
-        makes fewer calls, not more.)"""
-        log, start = self.state["log"], self.state["calls"]
-        for j in range(start, len(log)):
-            if log[j][:2] == (where, name) and len(log[j][2]) == n_out:
-                return j
-            if _carries(log[j]):
-                raise OtherShape(j, f"the pruned model did not make the call {log[j][1]} in {_where(log[j][0])}, which "
-                                    "the model made on these channels: its code took another path (a branch on a "
-                                    "channel count)")
-        return None
 
 
 def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes: list,
                log: list | None = None) -> tuple[str, str, int | None] | None:
-    """None when `model` runs on `inputs` and returns tensors of `want_shapes`, and each
-    call of its own code that `log` (:attr:`ChannelGraph.op_log` of the unpruned model) says
-    carries channels gives a tensor of the same shape but for the channels' dim; else (the
-    innermost module that was running when it failed, "" for the model's own code, what went
-    wrong, and the index in `log` of the call with the other shape, or None)."""
-    state: dict[str, Any] = {"depth": 0, "stack": [], "log": log, "calls": 0}
+    """None when `model` runs on `inputs` and returns tensors of `want_shapes`, and its own
+    code computes what `log` (:attr:`ChannelGraph.op_log` of the unpruned model) says it
+    should (:func:`compare_calls`); else (the innermost module that was running when it
+    failed, "" for the model's own code, what went wrong, and the index in `log` of the call
+    that differs, or None)."""
+    state: dict[str, Any] = {"depth": 0, "stack": [], "calls": []}
     names = {m: n for n, m in model.named_modules()}
     hooks = []
 
@@ -119,25 +111,25 @@ def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes
         hooks.append(m.register_forward_pre_hook(pre))
         hooks.append(m.register_forward_hook(post))
     saved = [(b, b.detach().clone()) for b in model.buffers()]
+    failure = None
     try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]), _ShapeOnly(state):
+        with torch.no_grad(), fixed_rng(), _ShapeOnly(state):
             out = model(*inputs, **(kwargs or {}))
-        rest = [j for j in range(state["calls"], len(log or [])) if _carries(log[j])]
-        if rest:  # the unpruned run made more calls on channels than the pruned one
-            raise OtherShape(rest[0], f"the pruned model did not make the call {log[rest[0]][1]} in "
-                                      f"{_where(log[rest[0]][0])}, which the model made on these channels: its code "
-                                      "took another path (a branch on a channel count)")
-    except OtherShape as e:
-        return (state["stack"][-1] if state["stack"] else ""), str(e), e.index
     except Exception as e:  # noqa: BLE001 - any failure of the user's code is the answer
-        where = state["stack"][-1] if state["stack"] else ""
-        return where, f"{type(e).__name__}: {e}", None
+        failure = (state["stack"][-1] if state["stack"] else ""), f"{type(e).__name__}: {e}", None
     finally:
         for h in hooks:
             h.remove()
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
+    # a call that computed something else comes first: it is the cause of a later failure
+    other = compare_calls(log, state["calls"], failure is None) if log else None
+    if other is not None:
+        i, message = other
+        return log[i][0], message, i
+    if failure is not None:
+        return failure
     got = [tuple(t.shape) for t in _tensors(out)]
     if want_shapes and got != [tuple(s) for s in want_shapes]:
         return "", f"the pruned model returns tensors of shapes {got}, the model {[tuple(s) for s in want_shapes]}", None

@@ -10,7 +10,9 @@ An op that touches tracked channels and has no handler is reported.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -48,6 +50,7 @@ class Rewrite:
     container: type = int
     index: int = -1
     original: Any = None
+    tentative: bool = False  # the value read might be another dim's (as long): dropped if the cut fails
 
 
 @dataclass
@@ -175,8 +178,9 @@ class Recorder:
         mod = self.module(self.stack[-1])
         return [k for k, v in vars(mod).items() if not k.startswith("_") and type(v) is int and v == value]
 
-    def add_rewrite(self, attr: str, kind: str, pieces, container: type = int) -> None:
-        self.rewrites.append(Rewrite(self.stack[-1], attr, kind, [np.asarray(p, np.int64) for p in pieces], container))
+    def add_rewrite(self, attr: str, kind: str, pieces, container: type = int, tentative: bool = False) -> None:
+        self.rewrites.append(Rewrite(self.stack[-1], attr, kind, [np.asarray(p, np.int64) for p in pieces], container,
+                                     tentative=tentative))
 
     def param_dim(self, t: Any, dim: int) -> tuple[str, str, int] | None:
         """(module, parameter, its dim) when dim `dim` of tensor `t` is a dim of a parameter or
@@ -613,15 +617,14 @@ def _view(rec: Recorder, name, args, kwargs, out):
         return
     if name in ("view", "reshape"):  # the channel count written in the target shape
         shape = args[1] if len(args) == 2 and isinstance(args[1], (tuple, list, torch.Size)) else args[1:]
-        # (not where the channels split into pieces two of which have that length: Swin-B's
-        # 32 heads of 32 channels, whose num_heads is no channel count)
-        plan = _reshape_plan(tuple(src.shape), lay.dim, tuple(out.shape))
-        pieces = plan[2] if plan is not None and plan[0] == "split" else ()
-        if len(shape) == out.dim() and type(shape[new.dim]) is int and shape[new.dim] == len(new.ids) > 1 \
-                and sum(1 for v in pieces if v == shape[new.dim]) <= 1:
+        if len(shape) == out.dim() and type(shape[new.dim]) is int and shape[new.dim] == len(new.ids) > 1:
             attr = rec.find_attr(shape[new.dim])
             if attr is not None:
-                rec.add_rewrite(attr, "count", [new.ids])
+                # where another dim of the shape is as long, the attribute may be that dim's
+                # (Swin-B's 32 heads of 32 channels: num_heads; a side as long as the width):
+                # the rewrite is dropped if the cut with it fails
+                ambiguous = sum(1 for v in shape if v == shape[new.dim]) > 1
+                rec.add_rewrite(attr, "count", [new.ids], tentative=ambiguous)
     rec.set_layout(out, new)
 
 
@@ -1391,6 +1394,23 @@ class _Mode(TorchFunctionMode):
         handler(rec, name, args, kwargs, out)
 
 
+@contextlib.contextmanager
+def fixed_rng(seed: int = 0):
+    """torch's (CPU), Python's and numpy's random state seeded for the block and restored
+    after it: the trace and the check of a cut make the same random choices (a layer drop
+    decided by `random.random()`), and the caller's state is untouched."""
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)  # (CPU only: the CUDA state is not forked)
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tuple[Recorder, Any]:
     """Run `model(*example_inputs, **example_kwargs)` once under the recorder."""
     rec = Recorder(model)
@@ -1441,7 +1461,7 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     modes = [(m, m.training) for m in model.modules()]
     try:
-        with torch.random.fork_rng(devices=[]):
+        with fixed_rng():
             output = _forward(rec, model, example_inputs, example_kwargs)
             rec.untraced = untraced_layers(model, rec.leaf_modules)
             if rec.untraced:
