@@ -453,7 +453,7 @@ def test_a_norm_of_negative_order_over_the_channels_is_inexact():
 
 @pytest.mark.parametrize("name", ["rot90_channels", "narrow_channels", "roll_flat", "roll_flat_empty_dims",
                                   "roll_channels", "where_indices", "where_indices_1d", "repeat_interleave_counts",
-                                  "repeat_interleave_flat", "unfold_windows_of_channels"])
+                                  "repeat_interleave_flat", "unfold_windows_of_channels", "std_of_everything"])
 def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
     """A roll of the channels is refused too: the pruned model would roll its kept channels
     by the same shift, which is the cut only when the channels rolled around are kept."""
@@ -466,7 +466,8 @@ def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
           "where_indices_1d": lambda s, h: h * torch.where(h.mean((0, 2, 3)) > -9.0)[0].float().mean(),
           "repeat_interleave_counts": lambda s, h: h.repeat_interleave(torch.arange(16) % 2 + 1, dim=1)[:, :16],
           "repeat_interleave_flat": lambda s, h: h * h.repeat_interleave(2).mean(),
-          "unfold_windows_of_channels": lambda s, h: h.unfold(1, 2, 2).mean(-1).repeat(1, 2, 1, 1)}[name]
+          "unfold_windows_of_channels": lambda s, h: h.unfold(1, 2, 2).mean(-1).repeat(1, 2, 1, 1),
+          "std_of_everything": lambda s, h: h / (h.std(False) + 1.0)}[name]  # (False: unbiased, not a dim)
     model = _OpNet(op).eval()
     with pytest.raises(pyprune.GraphError, match="cannot follow channels"):
         pyprune.prune(model, torch.randn(1, 3, 16, 16), method="l2", ratio=0.5)

@@ -930,6 +930,8 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
     outs = _tensors(out)
     pos = 2 if name in _NORMS else 1
     dims = args[pos] if len(args) > pos else kwargs.get("dim", kwargs.get("axis"))
+    if isinstance(dims, bool):  # std(x, True): `unbiased`, over every dim
+        dims = kwargs.get("dim")
     if dims is None and name == "linalg_matrix_norm":
         dims = (-2, -1)
     if name in ("max", "min") and isinstance(dims, torch.Tensor):
