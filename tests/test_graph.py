@@ -899,10 +899,28 @@ class _SquareHeads(nn.Module):
         return self.proj(y.transpose(1, 2).reshape(n, length, c))
 
 
-def test_heads_as_many_as_their_channels_keep_their_count_and_cut_exactly():
+class _SquareHeadsWithBias(_SquareHeads):
+    """Swin-V2 reads num_heads where it is unambiguous too: a learnt bias per head,
+    `.view(-1, self.num_heads)`."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Linear(2, 4)
+
+    def forward(self, x):
+        n, length, c = x.shape
+        q, k, v = self.qkv(x).reshape(n, length, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        coords = torch.linspace(0, 1, length * length * 2).reshape(length * length, 2)
+        bias = self.table(coords).view(-1, self.num_heads).permute(1, 0).reshape(1, self.num_heads, length, length)
+        attn = ((q @ k.transpose(-2, -1)) * 0.5 + bias).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(n, length, c))
+
+
+@pytest.mark.parametrize("attn", [_SquareHeads, _SquareHeadsWithBias])
+def test_heads_as_many_as_their_channels_keep_their_count_and_cut_exactly(attn):
     torch.manual_seed(0)
     model = _TokenNet().eval()
-    model.attn = _SquareHeads()
+    model.attn = attn()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():  # zeros where L2 will cut: half the stream, half of every head, half the MLP
         for layer, rows in ((model.embed, slice(8, 16)), (model.attn.proj, slice(8, 16)), (model.fc2, slice(8, 16)),

@@ -486,6 +486,9 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     for r in rec.rewrites:
         by_attr.setdefault((r.module, r.attr), []).append(r)
     for (mod, attr), recs in by_attr.items():
+        # a reading where the value was unambiguous says what the attribute is: the
+        # tentative ones (the value as long as another dim) are left out then
+        recs = [r for r in recs if not r.tentative] or recs
         pieces = [[unit_of[p] for p in r.pieces] for r in recs]
         first = pieces[0]
         same = all(r.kind == recs[0].kind and len(p) == len(first) and
