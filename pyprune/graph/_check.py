@@ -1,7 +1,8 @@
-"""Does a pruned model still run? One forward pass on the example inputs, cheap: inside
-the registered layers the convolutions, products and norms are replaced by zeros of their
-output shape (as the trace does), after checking that their operands fit; everything else
-(reshapes, splits, concatenations, attribute-driven sizes) runs for real."""
+"""Does a pruned model still run, and compute what the model did? One forward pass on the
+example inputs, cheap: inside the registered layers the convolutions, products and norms
+are replaced by zeros of their output shape (as the trace does), after checking that their
+operands fit; everything else (reshapes, splits, concatenations, attribute-driven sizes)
+runs for real, and its calls are compared with the trace's (:func:`compare_calls`)."""
 from __future__ import annotations
 
 import difflib
