@@ -424,11 +424,14 @@ def _channel_first_layernorm(m: nn.Module, x: torch.Tensor, lay) -> bool:
 
 
 class LayerNorm(LayerHandler):
-    """LayerNorm over the last dim (or dim 1 for channels-first subclasses): its statistics
-    couple all channels, its affine parameters are per channel."""
+    """LayerNorm (and nn.RMSNorm) over the last dim (or dim 1 for channels-first LayerNorm
+    subclasses): its statistics couple all channels, its affine parameters are per channel,
+    and ``normalized_shape`` is rewritten to the kept count (also where it has no
+    parameters to slice)."""
 
     kind = "norm"
-    shape_ops = {"layer_norm": lambda a, k: _norm_out(a, k, "layer")}
+    shape_ops = {"layer_norm": lambda a, k: _norm_out(a, k, "layer"),
+                 "rms_norm": lambda a, k: _norm_out(a, k, "layer")}
 
     def trace(self, rec, name, m, x, out):
         lay = rec.layout(x)
@@ -447,13 +450,18 @@ class LayerNorm(LayerHandler):
             return
         if k == 1 and lay.dim == x.dim() - 1:
             _norm_members(rec, name, m, lay.ids)
+            if getattr(m, "weight", None) is None and getattr(m, "bias", None) is None:
+                rec.add_inexact(lay.ids, f"{type(m).__name__} {name} normalises over the channels")
+            rec.rewrites.append(Rewrite(name, "normalized_shape", "replace", [np.asarray(lay.ids, np.int64)],
+                                        tuple, 0, tuple(m.normalized_shape)))
             rec.set_layout(out, lay)
             return
-        rec.report_unknown("LayerNorm over channels and other dims", [lay], [out])
+        rec.report_unknown(f"{type(m).__name__} over channels and other dims", [lay], [out])
 
     def resize(self, m):
-        t = m.weight if m.weight is not None else m.bias
-        m.normalized_shape = (t.shape[0],)
+        t = m.weight if m.weight is not None else getattr(m, "bias", None)
+        if t is not None:
+            m.normalized_shape = (t.shape[0],)
 
 
 class GroupNorm(LayerHandler):
@@ -558,6 +566,6 @@ register_layer(nn.MultiheadAttention)(MultiheadAttention)
 register_layer(nn.Linear)(Linear)
 register_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNorm)
 register_layer(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(InstanceNorm)
-register_layer(nn.LayerNorm)(LayerNorm)
+register_layer(nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))(LayerNorm)
 register_layer(nn.GroupNorm)(GroupNorm)
 register_layer(nn.PReLU)(PReLU)

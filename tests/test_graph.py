@@ -1172,3 +1172,85 @@ def test_vit_mlp_and_stream_are_exact_where_nothing_normalises():
     model = torchvision.models.vit_b_16(weights=None, num_classes=10, image_size=32).eval()
     graph = check_exact(model, torch.randn(2, 3, 32, 32))
     assert any(g.norm_over_channels for g in graph.groups)
+
+
+class _FunctionalRmsNorm(nn.Module):
+    """timm's RmsNorm: normalized_shape and weight held by the module, F.rms_norm in forward."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.normalized_shape, self.eps = (dim,), 1e-6
+        self.weight = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        return nn.functional.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+
+class _FunctionalLayerNorm(nn.Module):
+    """A hand-written LayerNorm whose forward builds normalized_shape from an int attribute."""
+
+    def __init__(self, dim):
+        super().__init__()
+        self.dim = dim
+        self.weight, self.bias = nn.Parameter(torch.rand(dim) + 0.5), nn.Parameter(torch.randn(dim))
+
+    def forward(self, x):
+        return nn.functional.layer_norm(x, (self.dim,), self.weight, self.bias)
+
+
+_LAST_DIM_NORMS = {
+    "RMSNorm": lambda d: nn.RMSNorm(d, eps=1e-6),
+    "RMSNorm-no-affine": lambda d: nn.RMSNorm(d, eps=1e-6, elementwise_affine=False),
+    "LayerNorm-no-affine": lambda d: nn.LayerNorm(d, elementwise_affine=False),
+    "F.rms_norm": _FunctionalRmsNorm,
+    "F.layer_norm": _FunctionalLayerNorm,
+}
+
+
+class _NormMlp(nn.Module):
+    def __init__(self, norm):
+        super().__init__()
+        self.fc1, self.norm, self.fc2 = nn.Linear(12, 32), norm(32), nn.Linear(32, 12)
+
+    def forward(self, x):
+        return x + self.fc2(self.norm(self.fc1(x)).relu())
+
+
+@pytest.mark.parametrize("kind", list(_LAST_DIM_NORMS))
+def test_a_norm_over_the_last_dim_is_cut_with_its_channels(kind):
+    """nn.RMSNorm, a LayerNorm without parameters, and F.rms_norm / F.layer_norm called by a
+    module's own code, on the hidden width of a token MLP: the width is cut in half (no
+    fallback warning), the norm's weight and normalized_shape follow, and the pruned block
+    computes what a hand-written one does on the kept channels (the statistics are taken
+    over those only: the group is marked as normalised over its channels, or inexact where
+    the norm has no parameters to mark it by)."""
+    torch.manual_seed(0)
+    model = _NormMlp(_LAST_DIM_NORMS[kind]).eval()
+    x = torch.randn(4, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm.fc1.out_features == pm.fc2.in_features == 16
+    # the kept hidden channels: the rows of fc1 the pruned model still has
+    rows = [int(torch.nonzero((model.fc1.weight == r).all(1))[0]) for r in pm.fc1.weight]
+    kept = torch.tensor(rows)
+    assert len(set(rows)) == 16
+    norm = pm.norm
+    shape = getattr(norm, "normalized_shape", None)
+    assert shape is None or tuple(shape) == (16,)
+    assert getattr(norm, "dim", 16) == 16
+    w = getattr(model.norm, "weight", None)
+    b = getattr(model.norm, "bias", None)
+    if w is not None:
+        assert torch.equal(norm.weight, w[kept])
+    with torch.no_grad():
+        h = x @ model.fc1.weight[kept].T + model.fc1.bias[kept]
+        if "rms" in kind.lower():
+            h = nn.functional.rms_norm(h, (16,), None if w is None else w[kept], 1e-6)
+        else:
+            h = nn.functional.layer_norm(h, (16,), None if w is None else w[kept], None if b is None else b[kept])
+        want = x + h.relu() @ model.fc2.weight[:, kept].T + model.fc2.bias
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+    g = [g for g in res.graph.groups if g.name == "fc1"][0]  # statistics over the cut channels
+    assert g.norm_over_channels or g.inexact

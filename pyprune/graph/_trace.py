@@ -818,6 +818,61 @@ def _instance_norm(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, lay)
 
 
+@register_op("layer_norm", "rms_norm")
+def _last_dims_norm(rec: Recorder, name, args, kwargs, out):
+    """F.layer_norm and F.rms_norm called by the model's own code (timm's RmsNorm, a norm
+    written by hand): statistics over the last ``len(normalized_shape)`` dims. Over other
+    dims only, the channels pass through. Over the channel dim alone (the last), they pass
+    through too, the weight (and layer_norm's bias) are sliced with them, and the module
+    attribute that holds ``normalized_shape`` (or its one entry) is rewritten to the kept
+    count; the statistics couple the channels, so the cut is inexact. Over the channels and
+    other dims together the rule cannot follow them."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    shape = args[1] if len(args) > 1 else kwargs.get("normalized_shape")
+    nd = src.dim()
+    if isinstance(shape, int) and not isinstance(shape, bool):
+        k = 1
+    elif isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 1:
+        k = len(shape)
+    else:
+        k = 0
+    if k == 0 or not isinstance(out, torch.Tensor) or out.shape != src.shape:
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    if lay.dim < nd - k:  # normalises other dims only
+        rec.set_layout(out, lay)
+        return
+    if k != 1 or lay.dim != nd - 1:
+        rec.report_unknown(f"{name} over the channels and other dims", [lay], [out])
+        return
+    keys = ("weight", "bias") if name == "layer_norm" else ("weight",)
+    affine = False
+    for i, key in enumerate(keys, start=2):
+        t = args[i] if len(args) > i else kwargs.get(key)
+        if not isinstance(t, torch.Tensor):
+            continue
+        owner = rec.param_dim(t, 0)
+        if owner is None or t.dim() != 1 or t.shape[0] != len(lay.ids):
+            rec.freeze(lay.ids, f"{name}'s {key} is not a parameter of {len(lay.ids)} channels ({rec.where()})")
+            continue
+        rec.add_member(owner[0], owner[1], owner[2], lay.ids, "norm")
+        affine = True
+    if not affine:
+        rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
+    ids = np.asarray(lay.ids, np.int64)
+    whole = rec.find_attr(shape) if isinstance(shape, (tuple, list)) else None
+    if whole is not None:  # F.layer_norm(x, self.normalized_shape, ...)
+        rec.rewrites.append(Rewrite(rec.stack[-1], whole, "replace", [ids], type(shape), 0, shape))
+    else:  # F.layer_norm(x, (self.dim,), ...): the count, unless another dim is as long
+        attr = rec.find_attr(shape if isinstance(shape, int) else shape[0])
+        if attr is not None:
+            rec.add_rewrite(attr, "count", [ids], tentative=sum(1 for v in src.shape if v == len(ids)) > 1)
+    rec.set_layout(out, lay)
+
+
 @register_op("new_zeros", "new_ones", "new_full", "new_empty", "new_tensor")
 def _new_tensor(rec: Recorder, name, args, kwargs, out):
     """x.new_zeros(shape) and the like: a fresh tensor of the shape given, with x's dtype and
