@@ -441,6 +441,7 @@ class LayerNorm(LayerHandler):
         if k == 1 and _channel_first_layernorm(m, x, lay):
             if lay.dim == 1:
                 _norm_members(rec, name, m, lay.ids)
+                rec.add_inexact(lay.ids, f"{type(m).__name__} {name} normalises over the channels")
                 rec.set_layout(out, lay)
             else:
                 rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
@@ -450,8 +451,7 @@ class LayerNorm(LayerHandler):
             return
         if k == 1 and lay.dim == x.dim() - 1:
             _norm_members(rec, name, m, lay.ids)
-            if getattr(m, "weight", None) is None and getattr(m, "bias", None) is None:
-                rec.add_inexact(lay.ids, f"{type(m).__name__} {name} normalises over the channels")
+            rec.add_inexact(lay.ids, f"{type(m).__name__} {name} normalises over the channels")
             rec.rewrites.append(Rewrite(name, "normalized_shape", "replace", [np.asarray(lay.ids, np.int64)],
                                         tuple, 0, tuple(m.normalized_shape)))
             rec.set_layout(out, lay)
@@ -482,7 +482,7 @@ class GroupNorm(LayerHandler):
             rec.add_blocks(lay.ids.reshape(m.num_groups, -1), f"GroupNorm {name} ({m.num_groups} groups)")
         if m.affine:
             _norm_members(rec, name, m, lay.ids)
-        elif m.num_groups != m.num_channels:
+        if m.num_groups != m.num_channels:
             rec.add_inexact(lay.ids, f"GroupNorm {name} normalises over several channels")
         rec.set_layout(out, lay)
 

@@ -1222,8 +1222,7 @@ def test_a_norm_over_the_last_dim_is_cut_with_its_channels(kind):
     module's own code, on the hidden width of a token MLP: the width is cut in half (no
     fallback warning), the norm's weight and normalized_shape follow, and the pruned block
     computes what a hand-written one does on the kept channels (the statistics are taken
-    over those only: the group is marked as normalised over its channels, or inexact where
-    the norm has no parameters to mark it by)."""
+    over those only: PruneResult.inexact() names the group)."""
     torch.manual_seed(0)
     model = _NormMlp(_LAST_DIM_NORMS[kind]).eval()
     x = torch.randn(4, 12)
@@ -1252,5 +1251,21 @@ def test_a_norm_over_the_last_dim_is_cut_with_its_channels(kind):
             h = nn.functional.layer_norm(h, (16,), None if w is None else w[kept], None if b is None else b[kept])
         want = x + h.relu() @ model.fc2.weight[:, kept].T + model.fc2.bias
         torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
-    g = [g for g in res.graph.groups if g.name == "fc1"][0]  # statistics over the cut channels
-    assert g.norm_over_channels or g.inexact
+    assert [name for name, _ in res.inexact()] == ["fc1"]  # statistics over the cut channels
+
+
+@pytest.mark.parametrize("norm,inexact", [
+    (lambda: nn.GroupNorm(4, 16), True),
+    (lambda: nn.GroupNorm(4, 16, affine=False), True),
+    (lambda: nn.GroupNorm(16, 16), False),  # one channel a group: each normalised alone
+    (lambda: nn.BatchNorm2d(16), False),
+])
+def test_norms_over_several_channels_are_reported_inexact_with_or_without_parameters(norm, inexact):
+    """PruneResult.inexact() names the group of a norm whose statistics span several
+    channels (a cut changes them even where the cut channels carry nothing), affine or not;
+    a per-channel norm is exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), norm(), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    res = pyprune.prune(model, torch.randn(2, 3, 8, 8), method="l2", ratio=0.5)
+    assert res.model[0].out_channels == 8
+    assert bool(res.inexact()) == inexact

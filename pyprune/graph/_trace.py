@@ -849,7 +849,6 @@ def _last_dims_norm(rec: Recorder, name, args, kwargs, out):
         rec.report_unknown(f"{name} over the channels and other dims", [lay], [out])
         return
     keys = ("weight", "bias") if name == "layer_norm" else ("weight",)
-    affine = False
     for i, key in enumerate(keys, start=2):
         t = args[i] if len(args) > i else kwargs.get(key)
         if not isinstance(t, torch.Tensor):
@@ -859,9 +858,7 @@ def _last_dims_norm(rec: Recorder, name, args, kwargs, out):
             rec.freeze(lay.ids, f"{name}'s {key} is not a parameter of {len(lay.ids)} channels ({rec.where()})")
             continue
         rec.add_member(owner[0], owner[1], owner[2], lay.ids, "norm")
-        affine = True
-    if not affine:
-        rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
+    rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
     ids = np.asarray(lay.ids, np.int64)
     whole = rec.find_attr(shape) if isinstance(shape, (tuple, list)) else None
     if whole is not None:  # F.layer_norm(x, self.normalized_shape, ...)
