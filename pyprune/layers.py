@@ -45,7 +45,7 @@ from torch import nn
 from .graph._layout import Layout
 from .graph._trace import Rewrite, register_op
 
-__all__ = ["LayerHandler", "Conv", "ConvTranspose", "Linear", "BatchNorm", "InstanceNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention",
+__all__ = ["LayerHandler", "Conv", "ConvTranspose", "Linear", "BatchNorm", "InstanceNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention", "Recurrent",
            "register_layer",
            "handler_for", "register_op", "resize", "layer_macs", "Layout", "LAYERS"]
 
@@ -560,6 +560,37 @@ class MultiheadAttention(LayerHandler):
         return (m.embed_dim, m.num_heads)
 
 
+class Recurrent(LayerHandler):
+    """nn.LSTM, nn.GRU, nn.RNN: the first layer's input weights (``weight_ih_l0`` and, when
+    bidirectional, ``weight_ih_l0_reverse``) read the input's channels in their columns, so
+    they are cut with them and ``input_size`` is rewritten. The hidden state feeds itself
+    back through the recurrent weights: the output's channels (hidden size x directions)
+    are kept. Its MACs are not counted."""
+
+    unsliced = ("weight_hh_", "weight_ih_l", "bias_", "weight_hr_")  # the recurrent layer's own widths
+
+    def trace(self, rec, name, m, x, out):
+        lay = rec.layout(x)
+        if lay is not None:
+            if lay.dim == x.dim() - 1:
+                for p in ("weight_ih_l0", "weight_ih_l0_reverse"):
+                    if isinstance(getattr(m, p, None), torch.Tensor):
+                        rec.add_member(name, p, 1, lay.ids, "in")
+            else:
+                rec.report_unknown(f"{type(m).__name__} over a non-channel dim", [lay], [out])
+        ids = rec.new_ids(out.shape[-1], name)
+        rec.freeze(ids, f"{type(m).__name__} {name}: its hidden state feeds itself back")
+        rec.set_layout(out, Layout(out.dim() - 1, ids))
+
+    def resize(self, m):
+        m.input_size = m.weight_ih_l0.shape[1]
+        if hasattr(m, "_init_flat_weights"):  # the flat list the forward reads holds the old tensors
+            m._init_flat_weights()
+
+    def shape(self, m):
+        return (m.hidden_size, m.input_size)
+
+
 register_layer(nn.Conv1d, nn.Conv2d, nn.Conv3d)(Conv)
 register_layer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)(ConvTranspose)
 register_layer(nn.MultiheadAttention)(MultiheadAttention)
@@ -569,3 +600,4 @@ register_layer(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(Instance
 register_layer(nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))(LayerNorm)
 register_layer(nn.GroupNorm)(GroupNorm)
 register_layer(nn.PReLU)(PReLU)
+register_layer(nn.LSTM, nn.GRU, nn.RNN)(Recurrent)

@@ -1550,8 +1550,11 @@ def _check_own_tensors(rec: Recorder, name: str, m: nn.Module, new: list, tensor
         return
     known = {r.param for r in new}
     counts = {len(r.ids) for r in new}
+    own = getattr(_layers.handler_for(m), "unsliced", ())  # the layer's widths of its own (prefixes)
     for pname, t in (*m._parameters.items(), *m._buffers.items()):
         if pname in known or t is None or t.numel() <= 1 or not any(d in counts for d in t.shape):
+            continue
+        if any(pname.startswith(p) for p in own):
             continue
         lays = [lay for lay in (rec.layout(t) for t in tensors) if lay is not None]
         rec.report_unknown(
