@@ -793,6 +793,21 @@ def _channel_shuffle(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, Layout(1, grid.T.reshape(-1).copy()))
 
 
+def _per_channel_args(rec: Recorder, name: str, args, kwargs, lay: Layout, keys: tuple, first: int, role: str):
+    """A functional norm's per-channel tensors (argument `first` on, or by keyword): each one
+    that is a parameter of the channels' count is sliced with them (as `role`); another
+    tensor there (a computed weight) keeps the channels."""
+    for i, key in enumerate(keys, start=first):
+        t = args[i] if len(args) > i else kwargs.get(key)
+        if not isinstance(t, torch.Tensor):
+            continue
+        owner = rec.param_dim(t, 0)
+        if owner is None or t.dim() != 1 or t.shape[0] != len(lay.ids):
+            rec.freeze(lay.ids, f"{name}'s {key} is not a parameter of {len(lay.ids)} channels ({rec.where()})")
+            continue
+        rec.add_member(owner[0], owner[1], owner[2], lay.ids, role)
+
+
 @register_op("instance_norm")
 def _instance_norm(rec: Recorder, name, args, kwargs, out):
     """F.instance_norm: each channel normalised over its own positions (nothing across
@@ -804,16 +819,7 @@ def _instance_norm(rec: Recorder, name, args, kwargs, out):
     if lay.dim != 1 or not isinstance(out, torch.Tensor) or out.shape != src.shape:
         rec.report_unknown(name, [lay], _tensors(out))
         return
-    names = ("running_mean", "running_var", "weight", "bias")
-    for i, key in enumerate(names, start=1):
-        t = args[i] if len(args) > i else kwargs.get(key)
-        if not isinstance(t, torch.Tensor):
-            continue
-        owner = rec.param_dim(t, 0)
-        if owner is None or t.dim() != 1 or t.shape[0] != len(lay.ids):
-            rec.freeze(lay.ids, f"instance_norm's {key} is not a parameter of {len(lay.ids)} channels ({rec.where()})")
-            continue
-        rec.add_member(owner[0], owner[1], owner[2], lay.ids, "param")
+    _per_channel_args(rec, name, args, kwargs, lay, ("running_mean", "running_var", "weight", "bias"), 1, "param")
     rec.add_scale_free(lay.ids, f"{name} in {rec.where()}")
     rec.set_layout(out, lay)
 
@@ -848,16 +854,8 @@ def _last_dims_norm(rec: Recorder, name, args, kwargs, out):
     if k != 1 or lay.dim != nd - 1:
         rec.report_unknown(f"{name} over the channels and other dims", [lay], [out])
         return
-    keys = ("weight", "bias") if name == "layer_norm" else ("weight",)
-    for i, key in enumerate(keys, start=2):
-        t = args[i] if len(args) > i else kwargs.get(key)
-        if not isinstance(t, torch.Tensor):
-            continue
-        owner = rec.param_dim(t, 0)
-        if owner is None or t.dim() != 1 or t.shape[0] != len(lay.ids):
-            rec.freeze(lay.ids, f"{name}'s {key} is not a parameter of {len(lay.ids)} channels ({rec.where()})")
-            continue
-        rec.add_member(owner[0], owner[1], owner[2], lay.ids, "norm")
+    _per_channel_args(rec, name, args, kwargs, lay, ("weight", "bias") if name == "layer_norm" else ("weight",), 2,
+                      "norm")
     rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
     ids = np.asarray(lay.ids, np.int64)
     whole = rec.find_attr(shape) if isinstance(shape, (tuple, list)) else None
