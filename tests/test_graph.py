@@ -1317,3 +1317,53 @@ def test_a_recurrent_layer_is_cut_in_its_inputs_and_keeps_its_hidden_state(rnn):
     assert cut_error(model, x, res.plan) < 1e-5
     frozen = {name: reasons for name, _, _, reasons in res.frozen()}
     assert any("feeds itself back" in r for r in frozen["rnn"])
+
+
+class _StreamWidthAttention(nn.Module):
+    """Attention whose head width is computed from its input's width (XCiT, CoaT, Twins,
+    DaViT): ``C // heads`` with ``C = x.shape[-1]``, held by no attribute."""
+
+    def __init__(self, dim=32, heads=4):
+        super().__init__()
+        self.heads, self.qkv, self.proj = heads, nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(y)
+
+
+class _StreamWidthNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 32, 2, stride=2)
+        self.attn = _StreamWidthAttention()
+        self.fc1, self.fc2 = nn.Linear(32, 48), nn.Linear(48, 32)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t)
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        return self.head(t.mean(1))
+
+
+def test_a_head_width_computed_from_the_input_width_ties_the_two_counts():
+    """The heads' width is the residual stream's width over the head count, computed in
+    forward: the stream keeps 4 times as many channels as each head (a tie of the two
+    counts), so the pruned model runs with no channels kept back for it (no fallback
+    warning), and it is the cut model, as zeros planted in the dropped channels show."""
+    torch.manual_seed(0)
+    model = _StreamWidthNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    c = pm.embed.out_channels
+    assert c < 32 and c % 4 == 0
+    assert pm.attn.qkv.out_features == 3 * c and pm.attn.proj.in_features == c == pm.attn.proj.out_features
+    assert pm.fc1.out_features < 48
+    assert cut_error(model, x, res.plan) < 1e-5

@@ -90,6 +90,7 @@ class Recorder:
     modules: dict = field(default_factory=dict)  # name -> module
     output_shapes: list = field(default_factory=list)  # shapes of the tensors the model returned
     inputs: tuple = ()  # the positional inputs of the layer being traced (for its handler)
+    module_inputs: dict = field(default_factory=dict)  # module name -> layouts of its last call's inputs
     weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
     param_shape_attrs: dict = field(default_factory=dict)  # (module, param, dim) -> [Rewrite without pieces]
     # The torch calls of the model's own code (outside the leaf layers) as they ran, for the
@@ -625,7 +626,28 @@ def _view(rec: Recorder, name, args, kwargs, out):
                 # the rewrite is dropped if the cut with it fails
                 ambiguous = sum(1 for v in shape if v == shape[new.dim]) > 1
                 rec.add_rewrite(attr, "count", [new.ids], tentative=ambiguous)
+            elif len(new.ids) < len(lay.ids) and not rec.find_attrs(shape[new.dim]):
+                _tie_to_input_width(rec, lay, new)
     rec.set_layout(out, new)
+
+
+def _tie_to_input_width(rec: Recorder, lay: Layout, new: Layout) -> None:
+    """A reshape that splits channels into heads with a head width D that no int attribute
+    of the module equals, in a module whose input has H x D channels of another group: the width was
+    computed from the input's (``x.reshape(B, N, 3, heads, C // heads)``, ``C = x.shape[-1]``),
+    so the pruned model needs the input to keep H times as many channels as each head. The
+    input's channels are taken in H rows of D, cut together, and with the heads' D units:
+    a tie of the two counts (it only narrows the cuts allowed, so it cannot break a model)."""
+    d = len(new.ids)
+    for xl in rec.module_inputs.get(rec.stack[-1] if rec.stack else "", ()):
+        n = len(xl.ids)
+        if n <= d or n % d or len(lay.ids) % n or np.intersect1d(xl.ids, lay.ids).size:
+            continue
+        rows = xl.ids.reshape(-1, d)
+        for row in rows[1:]:
+            rec.unite(rows[0], row)
+        rec.unite(rows[0], new.ids)
+        return
 
 
 def _dims_arg(v, nd: int) -> list[int] | None:
@@ -1478,6 +1500,8 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
         rec.stack.append(names.get(m, type(m).__name__))
         if _layers.handler_for(m) is not None:
             rec.leaf_depth += 1
+        elif not rec.leaf_depth:
+            rec.module_inputs[rec.stack[-1]] = [lay for lay in map(rec.layout, inputs) if lay is not None]
 
     def post(m, inputs, output):
         name = rec.stack.pop() if rec.stack else names.get(m, "")
