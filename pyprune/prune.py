@@ -866,8 +866,10 @@ _MAX_FALLBACKS = 4
 
 
 def _warn_shortfall(res: PruneResult, ratio) -> None:
-    """Warn when far fewer channels were removed than the ratio asked, naming the largest
-    groups that kept channels and why."""
+    """Warn when far fewer channels were removed than the ratio asked, or far fewer
+    parameters than cutting that share of every layer's inputs and outputs removes
+    (1 - (1 - ratio)^2: channels kept whole may be few and hold most of the weights), naming
+    the largest groups that kept channels and why."""
     if not isinstance(ratio, (int, float)) or ratio <= 0:
         return
     graph, keep = res.plan.graph, res.plan.keep
@@ -883,11 +885,14 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
         removed += g.size - len(keep.get(g.id, range(g.size)))
         if g.frozen.any():
             kept_back.append((int(g.frozen.sum()), g, [r for r in reasons if r not in io]))
-    if not total or removed >= 0.8 * ratio * total or not kept_back:
+    params_removed = 1.0 - res.summary.params_ratio
+    few_params = params_removed < 0.8 * (1.0 - (1.0 - ratio) ** 2)
+    if not total or (removed >= 0.8 * ratio * total and not few_params) or not kept_back:
         return  # (nothing kept whole: the schedule's own choice, not channels pyprune could not cut)
     kept_back.sort(key=lambda t: -t[0])
     shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
-    warnings.warn(f"pyprune: asked to remove {ratio:.0%} of the channels, removed {removed / total:.0%}. "
+    warnings.warn(f"pyprune: asked to remove {ratio:.0%} of the channels, removed {removed / total:.0%} "
+                  f"(and {params_removed:.0%} of the parameters). "
                   f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
 
 

@@ -153,3 +153,14 @@ def test_auto_ratio_keeps_filters_without_cluster_structure_whole():
     with pytest.warns(UserWarning, match=r"found no elbow .* of (\d+) of \1 groups"):
         res = pyprune.prune(model, torch.randn(1, 3, 64, 64), method="kmeans", ratio="auto")
     assert res.summary.params_after == res.summary.params_before
+
+
+def test_a_cut_that_keeps_the_weight_heavy_channels_whole_warns_with_the_share_of_parameters():
+    """CoaT's factorised attention multiplies its channels with each other, so its residual
+    streams (few channels, most of the weights) keep their width: half of the channels go
+    but a quarter of the parameters. The warning says so and names the streams' reason."""
+    torch.manual_seed(0)
+    model = timm.create_model("coat_tiny", pretrained=False, num_classes=10).eval()
+    with pytest.warns(UserWarning, match=r"asked to remove 50% of the channels.* of the parameters\).*matmul"):
+        res = pyprune.prune(model, torch.randn(1, 3, 224, 224), method="l2", ratio=0.5)
+    assert 1 - res.summary.params_ratio < 0.6
