@@ -102,6 +102,10 @@ class LayerHandler:
     kind = "other"  # the summary's label: conv | linear | norm | other
     shape_ops: dict = {}
     cost_param = "weight"  # the tensor whose pruned dims scale the layer's MACs (CostModel)
+    # name prefixes of the layer's tensors that are not per channel even where a dim is as
+    # long as a channel count it slices (a recurrent layer's hidden-state weights): the check
+    # for per-channel tensors a handler misses leaves them alone
+    unsliced: tuple = ()
 
     def trace(self, rec, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
         lay = rec.layout(x)
