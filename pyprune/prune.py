@@ -866,8 +866,8 @@ _MAX_FALLBACKS = 4
 
 
 def _warn_shortfall(res: PruneResult, ratio) -> None:
-    """Warn when far fewer channels were removed than the ratio asked, or far fewer
-    parameters than cutting that share of every layer's inputs and outputs removes
+    """Warn when far fewer channels were removed than the ratio asked, or under half the
+    parameters that cutting that share of every layer's inputs and outputs removes
     (1 - (1 - ratio)^2: channels kept whole may be few and hold most of the weights), naming
     the largest groups that kept channels and why."""
     if not isinstance(ratio, (int, float)) or ratio <= 0:
@@ -886,7 +886,7 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
         if g.frozen.any():
             kept_back.append((int(g.frozen.sum()), g, [r for r in reasons if r not in io]))
     params_removed = 1.0 - res.summary.params_ratio
-    few_params = params_removed < 0.8 * (1.0 - (1.0 - ratio) ** 2)
+    few_params = params_removed < 0.5 * (1.0 - (1.0 - ratio) ** 2)
     if not total or (removed >= 0.8 * ratio * total and not few_params) or not kept_back:
         return  # (nothing kept whole: the schedule's own choice, not channels pyprune could not cut)
     kept_back.sort(key=lambda t: -t[0])

@@ -163,4 +163,4 @@ def test_a_cut_that_keeps_the_weight_heavy_channels_whole_warns_with_the_share_o
     model = timm.create_model("coat_tiny", pretrained=False, num_classes=10).eval()
     with pytest.warns(UserWarning, match=r"asked to remove 50% of the channels.* of the parameters\).*matmul"):
         res = pyprune.prune(model, torch.randn(1, 3, 224, 224), method="l2", ratio=0.5)
-    assert 1 - res.summary.params_ratio < 0.6
+    assert 1 - res.summary.params_ratio < 0.375
