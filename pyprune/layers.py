@@ -434,8 +434,7 @@ class LayerNorm(LayerHandler):
     parameters to slice)."""
 
     kind = "norm"
-    shape_ops = {"layer_norm": lambda a, k: _norm_out(a, k, "layer"),
-                 "rms_norm": lambda a, k: _norm_out(a, k, "layer")}
+    shape_ops = dict.fromkeys(("layer_norm", "rms_norm"), lambda a, k: _norm_out(a, k, "layer"))
 
     def trace(self, rec, name, m, x, out):
         lay = rec.layout(x)

@@ -817,12 +817,14 @@ class _FixedWidthAttention(nn.Module):
 
 
 class _TokenNet(nn.Module):
-    def __init__(self):
+    """Patch embedding, one attention (made by `attn`) and an MLP on a `width`-wide stream."""
+
+    def __init__(self, attn=None, width=16, hidden=32):
         super().__init__()
-        self.embed = nn.Conv2d(3, 16, 2, stride=2)
-        self.attn = _FixedWidthAttention()
-        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 16)
-        self.head = nn.Linear(16, 5)
+        self.embed = nn.Conv2d(3, width, 2, stride=2)
+        self.attn = (attn or _FixedWidthAttention)()
+        self.fc1, self.fc2 = nn.Linear(width, hidden), nn.Linear(hidden, width)
+        self.head = nn.Linear(width, 5)
 
     def forward(self, x):
         t = self.embed(x).flatten(2).transpose(1, 2)
@@ -1334,28 +1336,13 @@ class _StreamWidthAttention(nn.Module):
         return self.proj(y)
 
 
-class _StreamWidthNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.embed = nn.Conv2d(3, 32, 2, stride=2)
-        self.attn = _StreamWidthAttention()
-        self.fc1, self.fc2 = nn.Linear(32, 48), nn.Linear(48, 32)
-        self.head = nn.Linear(32, 5)
-
-    def forward(self, x):
-        t = self.embed(x).flatten(2).transpose(1, 2)
-        t = t + self.attn(t)
-        t = t + self.fc2(torch.relu(self.fc1(t)))
-        return self.head(t.mean(1))
-
-
 def test_a_head_width_computed_from_the_input_width_ties_the_two_counts():
     """The heads' width is the residual stream's width over the head count, computed in
     forward: the stream keeps 4 times as many channels as each head (a tie of the two
     counts), so the pruned model runs with no channels kept back for it (no fallback
     warning), and it is the cut model, as zeros planted in the dropped channels show."""
     torch.manual_seed(0)
-    model = _StreamWidthNet().eval()
+    model = _TokenNet(_StreamWidthAttention, width=32, hidden=48).eval()
     x = torch.randn(2, 3, 8, 8)
     check_exact(model, x)
     with warnings.catch_warnings():

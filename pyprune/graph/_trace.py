@@ -1572,7 +1572,7 @@ def _check_own_tensors(rec: Recorder, name: str, m: nn.Module, new: list, tensor
         return
     known = {r.param for r in new}
     counts = {len(r.ids) for r in new}
-    own = getattr(_layers.handler_for(m), "unsliced", ())  # LayerHandler.unsliced (prefixes)
+    own = _layers.handler_for(m).unsliced  # prefixes of the layer's own widths (LayerHandler)
     for pname, t in (*m._parameters.items(), *m._buffers.items()):
         if pname in known or t is None or t.numel() <= 1 or not any(d in counts for d in t.shape):
             continue
