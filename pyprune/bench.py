@@ -199,7 +199,8 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
 def benchmark_turns(models, input_shape, runtime: str, threads: int = 1, *, workdir=None, repeats: int = 40,
                     min_seconds: float = 2.0, max_seconds: float = 12.0, warmup: int = 5) -> list[float]:
     """p50 seconds of each model (an ``nn.Module``, exported here, or a file for the runtime)
-    timed in turns in one worker process: every turn runs each model once, the order
+    timed in turns in one worker process: every turn runs each model a few times in a row
+    (the first of them untimed: the model's weights back in the caches), the order
     rotating, so their ratios hold on a machine whose speed drifts during the measurement
     (two separate measurements of the same model here can differ by 15-20%)."""
     if runtime not in RUNTIMES:

@@ -68,7 +68,7 @@ GRIDS = {"onnxruntime": (1.0, 0.75, 0.5, 0.3, 0.15), "eager": (1.0, 0.75, 0.5, 0
          "executorch": (1.0, 0.55, 0.25)}
 _PKG = {"onnxruntime": "onnxruntime", "executorch": "executorch", "eager": "torch"}
 # how the whole-model calibration is measured (part of its cache key)
-_CALIBRATION = "turns-1"
+_CALIBRATION = "turns-3"  # turns of warm runs (the first run of each untimed)
 
 
 @dataclass(frozen=True)
