@@ -63,6 +63,7 @@ class PruneConfig:
     runtime: str = "onnxruntime"  # latency targets: the runtime measured (onnxruntime, executorch, eager)
     batch_size: int = 1  # latency targets: the batch size measured
     latency_rounds: int = 4  # latency targets: measure -> tighten rounds at most
+    latency_weight: str = "balanced"  # latency targets: what a channel is worth besides its score (see prune())
     latency_cache: object = None  # latency targets: the table folder (default pyprune.latency.cache_dir())
     progress: bool = True  # progress bars for long work (latency tables)
     criterion_options: dict = field(default_factory=dict)  # the method's own options (its spec's `options`)
@@ -103,6 +104,9 @@ class PruneConfig:
             raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
         if isinstance(self.latency_rounds, bool) or not isinstance(self.latency_rounds, int) or self.latency_rounds < 1:
             raise ValueError(f"latency_rounds must be an int >= 1, got {self.latency_rounds!r}")
+        if self.latency_weight not in LATENCY_WEIGHTS:
+            raise ValueError(f"latency_weight: unknown weight {self.latency_weight!r}; known: "
+                             f"{', '.join(LATENCY_WEIGHTS)}")
         if self.layer_ratios is not None and not isinstance(self.layer_ratios, dict):
             raise TypeError("layer_ratios: expected a dict {layer name or pattern: ratio}")
 
@@ -196,6 +200,10 @@ class PruneResult:
             lines.append(f"latency on {lat['target']}: budget {1e3 * lat['budget_s']:.3f} ms, predicted "
                          f"{1e3 * lat['predicted_s']:.3f} ms, measured {1e3 * lat['measured_s']:.3f} ms (unpruned "
                          f"{1e3 * lat['unpruned_measured_s']:.3f} ms; {len(lat.get('rounds', [])) or 1} round(s))")
+            if lat.get("weight_macs_share") is not None:
+                a = lat["weight_macs_share"]
+                lines.append(f"channels weighted by {a:.3g} x their MACs + {1 - a:.3g} x their parameters "
+                             f"(latency_weight={lat['weight']!r})")
         return "\n".join(lines)
 
 
@@ -312,6 +320,7 @@ class Pruner:
         self._traced = (model, self._trace(model))
         self._latency = None  # (model, LatencyModel) once a latency target asked for one
         self._latency_scale = 1.0  # < 1 while measure -> tighten rounds shrink the goal
+        self._latency_mix = None  # the compute share of the channel weight of the last latency solve
         self._latency_budget_s = None  # the budget in seconds while prune() works towards it
 
     # -- planning -------------------------------------------------------------------------
@@ -478,11 +487,9 @@ class Pruner:
 
                 fixed = {gid: _keep_for_ratio(graph.groups[gid], r, cfg.round_to)
                          for gid, r in match_layer_ratios(groups, cfg.layer_ratios).items()}
-            weights = _cost_per_unit(lat.cost, groups)
             while True:
                 try:
-                    n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed,
-                                       weights=weights)
+                    n_keep, self._latency_mix = _solve_weighted(lat, groups, scores, goal, cfg, fixed)
                     break
                 except ValueError:
                     if lat.align <= 1:
@@ -614,6 +621,7 @@ class Pruner:
                        "unpruned_predicted_s": last["unpruned_predicted_s"], "predicted_s": last["predicted_s"],
                        "measured_s": last["measured_s"], "predicted_ratio": last["predicted_ratio"],
                        "measured_ratio": last["measured_ratio"], "speed": lat.speed,
+                       "weight": self.config.latency_weight, "weight_macs_share": self._latency_mix,
                        "rounds": rounds, "calibration": dict(lat.calibration),
                        "table_points_measured": lat.measured_points, "table": str(lat.table.path),
                        "layers": [{"module": b["module"], "kind": b["kind"], "before_s": b["seconds"],
@@ -839,6 +847,43 @@ def _latency_budget_s(lat, value: float, speedup: bool) -> float:
     return lat.measured_full / value if speedup else value / 1e3
 
 
+# latency_weight -> the compute shares tried for a channel's worth (see _solve_weighted)
+LATENCY_WEIGHTS = {"balanced": tuple(i / 40 for i in range(40, 19, -1)) + (0.4, 0.3, 0.2, 0.1, 0.0),
+                   "macs": (1.0,), "params": (0.0,)}
+
+
+def _solve_weighted(lat, groups, scores, goal: float, cfg: PruneConfig, fixed: dict) -> tuple[dict, float]:
+    """(keep counts, compute share) of the latency solve under ``cfg.latency_weight``.
+
+    The solver weights each group's normalised scores by what one of its channels carries:
+    ``a`` times its MACs plus ``1 - a`` times its parameters (each relative to the mean over
+    groups). MACs alone (a = 1) cut the wide late layers that hold most weights wherever the
+    runtime is slow for their MACs; parameters alone do the reverse. "balanced" solves for
+    every ``a`` of the grid and keeps the plan whose smaller share, of the MACs or of the
+    parameters kept, is largest (then the larger sum, then the larger ``a``): the budget is
+    spent where the runtime is slow without giving up either the compute or the weights.
+    Raises the solver's ValueError when no ``a`` reaches the goal."""
+    macs, params = _cost_per_unit(lat.cost, groups), _cost_per_unit(lat.cost, groups, "params")
+    base = lat.cost.base
+    best, error = None, None
+    for a in LATENCY_WEIGHTS[cfg.latency_weight]:
+        weights = {gid: a * macs[gid] + (1.0 - a) * params[gid] for gid in macs}
+        try:
+            n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed,
+                               weights=weights)
+        except ValueError as e:
+            error = e
+            continue
+        kept = lat.cost(n_keep)
+        shares = [kept[k] / base[k] if base[k] > 0 else 1.0 for k in ("macs", "params")]
+        key = (round(min(shares), 6), round(sum(shares), 6))
+        if best is None or key > best[0]:
+            best = (key, n_keep, a)
+    if best is None:
+        raise error
+    return best[1], best[2]
+
+
 def _cost_per_unit(cost: CostModel, groups, kind: str = "macs") -> dict[int, float]:
     """Group id -> the `kind` of cost (MACs by default, or e.g. "params") one of its channels
     carries at full width, relative to the mean over groups (floored at 1% of it, so a group
@@ -951,10 +996,12 @@ def prune(
         ``runtime`` (``onnxruntime``, ``executorch`` or ``eager``) at ``threads`` (default 1)
         and ``batch_size``, in milliseconds or as a speedup over the measured unpruned
         model. Each Conv2d/Linear is measured there at a few widths (cached on disk, see
-        :mod:`pyprune.latency`); widths per group keep the most of the criterion's scores
-        under the predicted budget; the pruned model is measured and, if it misses, planned
-        again tighter (``latency_rounds``). ``result.latency`` holds budget, prediction,
-        measurement and per-layer times.
+        :mod:`pyprune.latency`); widths per group keep the most of the criterion's scores,
+        each channel's weighted by what it carries (``latency_weight``: ``"macs"``,
+        ``"params"``, or ``"balanced"`` (default), the mix of the two whose plan keeps the
+        largest share of both), under the predicted budget; the pruned model is measured
+        and, if it misses, planned again tighter (``latency_rounds``). ``result.latency``
+        holds budget, prediction, measurement, the weight used and per-layer times.
     merge: fold dropped filters into their cluster's kept filter (default: on for methods
         that merge, i.e. kmeans).
     iterative_steps, finetune: reach the target in several prune -> ``finetune(model, step)``

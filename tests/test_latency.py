@@ -20,6 +20,7 @@ from pyprune import latency
 from pyprune.graph import build_graph
 from pyprune.latency import LatencyModel, LatencyTarget, LayerCost
 from pyprune.models import digits_cnn
+from pyprune.prune import LATENCY_WEIGHTS
 from pyprune.summary import CostModel, count
 
 # synthetic runtime: a conv costs CALL + NS_PER_MAC per multiply-accumulate, alone
@@ -177,6 +178,37 @@ def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
     assert lat["measured_s"] == pytest.approx(1.2 * _whole_model_seconds(res.model, x), rel=1e-9)
     assert res.model(x).shape == (1, 10)
     assert len(lat["layers"]) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+
+
+def _compute_early_weights_late() -> nn.Module:
+    """Early layers hold the MACs (wide feature maps, few weights), late ones the weights."""
+    return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
+                         nn.Conv2d(64, 128, 3, 2, 1), nn.ReLU(), nn.Conv2d(128, 256, 3, 2, 1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(256, 10)).eval()
+
+
+def test_balanced_latency_weight_keeps_the_most_of_both(synthetic, monkeypatch):
+    """Weighting a channel by its MACs or by its parameters gives other plans; the balanced
+    weight (a grid of mixes that includes both) keeps at least the smaller share, of the
+    MACs or the parameters, that either of them keeps, within the budget. Shares are
+    counted on the pruned models themselves."""
+    monkeypatch.setattr(latency, "measure_turns",
+                        lambda models, example, target, **kw: [_whole_model_seconds(m, example) for m in models])
+    torch.manual_seed(0)
+    model, x = _compute_early_weights_late(), torch.randn(1, 1, 16, 16)
+    params0, macs0 = count(model, build_graph(model, x).layers)
+    shares = {}
+    for weight in ("macs", "params", "balanced"):
+        res = pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime", latency_weight=weight)
+        assert res.latency["measured_s"] <= res.latency["budget_s"]
+        assert res.latency["weight"] == weight
+        params, macs = count(res.model, build_graph(res.model, x).layers)
+        shares[weight] = (macs / macs0, params / params0)
+    assert abs(shares["macs"][1] - shares["params"][1]) > 0.1, shares  # the weight matters here
+    assert min(shares["balanced"]) >= max(min(shares["macs"]), min(shares["params"])), shares
+    assert res.latency["weight_macs_share"] in LATENCY_WEIGHTS["balanced"]
+    with pytest.raises(ValueError, match="latency_weight.*'flops'.*balanced"):
+        pyprune.prune(model, x, target_speedup=2.0, latency_weight="flops")
 
 
 def test_latency_target_errors():

@@ -100,13 +100,18 @@ def _add_prune(p):
                         "squares on training batches)")
 
 
-def _add_latency_target(p):
+def _add_latency_target(p, solver: bool = True):
     from ..latency import RUNTIMES
+    from ..prune import LATENCY_WEIGHTS
 
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                    help="latency targets: the runtime measured (default %(default)s)")
     p.add_argument("--runtime-threads", type=int, default=1, help="latency targets: its threads (default %(default)s)")
     p.add_argument("--runtime-batch", type=int, default=1, help="latency targets: the batch size (default %(default)s)")
+    if solver:
+        p.add_argument("--latency-weight", choices=list(LATENCY_WEIGHTS), default="balanced",
+                       help="latency targets: what a channel is worth besides its score: the MACs or parameters it "
+                            "carries, or the mix that keeps the most of both (default %(default)s)")
 
 
 def _add_distill(p):
@@ -238,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--size", type=int, default=None, help="input side (default: the checkpoint's, else 224)")
     lt.add_argument("--in-channels", type=int, default=3, help="input channels of a named model (default 3)")
     lt.add_argument("--num-classes", type=int, default=1000, help="classifier outputs of a named model (default 1000)")
-    _add_latency_target(lt)
+    _add_latency_target(lt, solver=False)
     lt.add_argument("--cache", default=None, help="table folder (default $PYPRUNE_CACHE or ~/.cache/pyprune)")
     lt.add_argument("--verbose", action="store_true", help="every layer, not the 20 slowest")
     lt.set_defaults(func=cmd.latency_table)

@@ -71,7 +71,7 @@ def prune_options(args, **override) -> dict:
     kw.update(budgets if budgets else {"ratio": get("ratio")})
     if "target_latency_ms" in budgets or "target_speedup" in budgets:
         kw.update(runtime=get("runtime", "onnxruntime"), threads=get("runtime_threads", 1),
-                  batch_size=get("runtime_batch", 1))
+                  batch_size=get("runtime_batch", 1), latency_weight=get("latency_weight", "balanced"))
     if get("no_recalibrate", False):
         kw["bn_recalibration"] = False
     if get("no_reconstruct", False):
