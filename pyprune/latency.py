@@ -693,9 +693,10 @@ class LatencyModel:
         the group) that loses the least normalised score per second saved, updating only the
         layers the group touches. ``fixed`` {group id: keep} are held; floors: frozen units,
         ``min_keep`` of each group and ``max_ratio`` at most removed. ``weights`` {group id:
-        factor} scale a group's normalised scores (the pruner passes each group's MACs per
-        channel: a channel is worth the compute it carries, so the cuts go where the runtime
-        is slow for its MACs). Raises ``ValueError`` when the goal cannot be reached."""
+        factor} scale a group's normalised scores (the pruner passes a mix of the MACs and
+        the parameters one of the group's channels carries, see ``latency_weight``: a
+        channel is worth what it carries, so the cuts go where the runtime is slow for it).
+        Raises ``ValueError`` when the goal cannot be reached."""
         fixed = dict(fixed or {})
         goal = goal / self.speed  # the table's seconds are those of the calibration
         n = len(self.graph.groups)

@@ -283,6 +283,20 @@ def _probe_times(cost) -> dict:
     return {f"{a}-{c}": cost(c) for a in (4, 8, 16, 32) for c in (96 - a - 1, 96 - a, 96 - a + 1)}  # as probed
 
 
+def test_turns_time_warm_runs_in_blocks(monkeypatch):
+    """Models timed in turns run `block` times in a row, the first untimed (the model back in
+    the caches), in an order rotating from turn to turn; `repeats` counts timed runs."""
+    from pyprune import _runtime
+
+    calls = []
+    monkeypatch.setitem(_runtime.RUNNERS, "fake", lambda path, threads: (lambda x: calls.append(path)))
+    rows = _runtime.bench_turns({"runtime": "fake", "paths": ["a", "b"], "shape": [1, 2], "warmup": 2, "repeats": 14,
+                                 "min_seconds": 0.0, "max_seconds": 30.0, "min_repeats": 1})
+    assert calls[:4] == ["a", "a", "b", "b"]  # warm-up
+    assert calls[4:] == ["a"] * 8 + ["b"] * 8 + ["b"] * 8 + ["a"] * 8  # two turns of eight runs each
+    assert [r["repeats"] for r in rows] == [14, 14]  # seven of each eight timed
+
+
 def test_alignment_probe_sees_padded_tiles_and_slow_paths():
     """A runtime that pads channels to a tile of 16 (c + 1 costs what c + 16 does), one with
     a 40% slower path off multiples of 8, and one that is linear in c^2: 16, 8 and 1."""
