@@ -862,25 +862,25 @@ def _solve_weighted(lat, groups, scores, goal: float, cfg: PruneConfig, fixed: d
     every ``a`` of the grid and keeps the plan whose smaller share, of the MACs or of the
     parameters kept, is largest (then the larger sum, then the larger ``a``): the budget is
     spent where the runtime is slow without giving up either the compute or the weights.
-    Raises the solver's ValueError when no ``a`` reaches the goal."""
+    Raises the solver's ValueError when the goal is out of reach (the weights order the
+    cuts, not how far they can go: the first solve tells)."""
     macs, params = _cost_per_unit(lat.cost, groups), _cost_per_unit(lat.cost, groups, "params")
     base = lat.cost.base
-    best, error = None, None
+    best = None
     for a in LATENCY_WEIGHTS[cfg.latency_weight]:
         weights = {gid: a * macs[gid] + (1.0 - a) * params[gid] for gid in macs}
         try:
             n_keep = lat.solve(groups, scores, goal, round_to=cfg.round_to, min_keep=cfg.min_keep, fixed=fixed,
                                weights=weights)
-        except ValueError as e:
-            error = e
+        except ValueError:
+            if best is None:  # out of reach: every other weight would take as long to say so
+                raise
             continue
         kept = lat.cost(n_keep)
         shares = [kept[k] / base[k] if base[k] > 0 else 1.0 for k in ("macs", "params")]
         key = (round(min(shares), 6), round(sum(shares), 6))
         if best is None or key > best[0]:
             best = (key, n_keep, a)
-    if best is None:
-        raise error
     return best[1], best[2]
 
 
