@@ -163,10 +163,10 @@ def bench_turns(spec: dict) -> list[dict]:
     """Time several models of one runtime in turns: each turn runs every model, the order
     rotating from turn to turn, so a machine that slows down or speeds up during the
     measurement moves them all alike and their ratios hold. A model's turn is `block` runs
-    in a row (default 8) of which the first `settle` (default 1) are not timed: a model run
-    right after another runs slower than on its own, as a deployed model runs (a CIFAR
-    VGG-16 and its pruned copy in turns of one run each: 20% and 40% slower than alone; of
-    four runs, the first untimed: 3-17%; of eight: within the machine's noise, 5%). At
+    in a row (default 8) of which the first is not timed: a model run right after another
+    runs slower than on its own, as a deployed model runs (a CIFAR VGG-16 and its pruned
+    copy in turns of one run each: 20% and 40% slower than alone; of four runs, the first
+    untimed: 3-17%; of eight: within the machine's noise, 5%). At
     least `repeats` timed runs of the first model and `min_seconds`, at most `max_seconds`
     (past `min_repeats` turns). One row per path: p50, p90, mean and runs."""
     import numpy as np
@@ -180,7 +180,6 @@ def bench_turns(spec: dict) -> list[dict]:
     start = time.perf_counter()
     floor, deadline = start + spec.get("min_seconds", 2.0), start + spec.get("max_seconds", 12.0)
     block = max(2, int(spec.get("block", 8)))
-    settle = min(block - 1, max(1, int(spec.get("settle", 1))))
     turn = 0
     while True:
         now = time.perf_counter()
@@ -189,9 +188,8 @@ def bench_turns(spec: dict) -> list[dict]:
             break
         for j in range(len(runners)):
             i = (j + turn) % len(runners)
-            for _ in range(settle):  # back in the caches
-                runners[i](x)
-            for _ in range(block - settle):
+            runners[i](x)  # back in the caches, untimed
+            for _ in range(block - 1):
                 s = time.perf_counter()
                 runners[i](x)
                 times[i].append(time.perf_counter() - s)
