@@ -4,8 +4,11 @@ For each model, runtime and budget (0.6x and 0.4x the unpruned measured p50):
 - ``prune(target_speedup=1/fraction, runtime=...)`` with the L1 criterion; the pruned model's
   measured p50 must be <= 1.05x the budget;
 - the latency model's prediction must be within 10% of the measurements of the unpruned and
-  the pruned model (made before measuring, at the machine speed measured the round before;
-  the two are timed in turns in one worker, so their ratio holds while the machine drifts);
+  the pruned model (made before measuring, at the machine speed measured the round before,
+  and for the pruned model times the table's error on the model measured the round before,
+  1 in the first round; the two are timed in turns in one worker, so their ratio holds while
+  the machine drifts). The table's own first-round error is recorded beside it
+  (``first_table_err_pruned``);
 - against MACs-targeted pruning with the same criterion, tuned to the same *measured* latency
   (``target_macs`` started where the latency model predicts it, then measured in turns with
   the unpruned model and moved between the measurements that bracket the latency-targeted
@@ -135,6 +138,7 @@ def test_latency_budget(name, runtime, fraction):
     err_full = abs(L["unpruned_predicted_s"] - fresh) / fresh
     err_pruned = abs(L["predicted_s"] - L["measured_s"]) / L["measured_s"]
     err_ratio = abs(L["predicted_ratio"] - L["measured_ratio"]) / L["measured_ratio"]
+    first = L["rounds"][0]
     # MACs-targeted pruning with the same criterion, tuned to the same latency
     macs_res, ratio_m, tries = _macs_model_at(pruner, lat, L["measured_ratio"])
     s, sm = res.summary, macs_res.summary
@@ -142,7 +146,8 @@ def test_latency_budget(name, runtime, fraction):
     speed_m = 1 / ratio_m
     record("latency_budget", model=name, runtime=runtime, budget=fraction,
            unpruned_ms=1e3 * fresh, budget_ms=1e3 * L["budget_s"], measured_ms=1e3 * L["measured_s"],
-           measured_over_budget=L["measured_s"] / L["budget_s"], rounds=len(L["rounds"]),
+           measured_over_budget=L["measured_s"] / L["budget_s"], rounds=len(L["rounds"]), kept_round=L["round"],
+           first_table_err_pruned=abs(first["table_predicted_s"] - first["measured_s"]) / first["measured_s"],
            pred_err_unpruned=err_full, pred_err_pruned=err_pruned, pred_err_ratio=err_ratio,
            macs_kept=s.macs_ratio, params_kept=s.params_ratio,
            macs_target_ms=1e3 * ratio_m * fresh, macs_target_measurements=tries, macs_target_macs_kept=sm.macs_ratio,

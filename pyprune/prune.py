@@ -62,7 +62,7 @@ class PruneConfig:
     reconstruct: bool | None = None  # None: on when calibration is given
     runtime: str = "onnxruntime"  # latency targets: the runtime measured (onnxruntime, executorch, eager)
     batch_size: int = 1  # latency targets: the batch size measured
-    latency_rounds: int = 4  # latency targets: measure -> tighten rounds at most
+    latency_rounds: int = 4  # latency targets: measure -> plan again rounds at most
     latency_weight: str = "balanced"  # latency targets: what a channel is worth besides its score (see prune())
     latency_cache: object = None  # latency targets: the table folder (default pyprune.latency.cache_dir())
     progress: bool = True  # progress bars for long work (latency tables)
@@ -319,7 +319,7 @@ class Pruner:
         self.inputs = as_inputs(example_inputs)
         self._traced = (model, self._trace(model))
         self._latency = None  # (model, LatencyModel) once a latency target asked for one
-        self._latency_scale = 1.0  # < 1 while measure -> tighten rounds shrink the goal
+        self._latency_scale = 1.0  # the goal's correction while measure -> plan again rounds run
         self._latency_mix = None  # the compute share of the channel weight of the last latency solve
         self._latency_budget_s = None  # the budget in seconds while prune() works towards it
 
@@ -572,10 +572,14 @@ class Pruner:
         module's channels are kept and the model is pruned again, with a warning naming the
         module and the error; after a few such rounds, :class:`GraphError`.
 
-        With a latency target the pruned model is measured in the runtime; while it misses
-        the budget the goal is tightened by the miss and the model planned again (at most
-        ``latency_rounds``), so the result's ``latency["measured_s"]`` is what was promised
-        or a warning says by how much it was missed."""
+        With a latency target the pruned model is measured in the runtime. While it misses
+        the budget, or comes in under ``LATENCY_CLOSE`` of it (a cut deeper than asked),
+        the table's error on it (measured over predicted) corrects the goal and the model is
+        planned again (at most ``latency_rounds``). The result is the least cut model
+        measured within its budget, so its ``latency["measured_s"]`` is what was promised,
+        or, where none was, the last one with a warning that says by how much it missed.
+        Its ``predicted_s`` is the prediction made before measuring it: the table's, times
+        the error measured the round before (``table_predicted_s`` and ``table_error``)."""
         budget = _budget(**{k: v for k, v in targets.items() if k in _BUDGETS})
         if budget is not None and budget[1] == "latency":
             return self._prune_to_latency(ratio, inplace, targets, budget)
@@ -585,7 +589,8 @@ class Pruner:
         arg, _, value, fraction = budget
         lat = self.latency_model()
         budget_s = self._latency_budget_s = _latency_budget_s(lat, value, fraction)
-        rounds, res = [], None
+        rounds, results, planned, res = [], [], [], None
+        error = 1.0  # measured over table-predicted seconds of the last pruned model measured
         try:
             for _ in range(self.config.latency_rounds):
                 goal = budget_s * self._latency_scale
@@ -595,32 +600,50 @@ class Pruner:
                     if res is None:
                         raise
                     break  # no tighter plan exists: the last one stands (and the warning below says so)
-                lat = self.latency_model()  # finer widths may have been needed
                 kf = self._keep_fractions(res.plan)
-                predicted = lat.predict(kf)  # before measuring, at the speed last measured
-                predicted_full = lat.predict(np.ones(len(kf)))
-                ratio = lat.raw_predict(kf) / lat.raw_predict(np.ones(len(kf)))
+                if any(np.array_equal(kf, seen) for seen in planned):
+                    break  # the goal moved less than a step of the widths: measured already
+                planned.append(kf)
+                lat = self.latency_model()  # finer widths may have been needed
+                ones = np.ones(len(kf))
+                # before measuring, at the speed last measured, times the table's error on the
+                # model measured the round before (1 in the first round)
+                table_predicted = lat.predict(kf)
+                table_ratio = lat.raw_predict(kf) / lat.raw_predict(ones)
+                predicted_full = lat.predict(ones)
                 reference, measured = lat.measure_pair(res.model)  # in turns with the unpruned model
                 if fraction:  # a relative budget follows the machine: the unpruned model measured beside
                     budget_s = self._latency_budget_s = reference / value
-                rounds.append({"goal_s": goal, "predicted_s": predicted, "measured_s": measured,
-                               "unpruned_measured_s": reference, "unpruned_predicted_s": predicted_full,
-                               "predicted_ratio": ratio,
-                               "measured_ratio": measured / reference})
-                if measured <= budget_s:
+                rounds.append({"goal_s": goal, "budget_s": budget_s, "predicted_s": error * table_predicted,
+                               "table_predicted_s": table_predicted, "table_error": error,
+                               "measured_s": measured, "unpruned_measured_s": reference,
+                               "unpruned_predicted_s": predicted_full,
+                               "predicted_ratio": error * table_ratio, "table_predicted_ratio": table_ratio,
+                               "measured_ratio": measured / reference, "weight_macs_share": self._latency_mix})
+                results.append(res)
+                if LATENCY_CLOSE * budget_s <= measured <= budget_s:
                     break
-                self._latency_scale *= budget_s / measured * 0.98
+                # the table's error on this model, at this pair's speed (the machine's drift
+                # is not the table's): the next goal is what the table must predict for the
+                # measurement to land just under the budget
+                error = measured / max(1e-12, lat.predict(kf))
+                self._latency_scale = LATENCY_AIM / error
         finally:
             self._latency_scale, self._latency_budget_s = 1.0, None
+        # the least cut model measured within its budget, else the last one (warned below)
+        within = [i for i, r in enumerate(rounds) if r["measured_s"] <= r["budget_s"]]
+        pick = max(within, key=lambda i: rounds[i]["measured_s"] / rounds[i]["budget_s"]) if within else len(rounds) - 1
+        res, chosen = results[pick], rounds[pick]
+        budget_s, self._latency_mix = chosen["budget_s"], chosen["weight_macs_share"]
         if inplace:
             plan = res.plan
             res = self.apply(plan, inplace=True)
         kf = self._keep_fractions(res.plan)
-        last = rounds[-1]
-        res.latency = {"target": str(lat.target), "budget_s": budget_s, "unpruned_measured_s": last["unpruned_measured_s"],
-                       "unpruned_predicted_s": last["unpruned_predicted_s"], "predicted_s": last["predicted_s"],
-                       "measured_s": last["measured_s"], "predicted_ratio": last["predicted_ratio"],
-                       "measured_ratio": last["measured_ratio"], "speed": lat.speed,
+        res.latency = {"target": str(lat.target), "budget_s": budget_s, "round": pick + 1,
+                       **{k: chosen[k] for k in ("unpruned_measured_s", "unpruned_predicted_s", "predicted_s",
+                                                 "table_predicted_s", "table_error", "measured_s", "predicted_ratio",
+                                                 "measured_ratio")},
+                       "speed": lat.speed,
                        "weight": self.config.latency_weight, "weight_macs_share": self._latency_mix,
                        "rounds": rounds, "calibration": dict(lat.calibration),
                        "table_points_measured": lat.measured_points, "table": str(lat.table.path),
@@ -850,6 +873,9 @@ def _latency_budget_s(lat, value: float, speedup: bool) -> float:
 # latency_weight -> the compute shares tried for a channel's worth (see _solve_weighted)
 LATENCY_WEIGHTS = {"balanced": tuple(i / 40 for i in range(40, 19, -1)) + (0.4, 0.3, 0.2, 0.1, 0.0),
                    "macs": (1.0,), "params": (0.0,)}
+# a model measured under LATENCY_CLOSE of its latency budget is planned again, aiming at
+# LATENCY_AIM of it (a margin for the machine's noise between two measurements)
+LATENCY_CLOSE, LATENCY_AIM = 0.95, 0.98
 
 
 def _solve_weighted(lat, groups, scores, goal: float, cfg: PruneConfig, fixed: dict) -> tuple[dict, float]:

@@ -167,14 +167,17 @@ def _latency_section(plt, out: pathlib.Path, lat: dict) -> list[str]:
         _csv(out / "layer_latency.csv", cols, rows)
         parts.append(_table("Per-layer latency, unpruned vs pruned (predicted in the model)", cols, rows,
                             "layer_latency", "layer_latency.png"))
-    cols = ["round", "goal_ms", "predicted_ms", "measured_ms", "unpruned_measured_ms", "budget_ms"]
-    rows = [[i + 1, round(1e3 * r["goal_s"], 4), round(1e3 * r["predicted_s"], 4), round(1e3 * r["measured_s"], 4),
-             round(1e3 * r.get("unpruned_measured_s", float("nan")), 4), round(1e3 * lat["budget_s"], 4)]
+    cols = ["round", "goal_ms", "predicted_ms", "table_error", "measured_ms", "unpruned_measured_ms", "budget_ms"]
+    rows = [[i + 1, round(1e3 * r["goal_s"], 4), round(1e3 * r["predicted_s"], 4), round(r.get("table_error", 1.0), 4),
+             round(1e3 * r["measured_s"], 4), round(1e3 * r.get("unpruned_measured_s", float("nan")), 4),
+             round(1e3 * r.get("budget_s", lat["budget_s"]), 4)]
             for i, r in enumerate(lat.get("rounds", []))]
     if rows:
         _csv(out / "latency_rounds.csv", cols, rows)
         parts.append(_table(f"Latency budget: predicted vs measured, each round's model timed in turns with the "
-                            f"unpruned one (last: {1e3 * lat['unpruned_measured_s']:.3f} ms)", cols, rows,
+                            f"unpruned one (kept: round {lat.get('round', len(rows))}, unpruned "
+                            f"{1e3 * lat['unpruned_measured_s']:.3f} ms); a round's prediction is the table's "
+                            "times its error on the model measured the round before", cols, rows,
                             "latency_rounds"))
     return parts
 
@@ -191,7 +194,7 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
     layer_widths: {layer: (channels before, channels after)}.
     latency: a latency-targeted prune's ``PruneResult.latency``: where the time goes per
         layer before/after (a bar chart of the slowest layers and the full table), and
-        budget, predicted and measured latency per measure -> tighten round.
+        budget, predicted and measured latency per measure -> plan again round.
     """
     plt = _plt()
     out = pathlib.Path(out_dir)

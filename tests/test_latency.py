@@ -20,7 +20,7 @@ from pyprune import latency
 from pyprune.graph import build_graph
 from pyprune.latency import LatencyModel, LatencyTarget, LayerCost
 from pyprune.models import digits_cnn
-from pyprune.prune import LATENCY_WEIGHTS
+from pyprune.prune import LATENCY_CLOSE, LATENCY_WEIGHTS
 from pyprune.summary import CostModel, count
 
 # synthetic runtime: a conv costs CALL + NS_PER_MAC per multiply-accumulate, alone
@@ -178,6 +178,36 @@ def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
     assert lat["measured_s"] == pytest.approx(1.2 * _whole_model_seconds(res.model, x), rel=1e-9)
     assert res.model(x).shape == (1, 10)
     assert len(lat["layers"]) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+
+
+def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch):
+    """The first plan comes in far under the budget (the runtime is 20% faster than predicted
+    on pruned models): it is planned again with the table's measured error, the model kept
+    is the least cut one within the budget, and its prediction (made before measuring it)
+    carries that error."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    full = _whole_model_seconds(model, x)
+
+    def measure(models, example, target, **kw):
+        out = [_whole_model_seconds(m, example) for m in models]
+        return [s if abs(s - full) < 1e-12 else s * 0.8 for s in out]
+
+    monkeypatch.setattr(latency, "measure_turns", measure)
+    res = pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
+    lat, rounds = res.latency, res.latency["rounds"]
+    first = rounds[0]
+    assert first["measured_s"] < LATENCY_CLOSE * first["budget_s"] and len(rounds) >= 2
+    assert first["table_error"] == 1.0 and first["predicted_s"] == first["table_predicted_s"]
+    # the next round's error is the first round's measured over predicted (the machine's speed
+    # is steady here: only pruned models run faster than the table says)
+    assert rounds[1]["table_error"] == pytest.approx(first["measured_s"] / first["table_predicted_s"], rel=1e-9)
+    assert lat["measured_s"] <= lat["budget_s"]
+    assert lat["measured_s"] == max(r["measured_s"] for r in rounds if r["measured_s"] <= r["budget_s"])
+    assert lat["measured_s"] > first["measured_s"]  # more of the budget used: fewer channels cut
+    assert lat["measured_s"] == pytest.approx(0.8 * _whole_model_seconds(res.model, x), rel=1e-9)
+    assert lat["predicted_s"] == pytest.approx(lat["table_error"] * lat["table_predicted_s"], rel=1e-12)
+    assert len({r["measured_s"] for r in rounds}) == len(rounds)  # no plan measured twice
 
 
 def _compute_early_weights_late() -> nn.Module:
