@@ -5,10 +5,10 @@ For each model, runtime and budget (0.6x and 0.4x the unpruned measured p50):
   measured p50 must be <= 1.05x the budget;
 - the latency model's prediction must be within 10% of the measurements of the unpruned and
   the pruned model (made before measuring, at the machine speed measured the round before,
-  and for the pruned model times the table's error on the model measured the round before,
-  1 in the first round; the two are timed in turns in one worker, so their ratio holds while
-  the machine drifts). The table's own first-round error is recorded beside it
-  (``first_table_err_pruned``);
+  and for the pruned model times the table's error (geometric mean) on the models measured
+  in the rounds before, 1 in the first round; the two are timed in turns in one worker, so
+  their ratio holds while the machine drifts). The table's own first-round error is
+  recorded beside it (``first_table_err_pruned``);
 - against MACs-targeted pruning with the same criterion, tuned to the same *measured* latency
   (``target_macs`` started where the latency model predicts it, then measured in turns with
   the unpruned model and moved between the measurements that bracket the latency-targeted

@@ -25,10 +25,15 @@ hold. They predict those three by construction; every other width is predicted f
 table.
 
 This machine's speed drifts: the same model measured minutes apart differs by 15-20%. So
-whole models are compared in turns, one run of each in rotation in one worker
+whole models are compared in turns, a block of runs of each in rotation in one worker
 (:func:`measure_turns`): the pruned model beside the unpruned one, which also gives the
 machine's speed at that moment (``speed``, unpruned measured over its calibrated
 prediction); every prediction is scaled by the speed last measured.
+
+Widths are cut at multiples of the channel count the runtime's kernels prefer, found by
+measurement (:func:`probe_alignment`); a group narrower than twice that multiple at the
+largest power of two that still leaves it a cut (:func:`group_alignment`), and the layers
+it feeds are measured at those widths.
 
 Tables are cached on disk (``$PYPRUNE_CACHE``, default ``~/.cache/pyprune``), one file per
 runtime version, threads, batch and CPU model, keyed inside by layer signature, so a second
@@ -168,6 +173,8 @@ class LayerCost:
     out_numel: int  # output elements at full width (the rest-of-graph terms)
     weight_numel: int = 0  # weight elements at full width
     align: int = 1  # the runtime's preferred channel multiple (probe_alignment)
+    align_in: int | None = None  # the multiples its input / output widths are cut at (group_alignment;
+    align_out: int | None = None  # None: ``align``)
     grid_in: np.ndarray = field(default=None)
     grid_out: np.ndarray = field(default=None)
     seconds: np.ndarray = field(default=None)  # [len(grid_out), len(grid_in)]
@@ -175,27 +182,30 @@ class LayerCost:
     @property
     def signature(self) -> str:
         p = self.point
+        a_in, a_out = self.align_in or self.align, self.align_out or self.align
+        a = f"{self.align}" if a_in == a_out == self.align else f"{a_in}x{a_out}"
         if p["op"] == "linear":
             return (f"linear:{p['rows']}x{p['cin']}->{p['cout']}:b{int(p['bias'])}:pin{int(self.in_key is not None)}:"
-                    f"pout{int(self.out_key is not None)}:a{self.align}")
+                    f"pout{int(self.out_key is not None)}:a{a}")
         return (f"conv2d:{p['cin']}->{p['cout']}:k{p['k']}:s{p['s']}:p{p['p']}:d{p['d']}:g{p['g']}:hw{p['hw']}:"
                 f"b{int(p['bias'])}:dw{int(self.depthwise)}:pin{int(self.in_key is not None)}:pout{int(self.out_key is not None)}"
-                f":a{self.align}").replace(" ", "")
+                f":a{a}").replace(" ", "")
 
-    def widths(self, fractions, full: int, prunable: bool) -> list[int]:
-        """The measured widths of a dim: full, and multiples of the runtime's alignment (and
-        of a grouped conv's groups) near each fraction."""
+    def widths(self, fractions, full: int, prunable: bool, align: int | None = None) -> list[int]:
+        """The measured widths of a dim: full, and multiples of its alignment (``align``, else
+        the runtime's; and of a grouped conv's groups) near each fraction."""
         if not prunable:
             return [full]
-        m = math.lcm(self.point["g"] if self.point["op"] == "conv2d" and not self.depthwise else 1, self.align)
+        m = math.lcm(self.point["g"] if self.point["op"] == "conv2d" and not self.depthwise else 1, align or self.align)
         return sorted({full} | {w for f in fractions if (w := m * max(1, int(round(f * full / m)))) < full})
 
     def points(self, fractions) -> list[dict]:
         p = self.point
+        outs = self.widths(fractions, p["cout"], self.out_key is not None, self.align_out)
         if self.depthwise:
-            return [dict(p, cin=c, cout=c, g=c) for c in self.widths(fractions, p["cout"], self.out_key is not None)]
-        return [dict(p, cin=ci, cout=co) for co in self.widths(fractions, p["cout"], self.out_key is not None)
-                for ci in self.widths(fractions, p["cin"], self.in_key is not None)]
+            return [dict(p, cin=c, cout=c, g=c) for c in outs]
+        return [dict(p, cin=ci, cout=co) for co in outs
+                for ci in self.widths(fractions, p["cin"], self.in_key is not None, self.align_in)]
 
     def load(self, entry: dict) -> None:
         self.grid_in = np.asarray(entry["grid_in"], np.float64)
@@ -392,6 +402,18 @@ def alignment_from_probe(secs: dict) -> tuple[int, dict]:
     return align, ratios
 
 
+def group_alignment(size: int, align: int) -> int:
+    """The channel multiple a group of `size` channels is cut at: the runtime's preferred
+    one where the group is at least twice as wide, else the largest power of two that leaves
+    it one cut at least (at alignment 32, a 16-channel group is cut at multiples of 8 and a
+    32-channel one at 16, where the runtime's multiple would hold them whole). The table
+    measures the layers at those widths, so what the finer widths cost is predicted."""
+    a = int(align)
+    while a > 1 and size < 2 * a:
+        a //= 2
+    return a
+
+
 def measure_layers(layers: list[LayerCost], table: LatencyTable, progress: bool = True) -> int:
     """Measure the signatures the table lacks; returns how many points were measured."""
     from tqdm.auto import tqdm
@@ -502,10 +524,16 @@ class LatencyModel:
         self.target, self.graph, self.cost = target, graph, cost
         self.example = _single_input(example_inputs)
         self.table = LatencyTable(target, cache)
-        self.align = probe_alignment(self.table, progress) if align is None else int(align)
+        self.probed_align = probe_alignment(self.table, progress)  # the runtime's preferred multiple
+        self.align = self.probed_align if align is None else int(align)
         self.layers = _layer_costs(model, graph, cost._share)
+        self.group_align = {g.id: group_alignment(g.size, self.align) for g in graph.groups}
         for lc in self.layers:
             lc.align = self.align
+            # a dim spanning several groups (a concat) is a multiple of the finest of theirs
+            lc.align_in, lc.align_out = (min((self.group_align[int(gid)] for gid in cost._share[key][0]),
+                                             default=self.align) if key is not None else self.align
+                                         for key in (lc.in_key, lc.out_key))
         self.measured_points = measure_layers(self.layers, self.table, progress)
         for lc in self.layers:
             lc.load(self.table.layers[lc.signature])
@@ -578,7 +606,9 @@ class LatencyModel:
                  f"{1e3 * c['half_measured_s']:.3f} ms (the two calibration points)",
                  f"measured layers alone: {1e3 * c['layers_s']:.3f} ms; rest of the graph: {1e3 * self.r0:+.3f} ms "
                  f"{1e9 * self.r_act:+.3f} ms per million output elements {1e9 * self.r_weight:+.3f} ms per million "
-                 f"weights; kernel alignment {self.align} channels",
+                 f"weights; kernel alignment {self.align} channels" + (
+                     f" (groups narrower than {2 * self.align} at finer multiples)"
+                     if any(a < self.align for a in self.group_align.values()) else ""),
                  f"{'layer':<44} {'kind':<6} {'shape':<34} {'ms':>8} {'share':>6}"]
         total = max(1e-12, sum(r[0]["seconds"] for r in rows))
         shown = rows if max_rows is None else rows[:max_rows]
@@ -610,9 +640,10 @@ class LatencyModel:
         for g in prunable:
             if late_only and g.id not in late:
                 continue
-            if g.size <= self.align:
+            a = self.group_align.get(g.id, self.align)
+            if g.size <= a:
                 continue
-            k = max(g.size - g.prunable, self.align * max(1, round(g.size / 2 / self.align)))
+            k = max(g.size - g.prunable, a * max(1, round(g.size / 2 / a)))
             order = np.argsort(~g.frozen, kind="stable")[:k]
             m = np.zeros(g.size, bool)
             m[order] = True
@@ -728,15 +759,15 @@ class LatencyModel:
                     if key is not None:
                         neighbours[gid].update(int(x) for x in self.cost._share[key][0] if int(x) in prefix)
 
-        step = math.lcm(int(round_to or 1), self.align)
-
         def step_down(gid: int, k: int) -> int:
-            """The next smaller keep count: a multiple of the step (groups no larger than
-            the runtime's alignment stay whole), else about 1/32 of the group less."""
-            size = self.graph.groups[gid].size
+            """The next smaller keep count: a multiple of the step (``round_to`` and the
+            group's alignment; a group no larger than its alignment stays whole), else about
+            1/32 of the group less."""
+            size, align = self.graph.groups[gid].size, self.group_align.get(gid, self.align)
+            step = math.lcm(int(round_to or 1), align)
             if step > 1:
                 if size <= step:
-                    return k if self.align > 1 else k - max(1, size // 32)
+                    return k if align > 1 else k - max(1, size // 32)
                 return max(((k - 1) // step) * step, 0)
             return k - max(1, size // 32)
 

@@ -489,7 +489,7 @@ class Pruner:
                          for gid, r in match_layer_ratios(groups, cfg.layer_ratios).items()}
             while True:
                 try:
-                    n_keep, self._latency_mix = _solve_weighted(lat, groups, scores, goal, cfg, fixed)
+                    n_keep, self._latency_mix, key = _solve_weighted(lat, groups, scores, goal, cfg, fixed)
                     break
                 except ValueError:
                     if lat.align <= 1:
@@ -499,6 +499,19 @@ class Pruner:
                     warnings.warn(f"pyprune: {arg}={value:g} is out of reach at multiples of {lat.align} channels "
                                   f"on {lat.target.runtime}; trying multiples of {lat.align // 2}", stacklevel=4)
                     lat = self.latency_model(align=lat.align // 2)
+            if lat.align < lat.probed_align and lat.align // 2 >= FINEST_COMPARED_ALIGN:
+                # the budget is at the edge of what the coarse multiples reach: the next finer
+                # ones may spread the cut (resnet56_cifar at 0.4x on onnxruntime: multiples
+                # of 8 kept 0.15 of its MACs and 0.06 of its parameters, of 4 kept 0.25 and 0.52)
+                finer = self.latency_model(align=lat.align // 2)
+                try:
+                    n2, mix2, key2 = _solve_weighted(finer, groups, scores, goal, cfg, fixed)
+                except ValueError:
+                    key2 = None
+                if key2 is not None and key2 > key:
+                    n_keep, self._latency_mix = n2, mix2
+                else:
+                    self._latency = (self.model, lat)  # the coarser model stays the one planned with
             n_keep = fit_blocks(groups, n_keep)
             total = sum(g.size for g in groups)
             return n_keep, 1.0 - sum(n_keep[g.id] for g in groups) / max(1, total)
@@ -579,7 +592,8 @@ class Pruner:
         measured within its budget, so its ``latency["measured_s"]`` is what was promised,
         or, where none was, the last one with a warning that says by how much it missed.
         Its ``predicted_s`` is the prediction made before measuring it: the table's, times
-        the error measured the round before (``table_predicted_s`` and ``table_error``)."""
+        the table's error (geometric mean) on the models measured in the rounds before
+        (``table_predicted_s`` and ``table_error``)."""
         budget = _budget(**{k: v for k, v in targets.items() if k in _BUDGETS})
         if budget is not None and budget[1] == "latency":
             return self._prune_to_latency(ratio, inplace, targets, budget)
@@ -590,7 +604,7 @@ class Pruner:
         lat = self.latency_model()
         budget_s = self._latency_budget_s = _latency_budget_s(lat, value, fraction)
         rounds, results, planned, res = [], [], [], None
-        error = 1.0  # measured over table-predicted seconds of the last pruned model measured
+        error, errors = 1.0, []  # measured over table-predicted seconds of the pruned models measured
         try:
             for _ in range(self.config.latency_rounds):
                 goal = budget_s * self._latency_scale
@@ -624,9 +638,12 @@ class Pruner:
                 if LATENCY_CLOSE * budget_s <= measured <= budget_s:
                     break
                 # the table's error on this model, at this pair's speed (the machine's drift
-                # is not the table's): the next goal is what the table must predict for the
-                # measurement to land just under the budget
-                error = measured / max(1e-12, lat.predict(kf))
+                # is not the table's), averaged (geometric mean) over the models measured so
+                # far: a plan's own kernels add their noise to what the table misses on all.
+                # The next goal is what the table must predict for the measurement to land
+                # just under the budget
+                errors.append(measured / max(1e-12, lat.predict(kf)))
+                error = float(np.exp(np.mean(np.log(errors))))
                 self._latency_scale = LATENCY_AIM / error
         finally:
             self._latency_scale, self._latency_budget_s = 1.0, None
@@ -876,10 +893,16 @@ LATENCY_WEIGHTS = {"balanced": tuple(i / 40 for i in range(40, 19, -1)) + (0.4, 
 # a model measured under LATENCY_CLOSE of its latency budget is planned again, aiming at
 # LATENCY_AIM of it (a margin for the machine's noise between two measurements)
 LATENCY_CLOSE, LATENCY_AIM = 0.95, 0.98
+# a budget the runtime's channel multiple cannot reach is solved at finer ones; the plan at
+# the next finer one is compared too, down to this one (below it odd-width kernel paths make
+# the tables' interpolation unreliable: resnet56_cifar on onnxruntime at multiples of 1 was
+# predicted at 0.40 of the unpruned model and measured at 0.68)
+FINEST_COMPARED_ALIGN = 4
 
 
-def _solve_weighted(lat, groups, scores, goal: float, cfg: PruneConfig, fixed: dict) -> tuple[dict, float]:
-    """(keep counts, compute share) of the latency solve under ``cfg.latency_weight``.
+def _solve_weighted(lat, groups, scores, goal: float, cfg: PruneConfig, fixed: dict) -> tuple[dict, float, tuple]:
+    """(keep counts, compute share, key) of the latency solve under ``cfg.latency_weight``
+    (key: the smaller and the sum of the MACs and parameters shares kept, rounded).
 
     The solver weights each group's normalised scores by what one of its channels carries:
     ``a`` times its MACs plus ``1 - a`` times its parameters (each relative to the mean over
@@ -907,7 +930,7 @@ def _solve_weighted(lat, groups, scores, goal: float, cfg: PruneConfig, fixed: d
         key = (round(min(shares), 6), round(sum(shares), 6))
         if best is None or key > best[0]:
             best = (key, n_keep, a)
-    return best[1], best[2]
+    return best[1], best[2], best[0]
 
 
 def _cost_per_unit(cost: CostModel, groups, kind: str = "macs") -> dict[int, float]:

@@ -177,7 +177,7 @@ def _latency_section(plt, out: pathlib.Path, lat: dict) -> list[str]:
         parts.append(_table(f"Latency budget: predicted vs measured, each round's model timed in turns with the "
                             f"unpruned one (kept: round {lat.get('round', len(rows))}, unpruned "
                             f"{1e3 * lat['unpruned_measured_s']:.3f} ms); a round's prediction is the table's "
-                            "times its error on the model measured the round before", cols, rows,
+                            "times its error on the models measured in the rounds before", cols, rows,
                             "latency_rounds"))
     return parts
 
