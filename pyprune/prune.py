@@ -621,7 +621,7 @@ class Pruner:
                 lat = self.latency_model()  # finer widths may have been needed
                 ones = np.ones(len(kf))
                 # before measuring, at the speed last measured, times the table's error on the
-                # model measured the round before (1 in the first round)
+                # models measured in the rounds before (1 in the first round)
                 table_predicted = lat.predict(kf)
                 table_ratio = lat.raw_predict(kf) / lat.raw_predict(ones)
                 predicted_full = lat.predict(ones)
