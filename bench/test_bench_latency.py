@@ -148,6 +148,10 @@ def test_latency_budget(name, runtime, fraction):
            unpruned_ms=1e3 * fresh, budget_ms=1e3 * L["budget_s"], measured_ms=1e3 * L["measured_s"],
            measured_over_budget=L["measured_s"] / L["budget_s"], rounds=len(L["rounds"]), kept_round=L["round"],
            first_table_err_pruned=abs(first["table_predicted_s"] - first["measured_s"]) / first["measured_s"],
+           # every round: measured over its budget, and its prediction's error
+           rounds_measured_err="; ".join(
+               f"{r['measured_s'] / r['budget_s']:.3f} ({abs(r['predicted_s'] - r['measured_s']) / r['measured_s']:.3f})"
+               for r in L["rounds"]),
            pred_err_unpruned=err_full, pred_err_pruned=err_pruned, pred_err_ratio=err_ratio,
            macs_kept=s.macs_ratio, params_kept=s.params_ratio,
            macs_target_ms=1e3 * ratio_m * fresh, macs_target_measurements=tries, macs_target_macs_kept=sm.macs_ratio,

@@ -199,7 +199,8 @@ class PruneResult:
         if lat:
             lines.append(f"latency on {lat['target']}: budget {1e3 * lat['budget_s']:.3f} ms, predicted "
                          f"{1e3 * lat['predicted_s']:.3f} ms, measured {1e3 * lat['measured_s']:.3f} ms (unpruned "
-                         f"{1e3 * lat['unpruned_measured_s']:.3f} ms; {len(lat.get('rounds', [])) or 1} round(s))")
+                         f"{1e3 * lat['unpruned_measured_s']:.3f} ms; round {lat.get('round', 1)} of "
+                         f"{len(lat.get('rounds', [])) or 1} kept)")
             if lat.get("weight_macs_share") is not None:
                 a = lat["weight_macs_share"]
                 lines.append(f"channels weighted by {a:.3g} x their MACs + {1 - a:.3g} x their parameters "
@@ -1049,8 +1050,10 @@ def prune(
         each channel's weighted by what it carries (``latency_weight``: ``"macs"``,
         ``"params"``, or ``"balanced"`` (default), the mix of the two whose plan keeps the
         largest share of both), under the predicted budget; the pruned model is measured
-        and, if it misses, planned again tighter (``latency_rounds``). ``result.latency``
-        holds budget, prediction, measurement, the weight used and per-layer times.
+        and, if it misses or comes in well under, planned again with the table's measured
+        error (``latency_rounds``); the least cut model within budget is kept.
+        ``result.latency`` holds budget, prediction, measurement, the weight used, every
+        round and per-layer times.
     merge: fold dropped filters into their cluster's kept filter (default: on for methods
         that merge, i.e. kmeans).
     iterative_steps, finetune: reach the target in several prune -> ``finetune(model, step)``
