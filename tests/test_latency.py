@@ -183,19 +183,26 @@ def test_solver_meets_goal_keeps_floors_and_alignment(synthetic):
         lat.solve(groups, scores, 1e-9)
 
 
-def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
-    """The first plan misses (the runtime is 20% slower than predicted on pruned models):
-    the goal is tightened until the measured model meets the budget."""
+def _prune_where_pruned_models_run(monkeypatch, factor: float):
+    """(model, x, its seconds, result) of digits_cnn(width=32) pruned to 2x its speed on a
+    synthetic runtime where every pruned model takes `factor` times the whole-model formula
+    the unpruned one (and the calibration) follows."""
     torch.manual_seed(0)
     model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
     full = _whole_model_seconds(model, x)
 
     def measure(models, example, target, **kw):
         out = [_whole_model_seconds(m, example) for m in models]
-        return [s if abs(s - full) < 1e-12 else s * 1.2 for s in out]
+        return [s if abs(s - full) < 1e-12 else s * factor for s in out]
 
     monkeypatch.setattr(latency, "measure_turns", measure)
-    res = pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
+    return model, x, full, pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
+
+
+def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
+    """The first plan misses (the runtime is 20% slower than predicted on pruned models):
+    the goal is tightened until the measured model meets the budget."""
+    model, x, full, res = _prune_where_pruned_models_run(monkeypatch, 1.2)
     lat = res.latency
     assert lat["budget_s"] == pytest.approx(full / 2.0, rel=1e-9)
     assert len(lat["rounds"]) >= 2 and lat["rounds"][0]["measured_s"] > lat["budget_s"]
@@ -210,16 +217,7 @@ def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch):
     on pruned models): it is planned again with the table's measured error, the model kept
     is the least cut one within the budget, and its prediction (made before measuring it)
     carries that error."""
-    torch.manual_seed(0)
-    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
-    full = _whole_model_seconds(model, x)
-
-    def measure(models, example, target, **kw):
-        out = [_whole_model_seconds(m, example) for m in models]
-        return [s if abs(s - full) < 1e-12 else s * 0.8 for s in out]
-
-    monkeypatch.setattr(latency, "measure_turns", measure)
-    res = pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
+    model, x, _, res = _prune_where_pruned_models_run(monkeypatch, 0.8)
     lat, rounds = res.latency, res.latency["rounds"]
     first = rounds[0]
     assert first["measured_s"] < LATENCY_CLOSE * first["budget_s"] and len(rounds) >= 2
