@@ -212,7 +212,7 @@ def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
     assert len(lat["layers"]) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
 
 
-def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch):
+def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch, tmp_path):
     """The first plan comes in far under the budget (the runtime is 20% faster than predicted
     on pruned models): it is planned again with the table's measured error, the model kept
     is the least cut one within the budget, and its prediction (made before measuring it)
@@ -233,6 +233,15 @@ def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch):
     assert lat["measured_s"] == pytest.approx(0.8 * _whole_model_seconds(res.model, x), rel=1e-9)
     assert lat["predicted_s"] == pytest.approx(lat["table_error"] * lat["table_predicted_s"], rel=1e-12)
     assert len({r["measured_s"] for r in rounds}) == len(rounds)  # no plan measured twice
+    # the report's rounds table: one row per round, the error each prediction carried
+    from pyprune.report import write_report
+
+    index = write_report(tmp_path / "rep", latency=lat)
+    with open(tmp_path / "rep" / "latency_rounds.csv") as f:
+        table = [line.strip().split(",") for line in f]
+    assert table[0][:4] == ["round", "goal_ms", "predicted_ms", "table_error"] and len(table) == 1 + len(rounds)
+    assert [float(row[3]) for row in table[1:]] == pytest.approx([r["table_error"] for r in rounds], abs=1e-4)
+    assert f"kept: round {lat['round']}" in index.read_text()
 
 
 def _compute_early_weights_late() -> nn.Module:
