@@ -640,7 +640,7 @@ class LatencyModel:
         for g in prunable:
             if late_only and g.id not in late:
                 continue
-            a = self.group_align.get(g.id, self.align)
+            a = self.group_align[g.id]
             if g.size <= a:
                 continue
             k = max(g.size - g.prunable, a * max(1, round(g.size / 2 / a)))
@@ -763,7 +763,7 @@ class LatencyModel:
             """The next smaller keep count: a multiple of the step (``round_to`` and the
             group's alignment; a group no larger than its alignment stays whole), else about
             1/32 of the group less."""
-            size, align = self.graph.groups[gid].size, self.group_align.get(gid, self.align)
+            size, align = self.graph.groups[gid].size, self.group_align[gid]
             step = math.lcm(int(round_to or 1), align)
             if step > 1:
                 if size <= step:
