@@ -64,6 +64,7 @@ import torch
 from torch import nn
 
 from ._io import write_text
+from .criteria._registry import block_jobs
 
 __all__ = ["LatencyTarget", "LatencyModel", "LatencyTable", "measure", "measure_turns", "cache_dir", "RUNTIMES"]
 
@@ -631,9 +632,10 @@ class LatencyModel:
         return hashlib.sha1(json.dumps(sig).encode()).hexdigest()[:16]
 
     def half_keep(self, late_only: bool = False) -> np.ndarray:
-        """Unit mask keeping half of every prunable group (frozen units first), or with
-        ``late_only`` of the later half of them (forward order): the calibration points
-        besides the model itself (early layers hold most activations, late ones most weights)."""
+        """Unit mask keeping half of every prunable group (frozen units first; as many in each
+        block of a grouped conv), or with ``late_only`` of the later half of them (forward
+        order): the calibration points besides the model itself (early layers hold most
+        activations, late ones most weights)."""
         mask = np.ones(self.graph.n_units, bool)
         prunable = [g for g in self.graph.groups if g.prunable > 0]
         late = {g.id for g in prunable[len(prunable) // 2:]}
@@ -644,9 +646,9 @@ class LatencyModel:
             if g.size <= a:
                 continue
             k = max(g.size - g.prunable, a * max(1, round(g.size / 2 / a)))
-            order = np.argsort(~g.frozen, kind="stable")[:k]
             m = np.zeros(g.size, bool)
-            m[order] = True
+            for pos, n in block_jobs(g, k):  # a grouped conv's blocks keep one count each
+                m[pos[np.argsort(~g.frozen[pos], kind="stable")[:n]]] = True
             mask[g.units] = m
         return mask
 

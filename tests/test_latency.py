@@ -119,6 +119,30 @@ def test_narrow_groups_are_cut_at_finer_multiples(synthetic):
     assert keep[narrow.id] == 4 and all(keep[g.id] == g.size for g in groups if g is not narrow)
 
 
+def test_grouped_conv_blocks_keep_one_count_at_calibration(synthetic, monkeypatch):
+    """The calibration's half-width models keep as many channels in each block of a grouped
+    conv (24 channels in 3 groups, cut at multiples of 8: 16 kept as the first 16 would leave
+    a group empty and the model could not be cut), and a latency target prunes the model."""
+    monkeypatch.setattr(latency, "measure_turns",
+                        lambda models, example, target, **kw: [_whole_model_seconds(m, example) for m in models])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 24, 3, padding=1), nn.ReLU(), nn.Conv2d(24, 24, 3, padding=1, groups=3),
+                          nn.ReLU(), nn.Conv2d(24, 32, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(32, 10)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    lat, graph, _ = _latency_model(model, x)
+    blocked = [g for g in graph.groups if g.blocks is not None and g.prunable > 0]
+    assert blocked and lat.group_align[blocked[0].id] == 8
+    for late_only in (False, True):
+        mask = lat.half_keep(late_only)
+        for g in blocked:
+            kept = mask[g.units]
+            per_block = [int(kept[g.blocks == b].sum()) for b in np.unique(g.blocks[g.blocks >= 0])]
+            assert len(set(per_block)) == 1 and per_block[0] >= 1, per_block
+    res = pyprune.prune(model, x, method="l1", target_speedup=1.5, runtime="onnxruntime", progress=False)
+    assert res.latency["measured_s"] <= res.latency["budget_s"] and res.model(x).shape == (1, 10)
+
+
 def test_model_calibrated_on_full_and_half_width(synthetic):
     """Prediction equals the whole-model measurement at both calibration points, and the
     layer table is what the formula says (call cost removed)."""
