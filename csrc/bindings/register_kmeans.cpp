@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "../core/kmeans.h"
+#include "../cuda/kmeans_emulation.h"
 #include "arrays.h"
 
 namespace pyprune::bind {
@@ -12,7 +13,7 @@ namespace {
 /// (stats, cosines, kernel, norms, rep_cosines, rep_residuals): stats a dict of per-iteration arrays (changed, moved, reseeded,
 /// recomputed: int64; seconds: float64), cosines a float32 array, kernel the path's name.
 /// The centroids (K x d, the largest part) move into their array without a copy.
-py::tuple result_to_python(KMeansResult&& r, bool details) {
+py::tuple result_to_python(KMeansResult&& r, bool details, const char* kernel = nullptr) {
     py::array_t<float> centroids = move_to_numpy(std::move(r.centroids), {r.k, r.d});
     if (!details)
         return py::make_tuple(centroids, to_numpy(r.labels), to_numpy(r.representatives),
@@ -34,7 +35,7 @@ py::tuple result_to_python(KMeansResult&& r, bool details) {
     stats["seconds"] = to_numpy(seconds);
     return py::make_tuple(centroids, to_numpy(r.labels), to_numpy(r.representatives),
                           to_numpy(r.objective), r.n_iter, stats, to_numpy(r.cosines),
-                          std::string(kernel_name(r.kernel)), to_numpy(r.norms), to_numpy(r.rep_cosines),
+                          std::string(kernel != nullptr ? kernel : kernel_name(r.kernel)), to_numpy(r.norms), to_numpy(r.rep_cosines),
                           to_numpy(r.rep_residuals));
 }
 
@@ -51,6 +52,48 @@ Filters as_filters(const py::handle& h, const std::string& what) {
 }  // namespace
 
 void register_kmeans(py::module_& m) {
+    m.def(
+        "spherical_kmeans_emulated",
+        [](const py::list& weights, const std::vector<int64_t>& ks, int max_iter, bool early_stop, uint64_t seed,
+           const std::optional<std::vector<std::optional<py::array>>>& inits, bool reuse) {
+            std::vector<MatrixView> xs;
+            for (size_t l = 0; l < weights.size(); ++l)
+                xs.push_back(as_matrix(py::cast<py::array>(weights[l]), "weights[" + std::to_string(l) + "]"));
+            PYPRUNE_CHECK(ks.size() == xs.size(), "ks: one K per layer: ", xs.size(), " layers, ", ks.size(),
+                          " values of K");
+            std::vector<KMeansParams> params(xs.size());
+            std::vector<const float*> init_ptrs;
+            for (size_t l = 0; l < xs.size(); ++l) {
+                params[l].k = ks[l];
+                params[l].max_iter = max_iter;
+                params[l].early_stop = early_stop;
+                params[l].seed = seed;
+                params[l].reuse = reuse;
+                const py::array* a = inits && (*inits)[l] ? &*(*inits)[l] : nullptr;
+                if (a == nullptr) {
+                    init_ptrs.push_back(nullptr);
+                    continue;
+                }
+                const auto c = as_matrix(*a, "init[" + std::to_string(l) + "]");
+                PYPRUNE_CHECK(c.rows == ks[l] && c.cols == xs[l].cols, "init[", l, "]: expected shape (", ks[l], ", ",
+                              xs[l].cols, "), got (", c.rows, ", ", c.cols, ")");
+                init_ptrs.push_back(c.data);
+            }
+            std::vector<KMeansResult> results;
+            {
+                py::gil_scoped_release nogil;
+                results = device::spherical_kmeans_emulated(xs, params, init_ptrs);
+            }
+            py::list out;
+            for (auto& r : results) out.append(result_to_python(std::move(r), true, "emulated"));
+            return out;
+        },
+        py::arg("weights"), py::arg("ks"), py::arg("max_iter"), py::arg("early_stop"), py::arg("seed"),
+        py::arg("inits"), py::arg("reuse"),
+        "The CUDA k-means's block solver run on the host with one thread (for tests): the same source as the "
+        "GPU kernel. Contiguous layers only. Returns what spherical_kmeans(details=True) returns, kernel "
+        "'emulated'.");
+
     m.def(
         "spherical_kmeans",
         [](const py::list& weights, const std::vector<int64_t>& ks, int max_iter,

@@ -1,0 +1,104 @@
+#include "kmeans_emulation.h"
+
+#include <cmath>
+#include <string>
+
+#include "../core/buffer.h"
+#include "../core/check.h"
+#include "kmeans_jobs.h"
+#include "kmeans_logic.h"
+
+#ifdef __FAST_MATH__
+#error "kmeans_emulation.cpp repeats the CPU's rounding: build it without -ffast-math"
+#endif
+
+namespace pyprune::device {
+
+void raise_non_finite(const float* row, int64_t d, int64_t i, const std::string& what) {
+    int64_t j = 0;
+    while (j + 1 < d && std::isfinite(row[j])) ++j;
+    detail::check_failed("std::isfinite(value)", __FILE__, __LINE__, what, ": contains a non-finite value (", row[j],
+                         ") at filter ", i, ", element ", j);
+}
+
+std::vector<KMeansResult> spherical_kmeans_emulated(const std::vector<MatrixView>& xs,
+                                                    const std::vector<KMeansParams>& params,
+                                                    const std::vector<const float*>& inits) {
+    PYPRUNE_CHECK(params.size() == xs.size() && (inits.empty() || inits.size() == xs.size()),
+                  "one parameter set and init per layer");
+    std::vector<KMeansResult> out(xs.size());
+    for (size_t l = 0; l < xs.size(); ++l) {
+        const std::string what = "weights[" + std::to_string(l) + "]";
+        const MatrixView& x = xs[l];
+        const KMeansParams& p = params[l];
+        check_shape(x, what.c_str());
+        PYPRUNE_CHECK(p.k >= 1 && p.k <= x.rows, what, ": K must satisfy 1 <= K <= n = ", x.rows, ", got K = ", p.k);
+        PYPRUNE_CHECK(p.max_iter >= 0, what, ": max_iter must be >= 0, got ", p.max_iter);
+        const float* init = inits.empty() ? nullptr : inits[l];
+        for (int64_t j = 0; init != nullptr && j < p.k; ++j) {
+            const double s = sum_sq(init + j * x.cols, x.cols);
+            PYPRUNE_CHECK(std::isfinite(s) && s > 0.0, "init: centroid ", j, " must be finite and non-zero (squared norm ",
+                          s, ")");
+        }
+        const int64_t n = x.rows, d = x.cols, k = p.k;
+        KMeansResult r;
+        r.n = n;
+        r.d = d;
+        r.k = k;
+        r.centroids.resize(static_cast<size_t>(k * d));
+        r.labels.resize(static_cast<size_t>(n));
+        r.representatives.resize(static_cast<size_t>(k));
+        r.cosines.resize(static_cast<size_t>(n));
+        r.norms.resize(static_cast<size_t>(n));
+        r.rep_cosines.resize(static_cast<size_t>(n));
+        r.rep_residuals.resize(static_cast<size_t>(n));
+        std::vector<double> objective(static_cast<size_t>(p.max_iter + 1));
+        std::vector<int64_t> stats(static_cast<size_t>(4 * (p.max_iter + 1))), info(2);
+        Job J;
+        J.x = x.data;
+        J.init = init;
+        J.n = n;
+        J.d = d;
+        J.k = k;
+        J.trials = trials_for(k);
+        J.use_gram = gram_for(n, k, init != nullptr) ? 1 : 0;
+        J.max_iter = p.max_iter;
+        J.early_stop = p.early_stop ? 1 : 0;
+        J.reuse = p.reuse ? 1 : 0;
+        J.seed = p.seed;
+        J.c = r.centroids.data();
+        J.labels = r.labels.data();
+        J.reps = r.representatives.data();
+        J.cosines = r.cosines.data();
+        J.norms = r.norms.data();
+        J.rep_cos = r.rep_cosines.data();
+        J.rep_res = r.rep_residuals.data();
+        J.objective = objective.data();
+        J.stats = stats.data();
+        J.info = info.data();
+        Buffer<char> scratch(place_scratch(&J, nullptr));
+        place_scratch(&J, scratch.data());
+        for (int64_t i = 0; i < n; ++i)
+            if (!normalize_row(J, i)) raise_non_finite(x.data + i * d, d, i, what);
+        if (J.use_gram)
+            for (int64_t i = 0; i < n; ++i)
+                for (int64_t j = 0; j < n; ++j) J.gram[i * n + j] = chain_dot(J.xn + i * d, J.xn + j * d, d);
+        Ctl ctl;
+        BlockSolver(J, ctl).run();
+        r.n_iter = static_cast<int>(info[0]);
+        const int n_obj = p.max_iter == 0 ? 1 : r.n_iter;
+        r.objective.assign(objective.begin(), objective.begin() + n_obj);
+        for (int it = 0; it < r.n_iter; ++it) {
+            IterationStats st;
+            st.changed = stats[4 * it];
+            st.moved = stats[4 * it + 1];
+            st.reseeded = stats[4 * it + 2];
+            st.recomputed = stats[4 * it + 3];
+            r.stats.push_back(st);
+        }
+        out[l] = std::move(r);
+    }
+    return out;
+}
+
+}  // namespace pyprune::device
