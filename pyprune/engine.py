@@ -3,7 +3,9 @@
 Everything here takes and returns torch tensors. CPU tensors cross into C++ as zero-copy
 numpy views (float32, C-contiguous; other float dtypes and non-contiguous tensors are
 converted first). Weights of any rank >= 2 are read as ``(out_channels, -1)``: one row per
-filter. The device is checked in one place, :func:`_to_core`.
+filter. Each op decides its device in one place, :func:`_on_cuda`: CUDA tensors go to the
+core's CUDA kernels (a build with ``PYPRUNE_WITH_CUDA=ON``) as device pointers on the
+current stream, and the results stay on their device.
 
 Zero-norm filters have no direction. Their cosine similarity with anything, themselves
 included, is 0; in k-means they score 0 against every centroid (so they join the lowest
@@ -191,18 +193,9 @@ def _as_list(weights: TensorOrList, name: str) -> tuple[list[torch.Tensor], bool
     raise TypeError(f"{name}: expected a torch.Tensor or a list of them, got {type(weights).__name__}")
 
 
-def _to_core(w: torch.Tensor, name: str) -> np.ndarray:
-    """Check one weight and view it as a float32 (n, d) C-contiguous numpy array."""
+def _check_weight(w, name: str) -> None:
     if not isinstance(w, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(w).__name__}")
-    if w.device.type != "cpu":
-        if not getattr(_core, "cuda_available", False):
-            raise ValueError(
-                f"{name}: tensor is on {w.device}, but this pyprune build has no CUDA kernels; "
-                "move the weights to the CPU (.cpu()) or build with "
-                "`pip install . -Ccmake.define.PYPRUNE_WITH_CUDA=ON`"
-            )
-        raise ValueError(f"{name}: device {w.device} is not supported by the core")
     if not w.is_floating_point():
         raise ValueError(f"{name}: expected a floating-point tensor, got dtype {w.dtype}")
     if w.dim() < 2:
@@ -212,10 +205,77 @@ def _to_core(w: torch.Tensor, name: str) -> np.ndarray:
         )
     if w.numel() == 0:
         raise ValueError(f"{name}: empty tensor of shape {tuple(w.shape)}")
+
+
+def _to_core(w: torch.Tensor, name: str) -> np.ndarray:
+    """Check one weight and view it as a float32 (n, d) C-contiguous numpy array."""
+    if isinstance(w, torch.Tensor) and w.device.type != "cpu":
+        if w.device.type == "cuda" and not cuda_built():
+            raise _no_cuda_kernels(name, w.device)
+        raise ValueError(f"{name}: tensor is on {w.device}, but this operation runs on the CPU only: "
+                         "move the tensors to the CPU (.cpu())")
+    _check_weight(w, name)
     x = w.detach().reshape(w.shape[0], -1)
     if x.dtype != torch.float32:
         x = x.to(torch.float32)
     return x.contiguous().numpy()
+
+
+def cuda_built() -> bool:
+    """Whether this build of the core has the CUDA kernels (``PYPRUNE_WITH_CUDA=ON``)."""
+    return bool(getattr(_core, "cuda_available", False))
+
+
+def _on_cuda(tensors: Sequence, name: str) -> bool:
+    """The one device decision of an op: True when its tensors are on a CUDA device (then
+    all must be on the same one, and the build must have the CUDA kernels), False when all
+    are on the CPU. Tensors on other devices, or on several, are refused naming the first."""
+    devs = []
+    for t in tensors:
+        for b in (t if isinstance(t, Columns) else (t,)):
+            if isinstance(b, torch.Tensor):
+                devs.append(b.device)
+    if not devs or all(d.type == "cpu" for d in devs):
+        return False
+    first = devs[0]
+    for d in devs[1:]:
+        if d != first:
+            raise ValueError(f"{name}: tensors on different devices ({first} and {d}); put them on one device")
+    if first.type != "cuda":
+        raise ValueError(f"{name}: device {first} is not supported by the core (CPU or CUDA)")
+    if not cuda_built():
+        raise _no_cuda_kernels(name, first)
+    return True
+
+
+def _no_cuda_kernels(name: str, device) -> ValueError:
+    return ValueError(f"{name}: tensor is on {device}, but this pyprune build has no CUDA kernels; "
+                      "move the weights to the CPU (.cpu()) or build with "
+                      "`pip install . -Ccmake.define.PYPRUNE_WITH_CUDA=ON`")
+
+
+def _to_cuda(w, name: str) -> torch.Tensor:
+    """Check one weight (or a Columns: concatenated on its device) and return it as a
+    float32 (n, d) contiguous matrix on its CUDA device; the caller keeps it alive while
+    the core reads it."""
+    if isinstance(w, Columns):
+        blocks = [_to_cuda(b, f"{name} block {i}") for i, b in enumerate(w)]
+        for i, b in enumerate(blocks[1:], 1):
+            if b.shape[0] != blocks[0].shape[0]:
+                raise ValueError(f"{name}: every column block needs the same number of filters: block 0 has "
+                                 f"{blocks[0].shape[0]}, block {i} has {b.shape[0]}")
+        return blocks[0] if len(blocks) == 1 else torch.cat(blocks, 1)
+    _check_weight(w, name)
+    return w.detach().reshape(w.shape[0], -1).to(torch.float32).contiguous()
+
+
+def _layer(x: torch.Tensor) -> tuple[int, int, int]:
+    return (x.data_ptr(), x.shape[0], x.shape[1])
+
+
+def _stream(x: torch.Tensor) -> tuple[int, int]:
+    """(device index, the current stream's handle) of a CUDA tensor."""
+    return x.device.index, torch.cuda.current_stream(x.device).cuda_stream
 
 
 def _arrays(weights: TensorOrList, name: str) -> tuple[list[np.ndarray], bool]:
@@ -232,20 +292,37 @@ def filter_norms(weights: TensorOrList, p: int = 2, *, threads: int | None = Non
     """
     if p not in (1, 2):
         raise ValueError(f"p must be 1 or 2, got {p!r}")
+    ws, single = _as_list(weights, "weights")
+    if _on_cuda(ws, "weights"):
+        xs = [_to_cuda(w, f"weights[{i}]" if not single else "weights") for i, w in enumerate(ws)]
+        out = [torch.empty(x.shape[0], dtype=torch.float32, device=x.device) for x in xs]
+        _core.filter_norms_cuda([_layer(x) for x in xs], int(p), [o.data_ptr() for o in out], *_stream(xs[0]))
+        return out[0] if single else out
     arrays, single = _arrays(weights, "weights")
     out = [torch.from_numpy(a) for a in _core.filter_norms(arrays, int(p), _threads(threads))]
     return out[0] if single else out
 
 
 def cosine_similarity(weight: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
-    """Pairwise cosine similarity (n, n) of a layer's filters (zero filters give 0)."""
+    """Pairwise cosine similarity (n, n) of a layer's filters (zero filters give 0); on the
+    weight's device."""
+    if _on_cuda([weight], "weight"):
+        x = _to_cuda(weight, "weight")
+        out = torch.empty(x.shape[0], x.shape[0], dtype=torch.float32, device=x.device)
+        _core.cosine_similarity_cuda(_layer(x), out.data_ptr(), *_stream(x))
+        return out
     return torch.from_numpy(_core.cosine_similarity(_to_core(weight, "weight"), _threads(threads)))
 
 
 def fpgm_scores(weight: torch.Tensor, *, threads: int | None = None) -> torch.Tensor:
     """Geometric-median (FPGM) score per filter: summed Euclidean distance to all other
     filters of the layer, on the signed weights. The smallest scores mark the filters that
-    the others can best stand in for."""
+    the others can best stand in for. On the weight's device."""
+    if _on_cuda([weight], "weight"):
+        x = _to_cuda(weight, "weight")
+        out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
+        _core.fpgm_scores_cuda(_layer(x), out.data_ptr(), *_stream(x))
+        return out
     return torch.from_numpy(_core.fpgm_scores(_to_core(weight, "weight"), _threads(threads)))
 
 
@@ -335,12 +412,13 @@ def spherical_kmeans(
     Each result carries per-iteration :class:`IterationStats` and each filter's cosine to
     its centroid.
     """
+    layers = [weights] if isinstance(weights, (torch.Tensor, Columns)) else weights
+    if isinstance(layers, (list, tuple)) and layers and _on_cuda(layers, "weights"):
+        return _spherical_kmeans_cuda(weights, ks, max_iter=max_iter, early_stop=early_stop, seed=seed,
+                                      init=init, reuse=reuse, kernel=kernel)
     arrays, single = _kmeans_arrays(weights, "weights")
     k_list = _check_ks(ks, arrays)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    _check_kmeans_args(max_iter, seed)
     inits = None
     if init is not None:
         init_list = [init] if single and isinstance(init, torch.Tensor) else list(init)
@@ -350,22 +428,99 @@ def spherical_kmeans(
     path = "" if kernel is None else _kernel(kernel)
     raw = _core.spherical_kmeans(arrays, k_list, max_iter, bool(early_stop), seed, _threads(threads), inits,
                                  bool(reuse), path, True)
-    return [
-        KMeansResult(
-            centroids=torch.from_numpy(c),
-            labels=torch.from_numpy(lab),
-            representatives=torch.from_numpy(rep),
-            objective=torch.from_numpy(obj),
-            n_iter=int(n_iter),
-            stats=[IterationStats(*row) for row in zip(*(st[f].tolist() for f in IterationStats._fields))],
-            cosines=torch.from_numpy(cos),
-            kernel=str(used),
-            norms=torch.from_numpy(nrm),
-            rep_cosines=torch.from_numpy(rcos),
-            rep_residuals=torch.from_numpy(rres),
-        )
-        for c, lab, rep, obj, n_iter, st, cos, used, nrm, rcos, rres in raw
-    ]
+    return [_result(r) for r in raw]
+
+
+def _result(raw) -> KMeansResult:
+    """A KMeansResult from the core's tuple (spherical_kmeans with details=True)."""
+    c, lab, rep, obj, n_iter, st, cos, used, nrm, rcos, rres = raw
+    return KMeansResult(
+        centroids=torch.from_numpy(c),
+        labels=torch.from_numpy(lab),
+        representatives=torch.from_numpy(rep),
+        objective=torch.from_numpy(obj),
+        n_iter=int(n_iter),
+        stats=[IterationStats(*row) for row in zip(*(st[f].tolist() for f in IterationStats._fields))],
+        cosines=torch.from_numpy(cos),
+        kernel=str(used),
+        norms=torch.from_numpy(nrm),
+        rep_cosines=torch.from_numpy(rcos),
+        rep_residuals=torch.from_numpy(rres),
+    )
+
+
+def _check_kmeans_args(max_iter, seed) -> None:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
+        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+
+
+def _spherical_kmeans_cuda(weights, ks, *, max_iter, early_stop, seed, init, reuse, kernel) -> list[KMeansResult]:
+    """spherical_kmeans on CUDA tensors: the same algorithm and arithmetic as the CPU's
+    packed path, all layers in one call; results on the weights' device."""
+    if kernel is not None:
+        raise ValueError(f"kernel={kernel!r} selects a CPU products path, but the weights are on CUDA; "
+                         "leave kernel=None")
+    single = isinstance(weights, (torch.Tensor, Columns))
+    ws = [weights] if single else list(weights)
+    xs = [_to_cuda(w, "weights" if single else f"weights[{i}]") for i, w in enumerate(ws)]
+    k_list = _check_ks(ks, xs)
+    _check_kmeans_args(max_iter, seed)
+    inits: list = []
+    if init is not None:
+        init_list = [init] if single and isinstance(init, torch.Tensor) else list(init)
+        if len(init_list) != len(xs):
+            raise ValueError(f"init: expected one entry per layer ({len(xs)}), got {len(init_list)}")
+        for i, (c, x, k) in enumerate(zip(init_list, xs, k_list)):
+            if c is None:
+                inits.append(None)
+                continue
+            c = _to_cuda(c, f"init[{i}]")
+            if c.device != x.device:
+                raise ValueError(f"init[{i}]: on {c.device}, the weights on {x.device}")
+            if tuple(c.shape) != (k, x.shape[1]):
+                raise ValueError(f"init[{i}]: expected shape ({k}, {x.shape[1]}), got {tuple(c.shape)}")
+            sq = c.double().pow(2).sum(1)
+            bad = torch.nonzero(~(torch.isfinite(sq) & (sq > 0))).flatten()
+            if len(bad):
+                j = int(bad[0])
+                raise ValueError(f"init: centroid {j} must be finite and non-zero (squared norm {float(sq[j])})")
+            inits.append(c)
+    dev = xs[0].device
+    outs, ptrs = [], []
+    for x, k in zip(xs, k_list):
+        n, d = x.shape
+        o = (torch.empty(k, d, dtype=torch.float32, device=dev), torch.empty(n, dtype=torch.int64, device=dev),
+             torch.empty(k, dtype=torch.int64, device=dev), *(torch.empty(n, dtype=torch.float32, device=dev)
+                                                             for _ in range(4)))
+        outs.append(o)
+        ptrs.append([t.data_ptr() for t in o])
+    init_ptrs = [0 if c is None else c.data_ptr() for c in inits]
+    raw = _core.spherical_kmeans_cuda([_layer(x) for x in xs], k_list, max_iter, bool(early_stop), seed, bool(reuse),
+                                      init_ptrs, ptrs, *_stream(xs[0]))
+    results = []
+    for (c, lab, rep, cos, nrm, rcos, rres), (n_iter, obj, st) in zip(outs, raw):
+        stats = [IterationStats(int(a), int(b), int(e), int(f), 0.0)
+                 for a, b, e, f in zip(st["changed"], st["moved"], st["reseeded"], st["recomputed"])]
+        results.append(KMeansResult(centroids=c, labels=lab, representatives=rep, objective=torch.from_numpy(obj),
+                                    n_iter=int(n_iter), stats=stats, cosines=cos, kernel="cuda", norms=nrm,
+                                    rep_cosines=rcos, rep_residuals=rres))
+    return results
+
+
+def _spherical_kmeans_emulated(weights, ks, *, max_iter=100, early_stop=True, seed=0, init=None,
+                               reuse=True) -> list[KMeansResult]:
+    """The CUDA k-means's block solver run on the host with one thread (the same source as
+    the GPU kernel; slow): what lets a machine without a GPU test the GPU's logic against
+    the CPU solver. Contiguous CPU layers; results as spherical_kmeans's, kernel 'emulated'."""
+    ws = [weights] if isinstance(weights, torch.Tensor) else list(weights)
+    arrays = [_to_core(w, f"weights[{i}]") for i, w in enumerate(ws)]
+    k_list = _check_ks(ks, arrays)
+    _check_kmeans_args(max_iter, seed)
+    inits = None if init is None else [None if c is None else _to_core(c, f"init[{i}]") for i, c in enumerate(init)]
+    raw = _core.spherical_kmeans_emulated(arrays, k_list, max_iter, bool(early_stop), seed, inits, bool(reuse))
+    return [_result(r) for r in raw]
 
 
 def choose_k(
@@ -408,6 +563,9 @@ def choose_k(
     one list per layer. Returns an int for a single weight, a list for a list; with
     ``return_curve=True`` also the distortion curve(s).
     """
+    if _on_cuda(weight if isinstance(weight, (list, tuple)) else [weight], "weight"):
+        # the candidates' clusterings run on the CPU (the curve is a few numbers per K)
+        weight = [w.cpu() for w in weight] if isinstance(weight, (list, tuple)) else weight.cpu()
     arrays, single = _arrays(weight, "weight")
     ks = [ks] if isinstance(ks, int) else [list(k) if isinstance(k, (list, tuple, range)) else k for k in ks]
     if not ks:

@@ -49,7 +49,7 @@ def _bn_scale(g: Group, modules) -> np.ndarray | None:
     mod = modules[m.module]
     if getattr(mod, "running_var", None) is None:
         return None
-    scale = (mod.weight.detach() / torch.sqrt(mod.running_var + mod.eps)).double().numpy()
+    scale = (mod.weight.detach() / torch.sqrt(mod.running_var + mod.eps)).double().cpu().numpy()
     out = np.ones(g.size)
     pos = g.positions(m.units)
     out[pos[pos >= 0]] = scale[pos >= 0]
@@ -77,7 +77,7 @@ def _stats_from_weights(g: Group, modules, labels, reps) -> tuple[np.ndarray, np
     """Norms, representative cosines and residuals from the group's one producer (in
     double), for a selecting criterion that did not report them."""
     m = g.producers()[0]
-    w = getattr(modules[m.module], m.param).detach().movedim(m.dim, 0).reshape(len(m.units), -1).double()
+    w = getattr(modules[m.module], m.param).detach().movedim(m.dim, 0).reshape(len(m.units), -1).double().cpu()
     f = torch.zeros(g.size, w.shape[1], dtype=torch.float64)
     pos = g.positions(m.units)
     f[torch.as_tensor(pos[pos >= 0])] = w[torch.as_tensor(np.flatnonzero(pos >= 0))]

@@ -121,7 +121,7 @@ def _block_gather(t: torch.Tensor, dim: int, b: BlockedSlice) -> torch.Tensor:
     input positions of that group along `dim` (1)."""
     rows, g = t.shape[0], b.groups
     t5 = t.reshape(g, rows // g, *t.shape[1:])
-    local = torch.as_tensor(b.local())
+    local = torch.as_tensor(b.local(), device=t.device)
     return torch.stack([t5[i].index_select(dim, local[i]) for i in range(g)]).reshape(rows, len(local[0]), *t.shape[2:])
 
 
@@ -139,14 +139,17 @@ def _fold_blocked(new: torch.Tensor, orig: torch.Tensor, dims: dict, dim: int, s
         if not sel.any():
             continue
         kept_g = b.kept[b.kept // per == g]
-        part = orig.index_select(0, torch.as_tensor(rows[row_block == g])).index_select(dim, torch.as_tensor(src[sel] % per))
+        dev = orig.device
+        part = (orig.index_select(0, torch.as_tensor(rows[row_block == g], device=dev))
+                .index_select(dim, torch.as_tensor(src[sel] % per, device=dev)))
         for d, kept in dims.items():
             if d not in (0, dim):
-                part = part.index_select(d, torch.as_tensor(kept))
+                part = part.index_select(d, torch.as_tensor(kept, device=dev))
         shape = [1] * part.dim()
         shape[dim] = -1
-        part = part * torch.as_tensor(scale[sel], dtype=part.dtype).view(shape)
-        new[g * new_rows:(g + 1) * new_rows].index_add_(dim, torch.as_tensor(np.searchsorted(kept_g, dst[sel])), part)
+        part = part * torch.as_tensor(scale[sel], dtype=part.dtype, device=dev).view(shape)
+        new[g * new_rows:(g + 1) * new_rows].index_add_(dim, torch.as_tensor(np.searchsorted(kept_g, dst[sel]), device=dev),
+                                                        part)
 
 
 def _fold(new: torch.Tensor, orig: torch.Tensor, dims: dict, dim: int, src, dst, scale) -> None:

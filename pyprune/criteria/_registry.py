@@ -89,7 +89,7 @@ class Context:
                 return rows[0]
             return engine.Columns(*rows) if columns else torch.cat(rows, dim=1)
         widths = [int(np.prod(w.shape[1:])) for w in ws]
-        out = torch.zeros(group.size, max(1, sum(widths)))
+        out = torch.zeros(group.size, max(1, sum(widths)), device=ws[0].device if ws else None)
         off = 0
         for m, pos, wd, w in zip(prods, where, widths, ws):
             w = w.reshape(len(m.units), -1).float()

@@ -49,11 +49,11 @@ def _activation_stats(groups, ctx: Context, stat: str) -> list:
 
     def _stat(x, cdim):
         if stat == "rank":  # HRank: average rank of each channel's feature map
-            return torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1).double().numpy()
+            return torch.linalg.matrix_rank(x.transpose(0, 1)).float().mean(1).double().cpu().numpy()
         fmap = x.movedim(cdim, 0).reshape(x.shape[cdim], x.shape[0], -1)  # C, N, rest
         if stat == "mean":
-            return fmap.abs().mean(dim=(1, 2)).double().numpy()
-        return (1.0 - (fmap == 0).float().mean(dim=(1, 2))).double().numpy()  # apoz: keep channels that fire
+            return fmap.abs().mean(dim=(1, 2)).double().cpu().numpy()
+        return (1.0 - (fmap == 0).float().mean(dim=(1, 2))).double().cpu().numpy()  # apoz: keep channels that fire
 
     for name, members in consumers.items():
         h = handler_for(mods[name])
@@ -140,7 +140,7 @@ def taylor(groups, ctx):
                     g = params[k].grad
                     if g is None:
                         continue
-                    wg = (params[k].detach() * g).movedim(m.dim, 0).reshape(len(m.units), -1).sum(1).double().numpy()
+                    wg = (params[k].detach() * g).movedim(m.dim, 0).reshape(len(m.units), -1).sum(1).double().cpu().numpy()
                     np.add.at(contrib, m.units, wg)
                 total += contrib**2
                 n_batches += 1

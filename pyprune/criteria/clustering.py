@@ -118,10 +118,10 @@ def kmeans(groups, ctx):
             labels = np.full(g.size, -1, np.int64)  # -1: dropped without a cluster (a block keeping nothing)
             reps, stats = [], [np.zeros(g.size, np.float32) for _ in range(3)]
             for pos, r in rs:
-                labels[pos] = r.labels.numpy() + sum(len(x) for x in reps)
-                reps.append(pos[r.representatives.numpy()])
+                labels[pos] = r.labels.cpu().numpy() + sum(len(x) for x in reps)
+                reps.append(pos[r.representatives.cpu().numpy()])
                 for a, v in zip(stats, (r.norms, r.rep_cosines, r.rep_residuals)):
-                    a[pos] = v.numpy()
+                    a[pos] = v.cpu().numpy()
             reps = np.concatenate(reps)
             out[i] = Selection(np.sort(reps), labels, reps, *stats, max(r.n_iter for _, r in rs))
     return out

@@ -19,7 +19,7 @@ def norm_scores(groups, ctx: Context, p: int) -> list:
     if members:
         norms = engine.filter_norms([ctx.rows(m) for m in members], p, threads=ctx.threads)
         for m, nv in zip(members, norms):
-            np.add.at(total, m.units, nv.double().numpy() ** p)
+            np.add.at(total, m.units, nv.double().cpu().numpy() ** p)
     return [total[g.units] ** (1.0 / p) for g in groups]
 
 
@@ -51,7 +51,7 @@ def fpgm(groups, ctx):
         if g.size < 2 or not g.producers():
             out.append(np.zeros(g.size))
             continue
-        out.append(engine.fpgm_scores(ctx.filters(g), threads=ctx.threads).double().numpy())
+        out.append(engine.fpgm_scores(ctx.filters(g), threads=ctx.threads).double().cpu().numpy())
     return out
 
 
@@ -63,7 +63,7 @@ def bn_scale(groups, ctx):
     has = np.zeros(ctx.graph.n_units, bool)
     for m in ctx.graph.members:
         if m.role == "bn" and m.param == "weight":
-            np.add.at(total, m.units, ctx.tensor(m.module, m.param).abs().double().numpy())
+            np.add.at(total, m.units, ctx.tensor(m.module, m.param).abs().double().cpu().numpy())
             has[m.units] = True
     fallback = norm_scores(groups, ctx, 2)
     return [total[g.units] if has[g.units].all() else fb for g, fb in zip(groups, fallback)]
