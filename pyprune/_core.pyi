@@ -56,3 +56,23 @@ def ridge_solve(
     inputs: Sequence[F32], targets: Sequence[F32], lambda_: float = 1e-4, threads: int = 0
 ) -> list[tuple[F32, float, float]]:
     """Per layer (W, relative residual, lambda used): W = argmin |A W^T - B|^2 + lambda' |W|^2."""
+def spherical_kmeans_emulated(
+    weights: list[F32], ks: Sequence[int], max_iter: int, early_stop: bool, seed: int,
+    inits: Optional[Sequence[Optional[F32]]], reuse: bool,
+) -> list[tuple[F32, I64, I64, F64, int, KMeansStats, F32, str, F32, F32, F32]]:
+    """The CUDA k-means's block solver run on the host with one thread (the GPU kernel's
+    source): as spherical_kmeans(details=True), kernel "emulated". For tests."""
+
+# Built with PYPRUNE_WITH_CUDA=ON only (cuda_available is then True). Matrices cross as
+# (device pointer, rows, cols) of contiguous float32 data; `stream` is a cudaStream_t handle.
+Layer = tuple[int, int, int]
+def cuda_device_count() -> int: ...
+def spherical_kmeans_cuda(
+    layers: Sequence[Layer], ks: Sequence[int], max_iter: int, early_stop: bool, seed: int, reuse: bool,
+    inits: Sequence[int], outs: Sequence[Sequence[int]], device: int, stream: int,
+) -> list[tuple[int, F64, KMeansStats]]:
+    """Per layer (n_iter, objective, stats without seconds); results written to `outs`: per layer
+    the pointers of centroids, labels, representatives, cosines, norms, rep_cosines, rep_residuals."""
+def filter_norms_cuda(layers: Sequence[Layer], p: int, outs: Sequence[int], device: int, stream: int) -> None: ...
+def cosine_similarity_cuda(x: Layer, out: int, device: int, stream: int) -> None: ...
+def fpgm_scores_cuda(x: Layer, out: int, device: int, stream: int) -> None: ...

@@ -14,6 +14,9 @@ void register_choose_k(py::module_& m);
 void register_gemm(py::module_& m);
 void register_slice(py::module_& m);
 void register_ridge(py::module_& m);
+#ifdef PYPRUNE_WITH_CUDA
+void register_cuda(py::module_& m);
+#endif
 }  // namespace pyprune::bind
 
 PYBIND11_MODULE(_core, m) {
@@ -26,7 +29,12 @@ PYBIND11_MODULE(_core, m) {
     pyprune::bind::register_slice(m);
     pyprune::bind::register_ridge(m);
     m.def("num_procs", []() { return omp_get_num_procs(); }, "Number of cores OpenMP sees.");
+#ifdef PYPRUNE_WITH_CUDA
+    pyprune::bind::register_cuda(m);
+    m.attr("cuda_available") = true;  // built with the CUDA kernels (cuda_device_count: is a GPU there)
+#else
     m.attr("cuda_available") = false;
+#endif
 #ifdef PYPRUNE_VERSION
     m.attr("__version__") = PYPRUNE_VERSION;
 #endif

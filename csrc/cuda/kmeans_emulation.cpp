@@ -1,5 +1,6 @@
 #include "kmeans_emulation.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -83,8 +84,18 @@ std::vector<KMeansResult> spherical_kmeans_emulated(const std::vector<MatrixView
         if (J.use_gram)
             for (int64_t i = 0; i < n; ++i)
                 for (int64_t j = 0; j < n; ++j) J.gram[i * n + j] = chain_dot(J.xn + i * d, J.xn + j * d, d);
+        std::vector<int64_t> state(kStateSize), plist(static_cast<size_t>(k));
+        J.state = state.data();
+        J.plist = plist.data();
         Ctl ctl;
-        BlockSolver(J, ctl).run();
+        BlockSolver solver(J, ctl);  // the phases in the order the GPU's kernels run them
+        solver.start();
+        for (int it = 0; it < std::max(1, p.max_iter) && !state[kDone]; ++it) {
+            solver.prepare();
+            solver.products_here();
+            solver.finish_assign(it, p.max_iter > 0);
+        }
+        solver.finish();
         r.n_iter = static_cast<int>(info[0]);
         const int n_obj = p.max_iter == 0 ? 1 : r.n_iter;
         r.objective.assign(objective.begin(), objective.begin() + n_obj);

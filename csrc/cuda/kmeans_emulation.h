@@ -16,7 +16,4 @@ std::vector<KMeansResult> spherical_kmeans_emulated(const std::vector<MatrixView
                                                     const std::vector<KMeansParams>& params,
                                                     const std::vector<const float*>& inits);
 
-/// The first non-finite value of row i of x: the CPU solver's error, raised.
-[[noreturn]] void raise_non_finite(const float* row, int64_t d, int64_t i, const std::string& what);
-
 }  // namespace pyprune::device

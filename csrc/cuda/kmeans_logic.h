@@ -99,6 +99,22 @@ struct Job {
     char* touched = nullptr;      ///< K
     char* empty = nullptr;        ///< K
     char* taken = nullptr;        ///< n
+    int64_t* plist = nullptr;     ///< K: rows of S^T the products kernel recomputes (kState[kPm] of them)
+    int64_t* state = nullptr;     ///< kStateSize values kept between the solver's kernels
+};
+
+/// Entries of Job::state: the solver's flags and counts that outlive one kernel.
+enum StateField : int {
+    kNonzero = 0,   ///< filters with a direction
+    kGramReady,     ///< S^T rows can be read from the Gram matrix
+    kAssigned,      ///< S^T holds an earlier assignment's rows
+    kSumsBuilt,     ///< sum_label and the member lists describe a rebuild of the sums
+    kSumsStored,    ///< ... and `sum` holds them
+    kDone,          ///< no more iterations (early stop, or a non-finite value)
+    kIters,         ///< iterations run
+    kPm,            ///< rows in plist
+    kRows,          ///< rows of S^T the coming assignment recomputes (both kinds)
+    kStateSize
 };
 
 /// Values the block's threads share.
@@ -111,9 +127,7 @@ struct Ctl {
     int64_t picks[kMaxTrials];
     int64_t m;
     int64_t best_t;
-    int64_t n_nonzero;
     int64_t count;  // filters in `list`
-    int gram_ready, assigned, sums_built, sums_stored, full, means, basis;
 };
 
 // --- sums with the CPU's rounding --------------------------------------------------------
@@ -245,22 +259,21 @@ class BlockSolver {
 public:
     PP_FN BlockSolver(const Job& j, Ctl& ctl) : J(j), C(ctl), n(j.n), d(j.d), k(j.k) {}
 
-    PP_FN void run() {
-        const int64_t n_ = n;
+    /// Phase 1: flags, then the starting centroids (given, or k-means++).
+    PP_FN void start() {
         int64_t nz = 0;
-        for (int64_t i = PP_TID; i < n_; i += PP_NT) nz += J.nonzero[i];
+        for (int64_t i = PP_TID; i < n; i += PP_NT) nz += J.nonzero[i];
         nz = block_count(nz, C);
         if (PP_TID == 0) {
-            C.n_nonzero = nz;
-            C.assigned = C.sums_built = C.sums_stored = 0;
-            C.gram_ready = 0;
+            for (int f = 0; f < kStateSize; ++f) J.state[f] = 0;
+            J.state[kNonzero] = nz;
         }
         for (int64_t q = PP_TID; q < k; q += PP_NT) {
             J.moved[q] = 1;
             J.src[q] = kComputed;
             J.inv_norm[q] = 0.0;
         }
-        for (int64_t i = PP_TID; i < n_; i += PP_NT) J.labels[i] = -1;
+        for (int64_t i = PP_TID; i < n; i += PP_NT) J.labels[i] = -1;
         PP_SYNC();
         if (J.init != nullptr) {
             set_init();
@@ -268,33 +281,86 @@ public:
             kmeanspp();
         }
         PP_SYNC();
-        int iters = 0;
-        for (int it = 0; it < J.max_iter; ++it) {
-            int64_t changed = 0, recomputed = 0;
-            const double obj = assign(&changed, &recomputed);
-            const bool stop = J.early_stop && it > 0 && changed == 0;
-            int64_t moved = 0, reseeded = 0;
-            if (!stop) update(changed, &moved, &reseeded);
-            if (PP_TID == 0) {
-                J.objective[it] = obj;
-                J.stats[4 * it + 0] = changed;
-                J.stats[4 * it + 1] = moved;
-                J.stats[4 * it + 2] = reseeded;
-                J.stats[4 * it + 3] = recomputed;
+    }
+
+    /// Phase 2 of an assignment: which rows of S^T are recomputed, and the list of those
+    /// the products kernel multiplies out (plist; the others come from the Gram matrix).
+    PP_FN void prepare() {
+        if (J.state[kDone]) return;
+        const bool gram_ready = J.state[kGramReady] != 0;
+        const bool all = !J.state[kAssigned] || !J.reuse;
+        int64_t rows = 0;
+        for (int64_t j = PP_TID; j < k; j += PP_NT) rows += (all || J.moved[j]) ? 1 : 0;
+        rows = block_count(rows, C);
+        const bool every = !gram_ready && rows * 4 > k * 3;
+        int64_t means = 0;
+        for (int64_t j = PP_TID; j < k; j += PP_NT) {
+            char f = 0;
+            if (every || all || J.moved[j]) {
+                const bool from_gram = gram_ready && J.src[j] != kComputed;
+                f = from_gram ? 1 : 2;
+                means += from_gram && J.src[j] == kMean ? 1 : 0;
             }
-            iters = it + 1;
-            if (stop) break;
+            J.rowflag[j] = f;
         }
-        if (J.max_iter == 0) {
-            int64_t changed = 0, recomputed = 0;
-            const double obj = assign(&changed, &recomputed);
-            if (PP_TID == 0) J.objective[0] = obj;
+        means = block_count(means, C);
+        if (PP_TID == 0) {
+            if (means > 0) group_by(J.sum_label);
+            int64_t pm = 0;
+            for (int64_t j = 0; j < k; ++j)
+                if (J.rowflag[j] == 2) J.plist[pm++] = j;
+            J.state[kPm] = pm;
+            J.state[kRows] = every ? k : rows;
         }
         PP_SYNC();
+    }
+
+    /// Phase 3 of an assignment (after the products kernel wrote the plist rows): the Gram
+    /// rows, the argmax, then the update step unless the run stops here. `it` is the
+    /// iteration; with `update_after` false (max_iter = 0) only the assignment runs.
+    PP_FN void finish_assign(int it, bool update_after) {
+        if (J.state[kDone]) return;
+        int64_t changed = 0;
+        const int64_t recomputed = J.state[kRows];
+        const double obj = assign(&changed);
+        if (!update_after) {
+            if (PP_TID == 0) J.objective[0] = obj;
+            PP_SYNC();
+            return;
+        }
+        const bool stop = J.early_stop && it > 0 && changed == 0;
+        int64_t moved = 0, reseeded = 0;
+        if (!stop) update(changed, &moved, &reseeded);
+        if (PP_TID == 0) {
+            J.objective[it] = obj;
+            J.stats[4 * it + 0] = changed;
+            J.stats[4 * it + 1] = moved;
+            J.stats[4 * it + 2] = reseeded;
+            J.stats[4 * it + 3] = recomputed;
+            J.state[kIters] = it + 1;
+            if (stop || it + 1 >= J.max_iter) J.state[kDone] = 1;
+        }
+        PP_SYNC();
+    }
+
+    /// Phase 4: each filter's cosine, the representatives and their statistics.
+    PP_FN void finish() {
         own_cosines();
         representatives();
         rep_stats();
-        if (PP_TID == 0) J.info[0] = iters;
+        if (PP_TID == 0) J.info[0] = J.state[kIters];
+        PP_SYNC();
+    }
+
+    /// Rows plist[r] of S^T: the products of those centroids with every filter (what the
+    /// products kernel does on the GPU), with the same chains.
+    PP_FN void products_here() {
+        if (J.state[kDone]) return;
+        const int64_t pm = J.state[kPm];
+        for (int64_t e = PP_TID; e < pm * n; e += PP_NT) {
+            const int64_t j = J.plist[e / n], i = e % n;
+            J.s[j * n + i] = chain_dot(centroid(j), row(i), d);
+        }
         PP_SYNC();
     }
 
@@ -313,17 +379,18 @@ private:
     /// Greedy k-means++ (Solver::kmeanspp): the draws and the choice serial in thread 0,
     /// the candidates' dots, potentials and the distance update over the block.
     PP_FN void kmeanspp() {
-        if (C.n_nonzero == 0) {
+        if (J.state[kNonzero] == 0) {
             for (int64_t j = 0; j < k; ++j) set_basis(j);
             return;
         }
-        if (PP_TID == 0) C.gram_ready = J.use_gram;
+        if (PP_TID == 0) J.state[kGramReady] = J.use_gram;
         for (int64_t i = PP_TID; i < n; i += PP_NT) {
             J.mind[i] = J.nonzero[i] ? 2.0 : 0.0;
             J.used[i] = 0;
         }
         PP_SYNC();
         Rng rng(J.seed);  // advanced by thread 0 only
+        const bool gram_ready = J.use_gram != 0;
         for (int64_t j = 0; j < k; ++j) {
             if (PP_TID == 0) draw(j, &rng);
             PP_SYNC();
@@ -338,7 +405,7 @@ private:
                 take_seed(j, C.picks[0]);
                 break;
             }
-            if (!C.gram_ready) {  // the candidates' dots with every filter
+            if (!gram_ready) {  // the candidates' dots with every filter
                 for (int64_t e = PP_TID; e < m * n; e += PP_NT) {
                     const int64_t t = e / n, i = e % n;
                     J.dots[e] = chain_dot(row(C.picks[t]), row(i), d);
@@ -352,7 +419,7 @@ private:
             }
             PP_SYNC();
             const int64_t p = C.picks[C.best_t];
-            const float* bd = C.gram_ready ? J.gram + p * n : J.dots + C.best_t * n;
+            const float* bd = gram_ready ? J.gram + p * n : J.dots + C.best_t * n;
             take_seed(j, p);
             if (PP_TID == 0) J.used[p] = 1;
             PP_SYNC();
@@ -412,7 +479,7 @@ private:
         const int64_t full = n / L * L;
         for (int64_t e = PP_TID; e < m * L; e += PP_NT) {
             const int64_t t = e / L, l = e % L;
-            const float* dt = C.gram_ready ? J.gram + C.picks[t] * n : J.dots + t * n;
+            const float* dt = J.use_gram ? J.gram + C.picks[t] * n : J.dots + t * n;
             double acc = 0.0;
             for (int64_t i = l; i < full; i += L) acc += capped(J.mind[i], dt[i]);
             if (full + l < n) acc += capped(J.mind[full + l], dt[full + l]);
@@ -459,35 +526,14 @@ private:
         for (int64_t i = 0; i < n; ++i) J.morder[J.pos[labels[i]]++] = i;
     }
 
-    /// Solver::assign: which rows of S^T to recompute, then those rows, then the argmax.
-    PP_FN double assign(int64_t* changed, int64_t* recomputed) {
-        const bool all = !C.assigned || !J.reuse;
-        int64_t rows = 0;
-        for (int64_t j = PP_TID; j < k; j += PP_NT) rows += (all || J.moved[j]) ? 1 : 0;
-        rows = block_count(rows, C);
-        const bool every = !C.gram_ready && rows * 4 > k * 3;
-        int64_t means = 0;
-        for (int64_t j = PP_TID; j < k; j += PP_NT) {
-            char f = 0;
-            if (every || all || J.moved[j]) {
-                const bool from_gram = C.gram_ready && J.src[j] != kComputed;
-                f = from_gram ? 1 : 2;
-                means += from_gram && J.src[j] == kMean ? 1 : 0;
-            }
-            J.rowflag[j] = f;
-        }
-        means = block_count(means, C);
-        if (every) rows = k;
-        if (means > 0 && PP_TID == 0) group_by(J.sum_label);
-        PP_SYNC();
+    /// Solver::assign after prepare() and the products: the rows read from the Gram matrix,
+    /// then the argmax over every centroid.
+    PP_FN double assign(int64_t* changed) {
         for (int64_t e = PP_TID; e < k * n; e += PP_NT) {
             const int64_t j = e / n, i = e % n;
-            const char f = J.rowflag[j];
-            if (f == 0) continue;
+            if (J.rowflag[j] != 1) continue;
             float v;
-            if (f == 2) {
-                v = chain_dot(centroid(j), row(i), d);
-            } else if (J.src[j] >= 0) {
+            if (J.src[j] >= 0) {
                 v = J.gram[J.src[j] * n + i];
             } else {
                 double a = 0.0;
@@ -521,8 +567,7 @@ private:
         for (int64_t j = PP_TID; j < k; j += PP_NT) J.moved[j] = 0;
         *changed = block_count(ch, C);
         obj = block_sum(obj, C);
-        if (PP_TID == 0) C.assigned = 1;
-        *recomputed = rows;
+        if (PP_TID == 0) J.state[kAssigned] = 1;
         PP_SYNC();
         return obj;
     }
@@ -530,19 +575,19 @@ private:
     /// Solver::update: member sums rebuilt or moved filter by filter, centroids normalised,
     /// empty clusters re-seeded.
     PP_FN void update(int64_t changed, int64_t* moved, int64_t* reseeded) {
-        const bool full = !C.sums_built || changed * 4 > n;
+        const bool full = !J.state[kSumsBuilt] || changed * 4 > n;
         if (full) {
             for (int64_t i = PP_TID; i < n; i += PP_NT) J.sum_label[i] = J.labels[i];
             for (int64_t j = PP_TID; j < k; j += PP_NT) J.touched[j] = 1;
             PP_SYNC();
             if (PP_TID == 0) {
-                C.sums_built = 1;
+                J.state[kSumsBuilt] = 1;
                 group_by(J.sum_label);
             }
             PP_SYNC();
             store_sums();  // the rebuilt sums, kept (the CPU rebuilds the same sums when it needs them)
         } else {
-            if (!C.sums_stored) {
+            if (!J.state[kSumsStored]) {
                 if (PP_TID == 0) group_by(J.sum_label);
                 PP_SYNC();
                 store_sums();
@@ -607,7 +652,7 @@ private:
             }
             J.sum[e] = a;
         }
-        if (PP_TID == 0) C.sums_stored = 1;
+        if (PP_TID == 0) J.state[kSumsStored] = 1;
         PP_SYNC();
     }
 
