@@ -166,24 +166,8 @@ std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs,
         J.stats = J.info + 2 + (max_iter + 1);
         first_row[l] = total_rows;
         total_rows += J.n;
-        ProductTask g;  // the Gram matrix xn xn^T
-        g.a = g.b = J.xn;
-        g.m = g.n = J.n;
-        g.d = J.d;
-        g.out = J.gram;
-        g.sym = 1;
-        if (J.use_gram) grams.push_back(g);
-        ProductTask p;  // the rows of S^T = C xn^T that an assignment multiplies out
-        p.a = J.c;
-        p.rows = J.plist;
-        p.count = J.state + device::kPm;
-        p.skip = J.state + device::kDone;
-        p.m = J.k;
-        p.b = J.xn;
-        p.n = J.n;
-        p.d = J.d;
-        p.out = J.s;
-        products.push_back(p);
+        if (J.use_gram) grams.push_back(device::gram_task(J));
+        products.push_back(device::assign_task(J));
     }
     // info[1] (first non-finite filter) starts above every n: 0x7f7f... bytes
     PYPRUNE_CUDA(cudaMemsetAsync(meta, 0x7f, sizeof(int64_t) * per_meta * L, stream));

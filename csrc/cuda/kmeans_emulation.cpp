@@ -15,6 +15,35 @@
 
 namespace pyprune::device {
 
+namespace {
+
+/// The products kernel's tiles run on the host, thread by thread between its barriers.
+void run_products_host(const ProductTask& t) {
+    if (t.skip != nullptr && *t.skip != 0) return;
+    const int64_t count = t.count != nullptr ? *t.count : t.m;
+    struct Acc {
+        float v[4][4];
+    };
+    std::vector<Acc> acc(kThreads), tot(kThreads);
+    TileShared sh;
+    for (int64_t idx = 0; idx < tiles_of(t); ++idx) {
+        int64_t r0, c0;
+        tile_origin(t, idx, &r0, &c0);
+        if (r0 >= count) continue;
+        for (int r = 0; r < kTile; ++r) sh.arow[r] = tile_row(t, count, r0, r);
+        for (int tid = 0; tid < kThreads; ++tid)
+            for (int i = 0; i < 4; ++i)
+                for (int j = 0; j < 4; ++j) acc[tid].v[i][j] = tot[tid].v[i][j] = 0.0f;
+        for (int64_t kb = 0; kb < t.d; kb += kDepth) {
+            for (int tid = 0; tid < kThreads; ++tid) tile_load(t, c0, kb, tid, sh);
+            for (int tid = 0; tid < kThreads; ++tid) tile_step(sh, kb, tid % 16, tid / 16, acc[tid].v, tot[tid].v);
+        }
+        for (int tid = 0; tid < kThreads; ++tid) tile_store(t, sh, c0, tid % 16, tid / 16, acc[tid].v, tot[tid].v);
+    }
+}
+
+}  // namespace
+
 void raise_non_finite(const float* row, int64_t d, int64_t i, const std::string& what) {
     int64_t j = 0;
     while (j + 1 < d && std::isfinite(row[j])) ++j;
@@ -81,18 +110,16 @@ std::vector<KMeansResult> spherical_kmeans_emulated(const std::vector<MatrixView
         place_scratch(&J, scratch.data());
         for (int64_t i = 0; i < n; ++i)
             if (!normalize_row(J, i)) raise_non_finite(x.data + i * d, d, i, what);
-        if (J.use_gram)
-            for (int64_t i = 0; i < n; ++i)
-                for (int64_t j = 0; j < n; ++j) J.gram[i * n + j] = chain_dot(J.xn + i * d, J.xn + j * d, d);
         std::vector<int64_t> state(kStateSize), plist(static_cast<size_t>(k));
         J.state = state.data();
         J.plist = plist.data();
+        if (J.use_gram) run_products_host(gram_task(J));
         Ctl ctl;
         BlockSolver solver(J, ctl);  // the phases in the order the GPU's kernels run them
         solver.start();
         for (int it = 0; it < std::max(1, p.max_iter) && !state[kDone]; ++it) {
             solver.prepare();
-            solver.products_here();
+            run_products_host(assign_task(J));
             solver.finish_assign(it, p.max_iter > 0);
         }
         solver.finish();

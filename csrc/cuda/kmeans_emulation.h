@@ -1,6 +1,7 @@
-// The CUDA k-means's block solver run on the host with one thread: the same source as the
-// GPU kernel (kmeans_logic.h), so machines without a GPU test its logic against the CPU
-// solver. Slow (every product is a scalar loop): for tests only.
+// The CUDA k-means run on the host: the block solver (kmeans_logic.h) with one thread, the
+// products kernel's tiles (products_tile.h) thread by thread, in the order the GPU's
+// kernels run them. The same source as the GPU's, so machines without a GPU test its logic
+// against the CPU solver. Slow (scalar loops): for tests only.
 #pragma once
 
 #include <vector>

@@ -10,6 +10,7 @@
 #include <type_traits>
 
 #include "kmeans_logic.h"
+#include "products_tile.h"
 
 namespace pyprune::device {
 
@@ -60,6 +61,33 @@ inline size_t place_scratch(Job* J, char* base) {
     take(&J->empty, k);
     take(&J->taken, n);
     return (off + 255) / 256 * 256;
+}
+
+/// The Gram matrix xn xn^T of a job (use_gram).
+inline ProductTask gram_task(const Job& J) {
+    ProductTask g;
+    g.a = g.b = J.xn;
+    g.m = g.n = J.n;
+    g.d = J.d;
+    g.out = J.gram;
+    g.sym = 1;
+    return g;
+}
+
+/// The rows of S^T = C xn^T an assignment multiplies out: plist, state[kPm] of them; the
+/// task is skipped once the job is done.
+inline ProductTask assign_task(const Job& J) {
+    ProductTask p;
+    p.a = J.c;
+    p.rows = J.plist;
+    p.count = J.state + kPm;
+    p.skip = J.state + kDone;
+    p.m = J.k;
+    p.b = J.xn;
+    p.n = J.n;
+    p.d = J.d;
+    p.out = J.s;
+    return p;
 }
 
 }  // namespace pyprune::device

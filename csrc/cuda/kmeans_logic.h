@@ -27,6 +27,7 @@
 
 #ifdef __CUDACC__
 #define PP_FN __device__ __forceinline__
+#define PP_HD __host__ __device__ inline  // also called by the launching host code
 #define PP_TID static_cast<int64_t>(threadIdx.x)
 #define PP_NT static_cast<int64_t>(blockDim.x)
 #define PP_SYNC() __syncthreads()
@@ -34,6 +35,7 @@
 #define PP_SQRT(x) sqrt(x)
 #else
 #define PP_FN inline
+#define PP_HD inline
 #define PP_TID int64_t{0}
 #define PP_NT int64_t{1}
 #define PP_SYNC() ((void)0)
@@ -349,18 +351,6 @@ public:
         representatives();
         rep_stats();
         if (PP_TID == 0) J.info[0] = J.state[kIters];
-        PP_SYNC();
-    }
-
-    /// Rows plist[r] of S^T: the products of those centroids with every filter (what the
-    /// products kernel does on the GPU), with the same chains.
-    PP_FN void products_here() {
-        if (J.state[kDone]) return;
-        const int64_t pm = J.state[kPm];
-        for (int64_t e = PP_TID; e < pm * n; e += PP_NT) {
-            const int64_t j = J.plist[e / n], i = e % n;
-            J.s[j * n + i] = chain_dot(centroid(j), row(i), d);
-        }
         PP_SYNC();
     }
 

@@ -12,20 +12,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "products_tile.h"
+
 namespace pyprune::cuda {
 
-struct ProductTask {
-    const float* a = nullptr;        ///< rows of A, d floats each
-    const int64_t* rows = nullptr;   ///< null: rows 0..count-1; else A row and out row rows[r]
-    const int64_t* count = nullptr;  ///< null: m rows; else the device value *count (<= m)
-    const int64_t* skip = nullptr;   ///< null, or a device flag: non-zero skips the task
-    int64_t m = 0;                   ///< rows the grid covers (the most there can be)
-    const float* b = nullptr;        ///< n x d
-    int64_t n = 0, d = 0;
-    float* out = nullptr;            ///< out[row * n + col]
-    int sym = 0;                     ///< a == b, m == n, all rows: the Gram matrix
-    int64_t first = 0;               ///< filled by launch_products
-};
+using device::ProductTask;
 
 /// Device bytes launch_products needs as scratch for `count` tasks.
 inline size_t product_scratch(size_t count) { return sizeof(ProductTask) * (count > 0 ? count : 1); }
