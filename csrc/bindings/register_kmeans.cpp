@@ -49,6 +49,43 @@ Filters as_filters(const py::handle& h, const std::string& what) {
     return Filters(std::move(blocks), what);
 }
 
+/// One parameter set per layer: K from `ks`, the rest shared.
+std::vector<KMeansParams> layer_params(const std::vector<int64_t>& ks, int max_iter, bool early_stop, uint64_t seed,
+                                       bool reuse, std::optional<GemmKernel> kernel) {
+    std::vector<KMeansParams> params(ks.size());
+    for (size_t l = 0; l < ks.size(); ++l) {
+        params[l].k = ks[l];
+        params[l].max_iter = max_iter;
+        params[l].early_stop = early_stop;
+        params[l].seed = seed;
+        params[l].reuse = reuse;
+        params[l].kernel = kernel;
+    }
+    return params;
+}
+
+/// The starting centroids of each layer (null: k-means++), each checked to be K x d; empty
+/// when none were given.
+std::vector<const float*> init_pointers(const std::optional<std::vector<std::optional<py::array>>>& inits,
+                                        const std::vector<int64_t>& ks, const std::vector<int64_t>& cols) {
+    std::vector<const float*> out;
+    if (!inits) return out;
+    PYPRUNE_CHECK(inits->size() == ks.size(), "init: one entry per layer: ", ks.size(), " layers, ", inits->size(),
+                  " entries");
+    for (size_t l = 0; l < ks.size(); ++l) {
+        const auto& a = (*inits)[l];
+        if (!a) {
+            out.push_back(nullptr);
+            continue;
+        }
+        const auto c = as_matrix(*a, "init[" + std::to_string(l) + "]");
+        PYPRUNE_CHECK(c.rows == ks[l] && c.cols == cols[l], "init[", l, "]: expected shape (", ks[l], ", ", cols[l],
+                      "), got (", c.rows, ", ", c.cols, ")");
+        out.push_back(c.data);
+    }
+    return out;
+}
+
 }  // namespace
 
 void register_kmeans(py::module_& m) {
@@ -61,24 +98,10 @@ void register_kmeans(py::module_& m) {
                 xs.push_back(as_matrix(py::cast<py::array>(weights[l]), "weights[" + std::to_string(l) + "]"));
             PYPRUNE_CHECK(ks.size() == xs.size(), "ks: one K per layer: ", xs.size(), " layers, ", ks.size(),
                           " values of K");
-            std::vector<KMeansParams> params(xs.size());
-            std::vector<const float*> init_ptrs;
-            for (size_t l = 0; l < xs.size(); ++l) {
-                params[l].k = ks[l];
-                params[l].max_iter = max_iter;
-                params[l].early_stop = early_stop;
-                params[l].seed = seed;
-                params[l].reuse = reuse;
-                const py::array* a = inits && (*inits)[l] ? &*(*inits)[l] : nullptr;
-                if (a == nullptr) {
-                    init_ptrs.push_back(nullptr);
-                    continue;
-                }
-                const auto c = as_matrix(*a, "init[" + std::to_string(l) + "]");
-                PYPRUNE_CHECK(c.rows == ks[l] && c.cols == xs[l].cols, "init[", l, "]: expected shape (", ks[l], ", ",
-                              xs[l].cols, "), got (", c.rows, ", ", c.cols, ")");
-                init_ptrs.push_back(c.data);
-            }
+            const std::vector<KMeansParams> params = layer_params(ks, max_iter, early_stop, seed, reuse, {});
+            std::vector<int64_t> cols;
+            for (const auto& x : xs) cols.push_back(x.cols);
+            const std::vector<const float*> init_ptrs = init_pointers(inits, ks, cols);
             std::vector<KMeansResult> results;
             {
                 py::gil_scoped_release nogil;
@@ -106,32 +129,10 @@ void register_kmeans(py::module_& m) {
                           ks.size(), " values of K");
             std::optional<GemmKernel> k;
             if (!kernel.empty()) k = parse_kernel(kernel);
-            std::vector<KMeansParams> params(xs.size());
-            for (size_t l = 0; l < xs.size(); ++l) {
-                params[l].k = ks[l];
-                params[l].max_iter = max_iter;
-                params[l].early_stop = early_stop;
-                params[l].seed = seed;
-                params[l].reuse = reuse;
-                params[l].kernel = k;
-            }
-            std::vector<const float*> init_ptrs;
-            if (inits) {
-                PYPRUNE_CHECK(inits->size() == xs.size(), "init: one entry per layer: ", xs.size(),
-                              " layers, ", inits->size(), " entries");
-                for (size_t l = 0; l < xs.size(); ++l) {
-                    const auto& a = (*inits)[l];
-                    if (!a) {
-                        init_ptrs.push_back(nullptr);
-                        continue;
-                    }
-                    const auto c = as_matrix(*a, "init[" + std::to_string(l) + "]");
-                    PYPRUNE_CHECK(c.rows == ks[l] && c.cols == xs[l].cols, "init[", l,
-                                  "]: expected shape (", ks[l], ", ", xs[l].cols, "), got (", c.rows,
-                                  ", ", c.cols, ")");
-                    init_ptrs.push_back(c.data);
-                }
-            }
+            const std::vector<KMeansParams> params = layer_params(ks, max_iter, early_stop, seed, reuse, k);
+            std::vector<int64_t> cols;
+            for (const auto& x : xs) cols.push_back(x.cols);
+            const std::vector<const float*> init_ptrs = init_pointers(inits, ks, cols);
             std::vector<KMeansResult> results;
             {
                 py::gil_scoped_release nogil;

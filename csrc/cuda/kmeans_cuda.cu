@@ -26,15 +26,7 @@ namespace {
 __global__ void normalize_kernel(const device::Job* jobs, const int64_t* first_row, int njobs, int64_t total) {
     const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (g >= total) return;
-    int lo = 0, hi = njobs - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (first_row[mid] <= g) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    const int lo = device::entry_of(g, njobs, [&](int i) { return first_row[i]; });
     const device::Job& J = jobs[lo];
     const int64_t i = g - first_row[lo];
     if (!device::normalize_row(J, i))

@@ -198,33 +198,40 @@ PP_FN double sum_sq_2lanes(const double* a, int64_t d) {
 
 // --- block reductions ----------------------------------------------------------------------
 
-/// Sum of every thread's `v`, in thread order (the same result for the same block size).
-PP_FN double block_sum(double v, Ctl& ctl) {
-    ctl.red_d[PP_TID] = v;
+/// Sum of every thread's `v`, added in thread order (the same result for the same block
+/// size) through `red` (a slot per thread) and `out`.
+template <class T>
+PP_FN T block_reduce(T v, T* red, T* out) {
+    red[PP_TID] = v;
     PP_SYNC();
     if (PP_TID == 0) {
-        double s = 0.0;
-        for (int64_t t = 0; t < PP_NT; ++t) s += ctl.red_d[t];
-        ctl.out_d = s;
+        T s = 0;
+        for (int64_t t = 0; t < PP_NT; ++t) s += red[t];
+        *out = s;
     }
     PP_SYNC();
-    const double r = ctl.out_d;
+    const T r = *out;
     PP_SYNC();
     return r;
 }
 
-PP_FN int64_t block_count(int64_t v, Ctl& ctl) {
-    ctl.red_i[PP_TID] = v;
-    PP_SYNC();
-    if (PP_TID == 0) {
-        int64_t s = 0;
-        for (int64_t t = 0; t < PP_NT; ++t) s += ctl.red_i[t];
-        ctl.out_i = s;
+PP_FN double block_sum(double v, Ctl& ctl) { return block_reduce(v, ctl.red_d, &ctl.out_d); }
+PP_FN int64_t block_count(int64_t v, Ctl& ctl) { return block_reduce(v, ctl.red_i, &ctl.out_i); }
+
+/// The last of `count` batch entries whose first index (`first(i)`, increasing) is <= g: the
+/// entry (layer, task) a global row or tile index g falls in.
+template <class First>
+PP_FN int entry_of(int64_t g, int count, First first) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (first(mid) <= g) {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
     }
-    PP_SYNC();
-    const int64_t r = ctl.out_i;
-    PP_SYNC();
-    return r;
+    return lo;
 }
 
 /// splitmix64, as the CPU solver's Rng.

@@ -11,15 +11,7 @@ using device::kThreads;
 
 __global__ void __launch_bounds__(kThreads) products_kernel(const ProductTask* tasks, int ntasks) {
     const int64_t blk = blockIdx.x;
-    int lo = 0, hi = ntasks - 1;  // the last task whose first tile is <= blk
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (tasks[mid].first <= blk) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    const int lo = device::entry_of(blk, ntasks, [&](int i) { return tasks[i].first; });
     const ProductTask task = tasks[lo];
     if (task.skip != nullptr && *task.skip != 0) return;
     int64_t r0, c0;

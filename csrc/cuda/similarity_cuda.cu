@@ -23,15 +23,7 @@ struct NormTask {
 __global__ void norms_kernel(const NormTask* tasks, const int64_t* first_row, int ntasks, int64_t total, int p) {
     const int64_t g = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
     if (g >= total) return;
-    int lo = 0, hi = ntasks - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (first_row[mid] <= g) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
+    const int lo = device::entry_of(g, ntasks, [&](int i) { return first_row[i]; });
     const NormTask& t = tasks[lo];
     const int64_t i = g - first_row[lo];
     const float* r = t.x + i * t.d;
