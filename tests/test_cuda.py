@@ -166,6 +166,13 @@ def test_cuda_errors_name_the_input():
         engine.spherical_kmeans(make(8, 6).cuda(), 2, init=torch.stack([torch.ones(6), torch.zeros(6)]).cuda())
     with pytest.raises(ValueError, match="CPU only"):
         engine.products(make(4, 3).cuda(), make(5, 3).cuda())
+    ops = [lambda t: engine.filter_norms([make(8, 6).to(t.device), t]), engine.cosine_similarity, engine.fpgm_scores]
+    for op in ops:
+        with pytest.raises(ValueError) as cpu:
+            op(w)
+        with pytest.raises(ValueError) as gpu:
+            op(w.cuda())
+        assert str(gpu.value) == str(cpu.value) and "filter 7, element 4" in str(cpu.value)
 
 
 def _resnet18_and_input(seed=0):

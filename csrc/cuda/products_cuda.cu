@@ -47,6 +47,8 @@ ProductBatch upload_products(std::vector<ProductTask> tasks, cudaStream_t stream
     }
     b.tasks = static_cast<const ProductTask*>(scratch);
     b.count = static_cast<int>(tasks.size());
+    // From pageable memory: the call returns once the tasks are staged for the copy, so
+    // `tasks` may go (CUDA's "API synchronization behavior": pageable host to device).
     PYPRUNE_CUDA(cudaMemcpyAsync(scratch, tasks.data(), sizeof(ProductTask) * tasks.size(), cudaMemcpyHostToDevice,
                                  stream));
     return b;
