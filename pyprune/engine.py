@@ -122,7 +122,8 @@ class IterationStats(NamedTuple):
         first iteration and with ``reuse=False``; with reuse the centroids that moved since
         the previous assignment (K again when more than 3/4 of them moved, as one full
         product is then cheaper). This is the work reuse saves.
-    seconds: wall-clock time of the iteration.
+    seconds: wall-clock time of the iteration (0.0 on CUDA, where the iterations are kernels
+        queued on the stream and only the whole call is timed).
 
     A named tuple: fields by name (``s.moved``) or unpacked in this order.
     """
@@ -411,6 +412,11 @@ def spherical_kmeans(
     :func:`gemm_kernel`. Every path gives the same clustering up to float rounding.
     Each result carries per-iteration :class:`IterationStats` and each filter's cosine to
     its centroid.
+
+    On CUDA tensors (a build with ``PYPRUNE_WITH_CUDA=ON``) the same algorithm runs on the
+    GPU with the CPU's arithmetic (the AVX2/AVX-512 path's bits), all layers in one call;
+    the results stay on the device and ``kernel`` is ``"cuda"``. Those kernels have not yet
+    been run on a GPU: ``bench/cuda_check.sh`` is their check.
     """
     layers = [weights] if isinstance(weights, (torch.Tensor, Columns)) else weights
     if isinstance(layers, (list, tuple)) and layers and _on_cuda(layers, "weights"):
