@@ -82,6 +82,39 @@ def test_device_logic_from_given_centroids_and_many_layers():
             same_result(x, y)
 
 
+def _emulated_kmeans(weights, ks, **kw):
+    """engine.spherical_kmeans through the GPU solver's host build (column blocks joined)."""
+    kw.pop("threads", None)
+    kw.pop("kernel", None)
+    ws = [weights] if isinstance(weights, (torch.Tensor, engine.Columns)) else list(weights)
+    ws = [torch.cat([b.reshape(len(b), -1) for b in w], 1) if isinstance(w, engine.Columns) else w for w in ws]
+    return engine._spherical_kmeans_emulated(ws, ks if isinstance(ks, list) else [ks] * len(ws), **kw)
+
+
+@needs_fma_path
+@pytest.mark.parametrize("model", ["resnet18", pytest.param("resnet152", marks=pytest.mark.slow),
+                                   pytest.param("densenet201", marks=pytest.mark.slow)])  # slow: ~20 s each
+def test_prune_through_the_device_logic_keeps_the_cpus_channels(model, monkeypatch):
+    """Issue 17's acceptance workload with the GPU's solver and tiling run on the host: every
+    residual stream, concat and clustered layer of the model keeps the channels the CPU's
+    packed path keeps, and the pruned models compute the same outputs."""
+    import torchvision
+
+    import pyprune
+
+    if engine.gemm_kernel() not in FMA_PATHS:
+        pytest.skip(f"the CPU's products path is {engine.gemm_kernel()}, whose rounding the GPU does not repeat")
+    torch.manual_seed(0)
+    net = getattr(torchvision.models, model)(weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    cpu = pyprune.prune(copy.deepcopy(net), x, method="kmeans", ratio=0.5)
+    monkeypatch.setattr(engine, "spherical_kmeans", _emulated_kmeans)
+    emu = pyprune.prune(copy.deepcopy(net), x, method="kmeans", ratio=0.5)
+    assert np.array_equal(cpu.plan.keep_mask(), emu.plan.keep_mask())
+    with torch.no_grad():
+        assert torch.equal(cpu.model(x), emu.model(x))
+
+
 def test_device_logic_reports_non_finite_values_as_the_cpu_does():
     w = make(20, 6)
     w[7, 4] = float("nan")
