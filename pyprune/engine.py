@@ -503,8 +503,12 @@ def _spherical_kmeans_cuda(weights, ks, *, max_iter, early_stop, seed, init, reu
         outs.append(o)
         ptrs.append([t.data_ptr() for t in o])
     init_ptrs = [0 if c is None else c.data_ptr() for c in inits]
+    # the working memory from torch's caching allocator, which can free its cache for it
+    nbytes = _core.spherical_kmeans_cuda_scratch([tuple(x.shape) for x in xs], k_list, max_iter,
+                                                 [bool(p) for p in init_ptrs] or [False] * len(xs))
+    scratch = torch.empty(nbytes, dtype=torch.uint8, device=dev)
     raw = _core.spherical_kmeans_cuda([_layer(x) for x in xs], k_list, max_iter, bool(early_stop), seed, bool(reuse),
-                                      init_ptrs, ptrs, *_stream(xs[0]))
+                                      init_ptrs, ptrs, scratch.data_ptr(), nbytes, *_stream(xs[0]))
     results = []
     for (c, lab, rep, cos, nrm, rcos, rres), (n_iter, obj, st) in zip(outs, raw):
         stats = [IterationStats(int(a), int(b), int(e), int(f), 0.0)

@@ -34,7 +34,8 @@ void register_cuda(py::module_& m) {
         "spherical_kmeans_cuda",
         [](const std::vector<Layer>& layers, const std::vector<int64_t>& ks, int max_iter, bool early_stop,
            uint64_t seed, bool reuse, const std::vector<uintptr_t>& inits,
-           const std::vector<std::vector<uintptr_t>>& outs, int device, uintptr_t stream) {
+           const std::vector<std::vector<uintptr_t>>& outs, uintptr_t scratch, size_t scratch_bytes, int device,
+           uintptr_t stream) {
             std::vector<cuda::DeviceMatrix> xs;
             for (const auto& l : layers) xs.push_back(as_device(l));
             std::vector<const float*> init_ptrs;
@@ -48,7 +49,8 @@ void register_cuda(py::module_& m) {
             std::vector<cuda::KMeansSummary> res;
             {
                 py::gil_scoped_release nogil;
-                res = cuda::spherical_kmeans(xs, ks, max_iter, early_stop, seed, reuse, init_ptrs, o, device, stream);
+                res = cuda::spherical_kmeans(xs, ks, max_iter, early_stop, seed, reuse, init_ptrs, o,
+                                             reinterpret_cast<void*>(scratch), scratch_bytes, device, stream);
             }
             py::list out;
             for (const auto& s : res) {
@@ -62,11 +64,19 @@ void register_cuda(py::module_& m) {
             return out;
         },
         py::arg("layers"), py::arg("ks"), py::arg("max_iter"), py::arg("early_stop"), py::arg("seed"),
-        py::arg("reuse"), py::arg("inits"), py::arg("outs"), py::arg("device"), py::arg("stream"),
+        py::arg("reuse"), py::arg("inits"), py::arg("outs"), py::arg("scratch"), py::arg("scratch_bytes"),
+        py::arg("device"), py::arg("stream"),
         "Spherical k-means of many layers on a CUDA device. layers: (pointer, n, d) of contiguous float32 "
         "matrices; inits: empty or one pointer per layer (0: k-means++); outs: per layer the pointers of "
         "centroids (K x d float32), labels (n int64), representatives (K int64), cosines, norms, rep_cosines, "
-        "rep_residuals (n float32 each). Returns per layer (n_iter, objective, stats).");
+        "rep_residuals (n float32 each); scratch: device memory of spherical_kmeans_cuda_scratch bytes (0: "
+        "allocated for the call). Returns per layer (n_iter, objective, stats).");
+    m.def(
+        "spherical_kmeans_cuda_scratch",
+        [](const std::vector<std::pair<int64_t, int64_t>>& shapes, const std::vector<int64_t>& ks, int max_iter,
+           const std::vector<bool>& has_init) { return cuda::spherical_kmeans_scratch(shapes, ks, max_iter, has_init); },
+        py::arg("shapes"), py::arg("ks"), py::arg("max_iter"), py::arg("has_init"),
+        "Bytes of device scratch spherical_kmeans_cuda needs for layers of these (n, d), K and max_iter.");
     m.def(
         "filter_norms_cuda",
         [](const std::vector<Layer>& layers, int p, const std::vector<uintptr_t>& outs, int device, uintptr_t stream) {

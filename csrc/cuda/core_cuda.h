@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace pyprune::cuda {
@@ -43,10 +44,19 @@ int device_count();
 /// `inits` is empty or one (possibly null) K x d device pointer per layer, each checked
 /// finite and non-zero by the caller. A layer with a non-finite value raises, after the
 /// batch, the CPU solver's error for the first such layer.
+/// `scratch` (device memory of `scratch_bytes` >= spherical_kmeans_scratch(...)) holds the
+/// batch's working arrays; null: taken from the stream-ordered allocator for the call.
 std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs, const std::vector<int64_t>& ks,
                                             int max_iter, bool early_stop, uint64_t seed, bool reuse,
                                             const std::vector<const float*>& inits,
-                                            const std::vector<KMeansOutputs>& outs, int device, uintptr_t stream);
+                                            const std::vector<KMeansOutputs>& outs, void* scratch,
+                                            size_t scratch_bytes, int device, uintptr_t stream);
+
+/// Bytes of scratch spherical_kmeans needs for layers of these (n, d), K and max_iter, with
+/// or without starting centroids (with: no Gram matrix). A caller that allocates it (torch's
+/// caching allocator) lets its framework manage the memory.
+size_t spherical_kmeans_scratch(const std::vector<std::pair<int64_t, int64_t>>& shapes, const std::vector<int64_t>& ks,
+                                int max_iter, const std::vector<bool>& has_init);
 
 /// Per-filter L1 (p = 1) or L2 (p = 2) norms of every layer: the CPU's sums (16 lanes in
 /// double), so the same bits.

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <memory>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -66,9 +67,66 @@ __global__ void __launch_bounds__(device::kBlock) finish_kernel(const device::Jo
     device::BlockSolver(J, ctl).finish();
 }
 
-int64_t align_up(int64_t v) { return (v + 255) / 256 * 256; }
+size_t align_up(size_t v) { return (v + 255) / 256 * 256; }
+
+/// Where everything of a batch lives in its one scratch block: each job's scratch
+/// (place_scratch), the per-layer block the host reads back (state, info, objective,
+/// stats), the job list, the first rows, the row lists and the two product batches.
+struct Layout {
+    std::vector<size_t> offset, plist;
+    size_t meta_at = 0, jobs_at = 0, rows_at = 0, grams_at = 0, products_at = 0, bytes = 0;
+    int64_t per_meta = 0;
+};
+
+/// The layout of jobs whose n, d, k and use_gram are set.
+Layout layout_of(std::vector<device::Job>& jobs, int max_iter) {
+    const size_t L = jobs.size();
+    Layout y;
+    y.per_meta = device::kStateSize + 2 + (max_iter + 1) + 4 * (max_iter + 1);
+    for (auto& J : jobs) {
+        y.offset.push_back(y.bytes);
+        y.bytes += device::place_scratch(&J, nullptr);
+    }
+    y.meta_at = y.bytes;
+    y.bytes += align_up(sizeof(int64_t) * static_cast<size_t>(y.per_meta) * L);
+    y.jobs_at = y.bytes;
+    y.bytes += align_up(sizeof(device::Job) * L);
+    y.rows_at = y.bytes;
+    y.bytes += align_up(sizeof(int64_t) * L);
+    for (const auto& J : jobs) {
+        y.plist.push_back(y.bytes);
+        y.bytes += align_up(sizeof(int64_t) * static_cast<size_t>(J.k));
+    }
+    y.grams_at = y.bytes;
+    y.bytes += align_up(product_scratch(L));
+    y.products_at = y.bytes;
+    y.bytes += align_up(product_scratch(L));
+    return y;
+}
+
+/// A job's shape and the decisions that depend on it only.
+device::Job shaped_job(int64_t n, int64_t d, int64_t k, bool has_init) {
+    device::Job J;
+    J.n = n;
+    J.d = d;
+    J.k = k;
+    J.trials = device::trials_for(k);
+    PYPRUNE_CHECK(J.trials <= device::kMaxTrials, "K = ", k, " is too large");
+    J.use_gram = device::gram_for(n, k, has_init) ? 1 : 0;
+    return J;
+}
 
 }  // namespace
+
+size_t spherical_kmeans_scratch(const std::vector<std::pair<int64_t, int64_t>>& shapes, const std::vector<int64_t>& ks,
+                                int max_iter, const std::vector<bool>& has_init) {
+    PYPRUNE_CHECK(ks.size() == shapes.size() && has_init.size() == shapes.size(),
+                  "spherical_kmeans_scratch: one K and init flag per layer");
+    std::vector<device::Job> jobs;
+    for (size_t l = 0; l < shapes.size(); ++l)
+        jobs.push_back(shaped_job(shapes[l].first, shapes[l].second, ks[l], has_init[l]));
+    return layout_of(jobs, max_iter).bytes;
+}
 
 int device_count() {
     int n = 0;
@@ -82,7 +140,8 @@ int device_count() {
 std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs, const std::vector<int64_t>& ks,
                                             int max_iter, bool early_stop, uint64_t seed, bool reuse,
                                             const std::vector<const float*>& inits,
-                                            const std::vector<KMeansOutputs>& outs, int device, uintptr_t stream_bits) {
+                                            const std::vector<KMeansOutputs>& outs, void* scratch,
+                                            size_t scratch_bytes, int device, uintptr_t stream_bits) {
     const size_t L = xs.size();
     PYPRUNE_CHECK(ks.size() == L && outs.size() == L && (inits.empty() || inits.size() == L),
                   "spherical_kmeans (CUDA): one K, output set and init per layer");
@@ -97,23 +156,12 @@ std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs,
     if (L == 0) return summary;
     DeviceGuard guard(device);
     cudaStream_t stream = as_stream(stream_bits);
-    // Per layer in one block the host reads back: its state (kStateSize), info (2),
-    // objective (max_iter + 1) and stats (4 per iteration).
-    const int64_t per_meta = device::kStateSize + 2 + (max_iter + 1) + 4 * (max_iter + 1);
-    std::vector<device::Job> jobs(L);
-    std::vector<size_t> offset(L);
-    size_t bytes = 0;
-    std::vector<ProductTask> grams, products;
+    std::vector<device::Job> jobs;
     for (size_t l = 0; l < L; ++l) {
-        device::Job& J = jobs[l];
+        const float* init = inits.empty() ? nullptr : inits[l];
+        device::Job J = shaped_job(xs[l].rows, xs[l].cols, ks[l], init != nullptr);
         J.x = xs[l].data;
-        J.init = inits.empty() ? nullptr : inits[l];
-        J.n = xs[l].rows;
-        J.d = xs[l].cols;
-        J.k = ks[l];
-        J.trials = device::trials_for(J.k);
-        PYPRUNE_CHECK(J.trials <= device::kMaxTrials, "K = ", J.k, " is too large");
-        J.use_gram = device::gram_for(J.n, J.k, J.init != nullptr) ? 1 : 0;
+        J.init = init;
         J.max_iter = max_iter;
         J.early_stop = early_stop ? 1 : 0;
         J.reuse = reuse ? 1 : 0;
@@ -125,32 +173,28 @@ std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs,
         J.norms = outs[l].norms;
         J.rep_cos = outs[l].rep_cosines;
         J.rep_res = outs[l].rep_residuals;
-        offset[l] = bytes;
-        bytes += device::place_scratch(&J, nullptr);
+        jobs.push_back(J);
     }
-    const size_t meta_at = bytes;
-    bytes += static_cast<size_t>(align_up(static_cast<int64_t>(sizeof(int64_t) * per_meta * L)));
-    const size_t jobs_at = bytes;
-    bytes += static_cast<size_t>(align_up(static_cast<int64_t>(sizeof(device::Job) * L)));
-    const size_t rows_at = bytes;
-    bytes += static_cast<size_t>(align_up(static_cast<int64_t>(sizeof(int64_t) * L)));
-    const size_t plist_at = bytes;
-    for (size_t l = 0; l < L; ++l) bytes += static_cast<size_t>(align_up(static_cast<int64_t>(sizeof(int64_t) * ks[l])));
-    const size_t grams_at = bytes;
-    bytes += static_cast<size_t>(align_up(static_cast<int64_t>(product_scratch(L))));
-    const size_t products_at = bytes;
-    bytes += static_cast<size_t>(align_up(static_cast<int64_t>(product_scratch(L))));
-    DeviceBuffer buf(bytes, stream);
-    char* base = buf.as<char>();
-    auto* meta = reinterpret_cast<int64_t*>(base + meta_at);
+    const Layout y = layout_of(jobs, max_iter);
+    const int64_t per_meta = y.per_meta;
+    std::vector<ProductTask> grams, products;
+    // the caller's scratch (torch's allocator), else one from the stream-ordered allocator
+    std::unique_ptr<DeviceBuffer> own;
+    if (scratch == nullptr) {
+        own = std::make_unique<DeviceBuffer>(y.bytes, stream);
+        scratch = own->as<char>();
+    } else {
+        PYPRUNE_CHECK(scratch_bytes >= y.bytes, "spherical_kmeans (CUDA): the scratch has ", scratch_bytes,
+                      " bytes, the batch needs ", y.bytes, " (spherical_kmeans_scratch)");
+    }
+    char* base = static_cast<char*>(scratch);
+    auto* meta = reinterpret_cast<int64_t*>(base + y.meta_at);
     std::vector<int64_t> first_row(L);
     int64_t total_rows = 0;
-    size_t plist_off = plist_at;
     for (size_t l = 0; l < L; ++l) {
         device::Job& J = jobs[l];
-        device::place_scratch(&J, base + offset[l]);
-        J.plist = reinterpret_cast<int64_t*>(base + plist_off);
-        plist_off += static_cast<size_t>(align_up(static_cast<int64_t>(sizeof(int64_t) * J.k)));
+        device::place_scratch(&J, base + y.offset[l]);
+        J.plist = reinterpret_cast<int64_t*>(base + y.plist[l]);
         int64_t* m = meta + per_meta * static_cast<int64_t>(l);
         J.state = m;
         J.info = m + device::kStateSize;
@@ -163,16 +207,16 @@ std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs,
     }
     // info[1] (first non-finite filter) starts above every n: 0x7f7f... bytes
     PYPRUNE_CUDA(cudaMemsetAsync(meta, 0x7f, sizeof(int64_t) * per_meta * L, stream));
-    auto* djobs = reinterpret_cast<device::Job*>(base + jobs_at);
-    auto* drows = reinterpret_cast<int64_t*>(base + rows_at);
+    auto* djobs = reinterpret_cast<device::Job*>(base + y.jobs_at);
+    auto* drows = reinterpret_cast<int64_t*>(base + y.rows_at);
     PYPRUNE_CUDA(cudaMemcpyAsync(djobs, jobs.data(), sizeof(device::Job) * L, cudaMemcpyHostToDevice, stream));
     PYPRUNE_CUDA(cudaMemcpyAsync(drows, first_row.data(), sizeof(int64_t) * L, cudaMemcpyHostToDevice, stream));
     const int nb = 128;
     normalize_kernel<<<static_cast<unsigned>((total_rows + nb - 1) / nb), nb, 0, stream>>>(djobs, drows, static_cast<int>(L),
                                                                                           total_rows);
     PYPRUNE_CUDA(cudaGetLastError());
-    run_products(upload_products(grams, stream, base + grams_at), stream);
-    const ProductBatch assign_products = upload_products(products, stream, base + products_at);
+    run_products(upload_products(grams, stream, base + y.grams_at), stream);
+    const ProductBatch assign_products = upload_products(products, stream, base + y.products_at);
     const unsigned nl = static_cast<unsigned>(L);
     start_kernel<<<nl, device::kBlock, 0, stream>>>(djobs);
     PYPRUNE_CUDA(cudaGetLastError());
