@@ -27,14 +27,23 @@ inline void store_partial(const float* tmp, float* out, int64_t ldo, int64_t nco
 }
 
 // ---------------------------------------------------------------------------------------
-// Portable: plain loops. The accumulators are a small fixed-size array; with the row loop
+// Portable: plain loops. On x86-64 (GCC, glibc) the same loops are also built for
+// x86-64-v3 (AVX2, FMA) and v4 (AVX-512), and the loader picks the widest the CPU runs, as
+// for reduce.cpp: forced on an x86 CPU, the portable path then runs what the compiler makes
+// of plain C++ for that CPU (with its fused multiply-adds), not the SSE2 baseline, which no
+// x86 machine that prunes models is limited to. Elsewhere (aarch64: NEON) one build.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+#define PYPRUNE_PORTABLE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PYPRUNE_PORTABLE_CLONES
+#endif The accumulators are a small fixed-size array; with the row loop
 // unrolled and the column loop marked `omp simd`, GCC keeps them in vector registers
 // (checked in the generated code: no loads or stores of the accumulators in the depth loop).
 // Left to itself GCC vectorises the depth loop instead (A is contiguous along it), which
 // needs a transpose per step and runs 4-6x slower.
 
 template <int MR>
-inline void tile_portable(const float* a, int64_t lda, const float* b, int64_t kc, float* out,
+inline __attribute__((always_inline)) void tile_portable(const float* a, int64_t lda, const float* b, int64_t kc, float* out,
                           int64_t ldo, int64_t ncols, bool acc) {
     constexpr int64_t W = kPortableWidth;
     float r[MR][W];
@@ -54,8 +63,8 @@ inline void tile_portable(const float* a, int64_t lda, const float* b, int64_t k
 
 }  // namespace
 
-void portable(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
-              int64_t ldo, int64_t ncols, bool acc) {
+PYPRUNE_PORTABLE_CLONES void portable(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc,
+                                      float* out, int64_t ldo, int64_t ncols, bool acc) {
     constexpr int MR = kPortableRows;
     static_assert(MR == 5 || MR == 6, "the remainder switch covers 1..5 rows");
     int64_t i = 0;

@@ -6,8 +6,9 @@
 // the whole panel width, sized for the instruction set's register file:
 //   avx512    8 x 48  (24 of 32 zmm accumulators)
 //   avx2      6 x 16  (12 of 16 ymm accumulators, the BLIS Haswell shape)
-//   portable  6 x 8 for SSE2 (the x86-64 baseline), 6 x 16 where the compiler targets AVX,
-//             5 x 16 for NEON (aarch64): plain C++ that GCC vectorises, no intrinsics
+//   portable  6 x 8 on x86-64 (built for the baseline, x86-64-v3 and v4: the loader picks),
+//             6 x 16 where the compiler targets AVX, 5 x 16 for NEON (aarch64): plain C++
+//             that GCC vectorises, no intrinsics
 // The x86 kernels are compiled for their instruction set with target attributes, so the
 // binary runs everywhere; gemm.cpp calls one only after checking the CPU.
 #pragma once
