@@ -36,7 +36,8 @@ inline void store_partial(const float* tmp, float* out, int64_t ldo, int64_t nco
 #define PYPRUNE_PORTABLE_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define PYPRUNE_PORTABLE_CLONES
-#endif The accumulators are a small fixed-size array; with the row loop
+#endif
+// The accumulators are a small fixed-size array; with the row loop
 // unrolled and the column loop marked `omp simd`, GCC keeps them in vector registers
 // (checked in the generated code: no loads or stores of the accumulators in the depth loop).
 // Left to itself GCC vectorises the depth loop instead (A is contiguous along it), which
