@@ -427,10 +427,8 @@ def spherical_kmeans(
     _check_kmeans_args(max_iter, seed)
     inits = None
     if init is not None:
-        init_list = [init] if single and isinstance(init, torch.Tensor) else list(init)
-        if len(init_list) != len(arrays):
-            raise ValueError(f"init: expected one entry per layer ({len(arrays)}), got {len(init_list)}")
-        inits = [None if c is None else _to_core(c, f"init[{i}]") for i, c in enumerate(init_list)]
+        inits = [None if c is None else _to_core(c, f"init[{i}]")
+                 for i, c in enumerate(_init_list(init, single, len(arrays)))]
     path = "" if kernel is None else _kernel(kernel)
     raw = _core.spherical_kmeans(arrays, k_list, max_iter, bool(early_stop), seed, _threads(threads), inits,
                                  bool(reuse), path, True)
@@ -455,6 +453,14 @@ def _result(raw) -> KMeansResult:
     )
 
 
+def _init_list(init, single: bool, layers: int) -> list:
+    """spherical_kmeans's ``init`` as one entry (a tensor or None) per layer."""
+    init_list = [init] if single and isinstance(init, torch.Tensor) else list(init)
+    if len(init_list) != layers:
+        raise ValueError(f"init: expected one entry per layer ({layers}), got {len(init_list)}")
+    return init_list
+
+
 def _check_kmeans_args(max_iter, seed) -> None:
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
         raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
@@ -473,12 +479,10 @@ def _spherical_kmeans_cuda(weights, ks, *, max_iter, early_stop, seed, init, reu
     xs = [_to_cuda(w, "weights" if single else f"weights[{i}]") for i, w in enumerate(ws)]
     k_list = _check_ks(ks, xs)
     _check_kmeans_args(max_iter, seed)
-    inits: list = []
+    inits: list = [None] * len(xs)
     if init is not None:
-        init_list = [init] if single and isinstance(init, torch.Tensor) else list(init)
-        if len(init_list) != len(xs):
-            raise ValueError(f"init: expected one entry per layer ({len(xs)}), got {len(init_list)}")
-        for i, (c, x, k) in enumerate(zip(init_list, xs, k_list)):
+        inits = []
+        for i, (c, x, k) in enumerate(zip(_init_list(init, single, len(xs)), xs, k_list)):
             if c is None:
                 inits.append(None)
                 continue
@@ -505,7 +509,7 @@ def _spherical_kmeans_cuda(weights, ks, *, max_iter, early_stop, seed, init, reu
     init_ptrs = [0 if c is None else c.data_ptr() for c in inits]
     # the working memory from torch's caching allocator, which can free its cache for it
     nbytes = _core.spherical_kmeans_cuda_scratch([tuple(x.shape) for x in xs], k_list, max_iter,
-                                                 [bool(p) for p in init_ptrs] or [False] * len(xs))
+                                                 [c is not None for c in inits])
     scratch = torch.empty(nbytes, dtype=torch.uint8, device=dev)
     raw = _core.spherical_kmeans_cuda([_layer(x) for x in xs], k_list, max_iter, bool(early_stop), seed, bool(reuse),
                                       init_ptrs, ptrs, scratch.data_ptr(), nbytes, *_stream(xs[0]))

@@ -69,8 +69,8 @@ void register_cuda(py::module_& m) {
         "Spherical k-means of many layers on a CUDA device. layers: (pointer, n, d) of contiguous float32 "
         "matrices; inits: empty or one pointer per layer (0: k-means++); outs: per layer the pointers of "
         "centroids (K x d float32), labels (n int64), representatives (K int64), cosines, norms, rep_cosines, "
-        "rep_residuals (n float32 each); scratch: device memory of spherical_kmeans_cuda_scratch bytes (0: "
-        "allocated for the call). Returns per layer (n_iter, objective, stats).");
+        "rep_residuals (n float32 each); scratch: device memory of spherical_kmeans_cuda_scratch "
+        "bytes. Returns per layer (n_iter, objective, stats).");
     m.def(
         "spherical_kmeans_cuda_scratch",
         [](const std::vector<std::pair<int64_t, int64_t>>& shapes, const std::vector<int64_t>& ks, int max_iter,

@@ -57,10 +57,7 @@ void check_shape(const Filters& x, const std::string& what) {
 [[noreturn]] void non_finite(const Filters& x, int64_t i, const std::string& what) {
     std::vector<float> r(static_cast<size_t>(x.cols));
     x.copy(i, 0, x.cols, r.data());
-    int64_t j = 0;
-    while (j + 1 < x.cols && std::isfinite(r[j])) ++j;
-    detail::check_failed("std::isfinite(value)", __FILE__, __LINE__, what, ": contains a non-finite value (", r[j],
-                         ") at filter ", i, ", element ", j);
+    raise_non_finite(r.data(), x.cols, i, what);
 }
 
 /// splitmix64: small, fast and identical on every platform (std distributions are not).

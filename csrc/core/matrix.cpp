@@ -31,16 +31,19 @@ void validate(const MatrixView& x, const char* what) {
         std::memcpy(&bits, x.data + i, sizeof bits);
         any |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
     }
-    int64_t bad = -1;
     for (int64_t i = 0; any != 0 && i < total; ++i) {
         if (!std::isfinite(x.data[i])) {
-            bad = i;
-            break;
+            const int64_t row = i / x.cols;
+            raise_non_finite(x.data + row * x.cols, x.cols, row, what);
         }
     }
-    PYPRUNE_CHECK(bad < 0, what, ": contains a non-finite value (", (bad >= 0 ? x.data[bad] : 0.0f),
-                  ") at filter ", (bad >= 0 ? bad / x.cols : 0), ", element ",
-                  (bad >= 0 ? bad % x.cols : 0));
+}
+
+void raise_non_finite(const float* row, int64_t d, int64_t i, const std::string& what) {
+    int64_t j = 0;
+    while (j + 1 < d && std::isfinite(row[j])) ++j;
+    detail::check_failed("std::isfinite(value)", __FILE__, __LINE__, what, ": contains a non-finite value (", row[j],
+                         ") at filter ", i, ", element ", j);
 }
 
 int resolve_threads(int requested) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace pyprune {
 
@@ -18,6 +19,11 @@ void check_shape(const MatrixView& x, const char* what);
 
 /// check_shape, and every value finite. `what` names it in errors.
 void validate(const MatrixView& x, const char* what);
+
+/// The error for filter i (`row`, d values), which holds a non-finite value: "<what>:
+/// contains a non-finite value (v) at filter i, element j" for its first one. Every check
+/// of the values (validate, the k-means's, the CUDA kernels') raises it.
+[[noreturn]] void raise_non_finite(const float* row, int64_t d, int64_t i, const std::string& what);
 
 /// Number of OpenMP threads to use: `requested` when > 0, else every core.
 int resolve_threads(int requested);

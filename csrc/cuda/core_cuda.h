@@ -44,8 +44,8 @@ int device_count();
 /// `inits` is empty or one (possibly null) K x d device pointer per layer, each checked
 /// finite and non-zero by the caller. A layer with a non-finite value raises, after the
 /// batch, the CPU solver's error for the first such layer.
-/// `scratch` (device memory of `scratch_bytes` >= spherical_kmeans_scratch(...)) holds the
-/// batch's working arrays; null: taken from the stream-ordered allocator for the call.
+/// `scratch` (device memory of `scratch_bytes` >= spherical_kmeans_scratch(...), which the
+/// caller allocates: torch's caching allocator) holds the batch's working arrays.
 std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs, const std::vector<int64_t>& ks,
                                             int max_iter, bool early_stop, uint64_t seed, bool reuse,
                                             const std::vector<const float*>& inits,

@@ -7,12 +7,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <memory>
 #include <cstring>
 #include <string>
 #include <vector>
 
 #include "../core/check.h"
+#include "../core/matrix.h"
 #include "check_cuda.cuh"
 #include "core_cuda.h"
 #include "products_cuda.cuh"
@@ -178,15 +178,8 @@ std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs,
     const Layout y = layout_of(jobs, max_iter);
     const int64_t per_meta = y.per_meta;
     std::vector<ProductTask> grams, products;
-    // the caller's scratch (torch's allocator), else one from the stream-ordered allocator
-    std::unique_ptr<DeviceBuffer> own;
-    if (scratch == nullptr) {
-        own = std::make_unique<DeviceBuffer>(y.bytes, stream);
-        scratch = own->as<char>();
-    } else {
-        PYPRUNE_CHECK(scratch_bytes >= y.bytes, "spherical_kmeans (CUDA): the scratch has ", scratch_bytes,
-                      " bytes, the batch needs ", y.bytes, " (spherical_kmeans_scratch)");
-    }
+    PYPRUNE_CHECK(scratch != nullptr && scratch_bytes >= y.bytes, "spherical_kmeans (CUDA): the scratch has ",
+                  scratch_bytes, " bytes, the batch needs ", y.bytes, " (spherical_kmeans_scratch)");
     char* base = static_cast<char*>(scratch);
     auto* meta = reinterpret_cast<int64_t*>(base + y.meta_at);
     std::vector<int64_t> first_row(L);
@@ -246,7 +239,7 @@ std::vector<KMeansSummary> spherical_kmeans(const std::vector<DeviceMatrix>& xs,
             std::vector<float> row(static_cast<size_t>(xs[l].cols));
             PYPRUNE_CUDA(cudaMemcpy(row.data(), xs[l].data + m[1] * xs[l].cols, sizeof(float) * row.size(),
                                     cudaMemcpyDeviceToHost));
-            device::raise_non_finite(row.data(), xs[l].cols, m[1], "weights[" + std::to_string(l) + "]");
+            raise_non_finite(row.data(), xs[l].cols, m[1], "weights[" + std::to_string(l) + "]");
         }
     }
     for (size_t l = 0; l < L; ++l) {

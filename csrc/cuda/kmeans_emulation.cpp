@@ -44,13 +44,6 @@ void run_products_host(const ProductTask& t) {
 
 }  // namespace
 
-void raise_non_finite(const float* row, int64_t d, int64_t i, const std::string& what) {
-    int64_t j = 0;
-    while (j + 1 < d && std::isfinite(row[j])) ++j;
-    detail::check_failed("std::isfinite(value)", __FILE__, __LINE__, what, ": contains a non-finite value (", row[j],
-                         ") at filter ", i, ", element ", j);
-}
-
 std::vector<KMeansResult> spherical_kmeans_emulated(const std::vector<MatrixView>& xs,
                                                     const std::vector<KMeansParams>& params,
                                                     const std::vector<const float*>& inits) {

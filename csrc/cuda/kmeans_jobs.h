@@ -6,17 +6,12 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <string>
 #include <type_traits>
 
 #include "kmeans_logic.h"
 #include "products_tile.h"
 
 namespace pyprune::device {
-
-/// Raise the CPU solver's error for row i (host memory), which holds a non-finite value:
-/// "<what>: contains a non-finite value (v) at filter i, element j".
-[[noreturn]] void raise_non_finite(const float* row, int64_t d, int64_t i, const std::string& what);
 
 /// k-means++ candidates per step: 2 + ln K (the CPU solver's count, from the host's log).
 inline int64_t trials_for(int64_t k) { return 2 + static_cast<int64_t>(std::log(static_cast<double>(k))); }

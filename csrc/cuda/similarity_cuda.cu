@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../core/check.h"
+#include "../core/matrix.h"
 #include "check_cuda.cuh"
 #include "core_cuda.h"
 #include "products_cuda.cuh"
@@ -97,7 +98,7 @@ int64_t first_bad(const unsigned long long* bad, cudaStream_t stream) {
 [[noreturn]] void raise_bad_row(const DeviceMatrix& x, int64_t i, const std::string& what) {
     std::vector<float> row(static_cast<size_t>(x.cols));
     PYPRUNE_CUDA(cudaMemcpy(row.data(), x.data + i * x.cols, sizeof(float) * row.size(), cudaMemcpyDeviceToHost));
-    device::raise_non_finite(row.data(), x.cols, i, what);
+    raise_non_finite(row.data(), x.cols, i, what);
 }
 
 unsigned blocks_for(int64_t count, int per) { return static_cast<unsigned>((count + per - 1) / per); }
