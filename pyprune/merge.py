@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .graph import ChannelGraph, Group
+from .graph import ChannelGraph, Group, occurrence_rank
 
 __all__ = ["MergeReport", "merge_folds"]
 
@@ -63,8 +63,7 @@ def _matching_positions(units: np.ndarray, src: np.ndarray, target_units: np.nda
     of times (the consumer does not read them alike)."""
     order = np.argsort(units, kind="stable")
     sorted_units = units[order]
-    occurrence = np.empty(len(units), np.int64)  # rank among the positions of the same unit
-    occurrence[order] = np.arange(len(units)) - np.searchsorted(sorted_units, sorted_units)
+    occurrence = occurrence_rank(units)  # rank among the positions of the same unit
     first = np.searchsorted(sorted_units, target_units)
     count_t = np.searchsorted(sorted_units, target_units, side="right") - first
     su = units[src]

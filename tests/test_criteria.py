@@ -1,6 +1,8 @@
 """Criteria against references computed independently in the test."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,53 @@ def test_round_to():
     model = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Conv2d(40, 4, 3)).eval()
     res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5, round_to=8)
     assert res.model[0].out_channels == 24  # 20 rounded to the nearest multiple of 8 (ties up)
+
+
+class _GhostSE(nn.Module):
+    """A ghost module (primary conv, depthwise "cheap" conv on its output, concatenated)
+    gated by a squeeze-excite whose expand conv writes both halves: its rows write every
+    unit of the primary conv's group twice (timm's ghostnet)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.primary = nn.Conv2d(8, 6, 1)
+        self.cheap = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.reduce = nn.Conv2d(12, 4, 1)
+        self.expand = nn.Conv2d(4, 12, 1)
+        self.head = nn.Conv2d(12, 5, 1)
+
+    def forward(self, x):
+        a = self.primary(torch.relu(self.stem(x)))
+        y = torch.cat([a, self.cheap(a)], 1)
+        s = torch.sigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3), keepdim=True)))))
+        return self.head(y * s).mean((2, 3))
+
+
+def test_filters_give_each_write_of_a_unit_its_own_columns():
+    """Where one producer writes a unit twice, the unit's filter holds both rows (in row
+    order, each in columns of its own), so nothing depends on which write lands last."""
+    from pyprune.criteria._registry import Context
+    from pyprune.graph import build_graph
+
+    torch.manual_seed(0)
+    model = _GhostSE().eval()
+    graph = build_graph(model, torch.randn(1, 3, 8, 8))
+    g = next(g for g in graph.groups if any(m.module == "expand" for m in g.producers()))
+    f = Context(model, graph).filters(g)
+    blocks = []
+    for m in g.producers():
+        w = getattr(model, m.module).weight.detach().reshape(len(m.units), -1)
+        pos = g.positions(m.units)
+        for k in range(int(np.bincount(pos[pos >= 0]).max())):
+            block = torch.zeros(g.size, w.shape[1])
+            for row in np.flatnonzero(pos >= 0):
+                if int((pos[:row] == pos[row]).sum()) == k:  # the k-th write of its unit
+                    block[pos[row]] = w[row]
+            blocks.append(block)
+    assert any(int(np.bincount((p := g.positions(m.units))[p >= 0]).max()) == 2 for m in g.producers())
+    assert torch.equal(f, torch.cat(blocks, 1))
+    # and the kept channels do not depend on the run
+    x = torch.randn(1, 3, 8, 8)
+    runs = [pyprune.prune(copy.deepcopy(model), x, method="kmeans", ratio=0.5).plan.keep_mask() for _ in range(3)]
+    assert all(np.array_equal(runs[0], r) for r in runs[1:])

@@ -237,6 +237,16 @@ class ChannelGraph:
         return self.table()
 
 
+def occurrence_rank(values: np.ndarray) -> np.ndarray:
+    """For each entry of `values`, how many earlier entries hold the same value (0 for the
+    first): which copy of a unit a position is, where a dim holds a unit more than once."""
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    out = np.empty(len(values), np.int64)
+    out[order] = np.arange(len(values)) - np.searchsorted(ranked, ranked)
+    return out
+
+
 def as_inputs(example_inputs) -> tuple:
     """The model's positional inputs as a tuple: a tensor is one input, a tuple or list
     holds one input per entry."""
