@@ -91,9 +91,15 @@ def _emulated_kmeans(weights, ks, **kw):
     return engine._spherical_kmeans_emulated(ws, ks if isinstance(ks, list) else [ks] * len(ws), **kw)
 
 
+# torchvision at 224, and timm CNNs at 96 (grouped, ghost modules with SE, dual paths)
+DEVICE_LOGIC_MODELS = ["resnet18", pytest.param("resnet152", marks=pytest.mark.slow),
+                       pytest.param("densenet201", marks=pytest.mark.slow),  # slow: ~20 s each
+                       *(pytest.param(f"timm:{m}", marks=pytest.mark.slow)
+                         for m in ("regnetx_002", "ghostnet_050", "mobilenetv3_small_100", "dpn48b"))]
+
+
 @needs_fma_path
-@pytest.mark.parametrize("model", ["resnet18", pytest.param("resnet152", marks=pytest.mark.slow),
-                                   pytest.param("densenet201", marks=pytest.mark.slow)])  # slow: ~20 s each
+@pytest.mark.parametrize("model", DEVICE_LOGIC_MODELS)
 def test_prune_through_the_device_logic_keeps_the_cpus_channels(model, monkeypatch):
     """Issue 17's acceptance workload with the GPU's solver and tiling run on the host: every
     residual stream, concat and clustered layer of the model keeps the channels the CPU's
@@ -105,8 +111,13 @@ def test_prune_through_the_device_logic_keeps_the_cpus_channels(model, monkeypat
     if engine.gemm_kernel() not in FMA_PATHS:
         pytest.skip(f"the CPU's products path is {engine.gemm_kernel()}, whose rounding the GPU does not repeat")
     torch.manual_seed(0)
-    net = getattr(torchvision.models, model)(weights=None).eval()
-    x = torch.randn(1, 3, 224, 224)
+    if model.startswith("timm:"):
+        timm = pytest.importorskip("timm", reason="timm is a test extra: pip install timm")
+        net = timm.create_model(model[5:], pretrained=False, num_classes=10).eval()
+        x = torch.randn(1, 3, 96, 96)
+    else:
+        net = getattr(torchvision.models, model)(weights=None).eval()
+        x = torch.randn(1, 3, 224, 224)
     cpu = pyprune.prune(copy.deepcopy(net), x, method="kmeans", ratio=0.5)
     monkeypatch.setattr(engine, "spherical_kmeans", _emulated_kmeans)
     emu = pyprune.prune(copy.deepcopy(net), x, method="kmeans", ratio=0.5)
