@@ -15,7 +15,7 @@ Models that do not run at their input size are "no-forward".
     python3 bench/timm_sweep.py                      # l2 and kmeans, 2 per family (about 40 min)
     python3 bench/timm_sweep.py --per-family 5 --methods l2,kmeans,fpgm,taylor,activation
 
-Writes results/bench/timm_sweep.jsonl (resumable: models already there are skipped) and
+Writes results/bench/timm_sweep.jsonl, or ``--out`` (resumable: models already there are skipped) and
 prints the counts.
 """
 from __future__ import annotations
@@ -140,14 +140,16 @@ def main() -> None:
     ap.add_argument("--max-params", type=float, default=60e6)
     ap.add_argument("--methods", default="l2,kmeans")
     ap.add_argument("--timeout", type=int, default=400, help="seconds per model")
+    ap.add_argument("--out", type=pathlib.Path, default=OUT, help="the JSON-lines file (resumable)")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "SIDE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     methods = a.methods.split(",")
     if a.worker:
         print(json.dumps(worker(a.worker[0], int(a.worker[1]), methods)))
         return
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    done = {json.loads(line)["model"] for line in OUT.open()} if OUT.exists() else set()
+    out = a.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = {json.loads(line)["model"] for line in out.open()} if out.exists() else set()
     todo = [m for m in models(a.per_family, a.max_params) if m[0] not in done]
     print(f"{len(todo)} models to sweep ({len(done)} done)", flush=True)
     for i, (name, side) in enumerate(todo, 1):
@@ -159,12 +161,12 @@ def main() -> None:
                                                       "error": p.stderr[-400:]}
         except subprocess.TimeoutExpired:
             row = {"model": name, "status": "timeout"}
-        with OUT.open("a") as f:
+        with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"[{i}/{len(todo)}] {name}: " + (row.get("status") or " ".join(
             f"{m}={row[m]['status']}" for m in methods if m in row)), flush=True)
     counts: collections.Counter = collections.Counter()
-    for line in OUT.open():
+    for line in out.open():
         row = json.loads(line)
         if row.get("status"):
             counts[row["status"].split(" ")[0]] += 1

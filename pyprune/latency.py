@@ -15,14 +15,19 @@ the cache stream from memory on every run (alone, one layer's stay cached), and 
 layer converts its input and output to the runtime's blocked layout (inside, only the
 graph's edges do). ExecuTorch convs are therefore lowered and timed on a channels-last
 input, the layout XNNPACK runs in, so they pay no conversion alone either; onnxruntime's
-reorders are left to the rates below. So the prediction is ``r0 + sum over layers of (table time + r_act *
-output elements + r_weight * weights)`` at the current widths, ``r0`` holding everything
-else (norms, activations, adds, pooling, per-call work). The three rates come from three
-measurements of the whole model in the runtime: as it is, at half of every prunable group's
-channels, and with only its later half of groups at half width (early layers hold most
-activations, late ones most weights), timed in turns in one worker so that their ratios
-hold. They predict those three by construction; every other width is predicted from the
-table.
+reorders are left to the rates below. The cache holds a model's weights up to a size and
+streams the rest: a CIFAR VGG-16 on onnxruntime (15M weights) ran 2.7 ms over its layers'
+table times at full width, 0.3-0.5 ms at 0.7 of its channels (7.3M weights) and 0.3 ms at
+0.55 and 0.4, where a rate per weight fitted through the full and the half-width model
+predicted 0.7 of the channels 17-26% slow and 0.4 of them 25-30% fast. So the prediction is
+``r0 + sum over layers of (table time + r_act * output elements) + r_weight * max(0, W -
+c_weight)`` at the current widths, ``W`` the weights left, ``r0`` holding everything else
+(norms, activations, adds, pooling, per-call work). The rates and ``c_weight`` (the weights
+the cache holds; 0 where the rate is linear) come from four measurements of the whole model
+in the runtime: as it is, at three quarters and at half of every prunable group's channels,
+and with only its later half of groups at half width (early layers hold most activations,
+late ones most weights), timed in turns in one worker so that their ratios hold; the
+``c_weight`` that fits them best (least squares) is kept.
 
 This machine's speed drifts: the same model measured minutes apart differs by 15-20%. So
 whole models are compared in turns, a block of runs of each in rotation in one worker
@@ -74,7 +79,10 @@ GRIDS = {"onnxruntime": (1.0, 0.75, 0.5, 0.3, 0.15), "eager": (1.0, 0.75, 0.5, 0
          "executorch": (1.0, 0.55, 0.25)}
 _PKG = {"onnxruntime": "onnxruntime", "executorch": "executorch", "eager": "torch"}
 # how the whole-model calibration is measured (part of its cache key)
-_CALIBRATION = "turns-3"  # turns of warm runs (the first run of each untimed)
+_CALIBRATION = "turns-4"  # turns of warm runs (the first run of each untimed), four models
+# the calibration's models: name, share of every prunable group's channels kept, later half only
+_CALIBRATION_POINTS = (("full", 1.0, False), ("three_quarter", 0.75, False), ("half", 0.5, False),
+                       ("late_half", 0.5, True))
 
 
 @dataclass(frozen=True)
@@ -514,6 +522,92 @@ def _single_input(inputs) -> torch.Tensor:
                      "exported single-input models); use target_macs= for this model")
 
 
+# a cache is fitted only where one rate per weight misses a calibration model by more than
+# this share of its time (models timed in turns differ by a few percent run to run)
+CACHE_EVIDENCE = 0.05
+
+
+def l2_cache_weights() -> int:
+    """float32 weights one core's L2 cache holds (sysfs; 1 MiB where it does not say): a
+    model's weights up to that never stream from memory."""
+    try:
+        text = pathlib.Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip().upper()
+        size = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    except (OSError, ValueError):
+        size = 0
+    return (size or (1 << 20)) // 4
+
+
+def fit_rest(act: np.ndarray, weights: np.ndarray, rest: np.ndarray, total: np.ndarray | None = None,
+             min_cache: float = 0.0) -> tuple[float, float, float, float]:
+    """(r0, r_act, r_weight, c_weight) that fit ``rest ~ r0 + r_act * act + r_weight *
+    max(0, weights - c_weight)`` over the calibration's models: the seconds a model takes
+    beyond its layers' table times, against its output elements and weights. Exact at the
+    first model (the model as it is: relative budgets and the machine's speed refer to it),
+    least squares over the others. ``c_weight`` is 0 or tried on a grid from ``min_cache``
+    (what the cache holds at least) to the largest model's weights, then refined around the
+    best (the fit is linear in the rest; between
+    two models' weights its error moves smoothly); a cache that holds none of them (0) wins
+    ties, and a cache is only taken with a positive ``r_weight`` and where one rate per weight
+    (no cache) misses a model by more than :data:`CACHE_EVIDENCE` of its measured seconds
+    ``total`` (default: ``rest``): four models leave a cache and three rates no freedom,
+    so without that evidence it would fit the measurements' noise. Where the models cannot
+    tell activations from weights (too few groups), a constant and one rate per output
+    element."""
+    act, weights, rest = (np.asarray(v, np.float64) for v in (act, weights, rest))
+
+    def solve(c: float, with_weights: bool = True):
+        """(squared error, [r0, r_act, r_weight]) at cache c, or None where the rates are not
+        determined: the differences from the first model fitted, the first model exact."""
+        cols = [act] + ([np.maximum(0.0, weights - c)] if with_weights else [])
+        x = np.stack([v[1:] - v[0] for v in cols], axis=1)
+        y = rest[1:] - rest[0]
+        scale = np.abs(x).max(axis=0)
+        scale[scale == 0] = 1.0
+        if np.linalg.matrix_rank(x / scale, tol=1e-6) < len(cols):
+            return None
+        rates = np.linalg.lstsq(x / scale, y, rcond=None)[0] / scale
+        r0 = rest[0] - sum(r * v[0] for r, v in zip(rates, cols))
+        return float(np.sum((x @ rates - y) ** 2)), np.array([r0, *rates, *([] if with_weights else [0.0])])
+
+    def err(c: float) -> float:
+        fit = solve(c)
+        if fit is None or (c > 0 and fit[1][2] <= 0):  # a cache only where the weights past it cost time
+            return math.inf
+        return fit[0]
+
+    top = float(weights.max()) if len(weights) else 0.0
+    grid = np.concatenate([[0.0], np.linspace(min_cache, top, 128)[:-1]]) if top > min_cache else np.zeros(1)
+    linear = solve(0.0)
+    if linear is not None:
+        cols = np.stack([np.ones_like(act), act, weights], axis=1)
+        miss = np.abs(cols @ linear[1] - rest) / np.abs(rest if total is None else np.asarray(total, np.float64))
+        if miss.max() <= CACHE_EVIDENCE:
+            grid = grid[:1]
+    errs = [err(float(c)) for c in grid]
+    if not np.isfinite(errs).any():  # too few groups to tell activations from weights: a constant and one rate
+        fit = solve(0.0, with_weights=False)
+        sol = fit[1] if fit is not None else np.array([rest[0], 0.0, 0.0])
+        return float(sol[0]), float(sol[1]), 0.0, 0.0
+    tol = 1e-9 * float(np.sum(rest ** 2))  # fits equal to rounding: the smallest cache
+    i = int(np.flatnonzero(np.asarray(errs) <= min(errs) + tol)[0])
+    c, e = float(grid[i]), errs[i]
+    if i > 0:  # refined between the grid's neighbours (golden section)
+        lo, hi = float(grid[i - 1] if i > 1 else grid[i]), float(grid[min(len(grid) - 1, i + 1)])
+        g = (math.sqrt(5) - 1) / 2
+        for _ in range(60):
+            a1, a2 = hi - g * (hi - lo), lo + g * (hi - lo)
+            if err(a1) <= err(a2):
+                hi = a2
+            else:
+                lo = a1
+        mid = (lo + hi) / 2
+        if err(mid) < e - tol:
+            c = mid
+    sol = solve(c)[1]
+    return float(sol[0]), float(sol[1]), float(sol[2]), c
+
+
 class LatencyModel:
     """Predicted seconds of the model at given keep shares per group (see the module docstring).
 
@@ -557,7 +651,7 @@ class LatencyModel:
                 if key is not None:
                     for gid in cost._share[key][0]:
                         self.group_layers.setdefault(int(gid), []).append(i)
-        self.r0 = self.r_act = self.r_weight = 0.0
+        self.r0 = self.r_act = self.r_weight = self.c_weight = 0.0
         self._calibrate(model)
 
     # -- the model ---------------------------------------------------------------------------
@@ -572,11 +666,16 @@ class LatencyModel:
         f_in, f_out = self._fractions(lc, keep_frac)
         return lc.at(f_in, f_out), lc.out_numel * f_out, lc.weight_numel * f_out * (1.0 if lc.depthwise else f_in)
 
-    def _layer(self, i: int, keep_frac: np.ndarray) -> float:
-        """Predicted seconds of layer i inside the model: its table time, plus what it pays
-        there and not alone per output element (r_act) and per weight (r_weight)."""
+    def _layer(self, i: int, keep_frac: np.ndarray) -> tuple[float, float]:
+        """(predicted seconds of layer i inside the model but its weights' streaming: its
+        table time plus what it pays there and not alone per output element (r_act), its
+        weights)."""
         s, n, w = self._raw(i, keep_frac)
-        return s + self.r_act * n + self.r_weight * w
+        return s + self.r_act * n, w
+
+    def memory_s(self, weights: float) -> float:
+        """Seconds the weights beyond what the cache holds take to stream from memory."""
+        return self.r_weight * max(0.0, weights - self.c_weight)
 
     def terms(self, keep_frac: np.ndarray) -> np.ndarray:
         """[table seconds, output elements, weight elements] summed over the layers."""
@@ -585,7 +684,7 @@ class LatencyModel:
     def raw_predict(self, keep_frac: np.ndarray) -> float:
         """Predicted seconds at the machine speed of the calibration."""
         t, a, w = self.terms(keep_frac)
-        return max(0.0, t + self.r0 + self.r_act * a + self.r_weight * w)
+        return max(0.0, t + self.r0 + self.r_act * a + self.memory_s(w))
 
     def predict(self, keep_frac: np.ndarray) -> float:
         """Predicted seconds at the keep shares, at the machine speed last measured."""
@@ -595,19 +694,24 @@ class LatencyModel:
         """Per measured layer: module, kind and predicted seconds inside the model at the
         keep shares (its table time plus its own share of the rest, see :meth:`_layer`)."""
         kf = np.ones(len(self.graph.groups)) if keep_frac is None else keep_frac
-        return [{"module": lc.module, "kind": lc.point["op"], "seconds": max(0.0, self._layer(i, kf))}
-                for i, lc in enumerate(self.layers)]
+        rows = [self._layer(i, kf) for i in range(len(self.layers))]
+        total_w = sum(w for _, w in rows)
+        per_weight = self.memory_s(total_w) / total_w if total_w > 0 else 0.0  # the streaming, shared by weight
+        return [{"module": lc.module, "kind": lc.point["op"], "seconds": max(0.0, s + per_weight * w)}
+                for lc, (s, w) in zip(self.layers, rows)]
 
     def report(self, keep_frac: np.ndarray | None = None, max_rows: int | None = 20) -> str:
         """The table as a person reads it: target, calibration, and the layers by time."""
         c = self.calibration
         rows = sorted(zip(self.breakdown(keep_frac), self.layers), key=lambda r: -r[0]["seconds"])
         lines = [f"latency on {self.target}",
-                 f"whole model: measured {1e3 * c['full_measured_s']:.3f} ms; at half width measured "
-                 f"{1e3 * c['half_measured_s']:.3f} ms (the two calibration points)",
+                 "whole model measured (the calibration): " + ", ".join(
+                     f"{name.replace('_', ' ')} {1e3 * c[f'{name}_measured_s']:.3f} ms"
+                     for name, _, _ in _CALIBRATION_POINTS),
                  f"measured layers alone: {1e3 * c['layers_s']:.3f} ms; rest of the graph: {1e3 * self.r0:+.3f} ms "
                  f"{1e9 * self.r_act:+.3f} ms per million output elements {1e9 * self.r_weight:+.3f} ms per million "
-                 f"weights; kernel alignment {self.align} channels" + (
+                 f"weights past the {self.c_weight / 1e6:.2f} million the cache holds; kernel alignment {self.align} "
+                 "channels" + (
                      f" (groups narrower than {2 * self.align} at finer multiples)"
                      if any(a < self.align for a in self.group_align.values()) else ""),
                  f"{'layer':<44} {'kind':<6} {'shape':<34} {'ms':>8} {'share':>6}"]
@@ -632,10 +736,15 @@ class LatencyModel:
         return hashlib.sha1(json.dumps(sig).encode()).hexdigest()[:16]
 
     def half_keep(self, late_only: bool = False) -> np.ndarray:
-        """Unit mask keeping half of every prunable group (frozen units first; as many in each
-        block of a grouped conv), or with ``late_only`` of the later half of them (forward
-        order): the calibration points besides the model itself (early layers hold most
-        activations, late ones most weights)."""
+        """:meth:`share_keep` at one half."""
+        return self.share_keep(0.5, late_only)
+
+    def share_keep(self, share: float, late_only: bool = False) -> np.ndarray:
+        """Unit mask keeping ``share`` of every prunable group's channels, in multiples of its
+        alignment (frozen units first; as many in each block of a grouped conv), or with
+        ``late_only`` of the later half of them (forward order): the calibration points
+        besides the model itself (early layers hold most activations, late ones most
+        weights)."""
         mask = np.ones(self.graph.n_units, bool)
         prunable = [g for g in self.graph.groups if g.prunable > 0]
         late = {g.id for g in prunable[len(prunable) // 2:]}
@@ -645,7 +754,7 @@ class LatencyModel:
             a = self.group_align[g.id]
             if g.size <= a:
                 continue
-            k = max(g.size - g.prunable, a * max(1, round(g.size / 2 / a)))
+            k = max(g.size - g.prunable, a * max(1, round(g.size * share / a)))
             m = np.zeros(g.size, bool)
             for pos, n in block_jobs(g, k):  # a grouped conv's blocks keep one count each
                 m[pos[np.argsort(~g.frozen[pos], kind="stable")[:n]]] = True
@@ -653,46 +762,39 @@ class LatencyModel:
         return mask
 
     def _calibrate(self, model: nn.Module) -> None:
-        """r0, r_act, r_weight from the whole model measured as it is, at half width, and
-        with its later half of groups at half width (cached).
+        """r0, r_act, r_weight and c_weight from the whole model measured as it is and at
+        the other shares of :data:`_CALIBRATION_POINTS` (cached).
 
         Inside a model a layer pays what it does not alone and the reverse: the weights of a
         model larger than the cache stream from memory every run (alone they stay cached),
         and alone a layer converts its input and output to the runtime's blocked layout
-        (inside, only the graph's edges do). The first scales with weights, the second with
-        activations; the three measurements fit one rate for each and a constant."""
+        (inside, only the graph's edges do). The first scales with the weights past what the
+        cache holds, the second with activations: :func:`fit_rest` fits a constant, one rate
+        for each and the cache's size to the four measurements."""
         from .surgery import apply_keep
 
         n = len(self.graph.groups)
-        masks = {"half_s": self.half_keep(), "late_s": self.half_keep(late_only=True)}
+        masks = {name: self.share_keep(share, late) for name, share, late in _CALIBRATION_POINTS[1:]}
+        names = [name for name, _, _ in _CALIBRATION_POINTS]
         rec = dict(self.table.models.get(self.key) or {})
-        todo = [k for k in ("full_s", "half_s", "late_s") if k not in rec]
-        if todo:  # the three side by side (in turns): their ratios hold on a drifting machine
-            secs = self._turns([model, *(apply_keep(model, self.graph, masks[k]) for k in ("half_s", "late_s"))])
-            rec.update(zip(("full_s", "half_s", "late_s"), secs))
+        todo = [k for k in names if f"{k}_s" not in rec]
+        if todo:  # side by side (in turns): their ratios hold on a drifting machine
+            secs = self._turns([model, *(apply_keep(model, self.graph, masks[k]) for k in names[1:])])
+            rec.update({f"{k}_s": v for k, v in zip(names, secs)})
             self.table.models[self.key] = rec
             self.table.save()
         self.calibrated_now = bool(todo)
         self.measured_full = rec["full_s"]
-        fracs = {"full_s": np.ones(n)}
+        fracs = {"full": np.ones(n)}
         fracs.update({k: np.array([m[g.units].mean() for g in self.graph.groups]) for k, m in masks.items()})
-        terms = {k: self.terms(f) for k, f in fracs.items()}
-        keys = list(fracs)
-        x = np.array([[1.0, terms[k][1], terms[k][2]] for k in keys])
-        y = np.array([rec[k] - terms[k][0] for k in keys])
-        scale = np.abs(x).max(axis=0)
-        scale[scale == 0] = 1.0
-        if np.linalg.matrix_rank(x / scale, tol=1e-6) == 3:
-            r0, ra, rw = np.linalg.solve(x / scale, y) / scale
-        else:  # too few groups to tell activations from weights: a constant and one rate
-            x2 = (x / scale)[:, :2]
-            sol = np.linalg.lstsq(x2, y, rcond=None)[0] / scale[:2]
-            r0, ra, rw = sol[0], sol[1], 0.0
-        self.r0, self.r_act, self.r_weight = float(r0), float(ra), float(rw)
-        self.calibration = {"full_measured_s": rec["full_s"], "half_measured_s": rec["half_s"],
-                            "late_half_measured_s": rec["late_s"], "layers_s": float(terms["full_s"][0])}
-        for k in keys:
-            self.calibration[k.replace("_s", "_predicted_s").replace("late", "late_half")] = self.raw_predict(fracs[k])
+        terms = np.array([self.terms(fracs[k]) for k in names])
+        measured = np.array([rec[f"{k}_s"] for k in names])
+        self.r0, self.r_act, self.r_weight, self.c_weight = fit_rest(terms[:, 1], terms[:, 2], measured - terms[:, 0],
+                                                                     measured, min_cache=l2_cache_weights())
+        self.calibration = {"layers_s": float(terms[0, 0]), "cache_weights": self.c_weight}
+        for k in names:
+            self.calibration[f"{k}_measured_s"] = rec[f"{k}_s"]
+            self.calibration[f"{k}_predicted_s"] = self.raw_predict(fracs[k])
 
     def measure(self, model: nn.Module) -> float:
         return self._measure(model)
@@ -738,8 +840,11 @@ class LatencyModel:
         for gid, k in fixed.items():
             keep_frac[gid] = k / self.graph.groups[gid].size
             keep[gid] = k
-        layer_s = np.array([self._layer(i, keep_frac) for i in range(len(self.layers))])
-        total = float(layer_s.sum() + self.r0)
+        rows0 = [self._layer(i, keep_frac) for i in range(len(self.layers))]
+        layer_s = np.array([r[0] for r in rows0])
+        layer_w = np.array([r[1] for r in rows0])
+        left_w = float(layer_w.sum())  # the weights left: what streams past the cache is one global term
+        total = float(layer_s.sum() + self.r0) + self.memory_s(left_w)
         if total <= goal:
             return keep
         prefix, floor = {}, {}
@@ -774,7 +879,8 @@ class LatencyModel:
             return k - max(1, size // 32)
 
         def candidate(gid: int):
-            """(loss per second saved, new keep, seconds saved, layer rows) of the best next move."""
+            """(loss per second saved, new keep, seconds saved, layer rows) of the best next move,
+            at the weights left now (the streaming a move saves shrinks as they do)."""
             size, k = self.graph.groups[gid].size, keep[gid]
             best, k2 = None, k
             for _ in range(4):  # look past flat stretches of the table
@@ -784,7 +890,9 @@ class LatencyModel:
                 kf = keep_frac.copy()
                 kf[gid] = k2 / size
                 rows = {i: self._layer(i, kf) for i in self.group_layers.get(gid, [])}
-                saved = sum(layer_s[i] - r for i, r in rows.items())
+                cut_w = sum(layer_w[i] - w for i, (_, w) in rows.items())
+                saved = (sum(layer_s[i] - r for i, (r, _) in rows.items())
+                         + self.memory_s(left_w) - self.memory_s(left_w - cut_w))
                 if saved > 1e-9:
                     lost = prefix[gid][size - k2] - prefix[gid][size - k]
                     best = (lost / saved, k2, saved, rows)
@@ -802,14 +910,23 @@ class LatencyModel:
                 raise ValueError(f"latency budget of {1e3 * goal * self.speed:.3f} ms is unreachable: with every group "
                                  f"at its floor (min_keep={min_keep}, at most {max_ratio:.0%} removed) the model is "
                                  f"predicted at {1e3 * total * self.speed:.3f} ms on {self.target.runtime}")
-            _, gid, ver, (_, k2, saved, rows) = heapq.heappop(heap)
+            _, gid, ver, c = heapq.heappop(heap)
             if ver != version[gid]:
                 continue
+            if self.c_weight > 0:  # a move's streaming saved was counted at more weights than are left now
+                c = candidate(gid)
+                if c is None:
+                    continue
+                if heap and c[0] > heap[0][0] * (1 + 1e-12):
+                    heapq.heappush(heap, (c[0], gid, ver, c))  # no longer the best move: compared again later
+                    continue
+            _, k2, saved, rows = c
             keep[gid] = k2
             keep_frac[gid] = k2 / self.graph.groups[gid].size
-            for i, r in rows.items():
-                layer_s[i] = r
-            total = float(layer_s.sum() + self.r0)
+            for i, (r, w) in rows.items():
+                layer_s[i], layer_w[i] = r, w
+            left_w = float(layer_w.sum())
+            total = float(layer_s.sum() + self.r0) + self.memory_s(left_w)
             for other in neighbours[gid] | {gid}:
                 version[other] += 1
                 c = candidate(other)

@@ -143,16 +143,28 @@ def test_grouped_conv_blocks_keep_one_count_at_calibration(synthetic, monkeypatc
     assert res.latency["measured_s"] <= res.latency["budget_s"] and res.model(x).shape == (1, 10)
 
 
-def test_model_calibrated_on_full_and_half_width(synthetic):
-    """Prediction equals the whole-model measurement at both calibration points, and the
-    layer table is what the formula says (call cost removed)."""
+def test_model_calibrated_on_full_and_narrower_widths(synthetic):
+    """The model as it is is predicted exactly, the three narrower calibration points as
+    well as a least-squares fit can: each within twice the spread of what the table leaves
+    out there (the rest is a constant here but for the MACs outside convs and Linears), and
+    the layer table is what the formula says (call cost removed)."""
+    from pyprune.surgery import apply_keep
+
     torch.manual_seed(0)
     model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
     lat, graph, cost = _latency_model(model, x)
     c = lat.calibration
-    for k in ("full", "half", "late_half"):
-        assert c[f"{k}_predicted_s"] == pytest.approx(c[f"{k}_measured_s"], rel=1e-9)
-    assert c["full_measured_s"] == pytest.approx(_whole_model_seconds(model, x), rel=1e-12)
+    rest = []
+    for name, share, late in latency._CALIBRATION_POINTS:
+        mask = lat.share_keep(share, late) if share < 1 else np.ones(graph.n_units, bool)
+        measured = _whole_model_seconds(apply_keep(model, graph, mask), x)
+        assert c[f"{name}_measured_s"] == pytest.approx(measured, rel=1e-12)
+        rest.append(measured - lat.terms(np.array([mask[g.units].mean() for g in graph.groups]))[0])
+    spread = max(rest) - min(rest)
+    assert 0 < spread < 0.05 * min(rest)
+    assert c["full_predicted_s"] == pytest.approx(c["full_measured_s"], rel=1e-12)
+    for name, _, _ in latency._CALIBRATION_POINTS:
+        assert abs(c[f"{name}_predicted_s"] - c[f"{name}_measured_s"]) <= 2 * spread
     # alone, each full-width layer costs its MACs (its call cost subtracted)
     mods = dict(model.named_modules())
     for b in lat.breakdown():
@@ -161,6 +173,69 @@ def test_model_calibrated_on_full_and_half_width(synthetic):
         call = _synthetic_seconds(latency._CALL_POINT)
         assert lc.at(1, 1) == pytest.approx(_synthetic_seconds(lc.point) - call, rel=1e-9)
         assert isinstance(mods[b["module"]], (nn.Conv2d, nn.Linear))
+
+
+def test_rest_fit_finds_the_weights_the_cache_holds():
+    """fit_rest recovers a planted cache (weights past 6M stream at 0.27 ns each) from four
+    models of a CIFAR VGG-16's weights, keeps no cache where one rate misses the models by
+    less than the measurements' noise or for a rest linear in the weights (or falling with
+    them), and falls back to a constant and one rate where the models cannot tell
+    activations from weights."""
+    w = np.array([15e6, 8.4e6, 3.7e6, 5.0e6])
+    a = np.array([1.0e5, 7.0e4, 5.0e4, 8.0e4])
+    rest = 2.5e-4 + 1e-10 * a + 2.7e-10 * np.maximum(0.0, w - 6e6)
+    tables = np.array([4.7e-3, 2.5e-3, 1.0e-3, 1.6e-3])  # the layers' table times, with the rest: the measurements
+    r0, ra, rw, cw = latency.fit_rest(a, w, rest, rest + tables)
+    assert (r0, ra, rw, cw) == pytest.approx((2.5e-4, 1e-10, 2.7e-10, 6e6), rel=1e-6)
+    # the same bend in 40x longer models: one rate misses them by under CACHE_EVIDENCE, no cache
+    assert latency.fit_rest(a, w, rest, rest + 40 * tables)[3] == 0.0
+    # weights that all fit what the cache holds at least (a core's L2) never stream
+    assert latency.fit_rest(a, w, rest, rest + tables, min_cache=20e6)[3] == 0.0
+    assert latency.l2_cache_weights() >= 1
+    assert latency.fit_rest(a, w, 1e-4 + 2e-10 * a + 3e-11 * w) == pytest.approx((1e-4, 2e-10, 3e-11, 0.0), rel=1e-9)
+    falling = latency.fit_rest(a, w, 1e-3 - 3e-11 * w)
+    assert falling[3] == 0.0 and falling[2] == pytest.approx(-3e-11, rel=1e-6)
+    assert latency.fit_rest(np.ones(4), np.full(4, 5.0), np.full(4, 2.0)) == (2.0, 0.0, 0.0, 0.0)  # a constant
+
+
+def test_solver_counts_the_streaming_once_for_the_whole_model(synthetic):
+    """With weights past a cache streaming, the solver's plans meet the goal by the whole
+    model's prediction; a cache the plans never get under (one weight) cuts exactly as the
+    linear rate does, one larger than the model as no rate does; and one at 0.6 of the
+    weights: the plans cut past it and, as weights under it save nothing more, keep at least
+    as many as at the linear rate."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    lat, graph, cost = _latency_model(model, x)
+    groups = [g for g in graph.groups if g.prunable > 0]
+    rng = np.random.default_rng(0)
+    scores = [rng.uniform(1, 2, g.size) for g in groups]
+    ones = np.ones(len(graph.groups))
+    full_w = lat.terms(ones)[2]
+    lat.r_weight = 0.5 * lat.terms(ones)[0] / full_w  # streaming: half the layers' time at full width
+
+    def plan(c_weight, goal):
+        lat.c_weight = c_weight
+        keep = lat.solve(groups, scores, goal, min_keep=0.1)
+        kf = cost.keep_fractions(keep)
+        assert lat.raw_predict(kf) <= goal * (1 + 1e-12)
+        return keep, lat.terms(kf)[2]
+
+    lat.c_weight = 0.0
+    goal = 0.5 * lat.raw_predict(ones)
+    linear, linear_w = plan(0.0, goal)
+    assert plan(1.0, goal) == (linear, linear_w)
+    r_weight, lat.r_weight = lat.r_weight, 0.0
+    goal_unstreamed = 0.5 * lat.raw_predict(ones)
+    unstreamed = plan(0.0, goal_unstreamed)[0]
+    lat.r_weight = r_weight
+    assert plan(2 * full_w, goal_unstreamed)[0] == unstreamed
+    for share in (0.5, 0.3):  # plans that end above and under the cache
+        goal = share * lat.raw_predict(ones)  # at the linear rate
+        linear_w = plan(0.0, goal)[1]
+        cached_w = plan(0.6 * full_w, goal)[1]
+        assert linear_w <= cached_w < 0.6 * full_w  # cut past the cache, then no more weights than needed
+        lat.c_weight = 0.0
 
 
 def test_table_cached_second_build_measures_nothing(synthetic):
@@ -175,7 +250,7 @@ def test_table_cached_second_build_measures_nothing(synthetic):
     lat2 = LatencyModel(model, graph, x, LatencyTarget("onnxruntime"), cost, progress=False,
                         measure_fn=lambda m: measured.append(1) or 1.0)
     assert synthetic["points"] == first and lat2.measured_points == 0 and not measured
-    assert (lat2.r0, lat2.r_act, lat2.r_weight) == (lat1.r0, lat1.r_act, lat1.r_weight)
+    assert (lat2.r0, lat2.r_act, lat2.r_weight, lat2.c_weight) == (lat1.r0, lat1.r_act, lat1.r_weight, lat1.c_weight)
     # another target (threads) is another table
     lat3 = LatencyModel(model, graph, x, LatencyTarget("onnxruntime", threads=2), cost, progress=False,
                         measure_fn=lambda m: _whole_model_seconds(m, x))
@@ -215,9 +290,10 @@ def _prune_where_pruned_models_run(monkeypatch, factor: float):
     model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
     full = _whole_model_seconds(model, x)
 
-    def measure(models, example, target, **kw):
+    def measure(models, example, target, **kw):  # the calibration's models follow the formula
         out = [_whole_model_seconds(m, example) for m in models]
-        return [s if abs(s - full) < 1e-12 else s * factor for s in out]
+        calibration = len(models) == len(latency._CALIBRATION_POINTS)
+        return [s if abs(s - full) < 1e-12 or calibration else s * factor for s in out]
 
     monkeypatch.setattr(latency, "measure_turns", measure)
     return model, x, full, pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
