@@ -230,22 +230,25 @@ def cuda_built() -> bool:
 def _on_cuda(tensors: Sequence, name: str) -> bool:
     """The one device decision of an op: True when its tensors are on a CUDA device (then
     all must be on the same one, and the build must have the CUDA kernels), False when all
-    are on the CPU. Tensors on other devices, or on several, are refused naming the first."""
+    are on the CPU. Tensors on other devices, or on several, are refused naming the entry
+    (``name[i]``, and the block of a Columns) where the devices part."""
     devs = []
-    for t in tensors:
-        for b in (t if isinstance(t, Columns) else (t,)):
+    for i, t in enumerate(tensors):
+        entry = name if len(tensors) == 1 else f"{name}[{i}]"
+        blocks = t if isinstance(t, Columns) else (t,)
+        for j, b in enumerate(blocks):
             if isinstance(b, torch.Tensor):
-                devs.append(b.device)
-    if not devs or all(d.type == "cpu" for d in devs):
+                devs.append((entry + (f" block {j}" if isinstance(t, Columns) else ""), b.device))
+    if not devs or all(d.type == "cpu" for _, d in devs):
         return False
-    first = devs[0]
-    for d in devs[1:]:
+    first_label, first = devs[0]
+    for label, d in devs[1:]:
         if d != first:
-            raise ValueError(f"{name}: tensors on different devices ({first} and {d}); put them on one device")
+            raise ValueError(f"{label}: on {d}, but {first_label} is on {first}; put them on one device")
     if first.type != "cuda":
-        raise ValueError(f"{name}: device {first} is not supported by the core (CPU or CUDA)")
+        raise ValueError(f"{first_label}: device {first} is not supported by the core (CPU or CUDA)")
     if not cuda_built():
-        raise _no_cuda_kernels(name, first)
+        raise _no_cuda_kernels(first_label, first)
     return True
 
 
@@ -425,10 +428,7 @@ def spherical_kmeans(
     arrays, single = _kmeans_arrays(weights, "weights")
     k_list = _check_ks(ks, arrays)
     _check_kmeans_args(max_iter, seed)
-    inits = None
-    if init is not None:
-        inits = [None if c is None else _to_core(c, f"init[{i}]")
-                 for i, c in enumerate(_init_list(init, single, len(arrays)))]
+    inits = _cpu_inits(init, single, len(arrays))
     path = "" if kernel is None else _kernel(kernel)
     raw = _core.spherical_kmeans(arrays, k_list, max_iter, bool(early_stop), seed, _threads(threads), inits,
                                  bool(reuse), path, True)
@@ -459,6 +459,18 @@ def _init_list(init, single: bool, layers: int) -> list:
     if len(init_list) != layers:
         raise ValueError(f"init: expected one entry per layer ({layers}), got {len(init_list)}")
     return init_list
+
+
+def _cpu_inits(init, single: bool, layers: int) -> list | None:
+    """The CPU k-means's starting centroids, one array (or None) per layer, checked."""
+    if init is None:
+        return None
+    out = []
+    for i, c in enumerate(_init_list(init, single, layers)):
+        if isinstance(c, torch.Tensor) and c.device.type != "cpu":
+            raise ValueError(f"init[{i}]: on {c.device}, but the weights are on the CPU; put them on one device")
+        out.append(None if c is None else _to_core(c, f"init[{i}]"))
+    return out
 
 
 def _check_kmeans_args(max_iter, seed) -> None:
@@ -528,11 +540,11 @@ def _spherical_kmeans_emulated(weights, ks, *, max_iter=100, early_stop=True, se
     """The CUDA k-means's block solver run on the host with one thread (the same source as
     the GPU kernel; slow): what lets a machine without a GPU test the GPU's logic against
     the CPU solver. Contiguous CPU layers; results as spherical_kmeans's, kernel 'emulated'."""
-    ws = [weights] if isinstance(weights, torch.Tensor) else list(weights)
-    arrays = [_to_core(w, f"weights[{i}]") for i, w in enumerate(ws)]
+    ws, single = _as_list(weights, "weights")
+    arrays = [_to_core(w, "weights" if single else f"weights[{i}]") for i, w in enumerate(ws)]
     k_list = _check_ks(ks, arrays)
     _check_kmeans_args(max_iter, seed)
-    inits = None if init is None else [None if c is None else _to_core(c, f"init[{i}]") for i, c in enumerate(init)]
+    inits = _cpu_inits(init, single, len(arrays))
     raw = _core.spherical_kmeans_emulated(arrays, k_list, max_iter, bool(early_stop), seed, inits, bool(reuse))
     return [_result(r) for r in raw]
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .graph import ChannelGraph, Group, occurrence_rank
+from .graph import ChannelGraph, Group, occurrence_rank, place_rows
 
 __all__ = ["MergeReport", "merge_folds"]
 
@@ -77,9 +77,7 @@ def _stats_from_weights(g: Group, modules, labels, reps) -> tuple[np.ndarray, np
     double), for a selecting criterion that did not report them."""
     m = g.producers()[0]
     w = getattr(modules[m.module], m.param).detach().movedim(m.dim, 0).reshape(len(m.units), -1).double().cpu()
-    f = torch.zeros(g.size, w.shape[1], dtype=torch.float64)
-    pos = g.positions(m.units)
-    f[torch.as_tensor(pos[pos >= 0])] = w[torch.as_tensor(np.flatnonzero(pos >= 0))]
+    f = place_rows(g.positions(m.units), w, g.size)  # as the criteria's filters: a unit written twice, both rows
     norms = f.norm(dim=1)
     rep_of = torch.as_tensor(np.asarray(reps)[np.maximum(np.asarray(labels), 0)])
     fr = f[rep_of]

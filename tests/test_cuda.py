@@ -80,6 +80,9 @@ def test_device_logic_from_given_centroids_and_many_layers():
         b = engine.spherical_kmeans(ws, ks, init=inits, reuse=reuse, max_iter=30, kernel=FMA_PATHS[0], threads=2)
         for x, y in zip(a, b):
             same_result(x, y)
+    w, c = make(8, 6), make(3, 6, seed=9)  # one weight, one tensor of starting centroids
+    same_result(engine._spherical_kmeans_emulated(w, 3, init=c)[0],
+                engine.spherical_kmeans(w, 3, init=c, kernel=FMA_PATHS[0], threads=1)[0])
 
 
 def _emulated_kmeans(weights, ks, **kw):
@@ -137,10 +140,15 @@ def test_device_logic_reports_non_finite_values_as_the_cpu_does():
 
 
 def test_devices_other_than_cpu_and_cuda_are_refused_naming_them():
-    with pytest.raises(ValueError, match="device meta is not supported"):
+    """Naming the entry (and the block of a Columns) where the devices part."""
+    with pytest.raises(ValueError, match="weights: device meta is not supported"):
         engine.filter_norms(torch.randn(3, 3, device="meta"))
-    with pytest.raises(ValueError, match="different devices"):
-        engine.spherical_kmeans([torch.randn(4, 3), torch.randn(4, 3, device="meta")], 2)
+    with pytest.raises(ValueError, match=r"weights\[2\]: on meta, but weights\[0\] is on cpu; put them on one device"):
+        engine.spherical_kmeans([torch.randn(4, 3), torch.randn(4, 3), torch.randn(4, 3, device="meta")], 2)
+    with pytest.raises(ValueError, match=r"weights\[1\] block 1: on meta, but weights\[0\] is on cpu"):
+        engine.spherical_kmeans([torch.randn(4, 3), engine.Columns(torch.randn(4, 3), torch.randn(4, 2, device="meta"))], 2)
+    with pytest.raises(ValueError, match=r"init\[0\]: on meta, but the weights are on the CPU"):
+        engine.spherical_kmeans(torch.randn(4, 3), 2, init=torch.randn(2, 3, device="meta"))
 
 
 # --- on the GPU ------------------------------------------------------------------------
@@ -202,7 +210,7 @@ def test_cuda_errors_name_the_input():
     assert str(gpu.value) == str(cpu.value)
     with pytest.raises(ValueError, match="1 <= K <= n = 8"):
         engine.spherical_kmeans(make(8, 6).cuda(), 9)
-    with pytest.raises(ValueError, match="different devices"):
+    with pytest.raises(ValueError, match=r"weights\[1\]: on cpu, but weights\[0\] is on cuda"):
         engine.spherical_kmeans([make(8, 6).cuda(), make(8, 6)], 4)
     with pytest.raises(ValueError, match="kernel="):
         engine.spherical_kmeans(make(8, 6).cuda(), 4, kernel="avx2")

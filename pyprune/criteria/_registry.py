@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import engine
-from ..graph import ChannelGraph, Group, occurrence_rank
+from ..graph import ChannelGraph, Group, place_rows
 
 __all__ = ["Context", "Selection", "CriterionSpec", "block_jobs", "register_criterion", "get_criterion", "criterion_spec",
            "available_criteria", "CRITERIA"]
@@ -88,24 +88,10 @@ class Context:
             if len(rows) == 1:
                 return rows[0]
             return engine.Columns(*rows) if columns else torch.cat(rows, dim=1)
-        # A producer that writes a unit more than once (an SE expand feeding both halves of a
-        # ghost module's concat) gives each occurrence, in row order, columns of its own:
-        # the unit's filter is every row that writes it (one write per column, never two
-        # rows racing for the same place).
-        widths = [int(np.prod(w.shape[1:])) for w in ws]
-        rows = [np.flatnonzero(pos >= 0) for pos in where]
-        ranks = [occurrence_rank(pos[r]) for pos, r in zip(where, rows)]
-        copies = [int(rk.max()) + 1 if rk.size else 1 for rk in ranks]
-        out = torch.zeros(group.size, max(1, sum(wd * c for wd, c in zip(widths, copies))),
-                          device=ws[0].device if ws else None)
-        off = 0
-        for m, pos, wd, w, r, rk, c in zip(prods, where, widths, ws, rows, ranks, copies):
-            w = w.reshape(len(m.units), -1).float()
-            for k in range(c):
-                sel = r[rk == k]
-                out[torch.from_numpy(pos[sel]), off: off + wd] = w[torch.from_numpy(sel)]
-                off += wd
-        return out
+        # each producer's rows by unit, a unit it writes twice in two column blocks
+        # (graph.place_rows); a group no producer writes keeps one zero column
+        blocks = [place_rows(pos, w.float(), group.size) for pos, w in zip(where, ws)]
+        return torch.cat(blocks, dim=1) if blocks else torch.zeros(group.size, 1)
 
 
 @dataclass(frozen=True)

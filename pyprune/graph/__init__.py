@@ -247,6 +247,24 @@ def occurrence_rank(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def place_rows(pos: np.ndarray, rows: torch.Tensor, size: int) -> torch.Tensor:
+    """Rows of a producer laid out by unit: row i goes to position ``pos[i]`` of a (size,
+    copies * row width) matrix (``pos[i] < 0``: not in it), each write of a position, in row
+    order, in columns of its own (an SE expand writing both halves of a ghost module's
+    concat writes each unit twice: the unit's filter is both rows, never two rows racing
+    for one place). Positions no row writes are zeros; dtype and device are the rows'."""
+    rows = rows.reshape(len(pos), -1)
+    width = rows.shape[1]
+    inside = np.flatnonzero(pos >= 0)
+    rank = occurrence_rank(pos[inside])
+    copies = int(rank.max()) + 1 if rank.size else 1
+    out = torch.zeros(size, copies * width, dtype=rows.dtype, device=rows.device)
+    for k in range(copies):
+        sel = inside[rank == k]
+        out[torch.from_numpy(pos[sel]).to(rows.device), k * width:(k + 1) * width] = rows[torch.from_numpy(sel).to(rows.device)]
+    return out
+
+
 def as_inputs(example_inputs) -> tuple:
     """The model's positional inputs as a tuple: a tensor is one input, a tuple or list
     holds one input per entry."""
