@@ -1354,3 +1354,16 @@ def test_a_head_width_computed_from_the_input_width_ties_the_two_counts():
     assert pm.attn.qkv.out_features == 3 * c and pm.attn.proj.in_features == c == pm.attn.proj.out_features
     assert pm.fc1.out_features < 48
     assert cut_error(model, x, res.plan) < 1e-5
+
+
+def test_place_rows_gives_each_write_of_a_position_its_own_columns():
+    """Rows laid out by position: a position written twice gets both rows (in row order, in
+    a second column block), positions no row writes are zeros, rows outside (-1) dropped."""
+    from pyprune.graph import place_rows
+
+    rows = torch.arange(10, dtype=torch.float64).reshape(5, 2)  # row i = (2i, 2i + 1)
+    out = place_rows(np.array([2, 0, 2, -1, 1]), rows, 4)
+    expected = torch.tensor([[2, 3, 0, 0], [8, 9, 0, 0], [0, 1, 4, 5], [0, 0, 0, 0]], dtype=torch.float64)
+    assert torch.equal(out, expected) and out.dtype == torch.float64
+    once = place_rows(np.array([1, 0]), rows[:2], 2)  # each position once: one block
+    assert torch.equal(once, torch.tensor([[2.0, 3.0], [0.0, 1.0]], dtype=torch.float64))
