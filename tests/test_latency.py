@@ -198,18 +198,23 @@ def test_rest_fit_finds_the_weights_the_cache_holds():
     assert latency.fit_rest(np.ones(4), np.full(4, 5.0), np.full(4, 2.0)) == (2.0, 0.0, 0.0, 0.0)  # a constant
 
 
+def _solver_case():
+    """(latency model, graph, cost model, prunable groups, random scores) of digits_cnn(width=32)."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    lat, graph, cost = _latency_model(model, x)
+    groups = [g for g in graph.groups if g.prunable > 0]
+    rng = np.random.default_rng(0)
+    return lat, graph, cost, groups, [rng.uniform(1, 2, g.size) for g in groups]
+
+
 def test_solver_counts_the_streaming_once_for_the_whole_model(synthetic):
     """With weights past a cache streaming, the solver's plans meet the goal by the whole
     model's prediction; a cache the plans never get under (one weight) cuts exactly as the
     linear rate does, one larger than the model as no rate does; and one at 0.6 of the
     weights: the plans cut past it and, as weights under it save nothing more, keep at least
     as many as at the linear rate."""
-    torch.manual_seed(0)
-    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
-    lat, graph, cost = _latency_model(model, x)
-    groups = [g for g in graph.groups if g.prunable > 0]
-    rng = np.random.default_rng(0)
-    scores = [rng.uniform(1, 2, g.size) for g in groups]
+    lat, graph, cost, groups, scores = _solver_case()
     ones = np.ones(len(graph.groups))
     full_w = lat.terms(ones)[2]
     lat.r_weight = 0.5 * lat.terms(ones)[0] / full_w  # streaming: half the layers' time at full width
@@ -260,12 +265,7 @@ def test_table_cached_second_build_measures_nothing(synthetic):
 def test_solver_meets_goal_keeps_floors_and_alignment(synthetic):
     """Predicted seconds <= goal, counts multiples of the alignment, floors kept, and the
     group with the lowest scores gives up the most."""
-    torch.manual_seed(0)
-    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
-    lat, graph, cost = _latency_model(model, x)
-    groups = [g for g in graph.groups if g.prunable > 0]
-    rng = np.random.default_rng(0)
-    scores = [rng.uniform(1, 2, g.size) for g in groups]
+    lat, graph, cost, groups, scores = _solver_case()
     low = groups[2].id  # three quarters of this group barely matter (scores are compared per group,
     scores[2] = np.where(np.arange(groups[2].size) < 3 * groups[2].size // 4, 1e-3, 1.0)  # normalised by its mean)
     base = cost.base["latency"]
