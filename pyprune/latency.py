@@ -15,19 +15,21 @@ the cache stream from memory on every run (alone, one layer's stay cached), and 
 layer converts its input and output to the runtime's blocked layout (inside, only the
 graph's edges do). ExecuTorch convs are therefore lowered and timed on a channels-last
 input, the layout XNNPACK runs in, so they pay no conversion alone either; onnxruntime's
-reorders are left to the rates below. The cache holds a model's weights up to a size and
-streams the rest: a CIFAR VGG-16 on onnxruntime (15M weights) ran 2.7 ms over its layers'
-table times at full width, 0.3-0.5 ms at 0.7 of its channels (7.3M weights) and 0.3 ms at
-0.55 and 0.4, where a rate per weight fitted through the full and the half-width model
-predicted 0.7 of the channels 17-26% slow and 0.4 of them 25-30% fast. So the prediction is
+reorders are left to the rates below. The cache may hold a model's weights up to a size
+and stream the rest: in one hour of this machine a CIFAR VGG-16 on onnxruntime (15M
+weights) ran 2.7 ms over its layers' table times at full width, 0.3-0.5 ms at 0.7 of its
+channels (7.3M weights) and 0.3 ms at 0.55 and 0.4, where one rate per weight over-predicted
+0.7 of the channels by 17-26% and under-predicted 0.4 by 25-30% (in other hours one rate
+fitted within 2%). So the prediction is
 ``r0 + sum over layers of (table time + r_act * output elements) + r_weight * max(0, W -
 c_weight)`` at the current widths, ``W`` the weights left, ``r0`` holding everything else
 (norms, activations, adds, pooling, per-call work). The rates and ``c_weight`` (the weights
 the cache holds; 0 where the rate is linear) come from four measurements of the whole model
 in the runtime: as it is, at three quarters and at half of every prunable group's channels,
 and with only its later half of groups at half width (early layers hold most activations,
-late ones most weights), timed in turns in one worker so that their ratios hold; the
-``c_weight`` that fits them best (least squares) is kept.
+late ones most weights), timed in turns in one worker so that their ratios hold
+(:func:`fit_rest`: exact at the model as it is, least squares over the others; a cache only
+where one rate misses a model by more than :data:`CACHE_EVIDENCE`).
 
 This machine's speed drifts: the same model measured minutes apart differs by 15-20%. So
 whole models are compared in turns, a block of runs of each in rotation in one worker
@@ -546,8 +548,8 @@ def fit_rest(act: np.ndarray, weights: np.ndarray, rest: np.ndarray, total: np.n
     first model (the model as it is: relative budgets and the machine's speed refer to it),
     least squares over the others. ``c_weight`` is 0 or tried on a grid from ``min_cache``
     (what the cache holds at least) to the largest model's weights, then refined around the
-    best (the fit is linear in the rest; between
-    two models' weights its error moves smoothly); a cache that holds none of them (0) wins
+    best (the fit is linear in the rest; between two models' weights its error moves
+    smoothly); a cache that holds none of them (0) wins
     ties, and a cache is only taken with a positive ``r_weight`` and where one rate per weight
     (no cache) misses a model by more than :data:`CACHE_EVIDENCE` of its measured seconds
     ``total`` (default: ``rest``): four models leave a cache and three rates no freedom,
