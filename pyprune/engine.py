@@ -455,6 +455,8 @@ def _result(raw) -> KMeansResult:
 
 def _init_list(init, single: bool, layers: int) -> list:
     """spherical_kmeans's ``init`` as one entry (a tensor or None) per layer."""
+    if isinstance(init, torch.Tensor) and not single:
+        raise ValueError(f"init: one tensor for {layers} layers; pass a list with one tensor (or None) per layer")
     init_list = [init] if single and isinstance(init, torch.Tensor) else list(init)
     if len(init_list) != layers:
         raise ValueError(f"init: expected one entry per layer ({layers}), got {len(init_list)}")

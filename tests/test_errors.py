@@ -91,6 +91,10 @@ def test_bad_init():
         engine.spherical_kmeans(w(8, 4), 2, init=torch.randn(3, 4))
     with pytest.raises(ValueError, match="init.*non-zero"):
         engine.spherical_kmeans(w(8, 4), 2, init=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="init: one tensor for 2 layers; pass a list with one tensor"):
+        engine.spherical_kmeans([w(8, 4), w(6, 4)], 2, init=torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"init: expected one entry per layer \(2\), got 1"):
+        engine.spherical_kmeans([w(8, 4), w(6, 4)], 2, init=[torch.randn(2, 4)])
 
 
 def test_choose_k_bad_range():
