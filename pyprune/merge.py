@@ -63,7 +63,7 @@ def _matching_positions(units: np.ndarray, src: np.ndarray, target_units: np.nda
     of times (the consumer does not read them alike)."""
     order = np.argsort(units, kind="stable")
     sorted_units = units[order]
-    occurrence = occurrence_rank(units)  # rank among the positions of the same unit
+    occurrence = occurrence_rank(units, order)  # rank among the positions of the same unit
     first = np.searchsorted(sorted_units, target_units)
     count_t = np.searchsorted(sorted_units, target_units, side="right") - first
     su = units[src]

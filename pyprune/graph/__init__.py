@@ -237,10 +237,12 @@ class ChannelGraph:
         return self.table()
 
 
-def occurrence_rank(values: np.ndarray) -> np.ndarray:
+def occurrence_rank(values: np.ndarray, order: np.ndarray | None = None) -> np.ndarray:
     """For each entry of `values`, how many earlier entries hold the same value (0 for the
-    first): which copy of a unit a position is, where a dim holds a unit more than once."""
-    order = np.argsort(values, kind="stable")
+    first): which copy of a unit a position is, where a dim holds a unit more than once.
+    ``order``: the caller's ``np.argsort(values, kind="stable")``, where it has one."""
+    if order is None:
+        order = np.argsort(values, kind="stable")
     ranked = values[order]
     out = np.empty(len(values), np.int64)
     out[order] = np.arange(len(values)) - np.searchsorted(ranked, ranked)
