@@ -529,6 +529,13 @@ def _single_input(inputs) -> torch.Tensor:
 CACHE_EVIDENCE = 0.05
 
 
+def _positive_seconds(value) -> bool:
+    try:
+        return math.isfinite(float(value)) and float(value) > 0
+    except (TypeError, ValueError):
+        return False
+
+
 def l2_cache_weights() -> int:
     """float32 weights one core's L2 cache holds (sysfs; 1 MiB where it does not say): a
     model's weights up to that never stream from memory."""
@@ -557,6 +564,9 @@ def fit_rest(act: np.ndarray, weights: np.ndarray, rest: np.ndarray, total: np.n
     tell activations from weights (too few groups), a constant and one rate per output
     element."""
     act, weights, rest = (np.asarray(v, np.float64) for v in (act, weights, rest))
+    if not (np.isfinite(act).all() and np.isfinite(weights).all() and np.isfinite(rest).all()):
+        raise ValueError(f"fit_rest: the calibration's terms must be finite; got output elements {act.tolist()}, "
+                         f"weights {weights.tolist()}, rest seconds {rest.tolist()}")
 
     def solve(c: float, with_weights: bool = True):
         """(squared error, [r0, r_act, r_weight]) at cache c, or None where the rates are not
@@ -581,7 +591,9 @@ def fit_rest(act: np.ndarray, weights: np.ndarray, rest: np.ndarray, total: np.n
     top = float(weights.max()) if len(weights) else 0.0
     grid = np.concatenate([[0.0], np.linspace(min_cache, top, 128)[:-1]]) if top > min_cache else np.zeros(1)
     linear = solve(0.0)
-    if linear is not None:
+    if linear is None:  # activations and weights move together: no evidence for a cache either
+        grid = grid[:1]
+    else:
         cols = np.stack([np.ones_like(act), act, weights], axis=1)
         miss = np.abs(cols @ linear[1] - rest) / np.abs(rest if total is None else np.asarray(total, np.float64))
         if miss.max() <= CACHE_EVIDENCE:
@@ -783,6 +795,12 @@ class LatencyModel:
         if todo:  # side by side (in turns): their ratios hold on a drifting machine
             secs = self._turns([model, *(apply_keep(model, self.graph, masks[k]) for k in names[1:])])
             rec.update({f"{k}_s": v for k, v in zip(names, secs)})
+        bad = [f"{k}: {rec[f'{k}_s']!r}" for k in names if not _positive_seconds(rec[f"{k}_s"])]
+        if bad:  # never fitted, never cached: a NaN would make every plan the unpruned model
+            where = "measured now" if todo else f"read from {self.table.path} (delete that file to measure again)"
+            raise RuntimeError(f"latency calibration on {self.target.runtime}: the whole-model timings must be positive "
+                               f"seconds, got {', '.join(bad)} ({where}); check the runtime or the measure function")
+        if todo:
             self.table.models[self.key] = rec
             self.table.save()
         self.calibrated_now = bool(todo)
@@ -790,7 +808,7 @@ class LatencyModel:
         fracs = {"full": np.ones(n)}
         fracs.update({k: np.array([m[g.units].mean() for g in self.graph.groups]) for k, m in masks.items()})
         terms = np.array([self.terms(fracs[k]) for k in names])
-        measured = np.array([rec[f"{k}_s"] for k in names])
+        measured = np.array([rec[f"{k}_s"] for k in names], np.float64)
         self.r0, self.r_act, self.r_weight, self.c_weight = fit_rest(terms[:, 1], terms[:, 2], measured - terms[:, 0],
                                                                      measured, min_cache=l2_cache_weights())
         self.calibration = {"layers_s": float(terms[0, 0]), "cache_weights": self.c_weight}

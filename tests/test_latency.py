@@ -196,6 +196,37 @@ def test_rest_fit_finds_the_weights_the_cache_holds():
     falling = latency.fit_rest(a, w, 1e-3 - 3e-11 * w)
     assert falling[3] == 0.0 and falling[2] == pytest.approx(-3e-11, rel=1e-6)
     assert latency.fit_rest(np.ones(4), np.full(4, 5.0), np.full(4, 2.0)) == (2.0, 0.0, 0.0, 0.0)  # a constant
+    # one group: output elements and weights move together, so no rate per weight (nor a cache)
+    # can be told apart; a constant rest with 1% noise must not fit a cache to the noise
+    share = np.array([1.0, 0.75, 0.5, 0.5])
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        noisy = 1e-3 * (1 + 0.01 * rng.standard_normal(4))
+        fit = latency.fit_rest(1e5 * share + 3e4, 4e6 * share, noisy, noisy + 5e-3)
+        assert fit[2:] == (0.0, 0.0) and fit[0] + fit[1] * 1.3e5 == pytest.approx(noisy[0], rel=1e-9)
+    with pytest.raises(ValueError, match="finite"):
+        latency.fit_rest(a, w, np.array([1e-3, np.nan, 1e-3, 1e-3]))
+
+
+def test_a_calibration_timing_that_is_not_seconds_is_refused_and_not_cached(synthetic, tmp_path):
+    """A whole-model timing that came back NaN (or 0) stops the calibration with a message
+    naming it, before anything is fitted or cached: a NaN rest would make every plan the
+    unpruned model. The next calibration measures again."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+    graph = build_graph(model, x)
+    cost = CostModel(model, graph)
+    runs = iter([1e-3, 8e-4, float("nan"), 6e-4])
+
+    def build(measure_fn):
+        return LatencyModel(model, graph, x, LatencyTarget("onnxruntime"), cost, progress=False,
+                            cache=tmp_path / "tables", measure_fn=measure_fn)
+
+    with pytest.raises(RuntimeError, match=r"half: nan .*measured now"):
+        build(lambda m: next(runs))
+    lat = build(lambda m: _whole_model_seconds(m, x))
+    assert lat.calibrated_now and lat.calibration["full_predicted_s"] == pytest.approx(
+        _whole_model_seconds(model, x), rel=1e-12)
 
 
 def _solver_case():
