@@ -17,6 +17,7 @@ Both run by default in :func:`pyprune.prune` whenever ``calibration=`` is given
 """
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass, field
 
@@ -117,13 +118,16 @@ def reconstruct(original: nn.Module, pruned: nn.Module, keep_in: dict, keep_out:
 
     keep_in / keep_out: {layer name: positions of the original layer's input / output
     channels the pruned layer kept} (a layer missing from keep_out kept all its outputs).
-    `layers` limits the refit to those names. At most `rows` sampled rows (locations x
+    `layers` limits the refit to those names. A layer whose weight another layer holds too
+    (tied) is left as cut: no one layer's least squares fits it. At most `rows` sampled rows (locations x
     batches) per layer, drawn with `seed`.
     """
     mods_o, mods_p = dict(original.named_modules()), dict(pruned.named_modules())
+    holders = collections.Counter(id(p) for m in mods_p.values() for p in m.parameters(recurse=False))
     names = [n for n, m in mods_p.items() if _refittable(m) and n in mods_o and type(mods_o[n]) is type(m)
              and (layers is None or n in layers) and n in keep_in
-             and _in_features(m) < _in_features(mods_o[n])]
+             and _in_features(m) < _in_features(mods_o[n])
+             and all(holders[id(p)] == 1 for p in m.parameters(recurse=False))]  # a tied weight fits no one layer
     report = ReconstructionReport()
     if not names:
         return report

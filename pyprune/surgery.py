@@ -90,8 +90,17 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
         target = model
     new_modules = dict(target.named_modules())
     keys, sources, idx, gather_folds = [], [], [], []
+    tied: dict = {}  # id(tensor) -> (module, param, dims, folds) of its first holder
+    ties = []  # (module, param, first holder's module, param): one tensor in the pruned model too
     for (mod, pname), dims in plan.items():
         orig = _get(modules, mod, pname)
+        first = tied.setdefault(id(orig), (mod, pname, dims, folds.get((mod, pname), ())))
+        if first[:2] != (mod, pname):
+            if not (_same_cut(first[2], dims) and _same_folds(first[3], folds.get((mod, pname), ()))):
+                raise ValueError(f"{mod}.{pname} and {first[0]}.{first[1]} are one tensor (tied) but would be cut "
+                                 "differently; untie them (give each its own copy) or keep their channels")
+            ties.append((mod, pname, first[0], first[1]))
+            continue
         keys.append((mod, pname, orig))
         sources.append(orig.detach())
         idx.append([None if isinstance(dims.get(d), BlockedSlice) else dims.get(d) for d in range(max(dims) + 1)])
@@ -109,6 +118,8 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
                 else:
                     _fold(new, orig.detach(), dims, dim, src, dst, scale)
         replace_tensor(new_modules[mod], pname, new, like=orig)
+    for mod, pname, first_mod, first_pname in ties:
+        replace_tensor(new_modules[mod], pname, None, shared=getattr(new_modules[first_mod], first_pname))
     for mod in {m for m, _ in plan}:
         resize(new_modules[mod])
     for (mod, attr), value in graph.rewritten(keep_unit).items():
@@ -169,9 +180,39 @@ def _get(modules: dict, mod: str, pname: str) -> torch.Tensor:
     return t
 
 
-def replace_tensor(module: nn.Module, name: str, new: torch.Tensor, *, like: torch.Tensor | None = None) -> None:
+def _same_cut(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for d in a:
+        x, y = a[d], b[d]
+        if isinstance(x, BlockedSlice) or isinstance(y, BlockedSlice):
+            if not (isinstance(x, BlockedSlice) and isinstance(y, BlockedSlice) and x.groups == y.groups
+                    and x.n == y.n and np.array_equal(x.kept, y.kept)):
+                return False
+        elif not np.array_equal(x, y):
+            return False
+    return True
+
+
+def _same_folds(a, b) -> bool:
+    return len(a) == len(b) and all(
+        fa[0] == fb[0] and all(np.array_equal(np.asarray(u), np.asarray(v)) for u, v in zip(fa[1:], fb[1:]))
+        for fa, fb in zip(a, b))
+
+
+def replace_tensor(module: nn.Module, name: str, new: torch.Tensor | None, *, like: torch.Tensor | None = None,
+                   shared: torch.Tensor | None = None) -> None:
     """Put `new` in place of the module's parameter or buffer `name` (a parameter stays a
-    parameter, with the ``requires_grad`` of `like` or of the old one)."""
+    parameter, with the ``requires_grad`` of `like` or of the old one). ``shared``: put that
+    very tensor there instead (a tie to another module's parameter)."""
+    if shared is not None:
+        if name in module._parameters:
+            module._parameters[name] = shared
+        elif name in module._buffers:
+            module._buffers[name] = shared
+        else:
+            setattr(module, name, shared)
+        return
     old = like if like is not None else getattr(module, name)
     if name in module._parameters:
         module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)

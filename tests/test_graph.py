@@ -1367,3 +1367,45 @@ def test_place_rows_gives_each_write_of_a_position_its_own_columns():
     assert torch.equal(out, expected) and out.dtype == torch.float64
     once = place_rows(np.array([1, 0]), rows[:2], 2)  # each position once: one block
     assert torch.equal(once, torch.tensor([[2.0, 3.0], [0.0, 1.0]], dtype=torch.float64))
+
+
+class _TiedConvs(nn.Module):
+    """Two convs holding one weight tensor (``b.weight = a.weight``), b with a bias of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.a = nn.Conv2d(16, 16, 3, padding=1)
+        self.b = nn.Conv2d(16, 16, 3, padding=1)
+        self.b.weight = self.a.weight
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.b(torch.relu(self.a(torch.relu(self.stem(x))))))
+        return self.fc(h.mean((2, 3)))
+
+
+def test_tied_weights_are_cut_alike_and_stay_one_tensor():
+    """Layers that hold one weight tensor are cut at the same channels (their input and output
+    dims coupled as a layer called twice is), exactly, and the pruned model holds one tensor
+    for both, so fine-tuning moves them together. L2 and k-means with merging alike; recovery
+    refits the untied layers only."""
+    torch.manual_seed(0)
+    model, x = _TiedConvs().eval(), torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, x)
+    a_out = next(g for g in graph.groups if any(m.key == "a.weight" and m.dim == 0 for m in g.members))
+    assert {(m.key, m.dim) for m in a_out.members} >= {("a.weight", 0), ("b.weight", 0), ("a.weight", 1),
+                                                      ("b.weight", 1), ("stem.weight", 0), ("b.bias", 0)}
+    check_exact(model, x)
+    for method in ("l2", "kmeans"):
+        small = pyprune.prune(model, x, method=method, ratio=0.5).model
+        assert small.a.weight is small.b.weight and small.a.weight.shape == (8, 8, 3, 3)
+        assert small.b.bias.shape == (8,) and small(x).shape == (2, 4)
+        assert sum(p.numel() for p in small.parameters()) == pyprune.prune(model, x, method=method,
+                                                                           ratio=0.5).summary.params_after
+    # recovery's least squares refits single layers: it leaves the tied ones as cut
+    calibration = [(torch.randn(8, 3, 8, 8), torch.zeros(8, dtype=torch.long)) for _ in range(2)]
+    res = pyprune.prune(model, x, method="l2", ratio=0.5, calibration=calibration)
+    assert res.model.a.weight is res.model.b.weight
+    assert set(res.recovery["reconstruction"].layers) == {"fc"}
+    assert model.a.weight is model.b.weight and model.a.weight.shape == (16, 16, 3, 3)  # the original untouched

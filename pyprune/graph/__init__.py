@@ -310,10 +310,11 @@ def build_graph(model: nn.Module, example_inputs, example_kwargs: dict | None = 
 
 def _assemble(model: nn.Module, rec) -> ChannelGraph:
     n = rec.n_ids
-    # A layer called several times holds the same filters each time: unite its records.
+    # A layer called several times holds the same filters each time: unite its records. So
+    # do layers that hold one tensor (tied weights): cut alike, the tie survives the cut.
     by_key: dict = {}
     for m in rec.members:
-        by_key.setdefault((m.module, m.param, m.dim), []).append(m)
+        by_key.setdefault((*rec.tied.get((m.module, m.param), (m.module, m.param)), m.dim), []).append(m)
     for recs in by_key.values():
         for other in recs[1:]:
             if len(other.ids) == len(recs[0].ids):

@@ -78,6 +78,7 @@ class Recorder:
     stack: list = field(default_factory=list)
     leaf_depth: int = 0
     param_owner: dict = field(default_factory=dict)  # id(tensor) -> (module, name)
+    tied: dict = field(default_factory=dict)  # (module, name) -> (first module, name) holding the same tensor
     count_layers: bool = True  # False in the extra pass: MACs are those of the model's own mode
     untraced: list = field(default_factory=list)  # layers with parameters that never ran
     blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason)
@@ -1490,10 +1491,14 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     rec = Recorder(model)
     names = {m: n for n, m in model.named_modules()}
     rec.modules = {n: m for m, n in names.items()}
+    first_owner: dict = {}
     for mname, m in model.named_modules():
         for pname, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
             if p is not None:
                 rec.param_owner[id(p)] = (mname, pname)
+                owner = first_owner.setdefault(id(p), (mname, pname))
+                if owner != (mname, pname):  # tied: one tensor held by several modules
+                    rec.tied[(mname, pname)] = owner
     hooks = []
 
     def pre(m, inputs):
