@@ -124,20 +124,46 @@ class PrunePlan:
     cluster_stats: dict = field(default_factory=dict)  # group id -> (norms, rep_cosines, rep_residuals)
     iterations: dict = field(default_factory=dict)  # group id -> iterations the clustering took
 
+    def kept(self, group) -> np.ndarray:
+        """The sorted positions (into ``group.units``) the plan keeps of a group. ``keep``
+        entries may be positions or a mask of the group's size; anything else is refused
+        with the group named, before it can become another model than the one planned."""
+        kept = self.keep.get(group.id)
+        if kept is None:
+            return np.arange(group.size)
+        where = f"plan.keep[{group.id}] (group {group.name}, {group.size} channels)"
+        a = np.asarray(kept)
+        if a.dtype == bool:
+            if a.shape != (group.size,):
+                raise ValueError(f"{where}: a mask needs {group.size} flags, got shape {a.shape}")
+            return np.flatnonzero(a)
+        if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+            raise ValueError(f"{where}: expected the kept positions as integers in 0..{group.size - 1} (or a mask of "
+                             f"{group.size} booleans), got {a.dtype} of shape {a.shape}")
+        a = a.astype(np.int64)
+        if a.size and (a.min() < 0 or a.max() >= group.size):
+            raise ValueError(f"{where}: positions must lie in 0..{group.size - 1}, got {a.min()}..{a.max()}")
+        values, counts = np.unique(a, return_counts=True)
+        if (counts > 1).any():
+            raise ValueError(f"{where}: positions listed more than once: {values[counts > 1].tolist()[:5]}")
+        return np.sort(a)
+
     def keep_mask(self) -> np.ndarray:
+        unknown = sorted(set(self.keep) - {g.id for g in self.graph.groups}, key=str)
+        if unknown:
+            raise ValueError(f"plan.keep: no group with id {unknown[0]!r} (groups are 0..{len(self.graph.groups) - 1}; "
+                             "see plan.graph.table())")
         mask = np.ones(self.graph.n_units, bool)
         for g in self.graph.groups:
-            kept = self.keep.get(g.id)
-            if kept is None:
-                continue
-            m = np.zeros(g.size, bool)
-            m[np.asarray(kept, np.int64)] = True
-            mask[g.units] = m
+            if g.id in self.keep:
+                m = np.zeros(g.size, bool)
+                m[self.kept(g)] = True
+                mask[g.units] = m
         return mask
 
     def widths(self) -> dict[int, tuple[int, int]]:
         """group id -> (units before, units after)."""
-        return {g.id: (g.size, len(self.keep.get(g.id, range(g.size)))) for g in self.graph.groups}
+        return {g.id: (g.size, len(self.kept(g))) for g in self.graph.groups}
 
     def layer_widths(self) -> dict[str, tuple[int, int]]:
         """Producing layer -> (output channels before, after), in forward order."""

@@ -76,7 +76,8 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
     if (~keep_unit & graph.unit_frozen).any():
         bad = int(np.flatnonzero(~keep_unit & graph.unit_frozen)[0])
         g = graph.groups[int(graph.unit_group[bad])]
-        raise ValueError(f"unit {bad} of group {g.id} ({g.name}) is frozen ({'; '.join(graph.frozen_reasons.get(g.id, []))}) and cannot be removed")
+        raise ValueError(f"channel {int(np.searchsorted(g.units, bad))} of group {g.id} ({g.name}, {g.size} channels) "
+                         f"is kept whole ({'; '.join(graph.frozen_reasons.get(g.id, []))}) and cannot be removed")
     plan = slice_plan(graph, keep_unit)
     modules = dict(model.named_modules())
     # Work out the sources first; copy the model without duplicating what is replaced.

@@ -232,3 +232,41 @@ def test_core_errors_speak_to_the_user(call):
     assert "weight" in msg and "non-finite" in msg
     assert ".cpp" not in msg and "check `" not in msg
     assert ".cpp" in str(e.value.__cause__)
+
+
+def test_an_edited_plan_is_checked_group_by_group():
+    """``plan.keep`` may be edited before ``apply``: positions or a mask of the group's size
+    cut the same model; duplicates, positions out of range, floats, a wrong-sized mask or an
+    unknown group id are refused naming the group, before a model other than the planned one
+    is built; a cut of a channel kept whole names it by its position in the group."""
+    import copy
+
+    import models as user_models
+
+    torch.manual_seed(0)
+    model, x = user_models.sequential_cnn().eval(), torch.randn(1, 3, 16, 16)
+    pruner = pyprune.Pruner(model, x, method="l1")
+    plan = pruner.plan(ratio=0.5)
+    g = next(g for g in plan.graph.groups if g.name == "0")  # the first conv's 16 filters
+    out = next(g for g in plan.graph.groups if g.prunable == 0 and g.size == 10)  # the classes
+
+    def edited(gid, value):
+        p = copy.copy(plan)
+        p.keep = {**plan.keep, gid: value}
+        return p
+
+    mask = np.zeros(16, bool)
+    mask[[1, 4, 9]] = True
+    by_mask, by_positions = pruner.apply(edited(g.id, mask)), pruner.apply(edited(g.id, np.array([9, 1, 4])))
+    assert by_mask.model[0].out_channels == by_positions.model[0].out_channels == 3
+    assert torch.equal(by_mask.model[0].weight, model[0].weight[[1, 4, 9]])
+    assert edited(g.id, mask).widths()[g.id] == (16, 3)
+    for value, message in [([0, 0, 0, 1], r"more than once: \[0\]"), ([0, 16], r"in 0\.\.15"), ([-1, 2], r"in 0\.\.15"),
+                           ([0.5, 1.7], "integers"), (np.ones(15, bool), "needs 16 flags")]:
+        with pytest.raises(ValueError, match=rf"plan\.keep\[{g.id}\] \(group 0, 16 channels\): .*{message}"):
+            pruner.apply(edited(g.id, value))
+    with pytest.raises(ValueError, match="no group with id 999"):
+        pruner.apply(edited(999, [0]))
+    with pytest.raises(ValueError, match=rf"channel 2 of group {out.id} \({out.name}, 10 channels\) is kept whole "
+                                         r"\(network output\)"):
+        pruner.apply(edited(out.id, [0, 1]))
