@@ -243,14 +243,14 @@ def _interp(xs: np.ndarray, ys: np.ndarray, x: float) -> float:
 
 
 def _layer_costs(model: nn.Module, graph, share: dict) -> list[LayerCost]:
-    """The Conv2d and Linear layers the trace saw, with their full-width points."""
+    """The Conv2d and Linear layers the trace saw, with their full-width points: one per
+    call (a layer called twice runs twice)."""
     mods = dict(model.named_modules())
-    out, seen = [], set()
+    out = []
     for rec in graph.layers:
         m = mods.get(rec.module)
-        if rec.module in seen or not isinstance(m, (nn.Conv2d, nn.Linear)):
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
-        seen.add(rec.module)
         shape = tuple(rec.out_shape)
         # a dim counts where any of its groups can lose units (not the network's input or classes)
         prunable = {d for (mod, param, d), (gids, _) in share.items() if mod == rec.module and param == "weight"

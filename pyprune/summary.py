@@ -78,13 +78,18 @@ def _own_params(m: nn.Module) -> int:
 
 
 def snapshot(model: nn.Module, layers) -> dict:
-    """Per traced layer (kind, shape, params, MACs), plus the model's total params."""
+    """Per traced layer (kind, shape, params, MACs of all its calls), plus the model's total
+    params (a tensor held by several layers counted once)."""
     mods = dict(model.named_modules())
     snap = {"__total_params__": sum(p.numel() for p in model.parameters())}
     for rec in layers:
-        if rec.module in snap or rec.module not in mods:
+        if rec.module not in mods:
             continue
         m = mods[rec.module]
+        if rec.module in snap:  # called again: its MACs again
+            kind, shape, params, macs = snap[rec.module]
+            snap[rec.module] = (kind, shape, params, macs + layer_macs(m, rec.out_shape))
+            continue
         h = handler_for(m)
         snap[rec.module] = (rec.kind, h.shape(m) if h else (), _own_params(m), layer_macs(m, rec.out_shape))
     return snap
@@ -132,14 +137,15 @@ class CostModel:
         for (mod, param, dim) in share:
             dims.setdefault((mod, param), []).append(dim)
         self._share = share
+        held: set = set()  # a tensor held by several modules (tied) counts once
         self._params = [(mod, pname, p.numel(), dims.get((mod, pname), []))
-                        for mod, sub in model.named_modules() for pname, p in sub.named_parameters(recurse=False)]
+                        for mod, sub in model.named_modules() for pname, p in sub.named_parameters(recurse=False)
+                        if not (id(p) in held or held.add(id(p)))]
         mods = dict(model.named_modules())
-        self._macs, seen = [], set()
-        for rec in graph.layers:
-            if rec.module in seen or rec.module not in mods:
+        self._macs = []
+        for rec in graph.layers:  # every call of a layer (one called twice costs twice)
+            if rec.module not in mods:
                 continue
-            seen.add(rec.module)
             macs = layer_macs(mods[rec.module], rec.out_shape)
             if macs:
                 param = getattr(handler_for(mods[rec.module]), "cost_param", "weight")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import random
 import warnings
 
@@ -1409,3 +1410,50 @@ def test_tied_weights_are_cut_alike_and_stay_one_tensor():
     assert res.model.a.weight is res.model.b.weight
     assert set(res.recovery["reconstruction"].layers) == {"fc"}
     assert model.a.weight is model.b.weight and model.a.weight.shape == (16, 16, 3, 3)  # the original untouched
+
+
+class _ConvTwice(nn.Module):
+    """One conv run twice in a row (its filters applied to its own output)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.c2(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def _macs_by_hooks(model, x) -> int:
+    """Conv and Linear MACs counted at every call (forward hooks): the reference."""
+    total = [0]
+
+    def hook(m, inputs, out):
+        per_out = m.in_features if isinstance(m, nn.Linear) else m.in_channels // m.groups * math.prod(m.kernel_size)
+        total[0] += out.numel() * per_out
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return total[0]
+
+
+@pytest.mark.parametrize("model_cls", [_ConvTwice, _TiedConvs])
+def test_macs_count_every_call_and_params_every_tensor_once(model_cls):
+    """A layer that runs twice costs its MACs twice, in the summary and in the cost model the
+    budgets are planned with; a tensor two layers hold counts once in the parameters."""
+    from pyprune.summary import CostModel
+
+    torch.manual_seed(0)
+    model, x = model_cls().eval(), torch.randn(1, 3, 8, 8)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    s = res.summary
+    assert (s.macs_before, s.macs_after) == (_macs_by_hooks(model, x), _macs_by_hooks(res.model, x))
+    assert (s.params_before, s.params_after) == tuple(sum(p.numel() for p in m.parameters()) for m in (model, res.model))
+    cost = CostModel(model, res.plan.graph)
+    widths = {gid: after for gid, (_, after) in res.plan.widths().items()}
+    assert cost({}) == pytest.approx({"params": s.params_before, "macs": s.macs_before}, rel=1e-12)
+    assert cost(widths) == pytest.approx({"params": s.params_after, "macs": s.macs_after}, rel=1e-12)
