@@ -220,7 +220,8 @@ def fit_blocks(groups: list[Group], n_keep: dict) -> dict[int, int]:
 
 def solve_for_budget(counts_at: Callable[[float], dict], cost: Callable[[dict], float], goal: float,
                      base: float, what: str) -> tuple[dict, float]:
-    """Keep counts whose cost comes closest to `goal`: bisection over the schedule's ratio.
+    """Keep counts whose cost comes closest to `goal` without exceeding it (a budget is a
+    ceiling): bisection over the schedule's ratio.
 
     counts_at(ratio) gives the keep counts of the schedule at that ratio, cost(counts) their
     cost (params, MACs, ...; non-increasing in the ratio), `base` the unpruned cost. Returns
@@ -235,13 +236,13 @@ def solve_for_budget(counts_at: Callable[[float], dict], cost: Callable[[dict], 
     if v_hi > goal:
         raise ValueError(f"{what}: unreachable, pruning {MAX_RATIO:.0%} of every group still leaves "
                          f"{v_hi:.4g} of {base:.4g}")
-    best = (n_hi, hi, abs(v_hi - goal))
+    best = (n_hi, hi, goal - v_hi)
     for _ in range(40):
         mid = (lo + hi) / 2
         n = counts_at(mid)
         v = cost(n)
-        if abs(v - goal) < best[2]:
-            best = (n, mid, abs(v - goal))
+        if v <= goal and goal - v < best[2]:
+            best = (n, mid, goal - v)
         if v > goal:
             lo = mid
         else:
