@@ -247,6 +247,15 @@ _BUDGETS = {"target_params": ("params", True), "target_macs": ("macs", True),
             "target_latency_ms": ("latency", False), "target_speedup": ("latency", True)}
 
 
+def _ratio_or_budget(ratio, budget) -> float | str:
+    """The ratio to plan with: 0.5 where neither is given; a ratio and a budget together are
+    refused (the budget would silently win)."""
+    if budget is not None and ratio is not None:
+        raise ValueError(f"give a ratio or a budget, not both: ratio={ratio!r} and {budget[0]}={budget[2]:g} "
+                         f"(drop ratio= to prune to the budget)")
+    return 0.5 if ratio is None else ratio
+
+
 def _budget(**given) -> tuple[str, str, float, bool] | None:
     """(argument, cost kind, value, is a fraction) of the one budget given, or None.
     ``target_*`` are fractions of the model's own cost in (0, 1]; ``max_*`` absolute counts."""
@@ -404,7 +413,7 @@ class Pruner:
             self._latency = (self.model, lat)
         return self._latency[1]
 
-    def plan(self, ratio: float | str = 0.5, *, target_macs: float | None = None, target_params: float | None = None,
+    def plan(self, ratio: float | str | None = None, *, target_macs: float | None = None, target_params: float | None = None,
              max_macs: int | None = None, max_params: int | None = None, target_latency_ms: float | None = None,
              target_speedup: float | None = None, keep_by_layer: dict | None = None) -> PrunePlan:
         """Decide what to cut. ``ratio`` is the fraction of channels removed (``"auto"``
@@ -415,10 +424,11 @@ class Pruner:
         the configured runtime (per-group widths solved against its latency table, the
         criterion's scores deciding where; the plan is predicted, :meth:`prune` measures
         it). ``keep_by_layer`` ({producing layer: channels to keep}) overrides the schedule
-        for those layers' groups."""
-        _check_ratio(ratio, self.method, self.spec.supports_auto)
+        for those layers' groups. ``ratio`` defaults to 0.5 where no budget is given."""
         budget = _budget(target_macs=target_macs, target_params=target_params, max_macs=max_macs,
                          max_params=max_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup)
+        ratio = _ratio_or_budget(ratio, budget)
+        _check_ratio(ratio, self.method, self.spec.supports_auto)
         graph = self._graph()
         groups = [g for g in graph.groups if g.prunable > 0]
         ctx = self._context(graph)
@@ -606,7 +616,7 @@ class Pruner:
                 recalibrate_bn(pruned, cfg.calibration, batches=cfg.calibration_batches)
         return out
 
-    def prune(self, ratio: float | str = 0.5, *, inplace: bool = False, **targets) -> PruneResult:
+    def prune(self, ratio: float | str | None = None, *, inplace: bool = False, **targets) -> PruneResult:
         """:meth:`plan` (with its targets) then :meth:`apply`. Where the pruned model fails
         to run (a module that uses channel counts in a way pyprune did not follow), that
         module's channels are kept and the model is pruned again, with a warning naming the
@@ -773,7 +783,7 @@ class Pruner:
                 return None
             module = module.rpartition(".")[0]
 
-    def run(self, ratio: float | str = 0.5, *, target_macs=None, target_params=None, max_macs=None, max_params=None,
+    def run(self, ratio: float | str | None = None, *, target_macs=None, target_params=None, max_macs=None, max_params=None,
             target_latency_ms=None, target_speedup=None, iterative_steps: int = 1, finetune: Callable | None = None,
             inplace: bool = False) -> PruneResult:
         """Prune to the target in ``iterative_steps`` rounds; after each round
@@ -791,12 +801,13 @@ class Pruner:
         budget = _budget(**given)
         if iterative_steps == 1:
             return self.prune(ratio, inplace=inplace, **targets)
+        ratio = _ratio_or_budget(ratio, budget)
         _check_ratio(ratio, self.method, self.spec.supports_auto)
         original, first_graph = self.model, self._graph()
         latency = budget is not None and budget[1] == "latency"
         if latency:  # widths solved once on the original model, split over the rounds
             self.latency_model()
-            plan = self.plan(0.5, **given)
+            plan = self.plan(**given)
             lat = self._latency[1]  # the one the plan used (finer widths may have been needed)
             groups = [g for g in first_graph.groups if g.prunable > 0]
             final = {g.producers()[0].module: (g.size, len(plan.keep[g.id])) for g in groups if g.producers()}
@@ -819,7 +830,7 @@ class Pruner:
                             for s in range(1, iterative_steps + 1)]
         steps, result = [], None
         for step, targets in enumerate(step_targets, 1):
-            r = 0.5 if budget is not None else float(ratio) * step / iterative_steps  # refined by the targets
+            r = None if budget is not None else float(ratio) * step / iterative_steps  # refined by the targets
             result = self.prune(r, inplace=inplace or step > 1, **targets)
             self.model = result.model
             steps.append(result.summary)
@@ -1022,7 +1033,7 @@ def prune(
     example_inputs,
     *,
     method: str = "kmeans",
-    ratio: float | str = 0.5,
+    ratio: float | str | None = None,
     schedule: str = "uniform",
     round_to: int | None = None,
     ignore=(),
@@ -1055,8 +1066,9 @@ def prune(
         k-means over filter directions, one representative kept per cluster), ``l1``, ``l2``,
         ``fpgm``, ``bn_scale``, ``activation`` / ``apoz`` / ``hrank`` and ``taylor`` (these
         need ``calibration``), ``random``, or your own (:func:`register_criterion`).
-    ratio: fraction of channels removed, in [0, 1); with kmeans also ``"auto"`` (each group
-        keeps the cluster count chosen by the elbow rule).
+    ratio: fraction of channels removed, in [0, 1) (0.5 where neither it nor a budget is
+        given); with kmeans also ``"auto"`` (each group keeps the cluster count chosen by
+        the elbow rule). A ratio and a budget together are refused.
     schedule: ``uniform``, ``global`` (rank all channels together, normalised per group,
         keeping at least ``min_keep`` of each group) or ``taper`` (deeper layers lose more;
         strength ``taper``, 0 = uniform).

@@ -360,6 +360,8 @@ def test_a_budget_is_never_exceeded_on_small_models(kw):
     ({"max_macs": 0.5e-9}, None),
     ({"max_params": -3}, "absolute count"),
     ({"target_params": 0.5, "max_params": 100}, "one budget"),
+    ({"ratio": 0.3, "target_macs": 0.5}, r"a ratio or a budget, not both: ratio=0.3 and target_macs=0.5"),
+    ({"ratio": 0.5, "max_params": 100, "iterative_steps": 2}, "not both"),
 ])
 def test_budget_forms_are_unambiguous(kw, match):
     """A fraction and an absolute count have separate arguments; a count given as a
