@@ -247,6 +247,18 @@ _BUDGETS = {"target_params": ("params", True), "target_macs": ("macs", True),
             "target_latency_ms": ("latency", False), "target_speedup": ("latency", True)}
 
 
+def _warn_unrounded(groups, n_keep: dict, round_to: int | None) -> None:
+    """Name the groups ``round_to`` does not reach (no wider than it): cut, but not to a multiple."""
+    if not round_to or round_to <= 1:
+        return
+    narrow = [g for g in groups if g.size <= round_to and n_keep[g.id] < g.size and n_keep[g.id] % round_to]
+    if narrow:
+        shown = ", ".join(f"{g.name} ({g.size} -> {n_keep[g.id]})" for g in narrow[:5])
+        warnings.warn(f"pyprune: round_to={round_to} is not below the width of {len(narrow)} group(s), which are cut "
+                      f"without rounding: {shown}{' ...' if len(narrow) > 5 else ''}. Use a smaller round_to, or "
+                      "ignore= those layers to keep them whole.", stacklevel=3)
+
+
 def _ratio_or_budget(ratio, budget) -> float | str:
     """The ratio to plan with: 0.5 where neither is given; a ratio and a budget together are
     refused (the budget would silently win)."""
@@ -451,6 +463,7 @@ class Pruner:
             if keep_by_layer and names and names[0] in keep_by_layer:
                 n_keep[g.id] = int(min(g.size, max(1, g.size - g.prunable, keep_by_layer[names[0]])))
         n_keep = fit_blocks(groups, n_keep)
+        _warn_unrounded(groups, n_keep, self.config.round_to)
         if self.spec.selects or base_scores is None:
             ctx.n_keep = n_keep
             results = self.spec(groups, ctx)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,20 @@ def test_round_to():
     model = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Conv2d(40, 4, 3)).eval()
     res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5, round_to=8)
     assert res.model[0].out_channels == 24  # 20 rounded to the nearest multiple of 8 (ties up)
+
+
+def test_round_to_wider_than_a_group_says_so():
+    """A group no wider than round_to is cut to the ratio unrounded, and a warning names it
+    with its widths; round_to below every width warns of nothing."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Conv2d(40, 12, 3), nn.ReLU(), nn.Conv2d(12, 4, 3)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    with pytest.warns(UserWarning, match=r"round_to=16 is not below the width of 1 group\(s\).*: 2 \(12 -> 6\)"):
+        res = pyprune.prune(model, x, method="l2", ratio=0.5, round_to=16)
+    assert (res.model[0].out_channels, res.model[2].out_channels) == (16, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pyprune.prune(model, x, method="l2", ratio=0.5, round_to=4)
 
 
 class _GhostSE(nn.Module):
