@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
 import tempfile
 from typing import Callable, Iterable
 
@@ -13,18 +14,28 @@ __all__ = ["atomic_write", "write_text", "check_outputs"]
 def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> pathlib.Path:
     """Call ``write(tmp)`` on a temporary file in `path`'s folder, then rename it over
     `path`: a reader (or a kill at any moment) sees the old file whole or the new one,
-    never a part. The temporary file is removed if `write` fails."""
+    never a part. The temporary file is removed if `write` fails. The file gets the mode a
+    plain ``open`` would give it (the umask's; a replaced file keeps its own), not the
+    private one of a temporary file."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
         write(pathlib.Path(tmp))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
