@@ -188,6 +188,29 @@ def get_dataset(name: str, data_dir: str | None = None, *, size: int | None = No
     raise DataError(f"unknown data set {name!r}; known: digits, cifar10, cifar100, imagefolder")
 
 
+def check_calibration(calibration, example_inputs: tuple) -> None:
+    """Before any work: the first calibration batch holds what the model takes, as the
+    example inputs do (as many tensors, the same rank and channel count, finite values).
+    A one-pass iterator is not read here (its first batch would be lost)."""
+    if calibration is None or iter(calibration) is calibration:
+        return
+    for inputs, _ in iter_batches(calibration, 1):
+        if len(inputs) != len(example_inputs):
+            raise ValueError(
+                f"calibration: a batch holds {len(inputs)} input tensor(s), but the model takes {len(example_inputs)} "
+                "(as the example inputs). A batch is a tensor or an (inputs, labels) pair; for a model with several "
+                "inputs give ((input_1, input_2, ...), labels), or ((input_1, input_2, ...), None) without labels")
+        for j, (t, ex) in enumerate(zip(inputs, example_inputs)):
+            if not isinstance(t, torch.Tensor):
+                raise ValueError(f"calibration: input {j} of a batch is a {type(t).__name__}, not a tensor")
+            if isinstance(ex, torch.Tensor) and ex.dim() >= 2 and (t.dim() != ex.dim() or t.shape[1] != ex.shape[1]):
+                raise ValueError(f"calibration: input {j} of the first batch has shape {tuple(t.shape)}, but the example "
+                                 f"input has {tuple(ex.shape)}: calibration batches must be inputs the model takes "
+                                 f"(rank {ex.dim()}, {ex.shape[1]} channels)")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"calibration: input {j} of the first batch holds NaN or infinite values")
+
+
 def iter_batches(calibration, limit: int | None = None):
     """Yield (inputs tuple, labels or None) from a DataLoader / iterable of batches. A batch
     is a tensor (inputs only), or a (inputs, labels) pair whose inputs are a tensor or a

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from .criteria import Context, Selection, block_jobs, criterion_spec
+from .data import check_calibration
 from .graph import ChannelGraph, GraphError, as_inputs, build_graph
 from .graph._check import check_runs
 from .latency import RUNTIMES
@@ -365,6 +366,7 @@ class Pruner:
         self.merge = self.spec.merges if cfg.merge is None else bool(cfg.merge)
         self.model = model
         self.inputs = as_inputs(example_inputs)
+        check_calibration(cfg.calibration, self.inputs)
         self._traced = (model, self._trace(model))
         self._latency = None  # (model, LatencyModel) once a latency target asked for one
         self._latency_scale = 1.0  # the goal's correction while measure -> plan again rounds run

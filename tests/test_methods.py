@@ -509,3 +509,36 @@ def test_kmeans_kept_channels_unchanged(name):
     kept = np.concatenate([np.asarray(res.plan.keep[g], np.int64) for g in sorted(res.plan.keep)])
     digest = hashlib.sha256(kept.tobytes()).hexdigest()
     assert digest == KEPT_SHA256[name], digest
+
+
+def test_calibration_batches_the_model_cannot_take_are_refused_before_any_work():
+    """The first calibration batch is checked against the example inputs: a two-input model
+    given bare (a, b) pairs (read as inputs and labels), a batch with other channels, or one
+    with NaN are refused with what to pass; ((a, b), None) is taken. Taylor on a model that
+    returns no one tensor of scores says so."""
+    from models import TwoInputs
+
+    torch.manual_seed(0)
+    model, x = TwoInputs().eval(), (torch.randn(1, 3, 8, 8), torch.randn(1, 7))
+    a, b = torch.randn(4, 3, 8, 8), torch.randn(4, 7)
+    with pytest.raises(ValueError, match=r"holds 1 input tensor\(s\), but the model takes 2.*\(\(input_1, input_2"):
+        pyprune.prune(model, x, method="l1", calibration=[(a, b)])
+    res = pyprune.prune(model, x, method="l1", calibration=[((a, b), None)])
+    assert res.recovery["bn_batches"] == 1
+    with pytest.raises(ValueError, match=r"input 0 of the first batch has shape \(4, 1, 8, 8\).*3 channels"):
+        pyprune.prune(model, x, method="l1", calibration=[((a[:, :1], b), None)])
+    with pytest.raises(ValueError, match="input 1 of the first batch holds NaN"):
+        pyprune.prune(model, x, method="l1", calibration=[((a, torch.full_like(b, float("nan"))), None)])
+
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 8, 3)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.c(x).mean((2, 3))
+            return {"logits": self.fc(h), "features": h}
+
+    with pytest.raises(ValueError, match="returns a dict"):
+        pyprune.prune(TwoHeads().eval(), a[:1], method="taylor", calibration=[(a, torch.zeros(4, dtype=torch.long))])

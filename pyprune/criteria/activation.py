@@ -133,7 +133,12 @@ def taylor(groups, ctx):
                     raise ValueError("taylor needs labelled calibration batches: (inputs, labels) pairs")
                 for p in params.values():
                     p.grad = None
-                loss = torch.nn.functional.cross_entropy(model(*inputs), labels)
+                out = model(*inputs)
+                if not isinstance(out, torch.Tensor):
+                    raise ValueError(f"taylor scores channels by the gradient of the cross-entropy of the model's output, "
+                                     f"which must be one tensor of class scores; this model returns a "
+                                     f"{type(out).__name__}. Use a criterion without a loss (l1, activation, ...)")
+                loss = torch.nn.functional.cross_entropy(out, labels)
                 loss.backward()
                 contrib = np.zeros(graph.n_units)
                 for k, m in wanted.items():
