@@ -215,6 +215,9 @@ def replace_tensor(module: nn.Module, name: str, new: torch.Tensor | None, *, li
             setattr(module, name, shared)
         return
     old = like if like is not None else getattr(module, name)
+    if isinstance(old, torch.Tensor) and old.dim() == 4 and new.dim() == 4 and not old.is_contiguous() \
+            and old.is_contiguous(memory_format=torch.channels_last):
+        new = new.contiguous(memory_format=torch.channels_last)  # the layout the model was put in
     if name in module._parameters:
         module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
     elif name in module._buffers:

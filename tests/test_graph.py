@@ -1457,3 +1457,18 @@ def test_macs_count_every_call_and_params_every_tensor_once(model_cls):
     widths = {gid: after for gid, (_, after) in res.plan.widths().items()}
     assert cost({}) == pytest.approx({"params": s.params_before, "macs": s.macs_before}, rel=1e-12)
     assert cost(widths) == pytest.approx({"params": s.params_after, "macs": s.macs_after}, rel=1e-12)
+
+
+def test_a_channels_last_model_stays_channels_last():
+    """Weights in channels-last memory format are cut into channels-last tensors, and the
+    pruned model gives what the contiguous one gives."""
+    torch.manual_seed(0)
+    model = user_models.sequential_cnn().eval()
+    x = torch.randn(2, 3, 16, 16)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    last = pyprune.prune(copy.deepcopy(model).to(memory_format=torch.channels_last), x, method="l2", ratio=0.5).model
+    for name in ("0", "3", "7"):
+        w = last.get_submodule(name).weight
+        assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        assert torch.equal(w, res.model.get_submodule(name).weight)
+    assert torch.allclose(last(x), res.model(x), atol=1e-5)
