@@ -531,3 +531,116 @@ def test_demo_runs_and_repeats_itself_exactly(tmp_path, cli):
     assert [r["top1"] for r in a["rows"]] == [r["top1"] for r in b["rows"]]
     assert {r["recipe"] for r in a["one_shot"]} >= {"one-shot", "+ BN recalibration", "+ reconstruction"}
     assert 0 < a["main_s"] <= a["wall_s"]
+
+
+# -- CLI: what a user gets wrong, refused before any work; data never taken from elsewhere ---------
+def test_cli_reprune_of_a_checkpoint_without_data_never_recovers_on_other_data(tmp_path, small_checkpoint, cli):
+    """A checkpoint that records no data set (as `prune --model` writes one) pruned again without
+    --dataset: BN statistics and layers are not refitted on some other data (the digits); a note
+    says why and which flag gives data. A method that needs data is refused."""
+    model, meta = load_model(small_checkpoint)
+    with torch.no_grad():
+        model[1].running_mean.copy_(torch.arange(32.0))  # a BN statistic no recalibration would keep
+    meta.pop("dataset")
+    nodata = tmp_path / "nodata.pt"
+    save_model(nodata, model, arch="digits_cnn", arch_kwargs={"num_classes": 10, "in_channels": 1}, meta=meta)
+    p = cli("prune", "--checkpoint", str(nodata), "--method", "l1", "--out", str(tmp_path / "p.pt"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "BN recalibrated" not in p.stdout and "reconstructed" not in p.stdout
+    assert "records no data set" in p.stderr and "--dataset" in p.stderr and "skipped" in p.stderr
+    pruned, _ = load_model(tmp_path / "p.pt")
+    assert set(pruned[1].running_mean.tolist()) <= set(range(32))  # the statistics kept, only cut
+    t = cli("prune", "--checkpoint", str(nodata), "--method", "taylor", "--out", str(tmp_path / "t.pt"))
+    assert t.returncode == 2 and "scores channels from data" in t.stderr and "--dataset" in t.stderr
+    assert not (tmp_path / "t.pt").exists()
+    d = cli("prune", "--checkpoint", str(nodata), "--method", "l1", "--dataset", "digits", "--out",
+            str(tmp_path / "d.pt"))
+    assert d.returncode == 0, d.stderr[-2000:]
+    assert "BN recalibrated on" in d.stdout and "skipped" not in d.stderr
+    assert load_model(tmp_path / "d.pt")[1]["dataset"] == "digits"  # the next prune of it calibrates the same
+
+
+def test_cli_sweep_checks_every_method_and_ratio_before_any_work(tmp_path, small_checkpoint, cli):
+    for bad, message in ((["--methods", "l1", "kmean", "--ratios", "0.5"], "invalid choice: 'kmean'"),
+                         (["--methods", "l1", "--ratios", "0.5", "1.5"], "must be a number in [0, 1), got '1.5'")):
+        p = cli("sweep", "--checkpoint", str(small_checkpoint), *bad, "--finetune-epochs", "0",
+                "--out", str(tmp_path / "sw"))
+        assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
+        assert "top-1" not in p.stdout and not (tmp_path / "sw").exists()
+    # the single prune command says the same
+    p = cli("prune", "--checkpoint", str(small_checkpoint), "--ratio", "1.5", "--out", str(tmp_path / "p.pt"))
+    assert p.returncode == 2 and "must be a number in [0, 1) or 'auto', got '1.5'" in p.stderr
+    p = cli("prune", "--checkpoint", str(small_checkpoint), "--method", "kmean", "--out", str(tmp_path / "p.pt"))
+    assert p.returncode == 2 and "invalid choice: 'kmean'" in p.stderr
+
+
+def test_cli_named_model_gets_its_own_input_size(tmp_path, cli):
+    for name, shape in (("digits_cnn", "1x8x8"), ("vgg11_cifar", "3x32x32"), ("resnet18", "3x224x224")):
+        p = cli("info", name)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert f"MACs at {shape}" in p.stdout
+    p = cli("prune", "--model", "digits_cnn", "--method", "l1", "--out", str(tmp_path / "d.pt"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    model, meta = load_model(tmp_path / "d.pt")
+    assert (meta["in_channels"], meta["size"]) == (1, 8) and model(torch.zeros(2, 1, 8, 8)).shape == (2, 1000)
+    # an input the model does not take: the flags that set it, not advice a CLI user cannot follow
+    for args in (("info", "digits_cnn", "--size", "32"),
+                 ("prune", "--model", "digits_cnn", "--size", "32", "--out", str(tmp_path / "e.pt"))):
+        p = cli(*args)
+        assert p.returncode == 2 and "--size" in p.stderr and "1x32x32" in p.stderr, p.stderr[-2000:]
+        assert "Pass example inputs" not in p.stderr
+
+
+def test_cli_bench_takes_a_safetensors_checkpoint(tmp_path, small_checkpoint, cli):
+    model, meta = load_model(small_checkpoint)
+    save_model(tmp_path / "m.safetensors", model, arch="digits_cnn",
+               arch_kwargs={"num_classes": 10, "in_channels": 1}, meta=meta)
+    p = cli("bench", str(tmp_path / "m.safetensors"), "--runtimes", "eager", "--threads", "1", "--batch-sizes", "1",
+            "--repeats", "3", "--out", str(tmp_path / "b"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    rows = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert "eager" in json.dumps(rows)
+
+
+@pytest.mark.parametrize("argv", [["info", "resnet18", "--size", "0"], ["info", "resnet18", "--size", "-3"],
+                                  ["prune", "--model", "resnet18", "--size", "0", "--out", "o.pt"],
+                                  ["prune", "--model", "resnet18", "--in-channels", "0", "--out", "o.pt"],
+                                  ["latency-table", "resnet18", "--size", "-1"],
+                                  ["train", "--size", "0"], ["export", "--checkpoint", "a.pt", "--out", "b.onnx",
+                                                             "--size", "0"],
+                                  ["bench", "a.pt", "--shape", "3", "0", "8"], ["bench", "a.pt", "--repeats", "0"]],
+                         ids=lambda a: " ".join(a))
+def test_cli_refuses_non_positive_sizes_as_it_parses(argv, capsys):
+    from pyprune.cli._parser import parse
+
+    with pytest.raises(SystemExit) as e:
+        parse(argv)
+    assert e.value.code == 2 and "must be a positive integer" in capsys.readouterr().err
+
+
+def test_cli_refuses_two_budgets_given_at_once(tmp_path, capsys):
+    from pyprune.cli._parser import parse
+
+    base = ["prune", "--checkpoint", "a.pt", "--out", "b.pt"]
+    for extra, names in ((["--ratio", "0.5", "--target-macs", "0.5"], "--ratio and --target-macs"),
+                         (["--target-params", "0.5", "--ratio=0.3"], "--ratio and --target-params"),
+                         (["--target-params", "0.5", "--target-latency", "3"], "--target-params and --target-latency"),
+                         (["--max-macs", "1000", "--target-speedup", "2"], "--max-macs and --target-speedup")):
+        with pytest.raises(SystemExit) as e:
+            parse(base + extra)
+        assert e.value.code == 2 and names in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse(["sweep", "--checkpoint", "a.pt", "--ratios", "0.5", "--speedups", "2"])
+    assert "--ratios and --speedups" in capsys.readouterr().err
+    # one budget beside the default ratio is no conflict
+    args = parse(base + ["--target-macs", "0.5"])
+    assert args.target_macs == 0.5 and parse(["sweep", "--checkpoint", "a.pt", "--speedups", "2"]).speedups == [2.0]
+    # run --config: two budgets in the file are refused; one on the command line replaces the file's
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("ratio: 0.3\ntarget_macs: 0.5\n")
+    assert parse(["run", "--config", str(cfg)]) is None
+    assert "ratio and target_macs" in capsys.readouterr().err
+    args = parse(["run", "--config", str(cfg), "--ratio", "0.2"])
+    assert (args.ratio, args.target_macs) == (0.2, None)
+    args = parse(["run", "--config", str(cfg), "--target-params", "0.4"])
+    assert (args.target_params, args.target_macs) == (0.4, None)

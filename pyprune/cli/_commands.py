@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 import time
 from types import SimpleNamespace
 
 import torch
 
 from .._io import write_text
-from ._workflow import (RESULT_COLUMNS, brief, check_outputs, data_and_model, dataset_for, example,
-                        prune_finetune_eval, prune_model, registry, write_json)
+from ._workflow import (RESULT_COLUMNS, brief, check_outputs, data_and_model, dataset_for, example, model_input,
+                        input_hint, prune_finetune_eval, prune_model, write_json)
 
 
 def _world_size() -> int:
@@ -55,18 +56,19 @@ def prune(args) -> int:
         obj = read(args.checkpoint)
         model, meta = model_from(obj, args.checkpoint)
     else:
-        arch_kwargs = {"num_classes": args.num_classes, "in_channels": args.in_channels}
+        in_channels, size = model_input(args.model, args.in_channels, args.size)
+        arch_kwargs = {"num_classes": args.num_classes, "in_channels": in_channels}
         model = get_model(args.model, weights=args.weights, **arch_kwargs).eval()
         obj = {"arch": args.model, "arch_kwargs": arch_kwargs}
-        meta = {"in_channels": args.in_channels, "size": args.size or 224, "num_classes": args.num_classes,
-                "weights": args.weights}
-        if args.dataset is not None:
-            meta["dataset"] = args.dataset
-    if args.dataset is None and args.checkpoint is None:  # no data named: prune on the weights alone
-        args.no_recalibrate = args.no_reconstruct = True
+        meta = {"in_channels": in_channels, "size": size, "num_classes": args.num_classes, "weights": args.weights}
     if args.dataset is None:
-        args.dataset = meta.get("dataset", "digits")
-    res = prune_model(model, meta, args)
+        args.dataset = meta.get("dataset")
+    if args.dataset is None:  # no data named, none recorded: prune on the weights alone
+        _without_data(args)
+    else:
+        meta.setdefault("dataset", args.dataset)  # what calibrated it: the next prune of the output uses it too
+    with input_hint(None if args.checkpoint is not None else args.model, meta["in_channels"], meta["size"]):
+        res = prune_model(model, meta, args)
     print(res.summary.table(max_rows=None if args.verbose else 20))
     print("\n".join(str(res).splitlines()[len(str(res.summary).splitlines()):]))
     kept = res.graph.explain(max_rows=5)
@@ -89,6 +91,30 @@ def prune(args) -> int:
                               title=f"pyprune: {args.method} to a latency budget on {res.latency['target']}")
         print(f"latency report (where the time goes, predicted vs measured): {report}")
     return 0
+
+
+def _without_data(args) -> None:
+    """`prune` with no data set named and none recorded in the checkpoint: the weights alone
+    decide, and the steps that would need the model's own training batches (BatchNorm
+    recalibration, reconstruction) are skipped with a note, never run on some other data; a
+    method that scores channels from data is refused."""
+    from ..criteria import available_criteria, criterion_spec
+
+    source = (f"{args.checkpoint} records no data set" if args.checkpoint is not None
+              else f"--model {args.model} comes with no data")
+    how = ("give the data the model was trained on with --dataset (digits | cifar10 | cifar100 | imagefolder; "
+           "--data-dir for the last three)")
+    if criterion_spec(args.method).needs_data:
+        free = [m for m in available_criteria() if not criterion_spec(m).needs_data]
+        raise ValueError(f"method {args.method!r} scores channels from data, but {source} and no --dataset was "
+                         f"given: {how}, or use a method that needs none ({', '.join(free)})")
+    skipped = [step for step, off in (("BatchNorm recalibration", args.no_recalibrate),
+                                      ("layer-wise reconstruction", args.no_reconstruct)) if not off]
+    args.no_recalibrate = args.no_reconstruct = True
+    if skipped:
+        print(f"pyprune prune: note: {source} and no --dataset was given, so {' and '.join(skipped)} "
+              f"{'is' if len(skipped) == 1 else 'are'} skipped (they need batches of the model's own data); to run "
+              f"them, {how}. --no-recalibrate --no-reconstruct silence this note.", file=sys.stderr)
 
 
 def finetune(args) -> int:
@@ -408,12 +434,13 @@ def latency_table(args) -> int:
     else:
         from ..models import get_model
 
-        kw = {"in_channels": args.in_channels} if args.model in registry() else {}
-        model = get_model(args.model, num_classes=args.num_classes, **kw).eval()
-        x = torch.randn(1, args.in_channels, args.size or 224, args.size or 224)
+        c, size = model_input(args.model, args.in_channels, args.size)
+        model = get_model(args.model, num_classes=args.num_classes, in_channels=c).eval()
+        x = torch.randn(1, c, size, size)
     model.eval()
     target = LatencyTarget(args.runtime, args.runtime_threads, args.runtime_batch)
-    graph = build_graph(model, x)
+    with input_hint(None if args.model.endswith(".pt") else args.model, x.shape[1], x.shape[-1]):
+        graph = build_graph(model, x)
     cost = CostModel(model, graph)
     t0 = time.perf_counter()
     lat = LatencyModel(model, graph, x, target, cost, cache=args.cache)
@@ -429,12 +456,12 @@ def info(args) -> int:
     from ..models import get_model
     from ..summary import count
 
-    kw = {"in_channels": args.in_channels} if args.model in registry() else {}
-    model = get_model(args.model, num_classes=args.num_classes, **kw).eval()
-    x = torch.randn(1, args.in_channels, args.size, args.size)
-    graph = build_graph(model, x)
+    c, size = model_input(args.model, args.in_channels, args.size)
+    model = get_model(args.model, num_classes=args.num_classes, in_channels=c).eval()
+    with input_hint(args.model, c, size):
+        graph = build_graph(model, torch.randn(1, c, size, size))
     params, macs = count(model, graph.layers)
-    print(f"{args.model}: {params:,} parameters, {macs:,} MACs at {args.in_channels}x{args.size}x{args.size}")
+    print(f"{args.model}: {params:,} parameters, {macs:,} MACs at {c}x{size}x{size}")
     print(graph.table())
     print(graph.explain())
     return 0
@@ -456,13 +483,16 @@ def export(args) -> int:
     return 0
 
 
+EXPORTED = (".onnx", ".pte", ".pt2")  # exported-model files; bench takes anything else as a pyprune checkpoint
+
+
 def bench(args) -> int:
     from ..bench import benchmark
 
     target = pathlib.Path(args.target)
     out = pathlib.Path(args.out)
     check_outputs([out / "bench.json", out / "bench.csv"], [target], force=args.force)
-    if target.suffix == ".pt":
+    if target.suffix not in EXPORTED:  # a pyprune checkpoint (.pt, .safetensors), as the other commands take
         from ..checkpoint import load_model
 
         model, meta = load_model(target)
@@ -471,7 +501,8 @@ def bench(args) -> int:
                         repeats=args.repeats)
     else:
         if not args.shape:
-            raise ValueError("--shape C H W is needed to benchmark an exported file")
+            raise ValueError(f"--shape C H W is needed to benchmark an exported file ({target.suffix}); a pyprune "
+                             "checkpoint (.pt, .safetensors) records its own")
         res = benchmark(target, (1, *args.shape), threads=args.threads, batch_sizes=args.batch_sizes, repeats=args.repeats)
     print(res.table())
     if any(r["noisy"] for r in res.rows):

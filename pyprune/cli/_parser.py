@@ -21,13 +21,34 @@ out: results/run
 """
 
 
-def _ratio(v: str):
-    if v == "auto":
+def _fraction(v: str, auto: bool = False):
+    """A fraction of channels removed, checked as the parser reads it (so a bad value stops the
+    command before any work, with the same message for every command)."""
+    if auto and v == "auto":
         return v
     try:
-        return float(v)
+        r = float(v)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"ratio must be a number in [0, 1) or 'auto', got {v!r}")
+        r = None
+    if r is None or not 0.0 <= r < 1.0:  # NaN fails the comparison too
+        also = " or 'auto'" if auto else ""
+        raise argparse.ArgumentTypeError(f"the fraction of channels removed must be a number in [0, 1){also}, "
+                                         f"got {v!r}")
+    return r
+
+
+def _ratio(v: str):
+    return _fraction(v, auto=True)
+
+
+def _positive_int(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v!r}")
+    return n
 
 
 def _add_data(p, dataset_default="digits"):
@@ -36,7 +57,10 @@ def _add_data(p, dataset_default="digits"):
                    "digits | cifar10 | cifar100 | imagefolder: the data that calibrates recovery (default: the "
                    "checkpoint's; with --model, none: no recovery)")
     p.add_argument("--data-dir", default=None, help="local data folder (cifar*, imagefolder); nothing is downloaded")
-    p.add_argument("--size", type=int, default=None, help="input side in pixels (default: the data set's own)")
+    p.add_argument("--size", type=_positive_int, default=None,
+                   help="input side in pixels (default: the data set's own)" if dataset_default else
+                   "input side in pixels (default: the checkpoint's; with --model, the model's own: 8 for digits_cnn, "
+                   "32 for the *_cifar models, else 224)")
     p.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
     p.add_argument("--seed", type=int, default=0, help="random seed for data splits, initialisation and pruning "
                                                        "(default %(default)s)")
@@ -45,7 +69,7 @@ def _add_data(p, dataset_default="digits"):
 def _add_train(p, epochs=20):
     p.add_argument("--epochs", type=int, default=epochs, help="training epochs (default %(default)s)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="training batch size (default %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="training batch size (default %(default)s)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer (default %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
 
@@ -59,7 +83,7 @@ def _add_model(p, out_default: str):
     p.add_argument("--model", default="digits_cnn",
                    help="pyprune registry or torchvision model name, or timm:<name> (default %(default)s)")
     p.add_argument("--weights", default=None, help="local weights file to start from (the head is replaced)")
-    p.add_argument("--in-channels", type=int, default=None,
+    p.add_argument("--in-channels", type=_positive_int, default=None,
                    help="input channels of the model (default: the data set's; digits repeated to 3 for RGB nets)")
     p.add_argument("--out", default=out_default, help="output folder (default %(default)s)")
 
@@ -70,7 +94,7 @@ def _add_schedule(p):
     p.add_argument("--schedule", choices=available_schedules(), default="uniform",
                    help="how the ratio is spread over the layers (default %(default)s)")
     p.add_argument("--taper", type=float, default=1.0, help="taper strength, 0 = uniform (default %(default)s)")
-    p.add_argument("--round-to", type=int, default=None, help="keep channel counts at multiples of this")
+    p.add_argument("--round-to", type=_positive_int, default=None, help="keep channel counts at multiples of this")
 
 
 def _add_prune(p):
@@ -106,8 +130,10 @@ def _add_latency_target(p, solver: bool = True):
 
     p.add_argument("--runtime", choices=RUNTIMES, default="onnxruntime",
                    help="latency targets: the runtime measured (default %(default)s)")
-    p.add_argument("--runtime-threads", type=int, default=1, help="latency targets: its threads (default %(default)s)")
-    p.add_argument("--runtime-batch", type=int, default=1, help="latency targets: the batch size (default %(default)s)")
+    p.add_argument("--runtime-threads", type=_positive_int, default=1,
+                   help="latency targets: its threads (default %(default)s)")
+    p.add_argument("--runtime-batch", type=_positive_int, default=1,
+                   help="latency targets: the batch size (default %(default)s)")
     if solver:
         p.add_argument("--latency-weight", choices=list(LATENCY_WEIGHTS), default="balanced",
                        help="latency targets: what a channel is worth besides its score: the MACs or parameters it "
@@ -123,6 +149,7 @@ def _add_distill(p):
 
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
+    from ..criteria import available_criteria
 
     p = argparse.ArgumentParser(prog="pyprune", description="Structured pruning of CNNs: train, prune, fine-tune, "
                                                             "evaluate, export, benchmark.")
@@ -144,8 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="instead of --checkpoint: a model name (pyprune's registry, torchvision, or timm:<name>)")
     pr.add_argument("--weights", default=None,
                     help="with --model: a local weights file (state_dict .pt/.pth, or .safetensors)")
-    pr.add_argument("--in-channels", type=int, default=3, help="with --model: input channels (default 3)")
-    pr.add_argument("--num-classes", type=int, default=1000,
+    pr.add_argument("--in-channels", type=_positive_int, default=None,
+                    help="with --model: input channels (default: the model's own: 1 for digits_cnn, else 3)")
+    pr.add_argument("--num-classes", type=_positive_int, default=1000,
                     help="with --model: classifier outputs (default 1000; a weights file's head is kept as it is)")
     pr.add_argument("--out", required=True, help="pruned checkpoint file (.pt, or .safetensors + a .json spec)")
     pr.add_argument("--verbose", action="store_true", help="print every layer")
@@ -187,8 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="several methods x ratios from one checkpoint; one results table")
     s.add_argument("--checkpoint", required=True, help="the trained pyprune checkpoint (.pt) to prune")
-    s.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], help="criteria to compare")
-    s.add_argument("--ratios", nargs="+", type=float, default=[0.3, 0.5, 0.7], help="fractions of channels removed")
+    s.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], choices=available_criteria(),
+                   metavar="METHOD", help=f"criteria to compare: {', '.join(available_criteria())} (default kmeans l1 "
+                                          "random)")
+    s.add_argument("--ratios", nargs="+", type=_fraction, default=[0.3, 0.5, 0.7],
+                   help="fractions of channels removed, each in [0, 1) (default 0.3 0.5 0.7)")
     s.add_argument("--speedups", nargs="+", type=float, default=None,
                    help="latency targets instead of --ratios: speedups over the unpruned model measured on --runtime "
                         "(the table gets the measured latency of each, and report/ the accuracy-vs-latency curve)")
@@ -207,8 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train a CNN on the embedded digits, prune it with several methods, compare")
     d.add_argument("--out", default="results/demo", help="results folder (default: results/demo)")
-    d.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], help="criteria to compare")
-    d.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed (default 0.5)")
+    d.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], choices=available_criteria(),
+                   metavar="METHOD", help="criteria to compare (default kmeans l1 random)")
+    d.add_argument("--ratio", type=_fraction, default=0.5, help="fraction of channels removed (default 0.5)")
     d.add_argument("--epochs", type=int, default=20, help="training epochs of the base model (default %(default)s)")
     d.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning")
     d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
@@ -221,18 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", required=True, help="output file (.onnx or .pte)")
     x.add_argument("--dynamic-batch", action="store_true", help="ONNX: allow any batch size")
     x.add_argument("--int8", action="store_true", help="static int8 quantization (calibrated on --dataset)")
-    x.add_argument("--batch", type=int, default=1, help="batch size of the example input")
+    x.add_argument("--batch", type=_positive_int, default=1, help="batch size of the example input")
     _add_data(x)
     _add_force(x)
     x.set_defaults(func=cmd.export)
 
     b = sub.add_parser("bench", help="latency/throughput/size of a checkpoint or exported file")
-    b.add_argument("target", help="a pyprune checkpoint (.pt) or an exported file (.onnx, .pte, .pt2)")
+    b.add_argument("target", help="a pyprune checkpoint (.pt or .safetensors) or an exported file (.onnx, .pte, "
+                                  ".pt2)")
     b.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime", "executorch"], help="runtimes to time")
-    b.add_argument("--threads", nargs="+", type=int, default=[1, 2], help="thread counts to time")
-    b.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32], help="batch sizes to time")
-    b.add_argument("--shape", nargs="+", type=int, default=None, help="input shape without batch (default: from the checkpoint)")
-    b.add_argument("--repeats", type=int, default=50, help="timed runs per row (after warm-up)")
+    b.add_argument("--threads", nargs="+", type=_positive_int, default=[1, 2], help="thread counts to time")
+    b.add_argument("--batch-sizes", nargs="+", type=_positive_int, default=[1, 8, 32], help="batch sizes to time")
+    b.add_argument("--shape", nargs="+", type=_positive_int, default=None,
+                   help="input shape without batch, e.g. 3 224 224 (default: the checkpoint's; needed for an exported "
+                        "file)")
+    b.add_argument("--repeats", type=_positive_int, default=50, help="timed runs per row (after warm-up)")
     b.add_argument("--out", default="results/bench", help="folder for bench.json and bench.csv")
     _add_force(b)
     b.set_defaults(func=cmd.bench)
@@ -240,9 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     lt = sub.add_parser("latency-table", help="build (or show, when cached) the per-layer latency table of a model "
                                               "on a runtime, as latency targets use it")
     lt.add_argument("model", help="a pyprune checkpoint (.pt), or a registry/torchvision model name or timm:<name>")
-    lt.add_argument("--size", type=int, default=None, help="input side (default: the checkpoint's, else 224)")
-    lt.add_argument("--in-channels", type=int, default=3, help="input channels of a named model (default 3)")
-    lt.add_argument("--num-classes", type=int, default=1000, help="classifier outputs of a named model (default 1000)")
+    lt.add_argument("--size", type=_positive_int, default=None,
+                    help="input side (default: the checkpoint's, else the model's own: 8 for digits_cnn, 32 for the "
+                         "*_cifar models, else 224)")
+    lt.add_argument("--in-channels", type=_positive_int, default=None,
+                    help="input channels of a named model (default: the model's own: 1 for digits_cnn, else 3)")
+    lt.add_argument("--num-classes", type=_positive_int, default=1000,
+                    help="classifier outputs of a named model (default 1000)")
     _add_latency_target(lt, solver=False)
     lt.add_argument("--cache", default=None, help="table folder (default $PYPRUNE_CACHE or ~/.cache/pyprune)")
     lt.add_argument("--verbose", action="store_true", help="every layer, not the 20 slowest")
@@ -250,9 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("info", help="parameters, MACs and prunable channel groups of a model")
     i.add_argument("model", help="registry or torchvision model name, e.g. resnet50 or resnet56_cifar")
-    i.add_argument("--size", type=int, default=224, help="input side (default 224)")
-    i.add_argument("--in-channels", type=int, default=3, help="input channels (default 3)")
-    i.add_argument("--num-classes", type=int, default=1000, help="classifier outputs (default 1000)")
+    i.add_argument("--size", type=_positive_int, default=None,
+                   help="input side (default: the model's own: 8 for digits_cnn, 32 for the *_cifar models, else 224)")
+    i.add_argument("--in-channels", type=_positive_int, default=None,
+                   help="input channels (default: the model's own: 1 for digits_cnn, else 3)")
+    i.add_argument("--num-classes", type=_positive_int, default=1000, help="classifier outputs (default 1000)")
     i.set_defaults(func=cmd.info)
     return p
 
@@ -285,8 +326,11 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 def parse(argv: list[str]) -> argparse.Namespace | None:
     """Parse `argv`. For ``run --config FILE`` the file's options become the parser's
     defaults first, so a flag given explicitly always wins over the file, and the file
-    over the built-in defaults. Returns None after reporting a bad config file."""
+    over the built-in defaults. Two budgets given at once (``--ratio`` and ``--target-macs``,
+    say) are refused, naming both. Returns None after reporting a bad config file."""
     parser = build_parser()
+    cfg: dict = {}
+    known = argparse.Namespace(config=None)
     if argv and argv[0] == "run":
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config", default=None)
@@ -303,4 +347,55 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
                 print(f"pyprune run: error: {e}", file=sys.stderr)
                 return None
             run.set_defaults(**cfg)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.command in ("prune", "run", "sweep"):
+        given = _given_on_command_line(argv)
+        cfg_given = {k for k, v in cfg.items() if v is not None} if args.command == "run" else set()
+        config = known.config if cfg_given else None
+        if not _one_budget(_subparser(parser, args.command), args, given, cfg_given, config):
+            return None
+    return args
+
+
+# the budgets one pruning takes, by command: each replaces the others, so two at once is an error
+# (never silently one of them)
+BUDGETS = {
+    "prune": {"ratio": "--ratio", "target_macs": "--target-macs", "target_params": "--target-params",
+              "max_macs": "--max-macs", "max_params": "--max-params", "target_latency_ms": "--target-latency",
+              "target_speedup": "--target-speedup"},
+    "sweep": {"ratios": "--ratios", "speedups": "--speedups"},
+}
+BUDGETS["run"] = BUDGETS["prune"]
+
+
+def _given_on_command_line(argv: list[str]) -> set[str]:
+    """The options (dests) the user wrote on the command line, whatever their values: the
+    line parsed again by a parser whose every default is 'absent' (abbreviations and
+    ``--flag=value`` included, as argparse reads them)."""
+    probe = build_parser()
+    for sub in [a for a in probe._actions if isinstance(a, argparse._SubParsersAction)][0].choices.values():
+        for a in sub._actions:
+            a.default = argparse.SUPPRESS
+        sub._defaults.clear()
+    return set(vars(probe.parse_args(argv))) - {"command"}
+
+
+def _one_budget(sub: argparse.ArgumentParser, args: argparse.Namespace, given: set[str], cfg_given: set[str],
+                config: str | None) -> bool:
+    """At most one budget per source: two on the command line (or two in a config file) are an
+    error naming both. A budget on the command line replaces the config file's (a flag given
+    explicitly wins). Two on the command line exit through the subcommand's parser (status 2, with
+    its usage); two in the config file are reported and give False, as other config errors."""
+    flags = BUDGETS[args.command]
+    on_line = [d for d in flags if d in given]
+    in_cfg = [d for d in flags if d in cfg_given]
+    if len(on_line) > 1:
+        sub.error(f"{' and '.join(flags[d] for d in on_line)} are budgets that replace each other: give only one")
+    if not on_line and len(in_cfg) > 1:
+        print(f"pyprune run: error: config {config}: {' and '.join(d for d in in_cfg)} are budgets that replace each "
+              "other: give only one", file=sys.stderr)
+        return False
+    for d in in_cfg:  # the config file's budgets give way to the one on the command line
+        if on_line and d not in on_line and d != "ratio":  # (a ratio is only used where no budget is set)
+            setattr(args, d, None)
+    return True

@@ -2,6 +2,7 @@
 prune -> fine-tune -> evaluate pass (used by ``run``, ``sweep`` and ``demo``)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import time
@@ -39,6 +40,37 @@ def registry():
     from ..models import MODELS
 
     return MODELS
+
+
+def model_input(name: str, in_channels: int | None = None, size: int | None = None) -> tuple[int, int]:
+    """(input channels, input side) for the model called `name`: the values given, else the
+    model's own where pyprune's registry model is built for one input (digits_cnn: 1 x 8 x 8;
+    the *_cifar networks: 3 x 32 x 32, the size they are built and reported for), else 3 x 224.
+    (The registry records no input sizes, so they are named here.)"""
+    own = (3, 224)
+    if name in registry():
+        if name == "digits_cnn":
+            own = (1, 8)
+        elif name.endswith("_cifar"):
+            own = (3, 32)
+    return (in_channels or own[0], size or own[1])
+
+
+@contextlib.contextmanager
+def input_hint(name: str | None, in_channels: int, size: int):
+    """Where the model called `name` fails on the command's example input, say which flags
+    set that input (a command-line user cannot pass example inputs). ``name=None``: no hint
+    (a checkpoint records its own input)."""
+    from ..graph import GraphError
+
+    try:
+        yield
+    except GraphError as e:
+        if name is None or e.__cause__ is None:  # the cause: the model itself failed on the input
+            raise
+        raise ValueError(f"{name} does not run on a {in_channels}x{size}x{size} input "
+                         f"({type(e.__cause__).__name__}: {e.__cause__}): give the input side it takes with --size "
+                         "(and its channels with --in-channels)") from e
 
 
 def data_and_model(args):
