@@ -644,3 +644,22 @@ def test_cli_refuses_two_budgets_given_at_once(tmp_path, capsys):
     assert (args.ratio, args.target_macs) == (0.2, None)
     args = parse(["run", "--config", str(cfg), "--target-params", "0.4"])
     assert (args.target_params, args.target_macs) == (0.4, None)
+
+
+def test_cli_checkpoint_commands_use_the_data_set_the_checkpoint_records(tmp_path, small_checkpoint, cli):
+    """evaluate (as finetune, sweep and export --int8) read the checkpoint's own data set when
+    --dataset is not given; a checkpoint that records none is refused with the flag to pass,
+    never evaluated on the digits by default."""
+    model, meta = load_model(small_checkpoint)
+    e = cli("evaluate", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.json"))
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert json.loads((tmp_path / "m.json").read_text())["dataset"] == "digits"  # the data set it records
+    meta.pop("dataset")
+    nodata = tmp_path / "nodata.pt"
+    save_model(nodata, model, arch="digits_cnn", arch_kwargs={"num_classes": 10, "in_channels": 1}, meta=meta)
+    for args in (["evaluate"], ["finetune", "--epochs", "1", "--out", str(tmp_path / "f.pt")]):
+        r = cli(*args, "--checkpoint", str(nodata))
+        assert r.returncode == 2 and "records no data set" in r.stderr and "--dataset" in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "f.pt").exists()
+    d = cli("evaluate", "--checkpoint", str(nodata), "--dataset", "digits", "--out", str(tmp_path / "d.json"))
+    assert d.returncode == 0 and json.loads((tmp_path / "d.json").read_text())["dataset"] == "digits"

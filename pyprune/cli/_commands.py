@@ -162,7 +162,7 @@ def evaluate(args) -> int:
     check_outputs([args.out], [args.checkpoint], force=args.force)
     model, meta, spec, m = _load_and_evaluate(args)
     params, macs = count(model, build_graph(model, example(meta)).layers)
-    result = {"checkpoint": str(args.checkpoint), "top1": m["top1"], "macro_f1": m["macro_f1"],
+    result = {"checkpoint": str(args.checkpoint), "dataset": spec.name, "top1": m["top1"], "macro_f1": m["macro_f1"],
               "confusion": m["confusion"], "params": params, "macs": macs}
     print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=1))
     if args.out:

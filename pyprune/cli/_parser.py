@@ -51,11 +51,12 @@ def _positive_int(v: str) -> int:
     return n
 
 
-def _add_data(p, dataset_default="digits"):
+CHECKPOINT_DATA = "digits | cifar10 | cifar100 | imagefolder (default: the data set the checkpoint records)"
+
+
+def _add_data(p, dataset_default="digits", dataset_help=None):
     p.add_argument("--dataset", default=dataset_default,
-                   help="digits | cifar10 | cifar100 | imagefolder (default %(default)s)" if dataset_default else
-                   "digits | cifar10 | cifar100 | imagefolder: the data that calibrates recovery (default: the "
-                   "checkpoint's; with --model, none: no recovery)")
+                   help=dataset_help or "digits | cifar10 | cifar100 | imagefolder (default %(default)s)")
     p.add_argument("--data-dir", default=None, help="local data folder (cifar*, imagefolder); nothing is downloaded")
     p.add_argument("--size", type=_positive_int, default=None,
                    help="input side in pixels (default: the data set's own)" if dataset_default else
@@ -178,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="pruned checkpoint file (.pt, or .safetensors + a .json spec)")
     pr.add_argument("--verbose", action="store_true", help="print every layer")
     _add_prune(pr)
-    _add_data(pr, dataset_default=None)
+    _add_data(pr, None, "digits | cifar10 | cifar100 | imagefolder: the data that calibrates recovery (default: "
+                        "the checkpoint's; with --model, none: no recovery)")
     _add_force(pr)
     pr.set_defaults(func=cmd.prune)
 
@@ -189,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--distill-temperature", type=float, default=4.0, help="distillation temperature (default %(default)s)")
     f.add_argument("--distill-weight", type=float, default=0.5,
                    help="weight of the distillation loss, in [0, 1] (default %(default)s)")
-    _add_data(f)
+    _add_data(f, None, CHECKPOINT_DATA)
     _add_train(f, epochs=5)
     _add_force(f)
     f.set_defaults(func=cmd.finetune)
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="top-1, macro-F1, confusion matrix, params and MACs of a checkpoint")
     e.add_argument("--checkpoint", required=True, help="a pyprune checkpoint (.pt)")
     e.add_argument("--out", default=None, help="write the metrics JSON here")
-    _add_data(e)
+    _add_data(e, None, CHECKPOINT_DATA)
     _add_force(e)
     e.set_defaults(func=cmd.evaluate)
 
@@ -232,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-recalibrate", action="store_true", help="keep the BatchNorm statistics as they were")
     s.add_argument("--no-reconstruct", action="store_true", help="no layer-wise reconstruction")
     _add_distill(s)
-    _add_data(s)
+    _add_data(s, None, CHECKPOINT_DATA)
     _add_force(s)
     s.set_defaults(func=cmd.sweep)
 
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--dynamic-batch", action="store_true", help="ONNX: allow any batch size")
     x.add_argument("--int8", action="store_true", help="static int8 quantization (calibrated on --dataset)")
     x.add_argument("--batch", type=_positive_int, default=1, help="batch size of the example input")
-    _add_data(x)
+    _add_data(x, None, CHECKPOINT_DATA)
     _add_force(x)
     x.set_defaults(func=cmd.export)
 

@@ -24,7 +24,14 @@ def dataset(args, size=None, channels=None):
 
 
 def dataset_for(meta: dict, args):
-    """The data set a checkpoint was trained on (its size and channels), from the flags."""
+    """The data set of a checkpoint (its size and channels): ``--dataset``, else the one the
+    checkpoint records; neither is refused rather than guessed."""
+    if getattr(args, "dataset", None) is None:
+        if meta.get("dataset") is None:
+            raise ValueError("the checkpoint records no data set (it was pruned from a model given by name): give "
+                             "the data it takes with --dataset (digits | cifar10 | cifar100 | imagefolder; --data-dir "
+                             "for the last three)")
+        args.dataset = meta["dataset"]
     return dataset(args, size=meta.get("size"), channels=meta.get("in_channels"))
 
 
