@@ -1,7 +1,7 @@
 """Run exported models in this process, and the worker entry point that export
 verification and benchmarks start in a fresh process:
 
-    python -m pyprune._runtime verify  <format> <model file> <inputs.npy> <outputs.npy>
+    python -m pyprune._runtime verify  <format> <model file> <inputs.npy> <outputs.npz> [dtype]
     python -m pyprune._runtime bench   <json spec>            (prints one JSON line)
     python -m pyprune._runtime turns   <json spec>            (several models timed in turns)
     python -m pyprune._runtime layers  <spec.json> <out.json>  (times single layers: latency tables)
@@ -345,15 +345,33 @@ def lower_layers(spec: dict) -> None:
         print(p["id"], flush=True)
 
 
+def verify(fmt: str, path: str, inp: str, out: str, dtype: str = "float32") -> None:
+    """Run the exported file on the saved input (1 thread) and save every output, in the
+    file's order, to `out` (.npz: arr_0, arr_1, ...)."""
+    import numpy as np
+
+    x = np.load(inp)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = so.inter_op_num_threads = 1
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        ys = sess.run(None, {sess.get_inputs()[0].name: x})
+    else:
+        import torch
+        from executorch.runtime import Runtime
+
+        method = Runtime.get().load_program(path).load_method("forward")
+        ys = [y.detach().float().numpy() if y.dtype in (torch.float16, torch.bfloat16) else y.detach().numpy()
+              for y in method.execute([torch.from_numpy(x).to(getattr(torch, dtype))])]
+    np.savez(out, *[np.asarray(y) for y in ys])
+
+
 def main(argv: list[str]) -> int:
     cmd = argv[0]
     if cmd == "verify":
-        fmt, path, inp, out = argv[1:5]
-        import numpy as np
-
-        x = np.load(inp)
-        y = RUNNERS[fmt](path, 1)(x)
-        np.save(out, np.asarray(y))
+        verify(*argv[1:6])
         return 0
     if cmd in ("bench", "turns"):  # a JSON spec in, one JSON line of rows out
         spec = json.loads(argv[1])

@@ -162,6 +162,156 @@ def test_disagreement_is_an_error(tmp_path, monkeypatch):
     assert export(net.eval(), x, "onnx", tmp_path / "ok.onnx").verified  # the same runtime, agreeing: accepted
 
 
+class _Heads(torch.nn.Module):
+    """A small net with several outputs: a tuple, or a dict holding a tensor and a tuple."""
+
+    def __init__(self, out="dict"):
+        super().__init__()
+        self.out = out
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.seg = torch.nn.Conv2d(8, 2, 1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.conv(x)))
+        pooled = h.mean((2, 3))
+        if self.out == "tuple":
+            return self.fc(pooled), self.seg(h)
+        return {"seg": self.seg(h), "aux": (self.fc(pooled), pooled * 3)}
+
+
+def _heads(out="dict", dtype=torch.float32):
+    torch.manual_seed(0)
+    return randomize_bn(_Heads(out)).eval().to(dtype), torch.randn(1, 3, 12, 12)
+
+
+def _export_module():
+    import importlib
+
+    return importlib.import_module("pyprune.export")  # the module (pyprune.export is the function)
+
+
+def _in_process_onnx(fmt, path, xx):  # every output, onnxruntime in this process
+    sess = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: np.asarray(xx, np.float32)})
+
+
+@pytest.mark.parametrize("out,fmt,dynamic", [("tuple", "onnx", False), ("dict", "onnx", True),
+                                             ("dict", "executorch", False)])
+def test_tuple_and_dict_outputs_are_each_verified(tmp_path, out, fmt, dynamic):
+    model, x = _heads(out)
+    res = export(model, x, fmt, tmp_path / f"m.{fmt}", dynamic_batch=dynamic)
+    want = ("output[0]", "output[1]") if out == "tuple" else ("output['seg']", "output['aux'][0]", "output['aux'][1]")
+    assert res.verified and res.outputs == want and res.max_rel_error <= 1e-4 and res.top1_agreement == 1.0
+    # an independent check: the file's outputs are the eager outputs flattened in that order
+    xi = torch.randn(2 if dynamic else 1, 3, 12, 12, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        ref = model(xi)
+    ref = list(ref) if out == "tuple" else [ref["seg"], *ref["aux"]]
+    if fmt == "onnx":
+        got = [torch.from_numpy(g) for g in _in_process_onnx(fmt, res.path, xi)]
+    else:
+        from executorch.runtime import Runtime
+
+        got = list(Runtime.get().load_program(str(res.path)).load_method("forward").execute([xi]))
+    assert len(got) == len(ref)
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4 * float(r.abs().max()))
+
+
+def test_every_output_is_checked_not_only_the_first(tmp_path, monkeypatch):
+    """The last of three outputs 1% off: refused, the output named, no file left."""
+    ex = _export_module()
+    model, x = _heads("dict")
+
+    def last_off(fmt, path, xx):
+        outs = _in_process_onnx(fmt, path, xx)
+        return outs[:-1] + [outs[-1] * 1.01]
+
+    monkeypatch.setattr(ex, "run_in_fresh_process", last_off)
+    with pytest.raises(ExportError, match=r"does not agree with eager.*output\['aux'\]\[1\]"):
+        export(model, x, "onnx", tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_non_tensor_output_is_refused_before_writing(tmp_path):
+    class WithCount(torch.nn.Module):
+        def forward(self, x):
+            return {"y": x * 2, "n": 3}
+
+    with pytest.raises(TypeError, match=r"output\['n'\] is a int, not a tensor"):
+        export(WithCount(), torch.randn(1, 4), "onnx", tmp_path / "m.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_float64_model_exports_in_its_own_dtype(tmp_path):
+    from executorch.runtime import Runtime
+
+    model, x = _heads("tuple", torch.float64)
+    res = export(model, x, "executorch", tmp_path / "m.pte")  # a float32 example: cast to the model's dtype
+    assert res.verified and res.max_rel_error <= 1e-10  # float64 throughout, eager and runtime
+    xi = torch.randn(1, 3, 12, 12, dtype=torch.float64)
+    got = Runtime.get().load_program(str(res.path)).load_method("forward").execute([xi])
+    assert got[0].dtype == torch.float64
+    # ONNX (onnxruntime has no float64 Conv) and int8 want float32: refused, saying what to do
+    with pytest.raises(ValueError, match=r"ONNX export is float32 only.*float64.*model\.float\(\)"):
+        export(model, x.double(), "onnx", tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match=r"quantize='int8' starts from a float32 model.*model\.float\(\)"):
+        export(model, x, "executorch", tmp_path / "q.pte", quantize="int8")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pte"]
+
+
+def test_bfloat16_model_needs_the_tolerance_it_is_verified_to(tmp_path):
+    model, x = _heads("tuple", torch.bfloat16)
+    with pytest.raises(ValueError, match=r"bfloat16.*pass rtol="):
+        export(model, x, "executorch", tmp_path / "m.pte")
+    assert not (tmp_path / "m.pte").exists()
+    res = export(model, x.bfloat16(), "executorch", tmp_path / "m.pte", rtol=0.1)
+    assert res.verified and res.max_rel_error <= 0.1
+
+
+def test_wrong_example_shape_is_a_short_error(tmp_path):
+    model, _ = _heads("tuple")
+    with pytest.raises(ValueError, match=r"rejected the example input of shape \(1, 1, 12, 12\) \(float32\)") as e:
+        export(model, torch.randn(1, 1, 12, 12), "onnx", tmp_path / "m.onnx")
+    assert isinstance(e.value.__cause__, RuntimeError) and "channels" in str(e.value.__cause__)
+    assert len(str(e.value)) < 500 and "torch.export" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_callers_train_eval_state_is_unchanged(tmp_path, monkeypatch):
+    model, x = _heads("tuple")
+    model.train()
+    model.bn.eval()  # a mixed state, kept per module
+    modes = {n: m.training for n, m in model.named_modules()}
+    assert export(model, x, "onnx", tmp_path / "m.onnx").verified  # exported in eval mode: BN running stats
+    assert {n: m.training for n, m in model.named_modules()} == modes
+    with pytest.raises(ValueError):  # a failed export restores it too
+        export(model, torch.randn(1, 1, 12, 12), "onnx", tmp_path / "bad.onnx")
+    assert {n: m.training for n, m in model.named_modules()} == modes
+
+
+def test_failed_export_leaves_no_file_and_the_old_one_whole(tmp_path, monkeypatch):
+    ex = _export_module()
+    model, x = _heads("tuple")
+    path = tmp_path / "m.onnx"
+    path.write_bytes(b"the previous export")
+    monkeypatch.setattr(ex, "run_in_fresh_process", lambda fmt, p, xx: [o * 1.01 for o in _in_process_onnx(fmt, p, xx)])
+    with pytest.raises(ExportError, match="does not agree with eager"):  # fails in verification
+        export(model, x, "onnx", path)
+    assert path.read_bytes() == b"the previous export" and list(tmp_path.iterdir()) == [path]
+
+    def half_written(model, x, p, dynamic_batch):
+        p.write_bytes(b"half an onnx file")
+        raise RuntimeError("the exporter crashed")
+
+    monkeypatch.setattr(ex, "_export_onnx", half_written)
+    with pytest.raises(RuntimeError, match="the exporter crashed"):  # fails while writing
+        export(model, x, "onnx", tmp_path / "new.onnx")
+    assert list(tmp_path.iterdir()) == [path]
+
+
 def test_missing_runtime_names_the_pip_command(monkeypatch):
     import builtins
 
