@@ -207,6 +207,11 @@ class Conv(LayerHandler):
         elif g == m.in_channels == m.out_channels and in_ids is not None:  # depthwise
             out_ids = in_ids
             self._outputs(rec, name, m, out_ids)
+        elif g == m.in_channels and m.out_channels % g == 0 and in_ids is not None:
+            # depthwise with a channel multiplier: each input channel is a group of its own whose
+            # outputs go (and stay) with it; the groups shrink with the input channels kept
+            out_ids = np.repeat(in_ids, m.out_channels // g)
+            self._outputs(rec, name, m, out_ids)
         else:  # grouped: every group keeps as many inputs, and as many outputs, as the others
             out_ids = rec.new_ids(m.out_channels, name)
             self._outputs(rec, name, m, out_ids)
@@ -218,10 +223,11 @@ class Conv(LayerHandler):
 
     def resize(self, m):
         w = m.weight
-        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+        per_group_out = m.out_channels // m.groups
+        depthwise = m.groups > 1 and m.groups == m.in_channels  # a group per input (with a multiplier or not)
         m.out_channels = w.shape[0]
         if depthwise:
-            m.groups = m.in_channels = w.shape[0]
+            m.groups = m.in_channels = w.shape[0] // per_group_out
         else:
             m.in_channels = w.shape[1] * m.groups
 

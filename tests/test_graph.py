@@ -1472,3 +1472,44 @@ def test_a_channels_last_model_stays_channels_last():
         assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
         assert torch.equal(w, res.model.get_submodule(name).weight)
     assert torch.allclose(last(x), res.model(x), atol=1e-5)
+
+
+class _DepthwiseMultiplier(nn.Module):
+    """A residual stream read by a depthwise conv with a channel multiplier of 2 (one input
+    channel per group, two outputs each: FastViT's and MobileOne's downsampling)."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.body = nn.Conv2d(c, c, 3, padding=1)
+        self.bn = nn.BatchNorm2d(c)
+        self.down = nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, groups=c)
+        self.bn2 = nn.BatchNorm2d(2 * c)
+        self.fc = nn.Linear(2 * c, 4)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = x + torch.relu(self.bn(self.body(x)))
+        return self.fc(torch.relu(self.bn2(self.down(x))).mean((2, 3)))
+
+
+def test_a_depthwise_conv_with_a_channel_multiplier_loses_whole_groups(tmp_path):
+    """Each input channel of the multiplier conv is a group of its own: cutting it removes
+    its group and the group's outputs, so the stream it reads can be cut (it was kept whole
+    without a word). Exact on planted zeros; the conv's groups follow; a checkpoint reloads."""
+    from pyprune.checkpoint import load_model, save_model
+
+    torch.manual_seed(0)
+    model, x = _DepthwiseMultiplier().eval(), torch.randn(2, 3, 8, 8)
+    randomize_bn(model)
+    check_exact(model, x)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    down = res.model.down
+    assert (down.in_channels, down.groups, down.out_channels, tuple(down.weight.shape)) == (8, 8, 16, (16, 1, 3, 3))
+    assert res.model.stem.out_channels == 8 and res.summary.params_ratio < 0.4
+    kept = np.asarray(res.plan.keep[next(g.id for g in res.graph.groups if g.name == "stem")])
+    rows = np.stack([2 * kept, 2 * kept + 1], 1).reshape(-1)  # the kept groups' two filters each
+    assert torch.equal(down.weight, model.down.weight[rows])
+    path = save_model(tmp_path / "m.pt", res.model)
+    loaded, _ = load_model(path, model=_DepthwiseMultiplier())
+    assert torch.equal(loaded(x), res.model(x))
