@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import numbers
+import operator
 import os
 import re
 from dataclasses import dataclass, field
@@ -176,12 +177,21 @@ def num_threads() -> int:
     return int(_core.num_procs())
 
 
+def _int_arg(name: str, value, lo: int, hi: int, what: str) -> int:
+    """An integer argument (Python's or numpy's) in [lo, hi], else a ValueError naming it."""
+    try:
+        v = None if isinstance(value, bool) else operator.index(value)
+    except TypeError:
+        v = None
+    if v is None or not lo <= v <= hi:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return v
+
+
 def _threads(threads: int | None) -> int:
     if threads is None:
         return 0
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive int or None (all cores), got {threads!r}")
-    return threads
+    return _int_arg("threads", threads, 1, 1 << 16, "a positive int (at most 65536) or None (all cores)")
 
 
 def _as_list(weights: TensorOrList, name: str) -> tuple[list[torch.Tensor], bool]:
@@ -427,7 +437,7 @@ def spherical_kmeans(
                                       init=init, reuse=reuse, kernel=kernel)
     arrays, single = _kmeans_arrays(weights, "weights")
     k_list = _check_ks(ks, arrays)
-    _check_kmeans_args(max_iter, seed)
+    max_iter, seed = _check_kmeans_args(max_iter, seed)
     inits = _cpu_inits(init, single, len(arrays))
     path = "" if kernel is None else _kernel(kernel)
     raw = _core.spherical_kmeans(arrays, k_list, max_iter, bool(early_stop), seed, _threads(threads), inits,
@@ -475,11 +485,10 @@ def _cpu_inits(init, single: bool, layers: int) -> list | None:
     return out
 
 
-def _check_kmeans_args(max_iter, seed) -> None:
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 0:
-        raise ValueError(f"max_iter must be an int >= 0, got {max_iter!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+def _check_kmeans_args(max_iter, seed) -> tuple[int, int]:
+    """(max_iter, seed) as Python ints, in the ranges the core takes."""
+    return (_int_arg("max_iter", max_iter, 0, (1 << 31) - 1, "an int in [0, 2**31)"),
+            _int_arg("seed", seed, 0, (1 << 63) - 1, "an int in [0, 2**63)"))
 
 
 def _spherical_kmeans_cuda(weights, ks, *, max_iter, early_stop, seed, init, reuse, kernel) -> list[KMeansResult]:
@@ -492,7 +501,7 @@ def _spherical_kmeans_cuda(weights, ks, *, max_iter, early_stop, seed, init, reu
     ws = [weights] if single else list(weights)
     xs = [_to_cuda(w, "weights" if single else f"weights[{i}]") for i, w in enumerate(ws)]
     k_list = _check_ks(ks, xs)
-    _check_kmeans_args(max_iter, seed)
+    max_iter, seed = _check_kmeans_args(max_iter, seed)
     inits: list = [None] * len(xs)
     if init is not None:
         inits = []
@@ -545,7 +554,7 @@ def _spherical_kmeans_emulated(weights, ks, *, max_iter=100, early_stop=True, se
     ws, single = _as_list(weights, "weights")
     arrays = [_to_core(w, "weights" if single else f"weights[{i}]") for i, w in enumerate(ws)]
     k_list = _check_ks(ks, arrays)
-    _check_kmeans_args(max_iter, seed)
+    max_iter, seed = _check_kmeans_args(max_iter, seed)
     inits = _cpu_inits(init, single, len(arrays))
     raw = _core.spherical_kmeans_emulated(arrays, k_list, max_iter, bool(early_stop), seed, inits, bool(reuse))
     return [_result(r) for r in raw]
@@ -608,6 +617,7 @@ def choose_k(
             raise ValueError(f"ks: candidate values must be strictly increasing, got {list(cand)}")
     if isinstance(min_depth, bool) or not isinstance(min_depth, numbers.Real) or not 0.0 <= min_depth < 1.0:
         raise ValueError(f"min_depth must be a number in [0, 1), got {min_depth!r}")
+    max_iter, seed = _check_kmeans_args(max_iter, seed)
     chosen, curves = _core.choose_k(arrays, per_layer, max_iter, seed, _threads(threads), float(min_depth))
     chosen = [int(c) for c in chosen]
     curves = [torch.tensor(c, dtype=torch.float64) for c in curves]

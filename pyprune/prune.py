@@ -260,6 +260,18 @@ def _warn_unrounded(groups, n_keep: dict, round_to: int | None) -> None:
                       "ignore= those layers to keep them whole.", stacklevel=3)
 
 
+def _finetuned(finetune: Callable, model: nn.Module, step: int) -> nn.Module:
+    """``finetune(model, step)``: the model it returns, or `model` for None; anything else is
+    refused (a (model, metrics) pair would otherwise lose the model silently)."""
+    out = finetune(model, step)
+    if out is None:
+        return model
+    if not isinstance(out, nn.Module):
+        raise TypeError(f"finetune(model, step) must return None or the fine-tuned nn.Module, got "
+                        f"{type(out).__name__} (step {step})")
+    return out
+
+
 def _ratio_or_budget(ratio, budget) -> float | str:
     """The ratio to plan with: 0.5 where neither is given; a ratio and a budget together are
     refused (the budget would silently win)."""
@@ -460,6 +472,14 @@ class Pruner:
                 n_keep[gid] = round_keep(max(1, min(size, int(k))), size, self.config.round_to)
         else:
             n_keep = self._counts(groups, float(ratio), base_scores)
+        if keep_by_layer:
+            firsts = {g.producers()[0].module for g in groups if g.producers()}
+            unknown = sorted(set(keep_by_layer) - firsts)
+            if unknown:
+                raise ValueError(f"keep_by_layer names layers that produce no prunable group of this model: "
+                                 f"{', '.join(map(repr, unknown[:5]))}. (In run(), a finetune callback must return "
+                                 "the model itself or one with the same layer names, not a wrapper such as "
+                                 "DataParallel.)")
         for g in groups:
             names = [m.module for m in g.producers()]
             if keep_by_layer and names and names[0] in keep_by_layer:
@@ -768,8 +788,8 @@ class Pruner:
                 warnings.warn(f"pyprune: {why} and the model was pruned again. Teach pyprune "
                               "how that module uses its channel counts (pyprune.register_layer / register_op) to "
                               "prune it.", stacklevel=3)
-            if all(v is None for v in targets.values()):  # a ratio, not a budget, was asked
-                _warn_shortfall(res, ratio)
+            if all(v is None for v in targets.values()):  # a ratio (or the default one), not a budget, was asked
+                _warn_shortfall(res, 0.5 if ratio is None else ratio)
             return res
 
     @staticmethod
@@ -815,10 +835,21 @@ class Pruner:
         given = {k: v for k, v in targets.items() if v is not None}
         budget = _budget(**given)
         if iterative_steps == 1:
-            return self.prune(ratio, inplace=inplace, **targets)
+            result = self.prune(ratio, inplace=inplace, **targets)
+            if finetune is not None:
+                result.model = _finetuned(finetune, result.model, 1)
+            return result
         ratio = _ratio_or_budget(ratio, budget)
         _check_ratio(ratio, self.method, self.spec.supports_auto)
         original, first_graph = self.model, self._graph()
+        before = snapshot(original, first_graph.layers)  # (an in-place first round cuts `original` itself)
+        try:
+            return self._rounds(ratio, budget, given, iterative_steps, finetune, inplace, first_graph, before)
+        finally:
+            self.model = original  # the Pruner stays on the model it was given, whatever happened
+
+    def _rounds(self, ratio, budget, given, iterative_steps, finetune, inplace, first_graph, before) -> PruneResult:
+        original = self.model
         latency = budget is not None and budget[1] == "latency"
         if latency:  # widths solved once on the original model, split over the rounds
             self.latency_model()
@@ -850,10 +881,8 @@ class Pruner:
             self.model = result.model
             steps.append(result.summary)
             if finetune is not None:
-                out = finetune(self.model, step)
-                if isinstance(out, nn.Module):
-                    self.model = result.model = out
-        result.summary = compare(snapshot(original, first_graph.layers), snapshot(self.model, first_graph.layers))
+                self.model = result.model = _finetuned(finetune, self.model, step)
+        result.summary = compare(before, snapshot(self.model, first_graph.layers))
         result.steps = steps
         if latency:
             predicted = lat.predict(self._keep_fractions(plan))
@@ -864,7 +893,7 @@ class Pruner:
             if measured > budget_s:
                 warnings.warn(f"pyprune: after {iterative_steps} rounds the model measured {1e3 * measured:.3f} ms on "
                               f"{lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms (iterative rounds "
-                              "are planned once, not re-measured per round).", stacklevel=2)
+                              "are planned once, not re-measured per round).", stacklevel=3)
         return result
 
 
@@ -1034,13 +1063,22 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
             kept_back.append((int(g.frozen.sum()), g, [r for r in reasons if r not in io]))
     params_removed = 1.0 - res.summary.params_ratio
     few_params = params_removed < 0.5 * (1.0 - (1.0 - ratio) ** 2)
-    if not total or (removed >= 0.8 * ratio * total and not few_params) or not kept_back:
-        return  # (nothing kept whole: the schedule's own choice, not channels pyprune could not cut)
-    kept_back.sort(key=lambda t: -t[0])
-    shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
-    warnings.warn(f"pyprune: asked to remove {ratio:.0%} of the channels, removed {removed / total:.0%} "
-                  f"(and {params_removed:.0%} of the parameters). "
-                  f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
+    few_channels = removed < 0.8 * ratio * total
+    if not total or not (few_channels or few_params):
+        return
+    head = (f"pyprune: asked to remove {ratio:.0%} of the channels, removed {removed / total:.0%} "
+            f"(and {params_removed:.0%} of the parameters). ")
+    if kept_back:
+        kept_back.sort(key=lambda t: -t[0])
+        shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
+        warnings.warn(head + f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
+    elif few_channels:  # nothing kept whole, yet channels short: blocks or floors held groups above the ratio
+        held = sorted(((len(keep.get(g.id, range(g.size))) / g.size, g) for g in graph.groups if g.prunable > 1),
+                      key=lambda t: -t[0])
+        shown = "; ".join(f"{g.name} (kept {len(keep.get(g.id, range(g.size)))} of {g.size}"
+                          f"{', in blocks of a grouped layer' if g.blocks is not None else ''})" for _, g in held[:5])
+        warnings.warn(head + f"Groups that kept most (a block of a grouped layer or a layer's floor keeps at least "
+                      f"one channel each): {shown}.", stacklevel=3)
 
 
 def prune(

@@ -84,6 +84,16 @@ def test_bad_p_threads_iters_seed():
         engine.spherical_kmeans(w(4, 4), 2, max_iter=-1)
     with pytest.raises(ValueError, match="seed"):
         engine.spherical_kmeans(w(4, 4), 2, seed=-3)
+    # integers past what the core takes are refused by name, not passed on to fail there
+    for kw, name in [({"seed": 2**64}, "seed"), ({"max_iter": 2**40}, "max_iter"), ({"threads": 2**40}, "threads")]:
+        with pytest.raises(ValueError, match=rf"^{name} must be"):
+            engine.spherical_kmeans(w(4, 4), 2, **kw)
+    with pytest.raises(ValueError, match=r"^seed must be"):
+        engine.choose_k(w(8, 4), ks=[2, 4], seed=2**64)
+    # numpy's integers are integers
+    x = w(8, 4)
+    a, b = engine.spherical_kmeans([x], 2, seed=np.int64(3))[0], engine.spherical_kmeans([x], 2, seed=3)[0]
+    assert torch.equal(a.labels, b.labels) and torch.equal(a.centroids, b.centroids)
 
 
 def test_bad_init():

@@ -420,6 +420,38 @@ def test_iterative_steps_call_finetune_and_reach_target():
     assert res.summary.params_before == sum(p.numel() for p in model.parameters())
 
 
+def test_iterative_rounds_are_robust_to_what_finetune_does():
+    """A finetune that wraps the model (new layer names) is refused at the next round instead
+    of cutting the renamed layers again from their current widths; one that returns anything
+    but a module or None is refused; one step calls finetune once; an in-place run reports
+    against the model as it was; a failed run leaves the Pruner on the model it was given."""
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"keep_by_layer names layers .*'0'.*not a wrapper such as DataParallel"):
+        pyprune.prune(deep_net(), x, method="l1", ratio=0.5, iterative_steps=3,
+                      finetune=lambda m, step: nn.Sequential(m))
+    with pytest.raises(TypeError, match=r"must return None or the fine-tuned nn.Module, got tuple \(step 1\)"):
+        pyprune.prune(deep_net(), x, method="l1", ratio=0.5, finetune=lambda m, step: (m, {"top1": 0.9}))
+    calls = []
+    pyprune.prune(deep_net(), x, method="l1", ratio=0.5, finetune=lambda m, step: calls.append(step))
+    assert calls == [1]
+    model = deep_net()
+    n = sum(p.numel() for p in model.parameters())
+    res = pyprune.prune(model, x, method="l1", ratio=0.5, iterative_steps=2, inplace=True)
+    assert res.summary.params_before == n and res.summary.params_after == sum(p.numel() for p in model.parameters()) < n
+    model = deep_net()
+    pruner = pyprune.Pruner(model, x, method="l1")
+
+    def fails(m, step):
+        if step == 2:
+            raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        pruner.run(0.5, iterative_steps=3, finetune=fails)
+    assert pruner.model is model and sum(p.numel() for p in model.parameters()) == n
+    again = pruner.run(0.5, iterative_steps=3)
+    assert [m.out_channels for m in again.model if isinstance(m, nn.Conv2d)] == [16, 16, 32, 32, 64, 64]
+
+
 # -- real data: scikit-learn's handwritten digits -------------------------------------------
 DIGITS_METHODS = ["kmeans", "kmeans_nomerge", "l1", "l2", "fpgm", "activation", "apoz", "hrank", "taylor", "random"]
 
@@ -542,3 +574,15 @@ def test_calibration_batches_the_model_cannot_take_are_refused_before_any_work()
 
     with pytest.raises(ValueError, match="returns a dict"):
         pyprune.prune(TwoHeads().eval(), a[:1], method="taylor", calibration=[(a, torch.zeros(4, dtype=torch.long))])
+
+
+def test_a_shortfall_from_grouped_blocks_is_named():
+    """Nothing kept whole, yet far fewer channels removed than asked (each two-channel block
+    of a grouped conv keeps one at least): a warning names the groups that kept most."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=8),
+                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)).eval()
+    with pytest.warns(UserWarning, match=r"asked to remove 90% of the channels, removed 5\d%.*Groups that kept most.*"
+                                         r"kept 8 of 16, in blocks of a grouped layer"):
+        res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.9)
+    assert res.model[2].groups == 8 and res.model[2].in_channels == 8

@@ -257,3 +257,5 @@ def test_unknown_per_channel_tensor_of_a_layer_is_refused_before_cutting():
     assert res.model[0].out_channels == 16 and res.model[2].in_channels == 16
     with torch.no_grad():
         assert res.model(x).shape == (2, 5)
+    with pytest.warns(UserWarning, match=r"asked to remove 50% of the channels, removed 0%.*InScaleConv2d"):
+        pyprune.prune(model, x, method="l2", strict=False)  # the default ratio is checked as well
