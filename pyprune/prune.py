@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import fnmatch
 import math
+import numbers
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -99,8 +100,18 @@ class PruneConfig:
         if self.round_to is not None and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
                                           or self.round_to < 1):
             raise ValueError(f"round_to must be a positive int or None, got {self.round_to!r}")
-        if isinstance(self.taper, bool) or not isinstance(self.taper, (int, float)) or self.taper < 0:
-            raise ValueError(f"taper must be >= 0 (0 = uniform), got {self.taper!r}")
+        if isinstance(self.taper, bool) or not isinstance(self.taper, numbers.Real) or not 0 <= self.taper < math.inf:
+            raise ValueError(f"taper must be a finite number >= 0 (0 = uniform), got {self.taper!r}")
+        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0 < self.min_keep <= 1:
+            raise ValueError(f"min_keep: the share of each group the global schedule keeps at least must be in (0, 1], "
+                             f"got {self.min_keep!r}")
+        if self.calibration_batches is not None and (isinstance(self.calibration_batches, bool) or not isinstance(
+                self.calibration_batches, numbers.Integral) or self.calibration_batches < 1):
+            raise ValueError(f"calibration_batches must be a positive int or None (all), got {self.calibration_batches!r}")
+        unknown = [k for k in self.criterion_options if k not in spec.options]
+        if unknown:
+            raise TypeError(f"criterion_options: unknown option(s) {', '.join(map(repr, unknown))} for method "
+                            f"{self.method!r}; its options: {', '.join(spec.options) or 'none'}")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
         if isinstance(self.latency_rounds, bool) or not isinstance(self.latency_rounds, int) or self.latency_rounds < 1:
@@ -238,8 +249,10 @@ class PruneResult:
 def _check_ratio(ratio, method: str, allow_auto: bool) -> None:
     if allow_auto and ratio == "auto":
         return
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) < 1.0:
-        extra = f" or 'auto' ({method})" if allow_auto else ""
+    extra = f" or 'auto' ({method})" if allow_auto else ""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
+        raise ValueError(f"ratio: expected a number in [0, 1){extra}, got a {type(ratio).__name__} ({ratio!r})")
+    if not 0.0 <= float(ratio) < 1.0:
         raise ValueError(f"ratio: the fraction of channels removed must be in [0, 1){extra}, got {ratio!r}")
 
 
@@ -455,6 +468,7 @@ class Pruner:
                          max_params=max_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup)
         ratio = _ratio_or_budget(ratio, budget)
         _check_ratio(ratio, self.method, self.spec.supports_auto)
+        ratio = ratio if ratio == "auto" else float(ratio)  # numpy's floats too
         graph = self._graph()
         groups = [g for g in graph.groups if g.prunable > 0]
         ctx = self._context(graph)

@@ -280,3 +280,22 @@ def test_an_edited_plan_is_checked_group_by_group():
     with pytest.raises(ValueError, match=rf"channel 2 of group {out.id} \({out.name}, 10 channels\) is kept whole "
                                          r"\(network output\)"):
         pruner.apply(edited(out.id, [0, 1]))
+
+
+def test_pruning_options_are_checked_before_any_work():
+    """Options that would silently remove nothing or be ignored are refused naming them;
+    numpy's numbers count as numbers."""
+    from pyprune import PruneConfig, Pruner
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    for kw, match in [({"taper": float("nan"), "schedule": "taper"}, "taper must be a finite number"),
+                      ({"min_keep": 1.5, "schedule": "global"}, r"min_keep: .* in \(0, 1\]"),
+                      ({"calibration_batches": 0, "method": "activation", "calibration": [x]}, "calibration_batches"),
+                      ({"ratio": torch.tensor(0.5)}, r"ratio: expected a number .* got a Tensor")]:
+        with pytest.raises(ValueError, match=match):
+            pyprune.prune(model, x, **kw)
+    with pytest.raises(TypeError, match=r"criterion_options: unknown option\(s\) 'kmeans_itre' .* kmeans_iter"):
+        Pruner(model, x, config=PruneConfig(method="kmeans", criterion_options={"kmeans_itre": 0}))
+    res = pyprune.prune(model, x, method="l1", ratio=np.float32(0.5))
+    assert res.model[0].out_channels == 4 and res.plan.ratio == 0.5
