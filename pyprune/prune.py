@@ -135,6 +135,7 @@ class PrunePlan:
     clusters: dict = field(default_factory=dict)  # group id -> (labels, representatives), selecting methods
     cluster_stats: dict = field(default_factory=dict)  # group id -> (norms, rep_cosines, rep_residuals)
     iterations: dict = field(default_factory=dict)  # group id -> iterations the clustering took
+    asked: dict = field(default_factory=dict)  # group id -> channels the schedule asked to keep
 
     def kept(self, group) -> np.ndarray:
         """The sorted positions (into ``group.units``) the plan keeps of a group. ``keep``
@@ -362,6 +363,14 @@ def _ignored(model: nn.Module, graph: ChannelGraph, ignore) -> list[tuple[np.nda
                  if m.role in ("out", "bias") and any(fnmatch.fnmatchcase(m.module, p) for p in patterns)]
         if units:
             out.append((np.concatenate(units), f"ignore={label!r}"))
+            continue
+        # a module that produces no channels (a norm, an activation): ignoring it would keep nothing
+        touched = {int(graph.unit_group[u]) for m in graph.members if any(fnmatch.fnmatchcase(m.module, p)
+                                                                           for p in patterns) for u in m.units[:1]}
+        producers = sorted({p.module for gid in touched for p in graph.groups[gid].producers()})
+        hint = f"; the layers that write the channels it reads: {', '.join(producers[:5])}" if producers else ""
+        raise ValueError(f"ignore: {label!r} produces no channels of its own (it is not a conv or Linear), so "
+                         f"ignoring it would keep nothing: name the layer whose output channels should stay{hint}")
     return out
 
 
@@ -425,10 +434,10 @@ class Pruner:
                        calibration=cfg.calibration, calibration_batches=cfg.calibration_batches,
                        options=dict(cfg.criterion_options))
 
-    def _counts(self, groups, ratio, scores):
+    def _counts(self, groups, ratio, scores, fit: bool = True):
         cfg = self.config
         return keep_counts(groups, ratio, cfg.schedule, round_to=cfg.round_to, taper=cfg.taper, sensitivity=cfg.sensitivity,
-                           layer_ratios=cfg.layer_ratios, scores=scores, min_keep=cfg.min_keep)
+                           layer_ratios=cfg.layer_ratios, scores=scores, min_keep=cfg.min_keep, fit=fit)
 
     def latency_model(self, align: int | None = None):
         """The :class:`pyprune.latency.LatencyModel` of the current model on the configured
@@ -485,7 +494,7 @@ class Pruner:
                 size = graph.groups[gid].size
                 n_keep[gid] = round_keep(max(1, min(size, int(k))), size, self.config.round_to)
         else:
-            n_keep = self._counts(groups, float(ratio), base_scores)
+            n_keep = self._counts(groups, float(ratio), base_scores, fit=False)
         if keep_by_layer:
             firsts = {g.producers()[0].module for g in groups if g.producers()}
             unknown = sorted(set(keep_by_layer) - firsts)
@@ -498,6 +507,7 @@ class Pruner:
             names = [m.module for m in g.producers()]
             if keep_by_layer and names and names[0] in keep_by_layer:
                 n_keep[g.id] = int(min(g.size, max(1, g.size - g.prunable, keep_by_layer[names[0]])))
+        asked = dict(n_keep)
         n_keep = fit_blocks(groups, n_keep)
         _warn_unrounded(groups, n_keep, self.config.round_to)
         if self.spec.selects or base_scores is None:
@@ -505,7 +515,7 @@ class Pruner:
             results = self.spec(groups, ctx)
         else:
             results = base_scores
-        plan = PrunePlan(graph, {}, self.method, ratio if isinstance(ratio, float) else float("nan"))
+        plan = PrunePlan(graph, {}, self.method, ratio if isinstance(ratio, float) else float("nan"), asked=asked)
         for g, r in zip(groups, results):
             plan.keep[g.id] = self._kept(g, r, n_keep[g.id], plan)
         return plan
@@ -1086,13 +1096,16 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
         kept_back.sort(key=lambda t: -t[0])
         shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
         warnings.warn(head + f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
-    elif few_channels:  # nothing kept whole, yet channels short: blocks or floors held groups above the ratio
-        held = sorted(((len(keep.get(g.id, range(g.size))) / g.size, g) for g in graph.groups if g.prunable > 1),
-                      key=lambda t: -t[0])
-        shown = "; ".join(f"{g.name} (kept {len(keep.get(g.id, range(g.size)))} of {g.size}"
-                          f"{', in blocks of a grouped layer' if g.blocks is not None else ''})" for _, g in held[:5])
-        warnings.warn(head + f"Groups that kept most (a block of a grouped layer or a layer's floor keeps at least "
-                      f"one channel each): {shown}.", stacklevel=3)
+    elif few_channels:  # nothing kept whole, yet channels short: groups held above what the schedule asked
+        asked = res.plan.asked
+        held = sorted(((len(keep.get(g.id, range(g.size))) - asked[g.id], g) for g in graph.groups
+                       if g.id in asked and len(keep.get(g.id, range(g.size))) > asked[g.id]), key=lambda t: -t[0])
+        if not held:
+            return  # the schedule's own choice
+        shown = "; ".join(f"{g.name} (kept {len(keep.get(g.id, range(g.size)))} of {g.size}, the schedule asked "
+                          f"{asked[g.id]}{'; blocks of a grouped layer keep one each at least' if g.blocks is not None else ''})"
+                          for _, g in held[:5])
+        warnings.warn(head + f"Kept above what the schedule asked: {shown}.", stacklevel=3)
 
 
 def prune(

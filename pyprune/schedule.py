@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -183,10 +184,12 @@ def _taper(groups, ratio, *, round_to=None, taper=1.0, **_):
 
 def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=None, taper: float = 1.0,
                 layer_ratios: dict | None = None, scores: list | None = None, min_keep: float = 0.1,
-                sensitivity=None) -> dict[int, int]:
+                sensitivity=None, fit: bool = True) -> dict[int, int]:
     """Keep count per group for a schedule (``scores`` are needed by ``global`` only,
     ``sensitivity`` (:func:`pyprune.sensitivity`) by schedules registered with
-    ``needs_sensitivity``)."""
+    ``needs_sensitivity``). A count the schedule gives outside 1..size of its group (or none)
+    is refused naming both. ``fit=False``: the counts as the schedule asked them, before the
+    groups with channel blocks round them (:func:`fit_blocks`)."""
     spec = schedule_spec(schedule)
     extra = {}
     if spec.needs_sensitivity:
@@ -200,11 +203,20 @@ def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=No
             raise ValueError(f"the {schedule} schedule needs scores")
         sc = {g.id: s for g, s in zip(groups, scores)}
         scores = [sc[g.id] for g in rest]
-    out = spec.fn(rest, ratio, round_to=round_to, taper=taper, scores=scores, min_keep=min_keep, **extra)
+    out = dict(spec.fn(rest, ratio, round_to=round_to, taper=taper, scores=scores, min_keep=min_keep, **extra))
+    for g in rest:
+        k = out.get(g.id)
+        if k is None:
+            raise ValueError(f"schedule {schedule!r} gave no keep count for group {g.id} ({g.name}); it must return "
+                             "{group id: channels to keep} for every group it is given")
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= g.size:
+            raise ValueError(f"schedule {schedule!r} gave group {g.id} ({g.name}, {g.size} channels) the keep count "
+                             f"{k!r}: expected an int in 1..{g.size}")
+        out[g.id] = int(k)
     for g in groups:
         if g.id in fixed:
             out[g.id] = _keep_for_ratio(g, fixed[g.id], round_to)
-    return fit_blocks(groups, out)
+    return fit_blocks(groups, out) if fit else out
 
 
 def fit_blocks(groups: list[Group], n_keep: dict) -> dict[int, int]:

@@ -109,6 +109,17 @@ def test_ignore_keeps_that_layer():
     assert res.model[0].out_channels == 16
 
 
+def test_ignoring_a_module_without_channels_of_its_own_is_refused_naming_the_producer():
+    """ignore= a BatchNorm would keep nothing (it writes no channels): refused, naming the conv
+    whose channels it reads; its conv named instead keeps them."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.raises(ValueError, match=r"ignore: '1' produces no channels of its own.*reads: 0$"):
+        pyprune.prune(model, x, method="l2", ignore=["1"])
+    assert pyprune.prune(model, x, method="l2", ignore=["0"]).model[0].out_channels == 16
+
+
 def test_round_to():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 40, 3), nn.ReLU(), nn.Conv2d(40, 4, 3)).eval()

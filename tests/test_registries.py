@@ -168,6 +168,23 @@ def test_scores_criterion_cannot_return_selection():
         del CRITERIA["sneaky"]
 
 
+def test_scores_that_are_not_finite_are_refused_naming_the_channel():
+    """NaN sorts anywhere: a criterion's NaN score would keep arbitrary channels."""
+    @pyprune.register_criterion("nan_top")
+    def nan_top(group, ctx):
+        s = np.arange(group.size, dtype=np.float64)
+        s[-1] = np.nan
+        return s
+
+    try:
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+        with pytest.raises(ValueError, match=r"'nan_top' gave group 1 \(0\) 1 score\(s\) that are not finite "
+                                             r"\(channel 7: nan\)"):
+            pyprune.prune(model, torch.randn(1, 3, 9, 9), method="nan_top", ratio=0.5)
+    finally:
+        del CRITERIA["nan_top"]
+
+
 @pytest.mark.parametrize("kw, name", [({"ratoi": 0.5}, "ratoi"), ({"kmeans_itr": 5}, "kmeans_itr"),
                                       ({"stat": "mean"}, "stat")])
 def test_unknown_option_raises_type_error_naming_it(kw, name):
@@ -213,6 +230,24 @@ def test_user_schedule():
         assert [m.out_channels for m in res.model if isinstance(m, nn.Conv2d)] == [4, 8, 4]
     finally:
         del SCHEDULES["half_first"]
+
+
+@pytest.mark.parametrize("count, match", [(-3, r"keep count -3: expected an int in 1\.\.8"),
+                                          (2.5, r"keep count 2\.5: expected an int"), (None, "it must return")])
+def test_a_user_schedules_counts_are_checked(count, match):
+    """A registered schedule's keep counts out of 1..size, not integers, or missing are refused
+    naming the schedule and the group."""
+    @pyprune.register_schedule("odd")
+    def odd(groups, ratio, **_):
+        return {g.id: count for g in groups if count is not None}
+
+    from pyprune.schedule import SCHEDULES
+    try:
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+        with pytest.raises(ValueError, match=rf"schedule 'odd' gave .*group 1 \(0.*{match}"):
+            pyprune.prune(model, torch.randn(1, 3, 12, 12), method="l2", schedule="odd")
+    finally:
+        del SCHEDULES["odd"]
 
 
 def test_per_output_channel_tensor_of_a_subclass_is_sliced_without_a_handler():

@@ -131,6 +131,10 @@ class CriterionSpec:
             if s.shape != (g.size,):
                 raise ValueError(f"criterion {self.name!r} returned shape {s.shape} for group {g.id} "
                                  f"({g.name}) with {g.size} units")
+            bad = np.flatnonzero(~np.isfinite(s))
+            if len(bad):  # NaN sorts anywhere: the channels kept would be arbitrary
+                raise ValueError(f"criterion {self.name!r} gave group {g.id} ({g.name}) {len(bad)} score(s) that are "
+                                 f"not finite (channel {bad[0]}: {s[bad[0]]}); scores must be finite numbers")
             checked.append(s)
         return checked
 
