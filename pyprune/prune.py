@@ -31,8 +31,8 @@ from .graph._check import check_runs
 from .latency import RUNTIMES
 from .layers import LAYERS
 from .merge import MergeReport, merge_folds
-from .schedule import (fit_blocks, iterative_keep, iterative_targets, keep_counts, round_keep, schedule_spec,
-                       solve_for_budget)
+from .schedule import (fit_blocks, iterative_keep, iterative_targets, keep_counts, keep_for_ratio,
+                       match_layer_ratios, round_keep, schedule_spec, solve_for_budget)
 from .summary import CostModel, Summary, compare, snapshot
 from .surgery import apply_keep
 
@@ -488,9 +488,11 @@ class Pruner:
             base_scores = ranker(groups, ctx)
         if budget is not None:
             n_keep, ratio = self._solve(graph, groups, base_scores, budget)
-        elif ratio == "auto":
-            n_keep = {g.id: g.size for g in groups}
-            for gid, k in self.spec.auto_keep(groups, ctx).items():
+        elif ratio == "auto":  # the elbow per group; explicit layer_ratios for theirs
+            fixed = match_layer_ratios(groups, self.config.layer_ratios) if self.config.layer_ratios else {}
+            n_keep = {g.id: (keep_for_ratio(g, fixed[g.id], self.config.round_to) if g.id in fixed else g.size)
+                      for g in groups}
+            for gid, k in self.spec.auto_keep([g for g in groups if g.id not in fixed], ctx).items():
                 size = graph.groups[gid].size
                 n_keep[gid] = round_keep(max(1, min(size, int(k))), size, self.config.round_to)
         else:
@@ -579,9 +581,7 @@ class Pruner:
             cfg = self.config
             fixed = {}
             if cfg.layer_ratios:
-                from .schedule import _keep_for_ratio, match_layer_ratios
-
-                fixed = {gid: _keep_for_ratio(graph.groups[gid], r, cfg.round_to)
+                fixed = {gid: keep_for_ratio(graph.groups[gid], r, cfg.round_to)
                          for gid, r in match_layer_ratios(groups, cfg.layer_ratios).items()}
             while True:
                 try:

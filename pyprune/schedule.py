@@ -29,9 +29,9 @@ import numpy as np
 
 from .graph import Group
 
-__all__ = ["round_keep", "uniform_keep", "taper_ratios", "global_keep", "keep_counts", "fit_blocks", "solve_for_budget",
-           "iterative_targets", "iterative_keep", "register_schedule", "available_schedules", "SCHEDULES",
-           "MAX_RATIO"]
+__all__ = ["round_keep", "keep_for_ratio", "match_layer_ratios", "uniform_keep", "taper_ratios", "global_keep",
+           "keep_counts", "fit_blocks", "solve_for_budget", "iterative_targets", "iterative_keep", "register_schedule",
+           "available_schedules", "SCHEDULES", "MAX_RATIO"]
 
 MAX_RATIO = 0.95  # the largest share of a group any schedule or budget removes
 
@@ -47,7 +47,8 @@ def round_keep(n_keep: int, size: int, round_to: int | None) -> int:
     return int(min(r, size))
 
 
-def _keep_for_ratio(g: Group, ratio: float, round_to: int | None) -> int:
+def keep_for_ratio(g: Group, ratio: float, round_to: int | None) -> int:
+    """Channels group `g` keeps when `ratio` of them go (rounded, frozen ones kept, one at least)."""
     keep = g.size - int(math.floor(ratio * g.size + 0.5))
     keep = round_keep(keep, g.size, round_to)
     return max(keep, g.size - g.prunable, 1)
@@ -56,7 +57,7 @@ def _keep_for_ratio(g: Group, ratio: float, round_to: int | None) -> int:
 def uniform_keep(groups: list[Group], ratio: float, round_to: int | None = None) -> dict[int, int]:
     """Every group loses the same fraction `ratio` of its units (at least one kept,
     frozen units always kept)."""
-    return {g.id: _keep_for_ratio(g, ratio, round_to) for g in groups}
+    return {g.id: keep_for_ratio(g, ratio, round_to) for g in groups}
 
 
 def taper_ratios(groups: list[Group], ratio: float, taper: float) -> dict[int, float]:
@@ -179,7 +180,7 @@ def _global(groups, ratio, *, round_to=None, scores=None, min_keep=0.1, **_):
 @register_schedule("taper")
 def _taper(groups, ratio, *, round_to=None, taper=1.0, **_):
     rs = taper_ratios(groups, ratio, taper)
-    return {g.id: _keep_for_ratio(g, rs[g.id], round_to) for g in groups}
+    return {g.id: keep_for_ratio(g, rs[g.id], round_to) for g in groups}
 
 
 def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=None, taper: float = 1.0,
@@ -215,7 +216,7 @@ def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=No
         out[g.id] = int(k)
     for g in groups:
         if g.id in fixed:
-            out[g.id] = _keep_for_ratio(g, fixed[g.id], round_to)
+            out[g.id] = keep_for_ratio(g, fixed[g.id], round_to)
     return fit_blocks(groups, out) if fit else out
 
 

@@ -189,3 +189,17 @@ def test_filters_give_each_write_of_a_unit_its_own_columns():
     x = torch.randn(1, 3, 8, 8)
     runs = [pyprune.prune(copy.deepcopy(model), x, method="kmeans", ratio=0.5).plan.keep_mask() for _ in range(3)]
     assert all(np.array_equal(runs[0], r) for r in runs[1:])
+
+
+def test_layer_ratios_override_the_elbow_of_ratio_auto():
+    """With ratio="auto" the elbow picks each layer's clusters, except where layer_ratios
+    names the layer; a pattern that matches no layer is refused as with a numeric ratio."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    x = torch.randn(1, 3, 12, 12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # layers without an elbow are named in a warning
+        res = pyprune.prune(model, x, method="kmeans", ratio="auto", layer_ratios={"0": 0.0, "2": 0.5})
+    assert (res.model[0].out_channels, res.model[2].out_channels) == (32, 8)
+    with pytest.raises(ValueError, match="'nothing' matches no prunable layer"):
+        pyprune.prune(model, x, method="kmeans", ratio="auto", layer_ratios={"nothing": 0.5})
