@@ -78,8 +78,9 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
         g = graph.groups[int(graph.unit_group[bad])]
         raise ValueError(f"channel {int(np.searchsorted(g.units, bad))} of group {g.id} ({g.name}, {g.size} channels) "
                          f"is kept whole ({'; '.join(graph.frozen_reasons.get(g.id, []))}) and cannot be removed")
-    plan = slice_plan(graph, keep_unit)
     modules = dict(model.named_modules())
+    _check_graph_fits(graph, modules)
+    plan = slice_plan(graph, keep_unit)
     # Work out the sources first; copy the model without duplicating what is replaced.
     memo: dict = {}
     if not inplace:
@@ -171,6 +172,25 @@ def _fold(new: torch.Tensor, orig: torch.Tensor, dims: dict, dim: int, src, dst,
     kept = dims.get(dim, np.arange(orig.shape[dim]))
     lists = [dims.get(d) for d in range(max(max(dims), dim) + 1)]
     engine.fold_slices(new, orig, lists, dim, src, np.searchsorted(kept, dst), scale)
+
+
+def _check_graph_fits(graph: ChannelGraph, modules: dict) -> None:
+    """The graph (and a plan made on it) describes this model as it is now: every tensor it
+    slices exists with the channel count it recorded. Else a plan made for another model, or
+    for this one before it was cut, would cut the wrong channels or fail deep in the gather."""
+    for m in graph.members:
+        t = getattr(modules.get(m.module), m.param, None) if m.module in modules else None
+        if not isinstance(t, torch.Tensor) or t.dim() <= m.dim or t.shape[m.dim] != _recorded_size(m):
+            now = "no such tensor" if not isinstance(t, torch.Tensor) else f"shape {tuple(t.shape)}"
+            raise ValueError(f"the plan (its channel graph) is not for this model as it is: it records {m.key} with "
+                             f"{_recorded_size(m)} channels along dim {m.dim}, the model has {now}. It was made for "
+                             "another model, or for this one before a cut: make a new plan on the model as it is")
+
+
+def _recorded_size(m) -> int:
+    """A member's length along its dim: its positions, or for a grouped conv's input dim the
+    positions of one group (the weight holds in / groups)."""
+    return len(m.units) // m.groups if m.groups > 1 else len(m.units)
 
 
 def _get(modules: dict, mod: str, pname: str) -> torch.Tensor:

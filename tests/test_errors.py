@@ -299,3 +299,21 @@ def test_pruning_options_are_checked_before_any_work():
         Pruner(model, x, config=PruneConfig(method="kmeans", criterion_options={"kmeans_itre": 0}))
     res = pyprune.prune(model, x, method="l1", ratio=np.float32(0.5))
     assert res.model[0].out_channels == 4 and res.plan.ratio == 0.5
+
+
+def test_a_plan_for_another_model_or_an_earlier_state_is_refused():
+    """A plan applied after the model was cut in place, or to another model, is refused
+    before anything is cut, naming a tensor whose channels do not match."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    pruner = pyprune.Pruner(model, x, method="l1")
+    plan = pruner.plan(0.5)
+    pruner.apply(plan, inplace=True)
+    with pytest.raises(ValueError, match=r"records 0\.weight with 16 channels along dim 0, the model has shape "
+                                         r"\(8, 3, 3, 3\).*make a new plan"):
+        pruner.apply(plan)
+    other = pyprune.Pruner(nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 3)).eval(), x, method="l1")
+    with pytest.raises(ValueError, match=r"records 2\.weight .* no such tensor"):
+        other.apply(pyprune.Pruner(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval(), x,
+                                   method="l1").plan(0.5))
