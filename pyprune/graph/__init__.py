@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ._layout import Layout
-from ._trace import LayerRecord, record
+from ._trace import LayerRecord, OpRuleError, record
 
 __all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "as_inputs", "Layout"]
 
@@ -289,6 +289,8 @@ def build_graph(model: nn.Module, example_inputs, example_kwargs: dict | None = 
         rec, _ = record(model, inputs, dict(example_kwargs or {}))
     except GraphError:
         raise
+    except OpRuleError as e:  # not the example inputs' fault
+        raise GraphError(f"{e}. Fix the rule, or remove it to let pyprune keep the channels the op touches") from e
     except Exception as e:  # the model itself failed on the example inputs
         raise GraphError(
             f"running {type(model).__name__} on the example inputs failed: "

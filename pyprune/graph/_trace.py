@@ -208,6 +208,10 @@ class Recorder:
 _HANDLERS: dict[str, Callable] = {}
 
 
+class OpRuleError(RuntimeError):
+    """A channel rule (:func:`register_op`) raised while the model was traced."""
+
+
 def register_op(*names: str):
     """Decorator: `fn` is the channel rule of the torch functions / Tensor methods with
     these names (``torch.sinc``, ``Tensor.roll``, ...; the name is ``func.__name__``).
@@ -1466,7 +1470,14 @@ class _Mode(TorchFunctionMode):
             if outs:  # an op that makes tensors from tracked channels and that we do not know
                 rec.report_unknown(name, lays, outs)
             return
-        handler(rec, name, args, kwargs, out)
+        try:
+            handler(rec, name, args, kwargs, out)
+        except OpRuleError:
+            raise
+        except Exception as e:  # the rule's own failure, not the model's: name the rule
+            rule = f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', repr(handler))}"
+            raise OpRuleError(f"the channel rule for {name} ({rule}, see pyprune.register_op) failed in "
+                              f"{rec.where()}: {type(e).__name__}: {e}") from e
 
 
 @contextlib.contextmanager
