@@ -137,6 +137,12 @@ class PrunePlan:
     iterations: dict = field(default_factory=dict)  # group id -> iterations the clustering took
     asked: dict = field(default_factory=dict)  # group id -> channels the schedule asked to keep
 
+    def __repr__(self) -> str:  # (the dataclass's would print the whole graph)
+        sizes = self.widths()
+        before, after = sum(b for b, _ in sizes.values()), sum(a for _, a in sizes.values())
+        return (f"PrunePlan(method={self.method!r}, ratio={self.ratio:g}, {len(sizes)} groups, "
+                f"{after} of {before} channels kept)")
+
     def kept(self, group) -> np.ndarray:
         """The sorted positions (into ``group.units``) the plan keeps of a group. ``keep``
         entries may be positions or a mask of the group's size; anything else is refused

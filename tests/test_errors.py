@@ -258,6 +258,8 @@ def test_an_edited_plan_is_checked_group_by_group():
     pruner = pyprune.Pruner(model, x, method="l1")
     plan = pruner.plan(ratio=0.5)
     g = next(g for g in plan.graph.groups if g.name == "0")  # the first conv's 16 filters
+    assert repr(plan) == f"PrunePlan(method='l1', ratio=0.5, {len(plan.graph.groups)} groups, " \
+                         f"{sum(a for _, a in plan.widths().values())} of {plan.graph.n_units} channels kept)"
     out = next(g for g in plan.graph.groups if g.prunable == 0 and g.size == 10)  # the classes
 
     def edited(gid, value):
