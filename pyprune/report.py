@@ -182,6 +182,23 @@ def _latency_section(plt, out: pathlib.Path, lat: dict) -> list[str]:
     return parts
 
 
+def _check_rows(name: str, rows, keys: tuple, numeric: tuple) -> None:
+    """Every row has `keys`, and numbers where `numeric` says: else a ValueError naming the row."""
+    for i, r in enumerate(rows or []):
+        missing = [k for k in keys if k not in r]
+        if missing:
+            raise ValueError(f"{name}[{i}]: missing {', '.join(missing)} (each row needs {', '.join(keys)})")
+        for k in numeric:
+            if r.get("method") == "unpruned" and k == "ratio":
+                continue
+            try:
+                float(r[k])
+            except (TypeError, ValueError):
+                raise ValueError(f"{name}[{i}]: {k} must be a number, got {r[k]!r}"
+                                 + (" (for ratio='auto', give the share of channels the prune removed)"
+                                    if k == "ratio" else "")) from None
+
+
 def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] | None = None,
                  sizes: dict | None = None, layer_widths: dict | None = None, title: str = "pyprune report",
                  notes: list[str] | None = None, latency: dict | None = None) -> pathlib.Path:
@@ -196,6 +213,13 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         layer before/after (a bar chart of the slowest layers and the full table), and
         budget, predicted and measured latency per measure -> plan again round.
     """
+    _check_rows("sweep", sweep, ("method", "ratio", "top1"), numeric=("ratio", "top1"))
+    _check_rows("bench", bench, ("runtime", "ratio", "p50_s"), numeric=("ratio", "p50_s"))
+    if sizes:
+        shared = [k for k in ("params", "macs", "file_bytes") if all(k in v for v in sizes.values())]
+        if not shared:
+            raise ValueError("sizes: the models share none of params, macs, file_bytes; give each at least one "
+                             "of them, e.g. {'original': {'params': ...}, 'pruned': {'params': ...}}")
     plt = _plt()
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -245,7 +269,8 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
             bars = ax.bar(names, vals, color=["#888888", "#2a7ab9", "#d9822b"][: len(names)])
             ax.set_title(label)
             for b, v in zip(bars, vals):
-                ax.text(b.get_x() + b.get_width() / 2, v, f"{v / vals[0]:.0%}", ha="center", va="bottom", fontsize=8)
+                share = f"{v / vals[0]:.0%}" if vals[0] else "-"  # (of the first model's)
+                ax.text(b.get_x() + b.get_width() / 2, v, share, ha="center", va="bottom", fontsize=8)
         fig.tight_layout()
         fig.savefig(out / "sizes.png", dpi=110)
         plt.close(fig)

@@ -131,7 +131,9 @@ def match_layer_ratios(groups: list[Group], layer_ratios: dict) -> dict[int, flo
                 out[g.id] = float(r)
                 hit = True
         if not hit:
-            raise ValueError(f"layer_ratios: {pattern!r} matches no prunable layer")
+            raise ValueError(f"layer_ratios: {pattern!r} matches no prunable layer (a layer that writes no channels, "
+                             "or one whose channels are kept whole, by ignore= or for a reason PruneResult.frozen() "
+                             "names, takes no ratio)")
     return out
 
 

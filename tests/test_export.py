@@ -479,3 +479,21 @@ def test_report_renders_every_figure_and_table_in_a_real_browser(tmp_path):
         small = np.asarray(im.convert("RGB").resize((200, 480)))
     colours = len(np.unique(small.reshape(-1, 3), axis=0))
     assert colours > 50  # figures and text, not a blank page
+
+
+def test_report_rows_are_checked_naming_the_row(tmp_path):
+    """write_report refuses a row without its keys or with a ratio that is no number, naming
+    the row, before anything is drawn; a first model of size 0 draws no share."""
+    from pyprune.report import write_report
+
+    with pytest.raises(ValueError, match=r"sweep\[1\]: missing top1"):
+        write_report(tmp_path / "a", sweep=[{"method": "l1", "ratio": 0.3, "top1": 0.9}, {"method": "l1", "ratio": 0.5}])
+    with pytest.raises(ValueError, match=r"sweep\[0\]: ratio must be a number, got 'auto'"):
+        write_report(tmp_path / "b", sweep=[{"method": "kmeans", "ratio": "auto", "top1": 0.9}])
+    with pytest.raises(ValueError, match=r"bench\[0\]: missing p50_s"):
+        write_report(tmp_path / "c", bench=[{"runtime": "eager", "ratio": 0.5}])
+    with pytest.raises(ValueError, match="sizes: the models share none"):
+        write_report(tmp_path / "d", sizes={"original": {"params": 10}, "pruned": {"macs": 5}})
+    assert not any((tmp_path / n).exists() for n in "abcd")
+    write_report(tmp_path / "e", sizes={"original": {"params": 0}, "pruned": {"params": 0}})
+    assert (tmp_path / "e" / "index.html").is_file()
