@@ -143,7 +143,9 @@ class KMeansResult:
     centroids: (K, d) unit-norm cluster directions.
     labels: (n,) int64 cluster of every filter (last assignment step).
     representatives: (K,) int64 distinct filter indices, per cluster the member closest to
-        its centroid: the filters to keep when pruning to K channels.
+        its centroid: the filters to keep when pruning to K channels. A cluster left without
+        members (K above the number of distinct filter directions) is given a filter no other
+        cluster chose, so the K stay distinct; that filter's label names another cluster.
     objective: (n_iter,) float64, sum of each filter's cosine to its centroid, per
         iteration; it never decreases.
     n_iter: number of iterations (assignment steps) run.
