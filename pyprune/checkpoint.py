@@ -47,6 +47,7 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
     architecture, metadata) as JSON beside it (same name, ``.json``): nothing in either
     file is code."""
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    attributes = {**_conv_sizes(model), **(attributes or {})}
     obj = {
         "format": FORMAT,
         "version": VERSION,
@@ -66,6 +67,14 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
     else:
         atomic_save(obj, path)
     return path
+
+
+def _conv_sizes(model: nn.Module) -> dict:
+    """A grouped conv's ``groups`` and ``in_channels``: its weight's shape cannot tell them
+    (a depthwise conv with a multiplier that lost whole groups, or one whose groups each lost
+    outputs, have the same shapes), so they are saved and set again on loading."""
+    return {(name, attr): getattr(m, attr) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for attr in ("groups", "in_channels")}
 
 
 def _save_safetensors(obj: dict, path: pathlib.Path) -> None:

@@ -203,10 +203,14 @@ def check_calibration(calibration, example_inputs: tuple) -> None:
         for j, (t, ex) in enumerate(zip(inputs, example_inputs)):
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"calibration: input {j} of a batch is a {type(t).__name__}, not a tensor")
-            if isinstance(ex, torch.Tensor) and ex.dim() >= 2 and (t.dim() != ex.dim() or t.shape[1] != ex.shape[1]):
+            if isinstance(ex, torch.Tensor) and t.dim() != ex.dim():
                 raise ValueError(f"calibration: input {j} of the first batch has shape {tuple(t.shape)}, but the example "
                                  f"input has {tuple(ex.shape)}: calibration batches must be inputs the model takes "
-                                 f"(rank {ex.dim()}, {ex.shape[1]} channels)")
+                                 f"(rank {ex.dim()})")
+            if isinstance(ex, torch.Tensor) and ex.dim() in (4, 5) and t.shape[1] != ex.shape[1]:  # images, volumes
+                raise ValueError(f"calibration: input {j} of the first batch has shape {tuple(t.shape)}, but the example "
+                                 f"input has {tuple(ex.shape)}: calibration batches must be inputs the model takes "
+                                 f"({ex.shape[1]} channels)")
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 raise ValueError(f"calibration: input {j} of the first batch holds NaN or infinite values")
 

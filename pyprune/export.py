@@ -264,6 +264,7 @@ def _compare(got: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
     if ref.size == 0:
         return 0.0, 0.0
     g, r = got.astype(np.float64), ref.astype(np.float64)
+    g, r = np.atleast_1d(g), np.atleast_1d(r)  # (a 0-d output: a scalar loss or score)
     with np.errstate(invalid="ignore"):
         err = np.abs(g - r)
     err[(g == r) | (np.isnan(g) & np.isnan(r))] = 0.0  # equal infinities, NaN in both

@@ -207,11 +207,14 @@ class Conv(LayerHandler):
         elif g == m.in_channels == m.out_channels and in_ids is not None:  # depthwise
             out_ids = in_ids
             self._outputs(rec, name, m, out_ids)
-        elif g == m.in_channels and m.out_channels % g == 0 and in_ids is not None:
+        elif g == m.in_channels and m.out_channels % g == 0 and in_ids is not None and not rec.is_frozen(in_ids):
             # depthwise with a channel multiplier: each input channel is a group of its own whose
-            # outputs go (and stay) with it; the groups shrink with the input channels kept
+            # outputs go (and stay) with it; the groups shrink with the input channels kept.
+            # (An input kept whole, the network's, leaves the outputs to the grouped rule below.)
             out_ids = np.repeat(in_ids, m.out_channels // g)
             self._outputs(rec, name, m, out_ids)
+            for attr in ("groups", "in_channels"):
+                rec.rewrites.append(Rewrite(name, attr, "count", [np.asarray(in_ids, np.int64)]))
         else:  # grouped: every group keeps as many inputs, and as many outputs, as the others
             out_ids = rec.new_ids(m.out_channels, name)
             self._outputs(rec, name, m, out_ids)
@@ -223,12 +226,11 @@ class Conv(LayerHandler):
 
     def resize(self, m):
         w = m.weight
-        per_group_out = m.out_channels // m.groups
-        depthwise = m.groups > 1 and m.groups == m.in_channels  # a group per input (with a multiplier or not)
+        depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
         m.out_channels = w.shape[0]
         if depthwise:
-            m.groups = m.in_channels = w.shape[0] // per_group_out
-        else:
+            m.groups = m.in_channels = w.shape[0]
+        else:  # (a multiplier conv's groups and inputs are rewritten by the graph: see trace)
             m.in_channels = w.shape[1] * m.groups
 
     def macs(self, m, out_shape):

@@ -102,8 +102,8 @@ class PruneConfig:
             raise ValueError(f"round_to must be a positive int or None, got {self.round_to!r}")
         if isinstance(self.taper, bool) or not isinstance(self.taper, numbers.Real) or not 0 <= self.taper < math.inf:
             raise ValueError(f"taper must be a finite number >= 0 (0 = uniform), got {self.taper!r}")
-        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0 < self.min_keep <= 1:
-            raise ValueError(f"min_keep: the share of each group the global schedule keeps at least must be in (0, 1], "
+        if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0 <= self.min_keep <= 1:
+            raise ValueError(f"min_keep: the share of each group the global schedule keeps at least must be in [0, 1], "
                              f"got {self.min_keep!r}")
         if self.calibration_batches is not None and (isinstance(self.calibration_batches, bool) or not isinstance(
                 self.calibration_batches, numbers.Integral) or self.calibration_batches < 1):
@@ -138,7 +138,10 @@ class PrunePlan:
     asked: dict = field(default_factory=dict)  # group id -> channels the schedule asked to keep
 
     def __repr__(self) -> str:  # (the dataclass's would print the whole graph)
-        sizes = self.widths()
+        try:
+            sizes = self.widths()
+        except ValueError:  # an edited keep that apply() would refuse
+            return f"PrunePlan(method={self.method!r}, ratio={self.ratio:g}, keep edited: not valid)"
         before, after = sum(b for b, _ in sizes.values()), sum(a for _, a in sizes.values())
         return (f"PrunePlan(method={self.method!r}, ratio={self.ratio:g}, {len(sizes)} groups, "
                 f"{after} of {before} channels kept)")
@@ -281,15 +284,16 @@ def _warn_unrounded(groups, n_keep: dict, round_to: int | None) -> None:
 
 
 def _finetuned(finetune: Callable, model: nn.Module, step: int) -> nn.Module:
-    """``finetune(model, step)``: the model it returns, or `model` for None; anything else is
+    """``finetune(model, step)``: the model it returns, else `model` (trained in place: None,
+    or a history such as :func:`pyprune.train.fit` returns); a tuple holding a module is
     refused (a (model, metrics) pair would otherwise lose the model silently)."""
     out = finetune(model, step)
-    if out is None:
-        return model
-    if not isinstance(out, nn.Module):
-        raise TypeError(f"finetune(model, step) must return None or the fine-tuned nn.Module, got "
-                        f"{type(out).__name__} (step {step})")
-    return out
+    if isinstance(out, nn.Module):
+        return out
+    if isinstance(out, (tuple, list)) and any(isinstance(o, nn.Module) for o in out):
+        raise TypeError(f"finetune(model, step) returned a {type(out).__name__} holding a module (step {step}): "
+                        "return the fine-tuned model alone (or None where it trains the model in place)")
+    return model  # None, a history, metrics: the model was trained in place
 
 
 def _ratio_or_budget(ratio, budget) -> float | str:
@@ -370,12 +374,16 @@ def _ignored(model: nn.Module, graph: ChannelGraph, ignore) -> list[tuple[np.nda
         if units:
             out.append((np.concatenate(units), f"ignore={label!r}"))
             continue
-        # a module that produces no channels (a norm, an activation): ignoring it would keep nothing
+        # a module that produces no channels (a norm): ignoring it would keep nothing
         touched = {int(graph.unit_group[u]) for m in graph.members if any(fnmatch.fnmatchcase(m.module, p)
                                                                            for p in patterns) for u in m.units[:1]}
+        if not touched:  # no channels traced at all (an activation, a layer that never ran): nothing to keep
+            warnings.warn(f"pyprune: ignore={label!r} holds no channels pyprune cuts (it has none, or never ran on "
+                          "the example inputs): it keeps nothing", stacklevel=4)
+            continue
         producers = sorted({p.module for gid in touched for p in graph.groups[gid].producers()})
         hint = f"; the layers that write the channels it reads: {', '.join(producers[:5])}" if producers else ""
-        raise ValueError(f"ignore: {label!r} produces no channels of its own (it is not a conv or Linear), so "
+        raise ValueError(f"ignore: {label!r} produces no channels of its own (it reads channels a layer writes), so "
                          f"ignoring it would keep nothing: name the layer whose output channels should stay{hint}")
     return out
 
@@ -504,10 +512,11 @@ class Pruner:
         else:
             n_keep = self._counts(groups, float(ratio), base_scores, fit=False)
         if keep_by_layer:
-            firsts = {g.producers()[0].module for g in groups if g.producers()}
+            firsts = {g.producers()[0].module for g in graph.groups if g.producers()}  # (a group cut to its
+            # floor in an earlier round is no longer prunable, yet still the model's)
             unknown = sorted(set(keep_by_layer) - firsts)
             if unknown:
-                raise ValueError(f"keep_by_layer names layers that produce no prunable group of this model: "
+                raise ValueError(f"keep_by_layer names layers that produce no channel group of this model: "
                                  f"{', '.join(map(repr, unknown[:5]))}. (In run(), a finetune callback must return "
                                  "the model itself or one with the same layer names, not a wrapper such as "
                                  "DataParallel.)")
@@ -1076,8 +1085,9 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
     parameters that cutting that share of every layer's inputs and outputs removes
     (1 - (1 - ratio)^2: channels kept whole may be few and hold most of the weights), naming
     the largest groups that kept channels and why."""
-    if not isinstance(ratio, (int, float)) or ratio <= 0:
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or ratio <= 0:
         return
+    ratio = float(ratio)
     graph, keep = res.plan.graph, res.plan.keep
     io = {"network input", "network output"}
     total = removed = 0

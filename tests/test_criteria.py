@@ -118,6 +118,8 @@ def test_ignoring_a_module_without_channels_of_its_own_is_refused_naming_the_pro
     with pytest.raises(ValueError, match=r"ignore: '1' produces no channels of its own.*reads: 0$"):
         pyprune.prune(model, x, method="l2", ignore=["1"])
     assert pyprune.prune(model, x, method="l2", ignore=["0"]).model[0].out_channels == 16
+    with pytest.warns(UserWarning, match=r"ignore='2' holds no channels pyprune cuts"):  # an activation
+        assert pyprune.prune(model, x, method="l2", ignore=["2"]).model[0].out_channels == 8
 
 
 def test_round_to():

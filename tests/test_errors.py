@@ -292,7 +292,7 @@ def test_pruning_options_are_checked_before_any_work():
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
     x = torch.randn(1, 3, 8, 8)
     for kw, match in [({"taper": float("nan"), "schedule": "taper"}, "taper must be a finite number"),
-                      ({"min_keep": 1.5, "schedule": "global"}, r"min_keep: .* in \(0, 1\]"),
+                      ({"min_keep": 1.5, "schedule": "global"}, r"min_keep: .* in \[0, 1\]"),
                       ({"calibration_batches": 0, "method": "activation", "calibration": [x]}, "calibration_batches"),
                       ({"ratio": torch.tensor(0.5)}, r"ratio: expected a number .* got a Tensor")]:
         with pytest.raises(ValueError, match=match):
@@ -301,6 +301,7 @@ def test_pruning_options_are_checked_before_any_work():
         Pruner(model, x, config=PruneConfig(method="kmeans", criterion_options={"kmeans_itre": 0}))
     res = pyprune.prune(model, x, method="l1", ratio=np.float32(0.5))
     assert res.model[0].out_channels == 4 and res.plan.ratio == 0.5
+    assert pyprune.prune(model, x, method="l1", schedule="global", min_keep=0).model[2].out_channels == 4
 
 
 def test_a_plan_for_another_model_or_an_earlier_state_is_refused():

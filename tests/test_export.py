@@ -497,3 +497,23 @@ def test_report_rows_are_checked_naming_the_row(tmp_path):
     assert not any((tmp_path / n).exists() for n in "abcd")
     write_report(tmp_path / "e", sizes={"original": {"params": 0}, "pruned": {"params": 0}})
     assert (tmp_path / "e" / "index.html").is_file()
+
+
+def test_a_scalar_output_is_verified(tmp_path):
+    """A 0-d output (a score beside the logits) is compared as the others are."""
+    class WithScore(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 8, 3)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.c(x).mean((2, 3))
+            return self.fc(h), h.pow(2).mean()
+
+    torch.manual_seed(0)
+    res = export(WithScore().eval(), torch.randn(1, 3, 12, 12), "onnx", tmp_path / "m.onnx")
+    assert res.verified and res.outputs == ("output[0]", "output[1]") and res.max_rel_error <= 1e-4
+    ex = _export_module()
+    assert ex._compare(np.array(2.0), np.array(2.0)) == (0.0, 0.0)
+    assert ex._compare(np.array(2.0), np.array(1.0)) == (1.0, 1.0)

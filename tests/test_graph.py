@@ -1412,6 +1412,28 @@ def test_tied_weights_are_cut_alike_and_stay_one_tensor():
     assert model.a.weight is model.b.weight and model.a.weight.shape == (16, 16, 3, 3)  # the original untouched
 
 
+def test_a_tensor_tied_to_a_holder_the_trace_does_not_follow_is_kept_whole():
+    """An output head tied to an embedding read functionally: the head's channels cannot be
+    cut for the head alone, so they are kept whole with the reason; the rest is cut and the
+    tie survives."""
+    class TiedHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb, self.fc, self.fc2 = nn.Embedding(50, 16), nn.Linear(16, 32), nn.Linear(32, 16)
+            self.head = nn.Linear(16, 50, bias=False)
+            self.head.weight = self.emb.weight
+
+        def forward(self, x):
+            return self.head(self.fc2(torch.relu(self.fc(self.emb(x)))))
+
+    torch.manual_seed(0)
+    model, x = TiedHead().eval(), torch.randint(0, 50, (2, 5))
+    with pytest.warns(UserWarning, match=r"head.weight is one tensor with emb.weight, whose channels pyprune does not"):
+        res = pyprune.prune(model, x, method="l1", ratio=0.5)
+    assert res.model.head.weight is res.model.emb.weight and res.model.emb.weight.shape == (50, 16)
+    assert res.model.fc.out_features == 16 and res.model(x).shape == (2, 5, 50)
+
+
 class _ConvTwice(nn.Module):
     """One conv run twice in a row (its filters applied to its own output)."""
 
@@ -1513,3 +1535,9 @@ def test_a_depthwise_conv_with_a_channel_multiplier_loses_whole_groups(tmp_path)
     path = save_model(tmp_path / "m.pt", res.model)
     loaded, _ = load_model(path, model=_DepthwiseMultiplier())
     assert torch.equal(loaded(x), res.model(x))
+    # on the network's input (kept whole) the conv keeps its groups and loses outputs in each
+    stem = nn.Sequential(nn.Conv2d(3, 24, 3, groups=3), nn.ReLU(), nn.Conv2d(24, 8, 3)).eval()
+    cut = pyprune.prune(stem, x, method="l2", ratio=0.5).model
+    assert (cut[0].in_channels, cut[0].groups, cut[0].out_channels) == (3, 3, 12)
+    again, _ = load_model(save_model(tmp_path / "s.pt", cut), model=stem)
+    assert (again[0].in_channels, again[0].groups) == (3, 3) and torch.equal(again(x), cut(x))

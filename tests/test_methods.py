@@ -1,6 +1,8 @@
 """Pruning methods, schedules and the Pruner API (issue: methods and the Python API)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -422,18 +424,22 @@ def test_iterative_steps_call_finetune_and_reach_target():
 
 def test_iterative_rounds_are_robust_to_what_finetune_does():
     """A finetune that wraps the model (new layer names) is refused at the next round instead
-    of cutting the renamed layers again from their current widths; one that returns anything
-    but a module or None is refused; one step calls finetune once; an in-place run reports
+    of cutting the renamed layers again from their current widths; one that returns a
+    (model, metrics) pair is refused, one that returns a history trained in place; one step calls finetune once; an in-place run reports
     against the model as it was; a failed run leaves the Pruner on the model it was given."""
     x = torch.randn(1, 3, 8, 8)
     with pytest.raises(ValueError, match=r"keep_by_layer names layers .*'0'.*not a wrapper such as DataParallel"):
         pyprune.prune(deep_net(), x, method="l1", ratio=0.5, iterative_steps=3,
                       finetune=lambda m, step: nn.Sequential(m))
-    with pytest.raises(TypeError, match=r"must return None or the fine-tuned nn.Module, got tuple \(step 1\)"):
+    with pytest.raises(TypeError, match=r"returned a tuple holding a module \(step 1\): return the fine-tuned model"):
         pyprune.prune(deep_net(), x, method="l1", ratio=0.5, finetune=lambda m, step: (m, {"top1": 0.9}))
     calls = []
     pyprune.prune(deep_net(), x, method="l1", ratio=0.5, finetune=lambda m, step: calls.append(step))
     assert calls == [1]
+    # a finetune that trains in place and returns its history (as pyprune.train.fit does) is fine
+    res = pyprune.prune(deep_net(), x, method="l1", ratio=0.5, iterative_steps=2,
+                        finetune=lambda m, step: [{"epoch": 0, "loss": 1.0}])
+    assert [m.out_channels for m in res.model if isinstance(m, nn.Conv2d)] == [16, 16, 32, 32, 64, 64]
     model = deep_net()
     n = sum(p.numel() for p in model.parameters())
     res = pyprune.prune(model, x, method="l1", ratio=0.5, iterative_steps=2, inplace=True)
@@ -559,6 +565,14 @@ def test_calibration_batches_the_model_cannot_take_are_refused_before_any_work()
     assert res.recovery["bn_batches"] == 1
     with pytest.raises(ValueError, match=r"input 0 of the first batch has shape \(4, 1, 8, 8\).*3 channels"):
         pyprune.prune(model, x, method="l1", calibration=[((a[:, :1], b), None)])
+    # a sequence model's batches may be longer than its example: rank and count are what is checked
+    seq = nn.Sequential(nn.Conv1d(4, 16, 3), nn.ReLU(), nn.Conv1d(16, 3, 3)).eval()
+    assert pyprune.prune(seq, torch.randn(1, 4, 12), method="l1",
+                         calibration=[(torch.randn(4, 4, 40), None)]).model[0].out_channels == 8
+    tokens = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 3)).eval()  # (batch, time, features)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (its Linear layers along the last dim are kept whole: warned)
+        pyprune.prune(tokens, torch.randn(1, 8, 12), method="l1", calibration=[(torch.randn(4, 20, 12), None)])
     with pytest.raises(ValueError, match="input 1 of the first batch holds NaN"):
         pyprune.prune(model, x, method="l1", calibration=[((a, torch.full_like(b, float("nan"))), None)])
 

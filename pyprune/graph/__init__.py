@@ -323,6 +323,16 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
                 rec.unite(recs[0].ids, other.ids)
             else:
                 rec.freeze(np.concatenate([recs[0].ids, other.ids]), f"{other.module} reused with other shapes")
+    # A tied tensor whose other holder the trace does not follow (an embedding read
+    # functionally, a layer that never ran) cannot be cut for one holder alone.
+    held: dict = {}
+    for m in rec.members:
+        held.setdefault((m.module, m.param), []).append(m.ids)
+    for holder, owner in rec.tied.items():
+        if (holder in held) != (owner in held):
+            known, other = (holder, owner) if holder in held else (owner, holder)
+            rec.freeze(np.concatenate(held[known]), f"{'.'.join(known)} is one tensor with {'.'.join(other)}, "
+                                                    "whose channels pyprune does not follow")
     # Units: connected components of channel ids under the recorded couplings.
     if rec.unions:
         a = np.concatenate([u[0] for u in rec.unions])

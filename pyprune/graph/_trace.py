@@ -119,6 +119,11 @@ class Recorder:
     def freeze(self, ids: np.ndarray, reason: str) -> None:
         self.frozen.append((ids, reason))
 
+    def is_frozen(self, ids: np.ndarray) -> bool:
+        """Whether any of these channel ids is kept whole by what was recorded so far (the
+        network's inputs, frozen before the forward; later freezes are not known yet)."""
+        return any(np.isin(ids, f).any() for f, _ in self.frozen)
+
     def unite(self, a: np.ndarray, b: np.ndarray) -> None:
         if a is not b and len(a):
             self.unions.append((a, b))
@@ -1502,13 +1507,11 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     rec = Recorder(model)
     names = {m: n for n, m in model.named_modules()}
     rec.modules = {n: m for m, n in names.items()}
-    first_owner: dict = {}
     for mname, m in model.named_modules():
         for pname, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
             if p is not None:
-                rec.param_owner[id(p)] = (mname, pname)
-                owner = first_owner.setdefault(id(p), (mname, pname))
-                if owner != (mname, pname):  # tied: one tensor held by several modules
+                owner = rec.param_owner.setdefault(id(p), (mname, pname))  # a tied tensor: its first holder
+                if owner != (mname, pname):  # tied: one tensor held by several modules (or names)
                     rec.tied[(mname, pname)] = owner
     hooks = []
 
