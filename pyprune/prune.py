@@ -862,7 +862,8 @@ class Pruner:
             inplace: bool = False) -> PruneResult:
         """Prune to the target in ``iterative_steps`` rounds; after each round
         ``finetune(model, step)`` (if given) trains the pruned model and may return a
-        replacement. The final summary compares against the model as it was at the start.
+        replacement. The final summary compares against the model as it was at the start;
+        the Pruner stays on the model it was given (``result.model`` is the pruned one).
         A latency target is solved once on the model as it is (its latency table), the
         rounds split those widths, and the final model is measured."""
         if isinstance(iterative_steps, bool) or not isinstance(iterative_steps, int) or iterative_steps < 1:
