@@ -40,6 +40,10 @@ class OnnxRunner:
     def __call__(self, x):
         return self.sess.run(None, {self.name: x})[0]
 
+    def outputs(self, x, dtype: str | None = None) -> list:
+        """Every output, in the file's order (an ONNX file takes float32: `dtype` is unused)."""
+        return self.sess.run(None, {self.name: x})
+
 
 class PteRunner:
     def __init__(self, path: str, threads: int | None = None):
@@ -64,6 +68,23 @@ class PteRunner:
 
         out = self.method.execute([torch.from_numpy(x)])
         return out[0].numpy()
+
+    def outputs(self, x, dtype: str | None = None) -> list:
+        """Every output, in the program's order, the input cast to `dtype` (a numpy array
+        holds no bfloat16) and half-precision outputs widened to float32."""
+        import torch
+
+        t = torch.from_numpy(x)
+        return [to_numpy(y) for y in self.method.execute([t.to(getattr(torch, dtype)) if dtype else t])]
+
+
+def to_numpy(t):
+    """A tensor as a numpy array; float16 and bfloat16 (which numpy lacks) as float32, which
+    holds both exactly."""
+    import torch
+
+    t = t.detach().cpu()
+    return (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
 
 
 class EagerRunner:
@@ -350,21 +371,7 @@ def verify(fmt: str, path: str, inp: str, out: str, dtype: str = "float32") -> N
     file's order, to `out` (.npz: arr_0, arr_1, ...)."""
     import numpy as np
 
-    x = np.load(inp)
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        ys = sess.run(None, {sess.get_inputs()[0].name: x})
-    else:
-        import torch
-        from executorch.runtime import Runtime
-
-        method = Runtime.get().load_program(path).load_method("forward")
-        ys = [y.detach().float().numpy() if y.dtype in (torch.float16, torch.bfloat16) else y.detach().numpy()
-              for y in method.execute([torch.from_numpy(x).to(getattr(torch, dtype))])]
+    ys = RUNNERS[fmt](path, 1).outputs(np.load(inp), dtype)
     np.savez(out, *[np.asarray(y) for y in ys])
 
 

@@ -52,6 +52,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ._io import atomic_write
+from ._runtime import to_numpy
 
 __all__ = ["export", "ExportResult", "ExportError", "FORMATS"]
 
@@ -169,11 +170,6 @@ def _flat_outputs(out) -> tuple[list[str], list[torch.Tensor]]:
     return names, tensors
 
 
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
-    return (t.float() if t.dtype in _HALF else t).numpy()  # numpy has no bfloat16; float32 holds both exactly
-
-
 def _export_onnx(model, x, path: pathlib.Path, dynamic_batch: bool) -> None:
     dyn = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
     if dynamic_batch and x.shape[0] == 1:  # a batch of 1 would be specialised to a constant
@@ -247,7 +243,7 @@ def run_in_fresh_process(fmt: str, path: pathlib.Path, x) -> list[np.ndarray]:
     t = torch.as_tensor(x)
     with tempfile.TemporaryDirectory() as d:
         inp, out = os.path.join(d, "x.npy"), os.path.join(d, "y.npz")
-        np.save(inp, _to_numpy(t))
+        np.save(inp, to_numpy(t))
         root = str(pathlib.Path(__file__).resolve().parents[1])  # this pyprune, whatever the cwd
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "verify", fmt, str(path), inp, out,
@@ -353,7 +349,7 @@ def _export_and_verify(model, x, tmp: pathlib.Path, path: pathlib.Path, format, 
         vx = held_out[torch.randperm(held_out.shape[0], generator=g)[:n]]
     names, ref = _flat_outputs(model(vx))
     res.outputs = tuple(names)
-    ref = [_to_numpy(t) for t in ref]
+    ref = [to_numpy(t) for t in ref]
     print(f"export: verifying {path.name} in {format} (a fresh process) ...", file=sys.stderr, flush=True)
     try:
         got = run_in_fresh_process(format, tmp, vx)
