@@ -828,7 +828,7 @@ class Pruner:
                               "how that module uses its channel counts (pyprune.register_layer / register_op) to "
                               "prune it.", stacklevel=3)
             if all(v is None for v in targets.values()):  # a ratio (or the default one), not a budget, was asked
-                _warn_shortfall(res, 0.5 if ratio is None else ratio)
+                _warn_shortfall(res)
             return res
 
     @staticmethod
@@ -1081,15 +1081,15 @@ class PrunedModelFails(GraphError):
 _MAX_FALLBACKS = 4
 
 
-def _warn_shortfall(res: PruneResult, ratio) -> None:
+def _warn_shortfall(res: PruneResult) -> None:
     """Warn when far fewer channels were removed than the ratio asked, or under half the
     parameters that cutting that share of every layer's inputs and outputs removes
     (1 - (1 - ratio)^2: channels kept whole may be few and hold most of the weights), naming
     the largest groups that kept channels and why."""
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or ratio <= 0:
+    ratio = res.plan.ratio  # the ratio planned with (NaN for ratio="auto")
+    if not ratio > 0:
         return
-    ratio = float(ratio)
-    graph, keep = res.plan.graph, res.plan.keep
+    graph, kept = res.plan.graph, {gid: after for gid, (_, after) in res.plan.widths().items()}
     io = {"network input", "network output"}
     total = removed = 0
     kept_back = []
@@ -1099,7 +1099,7 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
         if g.frozen.all() and reasons and len(asked) == len(reasons):
             continue
         total += g.size
-        removed += g.size - len(keep.get(g.id, range(g.size)))
+        removed += g.size - kept[g.id]
         if g.frozen.any():
             kept_back.append((int(g.frozen.sum()), g, [r for r in reasons if r not in io]))
     params_removed = 1.0 - res.summary.params_ratio
@@ -1115,11 +1115,11 @@ def _warn_shortfall(res: PruneResult, ratio) -> None:
         warnings.warn(head + f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
     elif few_channels:  # nothing kept whole, yet channels short: groups held above what the schedule asked
         asked = res.plan.asked
-        held = sorted(((len(keep.get(g.id, range(g.size))) - asked[g.id], g) for g in graph.groups
-                       if g.id in asked and len(keep.get(g.id, range(g.size))) > asked[g.id]), key=lambda t: -t[0])
+        held = sorted(((kept[g.id] - asked[g.id], g) for g in graph.groups
+                       if g.id in asked and kept[g.id] > asked[g.id]), key=lambda t: -t[0])
         if not held:
             return  # the schedule's own choice
-        shown = "; ".join(f"{g.name} (kept {len(keep.get(g.id, range(g.size)))} of {g.size}, the schedule asked "
+        shown = "; ".join(f"{g.name} (kept {kept[g.id]} of {g.size}, the schedule asked "
                           f"{asked[g.id]}{'; blocks of a grouped layer keep one each at least' if g.blocks is not None else ''})"
                           for _, g in held[:5])
         warnings.warn(head + f"Kept above what the schedule asked: {shown}.", stacklevel=3)
