@@ -121,7 +121,7 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
                     _fold(new, orig.detach(), dims, dim, src, dst, scale)
         replace_tensor(new_modules[mod], pname, new, like=orig)
     for mod, pname, first_mod, first_pname in ties:
-        replace_tensor(new_modules[mod], pname, None, shared=getattr(new_modules[first_mod], first_pname))
+        _put(new_modules[mod], pname, getattr(new_modules[first_mod], first_pname))  # the very same tensor
     for mod in {m for m, _ in plan}:
         resize(new_modules[mod])
     for (mod, attr), value in graph.rewritten(keep_unit).items():
@@ -188,9 +188,9 @@ def _check_graph_fits(graph: ChannelGraph, modules: dict) -> None:
 
 
 def _recorded_size(m) -> int:
-    """A member's length along its dim: its positions, or for a grouped conv's input dim the
-    positions of one group (the weight holds in / groups)."""
-    return len(m.units) // m.groups if m.groups > 1 else len(m.units)
+    """A member's length along its dim: its positions (for a grouped conv's input dim those
+    of one group: the weight holds in / groups)."""
+    return len(m.units) // m.groups
 
 
 def _get(modules: dict, mod: str, pname: str) -> torch.Tensor:
@@ -221,26 +221,21 @@ def _same_folds(a, b) -> bool:
         for fa, fb in zip(a, b))
 
 
-def replace_tensor(module: nn.Module, name: str, new: torch.Tensor | None, *, like: torch.Tensor | None = None,
-                   shared: torch.Tensor | None = None) -> None:
+def _put(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set the module's parameter, buffer or plain attribute `name` to `value` as it is."""
+    if name in module._parameters:
+        module._parameters[name] = value
+    elif name in module._buffers:
+        module._buffers[name] = value
+    else:
+        setattr(module, name, value)
+
+
+def replace_tensor(module: nn.Module, name: str, new: torch.Tensor, *, like: torch.Tensor | None = None) -> None:
     """Put `new` in place of the module's parameter or buffer `name` (a parameter stays a
-    parameter, with the ``requires_grad`` of `like` or of the old one). ``shared``: put that
-    very tensor there instead (a tie to another module's parameter)."""
-    if shared is not None:
-        if name in module._parameters:
-            module._parameters[name] = shared
-        elif name in module._buffers:
-            module._buffers[name] = shared
-        else:
-            setattr(module, name, shared)
-        return
+    parameter, with the ``requires_grad`` of `like` or of the old one)."""
     old = like if like is not None else getattr(module, name)
     if isinstance(old, torch.Tensor) and old.dim() == 4 and new.dim() == 4 and not old.is_contiguous() \
             and old.is_contiguous(memory_format=torch.channels_last):
         new = new.contiguous(memory_format=torch.channels_last)  # the layout the model was put in
-    if name in module._parameters:
-        module._parameters[name] = nn.Parameter(new, requires_grad=old.requires_grad)
-    elif name in module._buffers:
-        module._buffers[name] = new
-    else:
-        setattr(module, name, new)
+    _put(module, name, nn.Parameter(new, requires_grad=old.requires_grad) if name in module._parameters else new)
