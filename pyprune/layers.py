@@ -45,7 +45,7 @@ from torch import nn
 from .graph._layout import Layout
 from .graph._trace import Rewrite, register_op
 
-__all__ = ["LayerHandler", "Conv", "ConvTranspose", "Linear", "BatchNorm", "InstanceNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention", "Recurrent",
+__all__ = ["LayerHandler", "Conv", "ConvTranspose", "Linear", "BatchNorm", "FrozenBatchNorm", "InstanceNorm", "LayerNorm", "GroupNorm", "PReLU", "MultiheadAttention", "Recurrent",
            "register_layer",
            "handler_for", "register_op", "resize", "layer_macs", "Layout", "LAYERS"]
 
@@ -71,10 +71,18 @@ def register_layer(*types: type):
     return deco
 
 
+# Layer types of libraries pyprune does not import (importing torchvision or timm would
+# slow `import pyprune` down), known by module and class name: a module whose class (or a
+# base) is one of these uses that handler.
+LAYERS_BY_NAME: dict[str, "LayerHandler"] = {}
+
+
 def handler_for(module: nn.Module) -> "LayerHandler | None":
     """The handler of the module's type or of its nearest registered base class."""
     for cls in type(module).__mro__:
         h = LAYERS.get(cls)
+        if h is None and LAYERS_BY_NAME:
+            h = LAYERS_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
         if h is not None:
             return h
     return None
@@ -377,7 +385,7 @@ class BatchNorm(LayerHandler):
         lay = rec.layout(x)
         if lay is None:
             return
-        if lay.dim != 1 or len(lay.ids) != m.num_features:
+        if lay.dim != 1 or len(lay.ids) != self.count(m) or out.shape != x.shape:
             rec.report_unknown(f"{type(m).__name__} on an unexpected dim", [lay], [out])
             return
         for p in ("weight", "bias", "running_mean", "running_var"):
@@ -385,9 +393,28 @@ class BatchNorm(LayerHandler):
                 rec.add_member(name, p, 0, lay.ids, "bn")
         rec.set_layout(out, lay)
 
+    def count(self, m) -> int:
+        return m.num_features
+
     def resize(self, m):
         t = m.weight if m.weight is not None else m.running_mean
         m.num_features = t.shape[0]
+
+
+class FrozenBatchNorm(BatchNorm):
+    """A BatchNorm whose statistics and affine parameters are buffers applied by its own
+    arithmetic (``x * scale + bias``): torchvision's FrozenBatchNorm2d, which its detection
+    and segmentation backbones use when built for pretrained weights, and timm's frozen
+    norms (with their activation, element-wise). The same four tensors per channel; no
+    attribute holds the count."""
+
+    shape_ops = {}
+
+    def count(self, m) -> int:
+        return m.weight.shape[0]
+
+    def resize(self, m):
+        pass
 
 
 class InstanceNorm(LayerHandler):
@@ -607,6 +634,9 @@ register_layer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)(ConvT
 register_layer(nn.MultiheadAttention)(MultiheadAttention)
 register_layer(nn.Linear)(Linear)
 register_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNorm)
+for _name in ("torchvision.ops.misc.FrozenBatchNorm2d", "timm.layers.norm_act.FrozenBatchNorm2d",
+              "timm.layers.norm_act.FrozenBatchNormAct2d"):
+    LAYERS_BY_NAME[_name] = FrozenBatchNorm()
 register_layer(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(InstanceNorm)
 register_layer(nn.LayerNorm, *([nn.RMSNorm] if hasattr(nn, "RMSNorm") else []))(LayerNorm)
 register_layer(nn.GroupNorm)(GroupNorm)

@@ -16,7 +16,7 @@ from torch import nn
 
 import models as user_models
 import pyprune
-from planted import check_exact, cut_error, randomize_bn, zero_and_choose  # noqa: F401
+from planted import check_exact, cut_error, plant, randomize_bn, zero_and_choose  # noqa: F401
 from pyprune.graph import build_graph
 from pyprune.surgery import apply_keep
 
@@ -418,11 +418,48 @@ OPS = {
     "repeat_interleave_batch": lambda s, h: h.repeat_interleave(2, dim=0)[::2],
     "unfold_windows_hw": lambda s, h: h.unfold(3, 2, 1).mean(-1),
     "unfold_fold": lambda s, h: F.fold(F.unfold(h, 2, stride=2), h.shape[-2:], 2, stride=2),
+    # positions and orders along a spatial dim: per channel, so the channels pass through
+    "argmax_hw_keepdim": lambda s, h: h * (h.argmax(dim=3, keepdim=True).float() + 1.0),
+    "argmin_hw": lambda s, h: h * h.argmin(3).unsqueeze(3).float(),
+    "topk_hw": lambda s, h: h + torch.topk(h, 2, dim=3).values.mean(3, keepdim=True),
+    "sort_hw": lambda s, h: torch.sort(h, dim=2).values,
+    "argsort_hw": lambda s, h: h * h.argsort(dim=3).float(),
+    # a zero tensor filled in place: rows by a slice, samples by an index (torchvision's RoI pooling)
+    "setitem_rows": lambda s, h: _filled_rows(h),
+    "setitem_by_index": lambda s, h: _filled_by_index(h),
+    "setitem_per_channel_param": lambda s, h: _filled_with_param(s, h),
+    "roi_align": lambda s, h: torchvision.ops.roi_align(
+        h, torch.tensor([[0.0, 0, 0, 5, 5], [1.0, 2, 1, 7, 6]]), output_size=4, aligned=True),
+    "roi_pool": lambda s, h: torchvision.ops.roi_pool(h, torch.tensor([[0.0, 1, 1, 6, 6], [1.0, 0, 2, 7, 7]]), 3),
+    # one map per channel at dim 0 (keypoint heatmaps upsampled one by one)
+    "interpolate_maps_at_dim0": lambda s, h: torch.stack(
+        [F.interpolate(m[:, None], scale_factor=2.0, mode="bilinear")[:, 0] for m in h.unbind(0)]),
     # MobileViTv2: patches by unfold, a reshape to (N, C, pixels, patches), fold back
     "unfold_patches_fold": lambda s, h: F.fold(
         (F.unfold(h, (2, 2), stride=(2, 2)).reshape(h.shape[0], h.shape[1], 4, -1) * 2.0).reshape(h.shape[0], -1, 16),
         h.shape[-2:], (2, 2), stride=(2, 2)),
 }
+
+
+def _filled_rows(h):
+    r = torch.zeros(h.shape[0], h.shape[1], h.shape[2], h.shape[3])
+    r[:, :, : h.shape[2] // 2] = h[:, :, : h.shape[2] // 2]
+    r[1:, :, -1] = r[1:, :, 0] * 2.0
+    return r
+
+
+def _filled_by_index(h):
+    n = h.shape[0]
+    r = torch.zeros((2 * n,) + tuple(h.shape[1:]))
+    r[torch.arange(0, 2 * n, 2)] = h
+    r[torch.arange(1, 2 * n, 2)] = h.flip(3)
+    return r[0::2] * r[1::2] + r[0::2]
+
+
+def _filled_with_param(s, h):
+    h = h.clone()
+    h[:, :, 0, :] = s.ceiling.view(-1, 1)  # one value per channel, along the row
+    return h
 
 
 @pytest.mark.parametrize("name", list(OPS))
@@ -438,8 +475,71 @@ def test_ops_along_other_dims_and_channel_reorders_are_exact(name):
     check_exact(model, x)
     res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
     assert res.model.a.out_channels == 8 and res.model(x).shape == (2, 4)
-    if name == "clamp_max_param":
+    if name in ("clamp_max_param", "setitem_per_channel_param"):
         assert res.model.ceiling.shape == (1, 8, 1, 1)
+
+
+@pytest.mark.parametrize("op,reason", [
+    (lambda s, h: h * h.argmax(1, keepdim=True).float(), "argmax over the channels"),
+    (lambda s, h: h + torch.topk(h, 3, dim=1).values.sum(1, keepdim=True), "topk along the channels"),
+    (lambda s, h: torch.sort(h, dim=1).values, "sort along the channels"),
+    (lambda s, h: _write_first_channels(h), "assignment to chosen channels"),
+    (lambda s, h: _write_per_channel_constant(h), "values per channel that is not a parameter"),
+])
+def test_indices_and_writes_of_chosen_channels_keep_those_channels(op, reason):
+    """Which channel is largest, channels in sorted order, a write into channels 0-3 or of a
+    constant per channel: each depends on which channels there are, so they stay, with the
+    reason, and the rest of the model is cut (not refused)."""
+    torch.manual_seed(0)
+    model = _OpNet(op).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=reason):
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model.a.out_channels == 16 and res.model.b.out_channels == 4
+    assert any(reason in why for _, _, _, whys in res.frozen() for why in whys)
+    torch.testing.assert_close(res.model.a(x), model.a(x))
+
+
+def _write_first_channels(h):
+    h = h.clone()
+    h[:, :4] = 0.0
+    return h
+
+
+def _write_per_channel_constant(h):
+    h = h.clone()
+    h[:, :, 0] = torch.arange(16.0)[:, None]
+    return h
+
+
+def test_pieces_with_channels_along_different_dims_are_concatenated_whole():
+    """SSD's box regressions: 4 anchors x 4 coordinates on one level, 6 x 4 on another,
+    reshaped to (N, boxes, 4) and concatenated. cat is known, but no one layout describes
+    the result: the heads keep their outputs, the trunk is still cut, and exactly."""
+    class Boxes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk = nn.Conv2d(3, 16, 3, padding=1)
+            self.down = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+            self.heads = nn.ModuleList([nn.Conv2d(16, 16, 1), nn.Conv2d(16, 24, 1)])
+
+        def forward(self, x):
+            f = torch.relu(self.trunk(x))
+            outs = []
+            for head, feat in zip(self.heads, (f, torch.relu(self.down(f)))):
+                o = head(feat)
+                n, _, hh, ww = o.shape
+                outs.append(o.view(n, -1, 4, hh, ww).permute(0, 3, 4, 1, 2).reshape(n, -1, 4))
+            return torch.cat(outs, dim=1)
+
+    torch.manual_seed(0)
+    model = Boxes().eval()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    with pytest.warns(UserWarning, match="concatenated along dim 1"):
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert [h.out_channels for h in res.model.heads] == [16, 24]
+    assert res.model.trunk.out_channels == 8 and res.model(x).shape == model(x).shape
 
 
 def test_a_norm_of_negative_order_over_the_channels_is_inexact():
@@ -1541,3 +1641,87 @@ def test_a_depthwise_conv_with_a_channel_multiplier_loses_whole_groups(tmp_path)
     assert (cut[0].in_channels, cut[0].groups, cut[0].out_channels) == (3, 3, 12)
     again, _ = load_model(save_model(tmp_path / "s.pt", cut), model=stem)
     assert (again[0].in_channels, again[0].groups) == (3, 3) and torch.equal(again(x), cut(x))
+
+
+def test_torchvision_detection_and_keypoint_heads_are_cut_exactly_and_keep_their_outputs():
+    """Keypoint R-CNN: RoI pooling fills a zero tensor level by level (roi_align, index
+    assignment) and flattens it into the box head's Linear; the predictions are picked by
+    index, sorted and resized per keypoint. The trunk, FPN, RPN and heads lose channels;
+    the predictors keep theirs; the heads' outputs are those of the model with planted
+    zeros (the detections after NMS are not compared: with random weights their scores tie
+    within rounding)."""
+    from torchvision.models.detection import KeypointRCNN
+    from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+    torch.manual_seed(0)
+    backbone = resnet_fpn_backbone(backbone_name="resnet18", weights=None, trainable_layers=5)
+    model = KeypointRCNN(backbone, num_classes=3, num_keypoints=5, min_size=96, max_size=96).eval()
+    randomize_bn(model)
+    images = ([torch.rand(3, 96, 96, generator=torch.Generator().manual_seed(1))],)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the predictors' channels stay: the shortfall is named
+        res = pyprune.prune(model, images, method="l2", ratio=0.5)
+    heads = {"roi_heads.box_predictor.cls_score": 3, "roi_heads.box_predictor.bbox_pred": 12,
+             "roi_heads.keypoint_predictor.kps_score_lowres": 5, "rpn.head.cls_logits": 3, "rpn.head.bbox_pred": 12}
+    mods, before = dict(res.model.named_modules()), dict(model.named_modules())
+    for name, width in heads.items():
+        assert getattr(mods[name], "out_features", getattr(mods[name], "out_channels", None)) == width, name
+    for name in ("roi_heads.box_head.fc6", "roi_heads.keypoint_head.0", "rpn.head.conv.0.0"):
+        assert mods[name].weight.shape[1] * 2 == before[name].weight.shape[1], name  # their inputs: halved
+    assert res.summary.params_after < 0.35 * res.summary.params_before
+    out = res.model(*images)[0]
+    assert out["keypoints"].shape[1:] == (5, 3)
+
+    # planted zeros in the channels the plan drops: the same heads' outputs, cut or not
+    graph, keep = res.plan.graph, res.plan.keep_mask()
+    planted = copy.deepcopy(model)
+    plant(planted, graph, keep)
+    cut = apply_keep(planted, graph, keep)
+    seen = {}
+    for tag, net in (("planted", planted), ("cut", cut)):
+        for name in ("rpn.head", "roi_heads.box_predictor"):
+            dict(net.named_modules())[name].register_forward_hook(
+                lambda m, i, o, key=(tag, name): seen.setdefault(key, o))
+        net(*images)
+    for name in ("rpn.head", "roi_heads.box_predictor"):
+        want = torch.cat([t.reshape(-1) for t in _tensors_of(seen[("planted", name)])])
+        got = torch.cat([t.reshape(-1) for t in _tensors_of(seen[("cut", name)])])
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), name
+
+
+def _tensors_of(o):
+    if isinstance(o, torch.Tensor):
+        return [o]
+    return [t for v in (o.values() if isinstance(o, dict) else o) for t in _tensors_of(v)]
+
+
+@pytest.mark.parametrize("frozen_bn", ["torchvision", "timm", "timm_act"])
+def test_frozen_batchnorms_are_cut_with_their_channels_and_reload(frozen_bn, tmp_path):
+    """Frozen BatchNorms hold their four tensors as buffers and apply them by their own
+    arithmetic (torchvision's detection backbones use them when built for pretrained
+    weights). They are cut with the conv before them, exactly, and a checkpoint of the
+    pruned model loads into the unpruned architecture."""
+    from pyprune.checkpoint import load_model, save_model
+
+    if frozen_bn == "torchvision":
+        norm = torchvision.ops.misc.FrozenBatchNorm2d
+    else:
+        timm_norm = pytest.importorskip("timm.layers.norm_act", reason="timm is not installed")
+        norm = timm_norm.FrozenBatchNorm2d if frozen_bn == "timm" else timm_norm.FrozenBatchNormAct2d
+
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), norm(16), nn.ReLU(), nn.Conv2d(16, 8, 3),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)).eval()
+
+    model = make()
+    with torch.no_grad():
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(model[1], name).copy_(torch.rand(16) + 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(copy.deepcopy(model), x)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model[0].out_channels == 8 and res.model[1].running_var.shape == (8,)
+    assert res.model[3].in_channels == 8 and not res.frozen()
+    loaded, _ = load_model(save_model(tmp_path / "m.pt", res.model), model=make())
+    torch.testing.assert_close(loaded(x), res.model(x))

@@ -310,10 +310,72 @@ def _spatial(rec: Recorder, name, args, kwargs, out):
     if lay is None:
         return
     outs = _tensors(out)
-    if lay.dim != 1 or not outs or outs[0].dim() != src.dim() or outs[0].shape[:2] != src.shape[:2]:
+    # the channels at dim 1 (batched) or 0 (one map per channel: keypoint heatmaps [:, None])
+    if lay.dim > 1 or src.dim() < 3 or not outs or outs[0].dim() != src.dim() \
+            or outs[0].shape[:lay.dim + 1] != src.shape[:lay.dim + 1]:
         rec.report_unknown(name, [lay], outs)
         return
     rec.set_layout(outs[0], lay)  # indices of *_with_indices carry no channel meaning
+
+
+@register_op("roi_align", "roi_pool")
+def _roi_pool(rec: Recorder, name, args, kwargs, out):
+    """torchvision's RoI pooling (detection heads): (N, C, H, W) maps and boxes give one
+    (boxes, C, h, w) crop per box, each channel pooled alone."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    outs = _tensors(out)
+    if lay.dim != 1 or not outs or outs[0].dim() != src.dim() or outs[0].shape[1] != src.shape[1]:
+        rec.report_unknown(name, [lay], outs)
+        return
+    rec.set_layout(outs[0], lay)
+
+
+@register_op("argmax", "argmin")
+def _arg_extreme(rec: Recorder, name, args, kwargs, out):
+    """The position of the largest (smallest) value: over the channels it is a channel's
+    index, which pruning would change (the class a head picks), so those channels stay;
+    along another dim the channels pass through as in a reduction."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    if dim is None or _norm_dim(dim, src.dim()) == lay.dim:
+        rec.freeze(lay.ids, f"{name} over the channels (an index of a channel) in {rec.where()}")
+        rec.set_layout(out, None)
+        return
+    keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+    rec.set_layout(out, Layout(lay.dim if keep or lay.dim < _norm_dim(dim, src.dim()) else lay.dim - 1, lay.ids))
+
+
+@register_op("topk", "sort", "argsort", "msort")
+def _ordered(rec: Recorder, name, args, kwargs, out):
+    """Sorting along a dim: along another dim than the channels' they pass through (values
+    and indices alike); along the channels, an order (and indices) of the channels, which
+    pruning would change: they stay."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    outs = _tensors(out)
+    if name == "msort":
+        dim = 0
+    elif name == "topk":
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+    else:
+        dim = args[1] if len(args) > 1 and isinstance(args[1], int) and not isinstance(args[1], bool) \
+            else kwargs.get("dim", -1)
+    if not isinstance(dim, int) or _norm_dim(dim, src.dim()) == lay.dim \
+            or any(o.dim() != src.dim() or o.shape[lay.dim] != src.shape[lay.dim] for o in outs):
+        rec.freeze(lay.ids, f"{name} along the channels in {rec.where()}")
+        for o in outs:
+            rec.set_layout(o, None)
+        return
+    for o in outs:
+        rec.set_layout(o, lay)
 
 
 @register_op("pad")
@@ -439,7 +501,14 @@ def _cat(rec: Recorder, name, args, kwargs, out):
                                  f"{dim} in {rec.where()}")
         rec.set_layout(out, present[0])
         return
-    rec.report_unknown(name, present, [out])
+    # Channels along different dims of the pieces (SSD's boxes per anchor: an anchor count of 4
+    # on one level and 6 on another puts the tracked dim elsewhere after the same reshape):
+    # what cat does is known, but no one layout describes its result. Kept whole, every piece
+    # is the same in the pruned model, and so is the result.
+    for lay in present:
+        rec.freeze(lay.ids, f"concatenated along dim {dim} with pieces whose channels lie along other dims "
+                            f"in {rec.where()}")
+    rec.set_layout(out, None)
 
 
 @register_op("stack")
@@ -1086,6 +1155,78 @@ def _getitem(rec: Recorder, name, args, kwargs, out):
         in_dim += 1
         out_dim += 0 if isinstance(i, int) else 1
     rec.set_layout(out, Layout(out_dim + lay.dim - in_dim, lay.ids))
+
+
+def _index_entries(idx: tuple, nd: int) -> list | None:
+    """Each entry of a basic/advanced index with the dims of a rank-`nd` tensor it reads (a
+    boolean mask reads as many as it has), trailing full slices dropped; None when the
+    index has an Ellipsis or a None, whose placement this does not follow."""
+    idx = list(idx)
+    while idx and isinstance(idx[-1], slice) and idx[-1] == slice(None):
+        idx.pop()
+    entries, d = [], 0
+    for i in idx:
+        if i is None or i is Ellipsis:
+            return None
+        n = i.dim() if isinstance(i, torch.Tensor) and i.dtype == torch.bool else 1
+        entries.append((i, list(range(d, d + n))))
+        d += n
+    return entries if d <= nd else None
+
+
+@register_op("__setitem__")
+def _setitem(rec: Recorder, name, args, kwargs, out):
+    """``dst[idx] = value`` (in place, nothing returned). The value's channels, in a dim the
+    index leaves whole, land in that dim of `dst` (a zero tensor filled per pyramid level, as
+    torchvision's RoI pooling does): `dst` carries them from then on, or shares them with
+    the channels it carries there. Writing into chosen channels of `dst` ties what is
+    written to those positions, so they stay."""
+    dst, idx = args[0], args[1]
+    value = args[2] if len(args) > 2 else kwargs.get("value")
+    dl, vl = rec.layout(dst), rec.layout(value)
+    lays = [lay for lay in (dl, vl) if lay is not None]
+    if not lays:
+        return
+    entries = _index_entries(idx if isinstance(idx, tuple) else (idx,), dst.dim())
+    if entries is None:
+        rec.report_unknown(name, lays, [dst])
+        return
+    covered = sum(len(ds) for _, ds in entries)
+    picked = {d: i for i, ds in entries for d in ds}  # dst dim -> the index entry reading it
+    if any(isinstance(i, (torch.Tensor, list, np.ndarray)) for i, _ in entries):
+        whole = list(range(covered, dst.dim()))  # advanced: only the dims past the index keep their place
+    else:  # basic: every dim but those an int removes, in order
+        whole = [d for d in range(dst.dim()) if not isinstance(picked.get(d), int)]
+    def untouched(d: int) -> bool:
+        return d >= covered or picked.get(d) == slice(None)
+    if dl is not None and not untouched(dl.dim):  # positions picked along the channels
+        rec.freeze(dl.ids, f"assignment to chosen channels in {rec.where()}")
+        if vl is not None:
+            rec.report_unknown(name, [vl], [])
+        return
+    if not isinstance(value, torch.Tensor):
+        return
+    if vl is None:  # a tensor of values per channel of `dst`, written along its channels
+        pos = len(whole) - 1 - whole.index(dl.dim) if dl.dim in whole else None
+        vd = value.dim() - 1 - pos if pos is not None else -1
+        if vd >= 0 and value.shape[vd] != 1:
+            owner = rec.param_dim(value, vd)
+            if owner is not None:
+                rec.add_member(owner[0], owner[1], owner[2], dl.ids, "param")
+            else:
+                rec.freeze(dl.ids, f"a tensor of values per channel that is not a parameter is written into "
+                                   f"these channels in {rec.where()}")
+        return
+    r = value.dim() - vl.dim  # the value's channel dim, counted from the right (1: the last)
+    td = whole[len(whole) - r] if r <= len(whole) else None
+    if td is None or not untouched(td) or dst.shape[td] != value.shape[vl.dim] \
+            or (dl is not None and dl.dim != td) or (dl is None and rec.param_dim(dst, td) is not None):
+        rec.report_unknown(name, lays, [dst])
+        return
+    if dl is None:
+        rec.set_layout(dst, Layout(td, vl.ids))
+    else:
+        rec.unite(dl.ids, vl.ids)
 
 
 # -- functional layers and products -------------------------------------------------------
