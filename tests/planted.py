@@ -80,6 +80,45 @@ def cut_error(model, inputs, plan) -> float | None:
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
+@torch.no_grad()
+def detection_heads_error(model, images: list, plan) -> dict[str, float]:
+    """A torchvision detector's cut, checked where it is deterministic: zeros planted in
+    exactly the channels `plan` drops (inexact groups left whole), then per head the
+    relative change of its outputs between the planted model and that model cut. The
+    RoI heads of the two are fed the same proposals (the planted model's): which boxes
+    NMS keeps flips on rounding when random weights make the scores tie."""
+    graph, keep = plan.graph, plan.keep_mask().copy()
+    for g in graph.groups:
+        if g.norm_over_channels or g.inexact:
+            keep[g.units] = True
+    planted = copy.deepcopy(model).eval()
+    plant(planted, graph, keep)
+    cut = apply_keep(planted, graph, keep).eval()
+    batch, _ = planted.transform(images)
+    feats = {tag: net.backbone(batch.tensors) for tag, net in (("planted", planted), ("cut", cut))}
+    outs: dict[str, dict] = {"planted": {}, "cut": {}}
+    proposals = planted.rpn(batch, feats["planted"])[0] if hasattr(planted, "rpn") else None
+    for tag, net in (("planted", planted), ("cut", cut)):
+        levels = list(feats[tag].values())
+        if hasattr(net, "rpn"):
+            outs[tag]["rpn.head"] = net.rpn.head(levels)
+            heads = net.roi_heads
+            for kind in ("box", "mask", "keypoint"):
+                pool = getattr(heads, f"{kind}_roi_pool", None)
+                if pool is not None:
+                    pooled = getattr(heads, f"{kind}_head")(pool(feats[tag], proposals, batch.image_sizes))
+                    outs[tag][f"roi_heads.{kind}_predictor"] = getattr(heads, f"{kind}_predictor")(pooled)
+        else:  # one-stage (RetinaNet, FCOS, SSD): the head reads the feature maps
+            outs[tag]["head"] = net.head(levels)
+    errors = {}
+    for name, want in outs["planted"].items():
+        want, got = _flat(want), _flat(outs["cut"][name])
+        if want.shape != got.shape:
+            raise AssertionError(f"{name}: outputs of {tuple(got.shape)} values instead of {tuple(want.shape)}")
+        errors[name] = float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
+    return errors
+
+
 def _flat(out) -> torch.Tensor:
     """A model's outputs (a tensor, a tuple/list/dict of them, a ModelOutput) as one vector."""
     if isinstance(out, torch.Tensor):

@@ -16,7 +16,7 @@ from torch import nn
 
 import models as user_models
 import pyprune
-from planted import check_exact, cut_error, plant, randomize_bn, zero_and_choose  # noqa: F401
+from planted import check_exact, cut_error, detection_heads_error, randomize_bn, zero_and_choose  # noqa: F401
 from pyprune.graph import build_graph
 from pyprune.surgery import apply_keep
 
@@ -1649,7 +1649,7 @@ def test_torchvision_detection_and_keypoint_heads_are_cut_exactly_and_keep_their
     index, sorted and resized per keypoint. The trunk, FPN, RPN and heads lose channels;
     the predictors keep theirs; the heads' outputs are those of the model with planted
     zeros (the detections after NMS are not compared: with random weights their scores tie
-    within rounding)."""
+    within rounding: tests/planted.py detection_heads_error)."""
     from torchvision.models.detection import KeypointRCNN
     from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
@@ -1673,26 +1673,9 @@ def test_torchvision_detection_and_keypoint_heads_are_cut_exactly_and_keep_their
     assert out["keypoints"].shape[1:] == (5, 3)
 
     # planted zeros in the channels the plan drops: the same heads' outputs, cut or not
-    graph, keep = res.plan.graph, res.plan.keep_mask()
-    planted = copy.deepcopy(model)
-    plant(planted, graph, keep)
-    cut = apply_keep(planted, graph, keep)
-    seen = {}
-    for tag, net in (("planted", planted), ("cut", cut)):
-        for name in ("rpn.head", "roi_heads.box_predictor"):
-            dict(net.named_modules())[name].register_forward_hook(
-                lambda m, i, o, key=(tag, name): seen.setdefault(key, o))
-        net(*images)
-    for name in ("rpn.head", "roi_heads.box_predictor"):
-        want = torch.cat([t.reshape(-1) for t in _tensors_of(seen[("planted", name)])])
-        got = torch.cat([t.reshape(-1) for t in _tensors_of(seen[("cut", name)])])
-        assert (got - want).abs().max() <= 1e-4 * want.abs().max(), name
-
-
-def _tensors_of(o):
-    if isinstance(o, torch.Tensor):
-        return [o]
-    return [t for v in (o.values() if isinstance(o, dict) else o) for t in _tensors_of(v)]
+    errors = detection_heads_error(model, images[0], res.plan)
+    assert sorted(errors) == ["roi_heads.box_predictor", "roi_heads.keypoint_predictor", "rpn.head"]
+    assert max(errors.values()) <= 1e-4, errors
 
 
 @pytest.mark.parametrize("frozen_bn", ["torchvision", "timm", "timm_act"])
