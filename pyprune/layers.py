@@ -458,8 +458,20 @@ def _channel_first_layernorm(m: nn.Module, x: torch.Tensor, lay) -> bool:
     normalised width at dim 1 and not at the last dim (where nn.LayerNorm would fail)."""
     if any(c.__name__ in _CHANNELS_FIRST_LN for c in type(m).__mro__):
         return True
-    return (type(m).forward is not nn.LayerNorm.forward and len(m.normalized_shape) == 1 and lay.dim == 1
-            and x.dim() >= 3 and x.shape[1] == m.normalized_shape[0] != x.shape[-1])
+    if not (type(m).forward is not nn.LayerNorm.forward and len(m.normalized_shape) == 1 and lay.dim == 1
+            and x.dim() >= 3 and x.shape[1] == m.normalized_shape[0]):
+        return False
+    if x.shape[-1] != m.normalized_shape[0]:
+        return True
+    # As many channels as the last dim is long (Segformer's 32 channels on a 32 x 32 map):
+    # the forward on a last dim one longer runs only if it does not normalise the last dim.
+    probe = torch.zeros(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)  # (not x.new_zeros: traced)
+    try:
+        with torch.no_grad():
+            type(m).forward(m, probe)  # not m(probe): the trace's hooks stay out of it
+    except Exception:  # noqa: BLE001 - it normalises the last dim, as nn.LayerNorm does
+        return False
+    return True
 
 
 class LayerNorm(LayerHandler):

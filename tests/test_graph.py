@@ -865,19 +865,28 @@ class _MyLayerNorm2d(nn.LayerNorm):
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-def test_a_channels_first_layernorm_subclass_is_followed_by_what_it_reads():
-    """An nn.LayerNorm subclass with its own forward on (N, 16, 5, 5) maps normalises the
-    16 channels (the last dim is 5, where nn.LayerNorm's own forward would fail): its weight
-    and bias are cut with them, not the subclass kept whole."""
+@pytest.mark.parametrize("side", [5, 16])
+def test_a_channels_first_layernorm_subclass_is_followed_by_what_it_reads(side):
+    """An nn.LayerNorm subclass with its own forward on (N, 16, side, side) maps normalises
+    the 16 channels: its weight and bias are cut with them, not the subclass kept whole.
+    At side 5 nn.LayerNorm's own forward would fail on the last dim; at side 16 (Segformer's
+    32 channels on a 32 x 32 map) both readings fit the shapes, and the subclass's forward
+    on a longer last dim tells them apart. A plain nn.LayerNorm(16) over the width of such
+    a map normalises the width only: the channels pass through it."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _MyLayerNorm2d(16), nn.ReLU(),
                           nn.Conv2d(16, 4, 3, padding=1)).eval()
-    x = torch.randn(2, 3, 5, 5)
+    x = torch.randn(2, 3, side, side)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback that keeps the norm's channels
         res = pyprune.prune(model, x, method="l2", ratio=0.5)
     assert res.model[1].weight.shape == (8,) and res.model[1].normalized_shape == (8,)
-    assert res.model(x).shape == (2, 4, 5, 5)
+    assert res.model(x).shape == (2, 4, side, side)
+    if side == 16:
+        model[1] = nn.LayerNorm(16)  # over the last dim (the width): not the channels
+        check_exact(model, x)
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+        assert res.model[1].weight.shape == (16,) and res.model[0].out_channels == 8
 
 
 def test_split_pieces_coupled_across_each_other_are_cut_and_a_piece_may_empty():
