@@ -418,6 +418,7 @@ OPS = {
     "repeat_interleave_batch": lambda s, h: h.repeat_interleave(2, dim=0)[::2],
     "unfold_windows_hw": lambda s, h: h.unfold(3, 2, 1).mean(-1),
     "unfold_fold": lambda s, h: F.fold(F.unfold(h, 2, stride=2), h.shape[-2:], 2, stride=2),
+    "type_as": lambda s, h: h.type_as(s.ceiling),  # a cast to another tensor's dtype (YOLO's heads)
     # positions and orders along a spatial dim: per channel, so the channels pass through
     "argmax_hw_keepdim": lambda s, h: h * (h.argmax(dim=3, keepdim=True).float() + 1.0),
     "argmin_hw": lambda s, h: h * h.argmin(3).unsqueeze(3).float(),

@@ -261,7 +261,7 @@ _UNARY = (
     "relu relu_ relu6 hardtanh hardtanh_ elu elu_ selu celu leaky_relu leaky_relu_ gelu silu mish "
     "sigmoid sigmoid_ tanh tanh_ hardswish hardswish_ hardsigmoid softplus dropout dropout_ dropout1d "
     "dropout2d dropout3d alpha_dropout feature_alpha_dropout clone contiguous detach detach_ float half "
-    "double bfloat16 to type neg __neg__ abs __abs__ exp log sqrt rsqrt square "
+    "double bfloat16 to type type_as neg __neg__ abs __abs__ exp log sqrt rsqrt square "
     "sign round floor ceil nan_to_num requires_grad_ cpu cuda __pos__ erf logsigmoid tanhshrink "
     "softsign hardshrink softshrink threshold threshold_ rrelu glu_ zero_ fill_ exp_ mul_scalar "
     "__rpow__ reciprocal relu6_ celu_ selu_ silu_ mish_ gelu_ "
