@@ -657,6 +657,27 @@ def _reshape_elementwise(in_shape, d: int, out_shape, ids: np.ndarray):
     return k, rows
 
 
+def _one_component(rows: np.ndarray, n: int) -> bool:
+    """Whether cutting the channel positions of each row together (``rows[0][i]`` with
+    ``rows[r][i]``) ties all `n` channels into one: a reshape that only reads as channels
+    (MAnet's ``(B, h*w, C).reshape(B, C, h, w)``), which no cut can follow."""
+    parent = np.arange(n)
+
+    def find(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for row in rows[1:]:
+        for a, b in zip(rows[0].tolist(), row.tolist()):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[ra] = rb
+    used = np.unique(rows)
+    return len({find(int(a)) for a in used}) == 1 and len(used) > 1
+
+
 def _view_layout(rec: Recorder, in_shape, lay: Layout, out_shape, where: str) -> Layout | None:
     plan = _reshape_plan(tuple(in_shape), lay.dim, tuple(out_shape))
     if plan is None:
@@ -664,6 +685,8 @@ def _view_layout(rec: Recorder, in_shape, lay: Layout, out_shape, where: str) ->
         if plan is None:
             return None
         k, rows = plan
+        if len(rows) > 1 and _one_component(rows, in_shape[lay.dim]):
+            return None  # every channel tied to every other: a mix of channels and positions
         for row in rows[1:]:  # the same slot of the other dims' slices: cut together
             rec.unite(lay.ids[rows[0]], lay.ids[row])
         return Layout(k, lay.ids[rows[0]])
