@@ -217,10 +217,10 @@ class PruneResult:
     def frozen(self) -> list[tuple[str, int, int, list[str]]]:
         """Per group that kept channels it could otherwise lose: (name, channels, channels
         kept whole, why), largest first (network inputs and outputs left out)."""
-        graph, io = self.graph, {"network input", "network output"}
+        graph = self.graph
         rows = []
         for g in graph.groups:
-            reasons = [r for r in graph.frozen_reasons.get(g.id, []) if r not in io]
+            reasons = graph.kept_reasons(g)
             if g.frozen.any() and reasons:
                 rows.append((g.name, g.size, int(g.frozen.sum()), reasons))
         return sorted(rows, key=lambda r: -r[2])
@@ -1091,18 +1091,16 @@ def _warn_shortfall(res: PruneResult) -> None:
     if not ratio > 0:
         return
     graph, kept = res.plan.graph, {gid: after for gid, (_, after) in res.plan.widths().items()}
-    io = {"network input", "network output"}
     total = removed = 0
     kept_back = []
     for g in graph.groups:
-        reasons = graph.frozen_reasons.get(g.id, [])
-        asked = [r for r in reasons if r in io or r.startswith("ignore=")]  # what the user or the I/O fixes
-        if g.frozen.all() and reasons and len(asked) == len(reasons):
-            continue
+        reasons = graph.kept_reasons(g)
+        if g.frozen.all() and graph.frozen_reasons.get(g.id) and all(r.startswith("ignore=") for r in reasons):
+            continue  # what the user or the network's inputs and outputs fix
         total += g.size
         removed += g.size - kept[g.id]
         if g.frozen.any():
-            kept_back.append((int(g.frozen.sum()), g, [r for r in reasons if r not in io]))
+            kept_back.append((int(g.frozen.sum()), g, reasons))
     params_removed = 1.0 - res.summary.params_ratio
     few_params = params_removed < 0.75 * (1.0 - (1.0 - ratio) ** 2)
     few_channels = removed < 0.8 * ratio * total

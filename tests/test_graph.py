@@ -1683,6 +1683,9 @@ def test_torchvision_detection_and_keypoint_heads_are_cut_exactly_and_keep_their
     for name in ("roi_heads.box_head.fc6", "roi_heads.keypoint_head.0", "rpn.head.conv.0.0"):
         assert mods[name].weight.shape[1] * 2 == before[name].weight.shape[1], name  # their inputs: halved
     assert res.summary.params_after < 0.35 * res.summary.params_before
+    # the image's rows (an unbatched (3, H, W) input, resized by the transform) are no group
+    # that "kept channels": frozen() lists the predictors only
+    assert {name for name, *_ in res.frozen()} <= set(heads)
     out = res.model(*images)[0]
     assert out["keypoints"].shape[1:] == (5, 3)
 

@@ -201,13 +201,21 @@ class ChannelGraph:
                 out[(mod, attr)] = counts[0] if kind == "count" else container(counts)
         return out
 
+    def kept_reasons(self, g: Group) -> list[str]:
+        """Why group `g` keeps channels, network inputs and outputs left out; none for the
+        channels of a network input (kept whatever reads them: the rows of an unbatched
+        image that a detector's transform resizes)."""
+        reasons = self.frozen_reasons.get(g.id, [])
+        if "network input" in reasons and g.frozen.all():
+            return []
+        return [r for r in reasons if r not in ("network input", "network output")]
+
     def explain(self, max_rows: int = 10) -> str:
         """What cannot be cut, or not exactly: the groups that keep channels (largest first,
         network inputs and outputs left out) with the reasons, and the groups whose cut
         changes what the model computes."""
-        io = {"network input", "network output"}
-        kept = sorted(((int(g.frozen.sum()), g, [r for r in self.frozen_reasons.get(g.id, []) if r not in io])
-                       for g in self.groups if g.frozen.any()), key=lambda t: -t[0])
+        kept = sorted(((int(g.frozen.sum()), g, self.kept_reasons(g)) for g in self.groups if g.frozen.any()),
+                      key=lambda t: -t[0])
         kept = [k for k in kept if k[2]]
         lines = [f"kept whole: {sum(n for n, _, _ in kept)} channels in {len(kept)} groups"]
         for n, g, reasons in kept[:max_rows]:
