@@ -22,14 +22,8 @@ are skipped) and prints the counts.
 """
 from __future__ import annotations
 
-import argparse
-import collections
-import json
 import pathlib
-import subprocess
 import sys
-import time
-import traceback
 import warnings
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -111,8 +105,8 @@ def worker(name: str, family: str) -> dict:
     sys.path[:0] = [str(HERE.parent / "tests")]
     import torch
 
-    import pyprune
     from planted import cut_error, detection_heads_error, randomize_bn
+    from sweep_rows import prune_row
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -125,82 +119,25 @@ def worker(name: str, family: str) -> dict:
         row.update(status="no-forward", error=f"{type(e).__name__}: {str(e)[:200]}")
         return row
     randomize_bn(model)
-    before = sum(p.numel() for p in model.parameters())
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = pyprune.prune(model, x, method="l2", ratio=0.5, threads=1, seed=0)
-    except Exception as e:  # noqa: BLE001 - a refusal is a result, anything else a bug
-        row["status"] = "refused" if type(e).__module__.startswith("pyprune") else "error"
-        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        if row["status"] == "error":
-            row["traceback"] = traceback.format_exc()[-800:]
-        return row
-    row["seconds"] = round(time.perf_counter() - t0, 2)
-    row["warnings"] = [str(w.message)[:240] for w in caught if str(w.message).startswith("pyprune")][:3]
-    row["removed_params"] = round(1 - sum(p.numel() for p in res.model.parameters()) / before, 3)
-    try:
-        with torch.no_grad():
-            got = _shapes(res.model(*x), family)
-        row["status"] = "ok" if got == want else f"broken: outputs {got[:4]} instead of {want[:4]}"
-    except Exception as e:  # noqa: BLE001
-        row.update(status="broken", error=f"{type(e).__name__}: {str(e)[:300]}")
-        return row
-    try:
-        with torch.no_grad():
-            err = max(detection_heads_error(model, x[0], res.plan).values()) if family == "detection" \
-                else cut_error(model, x, res.plan)
-        row["cut_error"] = None if err is None else float(f"{err:.2e}")
-    except Exception as e:  # noqa: BLE001
-        row["cut_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    return row
+
+    def check(model, x, plan):
+        return max(detection_heads_error(model, x[0], plan).values()) if family == "detection" \
+            else cut_error(model, x, plan)
+
+    return prune_row(row, model, x, want, lambda out: _shapes(out, family), check)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--families", default=",".join(FAMILIES))
-    ap.add_argument("--max-params", type=float, default=100e6)
-    ap.add_argument("--timeout", type=int, default=400, help="seconds per model")
-    ap.add_argument("--out", type=pathlib.Path, default=OUT, help="the JSON-lines file (resumable)")
-    ap.add_argument("--worker", nargs=2, metavar=("MODEL", "FAMILY"), help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.worker:
-        print(json.dumps(worker(*a.worker)))
+    from sweep_rows import parse_sweep_args, print_counts, run_workers
+
+    parsed = parse_sweep_args(__doc__, worker, ("MODEL", "FAMILY"), "families", FAMILIES, OUT, 400,
+                              extra=(("--max-params", {"type": float, "default": 100e6}),))
+    if parsed is None:
         return
-    families = a.families.split(",")
-    unknown = sorted(set(families) - set(FAMILIES))
-    if unknown:
-        ap.error(f"unknown families {unknown}: choose from {', '.join(FAMILIES)}")
-    out = a.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = {json.loads(line)["model"] for line in out.open()} if out.exists() else set()
-    todo = [m for m in models(families, a.max_params) if m[0] not in done]
-    print(f"{len(todo)} models to sweep ({len(done)} done)", flush=True)
-    for i, (name, family) in enumerate(todo, 1):
-        cmd = [sys.executable, __file__, "--worker", name, family]
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-            lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-            row = json.loads(lines[-1]) if lines else {"model": name, "family": family,
-                                                      "status": f"crashed (exit {p.returncode})",
-                                                      "error": p.stderr[-400:]}
-        except subprocess.TimeoutExpired:
-            row = {"model": name, "family": family, "status": "timeout"}
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(f"[{i}/{len(todo)}] {family} {name}: {row['status']} {row.get('removed_params', '')} "
-              f"{row.get('cut_error', '')}", flush=True)
-    counts: collections.Counter = collections.Counter()
-    for line in out.open():
-        row = json.loads(line)
-        counts[(row.get("family"), row["status"].split(":")[0])] += 1
-        err = row.get("cut_error")
-        if "cut_error" in row:
-            counts[("cut_error", "<= 1e-5" if isinstance(err, float) and err <= 1e-5 else
-                    "none to check" if err is None else "above or failed")] += 1
-    for k, v in sorted(counts.items(), key=str):
-        print(k, v)
+    a, families = parsed
+    jobs = [({"model": name, "family": family}, [name, family]) for name, family in models(families, a.max_params)]
+    run_workers(__file__, jobs, a.out, a.timeout)
+    print_counts(a.out, "family")
 
 
 if __name__ == "__main__":

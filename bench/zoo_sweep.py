@@ -14,14 +14,8 @@ is not installed gives rows "skipped". Writes results/bench/zoo_sweep.jsonl, or 
 """
 from __future__ import annotations
 
-import argparse
-import collections
-import json
 import pathlib
-import subprocess
 import sys
-import time
-import traceback
 import warnings
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -78,98 +72,38 @@ def worker(library: str, name: str) -> dict:
     sys.path[:0] = [str(HERE.parent / "tests")]
     import torch
 
-    import pyprune
     from planted import cut_error, randomize_bn
+    from sweep_rows import prune_row
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    row: dict = {"model": name, "library": library}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model, x = build(library, name)
     randomize_bn(model)
     with torch.no_grad():
         want = _shapes(model(x))
-    before = sum(p.numel() for p in model.parameters())
-    t0 = time.perf_counter()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            res = pyprune.prune(model, x, method="l2", ratio=0.5, threads=1, seed=0)
-    except Exception as e:  # noqa: BLE001 - a refusal is a result, anything else a bug
-        row["status"] = "refused" if type(e).__module__.startswith("pyprune") else "error"
-        row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        if row["status"] == "error":
-            row["traceback"] = traceback.format_exc()[-800:]
-        return row
-    row["seconds"] = round(time.perf_counter() - t0, 2)
-    row["warnings"] = [str(w.message)[:240] for w in caught if str(w.message).startswith("pyprune")][:3]
-    row["removed_params"] = round(1 - sum(p.numel() for p in res.model.parameters()) / before, 3)
-    try:
-        with torch.no_grad():
-            got = _shapes(res.model(x))
-        row["status"] = "ok" if got == want else f"broken: outputs {got[:4]} instead of {want[:4]}"
-    except Exception as e:  # noqa: BLE001
-        row.update(status="broken", error=f"{type(e).__name__}: {str(e)[:300]}")
-        return row
-    try:
-        with torch.no_grad():
-            err = cut_error(model, x, res.plan)
-        row["cut_error"] = None if err is None else float(f"{err:.2e}")
-    except Exception as e:  # noqa: BLE001
-        row["cut_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    return row
+    return prune_row({"model": name, "library": library}, model, (x,), want, _shapes, cut_error)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--libraries", default=",".join(LIBRARIES))
-    ap.add_argument("--timeout", type=int, default=300, help="seconds per model")
-    ap.add_argument("--out", type=pathlib.Path, default=OUT, help="the JSON-lines file (resumable)")
-    ap.add_argument("--worker", nargs=2, metavar=("LIBRARY", "MODEL"), help=argparse.SUPPRESS)
-    a = ap.parse_args()
-    if a.worker:
-        print(json.dumps(worker(*a.worker)))
-        return
-    libraries = a.libraries.split(",")
-    unknown = sorted(set(libraries) - set(LIBRARIES))
-    if unknown:
-        ap.error(f"unknown libraries {unknown}: choose from {', '.join(LIBRARIES)}")
-    out = a.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = {(r["library"], r["model"]) for r in map(json.loads, out.open())} if out.exists() else set()
     import importlib.util
 
+    from sweep_rows import parse_sweep_args, print_counts, run_workers
+
+    parsed = parse_sweep_args(__doc__, worker, ("LIBRARY", "MODEL"), "libraries", LIBRARIES, OUT, 300)
+    if parsed is None:
+        return
+    a, libraries = parsed
+    jobs = []
     for library in libraries:
-        installed = importlib.util.find_spec(library) is not None
+        missing = importlib.util.find_spec(library) is None
         for name in LIBRARIES[library]:
-            if (library, name) in done:
-                continue
-            if not installed:
-                row = {"model": name, "library": library, "status": f"skipped: {library} is not installed"}
-            else:
-                cmd = [sys.executable, __file__, "--worker", library, name]
-                try:
-                    p = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
-                    lines = [ln for ln in p.stdout.splitlines() if ln.startswith("{")]
-                    row = json.loads(lines[-1]) if lines else {"model": name, "library": library,
-                                                              "status": f"crashed (exit {p.returncode})",
-                                                              "error": p.stderr[-400:]}
-                except subprocess.TimeoutExpired:
-                    row = {"model": name, "library": library, "status": "timeout"}
-            with out.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            print(f"{library} {name}: {row['status']} {row.get('removed_params', '')} {row.get('cut_error', '')}",
-                  flush=True)
-    counts: collections.Counter = collections.Counter()
-    for row in map(json.loads, out.open()):
-        counts[(row["library"], row["status"].split(":")[0])] += 1
-        err = row.get("cut_error")
-        if "cut_error" in row:
-            counts[("cut_error", "<= 1e-5" if isinstance(err, float) and err <= 1e-5 else
-                    "none to check" if err is None else "above or failed")] += 1
-    for k, v in sorted(counts.items(), key=str):
-        print(k, v)
+            key = {"model": name, "library": library}
+            jobs.append(({**key, "status": f"skipped: {library} is not installed"} if missing else key,
+                         [library, name]))
+    run_workers(__file__, jobs, a.out, a.timeout)
+    print_counts(a.out, "library")
 
 
 if __name__ == "__main__":
