@@ -465,7 +465,11 @@ def _channel_first_layernorm(m: nn.Module, x: torch.Tensor, lay) -> bool:
         return True
     # As many channels as the last dim is long (Segformer's 32 channels on a 32 x 32 map):
     # the forward on a last dim one longer runs only if it does not normalise the last dim.
-    probe = torch.zeros(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)  # (not x.new_zeros: traced)
+    # Only a norm with no modules of its own is probed: their hooks (the trace's) would run.
+    if any(True for _ in m.children()):
+        return False
+    # (torch.zeros: x.new_zeros would read as a tensor sized by x's channel count and keep them)
+    probe = torch.zeros(*x.shape[:-1], x.shape[-1] + 1, dtype=x.dtype, device=x.device)
     try:
         with torch.no_grad():
             type(m).forward(m, probe)  # not m(probe): the trace's hooks stay out of it
@@ -646,7 +650,7 @@ register_layer(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)(ConvT
 register_layer(nn.MultiheadAttention)(MultiheadAttention)
 register_layer(nn.Linear)(Linear)
 register_layer(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)(BatchNorm)
-for _name in ("torchvision.ops.misc.FrozenBatchNorm2d", "timm.layers.norm_act.FrozenBatchNorm2d",
+for _name in ("torchvision.ops.misc.FrozenBatchNorm2d",  # (timm's FrozenBatchNorm2d is this class)
               "timm.layers.norm_act.FrozenBatchNormAct2d"):
     LAYERS_BY_NAME[_name] = FrozenBatchNorm()
 register_layer(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)(InstanceNorm)

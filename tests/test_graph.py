@@ -433,6 +433,8 @@ OPS = {
     "setitem_rows": lambda s, h: _filled_rows(h),
     "setitem_by_index": lambda s, h: _filled_by_index(h),
     "setitem_per_channel_param": lambda s, h: _filled_with_param(s, h),
+    "setitem_mask_one_value": lambda s, h: _written(h, lambda t: t.__setitem__(t < 0, 0.0)),
+    "setitem_ellipsis": lambda s, h: _written(h, lambda t: t.__setitem__((Ellipsis, 0), 0.0)),
     "roi_align": lambda s, h: torchvision.ops.roi_align(
         h, torch.tensor([[0.0, 0, 0, 5, 5], [1.0, 2, 1, 7, 6]]), output_size=4, aligned=True),
     "roi_pool": lambda s, h: torchvision.ops.roi_pool(h, torch.tensor([[0.0, 1, 1, 6, 6], [1.0, 0, 2, 7, 7]]), 3),
@@ -459,6 +461,12 @@ def _filled_by_index(h):
     r[torch.arange(0, 2 * n, 2)] = h
     r[torch.arange(1, 2 * n, 2)] = h.flip(3)
     return r[0::2] * r[1::2] + r[0::2]
+
+
+def _written(h, write):
+    h = h.clone()
+    write(h)
+    return h
 
 
 def _filled_with_param(s, h):
@@ -490,6 +498,10 @@ def test_ops_along_other_dims_and_channel_reorders_are_exact(name):
     (lambda s, h: torch.sort(h, dim=1).values, "sort along the channels"),
     (lambda s, h: _write_first_channels(h), "assignment to chosen channels"),
     (lambda s, h: _write_per_channel_constant(h), "values per channel that is not a parameter"),
+    (lambda s, h: _written(h, lambda t: t.__setitem__((slice(None), np.array([0, 1])), 0.0)),
+     "assignment to chosen channels"),  # a numpy index
+    (lambda s, h: _into_buffer(h), "written into chosen positions of another tensor"),
+    (lambda s, h: _into_contents(h), "written into a tensor whose other contents are not followed"),
 ])
 def test_indices_and_writes_of_chosen_channels_keep_those_channels(op, reason):
     """Which channel is largest, channels in sorted order, a write into channels 0-3 or of a
@@ -503,6 +515,18 @@ def test_indices_and_writes_of_chosen_channels_keep_those_channels(op, reason):
     assert res.model.a.out_channels == 16 and res.model.b.out_channels == 4
     assert any(reason in why for _, _, _, whys in res.frozen() for why in whys)
     torch.testing.assert_close(res.model.a(x), model.a(x))
+
+
+def _into_buffer(h):
+    out = torch.zeros(h.shape[0], 16, *h.shape[2:])  # a buffer filled piece by piece
+    out[:, :16] = h
+    return out
+
+
+def _into_contents(h):
+    out = torch.sort(h, dim=1).values  # channels in sorted order (kept): other contents
+    out[:, :, :2] = h[:, :, :2]
+    return out
 
 
 def _write_first_channels(h):
@@ -559,7 +583,8 @@ def test_a_norm_of_negative_order_over_the_channels_is_inexact():
 
 @pytest.mark.parametrize("name", ["rot90_channels", "narrow_channels", "roll_flat", "roll_flat_empty_dims",
                                   "roll_channels", "where_indices", "where_indices_1d", "repeat_interleave_counts",
-                                  "repeat_interleave_flat", "unfold_windows_of_channels", "std_of_everything"])
+                                  "repeat_interleave_flat", "unfold_windows_of_channels", "std_of_everything",
+                                  "pool2d_of_a_3d_map"])
 def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
     """A roll of the channels is refused too: the pruned model would roll its kept channels
     by the same shift, which is the cut only when the channels rolled around are kept."""
@@ -573,7 +598,9 @@ def test_ops_that_mix_or_pick_channels_by_constants_are_refused(name):
           "repeat_interleave_counts": lambda s, h: h.repeat_interleave(torch.arange(16) % 2 + 1, dim=1)[:, :16],
           "repeat_interleave_flat": lambda s, h: h * h.repeat_interleave(2).mean(),
           "unfold_windows_of_channels": lambda s, h: h.unfold(1, 2, 2).mean(-1).repeat(1, 2, 1, 1),
-          "std_of_everything": lambda s, h: h / (h.std(False) + 1.0)}[name]  # (False: unbiased, not a dim)
+          "std_of_everything": lambda s, h: h / (h.std(False) + 1.0),  # (False: unbiased, not a dim)
+          # (N, C, H*W) read by a 2-d pool as one unbatched (N, C, H*W) map: C is a spatial dim there
+          "pool2d_of_a_3d_map": lambda s, h: F.max_pool2d(h.flatten(2), 3, 1, 1).view_as(h)}[name]
     model = _OpNet(op).eval()
     with pytest.raises(pyprune.GraphError, match="cannot follow channels"):
         pyprune.prune(model, torch.randn(1, 3, 16, 16), method="l2", ratio=0.5)
@@ -1753,3 +1780,38 @@ def test_a_reshape_that_mixes_channels_with_positions_keeps_them_and_says_so():
     graph = build_graph(model, torch.randn(1, 3, 5, 5))
     group = next(g for g in graph.groups if any(m.module == "a" and m.role == "out" for m in g.members))
     assert group.size == 16 and group.frozen.all()
+
+
+class _ProjectingLayerNorm(nn.LayerNorm):
+    """A LayerNorm subclass with a module of its own, run before the norm."""
+
+    def __init__(self, c):
+        super().__init__(c)
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x):
+        return super().forward(self.proj(x))
+
+
+def test_a_layernorm_subclass_with_modules_of_its_own_is_not_probed():
+    """The probe that tells a channels-first LayerNorm subclass apart runs its forward; the
+    hooks of the subclass's own modules would run with it and (where one raised on the probe)
+    leave the trace believing it was still inside a layer: every later layer went untraced.
+    Such a subclass is not probed; the layers after it are traced and cut."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.n = nn.Conv2d(3, 8, 3, padding=1), _ProjectingLayerNorm(8)
+            self.b, self.c = nn.Conv2d(8, 6, 3, padding=1), nn.Conv2d(6, 4, 3, padding=1)
+
+        def forward(self, x):
+            return self.c(torch.relu(self.b(self.n(self.a(x)))))  # the map is as wide as its channels
+
+    torch.manual_seed(0)
+    model = Net().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n.proj runs inside the norm, a layer pyprune does not open
+        graph = build_graph(model, torch.randn(1, 3, 8, 8))
+        res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    assert {"b", "c"} <= {m.module for m in graph.members}
+    assert res.model.b.out_channels == 3 and res.model.c.in_channels == 3

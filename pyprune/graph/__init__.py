@@ -202,9 +202,11 @@ class ChannelGraph:
         return out
 
     def kept_reasons(self, g: Group) -> list[str]:
-        """Why group `g` keeps channels, network inputs and outputs left out; none for the
-        channels of a network input (kept whatever reads them: the rows of an unbatched
-        image that a detector's transform resizes)."""
+        """Why group `g` keeps channels, network inputs and outputs left out. A group that is
+        all kept and holds a network input's channels gives none: they could not be cut
+        whatever else touched them (the rows of an unbatched image that a detector's
+        transform resizes), so ``explain()``, ``PruneResult.frozen()`` and the shortfall
+        warning leave it out."""
         reasons = self.frozen_reasons.get(g.id, [])
         if "network input" in reasons and g.frozen.all():
             return []

@@ -98,6 +98,7 @@ class Recorder:
     # check of a cut: (module, op, [(output shape, its Layout or None)]), first pass only.
     op_log: list = field(default_factory=list)
     in_hook: bool = False  # a layer's handler is running (its own torch calls are not the model's)
+    fresh: set = field(default_factory=set)  # ids of tensors made by torch.zeros & co. (their contents: constants)
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_ids(self, size: int, origin: str) -> np.ndarray:
@@ -310,8 +311,10 @@ def _spatial(rec: Recorder, name, args, kwargs, out):
     if lay is None:
         return
     outs = _tensors(out)
-    # the channels at dim 1 (batched) or 0 (one map per channel: keypoint heatmaps [:, None])
-    if lay.dim > 1 or src.dim() < 3 or not outs or outs[0].dim() != src.dim() \
+    # the op works on the last k dims (k from its name, all but two for interpolate): the
+    # channels before them (dim 1 batched, dim 0 one map per channel: keypoint heatmaps)
+    k = next((int(c) for c in "123" if name.endswith(f"{c}d") or f"{c}d_" in name), src.dim() - 2)
+    if lay.dim >= src.dim() - k or not outs or outs[0].dim() != src.dim() \
             or outs[0].shape[:lay.dim + 1] != src.shape[:lay.dim + 1]:
         rec.report_unknown(name, [lay], outs)
         return
@@ -1180,30 +1183,45 @@ def _getitem(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, Layout(out_dim + lay.dim - in_dim, lay.ids))
 
 
+def _is_int_index(i) -> bool:
+    return isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+
+
 def _index_entries(idx: tuple, nd: int) -> list | None:
     """Each entry of a basic/advanced index with the dims of a rank-`nd` tensor it reads (a
-    boolean mask reads as many as it has), trailing full slices dropped; None when the
-    index has an Ellipsis or a None, whose placement this does not follow."""
-    idx = list(idx)
+    boolean mask reads as many as it has; an Ellipsis is spelt out as full slices), trailing
+    full slices dropped; None when the index has a None, whose placement this does not
+    follow."""
+    idx = list(idx)  # (identity tests only: a numpy index compares element-wise)
+    dots = [k for k, i in enumerate(idx) if i is Ellipsis]
+    if any(i is None for i in idx) or len(dots) > 1:
+        return None
+    width = [i.dim() if isinstance(i, torch.Tensor) and i.dtype == torch.bool else 1 for i in idx if i is not Ellipsis]
+    if dots:
+        idx[dots[0]:dots[0] + 1] = [slice(None)] * max(0, nd - sum(width))
     while idx and isinstance(idx[-1], slice) and idx[-1] == slice(None):
         idx.pop()
     entries, d = [], 0
     for i in idx:
-        if i is None or i is Ellipsis:
-            return None
         n = i.dim() if isinstance(i, torch.Tensor) and i.dtype == torch.bool else 1
         entries.append((i, list(range(d, d + n))))
         d += n
     return entries if d <= nd else None
 
 
+_FACTORIES = {"zeros", "ones", "empty", "full", "zeros_like", "ones_like", "empty_like", "full_like", "new_zeros",
+              "new_ones", "new_empty", "new_full"}
+
+
 @register_op("__setitem__")
 def _setitem(rec: Recorder, name, args, kwargs, out):
     """``dst[idx] = value`` (in place, nothing returned). The value's channels, in a dim the
-    index leaves whole, land in that dim of `dst` (a zero tensor filled per pyramid level, as
-    torchvision's RoI pooling does): `dst` carries them from then on, or shares them with
-    the channels it carries there. Writing into chosen channels of `dst` ties what is
-    written to those positions, so they stay."""
+    index leaves whole, land in that dim of `dst`: a new tensor (``torch.zeros``, filled per
+    pyramid level as torchvision's RoI pooling does) carries them from then on; a tensor
+    with channels of its own shares them. A write into chosen channels, or into a tensor
+    whose other contents the trace does not follow, keeps the channels involved: they are
+    the same in the pruned model, and so is what the write does. A boolean mask as large
+    as `dst` with one value (``x[x < 0] = 0``) is element-wise."""
     dst, idx = args[0], args[1]
     value = args[2] if len(args) > 2 else kwargs.get("value")
     dl, vl = rec.layout(dst), rec.layout(value)
@@ -1214,18 +1232,28 @@ def _setitem(rec: Recorder, name, args, kwargs, out):
     if entries is None:
         rec.report_unknown(name, lays, [dst])
         return
+    scalar = not isinstance(value, torch.Tensor) or value.numel() == 1
+    if vl is None and scalar and len(entries) == 1 and isinstance(entries[0][0], torch.Tensor) \
+            and entries[0][0].dtype == torch.bool and entries[0][0].shape == dst.shape:
+        return  # one value where a mask of dst's own shape is true: element-wise
     covered = sum(len(ds) for _, ds in entries)
     picked = {d: i for i, ds in entries for d in ds}  # dst dim -> the index entry reading it
     if any(isinstance(i, (torch.Tensor, list, np.ndarray)) for i, _ in entries):
         whole = list(range(covered, dst.dim()))  # advanced: only the dims past the index keep their place
     else:  # basic: every dim but those an int removes, in order
-        whole = [d for d in range(dst.dim()) if not isinstance(picked.get(d), int)]
+        whole = [d for d in range(dst.dim()) if not _is_int_index(picked.get(d))]
+
     def untouched(d: int) -> bool:
-        return d >= covered or picked.get(d) == slice(None)
+        p = picked.get(d)
+        return d >= covered or (isinstance(p, slice) and p == slice(None))
+
+    def keep(lay: Layout, why: str) -> None:
+        rec.freeze(lay.ids, f"{why} in {rec.where()}")
+
     if dl is not None and not untouched(dl.dim):  # positions picked along the channels
-        rec.freeze(dl.ids, f"assignment to chosen channels in {rec.where()}")
+        keep(dl, "assignment to chosen channels")
         if vl is not None:
-            rec.report_unknown(name, [vl], [])
+            keep(vl, "written into chosen channels")
         return
     if not isinstance(value, torch.Tensor):
         return
@@ -1237,19 +1265,25 @@ def _setitem(rec: Recorder, name, args, kwargs, out):
             if owner is not None:
                 rec.add_member(owner[0], owner[1], owner[2], dl.ids, "param")
             else:
-                rec.freeze(dl.ids, f"a tensor of values per channel that is not a parameter is written into "
-                                   f"these channels in {rec.where()}")
+                keep(dl, "a tensor of values per channel that is not a parameter is written into these channels")
         return
     r = value.dim() - vl.dim  # the value's channel dim, counted from the right (1: the last)
     td = whole[len(whole) - r] if r <= len(whole) else None
-    if td is None or not untouched(td) or dst.shape[td] != value.shape[vl.dim] \
-            or (dl is not None and dl.dim != td) or (dl is None and rec.param_dim(dst, td) is not None):
+    if td is None or (dl is not None and dl.dim != td):
         rec.report_unknown(name, lays, [dst])
         return
-    if dl is None:
+    if not untouched(td):  # a piece of a preallocated tensor's dim (out[:, :8] = y)
+        keep(vl, "written into chosen positions of another tensor")
+        return
+    if dst.shape[td] != value.shape[vl.dim]:
+        rec.report_unknown(name, lays, [dst])
+        return
+    if dl is not None:
+        rec.unite(dl.ids, vl.ids)
+    elif id(dst) in rec.fresh and rec.param_dim(dst, td) is None:
         rec.set_layout(dst, Layout(td, vl.ids))
     else:
-        rec.unite(dl.ids, vl.ids)
+        keep(vl, "written into a tensor whose other contents are not followed")
 
 
 # -- functional layers and products -------------------------------------------------------
@@ -1629,6 +1663,9 @@ class _Mode(TorchFunctionMode):
             return
         if name in _VIEW_LIKE and args and isinstance(args[0], torch.Tensor):
             _param_view(rec, name, args, kwargs, out)
+        if name in _FACTORIES and isinstance(out, torch.Tensor):  # a new tensor (filled in place later)
+            rec.fresh.add(id(out))
+            rec.keep_alive.append(out)
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
