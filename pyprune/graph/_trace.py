@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
@@ -663,22 +665,14 @@ def _reshape_elementwise(in_shape, d: int, out_shape, ids: np.ndarray):
 def _one_component(rows: np.ndarray, n: int) -> bool:
     """Whether cutting the channel positions of each row together (``rows[0][i]`` with
     ``rows[r][i]``) ties all `n` channels into one: a reshape that only reads as channels
-    (MAnet's ``(B, h*w, C).reshape(B, C, h, w)``), which no cut can follow."""
-    parent = np.arange(n)
-
-    def find(a: int) -> int:
-        while parent[a] != a:
-            parent[a] = parent[parent[a]]
-            a = parent[a]
-        return a
-
-    for row in rows[1:]:
-        for a, b in zip(rows[0].tolist(), row.tolist()):
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[ra] = rb
+    (MAnet's ``(B, h*w, C).reshape(B, C, h, w)``), which no cut can follow. (The graph's
+    coupling, ``connected_components``, on these ties alone.)"""
     used = np.unique(rows)
-    return len({find(int(a)) for a in used}) == 1 and len(used) > 1
+    if len(used) < 2:
+        return False
+    a, b = np.broadcast_to(rows[:1], rows[1:].shape).ravel(), rows[1:].ravel()
+    ties = coo_matrix((np.ones(len(a), bool), (a, b)), shape=(n, n))
+    return len(np.unique(connected_components(ties, directed=False)[1][used])) == 1
 
 
 def _view_layout(rec: Recorder, in_shape, lay: Layout, out_shape, where: str) -> Layout | None:
