@@ -1,13 +1,16 @@
 """Coverage sweep over model libraries beyond timm and torchvision that edge users build on:
 segmentation_models_pytorch (U-Net, FPN, DeepLabV3+, Segformer, ... over many encoders),
-efficientnet_pytorch and ultralytics (YOLOv5/8/9/10/11 detection, segmentation, pose and
-classification models from their YAML files). None of them is a dependency of pyprune:
+efficientnet_pytorch, ultralytics (YOLOv5/8/9/10/11 detection, segmentation, pose and
+classification models from their YAML files) and pytorchcv (the first model of each of its
+image families: 144 classifiers, segmenters, pose and face nets, CIFAR nets). None of them is a
+dependency of pyprune:
 
-    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless
+    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless pytorchcv
     python3 bench/zoo_sweep.py                 # every model below of the libraries installed (about 2 min)
 
 Every model is built with random weights, its BatchNorms given random statistics, pruned by
-the L2 filter norm at ratio 0.5 (one thread, seed 0) on a 160 x 160 image, and run. A row
+the L2 filter norm at ratio 0.5 (one thread, seed 0) on a 160 x 160 image (pytorchcv: the
+model's own input size, a segmenter's cut to at most 256 rows and 512 columns), and run. A row
 per model, as in ``timm_sweep.py``: ok / refused / error / broken, the share of the
 parameters removed, pyprune's warnings and ``cut_error`` (tests/planted.py). A library that
 is not installed gives rows "skipped". Writes results/bench/zoo_sweep.jsonl, or ``--out``.
@@ -29,7 +32,38 @@ SMP = ["Unet:resnet34", "UnetPlusPlus:resnet34", "FPN:efficientnet-b0", "PSPNet:
 EFFICIENTNET = ["efficientnet-b0", "efficientnet-b3"]
 ULTRALYTICS = ["yolov5n.yaml", "yolov8n.yaml", "yolov8n-seg.yaml", "yolov8n-pose.yaml", "yolov8n-cls.yaml",
                "yolov9t.yaml", "yolov10n.yaml", "yolo11n.yaml"]
-LIBRARIES = {"segmentation_models_pytorch": SMP, "efficientnet_pytorch": EFFICIENTNET, "ultralytics": ULTRALYTICS}
+# pytorchcv: the first model of each family (its own file) of images; its audio (Jasper, QuartzNet),
+# face-animation (VOCA, ...), video (ProPainter) and two-image (RAFT) nets left out
+PYTORCHCV = ['alexnet', 'zfnet', 'vgg11', 'bninception', 'resnet10', 'preresnet10', 'resnext14_16x4d', 'seresnet10',
+             'sepreresnet10', 'seresnext50_32x4d', 'senet16', 'resnestabc14', 'ibn_resnet50', 'ibnb_resnet50',
+             'ibn_resnext50_32x4d', 'ibn_densenet121', 'airnet50_1x64d_r2', 'airnext50_32x4d_r2', 'bam_resnet18',
+             'cbam_resnet18', 'resattnet56', 'sknet50', 'scnet50', 'regnetx002', 'diaresnet10', 'diapreresnet10',
+             'pyramidnet101_a360', 'diracnet18v2', 'sharesnet18', 'densenet121', 'condensenet74_c4_g4',
+             'sparsenet121', 'peleenet', 'wrn50_2', 'drnc26', 'dpn68', 'darknet_ref', 'darknet53', 'channelnet',
+             'revnet38', 'irevnet301', 'bagnet9', 'dla34', 'msdnet22', 'fishnet99', 'espnetv2_wd2', 'dicenet_wd5',
+             'hrnet_w18_small_v1', 'vovnet27s', 'selecsls42', 'hardnet39ds', 'xdensenet121_2', 'squeezenet_v1_0',
+             'sqnxt23_w1', 'shufflenet_g1_w1', 'shufflenetv2_wd2', 'shufflenetv2b_wd2', 'menet108_8x1_g3',
+             'mobilenet_w1', 'mobilenetb_w1', 'fdmobilenet_w1', 'mobilenetv2_w1', 'mobilenetv3_small_w7d20',
+             'igcv3_w1', 'ghostnet', 'mnasnet_b1', 'darts', 'proxylessnas_cpu', 'fbnet_cb', 'xception',
+             'inceptionv3', 'inceptionv4', 'inceptionresnetv1', 'inceptionresnetv2', 'polynet', 'nasnet_4a1056',
+             'pnasnet5large', 'spnasnet', 'efficientnet_b0', 'efficientnet_edge_small_b', 'mixnet_s', 'nin_cifar10',
+             'resnet20_cifar10', 'preresnet20_cifar10', 'resnext20_16x4d_cifar10', 'seresnet20_cifar10',
+             'sepreresnet20_cifar10', 'pyramidnet110_a48_cifar10', 'densenet40_k12_cifar10',
+             'xdensenet40_2_k24_bc_cifar10', 'wrn16_10_cifar10', 'wrn20_10_1bit_cifar10', 'ror3_56_cifar10',
+             'rir_cifar10', 'msdnet22_cifar10', 'resdropresnet20_cifar10', 'shakeshakeresnet20_2x16d_cifar10',
+             'shakedropresnet20_cifar10', 'fractalnet_cifar10', 'diaresnet20_cifar10', 'diapreresnet20_cifar10',
+             'isqrtcovresnet18', 'resneta10', 'resnetd50b', 'fastseresnet101b', 'octresnet10_ad2', 'resnet10_cub',
+             'seresnet10_cub', 'mobilenet_w1_cub', 'proxylessnas_cpu_cub', 'ntsnet_cub', 'fcn8sd_resnetd50b_voc',
+             'pspnet_resnetd50b_voc', 'deeplabv3_resnetd50b_voc', 'icnet_resnetd50b_cityscapes',
+             'fastscnn_cityscapes', 'cgnet_cityscapes', 'dabnet_cityscapes', 'sinet_cityscapes',
+             'bisenet_resnet18_celebamaskhq', 'danet_resnetd50b_cityscapes', 'fpenet_cityscapes',
+             'ctxnet_cityscapes', 'lednet_cityscapes', 'esnet_cityscapes', 'edanet_cityscapes', 'enet_cityscapes',
+             'erfnet_cityscapes', 'linknet_cityscapes', 'segnet_cityscapes', 'unet_cityscapes', 'sqnet_cityscapes',
+             'alphapose_fastseresnet101b_coco', 'simplepose_resnet18_coco', 'simplepose_mobile_resnet18_coco',
+             'lwopenpose2d_mobilenet_cmupan_coco', 'ibppose_coco', 'prnet', 'centernet_resnet18_voc',
+             'lffd20x5s320v2_widerface', 'pfpcnet', 'superpointnet', 'tresnet_m', 'espcnet_cityscapes']
+LIBRARIES = {"segmentation_models_pytorch": SMP, "efficientnet_pytorch": EFFICIENTNET, "ultralytics": ULTRALYTICS,
+             "pytorchcv": PYTORCHCV}
 
 
 def build(library: str, name: str):
@@ -44,6 +78,8 @@ def build(library: str, name: str):
         from efficientnet_pytorch import EfficientNet
 
         model = EfficientNet.from_name(name, num_classes=10)
+    elif library == "pytorchcv":
+        return _pytorchcv(name)
     else:
         from ultralytics.nn import tasks
 
@@ -51,6 +87,23 @@ def build(library: str, name: str):
         cls = next((c for k, c in kind.items() if name.endswith(f"-{k}.yaml")), tasks.DetectionModel)
         model = cls(name, nc=10, verbose=False)
     return model.eval(), torch.randn(1, 3, 160, 160)
+
+
+def _pytorchcv(name: str):
+    """A pytorchcv model at its own input size; a segmenter made for large images (Cityscapes'
+    1024 x 2048) is built for at most 256 x 512 where its builder takes ``in_size``."""
+    import torch
+    from pytorchcv.model_provider import get_model
+
+    model = get_model(name, pretrained=False)
+    size = tuple(getattr(model, "in_size", (224, 224)))
+    small = (min(size[0], 256), min(size[1], 512))
+    if small != size:
+        try:
+            model, size = get_model(name, pretrained=False, in_size=small), small
+        except TypeError:  # a builder without in_size: its own size
+            pass
+    return model.eval(), torch.randn(1, getattr(model, "in_channels", 3), *size)
 
 
 def _shapes(out) -> list:
@@ -77,13 +130,18 @@ def worker(library: str, name: str) -> dict:
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, x = build(library, name)
-    randomize_bn(model)
-    with torch.no_grad():
-        want = _shapes(model(x))
-    return prune_row({"model": name, "library": library}, model, (x,), want, _shapes, cut_error)
+    row: dict = {"model": name, "library": library}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, x = build(library, name)
+        randomize_bn(model)
+        with torch.no_grad():
+            want = _shapes(model(x))
+    except Exception as e:  # noqa: BLE001 - a model that does not run unpruned says nothing of pyprune
+        row.update(status="no-forward", error=f"{type(e).__name__}: {str(e)[:200]}")
+        return row
+    return prune_row(row, model, (x,), want, _shapes, cut_error)
 
 
 def main() -> None:

@@ -1094,6 +1094,8 @@ def _warn_shortfall(res: PruneResult) -> None:
     total = removed = 0
     kept_back = []
     for g in graph.groups:
+        if g.size < 2:
+            continue  # one channel: no ratio cuts it
         reasons = graph.kept_reasons(g)
         if g.frozen.all() and graph.frozen_reasons.get(g.id) and all(r.startswith("ignore=") for r in reasons):
             continue  # what the user or the network's inputs and outputs fix

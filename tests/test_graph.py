@@ -16,7 +16,7 @@ from torch import nn
 
 import models as user_models
 import pyprune
-from planted import check_exact, cut_error, detection_heads_error, randomize_bn, zero_and_choose  # noqa: F401
+from planted import check_exact, cut_error, detection_heads_error, plant, randomize_bn, zero_and_choose  # noqa: F401
 from pyprune.graph import build_graph
 from pyprune.surgery import apply_keep
 
@@ -1413,6 +1413,213 @@ def test_norms_over_several_channels_are_reported_inexact_with_or_without_parame
     res = pyprune.prune(model, torch.randn(2, 3, 8, 8), method="l2", ratio=0.5)
     assert res.model[0].out_channels == 8
     assert bool(res.inexact()) == inexact
+
+
+class _SpatialGate(nn.Module):
+    """BAM's shape: a one-channel attention map repeated over the channels of the map it
+    gates, by ``expand_as(x)`` or by ``expand`` with numbers read from x."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.att = nn.Conv2d(16, 1, 1)
+        self.conv3 = nn.Conv2d(16, 4, 3)
+
+    def forward(self, x):
+        x = self.conv2(self.conv1(x).relu()).relu()
+        a = self.att(x)
+        a = a.expand_as(x) if self.how == "expand_as" else a.expand(-1, x.size(1), -1, -1)
+        return self.conv3(x * torch.sigmoid(a))
+
+
+def test_one_channel_expanded_over_the_channels_is_a_broadcast():
+    """``att.expand_as(x)`` (BAM, refused before as an unknown expand): the gated channels are
+    cut in half, the one-channel map is kept, and the pruned model is the original on the
+    kept channels."""
+    torch.manual_seed(0)
+    model = _SpatialGate("expand_as").eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm.conv2.out_channels == pm.conv3.in_channels == pm.att.in_channels == 8
+    assert pm.att.out_channels == 1
+
+    def rows(conv, pruned, cols):  # the kept filters of `conv`, matched on its kept inputs
+        w = conv.weight[:, cols].flatten(1)
+        return torch.tensor([int(torch.nonzero((w == r).all(1))[0]) for r in pruned.weight.flatten(1)])
+
+    k1 = rows(model.conv1, pm.conv1, slice(None))
+    k2 = rows(model.conv2, pm.conv2, k1)
+    with torch.no_grad():
+        h = nn.functional.conv2d(x, model.conv1.weight[k1], model.conv1.bias[k1], padding=1).relu()
+        h = nn.functional.conv2d(h, model.conv2.weight[k2][:, k1], model.conv2.bias[k2], padding=1).relu()
+        a = nn.functional.conv2d(h, model.att.weight[:, k2], model.att.bias)
+        want = nn.functional.conv2d(h * torch.sigmoid(a), model.conv3.weight[:, k2], model.conv3.bias)
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_one_channel_expanded_by_numbers_keeps_the_channels_it_meets():
+    """``att.expand(-1, C, -1, -1)``: the numbers do not say which channels the result has,
+    so the channels it multiplies are kept whole, with the reason, and the model still
+    runs (other layers are cut)."""
+    torch.manual_seed(0)
+    model = _SpatialGate("expand").eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match="pyprune"):
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.model.conv2.out_channels == 16
+    assert any("not a parameter" in r for _, _, _, rs in res.frozen() for r in rs)
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x).shape, model(x).shape)
+
+
+class _MaskedConv(nn.Conv2d):
+    """pytorchcv's XConv2d: a conv whose weight is multiplied by a fixed 0/1 buffer of its
+    shape, called as ``F.conv2d`` with keywords only."""
+
+    def __init__(self, cin, cout):
+        super().__init__(cin, cout, 3, padding=1)
+        self.register_buffer("mask", (torch.rand(self.weight.shape) > 0.5).float())
+
+    def forward(self, x):
+        return nn.functional.conv2d(input=x, weight=self.weight.mul(self.mask), bias=self.bias, padding=self.padding)
+
+
+def test_a_masked_weight_is_sliced_with_its_mask():
+    """The trace crashed on a functional conv called with keywords only, inside a layer
+    (IndexError), and then counted ``weight * mask`` as a transformed weight: every input
+    kept (XDenseNet removed nothing). Now the mask buffer is cut with the weight on both
+    dims, the cut is exact (planted zeros) and nothing is reported inexact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(_MaskedConv(3, 16), nn.ReLU(), _MaskedConv(16, 16), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(2, 3, 6, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm[0].out_channels == pm[2].in_channels == pm[2].out_channels == 8
+    for i in (0, 2):
+        assert pm[i].mask.shape == pm[i].weight.shape
+    assert res.inexact() == []
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+    kept = torch.tensor([int(torch.nonzero((model[0].weight == w).flatten(1).all(1))[0]) for w in pm[0].weight])
+    assert torch.equal(pm[0].mask, model[0].mask[kept])
+
+
+class _ZeroPaddedShortcut(nn.Module):
+    """PyramidNet's unit: the shortcut is zero-padded with the channels the branch adds
+    (by a pad tuple kept as an attribute, or one built in forward) and added to it."""
+
+    def __init__(self, in_forward: bool):
+        super().__init__()
+        self.in_forward = in_forward
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12))
+        self.pad = (0, 0, 0, 0, 0, 4)
+        self.head = nn.Conv2d(12, 4, 1)
+
+    def forward(self, x):
+        x = self.stem(x).relu()
+        y = self.body(x)
+        pad = (0, 0, 0, 0, 0, y.size(1) - x.size(1)) if self.in_forward else self.pad
+        return self.head(y + nn.functional.pad(x, pad))
+
+
+@pytest.mark.parametrize("in_forward", [False, True])
+def test_zero_padded_shortcut_channels_are_cut_with_the_branch(in_forward):
+    """Before, channel padding kept the whole residual group (PyramidNet lost 17% of its
+    channels at ratio 0.5, with a warning). The padded channels are now channels of their
+    own: with the pad tuple an attribute they are cut too and the tuple is rewritten; built
+    in forward, they are kept (and the rest is cut). The cut is exact: zeros planted in the
+    dropped channels leave the output as it was."""
+    torch.manual_seed(0)
+    model = _ZeroPaddedShortcut(in_forward).eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 6, 6)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm.body[0].out_channels == pm.head.in_channels == 6  # one group: the 8 shortcut channels and 4 padded
+    kept_pad = 6 - pm.stem.out_channels
+    assert 0 < pm.stem.out_channels < 8
+    if in_forward:
+        assert kept_pad == 4 and pm.pad == model.pad
+    else:
+        assert pm.pad == (0, 0, 0, 0, 0, kept_pad)
+    assert pm(x).shape == model(x).shape
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+    reasons = [r for _, _, _, rs in res.frozen() for r in rs]
+    assert any("computed in forward" in r for r in reasons) == in_forward
+
+
+class _Correlation(nn.Module):
+    """RAFT's correlation of two feature maps over their channels, scaled by 1/sqrt(C):
+    C read from the shape in forward and made a tensor ("tensor"), fixed when the model
+    was built ("fixed"), or read from the shape only to reshape ("reshape")."""
+
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(3, 16, 3, padding=1)
+        self.out = nn.Conv2d(16, 4, 1)
+        self.scale = 16 ** -0.5
+
+    def forward(self, x):
+        f1, f2 = self.a(x), self.b(x)
+        n, c, h, w = f1.shape
+        corr = (f1.view(n, c, h * w) * f2.view(n, c, h * w)).sum(1).view(n, 1, h, w)
+        if self.how == "tensor":
+            corr = corr / torch.sqrt(torch.tensor(c))
+        else:
+            corr = corr * self.scale
+        return self.out(f1) + corr
+
+
+@pytest.mark.parametrize("how,inexact", [("tensor", True), ("fixed", False), ("reshape", False)])
+def test_a_channel_count_made_a_tensor_in_forward_is_reported_inexact(how, inexact):
+    """``corr / sqrt(torch.tensor(C))`` with C = x.shape[1]: the pruned model divides by the
+    kept count, so even channels that carry zeros change its output; PruneResult.inexact()
+    names their group (RAFT's cut was off by 0.1 with nothing said). A scale fixed at build
+    time keeps the cut exact (checked: zeros planted in the cut channels leave the output)."""
+    torch.manual_seed(0)
+    model = _Correlation(how).eval()
+    x = torch.randn(2, 3, 6, 6)
+    res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.model.a.out_channels == res.model.b.out_channels == 8
+    assert [n for n, _ in res.inexact()] == (["a"] if inexact else [])
+    if inexact:
+        assert "torch.tensor(16)" in res.inexact()[0][1][0]
+    planted = copy.deepcopy(model)
+    keep = res.plan.keep_mask()
+    plant(planted, res.graph, keep)
+    with torch.no_grad():
+        err = (apply_keep(planted, res.graph, keep)(x) - planted(x)).abs().max()
+    assert (err > 1e-3) == inexact  # the report says what the cut does
+
+
+def test_local_response_norm_passes_the_channels_and_is_reported_inexact():
+    """AlexNet's LocalResponseNorm between two convs (it was refused as an unknown op): the
+    channels pass through it, the pruned model is the original's convs on the kept channels
+    with the norm taken over those alone, and PruneResult.inexact() names the group (a cut
+    channel leaves its neighbours' windows)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.LocalResponseNorm(3), nn.Conv2d(16, 4, 3)).eval()
+    x = torch.randn(2, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm[0].out_channels == pm[3].in_channels == 8
+    kept = torch.tensor([int(torch.nonzero((model[0].weight == w).flatten(1).all(1))[0]) for w in pm[0].weight])
+    with torch.no_grad():
+        h = nn.functional.conv2d(x, model[0].weight[kept], model[0].bias[kept]).relu()
+        want = nn.functional.conv2d(nn.functional.local_response_norm(h, 3), model[3].weight[:, kept], model[3].bias)
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+    assert [name for name, _ in res.inexact()] == ["0"]
+    assert "neighbours" in res.inexact()[0][1][0]
 
 
 class _ConvRecurrent(nn.Module):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -101,6 +102,8 @@ class Recorder:
     op_log: list = field(default_factory=list)
     in_hook: bool = False  # a layer's handler is running (its own torch calls are not the model's)
     fresh: set = field(default_factory=set)  # ids of tensors made by torch.zeros & co. (their contents: constants)
+    weight_masks: dict = field(default_factory=dict)  # (module, "weight") -> its buffers it is multiplied by
+    widths_read: dict = field(default_factory=dict)  # a channel count read from a shape -> the ids of those channels
 
     # -- bookkeeping ---------------------------------------------------------------
     def new_ids(self, size: int, origin: str) -> np.ndarray:
@@ -137,6 +140,8 @@ class Recorder:
 
     def add_member(self, module: str, param: str, dim: int, ids: np.ndarray, role: str, groups: int = 1) -> None:
         self.members.append(MemberRecord(module, param, dim, ids, role, groups))
+        for mask in self.weight_masks.get((module, param), ()):  # sliced as the weight is
+            self.members.append(MemberRecord(module, mask, dim, ids, "mask", groups))
         for r in self.param_shape_attrs.get((module, param, dim), ()):  # gamma.view(self.shape)
             self.rewrites.append(Rewrite(r.module, r.attr, r.kind, [np.asarray(ids, np.int64)], r.container,
                                          r.index, r.original))
@@ -385,16 +390,36 @@ def _ordered(rec: Recorder, name, args, kwargs, out):
 
 @register_op("pad")
 def _pad(rec: Recorder, name, args, kwargs, out):
+    """Padding of other dims passes the channels through. Constant channels added on one
+    side (PyramidNet's shortcut, ``F.pad(x, (0, 0, 0, 0, 0, C_out - C_in))``, added to the
+    wider branch) become channels of their own after the input's: cut with what they are
+    added to, the pad tuple rewritten to the kept count when it is an attribute of the
+    module; a pad tuple built in ``forward`` keeps them all. Padding on both sides,
+    cropping, and reflected or replicated channels keep the input's channels."""
     src = args[0]
     lay = rec.layout(src)
     if lay is None:
         return
     pad = args[1] if len(args) > 1 else kwargs.get("pad")
     touched = {src.dim() - 1 - i // 2 for i, p in enumerate(pad) if p}
-    if lay.dim in touched:
+    if lay.dim not in touched:
+        rec.set_layout(out, lay)
+        return
+    mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+    i = 2 * (src.dim() - 1 - lay.dim)  # pad[i] goes before the channels, pad[i + 1] after them
+    before, after = int(pad[i]), int(pad[i + 1]) if i + 1 < len(pad) else 0
+    n = before + after
+    if mode != "constant" or min(before, after) < 0 or (before and after) or not isinstance(out, torch.Tensor) \
+            or out.shape[lay.dim] != len(lay.ids) + n:
         rec.freeze(lay.ids, f"channel padding in {rec.where()}")
         return
-    rec.set_layout(out, lay)
+    new = rec.new_ids(n, f"channel padding in {rec.where()}")
+    attr = rec.find_attr(pad) if isinstance(pad, (tuple, list)) else None
+    if attr is not None:
+        rec.rewrites.append(Rewrite(rec.stack[-1], attr, "replace", [new], type(pad), i if before else i + 1, pad))
+    else:
+        rec.freeze(new, f"channel padding of a width computed in forward ({rec.where()})")
+    rec.set_layout(out, Layout(lay.dim, np.concatenate([new, lay.ids] if before else [lay.ids, new])))
 
 
 # -- element-wise ops between several tensors (broadcasting) -------------------------------
@@ -945,6 +970,23 @@ def _instance_norm(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, lay)
 
 
+@register_op("local_response_norm")
+def _local_response_norm(rec: Recorder, name, args, kwargs, out):
+    """F.local_response_norm (AlexNet's LRN): each channel (dim 1) divided by a power of the
+    sum of squares over a window of its neighbours. The channels pass through; a cut channel
+    leaves the windows of its neighbours, even a zero one (the next channel moves in), so the
+    cut is inexact."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return
+    if lay.dim != 1 or not isinstance(out, torch.Tensor) or out.shape != src.shape:
+        rec.report_unknown(name, [lay], _tensors(out))
+        return
+    rec.add_inexact(lay.ids, f"{name} in {rec.where()}: each channel is divided by a sum over its neighbours")
+    rec.set_layout(out, lay)
+
+
 @register_op("layer_norm", "rms_norm")
 def _last_dims_norm(rec: Recorder, name, args, kwargs, out):
     """F.layer_norm and F.rms_norm called by the model's own code (timm's RmsNorm, a norm
@@ -1035,13 +1077,25 @@ def _pixel_shuffle(rec: Recorder, name, args, kwargs, out):
 
 @register_op("expand", "expand_as", "broadcast_to")
 def _expand(rec: Recorder, name, args, kwargs, out):
+    """The channels pass through to the same dim of the result. One channel repeated over
+    many (BAM's spatial gate, ``att.expand_as(x)``) is what a broadcast does: that channel
+    is kept, and the result takes the channels of the tensor it was shaped as (expand_as),
+    whose width it follows when they are cut; shaped by numbers, it has none of its own
+    (an op that meets it with channels keeps those, as a broadcast constant)."""
     src = args[0]
     lay = rec.layout(src)
     if lay is None:
         return
     od = lay.dim + out.dim() - src.dim()
     if out.shape[od] != src.shape[lay.dim]:
-        rec.report_unknown(name, [lay], [out])
+        if src.shape[lay.dim] != 1:
+            rec.report_unknown(name, [lay], [out])
+            return
+        rec.freeze(lay.ids, f"one channel repeated over {out.shape[od]} ({name} in {rec.where()})")
+        other = args[1] if name == "expand_as" and len(args) > 1 else kwargs.get("other")
+        olay = rec.layout(other) if isinstance(other, torch.Tensor) and other.dim() == out.dim() else None
+        if olay is not None and olay.dim == od:
+            rec.set_layout(out, olay)
         return
     rec.set_layout(out, Layout(od, lay.ids))
 
@@ -1592,6 +1646,39 @@ def _param_view(rec: Recorder, name: str, args, kwargs, out) -> None:
                     rec.param_shape_attrs.setdefault((mod, pname, pd), []).append(r)
 
 
+def _weight_mask(rec: Recorder, leaf: str, fname: str, args, kwargs) -> bool:
+    """``self.weight * self.mask`` in a layer's forward, the mask a tensor of the layer's
+    own with the weight's shape (a fixed sparsity pattern: pytorchcv's XConv2d): an
+    element-wise mask, sliced with the weight (recorded for :meth:`Recorder.add_member`),
+    leaves the filters as they are. True when the call is one."""
+    if fname not in ("mul", "__mul__", "__rmul__") or len(args) != 2 or kwargs:
+        return False
+    owners = [rec.param_owner.get(id(t)) if isinstance(t, torch.Tensor) else None for t in args]
+    if None in owners or any(o[0] != leaf for o in owners) or args[0].shape != args[1].shape:
+        return False
+    names = [o[1] for o in owners]
+    if "weight" not in names or names[0] == names[1]:
+        return False
+    rec.weight_masks.setdefault((leaf, "weight"), set()).add(names[1 - names.index("weight")])
+    return True
+
+
+_WIDTH_VALUES = {"tensor", "as_tensor", "scalar_tensor"}
+
+
+def _width_as_value(rec: Recorder, name: str, args, kwargs) -> None:
+    """``torch.tensor(C)`` with C a channel count the model's forward read from a shape
+    (RAFT's correlation divided by ``sqrt(torch.tensor(C))``): a number the pruned model
+    computes again from the kept width, so cutting those channels changes the function
+    even where they carry zeros. Their group is reported inexact (the trace cannot follow a
+    plain Python number; this is the one form it sees)."""
+    value = args[0] if args else kwargs.get("data", kwargs.get("s"))
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) in rec.widths_read:
+        rec.add_inexact(rec.widths_read[int(value)], f"torch.{name}({int(value)}) in {rec.where()}: a channel count "
+                        "read from a shape becomes a number the model computes with, and the pruned model reads "
+                        "the kept count")
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, rec: Recorder):
         super().__init__()
@@ -1615,10 +1702,10 @@ class _Mode(TorchFunctionMode):
                     owner = rec.param_owner.get(id(t))
                     if id(t) in rec.weight_views or owner is not None and owner[0] == leaf and owner[1] == "weight":
                         derived = True
-                if derived and fname not in _VIEW_LIKE:
+                if derived and fname not in _VIEW_LIKE and not _weight_mask(rec, leaf, fname, args, kwargs):
                     rec.transformed.add(leaf)
             res = None
-            if shape_of is not None and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
+            if shape_of is not None and args and isinstance(args[0], torch.Tensor) and args[0].dim() >= 2:
                 try:
                     res = args[0].new_zeros(shape_of(args, kwargs))
                 except Exception:
@@ -1654,7 +1741,11 @@ class _Mode(TorchFunctionMode):
                 else:
                     d = {nd - 1: nd - 2, nd - 2: nd - 1}.get(lay.dim, lay.dim)
                 rec.set_layout(out, Layout(d, lay.ids))
+            elif lay is not None and prop == "shape" and isinstance(out, torch.Size) and len(out) == src.dim():
+                rec.widths_read[int(out[lay.dim])] = lay.ids
             return
+        if name in _WIDTH_VALUES:
+            _width_as_value(rec, name, args, kwargs)
         if name in _VIEW_LIKE and args and isinstance(args[0], torch.Tensor):
             _param_view(rec, name, args, kwargs, out)
         if name in _FACTORIES and isinstance(out, torch.Tensor):  # a new tensor (filled in place later)
@@ -1664,6 +1755,12 @@ class _Mode(TorchFunctionMode):
         lays = [lay for lay in lays if lay is not None]
         if not lays:
             return
+        if name == "size" and isinstance(args[0], torch.Tensor):  # x.size() or x.size(dim): a width read
+            lay = rec.layout(args[0])
+            if lay is not None:
+                dim = args[1] if len(args) > 1 else kwargs.get("dim")
+                if dim is None or _norm_dim(dim, args[0].dim()) == lay.dim:
+                    rec.widths_read[int(args[0].shape[lay.dim])] = lay.ids
         handler = _HANDLERS.get(name)
         outs = _tensors(out)
         if handler is None:
