@@ -10,7 +10,8 @@ dependency of pyprune:
 
 Every model is built with random weights, its BatchNorms given random statistics, pruned by
 the L2 filter norm at ratio 0.5 (one thread, seed 0) on a 160 x 160 image (pytorchcv: the
-model's own input size, a segmenter's cut to at most 256 rows and 512 columns), and run. A row
+model's own input size; one over 512 x 512 pixels, Cityscapes' segmenters, at most 256 x 512),
+and run. A row
 per model, as in ``timm_sweep.py``: ok / refused / error / broken, the share of the
 parameters removed, pyprune's warnings and ``cut_error`` (tests/planted.py). A library that
 is not installed gives rows "skipped". Writes results/bench/zoo_sweep.jsonl, or ``--out``.
@@ -90,20 +91,22 @@ def build(library: str, name: str):
 
 
 def _pytorchcv(name: str):
-    """A pytorchcv model at its own input size; a segmenter made for large images (Cityscapes'
-    1024 x 2048) is built for at most 256 x 512 where its builder takes ``in_size``."""
+    """A pytorchcv model at its own input size; one made for images over 512 x 512 pixels
+    (Cityscapes' 1024 x 2048) is built for at most 256 x 512 where its builder takes
+    ``in_size``."""
     import torch
     from pytorchcv.model_provider import get_model
 
     model = get_model(name, pretrained=False)
     size = tuple(getattr(model, "in_size", (224, 224)))
-    small = (min(size[0], 256), min(size[1], 512))
+    small = (min(size[0], 256), min(size[1], 512)) if size[0] * size[1] > 512 * 512 else size
     if small != size:
         try:
             model, size = get_model(name, pretrained=False, in_size=small), small
         except TypeError:  # a builder without in_size: its own size
             pass
-    return model.eval(), torch.randn(1, getattr(model, "in_channels", 3), *size)
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)  # grey-level nets: 1 channel
+    return model.eval(), torch.randn(1, getattr(model, "in_channels", first.in_channels if first else 3), *size)
 
 
 def _shapes(out) -> list:

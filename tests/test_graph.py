@@ -1477,6 +1477,97 @@ def test_one_channel_expanded_by_numbers_keeps_the_channels_it_meets():
         torch.testing.assert_close(res.model(x).shape, model(x).shape)
 
 
+def _blur(x: torch.Tensor) -> torch.Tensor:
+    """TResNet's anti-aliased downsample: one 3x3 binomial filter, made in forward and
+    repeated over the channels it reads from x."""
+    k = torch.tensor([1.0, 2.0, 1.0])
+    k = (k[:, None] * k[None, :]) / 16
+    w = k[None, None].repeat(x.shape[1], 1, 1, 1)
+    return nn.functional.conv2d(nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), w, stride=2, groups=x.shape[1])
+
+
+class _Blurred(nn.Module):
+    def __init__(self, same: bool):
+        super().__init__()
+        self.same = same
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 3)
+        self.register_buffer("seeds", torch.arange(16.0))
+
+    def forward(self, x):
+        x = self.conv1(x).relu()
+        if self.same:
+            return self.conv2(_blur(x))
+        w = torch.ones(x.shape[1], 1, 3, 3) * torch.arange(x.shape[1], dtype=x.dtype)[:, None, None, None]
+        return self.conv2(nn.functional.conv2d(x, w, padding=1, groups=x.shape[1]))
+
+
+def test_one_fixed_filter_repeated_over_the_channels_passes_them():
+    """A depthwise conv whose filter is not a parameter but the same numbers for every
+    channel (TResNet was refused): the channels pass through, and the pruned model is the
+    original on the kept channels. Filters that differ per channel and belong to no module
+    are still refused, before anything is cut."""
+    torch.manual_seed(0)
+    model = _Blurred(True).eval()
+    x = torch.randn(2, 3, 10, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm.conv1.out_channels == pm.conv2.in_channels == 8
+    kept = torch.tensor([int(torch.nonzero((model.conv1.weight == w).flatten(1).all(1))[0]) for w in pm.conv1.weight])
+    with torch.no_grad():
+        h = nn.functional.conv2d(x, model.conv1.weight[kept], model.conv1.bias[kept], padding=1).relu()
+        want = nn.functional.conv2d(_blur(h), model.conv2.weight[:, kept], model.conv2.bias)
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+    with pytest.raises(pyprune.GraphError, match="filter that is not a parameter"):
+        pyprune.prune(_Blurred(False).eval(), x, method="l2", ratio=0.5)
+
+
+class _UnpoolDecoder(nn.Module):
+    """SegNet's shape: the decoder scatters its channels by the indices of the encoder's
+    max pool (nn.MaxUnpool2d)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.pool = nn.MaxPool2d(2, return_indices=True)
+        self.mid = nn.Conv2d(16, 16, 3, padding=1)
+        self.unpool = nn.MaxUnpool2d(2)
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        y, idx = self.pool(self.enc(x).relu())
+        return self.head(self.unpool(self.mid(y).relu(), idx))
+
+
+def test_max_unpool_ties_the_decoder_to_the_pool_whose_indices_it_reads():
+    """max_unpool2d was refused (SegNet, ENet). Its input and the pool's indices are one set
+    of channels: the encoder and the decoder conv keep the same channels, and the pruned
+    model is the original on them (a reference written out by hand)."""
+    torch.manual_seed(0)
+    model = _UnpoolDecoder().eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm.enc[0].out_channels == pm.mid.out_channels == pm.head.in_channels == 8
+    enc, mid = model.enc[0], model.mid
+    kept = torch.tensor([int(torch.nonzero((enc.weight == w).flatten(1).all(1))[0]) for w in pm.enc[0].weight])
+    assert torch.equal(pm.mid.bias, mid.bias[kept])  # the decoder keeps the encoder's channels
+    bn = model.enc[1]
+    with torch.no_grad():
+        h = nn.functional.conv2d(x, enc.weight[kept], enc.bias[kept], padding=1)
+        h = nn.functional.batch_norm(h, bn.running_mean[kept], bn.running_var[kept], bn.weight[kept], bn.bias[kept],
+                                     eps=bn.eps).relu()
+        y, idx = nn.functional.max_pool2d(h, 2, return_indices=True)
+        z = nn.functional.conv2d(y, mid.weight[kept][:, kept], mid.bias[kept], padding=1).relu()
+        want = nn.functional.conv2d(nn.functional.max_unpool2d(z, idx, 2), model.head.weight[:, kept],
+                                    model.head.bias)
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+
+
 class _MaskedConv(nn.Conv2d):
     """pytorchcv's XConv2d: a conv whose weight is multiplied by a fixed 0/1 buffer of its
     shape, called as ``F.conv2d`` with keywords only."""

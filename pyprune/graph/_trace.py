@@ -325,7 +325,31 @@ def _spatial(rec: Recorder, name, args, kwargs, out):
             or outs[0].shape[:lay.dim + 1] != src.shape[:lay.dim + 1]:
         rec.report_unknown(name, [lay], outs)
         return
-    rec.set_layout(outs[0], lay)  # indices of *_with_indices carry no channel meaning
+    rec.set_layout(outs[0], lay)
+    if len(outs) == 2 and outs[1].shape == outs[0].shape and not outs[1].is_floating_point():
+        rec.set_layout(outs[1], lay)  # the indices of a max pool: one map per channel (max_unpool reads them)
+
+
+@register_op("max_unpool1d", "max_unpool2d", "max_unpool3d")
+def _max_unpool(rec: Recorder, name, args, kwargs, out):
+    """F.max_unpool (SegNet, ENet decoders): each channel of the input is scattered by the
+    indices of the same channel of an earlier max pool, so the two are one set of channels
+    and the output has it."""
+    src = args[0] if args else kwargs.get("input")
+    idx = args[1] if len(args) > 1 else kwargs.get("indices")
+    lays = [rec.layout(t) for t in (src, idx) if isinstance(t, torch.Tensor)]
+    lays = [lay for lay in lays if lay is not None]
+    if not lays:
+        return
+    k = int(name[-2])
+    ok = (isinstance(out, torch.Tensor) and isinstance(idx, torch.Tensor) and idx.shape == src.shape
+          and out.dim() == src.dim() and all(lay.dim < src.dim() - k for lay in lays)
+          and len({lay.dim for lay in lays}) == 1 and out.shape[:lays[0].dim + 1] == src.shape[:lays[0].dim + 1])
+    if not ok or len(lays) != 2:  # indices of no known pool: which channel each belongs to is unknown
+        rec.report_unknown(name, lays, _tensors(out))
+        return
+    rec.unite(lays[0].ids, lays[1].ids)
+    rec.set_layout(out, lays[0])
 
 
 @register_op("roi_align", "roi_pool")
@@ -1393,7 +1417,11 @@ def _conv(rec: Recorder, name, args, kwargs, out):
         return
     c_in, c_out = x.shape[1], out.shape[1]
     wout, win = rec.param_dim(w, 0), rec.param_dim(w, 1)
-    shared = wout is None and isinstance(w, torch.Tensor) and (id(w) in rec.param_views)  # a filter expanded over channels
+    # one filter for every channel: a buffer expanded over them, or the same numbers repeated
+    # (TResNet's blur, ``torch.tensor(...).repeat(x.shape[1], 1, 1, 1)``, made again at the kept
+    # count; where the count is fixed instead, the check of the cut finds the pruned model fails)
+    shared = wout is None and isinstance(w, torch.Tensor) and (
+        id(w) in rec.param_views or (w.dim() >= 2 and w.shape[0] == c_in and bool((w == w[:1]).all())))
     if groups == c_in == c_out:  # depthwise: the channels pass through
         if wout is not None:
             rec.add_member(wout[0], wout[1], wout[2], lay.ids, "param")
