@@ -105,8 +105,9 @@ def _pytorchcv(name: str):
             model, size = get_model(name, pretrained=False, in_size=small), small
         except TypeError:  # a builder without in_size: its own size
             pass
-    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)  # grey-level nets: 1 channel
-    return model.eval(), torch.randn(1, getattr(model, "in_channels", first.in_channels if first else 3), *size)
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    grey = first is not None and first.in_channels == 1  # a grey-level net (SuperPoint, PFPCNet)
+    return model.eval(), torch.randn(1, getattr(model, "in_channels", 1 if grey else 3), *size)
 
 
 def _shapes(out) -> list:

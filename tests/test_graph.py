@@ -2113,3 +2113,68 @@ def test_a_layernorm_subclass_with_modules_of_its_own_is_not_probed():
         res = pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
     assert {"b", "c"} <= {m.module for m in graph.members}
     assert res.model.b.out_channels == 3 and res.model.c.in_channels == 3
+
+
+def test_compare_calls_aligns_the_calls_on_channels_past_a_loop_over_data():
+    """The check of a cut aligns the pruned run's calls with the trace's. A loop over data
+    (SuperPoint's keypoints: a million calls on no channels, as many as the values find)
+    runs another number of times in the pruned model; the check took more than ten minutes
+    on it. Calls of a kind that never carried channels are now left out of the alignment:
+    the loop's count does not matter, and a call on channels that the pruned run skipped,
+    or one whose other dims changed, is still found (its index in the log)."""
+    from pyprune.graph._check import compare_calls
+
+    lay = (1, None)  # channels in dim 1
+    head = [("a", "conv", [((1, 8, 4, 4), lay)]), ("a", "add", [((1, 8, 4, 4), lay)])]
+    tail = [("b", "cat", [((1, 16, 4, 4), lay)]), ("b", "mul", [((1, 16, 4, 4), lay)])]
+    loop = [("", "getitem", [((2,), None)]), ("", "add", [((2,), None)])]
+    log = head + loop * 3000 + tail
+
+    def calls(entries, n_loop):
+        out = [(w, op, [tuple(s[:1]) + (4,) + tuple(s[2:]) if lay_ else s for s, lay_ in outs])
+               for w, op, outs in entries[:2]]
+        out += [(w, op, [s for s, _ in outs]) for w, op, outs in loop] * n_loop
+        out += [(w, op, [tuple(s[:1]) + (8,) + tuple(s[2:]) for s, _ in outs]) for w, op, outs in tail]
+        return out
+
+    assert compare_calls(log, calls(log, 1000), True) is None  # the loop ran 1000 times, not 3000
+    skipped = calls(log, 1000)
+    del skipped[-1]  # the pruned run made no "mul" in b
+    found = compare_calls(log, skipped, True)
+    assert found is not None and found[0] == len(log) - 1 and "did not make the call mul" in found[1]
+    wrong = calls(log, 5000)
+    wrong[-1] = ("b", "mul", [(1, 8, 5, 4)])  # a spatial dim changed: a count in the code did not follow
+    found = compare_calls(log, wrong, True)
+    assert found is not None and found[0] == len(log) - 1 and "gave a tensor of shape" in found[1]
+
+
+class _Sampled(nn.Module):
+    """SuperPoint's descriptors: a conv's map sampled at points by F.grid_sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.register_buffer("grid", torch.rand(1, 5, 7, 2) * 2 - 1)
+
+    def forward(self, x):
+        y = self.conv1(x).relu()
+        return self.conv2(nn.functional.grid_sample(y, self.grid.expand(len(x), -1, -1, -1), align_corners=False))
+
+
+def test_grid_sample_passes_the_channels_it_samples():
+    """F.grid_sample (refused before) samples each channel alone: the channels pass
+    through, and the pruned model is the original on the kept channels."""
+    torch.manual_seed(0)
+    model = _Sampled().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm.conv1.out_channels == pm.conv2.in_channels == 8
+    kept = torch.tensor([int(torch.nonzero((model.conv1.weight == w).flatten(1).all(1))[0]) for w in pm.conv1.weight])
+    with torch.no_grad():
+        h = nn.functional.conv2d(x, model.conv1.weight[kept], model.conv1.bias[kept], padding=1).relu()
+        h = nn.functional.grid_sample(h, model.grid.expand(2, -1, -1, -1), align_corners=False)
+        want = nn.functional.conv2d(h, model.conv2.weight[:, kept], model.conv2.bias)
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)

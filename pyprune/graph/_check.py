@@ -40,12 +40,20 @@ def compare_calls(log: list, calls: list, complete: bool) -> tuple[int, str] | N
     cut did not change) or was not made by the pruned run (a branch on a channel count);
     None if there is none. `complete`: the pruned run finished (else the calls it did not
     reach are not missing)."""
+    # Only calls of a kind (module, op, number of outputs) that carried channels somewhere
+    # can differ in a way that matters; the rest are left out of the alignment, which keeps
+    # it short where the code loops over data (SuperPoint's keypoints: thousands of calls,
+    # as many as the values find, on no channels; difflib's matching is quadratic in them).
     keys = [(w, op, len(outs)) for w, op, outs in log]
-    got = [(w, op, len(shapes)) for w, op, shapes in calls]
-    matcher = difflib.SequenceMatcher(None, keys, got, autojunk=False)
+    kinds = {k for k, entry in zip(keys, log) if _carries(entry)}
+    li = [i for i, k in enumerate(keys) if k in kinds]
+    gj = [j for j, (w, op, shapes) in enumerate(calls) if (w, op, len(shapes)) in kinds]
+    a = [keys[i] for i in li]
+    b = [(calls[j][0], calls[j][1], len(calls[j][2])) for j in gj]
+    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
     for tag, i1, i2, j1, j2 in matcher.get_opcodes():
         if tag == "equal":
-            for i, j in zip(range(i1, i2), range(j1, j2)):
+            for i, j in zip((li[x] for x in range(i1, i2)), (gj[y] for y in range(j1, j2))):
                 where, op, outs = log[i]
                 for (shape, lay), have in zip(outs, calls[j][2]):
                     if lay is not None and (len(have) != len(shape) or any(
@@ -53,8 +61,8 @@ def compare_calls(log: list, calls: list, complete: bool) -> tuple[int, str] | N
                         return i, (f"{op} in {_where(where)} gave a tensor of shape {have}, where the model's has "
                                    f"{shape} (channels in dim {lay[0]}): a channel count in its code did not follow "
                                    "the cut")
-        elif tag in ("delete", "replace") and (complete or j2 < len(got)):
-            for i in range(i1, i2):
+        elif tag in ("delete", "replace") and (complete or j2 < len(b)):
+            for i in (li[x] for x in range(i1, i2)):
                 if _carries(log[i]):
                     return i, (f"the pruned model did not make the call {log[i][1]} in {_where(log[i][0])}, which the "
                                "model made on these channels: its code took another path (a branch on a channel "

@@ -330,6 +330,22 @@ def _spatial(rec: Recorder, name, args, kwargs, out):
         rec.set_layout(outs[1], lay)  # the indices of a max pool: one map per channel (max_unpool reads them)
 
 
+@register_op("grid_sample")
+def _grid_sample(rec: Recorder, name, args, kwargs, out):
+    """F.grid_sample(x, grid): every channel of x sampled alone at the grid's points (SuperPoint's
+    descriptors, spatial transformers): x's channels pass through; a grid that carries
+    channels is not followed."""
+    src = args[0] if args else kwargs.get("input")
+    grid = args[1] if len(args) > 1 else kwargs.get("grid")
+    lay, glay = rec.layout(src), rec.layout(grid) if isinstance(grid, torch.Tensor) else None
+    if lay is None and glay is None:
+        return
+    if glay is not None or lay.dim != 1 or not isinstance(out, torch.Tensor) or out.shape[:2] != src.shape[:2]:
+        rec.report_unknown(name, [la for la in (lay, glay) if la is not None], _tensors(out))
+        return
+    rec.set_layout(out, lay)
+
+
 @register_op("max_unpool1d", "max_unpool2d", "max_unpool3d")
 def _max_unpool(rec: Recorder, name, args, kwargs, out):
     """F.max_unpool (SegNet, ENet decoders): each channel of the input is scattered by the
