@@ -1415,6 +1415,19 @@ def test_norms_over_several_channels_are_reported_inexact_with_or_without_parame
     assert bool(res.inexact()) == inexact
 
 
+def _kept_filters(conv: nn.Module, pruned: nn.Module, cols=slice(None)) -> torch.Tensor:
+    """Which filters of `conv` (read on its input columns `cols`) the pruned conv kept, in order."""
+    w = conv.weight[:, cols].flatten(1)
+    return torch.tensor([int(torch.nonzero((w == r).all(1))[0]) for r in pruned.weight.flatten(1)])
+
+
+def _pruned_in_half(model: nn.Module, x: torch.Tensor):
+    """pyprune.prune by L2 at ratio 0.5, where any warning fails the test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return pyprune.prune(model, x, method="l2", ratio=0.5)
+
+
 class _SpatialGate(nn.Module):
     """BAM's shape: a one-channel attention map repeated over the channels of the map it
     gates, by ``expand_as(x)`` or by ``expand`` with numbers read from x."""
@@ -1441,19 +1454,12 @@ def test_one_channel_expanded_over_the_channels_is_a_broadcast():
     torch.manual_seed(0)
     model = _SpatialGate("expand_as").eval()
     x = torch.randn(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    res = _pruned_in_half(model, x)
     pm = res.model
     assert pm.conv2.out_channels == pm.conv3.in_channels == pm.att.in_channels == 8
     assert pm.att.out_channels == 1
-
-    def rows(conv, pruned, cols):  # the kept filters of `conv`, matched on its kept inputs
-        w = conv.weight[:, cols].flatten(1)
-        return torch.tensor([int(torch.nonzero((w == r).all(1))[0]) for r in pruned.weight.flatten(1)])
-
-    k1 = rows(model.conv1, pm.conv1, slice(None))
-    k2 = rows(model.conv2, pm.conv2, k1)
+    k1 = _kept_filters(model.conv1, pm.conv1)
+    k2 = _kept_filters(model.conv2, pm.conv2, k1)
     with torch.no_grad():
         h = nn.functional.conv2d(x, model.conv1.weight[k1], model.conv1.bias[k1], padding=1).relu()
         h = nn.functional.conv2d(h, model.conv2.weight[k2][:, k1], model.conv2.bias[k2], padding=1).relu()
@@ -1501,26 +1507,46 @@ class _Blurred(nn.Module):
         return self.conv2(nn.functional.conv2d(x, w, padding=1, groups=x.shape[1]))
 
 
-def test_one_fixed_filter_repeated_over_the_channels_passes_them():
-    """A depthwise conv whose filter is not a parameter but the same numbers for every
-    channel (TResNet was refused): the channels pass through, and the pruned model is the
-    original on the kept channels. Filters that differ per channel and belong to no module
-    are still refused, before anything is cut."""
+class _Sampled(nn.Module):
+    """SuperPoint's descriptors: a conv's map sampled at points by F.grid_sample."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.register_buffer("grid", torch.rand(1, 5, 7, 2) * 2 - 1)
+
+    def sample(self, y):
+        return nn.functional.grid_sample(y, self.grid.expand(len(y), -1, -1, -1), align_corners=False)
+
+    def forward(self, x):
+        return self.conv2(self.sample(self.conv1(x).relu()))
+
+
+@pytest.mark.parametrize("kind", ["blur", "grid_sample"])
+def test_a_per_channel_op_between_two_convs_passes_the_channels(kind):
+    """Ops that work on each channel alone, refused before: a depthwise conv whose filter is
+    not a parameter but the same numbers for every channel (TResNet's blur, made in
+    forward), and F.grid_sample (SuperPoint). The channels pass through, and the pruned
+    model is the original on the kept channels."""
     torch.manual_seed(0)
-    model = _Blurred(True).eval()
+    model = (_Blurred(True) if kind == "blur" else _Sampled()).eval()
+    op = _blur if kind == "blur" else model.sample
     x = torch.randn(2, 3, 10, 10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x, method="l2", ratio=0.5)
-    pm = res.model
+    pm = _pruned_in_half(model, x).model
     assert pm.conv1.out_channels == pm.conv2.in_channels == 8
-    kept = torch.tensor([int(torch.nonzero((model.conv1.weight == w).flatten(1).all(1))[0]) for w in pm.conv1.weight])
+    kept = _kept_filters(model.conv1, pm.conv1)
     with torch.no_grad():
         h = nn.functional.conv2d(x, model.conv1.weight[kept], model.conv1.bias[kept], padding=1).relu()
-        want = nn.functional.conv2d(_blur(h), model.conv2.weight[:, kept], model.conv2.bias)
+        want = nn.functional.conv2d(op(h), model.conv2.weight[:, kept], model.conv2.bias)
         torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_filters_that_differ_per_channel_and_belong_to_no_module_are_refused():
+    """A depthwise conv whose per-channel filters are made in forward (no parameter, not one
+    filter repeated): pyprune cannot know what the pruned model would make, and refuses
+    before anything is cut."""
     with pytest.raises(pyprune.GraphError, match="filter that is not a parameter"):
-        pyprune.prune(_Blurred(False).eval(), x, method="l2", ratio=0.5)
+        pyprune.prune(_Blurred(False).eval(), torch.randn(2, 3, 10, 10), method="l2", ratio=0.5)
 
 
 class _UnpoolDecoder(nn.Module):
@@ -1548,13 +1574,11 @@ def test_max_unpool_ties_the_decoder_to_the_pool_whose_indices_it_reads():
     model = _UnpoolDecoder().eval()
     randomize_bn(model)
     x = torch.randn(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    res = _pruned_in_half(model, x)
     pm = res.model
     assert pm.enc[0].out_channels == pm.mid.out_channels == pm.head.in_channels == 8
     enc, mid = model.enc[0], model.mid
-    kept = torch.tensor([int(torch.nonzero((enc.weight == w).flatten(1).all(1))[0]) for w in pm.enc[0].weight])
+    kept = _kept_filters(enc, pm.enc[0])
     assert torch.equal(pm.mid.bias, mid.bias[kept])  # the decoder keeps the encoder's channels
     bn = model.enc[1]
     with torch.no_grad():
@@ -1588,16 +1612,14 @@ def test_a_masked_weight_is_sliced_with_its_mask():
     torch.manual_seed(0)
     model = nn.Sequential(_MaskedConv(3, 16), nn.ReLU(), _MaskedConv(16, 16), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
     x = torch.randn(2, 3, 6, 6)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    res = _pruned_in_half(model, x)
     pm = res.model
     assert pm[0].out_channels == pm[2].in_channels == pm[2].out_channels == 8
     for i in (0, 2):
         assert pm[i].mask.shape == pm[i].weight.shape
     assert res.inexact() == []
     assert cut_error(model, (x,), res.plan) <= 1e-5
-    kept = torch.tensor([int(torch.nonzero((model[0].weight == w).flatten(1).all(1))[0]) for w in pm[0].weight])
+    kept = _kept_filters(model[0], pm[0])
     assert torch.equal(pm[0].mask, model[0].mask[kept])
 
 
@@ -1699,12 +1721,10 @@ def test_local_response_norm_passes_the_channels_and_is_reported_inexact():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.LocalResponseNorm(3), nn.Conv2d(16, 4, 3)).eval()
     x = torch.randn(2, 3, 10, 10)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    res = _pruned_in_half(model, x)
     pm = res.model
     assert pm[0].out_channels == pm[3].in_channels == 8
-    kept = torch.tensor([int(torch.nonzero((model[0].weight == w).flatten(1).all(1))[0]) for w in pm[0].weight])
+    kept = _kept_filters(model[0], pm[0])
     with torch.no_grad():
         h = nn.functional.conv2d(x, model[0].weight[kept], model[0].bias[kept]).relu()
         want = nn.functional.conv2d(nn.functional.local_response_norm(h, 3), model[3].weight[:, kept], model[3].bias)
@@ -1785,9 +1805,7 @@ def test_a_head_width_computed_from_the_input_width_ties_the_two_counts():
     model = _TokenNet(_StreamWidthAttention, width=32, hidden=48).eval()
     x = torch.randn(2, 3, 8, 8)
     check_exact(model, x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    res = _pruned_in_half(model, x)
     pm = res.model
     c = pm.embed.out_channels
     assert c < 32 and c % 4 == 0
@@ -2146,35 +2164,3 @@ def test_compare_calls_aligns_the_calls_on_channels_past_a_loop_over_data():
     wrong[-1] = ("b", "mul", [(1, 8, 5, 4)])  # a spatial dim changed: a count in the code did not follow
     found = compare_calls(log, wrong, True)
     assert found is not None and found[0] == len(log) - 1 and "gave a tensor of shape" in found[1]
-
-
-class _Sampled(nn.Module):
-    """SuperPoint's descriptors: a conv's map sampled at points by F.grid_sample."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
-        self.register_buffer("grid", torch.rand(1, 5, 7, 2) * 2 - 1)
-
-    def forward(self, x):
-        y = self.conv1(x).relu()
-        return self.conv2(nn.functional.grid_sample(y, self.grid.expand(len(x), -1, -1, -1), align_corners=False))
-
-
-def test_grid_sample_passes_the_channels_it_samples():
-    """F.grid_sample (refused before) samples each channel alone: the channels pass
-    through, and the pruned model is the original on the kept channels."""
-    torch.manual_seed(0)
-    model = _Sampled().eval()
-    x = torch.randn(2, 3, 8, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x, method="l2", ratio=0.5)
-    pm = res.model
-    assert pm.conv1.out_channels == pm.conv2.in_channels == 8
-    kept = torch.tensor([int(torch.nonzero((model.conv1.weight == w).flatten(1).all(1))[0]) for w in pm.conv1.weight])
-    with torch.no_grad():
-        h = nn.functional.conv2d(x, model.conv1.weight[kept], model.conv1.bias[kept], padding=1).relu()
-        h = nn.functional.grid_sample(h, model.grid.expand(2, -1, -1, -1), align_corners=False)
-        want = nn.functional.conv2d(h, model.conv2.weight[:, kept], model.conv2.bias)
-        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)

@@ -994,16 +994,26 @@ def _per_channel_args(rec: Recorder, name: str, args, kwargs, lay: Layout, keys:
         rec.add_member(owner[0], owner[1], owner[2], lay.ids, role)
 
 
+def _channels_in_place(rec: Recorder, name, args, kwargs, out) -> Layout | None:
+    """The layout of a norm's input whose channels (dim 1) it keeps in place, with an output
+    of the input's shape; None where the input carries no channels or (reported) where they
+    are elsewhere."""
+    src = args[0] if args else kwargs.get("input")
+    lay = rec.layout(src)
+    if lay is None:
+        return None
+    if lay.dim != 1 or not isinstance(out, torch.Tensor) or out.shape != src.shape:
+        rec.report_unknown(name, [lay], _tensors(out))
+        return None
+    return lay
+
+
 @register_op("instance_norm")
 def _instance_norm(rec: Recorder, name, args, kwargs, out):
     """F.instance_norm: each channel normalised over its own positions (nothing across
     channels); its per-channel tensors (statistics, weight, bias) are sliced with them."""
-    src = args[0] if args else kwargs.get("input")
-    lay = rec.layout(src)
+    lay = _channels_in_place(rec, name, args, kwargs, out)
     if lay is None:
-        return
-    if lay.dim != 1 or not isinstance(out, torch.Tensor) or out.shape != src.shape:
-        rec.report_unknown(name, [lay], _tensors(out))
         return
     _per_channel_args(rec, name, args, kwargs, lay, ("running_mean", "running_var", "weight", "bias"), 1, "param")
     rec.add_scale_free(lay.ids, f"{name} in {rec.where()}")
@@ -1016,12 +1026,8 @@ def _local_response_norm(rec: Recorder, name, args, kwargs, out):
     sum of squares over a window of its neighbours. The channels pass through; a cut channel
     leaves the windows of its neighbours, even a zero one (the next channel moves in), so the
     cut is inexact."""
-    src = args[0] if args else kwargs.get("input")
-    lay = rec.layout(src)
+    lay = _channels_in_place(rec, name, args, kwargs, out)
     if lay is None:
-        return
-    if lay.dim != 1 or not isinstance(out, torch.Tensor) or out.shape != src.shape:
-        rec.report_unknown(name, [lay], _tensors(out))
         return
     rec.add_inexact(lay.ids, f"{name} in {rec.where()}: each channel is divided by a sum over its neighbours")
     rec.set_layout(out, lay)
