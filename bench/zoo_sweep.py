@@ -2,10 +2,10 @@
 segmentation_models_pytorch (U-Net, FPN, DeepLabV3+, Segformer, ... over many encoders),
 efficientnet_pytorch, ultralytics (YOLOv5/8/9/10/11 detection, segmentation, pose and
 classification models from their YAML files) and pytorchcv (the first model of each of its
-image families: 144 classifiers, segmenters, pose and face nets, CIFAR nets). None of them is a
-dependency of pyprune:
+image families: 144 classifiers, segmenters, pose and face nets, CIFAR nets) and MONAI (16
+medical nets, 2-d and 3-d). None of them is a dependency of pyprune:
 
-    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless pytorchcv
+    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless pytorchcv monai
     python3 bench/zoo_sweep.py                 # every model below of the libraries installed (about 2 min)
 
 Every model is built with random weights, its BatchNorms given random statistics, pruned by
@@ -63,8 +63,12 @@ PYTORCHCV = ['alexnet', 'zfnet', 'vgg11', 'bninception', 'resnet10', 'preresnet1
              'alphapose_fastseresnet101b_coco', 'simplepose_resnet18_coco', 'simplepose_mobile_resnet18_coco',
              'lwopenpose2d_mobilenet_cmupan_coco', 'ibppose_coco', 'prnet', 'centernet_resnet18_voc',
              'lffd20x5s320v2_widerface', 'pfpcnet', 'superpointnet', 'tresnet_m', 'espcnet_cityscapes']
+# MONAI (medical imaging): 2-d and 3-d nets (the name's suffix: spatial dims)
+MONAI = ["UNet-2d", "UNet-3d", "BasicUNet-3d", "SegResNet-3d", "DynUNet-3d", "AttentionUnet-2d", "VNet-3d",
+         "DenseNet121-2d", "EfficientNetBN-2d", "SEResNet50-2d", "resnet18-3d", "HighResNet-3d", "FlexibleUNet-2d",
+         "UNETR-3d", "SwinUNETR-3d", "MedNeXt-3d"]
 LIBRARIES = {"segmentation_models_pytorch": SMP, "efficientnet_pytorch": EFFICIENTNET, "ultralytics": ULTRALYTICS,
-             "pytorchcv": PYTORCHCV}
+             "pytorchcv": PYTORCHCV, "monai": MONAI}
 
 
 def build(library: str, name: str):
@@ -81,6 +85,8 @@ def build(library: str, name: str):
         model = EfficientNet.from_name(name, num_classes=10)
     elif library == "pytorchcv":
         return _pytorchcv(name)
+    elif library == "monai":
+        return _monai(name)
     else:
         from ultralytics.nn import tasks
 
@@ -108,6 +114,38 @@ def _pytorchcv(name: str):
     first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
     grey = first is not None and first.in_channels == 1  # a grey-level net (SuperPoint, PFPCNet)
     return model.eval(), torch.randn(1, getattr(model, "in_channels", 1 if grey else 3), *size)
+
+
+def _monai(name: str):
+    """A MONAI net, small: one input channel (three for the classifiers), 64^2 images or 32^3
+    volumes (64^3 for SwinUNETR)."""
+    import torch
+    from monai.networks import nets
+
+    arch, dims = name.rsplit("-", 1)
+    d = int(dims[0])
+    seg = dict(spatial_dims=d, in_channels=1, out_channels=2)
+    kwargs = {
+        "UNet": dict(seg, channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2),
+        "BasicUNet": seg, "SegResNet": dict(seg, init_filters=8), "VNet": seg, "HighResNet": seg,
+        "DynUNet": dict(seg, kernel_size=[3, 3, 3, 3], strides=[1, 2, 2, 2], upsample_kernel_size=[2, 2, 2]),
+        "AttentionUnet": dict(seg, channels=(16, 32, 64, 128), strides=(2, 2, 2)),
+        "DenseNet121": dict(spatial_dims=d, in_channels=3, out_channels=10),
+        "EfficientNetBN": dict(model_name="efficientnet-b0", spatial_dims=d, in_channels=3, num_classes=10,
+                               pretrained=False),
+        "SEResNet50": dict(spatial_dims=d, in_channels=3, num_classes=10),
+        "resnet18": dict(spatial_dims=d, n_input_channels=1, num_classes=2),
+        "FlexibleUNet": dict(in_channels=3, out_channels=2, backbone="efficientnet-b0", pretrained=False,
+                             spatial_dims=d),
+        "UNETR": dict(in_channels=1, out_channels=2, img_size=(32,) * 3, feature_size=16, hidden_size=192,
+                      mlp_dim=384, num_heads=4),
+        "SwinUNETR": dict(in_channels=1, out_channels=2, feature_size=24, spatial_dims=d),
+        "MedNeXt": dict(seg, init_filters=8),
+    }[arch]
+    model = getattr(nets, arch)(**kwargs)
+    channels = kwargs.get("in_channels", kwargs.get("n_input_channels"))
+    side = 64 if d == 2 or arch == "SwinUNETR" else 32  # (SwinUNETR's bottleneck needs more than one voxel)
+    return model.eval(), torch.randn(1, channels, *[side] * d)
 
 
 def _shapes(out) -> list:

@@ -804,7 +804,8 @@ class Pruner:
                     units = plan.graph.op_units(e.call, self.model)
                     units = units[~plan.graph.unit_frozen[units]]
                     if len(units) and len(fallbacks) < _MAX_FALLBACKS:
-                        why = f"the pruned model computes something else: {e.message[:300]}; those channels are kept"
+                        verb = "fails" if " raised " in e.message else "computes something else"
+                        why = f"the pruned model {verb}: {e.message[:300]}; those channels are kept"
                         plan.graph.freeze(units, why)
                         fallbacks.append(why)
                         continue

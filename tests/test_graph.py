@@ -1522,14 +1522,22 @@ class _Sampled(nn.Module):
         return self.conv2(self.sample(self.conv1(x).relu()))
 
 
-@pytest.mark.parametrize("kind", ["blur", "grid_sample"])
+class _AsTensor(_Sampled):
+    """MONAI's ``torch.as_tensor(self.blocks(x))``."""
+
+    def sample(self, y):
+        return torch.as_tensor(y)
+
+
+@pytest.mark.parametrize("kind", ["blur", "grid_sample", "as_tensor"])
 def test_a_per_channel_op_between_two_convs_passes_the_channels(kind):
     """Ops that work on each channel alone, refused before: a depthwise conv whose filter is
     not a parameter but the same numbers for every channel (TResNet's blur, made in
-    forward), and F.grid_sample (SuperPoint). The channels pass through, and the pruned
-    model is the original on the kept channels."""
+    forward), F.grid_sample (SuperPoint) and torch.as_tensor of a tensor (MONAI's
+    HighResNet). The channels pass through, and the pruned model is the original on the
+    kept channels."""
     torch.manual_seed(0)
-    model = (_Blurred(True) if kind == "blur" else _Sampled()).eval()
+    model = {"blur": lambda: _Blurred(True), "grid_sample": _Sampled, "as_tensor": _AsTensor}[kind]().eval()
     op = _blur if kind == "blur" else model.sample
     x = torch.randn(2, 3, 10, 10)
     pm = _pruned_in_half(model, x).model
@@ -1627,12 +1635,12 @@ class _ZeroPaddedShortcut(nn.Module):
     """PyramidNet's unit: the shortcut is zero-padded with the channels the branch adds
     (by a pad tuple kept as an attribute, or one built in forward) and added to it."""
 
-    def __init__(self, in_forward: bool):
+    def __init__(self, in_forward: bool, pad=(0, 0, 0, 0, 0, 4)):
         super().__init__()
         self.in_forward = in_forward
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.body = nn.Sequential(nn.Conv2d(8, 12, 3, padding=1), nn.BatchNorm2d(12))
-        self.pad = (0, 0, 0, 0, 0, 4)
+        self.pad = pad
         self.head = nn.Conv2d(12, 4, 1)
 
     def forward(self, x):
@@ -1642,15 +1650,17 @@ class _ZeroPaddedShortcut(nn.Module):
         return self.head(y + nn.functional.pad(x, pad))
 
 
-@pytest.mark.parametrize("in_forward", [False, True])
-def test_zero_padded_shortcut_channels_are_cut_with_the_branch(in_forward):
+@pytest.mark.parametrize("in_forward,pad", [(False, (0, 0, 0, 0, 0, 4)), (False, (0, 0, 0, 0, 1, 3)),
+                                            (True, (0, 0, 0, 0, 0, 4))])
+def test_zero_padded_shortcut_channels_are_cut_with_the_branch(in_forward, pad):
     """Before, channel padding kept the whole residual group (PyramidNet lost 17% of its
-    channels at ratio 0.5, with a warning). The padded channels are now channels of their
-    own: with the pad tuple an attribute they are cut too and the tuple is rewritten; built
-    in forward, they are kept (and the rest is cut). The cut is exact: zeros planted in the
-    dropped channels leave the output as it was."""
+    channels at ratio 0.5, with a warning). The padded channels (after the input's, or on
+    both sides: MONAI's ChannelPad) are now channels of their own: with the pad tuple an
+    attribute they are cut too and the tuple is rewritten; built in forward, they are kept
+    (and the rest is cut). The cut is exact: zeros planted in the dropped channels leave
+    the output as it was."""
     torch.manual_seed(0)
-    model = _ZeroPaddedShortcut(in_forward).eval()
+    model = _ZeroPaddedShortcut(in_forward, pad).eval()
     randomize_bn(model)
     x = torch.randn(2, 3, 6, 6)
     res = pyprune.prune(model, x, method="l2", ratio=0.5)
@@ -1661,7 +1671,7 @@ def test_zero_padded_shortcut_channels_are_cut_with_the_branch(in_forward):
     if in_forward:
         assert kept_pad == 4 and pm.pad == model.pad
     else:
-        assert pm.pad == (0, 0, 0, 0, 0, kept_pad)
+        assert pm.pad[:4] == (0, 0, 0, 0) and sum(pm.pad) == kept_pad and pm.pad[4] <= pad[4]
     assert pm(x).shape == model(x).shape
     assert cut_error(model, (x,), res.plan) <= 1e-5
     reasons = [r for _, _, _, rs in res.frozen() for r in rs]
@@ -2164,3 +2174,38 @@ def test_compare_calls_aligns_the_calls_on_channels_past_a_loop_over_data():
     wrong[-1] = ("b", "mul", [(1, 8, 5, 4)])  # a spatial dim changed: a count in the code did not follow
     found = compare_calls(log, wrong, True)
     assert found is not None and found[0] == len(log) - 1 and "gave a tensor of shape" in found[1]
+
+
+class _ViewToConfig(nn.Module):
+    """UNETR's shape: tokens viewed back to a volume by a list the model holds
+    (``x.view([B] + self.proj_view_shape)``, the hidden width its last entry): the pruned
+    model's own forward raises there (its attention and norms left out)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 16, 2, stride=2)  # patches of 2 x 2
+        self.mlp1, self.mlp2 = nn.Linear(16, 32), nn.Linear(32, 16)
+        self.view_shape = [2, 2, 16]
+        self.head = nn.Conv2d(16, 3, 1)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)  # (B, 4 tokens, 16)
+        t = t + self.mlp2(self.mlp1(t).relu())
+        return self.head(t.reshape([x.size(0)] + self.view_shape).permute(0, 3, 1, 2))
+
+
+def test_a_failure_in_the_top_models_own_code_keeps_the_channels_of_that_call_only():
+    """When the pruned model raised in the top model's own forward, every module of its
+    type (the whole model) kept its channels: UNETR lost nothing. Now the call that raised
+    is found in the trace and only the channels through it are kept: the token width stays,
+    the MLP's hidden width is cut, with a warning that names the call, and the cut is exact."""
+    torch.manual_seed(0)
+    model = _ViewToConfig().eval()
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.warns(UserWarning, match=r"the pruned model fails: reshape in the model's own forward raised "
+                                         r"RuntimeError"):
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    pm = res.model
+    assert pm.embed.out_channels == pm.head.in_channels == 16
+    assert pm.mlp1.out_features == pm.mlp2.in_features == 16
+    assert cut_error(model, (x,), res.plan) <= 1e-5

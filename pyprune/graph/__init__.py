@@ -193,9 +193,10 @@ class ChannelGraph:
         out = {}
         for mod, attr, kind, pieces, container, index, original in self.rewrites:
             counts = [int(keep_unit[p].sum()) for p in pieces]
-            if kind == "replace":
+            if kind == "replace":  # entry `index` (or one entry per piece) of the tuple/list
                 value = list(original)
-                value[index] = counts[0]
+                for i, c in (zip(index, counts) if isinstance(index, tuple) else [(index, counts[0])]):
+                    value[i] = c
                 out[(mod, attr)] = container(value)
             else:
                 out[(mod, attr)] = counts[0] if kind == "count" else container(counts)

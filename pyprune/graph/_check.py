@@ -87,11 +87,16 @@ class _ShapeOnly(TorchFunctionMode):
                 except Exception:
                     pass  # operands that do not fit: the real op raises its own error
             return func(*args, **kwargs)
-        out = func(*args, **kwargs)
+        name = getattr(func, "__name__", None) or str(func)
+        where = state["stack"][-1] if state["stack"] else ""
+        try:
+            out = func(*args, **kwargs)
+        except Exception:
+            state["failed_call"] = (where, name, len(state["calls"]))  # the model's own call that raised
+            raise
         outs = _tensors(out)
         if outs:  # the model's own code: logged as the trace logs it
-            name = getattr(func, "__name__", None) or str(func)
-            state["calls"].append((state["stack"][-1] if state["stack"] else "", name, [tuple(t.shape) for t in outs]))
+            state["calls"].append((where, name, [tuple(t.shape) for t in outs]))
         return out
 
 
@@ -138,6 +143,17 @@ def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes
         i, message = other
         return log[i][0], message, i
     if failure is not None:
+        raised = state.get("failed_call")
+        if not failure[0] and log and raised is not None and raised[2] == len(state["calls"]):
+            # raised by a call of the top model's own code, the last it made (not one whose
+            # error the code caught): keeping "every module of its type" would keep everything,
+            # so the call is named (the one of its kind the trace made as often before it)
+            # and the caller keeps the channels through it alone
+            kind = raised[:2]
+            k = sum(1 for w, op, _ in state["calls"] if (w, op) == kind)
+            at = [i for i, (w, op, _) in enumerate(log) if (w, op) == kind]
+            if k < len(at) and _carries(log[at[k]]):
+                return failure[0], f"{kind[1]} in {_where(kind[0])} raised {failure[1]}", at[k]
         return failure
     got = [tuple(t.shape) for t in _tensors(out)]
     if want_shapes and got != [tuple(s) for s in want_shapes]:

@@ -48,7 +48,8 @@ class Rewrite:
 
     module: str
     attr: str
-    kind: str  # count | counts | replace (entry `index` of the tuple/list `original` set to the count)
+    kind: str  # count | counts | replace (entry `index` of the tuple/list `original` set to the count;
+    # a tuple of indices: each set to the count of its piece)
     pieces: list
     container: type = int
     index: int = -1
@@ -275,7 +276,7 @@ _UNARY = (
     "__rpow__ reciprocal relu6_ celu_ selu_ silu_ mish_ gelu_ "
     "log1p expm1 log2 log10 exp2 sin cos tan sinh cosh atan asin acos trunc frac erfc logit logical_not "
     "bitwise_not __invert__ isnan isinf isfinite sqrt_ abs_ neg_ sign_ sigmoid_ log_ log1p_ sin_ cos_ "
-    "trunc_ frac_ reciprocal_ square_ rsqrt_ floor_ ceil_ round_"
+    "trunc_ frac_ reciprocal_ square_ rsqrt_ floor_ ceil_ round_ as_tensor asarray"
 ).split()
 
 
@@ -430,12 +431,12 @@ def _ordered(rec: Recorder, name, args, kwargs, out):
 
 @register_op("pad")
 def _pad(rec: Recorder, name, args, kwargs, out):
-    """Padding of other dims passes the channels through. Constant channels added on one
-    side (PyramidNet's shortcut, ``F.pad(x, (0, 0, 0, 0, 0, C_out - C_in))``, added to the
-    wider branch) become channels of their own after the input's: cut with what they are
-    added to, the pad tuple rewritten to the kept count when it is an attribute of the
-    module; a pad tuple built in ``forward`` keeps them all. Padding on both sides,
-    cropping, and reflected or replicated channels keep the input's channels."""
+    """Padding of other dims passes the channels through. Constant channels added before or
+    after the input's (PyramidNet's shortcut, ``F.pad(x, (0, 0, 0, 0, 0, C_out - C_in))``,
+    MONAI's ChannelPad on both sides, added to the wider branch) become channels of their
+    own: cut with what they are added to, the pad tuple's entries rewritten to the kept
+    counts when it is an attribute of the module; a pad tuple built in ``forward`` keeps
+    them all. Cropping, and reflected or replicated channels, keep the input's channels."""
     src = args[0]
     lay = rec.layout(src)
     if lay is None:
@@ -448,18 +449,20 @@ def _pad(rec: Recorder, name, args, kwargs, out):
     mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
     i = 2 * (src.dim() - 1 - lay.dim)  # pad[i] goes before the channels, pad[i + 1] after them
     before, after = int(pad[i]), int(pad[i + 1]) if i + 1 < len(pad) else 0
-    n = before + after
-    if mode != "constant" or min(before, after) < 0 or (before and after) or not isinstance(out, torch.Tensor) \
-            or out.shape[lay.dim] != len(lay.ids) + n:
+    if mode != "constant" or min(before, after) < 0 or not isinstance(out, torch.Tensor) \
+            or out.shape[lay.dim] != len(lay.ids) + before + after:
         rec.freeze(lay.ids, f"channel padding in {rec.where()}")
         return
-    new = rec.new_ids(n, f"channel padding in {rec.where()}")
+    first, last = (rec.new_ids(n, f"channel padding in {rec.where()}") if n else np.zeros(0, np.int64)
+                   for n in (before, after))
+    sides = [(p, j) for p, j, n in ((first, i, before), (last, i + 1, after)) if n]
     attr = rec.find_attr(pad) if isinstance(pad, (tuple, list)) else None
     if attr is not None:
-        rec.rewrites.append(Rewrite(rec.stack[-1], attr, "replace", [new], type(pad), i if before else i + 1, pad))
+        rec.rewrites.append(Rewrite(rec.stack[-1], attr, "replace", [p for p, _ in sides], type(pad),
+                                    tuple(j for _, j in sides), pad))
     else:
-        rec.freeze(new, f"channel padding of a width computed in forward ({rec.where()})")
-    rec.set_layout(out, Layout(lay.dim, np.concatenate([new, lay.ids] if before else [lay.ids, new])))
+        rec.freeze(np.concatenate([first, last]), f"channel padding of a width computed in forward ({rec.where()})")
+    rec.set_layout(out, Layout(lay.dim, np.concatenate([first, lay.ids, last])))
 
 
 # -- element-wise ops between several tensors (broadcasting) -------------------------------
