@@ -152,9 +152,12 @@ def merge_folds(model, graph: ChannelGraph, keep_unit: np.ndarray, clusters: dic
         target[g.units[j]] = g.units[r]
         scale[g.units[j]] = a
     folds: dict = {}
+    # a layer whose weight is multiplied by a mask of its shape (XConv2d) takes no folds: the
+    # dropped filter's column would be masked by the kept one's pattern; it is cut as by pruning
+    masked = {m.module for m in graph.members if m.role == "mask"}
     if merged:
         for m in graph.members:
-            if m.role != "in":
+            if m.role != "in" or m.module in masked:
                 continue
             src = np.flatnonzero(target[m.units] >= 0)
             if not len(src):

@@ -1493,18 +1493,25 @@ def _blur(x: torch.Tensor) -> torch.Tensor:
 
 
 class _Blurred(nn.Module):
-    def __init__(self, same: bool):
+    """conv1, a depthwise conv whose filter is no parameter, conv2. The filter: TResNet's
+    blur ("same"), numbers that differ per channel ("differ"), or one made from the
+    activations per sample and channel, a dynamic kernel ("dynamic")."""
+
+    def __init__(self, how: str):
         super().__init__()
-        self.same = same
+        self.how = how
         self.conv1, self.conv2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 3)
-        self.register_buffer("seeds", torch.arange(16.0))
+        self.gen = nn.Conv2d(16, 16, 1) if how == "dynamic" else None
 
     def forward(self, x):
         x = self.conv1(x).relu()
-        if self.same:
+        if self.how == "same":
             return self.conv2(_blur(x))
-        w = torch.ones(x.shape[1], 1, 3, 3) * torch.arange(x.shape[1], dtype=x.dtype)[:, None, None, None]
-        return self.conv2(nn.functional.conv2d(x, w, padding=1, groups=x.shape[1]))
+        if self.how == "differ":
+            w = torch.ones(x.shape[1], 1, 3, 3) * torch.arange(x.shape[1], dtype=x.dtype)[:, None, None, None]
+        else:
+            w = self.gen(x.mean((2, 3), keepdim=True))[:1].reshape(-1, 1, 1, 1)
+        return self.conv2(nn.functional.conv2d(x, w, padding=1 if self.how == "differ" else 0, groups=x.shape[1]))
 
 
 class _Sampled(nn.Module):
@@ -1523,10 +1530,10 @@ class _Sampled(nn.Module):
 
 
 class _AsTensor(_Sampled):
-    """MONAI's ``torch.as_tensor(self.blocks(x))``."""
+    """MONAI's ``torch.as_tensor(self.blocks(x))`` (and a keyword call of it)."""
 
     def sample(self, y):
-        return torch.as_tensor(y)
+        return torch.as_tensor(data=torch.as_tensor(y))
 
 
 @pytest.mark.parametrize("kind", ["blur", "grid_sample", "as_tensor"])
@@ -1537,7 +1544,7 @@ def test_a_per_channel_op_between_two_convs_passes_the_channels(kind):
     HighResNet). The channels pass through, and the pruned model is the original on the
     kept channels."""
     torch.manual_seed(0)
-    model = {"blur": lambda: _Blurred(True), "grid_sample": _Sampled, "as_tensor": _AsTensor}[kind]().eval()
+    model = {"blur": lambda: _Blurred("same"), "grid_sample": _Sampled, "as_tensor": _AsTensor}[kind]().eval()
     op = _blur if kind == "blur" else model.sample
     x = torch.randn(2, 3, 10, 10)
     pm = _pruned_in_half(model, x).model
@@ -1549,12 +1556,14 @@ def test_a_per_channel_op_between_two_convs_passes_the_channels(kind):
         torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
 
 
-def test_filters_that_differ_per_channel_and_belong_to_no_module_are_refused():
-    """A depthwise conv whose per-channel filters are made in forward (no parameter, not one
-    filter repeated): pyprune cannot know what the pruned model would make, and refuses
-    before anything is cut."""
+@pytest.mark.parametrize("how", ["differ", "dynamic"])
+def test_filters_that_differ_per_channel_and_belong_to_no_module_are_refused(how):
+    """A depthwise conv whose per-channel filters are made in forward, from numbers or from
+    the activations (the trace's layers give zeros, so a dynamic kernel looks the same for
+    every channel there): pyprune cannot know which channel each filter goes with in the
+    pruned model, and refuses before anything is cut."""
     with pytest.raises(pyprune.GraphError, match="filter that is not a parameter"):
-        pyprune.prune(_Blurred(False).eval(), torch.randn(2, 3, 10, 10), method="l2", ratio=0.5)
+        pyprune.prune(_Blurred(how).eval(), torch.randn(2, 3, 10, 10), method="l2", ratio=0.5)
 
 
 class _UnpoolDecoder(nn.Module):

@@ -201,6 +201,37 @@ def test_kmeans_merge_is_exact_for_scaled_duplicates():
     assert ((plain - want).abs().max() / want.abs().max()) > 1e-2
 
 
+class _MaskedConv(nn.Conv2d):
+    """A conv whose weight is multiplied by a fixed 0/1 mask of its shape (XConv2d)."""
+
+    def __init__(self, cin, cout):
+        super().__init__(cin, cout, 3, padding=1)
+        self.register_buffer("mask", (torch.rand(self.weight.shape) > 0.5).float())
+
+    def forward(self, x):
+        return nn.functional.conv2d(x, self.weight * self.mask, self.bias, padding=1)
+
+
+def test_kmeans_merge_leaves_a_masked_consumer_as_plain_pruning_does():
+    """Folding a dropped channel's column into the kept one's would put it under the kept
+    column's mask pattern: a consumer with a weight mask takes no folds. Its weight and mask
+    are the original's at the kept channels, and the pruned model is what plain pruning of
+    the same channels gives."""
+    model = duplicated_net()
+    torch.manual_seed(1)
+    model[2] = _MaskedConv(16, 8).eval()
+    x = torch.randn(4, 3, 10, 10)
+    res = pyprune.prune(model, x[:1], method="kmeans", ratio=0.5, merge=True)
+    pm = res.model
+    kept = torch.tensor([int(torch.nonzero((model[0].weight == w).flatten(1).all(1))[0]) for w in pm[0].weight])
+    assert len(kept) == 8
+    assert torch.equal(pm[2].weight, model[2].weight[:, kept]) and torch.equal(pm[2].mask, model[2].mask[:, kept])
+    with torch.no_grad():
+        h = nn.functional.conv2d(x, model[0].weight[kept], model[0].bias[kept], padding=1).relu()
+        want = nn.functional.conv2d(h, (model[2].weight * model[2].mask)[:, kept], model[2].bias, padding=1)
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+
+
 class _ConcatFlatten(nn.Module):
     """Two convs with scaled duplicate filters, concatenated (one consumer reads both
     groups), then flattened into a Linear (each channel read at 4 positions)."""

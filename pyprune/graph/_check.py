@@ -91,8 +91,8 @@ class _ShapeOnly(TorchFunctionMode):
         where = state["stack"][-1] if state["stack"] else ""
         try:
             out = func(*args, **kwargs)
-        except Exception:
-            state["failed_call"] = (where, name, len(state["calls"]))  # the model's own call that raised
+        except Exception as e:
+            state["failed_call"] = (where, name, len(state["calls"]), e)  # the model's own call that raised
             raise
         outs = _tensors(out)
         if outs:  # the model's own code: logged as the trace logs it
@@ -131,6 +131,7 @@ def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes
             out = model(*inputs, **(kwargs or {}))
     except Exception as e:  # noqa: BLE001 - any failure of the user's code is the answer
         failure = (state["stack"][-1] if state["stack"] else ""), f"{type(e).__name__}: {e}", None
+        state["raised"] = e
     finally:
         for h in hooks:
             h.remove()
@@ -144,9 +145,9 @@ def check_runs(model: nn.Module, inputs: tuple, kwargs: dict | None, want_shapes
         return log[i][0], message, i
     if failure is not None:
         raised = state.get("failed_call")
-        if not failure[0] and log and raised is not None and raised[2] == len(state["calls"]):
-            # raised by a call of the top model's own code, the last it made (not one whose
-            # error the code caught): keeping "every module of its type" would keep everything,
+        if not failure[0] and log and raised is not None and raised[3] is state.get("raised"):
+            # raised by a call of the top model's own code (its error, not one the code caught
+            # before failing otherwise): keeping "every module of its type" would keep everything,
             # so the call is named (the one of its kind the trace made as often before it)
             # and the caller keeps the channels through it alone
             kind = raised[:2]

@@ -282,12 +282,14 @@ _UNARY = (
 
 @register_op(*_UNARY)
 def _unary(rec: Recorder, name, args, kwargs, out):
-    src = args[0] if args else None
+    src = args[0] if args else next((kwargs[k] for k in ("input", "data", "self") if k in kwargs), None)
     lay = rec.layout(src)
     outs = _tensors(out)
     if lay is None or len(outs) != 1 or outs[0].shape != src.shape:
-        if lay is not None:
-            rec.report_unknown(name, [lay], outs)
+        others = [rec.layout(t) for t in _tensors(list(args) + list(kwargs.values()))]
+        others = [la for la in others if la is not None]
+        if lay is not None or others:  # (channels passed under a keyword it does not read)
+            rec.report_unknown(name, [lay] if lay is not None else others, outs)
         return
     rec.set_layout(outs[0], lay)
 
@@ -1445,8 +1447,11 @@ def _conv(rec: Recorder, name, args, kwargs, out):
     # one filter for every channel: a buffer expanded over them, or the same numbers repeated
     # (TResNet's blur, ``torch.tensor(...).repeat(x.shape[1], 1, 1, 1)``, made again at the kept
     # count; where the count is fixed instead, the check of the cut finds the pruned model fails)
-    shared = wout is None and isinstance(w, torch.Tensor) and (
-        id(w) in rec.param_views or (w.dim() >= 2 and w.shape[0] == c_in and bool((w == w[:1]).all())))
+    # (the numbers themselves are compared: they carry no channels and are not all zero, since a
+    # filter computed from the activations would be the zeros that layers give in the trace)
+    shared = wout is None and isinstance(w, torch.Tensor) and (id(w) in rec.param_views or (
+        rec.layout(w) is None and w.dim() >= 2 and w.shape[0] == c_in and bool((w == w[:1]).all())
+        and bool(w.ne(0).any())))
     if groups == c_in == c_out:  # depthwise: the channels pass through
         if wout is not None:
             rec.add_member(wout[0], wout[1], wout[2], lay.ids, "param")
@@ -1794,7 +1799,8 @@ class _Mode(TorchFunctionMode):
                 else:
                     d = {nd - 1: nd - 2, nd - 2: nd - 1}.get(lay.dim, lay.dim)
                 rec.set_layout(out, Layout(d, lay.ids))
-            elif lay is not None and prop == "shape" and isinstance(out, torch.Size) and len(out) == src.dim():
+            elif lay is not None and prop == "shape" and isinstance(out, torch.Size) and len(out) == src.dim() \
+                    and not rec.in_hook:  # (the model's own code, not a layer's handler)
                 rec.widths_read[int(out[lay.dim])] = lay.ids
             return
         if name in _WIDTH_VALUES:
@@ -1808,7 +1814,7 @@ class _Mode(TorchFunctionMode):
         lays = [lay for lay in lays if lay is not None]
         if not lays:
             return
-        if name == "size" and isinstance(args[0], torch.Tensor):  # x.size() or x.size(dim): a width read
+        if name == "size" and isinstance(args[0], torch.Tensor) and not rec.in_hook:  # x.size(dim): a width read
             lay = rec.layout(args[0])
             if lay is not None:
                 dim = args[1] if len(args) > 1 else kwargs.get("dim")
