@@ -2218,3 +2218,33 @@ def test_a_failure_in_the_top_models_own_code_keeps_the_channels_of_that_call_on
     assert pm.embed.out_channels == pm.head.in_channels == 16
     assert pm.mlp1.out_features == pm.mlp2.in_features == 16
     assert cut_error(model, (x,), res.plan) <= 1e-5
+
+
+class _CastLike(nn.Module):
+    """A per-channel buffer cast to the activations' dtype and device: ``pos.to(y)``,
+    ``pos.type_as(y)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.out = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 4, 1)
+        self.register_buffer("pos", torch.randn(1, 16, 1, 1))
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.out(y + self.pos.to(y) + self.pos.type_as(y))
+
+
+def test_a_buffer_cast_like_the_activations_is_sliced_with_them():
+    """``buf.to(y)`` reads only y's dtype and device: y's channels do not flow through it (a
+    rule for keyword-only calls once took them for the op's input and refused the model).
+    The buffer is sliced with the channels it is added to."""
+    torch.manual_seed(0)
+    model = _CastLike().eval()
+    x = torch.randn(2, 3, 6, 6)
+    pm = _pruned_in_half(model, x).model
+    assert pm.conv.out_channels == pm.out.in_channels == pm.pos.shape[1] == 8
+    kept = _kept_filters(model.conv, pm.conv)
+    with torch.no_grad():
+        y = nn.functional.conv2d(x, model.conv.weight[kept], model.conv.bias[kept], padding=1)
+        want = nn.functional.conv2d(y + 2 * model.pos[:, kept], model.out.weight[:, kept], model.out.bias)
+        torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)

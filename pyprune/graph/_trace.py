@@ -286,9 +286,10 @@ def _unary(rec: Recorder, name, args, kwargs, out):
     lay = rec.layout(src)
     outs = _tensors(out)
     if lay is None or len(outs) != 1 or outs[0].shape != src.shape:
-        others = [rec.layout(t) for t in _tensors(list(args) + list(kwargs.values()))]
-        others = [la for la in others if la is not None]
-        if lay is not None or others:  # (channels passed under a keyword it does not read)
+        # (a call by keywords only that passes channels under a keyword it does not read is
+        # reported; `buf.to(x)` and `buf.type_as(x)` take only x's dtype and device)
+        others = [] if args else [la for la in map(rec.layout, _tensors(list(kwargs.values()))) if la is not None]
+        if lay is not None or others:
             rec.report_unknown(name, [lay] if lay is not None else others, outs)
         return
     rec.set_layout(outs[0], lay)
