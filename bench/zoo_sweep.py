@@ -1,11 +1,15 @@
 """Coverage sweep over model libraries beyond timm and torchvision that edge users build on:
 segmentation_models_pytorch (U-Net, FPN, DeepLabV3+, Segformer, ... over many encoders),
 efficientnet_pytorch, ultralytics (YOLOv5/8/9/10/11 detection, segmentation, pose and
-classification models from their YAML files) and pytorchcv (the first model of each of its
-image families: 144 classifiers, segmenters, pose and face nets, CIFAR nets) and MONAI (16
-medical nets, 2-d and 3-d). None of them is a dependency of pyprune:
+classification models from their YAML files), pytorchcv (the first model of each of its
+image families: 144 classifiers, segmenters, pose and face nets, CIFAR nets), MONAI (16
+medical nets, 2-d and 3-d), kornia (local-feature, edge and super-resolution nets),
+open_clip (CLIP image towers), torchreid (re-identification nets) and facenet_pytorch. None
+of them is a dependency of pyprune:
 
-    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless pytorchcv monai
+    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless pytorchcv monai \
+        kornia open_clip_torch gdown tensorboard
+    pip install --no-deps torchreid facenet-pytorch      # their pins would replace torch
     python3 bench/zoo_sweep.py                 # every model below of the libraries installed (about 2 min)
 
 Every model is built with random weights, its BatchNorms given random statistics, pruned by
@@ -67,8 +71,23 @@ PYTORCHCV = ['alexnet', 'zfnet', 'vgg11', 'bninception', 'resnet10', 'preresnet1
 MONAI = ["UNet-2d", "UNet-3d", "BasicUNet-3d", "SegResNet-3d", "DynUNet-3d", "AttentionUnet-2d", "VNet-3d",
          "DenseNet121-2d", "EfficientNetBN-2d", "SEResNet50-2d", "resnet18-3d", "HighResNet-3d", "FlexibleUNet-2d",
          "UNETR-3d", "SwinUNETR-3d", "MedNeXt-3d"]
+# kornia: its local-feature nets (patch descriptors on 32 x 32 patches, detectors and dense
+# features on images), edge detection and super-resolution; those that need downloaded
+# weights or two images (LoFTR, LightGlue, DeDoDe) left out
+KORNIA = ["HardNet", "HardNet8", "HyNet", "SOSNet", "TFeat", "OriNet", "KeyNet", "DISK", "XFeatModel", "ALIKED",
+          "SOLD2_detector", "DexiNed", "RRDBNet", "SmallSRNet"]
+# open_clip: the image tower of CLIP models whose tower is open_clip's own (ModifiedResNet with its
+# attention pool) or timm's (MobileCLIP's)
+OPEN_CLIP = ["RN50", "RN101", "MobileCLIP-S1"]
+# torchreid: person re-identification nets at 256 x 128, in eval mode (they return the embedding)
+TORCHREID = ["osnet_x0_25", "osnet_ain_x0_25", "osnet_ibn_x1_0", "mlfn", "hacnn", "pcb_p6", "mudeep",
+             "resnet50mid", "resnet50_fc512", "mobilenetv2_x1_0", "shufflenet", "squeezenet1_0_fc512",
+             "nasnsetmobile", "resnet50_ibn_b"]
+# facenet_pytorch: FaceNet's Inception-ResNet v1 and MTCNN's three stages
+FACENET = ["InceptionResnetV1", "PNet", "RNet", "ONet"]
 LIBRARIES = {"segmentation_models_pytorch": SMP, "efficientnet_pytorch": EFFICIENTNET, "ultralytics": ULTRALYTICS,
-             "pytorchcv": PYTORCHCV, "monai": MONAI}
+             "pytorchcv": PYTORCHCV, "monai": MONAI, "kornia": KORNIA, "open_clip": OPEN_CLIP,
+             "torchreid": TORCHREID, "facenet_pytorch": FACENET}
 
 
 def build(library: str, name: str):
@@ -87,6 +106,24 @@ def build(library: str, name: str):
         return _pytorchcv(name)
     elif library == "monai":
         return _monai(name)
+    elif library == "kornia":
+        return _kornia(name)
+    elif library == "open_clip":
+        import open_clip
+
+        return open_clip.create_model(name, pretrained=None).visual.eval(), torch.randn(1, 3, 224, 224)
+    elif library == "torchreid":
+        import torchreid
+
+        model = torchreid.models.build_model(name, num_classes=10, pretrained=False)
+        return model.eval(), torch.randn(2, 3, 256, 128)
+    elif library == "facenet_pytorch":
+        import facenet_pytorch as fp
+
+        if name == "InceptionResnetV1":
+            return fp.InceptionResnetV1(classify=True, num_classes=10).eval(), torch.randn(1, 3, 160, 160)
+        side = {"PNet": 64, "RNet": 24, "ONet": 48}[name]
+        return getattr(fp, name)(pretrained=False).eval(), torch.randn(1, 3, side, side)
     else:
         from ultralytics.nn import tasks
 
@@ -148,11 +185,37 @@ def _monai(name: str):
     return model.eval(), torch.randn(1, channels, *[side] * d)
 
 
+def _kornia(name: str):
+    """A kornia net with random weights: patch nets on a batch of 32 x 32 grey patches, the
+    rest on a 64 x 64 image (grey where the net reads one channel)."""
+    import torch
+
+    if name in ("DexiNed", "RRDBNet", "SmallSRNet"):
+        from kornia.models import dexined, rrdbnet, small_sr
+
+        model = {"DexiNed": lambda: dexined.DexiNed(pretrained=False),
+                 "RRDBNet": lambda: rrdbnet.RRDBNet(3, 3, scale=2, num_feat=32, num_block=2, num_grow_ch=16),
+                 "SmallSRNet": lambda: small_sr.SmallSRNet(upscale_factor=3, pretrained=False)}[name]()
+    else:
+        import kornia.feature as kf
+
+        cls = getattr(kf, name)
+        model = cls() if name in ("DISK", "XFeatModel", "ALIKED") else cls(pretrained=False)
+    if name in ("HardNet", "HardNet8", "HyNet", "SOSNet", "TFeat", "OriNet"):
+        return model.eval(), torch.randn(4, 1, 32, 32)
+    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    return model.eval(), torch.randn(1, first.in_channels if first is not None else 3, 64, 64)
+
+
 def _shapes(out) -> list:
+    import dataclasses
+
     import torch
 
     if isinstance(out, torch.Tensor):
         return [tuple(out.shape)]
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):  # kornia's DISKFeatures
+        return [s for f in dataclasses.fields(out) for s in _shapes(getattr(out, f.name))]
     if isinstance(out, dict):
         return [s for v in out.values() for s in _shapes(v)]
     if isinstance(out, (list, tuple)):

@@ -3,6 +3,7 @@ prunable group, prune exactly those, and the outputs must not change."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -51,10 +52,11 @@ def zero_and_choose(model, graph, frac=0.3, seed=0):
 @torch.no_grad()
 def plant(model, graph, keep) -> None:
     """Zero the contribution of the units where `keep` is False (filters, biases, BN affine,
-    per-channel params)."""
+    per-channel params, and BN running means: a BatchNorm without affine parameters
+    outputs ``-mean / std`` for a zero filter, which the cut cannot carry)."""
     mods = dict(model.named_modules())
     for m in graph.members:
-        if m.role in ("out", "bias", "param") or (m.role == "bn" and m.param in ("weight", "bias")):
+        if m.role in ("out", "bias", "param") or (m.role == "bn" and m.param in ("weight", "bias", "running_mean")):
             pos = np.flatnonzero(~keep[m.units])
             if len(pos):
                 t = getattr(mods[m.module], m.param)
@@ -77,6 +79,8 @@ def cut_error(model, inputs, plan) -> float | None:
     plant(planted, graph, keep)
     want = _flat(planted(*inputs))
     got = _flat(apply_keep(planted, graph, keep)(*inputs))
+    if want.numel() == 0 or got.shape != want.shape:
+        raise ValueError(f"outputs of {tuple(got.shape)} values instead of {tuple(want.shape)}")
     return float((got - want).abs().max() / want.abs().max().clamp_min(1e-12))
 
 
@@ -120,11 +124,16 @@ def detection_heads_error(model, images: list, plan) -> dict[str, float]:
 
 
 def _flat(out) -> torch.Tensor:
-    """A model's outputs (a tensor, a tuple/list/dict of them, a ModelOutput) as one vector."""
+    """A model's outputs (a tensor, a tuple/list/dict of them, a ModelOutput, a dataclass) as
+    one vector."""
     if isinstance(out, torch.Tensor):
         return out.reshape(-1)
+    if dataclasses.is_dataclass(out) and not isinstance(out, type):
+        out = [getattr(out, f.name) for f in dataclasses.fields(out)]
     parts = out.values() if isinstance(out, dict) else out
-    return torch.cat([_flat(o) for o in parts if isinstance(o, (torch.Tensor, tuple, list, dict))])
+    flat = [_flat(o) for o in parts
+            if isinstance(o, (torch.Tensor, tuple, list, dict)) or dataclasses.is_dataclass(o)]
+    return torch.cat(flat) if flat else torch.zeros(0)
 
 
 @torch.no_grad()

@@ -2248,3 +2248,76 @@ def test_a_buffer_cast_like_the_activations_is_sliced_with_them():
         y = nn.functional.conv2d(x, model.conv.weight[kept], model.conv.bias[kept], padding=1)
         want = nn.functional.conv2d(y + 2 * model.pos[:, kept], model.out.weight[:, kept], model.out.bias)
         torch.testing.assert_close(pm(x), want, rtol=1e-5, atol=1e-5)
+
+
+class _MergedHeadsAttention(nn.Module):
+    """FastViT's (and MobileCLIP's) attention: the head count and width are attributes, and
+    the heads are merged back to the width read from the input's shape, ``reshape(B, N, C)``,
+    which no attribute holds."""
+
+    def __init__(self, dim=32, head_dim=8):
+        super().__init__()
+        self.head_dim, self.num_heads, self.scale = head_dim, dim // head_dim, head_dim ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        n = h * w
+        t = x.flatten(2).transpose(-2, -1)
+        q, k, v = self.qkv(t).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        a = (q @ k.transpose(-2, -1) * self.scale).softmax(-1)
+        y = (a @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(y).transpose(-2, -1).reshape(b, c, h, w)
+
+
+class _MergedHeadsNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Conv2d(3, 32, 3, padding=1)
+        self.attn = _MergedHeadsAttention()
+        self.conv = nn.Conv2d(32, 24, 3, padding=1)
+        self.head = nn.Linear(24, 5)
+
+    def forward(self, x):
+        s = self.embed(x)
+        s = s + self.attn(s)
+        return self.head(torch.relu(self.conv(s)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("schedule", ["uniform", "global"])
+def test_heads_merged_back_to_a_width_read_from_the_input_keep_as_many_channels(schedule):
+    """The merged heads must be as wide as the stream, whose width the code reads from the
+    input: the two counts are tied, so every schedule (global ones cut the stream and the
+    heads' width by different ratios, and the cut failed, so the fallback kept them) gives a
+    model that runs, with no channels kept back and no warning, and it is the cut model."""
+    torch.manual_seed(0)
+    model = _MergedHeadsNet().eval()
+    x = torch.randn(2, 3, 4, 4)
+    check_exact(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5, schedule=schedule)
+    pm = res.model
+    c = pm.embed.out_channels
+    assert c < 32 and c == pm.attn.num_heads * pm.attn.head_dim == pm.attn.proj.out_features
+    assert pm.attn.qkv.out_features == 3 * c and pm.conv.out_channels < 24
+    assert pm(x).shape == (2, 5)
+    assert cut_error(model, x, res.plan) < 1e-5
+
+
+def test_a_batchnorm_without_affine_parameters_is_cut_with_its_running_statistics():
+    """BatchNorm2d(affine=False) (kornia's HardNet, SOSNet, XFeat): its running mean and
+    variance are cut with the conv's filters; zeros planted in the dropped channels (their
+    running means too: a zero filter gives ``-mean / std`` there) show the cut is exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16, affine=False), nn.ReLU(),
+                          nn.Conv2d(16, 8, 3), nn.BatchNorm2d(8, affine=False), nn.ReLU(), nn.Flatten(),
+                          nn.LazyLinear(4)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    model(x)
+    randomize_bn(model)
+    check_exact(model, x)
+    res = _pruned_in_half(model, x)
+    bn = res.model[1]
+    assert bn.num_features == res.model[0].out_channels == 8 and bn.running_mean.shape == (8,)
+    assert cut_error(model, x, res.plan) < 1e-5

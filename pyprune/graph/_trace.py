@@ -798,7 +798,23 @@ def _view(rec: Recorder, name, args, kwargs, out):
                 rec.add_rewrite(attr, "count", [new.ids], tentative=ambiguous)
             elif len(new.ids) < len(lay.ids) and not rec.find_attrs(shape[new.dim]):
                 _tie_to_input_width(rec, lay, new)
+            elif not rec.find_attrs(shape[new.dim]):
+                _tie_to_width_read(rec, shape[new.dim], new)
     rec.set_layout(out, new)
+
+
+def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
+    """A reshape whose channel dim is written as a width the model's code read from another
+    tensor's shape (``B, C, H, W = x.shape`` ... ``y.transpose(1, 2).reshape(B, N, C)``: heads
+    merged back to the input's width, in FastViT's and MaxViT's attention): the pruned model
+    needs `new`'s channels to keep as many as that tensor's. Channel i of one is cut with
+    channel i of the other: a tie of the two counts (it only narrows the cuts allowed)."""
+    if rec.in_hook:
+        return
+    read = rec.widths_read.get(width)
+    if read is None or len(read) != len(new.ids) or np.intersect1d(read, new.ids).size:
+        return
+    rec.unite(read, new.ids)
 
 
 def _tie_to_input_width(rec: Recorder, lay: Layout, new: Layout) -> None:
