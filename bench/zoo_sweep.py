@@ -79,8 +79,9 @@ KORNIA = ["HardNet", "HardNet8", "HyNet", "SOSNet", "TFeat", "OriNet", "KeyNet",
 # open_clip: the image tower of CLIP models whose tower is open_clip's own (ModifiedResNet with its
 # attention pool) or timm's (MobileCLIP's)
 OPEN_CLIP = ["RN50", "RN101", "MobileCLIP-S1"]
-# torchreid: person re-identification nets at 256 x 128, in eval mode (they return the embedding)
-TORCHREID = ["osnet_x0_25", "osnet_ain_x0_25", "osnet_ibn_x1_0", "mlfn", "hacnn", "pcb_p6", "mudeep",
+# torchreid: person re-identification nets at 256 x 128, in eval mode (they return the embedding); HACNN
+# left out: its forward moves tensors to a GPU
+TORCHREID = ["osnet_x0_25", "osnet_ain_x0_25", "osnet_ibn_x1_0", "mlfn", "pcb_p6", "mudeep",
              "resnet50mid", "resnet50_fc512", "mobilenetv2_x1_0", "shufflenet", "squeezenet1_0_fc512",
              "nasnsetmobile", "resnet50_ibn_b"]
 # facenet_pytorch: FaceNet's Inception-ResNet v1 and MTCNN's three stages
@@ -203,8 +204,8 @@ def _kornia(name: str):
         model = cls() if name in ("DISK", "XFeatModel", "ALIKED") else cls(pretrained=False)
     if name in ("HardNet", "HardNet8", "HyNet", "SOSNet", "TFeat", "OriNet"):
         return model.eval(), torch.randn(4, 1, 32, 32)
-    first = next((m for m in model.modules() if isinstance(m, torch.nn.Conv2d)), None)
-    return model.eval(), torch.randn(1, first.in_channels if first is not None else 3, 64, 64)
+    grey = name in ("KeyNet", "XFeatModel", "SOLD2_detector", "SmallSRNet")
+    return model.eval(), torch.randn(1, 1 if grey else 3, 64, 64)
 
 
 def _shapes(out) -> list:

@@ -2321,3 +2321,32 @@ def test_a_batchnorm_without_affine_parameters_is_cut_with_its_running_statistic
     bn = res.model[1]
     assert bn.num_features == res.model[0].out_channels == 8 and bn.running_mean.shape == (8,)
     assert cut_error(model, x, res.plan) < 1e-5
+
+
+class _ProjectedDescriptor(nn.Module):
+    """HardNet8's shape: features, then a fixed PCA, ``torch.mm(x - mean, components)``,
+    with the mean and the projection held in buffers."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 16, 3), nn.ReLU(), nn.Conv2d(16, 12, 6))
+        self.register_buffer("mean", torch.randn(12))
+        self.register_buffer("components", torch.randn(12, 4))
+
+    def forward(self, x):
+        return torch.mm(self.features(x).flatten(1) - self.mean, self.components)
+
+
+def test_a_product_by_torch_mm_with_a_buffer_cuts_the_buffer_rows():
+    """``torch.mm`` was unknown, so the model was refused. Its contracted dim is the
+    features' channels: the buffer's rows and the mean are cut with them."""
+    torch.manual_seed(0)
+    model = _ProjectedDescriptor().eval()
+    x = torch.randn(3, 1, 8, 8)
+    check_exact(model, x)
+    res = _pruned_in_half(model, x)
+    pm = res.model
+    kept = _kept_filters(model.features[2], pm.features[2], cols=_kept_filters(model.features[0], pm.features[0]))
+    assert len(kept) == 6
+    assert torch.equal(pm.components, model.components[kept]) and torch.equal(pm.mean, model.mean[kept])
+    assert cut_error(model, x, res.plan) < 1e-5

@@ -1503,7 +1503,7 @@ def _conv(rec: Recorder, name, args, kwargs, out):
     _functional_layer(rec, wout[0], "conv", out)
 
 
-@register_op("matmul", "__matmul__", "bmm")
+@register_op("matmul", "__matmul__", "bmm", "mm")
 def _matmul(rec: Recorder, name, args, kwargs, out):
     """a @ b: the contracted dim couples a's last dim with b's second to last; a's rows and
     b's columns carry their channels to the output; batch dims broadcast."""
