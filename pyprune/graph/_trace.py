@@ -808,8 +808,10 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
     tensor's shape (``B, C, H, W = x.shape`` ... ``y.transpose(1, 2).reshape(B, N, C)``: heads
     merged back to the input's width, in FastViT's and MaxViT's attention): the pruned model
     needs `new`'s channels to keep as many as that tensor's. Channel i of one is cut with
-    channel i of the other: a tie of the two counts (it only narrows the cuts allowed)."""
-    if rec.in_hook:
+    channel i of the other: a tie of the two counts (it only narrows the cuts allowed). Not
+    where the module's head count was taken from a dim as long as another (Swin-B's 32 heads
+    of 32 channels): that rewrite is tentative, and the cut without it keeps both counts."""
+    if rec.in_hook or any(r.tentative and r.module == rec.stack[-1] for r in rec.rewrites):
         return
     read = rec.widths_read.get(width)
     if read is None or len(read) != len(new.ids) or np.intersect1d(read, new.ids).size:
