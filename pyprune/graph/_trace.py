@@ -96,6 +96,7 @@ class Recorder:
     output_shapes: list = field(default_factory=list)  # shapes of the tensors the model returned
     inputs: tuple = ()  # the positional inputs of the layer being traced (for its handler)
     module_inputs: dict = field(default_factory=dict)  # module name -> layouts of its last call's inputs
+    width_tied: set = field(default_factory=set)  # modules whose heads' width was tied to their input's
     weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
     param_shape_attrs: dict = field(default_factory=dict)  # (module, param, dim) -> [Rewrite without pieces]
     # The torch calls of the model's own code (outside the leaf layers) as they ran, for the
@@ -808,13 +809,18 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
     tensor's shape (``B, C, H, W = x.shape`` ... ``y.transpose(1, 2).reshape(B, N, C)``: heads
     merged back to the input's width, in FastViT's and MaxViT's attention): the pruned model
     needs `new`'s channels to keep as many as that tensor's. Channel i of one is cut with
-    channel i of the other: a tie of the two counts (it only narrows the cuts allowed). Not
-    where the module's head count was taken from a dim as long as another (Swin-B's 32 heads
-    of 32 channels): that rewrite is tentative, and the cut without it keeps both counts."""
-    if rec.in_hook or any(r.tentative and r.module == rec.stack[-1] for r in rec.rewrites):
+    channel i of the other: a tie of the two counts (it only narrows the cuts allowed).
+    Only for a width read from the module's own input, and not where the heads' width was
+    computed from it (the split already tied the counts, in rows of the head width; NesT
+    merges the heads in another order, and a second tie would couple nearly every channel),
+    nor where the head count was taken from a dim as long as another (Swin-B's 32 heads of
+    32 channels): that rewrite is tentative, and the cut without it keeps both counts."""
+    if not rec.stack or rec.in_hook or rec.stack[-1] in rec.width_tied \
+            or any(r.tentative and r.module == rec.stack[-1] for r in rec.rewrites):
         return
     read = rec.widths_read.get(width)
-    if read is None or len(read) != len(new.ids) or np.intersect1d(read, new.ids).size:
+    if read is None or len(read) != len(new.ids) or np.intersect1d(read, new.ids).size \
+            or not any(np.array_equal(xl.ids, read) for xl in rec.module_inputs.get(rec.stack[-1], ())):
         return
     rec.unite(read, new.ids)
 
@@ -835,6 +841,7 @@ def _tie_to_input_width(rec: Recorder, lay: Layout, new: Layout) -> None:
         for row in rows[1:]:
             rec.unite(rows[0], row)
         rec.unite(rows[0], new.ids)
+        rec.width_tied.add(rec.stack[-1])
         return
 
 
