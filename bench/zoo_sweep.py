@@ -7,15 +7,16 @@ medical nets, 2-d and 3-d), kornia (local-feature, edge and super-resolution net
 open_clip (CLIP image towers), torchreid (re-identification nets) and facenet_pytorch. None
 of them is a dependency of pyprune:
 
-    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless pytorchcv monai \
-        kornia open_clip_torch gdown tensorboard
-    pip install --no-deps torchreid facenet-pytorch      # their pins would replace torch
-    python3 bench/zoo_sweep.py                 # every model below of the libraries installed (about 2 min)
+    pip install segmentation-models-pytorch efficientnet-pytorch ultralytics opencv-python-headless pytorchcv \
+        einops kornia open_clip_torch gdown tensorboard
+    pip install --no-deps monai torchreid facenet-pytorch      # their pins would replace torch
+    OMP_NUM_THREADS=1 python3 bench/zoo_sweep.py   # every model below of the libraries installed (about 20 min)
 
 Every model is built with random weights, its BatchNorms given random statistics, pruned by
 the L2 filter norm at ratio 0.5 (one thread, seed 0) on a 160 x 160 image (pytorchcv: the
-model's own input size; one over 512 x 512 pixels, Cityscapes' segmenters, at most 256 x 512),
-and run. A row
+model's own input size; one over 512 x 512 pixels, Cityscapes' segmenters, at most 256 x 512;
+MONAI, kornia, open_clip, torchreid and facenet_pytorch: the sizes their builders below
+give), and run. A row
 per model, as in ``timm_sweep.py``: ok / refused / error / broken, the share of the
 parameters removed, pyprune's warnings and ``cut_error`` (tests/planted.py). A library that
 is not installed gives rows "skipped". Writes results/bench/zoo_sweep.jsonl, or ``--out``.
