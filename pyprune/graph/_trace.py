@@ -807,7 +807,7 @@ def _view(rec: Recorder, name, args, kwargs, out):
 def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
     """A reshape whose channel dim is written as a width the model's code read from another
     tensor's shape (``B, C, H, W = x.shape`` ... ``y.transpose(1, 2).reshape(B, N, C)``: heads
-    merged back to the input's width, in FastViT's and MaxViT's attention): the pruned model
+    merged back to the input's width, in FastViT's and YOLOv10's attention): the pruned model
     needs `new`'s channels to keep as many as that tensor's. Channel i of one is cut with
     channel i of the other: a tie of the two counts (it only narrows the cuts allowed).
     Only for a width read from the module's own input, and not where the heads' width was
