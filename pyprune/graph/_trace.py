@@ -797,10 +797,11 @@ def _view(rec: Recorder, name, args, kwargs, out):
                 # the rewrite is dropped if the cut with it fails
                 ambiguous = sum(1 for v in shape if v == shape[new.dim]) > 1
                 rec.add_rewrite(attr, "count", [new.ids], tentative=ambiguous)
-            elif len(new.ids) < len(lay.ids) and not rec.find_attrs(shape[new.dim]):
-                _tie_to_input_width(rec, lay, new)
-            elif not rec.find_attrs(shape[new.dim]):
-                _tie_to_width_read(rec, shape[new.dim], new)
+            elif not rec.find_attrs(shape[new.dim]):  # a width no attribute holds: read or computed
+                if len(new.ids) < len(lay.ids):
+                    _tie_to_input_width(rec, lay, new)
+                else:
+                    _tie_to_width_read(rec, shape[new.dim], new)
     rec.set_layout(out, new)
 
 
@@ -815,12 +816,12 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
     merges the heads in another order, and a second tie would couple nearly every channel),
     nor where the head count was taken from a dim as long as another (Swin-B's 32 heads of
     32 channels): that rewrite is tentative, and the cut without it keeps both counts."""
-    if not rec.stack or rec.in_hook or rec.stack[-1] in rec.width_tied \
-            or any(r.tentative and r.module == rec.stack[-1] for r in rec.rewrites):
+    if not rec.stack or rec.in_hook or rec.stack[-1] in rec.width_tied:
         return
     read = rec.widths_read.get(width)
     if read is None or len(read) != len(new.ids) or np.intersect1d(read, new.ids).size \
-            or not any(np.array_equal(xl.ids, read) for xl in rec.module_inputs.get(rec.stack[-1], ())):
+            or not any(np.array_equal(xl.ids, read) for xl in rec.module_inputs.get(rec.stack[-1], ())) \
+            or any(r.tentative and r.module == rec.stack[-1] for r in rec.rewrites):
         return
     rec.unite(read, new.ids)
 
