@@ -249,6 +249,15 @@ class PruneResult:
                          f"{1e3 * lat['predicted_s']:.3f} ms, measured {1e3 * lat['measured_s']:.3f} ms (unpruned "
                          f"{1e3 * lat['unpruned_measured_s']:.3f} ms; round {lat.get('round', 1)} of "
                          f"{len(lat.get('rounds', [])) or 1} kept)")
+            if lat.get("predicted_ratio") is not None:
+                line = (f"share of the unpruned model's time: predicted {lat['predicted_ratio']:.3f}, measured "
+                        f"{lat['measured_ratio']:.3f} (the two timed in turns)")
+                drift = lat.get("machine_drift", 0.0)
+                if abs(drift) > DRIFT_NOTED:
+                    line += (f"; the unpruned model measured {abs(drift):.0%} {'slower' if drift > 0 else 'faster'} "
+                             "than at the measurement the predictions were scaled by (the machine's speed moved, "
+                             "the absolute times with it; the share carries over)")
+                lines.append(line)
             if lat.get("weight_macs_share") is not None:
                 a = lat["weight_macs_share"]
                 lines.append(f"channels weighted by {a:.3g} x their MACs + {1 - a:.3g} x their parameters "
@@ -771,6 +780,9 @@ class Pruner:
                        **{k: chosen[k] for k in ("unpruned_measured_s", "unpruned_predicted_s", "predicted_s",
                                                  "table_predicted_s", "table_error", "measured_s", "predicted_ratio",
                                                  "measured_ratio")},
+                       # how far the machine's speed moved between the measurement the
+                       # predictions were scaled by and the one they are compared with
+                       "machine_drift": chosen["unpruned_measured_s"] / chosen["unpruned_predicted_s"] - 1,
                        "speed": lat.speed,
                        "weight": self.config.latency_weight, "weight_macs_share": self._latency_mix,
                        "rounds": rounds, "calibration": dict(lat.calibration),
@@ -1016,6 +1028,10 @@ LATENCY_WEIGHTS = {"balanced": tuple(i / 40 for i in range(40, 19, -1)) + (0.4, 
 # a model measured under LATENCY_CLOSE of its latency budget is planned again, aiming at
 # LATENCY_AIM of it (a margin for the machine's noise between two measurements)
 LATENCY_CLOSE, LATENCY_AIM = 0.95, 0.98
+# a summary says so where the unpruned model's time moved more than this between the
+# measurement the predictions were scaled by and the last one (the machine's speed drifts:
+# 5% spread over minutes on a shared 2-core machine, steps up to 12-15% between timings)
+DRIFT_NOTED = 0.05
 # a budget the runtime's channel multiple cannot reach is solved at finer ones; the plan at
 # the next finer one is compared too, down to this one (below it odd-width kernel paths make
 # the tables' interpolation unreliable: resnet56_cifar on onnxruntime at multiples of 1 was

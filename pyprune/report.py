@@ -167,17 +167,23 @@ def _latency_section(plt, out: pathlib.Path, lat: dict) -> list[str]:
         _csv(out / "layer_latency.csv", cols, rows)
         parts.append(_table("Per-layer latency, unpruned vs pruned (predicted in the model)", cols, rows,
                             "layer_latency", "layer_latency.png"))
-    cols = ["round", "goal_ms", "predicted_ms", "table_error", "measured_ms", "unpruned_measured_ms", "budget_ms"]
+    cols = ["round", "goal_ms", "predicted_ms", "table_error", "measured_ms", "unpruned_predicted_ms",
+            "unpruned_measured_ms", "predicted_share", "measured_share", "budget_ms"]
+    nan = float("nan")
     rows = [[i + 1, round(1e3 * r["goal_s"], 4), round(1e3 * r["predicted_s"], 4), round(r.get("table_error", 1.0), 4),
-             round(1e3 * r["measured_s"], 4), round(1e3 * r.get("unpruned_measured_s", float("nan")), 4),
-             round(1e3 * r.get("budget_s", lat["budget_s"]), 4)]
+             round(1e3 * r["measured_s"], 4), round(1e3 * r.get("unpruned_predicted_s", nan), 4),
+             round(1e3 * r.get("unpruned_measured_s", nan), 4), round(r.get("predicted_ratio", nan), 4),
+             round(r.get("measured_ratio", nan), 4), round(1e3 * r.get("budget_s", lat["budget_s"]), 4)]
             for i, r in enumerate(lat.get("rounds", []))]
     if rows:
         _csv(out / "latency_rounds.csv", cols, rows)
         parts.append(_table(f"Latency budget: predicted vs measured, each round's model timed in turns with the "
                             f"unpruned one (kept: round {lat.get('round', len(rows))}, unpruned "
                             f"{1e3 * lat['unpruned_measured_s']:.3f} ms); a round's prediction is the table's "
-                            "times its error on the models measured in the rounds before", cols, rows,
+                            "times its error on the models measured in the rounds before, at the machine's speed "
+                            "of the measurement before (the unpruned model's predicted against measured time is "
+                            "how far that speed moved); a share is the pruned model's time over the unpruned "
+                            "one's", cols, rows,
                             "latency_rounds"))
     return parts
 

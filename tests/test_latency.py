@@ -375,6 +375,53 @@ def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch, tmp
     assert f"kept: round {lat['round']}" in index.read_text()
 
 
+def test_a_machine_whose_speed_moves_between_measurements_moves_the_times_not_the_cut(synthetic, monkeypatch,
+                                                                                      tmp_path):
+    """Every paired measurement finds the machine 15% slower or 13% faster than the one
+    before (all models alike, as a shared machine does): the plan, the shares of the
+    unpruned model's time predicted and measured, and the budget met are those of a steady
+    machine (a relative budget and the speed both come from the pair); only the absolute
+    times move, and the summary and the report's rounds table say by how much."""
+    def run(factors, cache):
+        monkeypatch.setenv("PYPRUNE_CACHE", str(tmp_path / cache))  # calibrated afresh: no refresh
+        speeds = iter(factors)  # the calibration's turns, then each pair
+
+        def measure(models, example, target, **kw):
+            f = next(speeds)
+            return [f * _whole_model_seconds(m, example) for m in models]
+
+        monkeypatch.setattr(latency, "measure_turns", measure)
+        torch.manual_seed(0)
+        model, x = digits_cnn(width=32).eval(), torch.randn(1, 1, 8, 8)
+        return pyprune.prune(model, x, method="l1", target_speedup=2.0, runtime="onnxruntime")
+
+    steady = run([1.0] * 20, "steady")
+    moving = run([1.0] + [1.15, 0.87] * 10, "moving")
+    a, b = steady.latency, moving.latency
+    assert moving.plan.widths() == steady.plan.widths() and b["round"] == a["round"]
+    assert b["predicted_ratio"] == pytest.approx(a["predicted_ratio"], rel=1e-9)
+    assert b["measured_ratio"] == pytest.approx(a["measured_ratio"], rel=1e-9)
+    assert b["measured_s"] <= b["budget_s"] and b["budget_s"] == pytest.approx(b["unpruned_measured_s"] / 2, rel=1e-12)
+    # the speed the predictions were scaled by is that of the measurement before the kept one
+    before = 1.0 if b["round"] == 1 else [1.15, 0.87][(b["round"] - 2) % 2]
+    now = [1.15, 0.87][(b["round"] - 1) % 2]
+    assert a["machine_drift"] == pytest.approx(0.0, abs=1e-12)
+    assert b["machine_drift"] == pytest.approx(now / before - 1, rel=1e-9)
+    assert b["predicted_s"] / b["measured_s"] == pytest.approx(a["predicted_s"] / a["measured_s"] * before / now,
+                                                               rel=1e-9)
+    moved = f"{abs(now / before - 1):.0%} {'slower' if now > before else 'faster'}"
+    assert "the machine's speed moved" not in str(steady) and moved in str(moving)
+    assert f"predicted {b['predicted_ratio']:.3f}, measured {b['measured_ratio']:.3f}" in str(moving)
+    from pyprune.report import write_report
+
+    write_report(tmp_path / "rep", latency=b)
+    with open(tmp_path / "rep" / "latency_rounds.csv") as f:
+        head, *rows = [line.strip().split(",") for line in f]
+    r = dict(zip(head, rows[b["round"] - 1]))
+    assert float(r["unpruned_measured_ms"]) / float(r["unpruned_predicted_ms"]) == pytest.approx(now / before, rel=1e-3)
+    assert float(r["predicted_share"]) == pytest.approx(b["predicted_ratio"], abs=1e-4)
+
+
 def _compute_early_weights_late() -> nn.Module:
     """Early layers hold the MACs (wide feature maps, few weights), late ones the weights."""
     return nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU(),
