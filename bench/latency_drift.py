@@ -12,13 +12,23 @@ between consecutive samples), and the same for the ratio of every two models of 
 (the models of one input size share a worker, the two sizes run one after the other): a
 small spread of a ratio means one model's time would predict the other's drift.
 
+With ``--windows`` it asks instead whether longer timings move less: one model, exported
+once, timed in turns with itself (a pair, as the solver times the pruned model beside the
+unpruned one) with at least each window's seconds of runs, the windows taken in turn, and
+per window the spread (standard deviation over mean) and the largest and mean change
+between consecutive timings of that window (the error of predicting one timing by the
+one before, as the solver's next round does).
+
 Run:  python3 bench/latency_drift.py 25            # minutes, onnxruntime, 1 thread
       python3 bench/latency_drift.py 10 executorch
+      python3 bench/latency_drift.py --windows 2,6 --samples 12 mobilenet_v2   # about 3 minutes
 """
 from __future__ import annotations
 
+import argparse
 import pathlib
 import statistics
+import tempfile
 import sys
 import time
 
@@ -27,6 +37,7 @@ import torchvision
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+from pyprune.bench import _prepare  # noqa: E402
 from pyprune.latency import LatencyTarget, measure_turns  # noqa: E402
 
 try:
@@ -73,5 +84,37 @@ def main(minutes: float, runtime: str) -> None:
                 print(f"{'':16s} / {b:16s} {spread(r):.3f} / {largest_step(r):.3f}")
 
 
+def windows(name: str, seconds: list[float], samples: int, runtime: str) -> None:
+    torch.manual_seed(0)
+    size = MODELS[name][1]
+    shape = (1, 3, size, size)
+    target = LatencyTarget(runtime, 1, 1)
+    with tempfile.TemporaryDirectory(prefix="pyprune-drift-") as tmp:
+        files = _prepare(MAKERS[name]().eval(), shape, [runtime], [1], pathlib.Path(tmp), [])[runtime]
+        path = str(files.get("*", files.get("1")))
+        times: dict[float, list[float]] = {w: [] for w in seconds}
+        for _ in range(samples):
+            for w in seconds:
+                t = measure_turns([path, path], torch.randn(*shape), target, min_seconds=w,
+                                  max_seconds=max(12.0, 2 * w))[0]
+                times[w].append(t)
+                print(time.strftime("%H:%M:%S"), f"{w:g} s: {1e3 * t:.3f} ms", flush=True)
+    print(f"\n{name}, {runtime}, 1 thread, {samples} timings per window: window / mean ms / spread (std over "
+          "mean) / largest and mean change between consecutive timings")
+    for w, v in times.items():
+        steps = [abs(b / a - 1) for a, b in zip(v, v[1:])]
+        print(f"{w:5g} s  {1e3 * statistics.mean(v):.3f}  {statistics.pstdev(v) / statistics.mean(v):.3f}  "
+              f"{max(steps):.3f}  {statistics.mean(steps):.3f}")
+
+
 if __name__ == "__main__":
-    main(float(sys.argv[1]) if len(sys.argv) > 1 else 25.0, sys.argv[2] if len(sys.argv) > 2 else "onnxruntime")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("minutes", nargs="?", default="25", help="minutes of samples (or, with --windows, the model)")
+    ap.add_argument("runtime", nargs="?", default="onnxruntime")
+    ap.add_argument("--windows", help="seconds per timing to compare, comma-separated (e.g. 2,6,8,12)")
+    ap.add_argument("--samples", type=int, default=10, help="timings per window (with --windows)")
+    a = ap.parse_args()
+    if a.windows:
+        windows(a.minutes, [float(w) for w in a.windows.split(",")], a.samples, a.runtime)
+    else:
+        main(float(a.minutes), a.runtime)
