@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import pathlib
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 
 import torch

@@ -1030,7 +1030,8 @@ LATENCY_WEIGHTS = {"balanced": tuple(i / 40 for i in range(40, 19, -1)) + (0.4, 
 LATENCY_CLOSE, LATENCY_AIM = 0.95, 0.98
 # a summary says so where the unpruned model's time moved more than this between the
 # measurement the predictions were scaled by and the last one (the machine's speed drifts:
-# 5% spread over minutes on a shared 2-core machine, steps up to 12-15% between timings)
+# a 3-5% spread over minutes on a shared 2-core machine, steps up to 9-14% between two
+# timings half a minute apart, however long each lasts)
 DRIFT_NOTED = 0.05
 # a budget the runtime's channel multiple cannot reach is solved at finer ones; the plan at
 # the next finer one is compared too, down to this one (below it odd-width kernel paths make

@@ -377,8 +377,8 @@ def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch, tmp
 
 def test_a_machine_whose_speed_moves_between_measurements_moves_the_times_not_the_cut(synthetic, monkeypatch,
                                                                                       tmp_path):
-    """Every paired measurement finds the machine 15% slower or 13% faster than the one
-    before (all models alike, as a shared machine does): the plan, the shares of the
+    """The paired measurements find the machine at 1.15 and 0.87 times the calibration's
+    speed in turn (all models alike, as a shared machine does): the plan, the shares of the
     unpruned model's time predicted and measured, and the budget met are those of a steady
     machine (a relative budget and the speed both come from the pair); only the absolute
     times move, and the summary and the report's rounds table say by how much."""
