@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import engine
+from ._reparam import computed_tensors
 from .data import iter_batches
 
 __all__ = ["recalibrate_bn", "reconstruct", "ReconstructionReport"]
@@ -71,12 +73,15 @@ class ReconstructionReport:
     of its least-squares fit on the calibration rows, and the rows used."""
 
     layers: dict = field(default_factory=dict)  # name -> (residual, rows)
+    left: dict = field(default_factory=dict)  # name -> why it was left as cut (its weight is computed)
 
     def __str__(self) -> str:
+        left = f"; left as cut: {', '.join(f'{n} ({why})' for n, why in self.left.items())}" if self.left else ""
         if not self.layers:
-            return "reconstruction: no layer lost input channels"
+            return ("reconstruction: no layer lost input channels" if not self.left else "reconstruction: none") + left
         res = [r for r, _ in self.layers.values()]
-        return f"reconstructed {len(res)} layers (relative residual median {np.median(res):.3g}, max {max(res):.3g})"
+        return (f"reconstructed {len(res)} layers (relative residual median {np.median(res):.3g}, "
+                f"max {max(res):.3g})") + left
 
 
 MAX_FEATURES = 8192  # inputs per output above which a layer is not refitted (its Gram matrix)
@@ -87,6 +92,26 @@ def _refittable(m: nn.Module) -> bool:
         return m.in_features + 1 <= MAX_FEATURES
     return (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
             and not isinstance(m.padding, str) and m.in_channels * math.prod(m.kernel_size) + 1 <= MAX_FEATURES)
+
+
+def _unstorable(m: nn.Module) -> str | None:
+    """Why a refitted weight could not be stored in `m` (None: it can): its weight or bias is
+    computed before each call by something other than ``parametrizations.weight_norm``
+    (whose ``right_inverse`` takes any weight exactly), so a stored fit would be undone."""
+    for name, how in computed_tensors(m).items():
+        if name in ("weight", "bias") and how.kind != "weight_norm":
+            return f"its {name} is computed by {how.what}"
+    return None
+
+
+def _store(m: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Set the layer's weight or bias to `value`: in place, or through its parametrization
+    (a parametrized tensor is computed anew at each access: a copy into it would be lost)."""
+    t = getattr(m, name)
+    if name in computed_tensors(m):
+        setattr(m, name, value.to(t.dtype))
+    else:
+        t.copy_(value.to(t.dtype))
 
 
 def _rows_of(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +154,15 @@ def reconstruct(original: nn.Module, pruned: nn.Module, keep_in: dict, keep_out:
              and _in_features(m) < _in_features(mods_o[n])
              and all(holders[id(p)] == 1 for p in m.parameters(recurse=False))]  # a tied weight fits no one layer
     report = ReconstructionReport()
+    for n in list(names):
+        why = _unstorable(mods_p[n])
+        if why is not None:
+            report.left[n] = why
+            names.remove(n)
+    if report.left:
+        warnings.warn(f"pyprune: reconstruction left {len(report.left)} layer(s) as cut, their refitted weights "
+                      f"could not be stored: {', '.join(f'{n} ({why})' for n, why in report.left.items())}",
+                      stacklevel=3)
     if not names:
         return report
     batch_list = list(iter_batches(calibration, batches))
@@ -172,9 +206,9 @@ def reconstruct(original: nn.Module, pruned: nn.Module, keep_in: dict, keep_out:
     for n, (w, residual) in zip(ok, solved):
         m = mods_p[n]
         if m.bias is not None:
-            m.bias.copy_(w[:, -1].to(m.bias.dtype))
+            _store(m, "bias", w[:, -1])
             w = w[:, :-1]
-        m.weight.copy_(w.reshape(m.weight.shape).to(m.weight.dtype))
+        _store(m, "weight", w.reshape(m.weight.shape))
         report.layers[n] = (residual, int(sum(a.shape[0] for a in a_rows[n])))
     return report
 

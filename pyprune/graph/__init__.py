@@ -295,6 +295,7 @@ def build_graph(model: nn.Module, example_inputs, example_kwargs: dict | None = 
     under ``torch.no_grad()``."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    _check_eager(model)
     inputs = as_inputs(example_inputs)
     try:
         rec, _ = record(model, inputs, dict(example_kwargs or {}))
@@ -319,6 +320,20 @@ def build_graph(model: nn.Module, example_inputs, example_kwargs: dict | None = 
             stacklevel=2,
         )
     return graph
+
+
+def _check_eager(model: nn.Module) -> None:
+    """Refuse a compiled model before tracing it: pyprune follows an eager module's calls
+    and rewrites its layers, which TorchScript and ``torch.compile`` replace with their own
+    code (the trace would fail, or see no layer at all)."""
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(f"model: {type(model).__name__} is TorchScript (torch.jit.script or torch.jit.trace): "
+                        "pyprune cannot trace or cut compiled code. Prune the eager nn.Module it was made from, "
+                        "then script or trace the pruned model")
+    orig = getattr(model, "_orig_mod", None)
+    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
+        raise TypeError("model: a torch.compile'd module (OptimizedModule): prune the module it wraps, "
+                        "model._orig_mod, then compile the pruned model")
 
 
 def _assemble(model: nn.Module, rec) -> ChannelGraph:

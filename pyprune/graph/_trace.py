@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from .._reparam import computed_tensors
 from ._layout import Layout
 
 
@@ -105,6 +106,7 @@ class Recorder:
     in_hook: bool = False  # a layer's handler is running (its own torch calls are not the model's)
     fresh: set = field(default_factory=set)  # ids of tensors made by torch.zeros & co. (their contents: constants)
     weight_masks: dict = field(default_factory=dict)  # (module, "weight") -> its buffers it is multiplied by
+    computed: dict = field(default_factory=dict)  # (module, tensor) -> _reparam.Computed: made before each call
     widths_read: dict = field(default_factory=dict)  # a channel count read from a shape -> the ids of those channels
 
     # -- bookkeeping ---------------------------------------------------------------
@@ -142,6 +144,12 @@ class Recorder:
 
     def add_member(self, module: str, param: str, dim: int, ids: np.ndarray, role: str, groups: int = 1) -> None:
         self.members.append(MemberRecord(module, param, dim, ids, role, groups))
+        made = self.computed.get((module, param))
+        if made is not None and made.kind == "other":  # a cut would change what it computes
+            self.freeze(ids, f"{module}.{param} is computed by {made.what}, which a cut would change; to prune "
+                             f"these channels remove it first: {made.fix.replace('module', f'model.get_submodule({module!r})')}")
+        for src in made.sources if made is not None else ():  # torch.nn.utils.prune: sliced as the weight is
+            self.members.append(MemberRecord(module, src, dim, ids, "mask", groups))
         for mask in self.weight_masks.get((module, param), ()):  # sliced as the weight is
             self.members.append(MemberRecord(module, mask, dim, ids, "mask", groups))
         for r in self.param_shape_attrs.get((module, param, dim), ()):  # gamma.view(self.shape)
@@ -1886,6 +1894,7 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
     names = {m: n for n, m in model.named_modules()}
     rec.modules = {n: m for m, n in names.items()}
     for mname, m in model.named_modules():
+        rec.computed.update(((mname, t), how) for t, how in computed_tensors(m).items())
         for pname, p in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
             if p is not None:
                 owner = rec.param_owner.setdefault(id(p), (mname, pname))  # a tied tensor: its first holder
