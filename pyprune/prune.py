@@ -105,6 +105,8 @@ class PruneConfig:
         if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0 <= self.min_keep <= 1:
             raise ValueError(f"min_keep: the share of each group the global schedule keeps at least must be in [0, 1], "
                              f"got {self.min_keep!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         if self.calibration_batches is not None and (isinstance(self.calibration_batches, bool) or not isinstance(
                 self.calibration_batches, numbers.Integral) or self.calibration_batches < 1):
             raise ValueError(f"calibration_batches must be a positive int or None (all), got {self.calibration_batches!r}")
@@ -340,17 +342,25 @@ def _budget(**given) -> tuple[str, str, float, bool] | None:
     return arg, kind, float(value), fraction
 
 
-def _check_finite(ctx: Context) -> None:
+def _check_finite(ctx: Context, spec) -> None:
     """Refuse NaN/Inf in any tensor pruning reads or slices, naming it, before anything is
     scored or cut (a NaN filter has no norm, direction or cluster, and the pruned model
-    would compute NaN)."""
+    would compute NaN); and a tensor on the ``meta`` device (no values) where the
+    criterion `spec` scores from the weights' values."""
     for key in dict.fromkeys((m.module, m.param) for m in ctx.graph.members):
         t = ctx.tensor(*key)
-        if not t.is_floating_point() or t.device.type == "meta" or torch.isfinite(t.sum()):
+        name = f"{key[0]}.{key[1]}" if key[0] else key[1]
+        if t.device.type == "meta":
+            if spec.reads_weights:
+                raise ValueError(f"{name} is on the meta device (a shape without values): method {spec.name!r} "
+                                 "ranks channels by the weights' values. Materialise the model first "
+                                 "(model.to_empty(device='cpu'), then load_state_dict(...)), or plan from shapes "
+                                 "alone with method='random'; the model was not changed.")
+            continue
+        if not t.is_floating_point() or torch.isfinite(t.sum()):
             continue  # one summing pass: NaN/Inf propagate (an overflow is counted below)
         bad = int((~torch.isfinite(t)).sum())
         if bad:
-            name = f"{key[0]}.{key[1]}" if key[0] else key[1]
             raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or Inf) of {t.numel()}: pyprune "
                              "cannot rank or cut such a layer. Load finite weights (a diverged training run?) "
                              "before pruning; the model was not changed.")
@@ -504,7 +514,7 @@ class Pruner:
         graph = self._graph()
         groups = [g for g in graph.groups if g.prunable > 0]
         ctx = self._context(graph)
-        _check_finite(ctx)
+        _check_finite(ctx, self.spec)
         base_scores = None
         if schedule_spec(self.config.schedule).needs_scores or (budget is not None and budget[1] == "latency"):
             ranker = criterion_spec(self.spec.rank_with) if self.spec.selects else self.spec

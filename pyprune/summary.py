@@ -38,11 +38,13 @@ class Summary:
 
     @property
     def params_ratio(self) -> float:
-        return self.params_after / max(1, self.params_before)
+        """Parameters after over before (1.0 where there were none: nothing was removed)."""
+        return self.params_after / self.params_before if self.params_before else 1.0
 
     @property
     def macs_ratio(self) -> float:
-        return self.macs_after / max(1, self.macs_before)
+        """MACs after over before (1.0 where no layer counts any: nothing was removed)."""
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
 
     def table(self, max_rows: int | None = None) -> str:
         head = f"{'layer':<40} {'kind':<7} {'shape before':>18} {'shape after':>18} {'params':>18} {'MACs':>22}"

@@ -294,7 +294,10 @@ def test_pruning_options_are_checked_before_any_work():
     for kw, match in [({"taper": float("nan"), "schedule": "taper"}, "taper must be a finite number"),
                       ({"min_keep": 1.5, "schedule": "global"}, r"min_keep: .* in \[0, 1\]"),
                       ({"calibration_batches": 0, "method": "activation", "calibration": [x]}, "calibration_batches"),
-                      ({"ratio": torch.tensor(0.5)}, r"ratio: expected a number .* got a Tensor")]:
+                      ({"ratio": torch.tensor(0.5)}, r"ratio: expected a number .* got a Tensor"),
+                      ({"method": "random", "seed": -1}, r"^seed must be an int in \[0, 2\*\*63\), got -1"),
+                      ({"method": "random", "seed": 1.5}, r"^seed must be an int"),
+                      ({"method": "l1", "seed": "a"}, r"^seed must be an int")]:
         with pytest.raises(ValueError, match=match):
             pyprune.prune(model, x, **kw)
     with pytest.raises(TypeError, match=r"criterion_options: unknown option\(s\) 'kmeans_itre' .* kmeans_iter"):
@@ -320,3 +323,13 @@ def test_a_plan_for_another_model_or_an_earlier_state_is_refused():
     with pytest.raises(ValueError, match=r"records 2\.weight .* no such tensor"):
         other.apply(pyprune.Pruner(nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 4, 3)).eval(), x,
                                    method="l1").plan(0.5))
+
+
+def test_a_model_with_no_counted_layer_removes_no_macs():
+    """MACs 0 -> 0 is nothing removed, not 100% fewer."""
+    from pyprune.summary import Summary
+
+    s = Summary(params_before=3, params_after=3, macs_before=0, macs_after=0)
+    assert s.macs_ratio == 1.0 and s.params_ratio == 1.0
+    assert "MACs 0 -> 0 (0.0% fewer)" in s.table()
+    assert Summary(params_before=0, params_after=0, macs_before=10, macs_after=5).params_ratio == 1.0

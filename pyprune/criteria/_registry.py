@@ -109,6 +109,7 @@ class CriterionSpec:
     rank_with: str = "l2"  # a selecting criterion's scores for the global schedule
     options: tuple = ()  # extra keyword options the criterion reads from ctx.options
     doc: str = ""
+    reads_weights: bool = True  # scores from the weights' values (False: from shapes alone, as random)
 
     @property
     def supports_auto(self) -> bool:
@@ -158,7 +159,8 @@ CRITERIA: dict[str, CriterionSpec] = {}
 
 def register_criterion(name: str, fn: Callable | None = None, *, batched: bool = False, needs_data: bool = False,
                        needs_labels: bool = False, selects: bool = False, merges: bool = False,
-                       auto_keep: Callable | None = None, rank_with: str = "l2", options=()):
+                       auto_keep: Callable | None = None, rank_with: str = "l2", options=(),
+                       reads_weights: bool = True):
     """Register `fn` under `name` (usable as ``prune(method=name)``).
 
     A plain criterion is ``fn(group, ctx) -> scores`` (one float per unit of the group,
@@ -171,6 +173,8 @@ def register_criterion(name: str, fn: Callable | None = None, *, batched: bool =
     ``(groups, ctx) -> {group id: keep count}`` that makes ``ratio="auto"`` valid (pyprune rounds
     the counts to ``round_to`` itself).
     ``options``: names of extra keyword options the criterion reads from ``ctx.options``.
+    ``reads_weights=False``: the scores need no weight values (a model on the ``meta``
+    device can be planned with it; any other criterion refuses one).
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"criterion name must be a non-empty string, got {name!r}")
@@ -181,7 +185,8 @@ def register_criterion(name: str, fn: Callable | None = None, *, batched: bool =
         CRITERIA[name] = CriterionSpec(name, f, batched=batched, needs_data=needs_data or needs_labels,
                                        needs_labels=needs_labels, selects=selects, merges=merges,
                                        auto_keep=auto_keep, rank_with=rank_with, options=tuple(options),
-                                       doc=(f.__doc__ or "").strip().split("\n")[0])
+                                       doc=(f.__doc__ or "").strip().split("\n")[0],
+                                       reads_weights=bool(reads_weights))
         return f
 
     return deco(fn) if fn is not None else deco

@@ -35,7 +35,7 @@ def l2(groups, ctx):
     return norm_scores(groups, ctx, 2)
 
 
-@register_criterion("random", batched=True)
+@register_criterion("random", batched=True, reads_weights=False)
 def random_(groups, ctx):
     """Random scores (seeded): the honest baseline."""
     rng = np.random.default_rng(ctx.seed)
