@@ -100,9 +100,9 @@ class LatencyTarget:
             raise ValueError(f"runtime: unknown runtime {self.runtime!r}; known: {', '.join(RUNTIMES)}")
         for name in ("threads", "batch"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 16:
                 arg = "batch_size" if name == "batch" else name
-                raise ValueError(f"{arg}: a latency target needs a positive int, got {v!r}")
+                raise ValueError(f"{arg}: a latency target needs a positive int (at most 65536), got {v!r}")
 
     @property
     def version(self) -> str:
@@ -865,7 +865,7 @@ class LatencyModel:
         layer_w = np.array([r[1] for r in rows0])
         left_w = float(layer_w.sum())  # the weights left: what streams past the cache is one global term
         total = float(layer_s.sum() + self.r0) + self.memory_s(left_w)
-        if total <= goal:
+        if total <= goal * (1 + 1e-9):  # (the goal may be this very sum, added in another order)
             return keep
         prefix, floor = {}, {}
         for g, s in zip(groups, scores):

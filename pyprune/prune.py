@@ -105,6 +105,10 @@ class PruneConfig:
         if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0 <= self.min_keep <= 1:
             raise ValueError(f"min_keep: the share of each group the global schedule keeps at least must be in [0, 1], "
                              f"got {self.min_keep!r}")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, numbers.Integral)
+                                         or not 1 <= self.threads <= 1 << 16):
+            raise ValueError(f"threads must be a positive int (at most 65536) or None (all cores; 1 for a latency "
+                             f"target), got {self.threads!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         if self.calibration_batches is not None and (isinstance(self.calibration_batches, bool) or not isinstance(
@@ -249,8 +253,8 @@ class PruneResult:
         if lat:
             lines.append(f"latency on {lat['target']}: budget {1e3 * lat['budget_s']:.3f} ms, predicted "
                          f"{1e3 * lat['predicted_s']:.3f} ms, measured {1e3 * lat['measured_s']:.3f} ms (unpruned "
-                         f"{1e3 * lat['unpruned_measured_s']:.3f} ms; round {lat.get('round', 1)} of "
-                         f"{len(lat.get('rounds', [])) or 1} kept)")
+                         f"{1e3 * lat['unpruned_measured_s']:.3f} ms" + (
+                             f"; round {lat.get('round', 1)} of {len(lat['rounds'])} kept)" if lat.get("rounds") else ")"))
             if lat.get("predicted_ratio") is not None:
                 line = (f"share of the unpruned model's time: predicted {lat['predicted_ratio']:.3f}, measured "
                         f"{lat['measured_ratio']:.3f} (the two timed in turns)")
@@ -327,8 +331,9 @@ def _budget(**given) -> tuple[str, str, float, bool] | None:
     (arg, value), = given.items()
     kind, fraction = _BUDGETS[arg]
     if kind == "latency":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-                value <= 0 or (arg == "target_speedup" and value < 1):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise ValueError(f"{arg}: expected a number, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value) or value <= 0 or (arg == "target_speedup" and value < 1):
             need = "a speedup >= 1 over the measured unpruned model" if arg == "target_speedup" else \
                 "milliseconds per batch (> 0)"
             raise ValueError(f"{arg}: expected {need}, got {value!r}")
@@ -726,14 +731,19 @@ class Pruner:
         (``table_predicted_s`` and ``table_error``)."""
         budget = _budget(**{k: v for k, v in targets.items() if k in _BUDGETS})
         if budget is not None and budget[1] == "latency":
+            _check_ratio(_ratio_or_budget(ratio, budget), self.method, self.spec.supports_auto)  # before measuring
             return self._prune_to_latency(ratio, inplace, targets, budget)
         return self._prune_once(ratio, inplace, targets)
 
     def _prune_to_latency(self, ratio, inplace: bool, targets: dict, budget) -> PruneResult:
         arg, _, value, fraction = budget
+        if fraction and value > 1 and not any(g.prunable > 0 for g in self._graph().groups):
+            raise ValueError(f"{arg}={value:g} is out of reach: no channel of the model can be cut (ignore=, or the "
+                             "groups PruneResult.frozen() lists); the model was not changed")
         lat = self.latency_model()
         budget_s = self._latency_budget_s = _latency_budget_s(lat, value, fraction)
         rounds, results, planned, res = [], [], [], None
+        floor = False  # a tighter plan was asked for and none exists
         error, errors = 1.0, []  # measured over table-predicted seconds of the pruned models measured
         try:
             for _ in range(self.config.latency_rounds):
@@ -743,6 +753,7 @@ class Pruner:
                 except ValueError:
                     if res is None:
                         raise
+                    floor = True
                     break  # no tighter plan exists: the last one stands (and the warning below says so)
                 kf = self._keep_fractions(res.plan)
                 if any(np.array_equal(kf, seen) for seen in planned):
@@ -801,9 +812,12 @@ class Pruner:
                                    "after_s": a["seconds"]}
                                   for b, a in zip(lat.breakdown(), lat.breakdown(kf))]}
         if res.latency["measured_s"] > budget_s:
+            looser = "a larger target_latency_ms" if arg == "target_latency_ms" else "a smaller target_speedup"
+            why = ("no plan cuts deeper (every group at its floor: min_keep=, ignore=, round_to=)" if floor else
+                   f"the rounds ran out (latency_rounds={self.config.latency_rounds}); more rounds may reach it")
             warnings.warn(f"pyprune: {arg}={value:g}: the pruned model measured {1e3 * res.latency['measured_s']:.3f} ms "
                           f"on {lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms after {len(rounds)} "
-                          "rounds (latency_rounds=). Ask for a smaller target or more rounds.", stacklevel=3)
+                          f"round(s): {why}. Ask for {looser}.", stacklevel=3)
         return res
 
     @staticmethod

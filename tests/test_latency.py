@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -343,6 +345,20 @@ def test_prune_to_latency_measures_and_tightens(synthetic, monkeypatch):
     assert len(lat["layers"]) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
 
 
+def test_a_budget_no_plan_reaches_says_so_and_what_to_ask_for(synthetic, monkeypatch):
+    """Pruned models run 50x slower than predicted: the rounds tighten until no plan cuts
+    deeper, before the rounds run out; the warning says that, and to ask for a smaller
+    speedup (not for more rounds)."""
+    with warnings.catch_warnings(record=True) as said:  # (finer multiples are tried first, each warned)
+        warnings.simplefilter("always")
+        _, _, _, res = _prune_where_pruned_models_run(monkeypatch, 50.0)
+    said = [str(w.message) for w in said]
+    assert any(re.search(r"target_speedup=2: .*over the budget .*no plan cuts deeper .*Ask for a smaller "
+                         r"target_speedup", s) for s in said), said
+    assert res.latency["measured_s"] > res.latency["budget_s"]
+    assert len(res.latency["rounds"]) < 4  # latency_rounds: the default
+
+
 def test_prune_to_latency_uses_a_budget_it_undershot(synthetic, monkeypatch, tmp_path):
     """The first plan comes in far under the budget (the runtime is 20% faster than predicted
     on pruned models): it is planned again with the table's measured error, the model kept
@@ -465,6 +481,46 @@ def test_latency_target_errors():
         pyprune.prune(m, x, target_latency_ms=1.0, target_macs=0.5)
     with pytest.raises(ValueError, match="batch_size"):
         LatencyTarget("onnxruntime", 1, 0)
+    with pytest.raises(ValueError, match=r"threads: .*at most 65536"):
+        LatencyTarget("onnxruntime", 10**6, 1)
+
+
+def test_latency_options_are_checked_before_anything_is_measured(monkeypatch):
+    """A bad thread count, a ratio beside the budget, a budget that is not a number or one
+    that nothing can be cut towards: refused before a table or a model is timed."""
+    def never(*args, **kwargs):
+        raise AssertionError("measured before the options were checked")
+
+    monkeypatch.setattr(latency, "_time_points", never)
+    monkeypatch.setattr(latency, "measure_turns", never)
+    m, x = digits_cnn(width=8).eval(), torch.randn(1, 1, 8, 8)
+    for kw, match in [({"threads": 0}, r"^threads must be a positive int"), ({"threads": 2.5}, "^threads"),
+                      ({"threads": "2"}, "^threads"), ({"threads": True}, "^threads"),
+                      ({"ratio": 0.5}, "give a ratio or a budget, not both"),
+                      ({"ignore": ["*"]}, r"target_speedup=1.5 is out of reach: no channel of the model can be cut")]:
+        with pytest.raises(ValueError, match=match):
+            pyprune.prune(m, x, method="l1", target_speedup=1.5, progress=False, **kw)
+    with pytest.raises(ValueError, match=r"give a ratio or a budget, not both: ratio='auto'"):
+        pyprune.prune(m, x, method="kmeans", ratio="auto", target_speedup=1.5)
+    with pytest.raises(ValueError, match=r"target_latency_ms: expected a number, got Tensor"):
+        pyprune.prune(m, x, method="l1", target_latency_ms=torch.tensor(5.0))
+
+
+def test_a_speedup_of_one_or_a_numpy_budget_is_taken_as_given(synthetic, monkeypatch):
+    """target_speedup=1 asks for the model as it is (the solver's sum and the goal are the
+    same seconds added in another order); numpy numbers are numbers."""
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=16).eval(), torch.randn(1, 1, 8, 8)
+    monkeypatch.setattr(latency, "measure_turns", lambda models, example, target, **kw: [
+        _whole_model_seconds(m, example) for m in models])
+    res = pyprune.prune(model, x, method="l1", target_speedup=np.float32(1.0), runtime="onnxruntime")
+    assert res.summary.params_ratio == 1.0
+    assert all(before == after for before, after in res.plan.widths().values())
+    lat, graph, cost = _latency_model(model, x)
+    groups = [g for g in graph.groups if g.prunable > 0]
+    full = lat.predict(np.ones(len(graph.groups)))
+    for goal in (full, full * (1 - 1e-15), full * (1 + 1e-15)):
+        assert lat.solve(groups, [np.ones(g.size) for g in groups], goal) == {g.id: g.size for g in groups}
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("executorch", marks=pytest.mark.slow)])

@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     lt.add_argument("--num-classes", type=_positive_int, default=1000,
                     help="classifier outputs of a named model (default 1000)")
     _add_latency_target(lt, solver=False)
-    lt.add_argument("--cache", default=None, help="table folder (default $PYPRUNE_CACHE or ~/.cache/pyprune)")
+    lt.add_argument("--cache", default=None, help="table folder (default $PYPRUNE_CACHE/latency, or ~/.cache/pyprune/latency)")
     lt.add_argument("--verbose", action="store_true", help="every layer, not the 20 slowest")
     lt.set_defaults(func=cmd.latency_table)
 
