@@ -1152,6 +1152,33 @@ def test_custom_scale_parameter_is_sliced():
     assert res.model.head.in_features == 12
 
 
+class _IndexedScale(nn.Module):
+    """A per-channel scale broadcast by indexing with new axes instead of a view."""
+
+    def __init__(self, index):
+        super().__init__()
+        self.index = index
+        self.c1, self.c2 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 8, 3, padding=1)
+        self.scale = nn.Parameter(torch.rand(16) + 0.5)
+
+    def forward(self, x):
+        return self.c2(torch.relu(self.c1(x) * self.scale[self.index]))
+
+
+@pytest.mark.parametrize("index", [(None, slice(None), None, None), (slice(None), None, None), (..., None, None)],
+                         ids=["none_colon_none_none", "colon_none_none", "ellipsis_none_none"])
+def test_a_scale_indexed_with_new_axes_is_sliced(index):
+    """``scale[None, :, None, None]`` is a view of the parameter, as ``scale.view(1, -1, 1, 1)``:
+    sliced with the channels, exactly (it froze the group, blamed on a tensor 'not a parameter')."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(_IndexedScale(index).eval(), x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(_IndexedScale(index).eval(), x, method="l1", ratio=0.5)
+    assert res.model.scale.shape == (8,) and res.model.c1.out_channels == 8
+
+
 def test_flatten_linear_mapping():
     torch.manual_seed(0)
     model = user_models.sequential_cnn().eval()

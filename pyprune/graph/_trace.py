@@ -1699,6 +1699,29 @@ def _dim_through(name: str, args, kwargs, src: torch.Tensor, out: torch.Tensor, 
         return od if out.shape[od] == src.shape[d] else None
     if name in _PERMUTES:
         return _permuted_dim(name, args, kwargs, src.dim(), d)
+    if name == "__getitem__" and len(args) == 2:
+        return _indexed_dim(args[1], src.dim(), d)
+    return None
+
+
+def _indexed_dim(idx, ndim: int, d: int) -> int | None:
+    """Where dim d is after indexing with only ``None``, ``:`` and ``...`` (``gamma[None, :,
+    None, None]``, ``gamma[:, None, None]``: new axes around whole dims); None for any other
+    index (a selection)."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    if not all(i is None or i is Ellipsis or i == slice(None) for i in idx) or sum(i is Ellipsis for i in idx) > 1:
+        return None
+    whole = sum(1 for i in idx if i is not None and i is not Ellipsis)
+    dims = []  # the index with ... and the trailing dims written out as ':'
+    for i in idx:
+        dims += [slice(None)] * (ndim - whole) if i is Ellipsis else [i]
+    dims += [slice(None)] * (ndim - sum(1 for i in dims if i is not None))
+    at = 0  # the source dim the next ':' takes
+    for out_d, i in enumerate(dims):
+        if i is not None:
+            if at == d:
+                return out_d
+            at += 1
     return None
 
 
@@ -1840,7 +1863,7 @@ class _Mode(TorchFunctionMode):
             return
         if name in _WIDTH_VALUES:
             _width_as_value(rec, name, args, kwargs)
-        if name in _VIEW_LIKE and args and isinstance(args[0], torch.Tensor):
+        if (name in _VIEW_LIKE or name == "__getitem__") and args and isinstance(args[0], torch.Tensor):
             _param_view(rec, name, args, kwargs, out)
         if name in _FACTORIES and isinstance(out, torch.Tensor):  # a new tensor (filled in place later)
             rec.fresh.add(id(out))
