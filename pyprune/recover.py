@@ -34,6 +34,20 @@ from .data import iter_batches
 __all__ = ["recalibrate_bn", "reconstruct", "ReconstructionReport"]
 
 
+def _run_calibration(model: nn.Module, inputs: tuple, i: int):
+    """model(*inputs) for calibration batch i; a batch the model cannot run is the
+    calibration's fault, said so (with the dtype and device the model's weights have)."""
+    try:
+        return model(*inputs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        p = next(model.parameters(), None)
+        has = f" (the model's weights are {p.dtype} on {p.device})" if p is not None else ""
+        got = ", ".join(f"{tuple(x.shape)} {x.dtype} on {x.device}" if isinstance(x, torch.Tensor) else type(x).__name__
+                        for x in inputs)
+        raise ValueError(f"calibration: {type(model).__name__} failed on batch {i} (inputs {got}): "
+                         f"{type(e).__name__}: {e}. Pass batches the model runs on{has}") from e
+
+
 def _bns(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
@@ -49,6 +63,7 @@ def recalibrate_bn(model: nn.Module, calibration, *, batches: int | None = None)
         return 0
     modes = [(m, m.training) for m in model.modules()]
     momenta = [(m, m.momentum) for m in bns]
+    saved = [(b, b.clone()) for m in bns for b in m.buffers(recurse=False) if b is not None]
     n = 0
     try:
         model.eval()
@@ -57,8 +72,12 @@ def recalibrate_bn(model: nn.Module, calibration, *, batches: int | None = None)
             m.momentum = None
             m.train()
         for inputs, _ in iter_batches(calibration, batches):
-            model(*inputs)
+            _run_calibration(model, inputs, n)
             n += 1
+    except BaseException:
+        for b, old in saved:  # the statistics as they were: a failed pass changes nothing
+            b.copy_(old)
+        raise
     finally:
         for m, mom in momenta:
             m.momentum = mom
@@ -193,8 +212,8 @@ def reconstruct(original: nn.Module, pruned: nn.Module, keep_in: dict, keep_out:
     hooks = [mods_o[n].register_forward_hook(hook(n)) for n in names]
     try:
         original.eval()
-        for inputs, _ in batch_list:
-            original(*inputs)
+        for i, (inputs, _) in enumerate(batch_list):
+            _run_calibration(original, inputs, i)
     finally:
         for h in hooks:
             h.remove()

@@ -82,6 +82,24 @@ def test_recalibration_keeps_modes_and_momentum(trained):
     assert_close(bns[0].running_mean, feats[0].mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
+def test_calibration_the_model_cannot_run_is_named_and_changes_nothing():
+    """float32 batches for a float16 model: the error names calibration=, the batch and the
+    weights' dtype, and a failed recalibration leaves the statistics as they were."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    model[1].running_mean.uniform_(-1, 1)
+    model.half()
+    before = copy.deepcopy(model.state_dict())
+    batches = [torch.randn(2, 3, 8, 8)]
+    with pytest.raises(ValueError, match=r"^calibration: Sequential failed on batch 0 \(inputs \(2, 3, 8, 8\) "
+                                         r"torch.float32 .*torch.float16 on cpu"):
+        recalibrate_bn(model, batches)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with pytest.raises(ValueError, match=r"^calibration: Sequential failed on batch 0"):
+        pyprune.prune(model, torch.randn(1, 3, 8, 8).half(), method="l1", ratio=0.5, calibration=batches)
+
+
 def test_default_with_calibration_recovers_one_shot_accuracy(trained):
     """calibration= turns on BN recalibration and reconstruction: the one-shot pruned model
     at 50% of the channels keeps its accuracy within 2 points, where plain pruning falls."""
