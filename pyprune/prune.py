@@ -15,6 +15,7 @@ import difflib
 import fnmatch
 import math
 import numbers
+import operator
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -105,10 +106,14 @@ class PruneConfig:
         if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0 <= self.min_keep <= 1:
             raise ValueError(f"min_keep: the share of each group the global schedule keeps at least must be in [0, 1], "
                              f"got {self.min_keep!r}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, numbers.Integral)
-                                         or not 1 <= self.threads <= 1 << 16):
-            raise ValueError(f"threads must be a positive int (at most 65536) or None (all cores; 1 for a latency "
-                             f"target), got {self.threads!r}")
+        if self.threads is not None:
+            try:
+                ok = not isinstance(self.threads, bool) and 1 <= operator.index(self.threads) <= 1 << 16
+            except TypeError:
+                ok = False
+            if not ok:
+                raise ValueError(f"threads must be a positive int (at most 65536) or None (all cores; 1 for a "
+                                 f"latency target), got {self.threads!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
         if self.calibration_batches is not None and (isinstance(self.calibration_batches, bool) or not isinstance(
@@ -743,7 +748,7 @@ class Pruner:
         lat = self.latency_model()
         budget_s = self._latency_budget_s = _latency_budget_s(lat, value, fraction)
         rounds, results, planned, res = [], [], [], None
-        floor = False  # a tighter plan was asked for and none exists
+        floor = stalled = False  # a tighter plan was asked for and none exists / it was measured already
         error, errors = 1.0, []  # measured over table-predicted seconds of the pruned models measured
         try:
             for _ in range(self.config.latency_rounds):
@@ -757,6 +762,7 @@ class Pruner:
                     break  # no tighter plan exists: the last one stands (and the warning below says so)
                 kf = self._keep_fractions(res.plan)
                 if any(np.array_equal(kf, seen) for seen in planned):
+                    stalled = True
                     break  # the goal moved less than a step of the widths: measured already
                 planned.append(kf)
                 lat = self.latency_model()  # finer widths may have been needed
@@ -814,6 +820,8 @@ class Pruner:
         if res.latency["measured_s"] > budget_s:
             looser = "a larger target_latency_ms" if arg == "target_latency_ms" else "a smaller target_speedup"
             why = ("no plan cuts deeper (every group at its floor: min_keep=, ignore=, round_to=)" if floor else
+                   "the next plan was one already measured (the budget is closer than a step of the widths)"
+                   if stalled else
                    f"the rounds ran out (latency_rounds={self.config.latency_rounds}); more rounds may reach it")
             warnings.warn(f"pyprune: {arg}={value:g}: the pruned model measured {1e3 * res.latency['measured_s']:.3f} ms "
                           f"on {lat.target.runtime}, over the budget of {1e3 * budget_s:.3f} ms after {len(rounds)} "

@@ -34,11 +34,18 @@ from .data import iter_batches
 __all__ = ["recalibrate_bn", "reconstruct", "ReconstructionReport"]
 
 
+class _HookError(Exception):
+    """A failure of pyprune's own forward hook during a calibration pass (not the model's)."""
+
+
 def _run_calibration(model: nn.Module, inputs: tuple, i: int):
     """model(*inputs) for calibration batch i; a batch the model cannot run is the
-    calibration's fault, said so (with the dtype and device the model's weights have)."""
+    calibration's fault, said so (with the dtype and device the model's weights have).
+    A failure of pyprune's own hooks is raised as it was."""
     try:
         return model(*inputs)
+    except _HookError as e:
+        raise e.__cause__ from None
     except (RuntimeError, TypeError, ValueError) as e:
         p = next(model.parameters(), None)
         has = f" (the model's weights are {p.dtype} on {p.device})" if p is not None else ""
@@ -197,16 +204,23 @@ def reconstruct(original: nn.Module, pruned: nn.Module, keep_in: dict, keep_out:
 
     def hook(name):
         def f(m, inputs, out):
-            a, y = _rows_of(m, inputs[0]), _out_rows(m, out)
-            idx = torch.as_tensor(np.sort(rng.choice(a.shape[0], min(a.shape[0], per_batch), replace=False)))
-            a = a[idx][:, cols[name]].float()
-            if mods_p[name].bias is not None:
-                a = torch.cat([a, torch.ones(a.shape[0], 1)], 1)
-            y = y[idx]
-            kept = keep_out.get(name)
-            a_rows[name].append(a)
-            y_rows[name].append((y if kept is None else y[:, torch.as_tensor(kept)]).float())
+            try:
+                take(name, inputs, out)
+            except Exception as e:  # pyprune's own failure, not the batch's (see _run_calibration)
+                raise _HookError(name) from e
         return f
+
+    def take(name, inputs, out):
+        """The rows of one batch at layer `name`: its input restricted to the kept channels, its output."""
+        a, y = _rows_of(mods_o[name], inputs[0]), _out_rows(mods_o[name], out)
+        idx = torch.as_tensor(np.sort(rng.choice(a.shape[0], min(a.shape[0], per_batch), replace=False)))
+        a = a[idx][:, cols[name]].float()
+        if mods_p[name].bias is not None:
+            a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype, device=a.device)], 1)
+        y = y[idx]
+        kept = keep_out.get(name)
+        a_rows[name].append(a)
+        y_rows[name].append((y if kept is None else y[:, torch.as_tensor(kept)]).float())
 
     modes = [(m, m.training) for m in original.modules()]
     hooks = [mods_o[n].register_forward_hook(hook(n)) for n in names]

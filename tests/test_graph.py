@@ -1179,6 +1179,25 @@ def test_a_scale_indexed_with_new_axes_is_sliced(index):
     assert res.model.scale.shape == (8,) and res.model.c1.out_channels == 8
 
 
+def test_a_scale_selected_by_an_index_array_still_traces():
+    """An index that selects (a numpy array) is no view: the trace goes on (it crashed on
+    the array's element-wise comparison with ':')."""
+    from pyprune.graph._trace import _indexed_dim
+
+    assert _indexed_dim((np.arange(0, 4, 2),), 1, 0) is None and _indexed_dim((slice(0, 3),), 1, 0) is None
+    assert _indexed_dim((None,), 1, 0) == 1 and _indexed_dim((None, ..., None), 2, 1) == 2
+
+    class Picked(_IndexedScale):
+        def forward(self, x):
+            sel = np.arange(16)
+            return self.c2(torch.relu(self.c1(x) * self.scale[sel][None, :, None, None]))
+
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"Kept whole: c1 \(16 channels"):  # a selection of values: kept
+        res = pyprune.prune(Picked(None).eval(), x, method="l1", ratio=0.5)
+    assert res.model(x).shape == (2, 8, 8, 8)
+
+
 def test_flatten_linear_mapping():
     torch.manual_seed(0)
     model = user_models.sequential_cnn().eval()

@@ -326,14 +326,15 @@ def _check_eager(model: nn.Module) -> None:
     """Refuse a compiled model before tracing it: pyprune follows an eager module's calls
     and rewrites its layers, which TorchScript and ``torch.compile`` replace with their own
     code (the trace would fail, or see no layer at all)."""
-    if isinstance(model, torch.jit.ScriptModule):
-        raise TypeError(f"model: {type(model).__name__} is TorchScript (torch.jit.script or torch.jit.trace): "
-                        "pyprune cannot trace or cut compiled code. Prune the eager nn.Module it was made from, "
-                        "then script or trace the pruned model")
-    orig = getattr(model, "_orig_mod", None)
-    if isinstance(orig, nn.Module) and type(model).__name__ == "OptimizedModule":
-        raise TypeError("model: a torch.compile'd module (OptimizedModule): prune the module it wraps, "
-                        "model._orig_mod, then compile the pruned model")
+    for name, m in model.named_modules():
+        where = f"model.{name}" if name else "model"
+        if isinstance(m, torch.jit.ScriptModule):
+            raise TypeError(f"{where}: {type(m).__name__} is TorchScript (torch.jit.script or torch.jit.trace): "
+                            "pyprune cannot trace or cut compiled code. Prune the eager nn.Module it was made from, "
+                            "then script or trace the pruned model")
+        if isinstance(getattr(m, "_orig_mod", None), nn.Module) and type(m).__name__ == "OptimizedModule":
+            raise TypeError(f"{where}: a torch.compile'd module (OptimizedModule): prune the module it wraps, "
+                            f"{where}._orig_mod, then compile the pruned model")
 
 
 def _assemble(model: nn.Module, rec) -> ChannelGraph:

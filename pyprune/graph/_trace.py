@@ -1709,7 +1709,8 @@ def _indexed_dim(idx, ndim: int, d: int) -> int | None:
     None, None]``, ``gamma[:, None, None]``: new axes around whole dims); None for any other
     index (a selection)."""
     idx = idx if isinstance(idx, tuple) else (idx,)
-    if not all(i is None or i is Ellipsis or i == slice(None) for i in idx) or sum(i is Ellipsis for i in idx) > 1:
+    if not all(i is None or i is Ellipsis or (isinstance(i, slice) and i == slice(None)) for i in idx) \
+            or sum(i is Ellipsis for i in idx) > 1:
         return None
     whole = sum(1 for i in idx if i is not None and i is not Ellipsis)
     dims = []  # the index with ... and the trailing dims written out as ':'
