@@ -704,6 +704,18 @@ class LatencyModel:
         """Predicted seconds at the keep shares, at the machine speed last measured."""
         return self.speed * self.raw_predict(keep_frac)
 
+    def floor_predict(self, groups, *, min_keep: float = 0.1, max_ratio: float = 0.95,
+                      fixed: dict | None = None) -> float:
+        """Predicted seconds (at the speed last measured) with every group of `groups` cut to
+        the floor :meth:`solve` respects, at any width (no multiple): the fastest any
+        alignment could plan; ``fixed`` {group id: keep} held."""
+        kf = np.ones(len(self.graph.groups))
+        for g in groups:
+            floor = max(1, int(math.ceil(min_keep * g.size)), g.size - g.prunable,
+                        g.size - int(math.floor(max_ratio * g.size)))
+            kf[g.id] = (fixed or {}).get(g.id, floor) / g.size
+        return self.predict(kf)
+
     def breakdown(self, keep_frac: np.ndarray | None = None) -> list[dict]:
         """Per measured layer: module, kind and predicted seconds inside the model at the
         keep shares (its table time plus its own share of the rest, see :meth:`_layer`)."""
@@ -927,9 +939,9 @@ class LatencyModel:
                 heapq.heappush(heap, (c[0], gid, 0, c))
         while total > goal:
             if not heap:
-                raise ValueError(f"latency budget of {1e3 * goal * self.speed:.3f} ms is unreachable: with every group "
+                raise ValueError(f"latency budget of {1e3 * goal * self.speed:.4g} ms is unreachable: with every group "
                                  f"at its floor (min_keep={min_keep}, at most {max_ratio:.0%} removed) the model is "
-                                 f"predicted at {1e3 * total * self.speed:.3f} ms on {self.target.runtime}")
+                                 f"predicted at {1e3 * total * self.speed:.4g} ms on {self.target.runtime}")
             _, gid, ver, c = heapq.heappop(heap)
             if ver != version[gid]:
                 continue

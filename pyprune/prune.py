@@ -631,9 +631,12 @@ class Pruner:
                 try:
                     n_keep, self._latency_mix, key = _solve_weighted(lat, groups, scores, goal, cfg, fixed)
                     break
-                except ValueError:
-                    if lat.align <= 1:
-                        raise
+                except ValueError as e:
+                    floor = lat.floor_predict(groups, min_keep=cfg.min_keep, fixed=fixed)
+                    if lat.align <= 1 or floor > FLOOR_MARGIN * goal:
+                        raise ValueError(f"{arg}={value:g}: {e}" + (
+                            "" if lat.align <= 1 else f"; at any width the floor is predicted at {1e3 * floor:.4g} ms, "
+                            "so finer multiples were not tried") + "; the model was not changed") from None
                     # the runtime's preferred multiple leaves too little to cut: finer widths
                     # (a table of their own), at the kernels' cost
                     warnings.warn(f"pyprune: {arg}={value:g} is out of reach at multiples of {lat.align} channels "
@@ -1065,6 +1068,10 @@ LATENCY_CLOSE, LATENCY_AIM = 0.95, 0.98
 # a 3-5% spread over minutes on a shared 2-core machine, steps up to 9-14% between two
 # timings half a minute apart, however long each lasts)
 DRIFT_NOTED = 0.05
+# finer channel multiples are not tried where even cutting every group to its floor at any
+# width is predicted above this many times the goal (a finer table costs measurements; the
+# table misses a plan by up to about 20%)
+FLOOR_MARGIN = 1.25
 # a budget the runtime's channel multiple cannot reach is solved at finer ones; the plan at
 # the next finer one is compared too, down to this one (below it odd-width kernel paths make
 # the tables' interpolation unreliable: resnet56_cifar on onnxruntime at multiples of 1 was

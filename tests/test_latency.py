@@ -576,6 +576,24 @@ def test_unreachable_at_the_runtimes_multiple_tries_finer_widths(synthetic, monk
     assert widths and all(w % 4 == 0 for w in widths) and any(w % 8 for w in widths)
 
 
+def test_a_budget_far_below_any_floor_is_refused_without_finer_tables(synthetic, monkeypatch):
+    """100x faster is out of reach at any width: refused at once (no finer multiples, no
+    table of theirs), naming the argument and the floor's predicted time."""
+    monkeypatch.setattr(latency, "measure_turns",
+                        lambda models, example, target, **kw: [_whole_model_seconds(m, example) for m in models])
+    torch.manual_seed(0)
+    model, x = digits_cnn(width=8).eval(), torch.randn(1, 1, 8, 8)
+    pyprune.prune(model, x, method="l1", target_speedup=1.2, runtime="onnxruntime")  # tables built
+    points = synthetic["points"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "trying multiples of" warning
+        with pytest.raises(ValueError, match=r"^target_speedup=100: latency budget of .* ms is unreachable.*"
+                                             r"at any width the floor is predicted at .* ms, so finer multiples "
+                                             r"were not tried; the model was not changed"):
+            pyprune.prune(model, x, method="l1", target_speedup=100, runtime="onnxruntime")
+    assert synthetic["points"] == points
+
+
 def test_at_the_edge_of_the_multiples_the_next_finer_plan_is_compared(synthetic, monkeypatch):
     """Once a budget needs finer multiples than the runtime's, the plan at the next finer
     multiple is solved too and the one that keeps more (the smaller share, of the MACs or of
