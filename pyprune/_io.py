@@ -2,13 +2,15 @@
 before any work starts."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 import pathlib
 import stat
 import tempfile
 from typing import Callable, Iterable
 
-__all__ = ["atomic_write", "write_text", "check_outputs"]
+__all__ = ["atomic_write", "write_text", "write_csv", "check_outputs"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> pathlib.Path:
@@ -64,3 +66,13 @@ def check_outputs(outputs: Iterable, inputs: Iterable = (), *, force: bool = Fal
             raise ValueError(f"cannot create the folder {out.parent} for {out}: {e.strerror}") from e
         if not os.access(out.parent, os.W_OK | os.X_OK):
             raise ValueError(f"cannot write {out}: the folder {out.parent} is not writable")
+
+
+def write_csv(path: str | os.PathLike, cols, rows, fmt: Callable = str) -> pathlib.Path:
+    """A CSV table (header `cols`, each row's cells through `fmt`), quoted where a cell
+    holds a comma, a quote or a line break; written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    w.writerows([fmt(v) for v in r] for r in rows)
+    return write_text(path, buf.getvalue())

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._io import write_text
+from ._io import write_csv, write_text
 
 __all__ = ["benchmark", "BenchResult", "RUNTIMES", "NOISY"]
 
@@ -61,7 +61,7 @@ class BenchResult:
         write_text(j, json.dumps({"params": self.params, "macs": self.macs, "rows": self.rows}, indent=1))
         c = out / "bench.csv"
         cols = list(self.rows[0]) if self.rows else []
-        write_text(c, "\n".join([",".join(cols)] + [",".join(str(r[k]) for k in cols) for r in self.rows]) + "\n")
+        write_csv(c, cols, [[r[k] for k in cols] for r in self.rows])
         return j, c
 
 
@@ -76,12 +76,29 @@ def _exclusive():
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _counts(name: str, values) -> list[int]:
+    """A non-empty list of positive ints (thread counts, batch sizes), else a ValueError naming it."""
+    values = [values] if isinstance(values, int) else list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+        raise ValueError(f"{name}: expected a non-empty list of positive ints, got {values!r}")
+    return values
+
+
 def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Path, exports: list) -> dict:
+    """The model exported for each runtime, in eval mode; the caller's mode is restored."""
+    was = model.training
+    try:
+        model.eval()
+        return _export_all(model, shape, runtimes, batch_sizes, workdir, exports)
+    finally:
+        model.train(was)
+
+
+def _export_all(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Path, exports: list) -> dict:
     from .export import export
 
     files = {}
     x = torch.randn(shape)
-    model = model.eval()
     if "eager" in runtimes:
         x2 = x.repeat(2, *([1] * (x.dim() - 1))) if x.shape[0] == 1 else x  # keep the batch dim dynamic
         ep = torch.export.export(model, (x2,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
@@ -140,6 +157,11 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
     for r in runtimes:
         if r not in RUNTIMES:
             raise ValueError(f"unknown runtime {r!r}; known: {', '.join(RUNTIMES)}")
+    threads, batch_sizes = _counts("threads", threads), _counts("batch_sizes", batch_sizes)
+    if not runtimes:
+        raise ValueError(f"runtimes: give at least one of {', '.join(RUNTIMES)}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an int >= 1, got {repeats!r}")
     shape = tuple(int(v) for v in input_shape)
     result = BenchResult()
     tmp = None

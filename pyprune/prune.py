@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import itertools
 import math
 import numbers
 import operator
@@ -437,7 +438,14 @@ class Pruner:
             raise TypeError(f"give either config= or keyword options, not both (got {sorted(options)})")
         if config is not None:
             config.validate()
-        self.config = cfg = config if config is not None else PruneConfig.from_kwargs(**options)
+        cfg = config if config is not None else PruneConfig.from_kwargs(**options)
+        if cfg.calibration is not None and iter(cfg.calibration) is cfg.calibration:
+            # a one-pass iterator (a generator): read once, as scoring, BN recalibration and
+            # reconstruction each pass over the batches
+            batches = cfg.calibration if cfg.calibration_batches is None else itertools.islice(
+                cfg.calibration, cfg.calibration_batches)
+            cfg = dataclasses.replace(cfg, calibration=list(batches))
+        self.config = cfg
         self.spec = criterion_spec(cfg.method)
         self.method = cfg.method
         self.merge = self.spec.merges if cfg.merge is None else bool(cfg.merge)

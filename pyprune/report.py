@@ -12,6 +12,8 @@ import html
 import json
 import pathlib
 
+from ._io import write_csv
+
 __all__ = ["write_report", "markdown_table"]
 
 
@@ -101,7 +103,7 @@ def _fmt(v) -> str:
 
 
 def _csv(path: pathlib.Path, cols, rows) -> None:
-    path.write_text("\n".join([",".join(cols)] + [",".join(_fmt(v) for v in r) for r in rows]) + "\n")
+    write_csv(path, cols, rows, _fmt)
 
 
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
@@ -212,7 +214,8 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
 
     sweep: rows with ``method``, ``ratio``, ``top1`` (and optionally ``top1_before_ft``);
         an ``unpruned`` row (ratio 0) is drawn as every method's starting point.
-    bench: rows with ``runtime``, ``ratio``, ``p50_s`` (batch 1 preferred), optionally ``threads``.
+    bench: rows with ``runtime``, ``ratio``, ``p50_s``, optionally ``threads`` and ``batch`` (a line
+        each; rows without ``batch`` are batch 1).
     sizes: {"original": {"params", "macs", "file_bytes"}, "pruned": {...}}.
     layer_widths: {layer: (channels before, channels after)}.
     latency: a latency-targeted prune's ``PruneResult.latency``: where the time goes per
@@ -220,6 +223,11 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         budget, predicted and measured latency per measure -> plan again round.
     """
     _check_rows("sweep", sweep, ("method", "ratio", "top1"), numeric=("ratio", "top1"))
+    for i, r in enumerate(sweep or []):
+        for k in ("top1", "top1_before_ft"):
+            if k in r and not 0.0 <= float(r[k]) <= 1.0:  # (NaN fails too)
+                raise ValueError(f"sweep[{i}]: {k} is a fraction in [0, 1], got {r[k]!r}"
+                                 + (f" (for {r[k]}%, give {float(r[k]) / 100:g})" if 1 < float(r[k]) <= 100 else ""))
     _check_rows("bench", bench, ("runtime", "ratio", "p50_s"), numeric=("ratio", "p50_s"))
     if sizes:
         shared = [k for k in ("params", "macs", "file_bytes") if all(k in v for v in sizes.values())]
@@ -250,13 +258,16 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
 
     if bench:
         series = []
-        for rt, th in sorted({(r["runtime"], r.get("threads", "")) for r in bench}, key=str):
+        batches = {r.get("batch", 1) for r in bench}
+        for rt, th, b in sorted({(r["runtime"], r.get("threads", ""), r.get("batch", 1)) for r in bench}, key=str):
             pts = sorted((float(r["ratio"]), 1e3 * float(r["p50_s"])) for r in bench
-                         if r["runtime"] == rt and r.get("threads", "") == th)
-            series.append((f"{rt}" + (f", {th} thread(s)" if th else ""), pts, []))
-        _line_plot(plt, out / "latency_vs_ratio.png", series, "pruning ratio", "latency p50, batch 1 (ms)",
+                         if r["runtime"] == rt and r.get("threads", "") == th and r.get("batch", 1) == b)
+            series.append((f"{rt}" + (f", {th} thread(s)" if th else "") + (f", batch {b}" if len(batches) > 1 else ""),
+                           pts, []))
+        batch = f"batch {next(iter(batches))}" if len(batches) == 1 else "per batch"
+        _line_plot(plt, out / "latency_vs_ratio.png", series, "pruning ratio", f"latency p50, {batch} (ms)",
                    "Latency vs pruning ratio", "")
-        cols = ["runtime", "threads", "ratio", "p50_s", "p90_s", "size_bytes", "noisy"]
+        cols = ["runtime", "threads", "batch", "ratio", "p50_s", "p90_s", "size_bytes", "noisy"]
         rows = [[r.get(c, "") for c in cols] for r in bench]
         _csv(out / "latency_vs_ratio.csv", cols, rows)
         figures.append(_table("Latency vs pruning ratio", cols, rows, "latency", "latency_vs_ratio.png"))

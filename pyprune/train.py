@@ -13,6 +13,7 @@ model in DistributedDataParallel with a DistributedSampler, and only rank 0 writ
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import sys
 import time
@@ -70,7 +71,10 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         progress: bool | None = None, log=None, teacher: nn.Module | None = None, distill_temperature: float = 4.0,
         distill_weight: float = 0.5, before_step=None, after_step=None) -> list[dict]:
     """Train `model` in place; returns the history (one dict per epoch: loss, lr, and the
-    validation metrics when `val` is given).
+    validation metrics when `val` is given). The model is left in eval mode (ready to
+    evaluate, prune or export; the teacher keeps its own mode). A loss that becomes NaN or
+    Inf stops training with FloatingPointError before its step, so the model keeps the
+    weights of the last finite one.
 
     teacher: distil from this model (the unpruned one): the loss is
         ``(1 - w) * CE + w * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` with
@@ -97,6 +101,9 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         if not distill_temperature > 0 or not 0.0 <= distill_weight <= 1.0:
             raise ValueError(f"distill_temperature must be > 0 and distill_weight in [0, 1], got "
                              f"{distill_temperature!r} and {distill_weight!r}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    teacher_mode = teacher.training if teacher is not None else None
     distributed = dist.is_available() and dist.is_initialized()
     device = torch.device(device) if device is not None else (
         torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
@@ -164,6 +171,11 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                     kl = nn.functional.kl_div(torch.log_softmax(logits.float() / distill_temperature, 1), soft,
                                               reduction="batchmean", log_target=True)
                     loss = (1 - distill_weight) * loss + distill_weight * distill_temperature ** 2 * kl
+            if not torch.isfinite(loss.detach()):  # before the step: the weights stay those of the last finite one
+                raise FloatingPointError(
+                    f"fit: the loss became {float(loss.detach())} at epoch {epoch + 1}, step {done_steps + 1}: "
+                    f"training diverged or the data holds NaN/Inf (lr={opt.param_groups[0]['lr']:g}; try a lower lr "
+                    "or check the inputs). The model holds the weights of the last finite step")
             if scaler is not None:
                 scaler.scale(loss).backward()
             else:
@@ -208,7 +220,9 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                 dist.barrier()
         if max_steps is not None and done_steps >= max_steps:
             break
-    model.eval()
+    model.eval()  # trained: ready to evaluate, prune or export
+    if teacher is not None:
+        teacher.train(teacher_mode)  # as the caller had it
     return history
 
 
@@ -225,22 +239,42 @@ def ranks_agree(model: nn.Module) -> bool:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256, num_classes: int | None = None,
              device: str | torch.device | None = None) -> dict:
-    """Top-1 accuracy, macro-F1 and the confusion matrix (rows: true class)."""
+    """Top-1 accuracy, macro-F1 and the confusion matrix (rows: true class). Macro-F1 is
+    the mean F1 over the classes that are a true label or a prediction (scikit-learn's
+    ``f1_score(average="macro")``): a class predicted but never true counts, with F1 0.
+    Labels must be ints in [0, num_classes); a non-finite output is refused (its argmax
+    would be class 0). The model's train/eval mode is restored, also on an error."""
     was = model.training
     model.eval()
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    p0 = next(model.parameters(), None)
+    dev = torch.device(device) if device is not None else p0.device if p0 is not None else torch.device("cpu")
     preds, labels = [], []
-    for xb, yb in DataLoader(data, batch_size=batch_size):
-        preds.append(model(xb.to(dev)).argmax(1).cpu())
-        labels.append(yb)
-    model.train(was)
+    try:
+        for xb, yb in DataLoader(data, batch_size=batch_size):
+            out = model(xb.to(dev))
+            if not torch.isfinite(out).all():
+                raise ValueError(f"evaluate: {type(model).__name__} returned non-finite outputs (NaN or Inf) on "
+                                 f"batch {len(preds)}: its accuracy would be that of always predicting class 0. "
+                                 "Check the weights (a diverged fine-tune?) and the inputs")
+            preds.append(out.argmax(1).cpu())
+            labels.append(torch.as_tensor(yb))
+    finally:
+        model.train(was)
+    if not preds:
+        raise ValueError("evaluate: the data set is empty")
     p, y = torch.cat(preds), torch.cat(labels)
+    if y.is_floating_point() or y.dtype == torch.bool or y.dim() != 1:
+        raise ValueError(f"evaluate: labels must be a 1-D int tensor of class indices, got {y.dtype} of shape "
+                         f"{tuple(y.shape)}")
     k = num_classes or int(max(p.max(), y.max())) + 1
+    if int(y.min()) < 0 or int(y.max()) >= k or int(p.max()) >= k:
+        raise ValueError(f"evaluate: labels must lie in [0, {k}) (num_classes={num_classes}); got labels from "
+                         f"{int(y.min())} to {int(y.max())} and predictions up to {int(p.max())}")
     cm = torch.zeros(k, k, dtype=torch.int64)
-    cm.index_put_((y, p), torch.ones_like(y), accumulate=True)
+    cm.index_put_((y.long(), p), torch.ones_like(y, dtype=torch.int64), accumulate=True)
     tp = cm.diag().double()
     prec = tp / cm.sum(0).double().clamp_min(1)
     rec = tp / cm.sum(1).double().clamp_min(1)
     f1 = torch.where(prec + rec > 0, 2 * prec * rec / (prec + rec), torch.zeros_like(prec))
-    present = cm.sum(1) > 0
+    present = (cm.sum(1) > 0) | (cm.sum(0) > 0)  # a true label or a prediction
     return {"top1": float(tp.sum() / cm.sum()), "macro_f1": float(f1[present].mean()), "confusion": cm.tolist()}

@@ -663,3 +663,105 @@ def test_cli_checkpoint_commands_use_the_data_set_the_checkpoint_records(tmp_pat
     assert not (tmp_path / "f.pt").exists()
     d = cli("evaluate", "--checkpoint", str(nodata), "--dataset", "digits", "--out", str(tmp_path / "d.json"))
     assert d.returncode == 0 and json.loads((tmp_path / "d.json").read_text())["dataset"] == "digits"
+
+
+class _Fixed(nn.Module):
+    """Logits that predict `preds[i]` for input row i (the row's first value is i)."""
+
+    def __init__(self, preds, classes):
+        super().__init__()
+        self.register_buffer("logits", torch.nn.functional.one_hot(torch.as_tensor(preds), classes).float())
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return self.logits[x[:, 0].long()] * self.w
+
+
+def test_evaluate_scores_as_the_textbook_does():
+    """Macro-F1 over every class that is a label or a prediction (scikit-learn's), labels
+    checked, non-finite outputs refused, the model's mode restored even on an error."""
+    from sklearn.metrics import f1_score
+
+    from torch.utils.data import TensorDataset
+
+    y_true, y_pred = [0, 0, 1, 1, 2, 2], [0, 1, 1, 1, 2, 3]
+    x = torch.arange(6.0)[:, None]
+    m = evaluate(_Fixed(y_pred, 4), TensorDataset(x, torch.tensor(y_true)))
+    assert m["top1"] == pytest.approx(4 / 6)
+    assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\).*from -1"):
+        evaluate(_Fixed(y_pred, 4), TensorDataset(x, torch.tensor([0, 0, 1, 1, 2, -1])))
+    with pytest.raises(ValueError, match="labels must be a 1-D int tensor"):
+        evaluate(_Fixed(y_pred, 4), TensorDataset(x, torch.tensor(y_true, dtype=torch.float32)))
+    nan = _Fixed(y_pred, 4).train()
+    with torch.no_grad():
+        nan.w.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite outputs"):
+        evaluate(nan, TensorDataset(x, torch.tensor(y_true)))
+    assert nan.training
+
+
+def test_fit_stops_on_a_non_finite_loss_and_leaves_the_teachers_mode():
+    from torch.utils.data import TensorDataset
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+    model, teacher = nn.Sequential(nn.Linear(4, 3)).train(), nn.Sequential(nn.Linear(4, 3)).train()
+    fit(model, TensorDataset(x, y), epochs=1, lr=1e-2, optimizer="sgd", progress=False, teacher=teacher)
+    assert not model.training and teacher.training  # the model ready to evaluate; the teacher as it came
+    with pytest.raises(ValueError, match="^lr must be a finite number"):
+        fit(model, TensorDataset(x, y), epochs=1, lr=float("nan"), optimizer="sgd", progress=False)
+    bad = x.clone()
+    bad[5, 1] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 1, step 1"):
+        fit(model, TensorDataset(bad, y), epochs=1, lr=1e-2, batch_size=64, optimizer="sgd", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step on it
+
+
+def test_a_one_pass_calibration_iterator_serves_every_stage():
+    """A generator of batches: read once, so BN recalibration and reconstruction both see
+    every batch (reconstruction found it empty)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    data = torch.randn(32, 3, 8, 8)
+    listed = pyprune.prune(model, data[:1], method="l1", ratio=0.5, calibration=[data[i:i + 8] for i in range(0, 32, 8)])
+    once = pyprune.prune(model, data[:1], method="l1", ratio=0.5,
+                         calibration=(data[i:i + 8] for i in range(0, 32, 8)))
+    assert once.recovery["bn_batches"] == 4 and set(once.recovery["reconstruction"].layers) == {"3"}
+    torch.testing.assert_close(once.model(data), listed.model(data))
+
+
+def test_benchmark_checks_its_counts_before_exporting_and_keeps_the_mode(tmp_path, monkeypatch):
+    from pyprune import bench
+
+    monkeypatch.setattr(bench, "_prepare", lambda *a, **k: pytest.fail("exported before the checks"))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)).train()
+    for kw, match in [({"batch_sizes": [0]}, "^batch_sizes: expected a non-empty list of positive ints"),
+                      ({"batch_sizes": [-1]}, "^batch_sizes"), ({"threads": [0]}, "^threads"),
+                      ({"threads": []}, "^threads"), ({"repeats": 0}, "^repeats must be an int >= 1"),
+                      ({"runtimes": []}, "^runtimes: give at least one")]:
+        with pytest.raises(ValueError, match=match):
+            pyprune.benchmark(model, (1, 1, 8, 8), **{"runtimes": ("eager",), **kw})
+    monkeypatch.undo()
+    res = pyprune.benchmark(model, (1, 1, 8, 8), runtimes=("eager",), threads=(1,), batch_sizes=(1,), repeats=1,
+                            min_seconds=0.01, max_seconds=0.2, progress=False, workdir=tmp_path / "b")
+    assert model.training and len(res.rows) == 1
+
+
+def test_report_refuses_percent_accuracies_and_keeps_batches_and_commas_apart(tmp_path):
+    import csv
+
+    from pyprune.report import write_report
+
+    with pytest.raises(ValueError, match=r"sweep\[0\]: top1 is a fraction in \[0, 1\], got 95.0 \(for 95.0%, give 0.95\)"):
+        write_report(tmp_path / "a", sweep=[{"method": "l1", "ratio": 0.5, "top1": 95.0}])
+    bench_rows = [{"runtime": "onnxruntime", "threads": 1, "batch": b, "ratio": r, "p50_s": 1e-3 * b * (1 - r)}
+                  for b in (1, 8) for r in (0.0, 0.5)]
+    out = tmp_path / "b"
+    write_report(out, sweep=[{"method": "k,means", "ratio": 0.5, "top1": 0.9}], bench=bench_rows)
+    with open(out / "accuracy_vs_ratio.csv", newline="") as f:
+        assert next(iter(csv.DictReader(f)))["method"] == "k,means"
+    with open(out / "latency_vs_ratio.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["batch"], r["ratio"]) for r in rows) == [("1", "0"), ("1", "0.5"), ("8", "0"), ("8", "0.5")]
