@@ -8,6 +8,7 @@ real 8x8 images, 10 classes), which ship with the package.
 from __future__ import annotations
 
 import pathlib
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -109,10 +110,29 @@ def cifar(data_dir: str | pathlib.Path, num_classes: int = 10, augment: bool = T
     test_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]) if augment else test_tf
     cls = _local_cifar(torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100)
+    missing = [f for f in [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+               if not (d / folder / f).is_file()]
+    if missing:
+        raise DataError(f"{d / folder} lacks {', '.join(missing)} of CIFAR-{num_classes}: extract the whole "
+                        f"archive there (pyprune never downloads)")
     try:
         return cls(str(d), train=True, transform=train_tf, download=False), cls(str(d), train=False, transform=test_tf, download=False)
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DataError(_CIFAR_HELP.format(n=num_classes, d=d, folder=folder) + f" ({e})") from e
+    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as e:  # a damaged batch file
+        raise DataError(f"CIFAR-{num_classes} in {d / folder} could not be read ({type(e).__name__}: {e}): a file "
+                        "is damaged; extract the archive again") from e
+
+
+def _load_image(path: str):
+    """An image as RGB (torchvision's default loader), a file PIL cannot read named."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e}); remove or replace it") from e
 
 
 def _local_cifar(base):
@@ -155,8 +175,8 @@ def image_folder(root: str | pathlib.Path, size: int = 224, val_fraction: float 
     train_tf = T.Compose([T.RandomResizedCrop(size, scale=(0.6, 1.0)), T.RandomHorizontalFlip(), T.ToTensor(),
                           T.Normalize(mean, std)]) if augment else test_tf
     try:
-        base_train = torchvision.datasets.ImageFolder(str(root), transform=train_tf)
-        base_val = torchvision.datasets.ImageFolder(str(root), transform=test_tf)
+        base_train = torchvision.datasets.ImageFolder(str(root), transform=train_tf, loader=_load_image)
+        base_val = torchvision.datasets.ImageFolder(str(root), transform=test_tf, loader=_load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"cannot read images from {root}: {e}") from e
     if len(base_train.classes) < 2:

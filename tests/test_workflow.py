@@ -765,3 +765,34 @@ def test_report_refuses_percent_accuracies_and_keeps_batches_and_commas_apart(tm
     with open(out / "latency_vs_ratio.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["batch"], r["ratio"]) for r in rows) == [("1", "0"), ("1", "0.5"), ("8", "0"), ("8", "0.5")]
+
+
+def test_damaged_data_files_are_named(tmp_path):
+    """A CIFAR folder missing a batch, a damaged batch file, an image PIL cannot read: a
+    DataError naming the file (a truncated pickle was a bare UnpicklingError, a broken PNG a
+    bare OSError from PIL at the first batch)."""
+    from PIL import Image
+
+    folder = tmp_path / "c" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 255, (4, 3072), dtype=np.uint8), "labels": [0, 1, 2, 3]}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    assert len(cifar(tmp_path / "c")[0]) == 20
+    (folder / "data_batch_3").unlink()
+    with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_3 of CIFAR-10: extract the whole"):
+        cifar(tmp_path / "c")
+    (folder / "data_batch_3").write_bytes((folder / "data_batch_2").read_bytes()[:100])
+    with pytest.raises(DataError, match=r"could not be read .*a file is damaged"):
+        cifar(tmp_path / "c")
+    for cls in ("a", "b"):
+        (tmp_path / "img" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "img" / cls / f"{i}.png")
+    (tmp_path / "img" / "a" / "0.png").write_bytes((tmp_path / "img" / "a" / "1.png").read_bytes()[:40])
+    train, val, _ = image_folder(tmp_path / "img", 8)
+    with pytest.raises(DataError, match=r"0.png: not a readable image"):
+        [train[i] for i in range(len(train))] + [val[i] for i in range(len(val))]
