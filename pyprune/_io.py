@@ -47,12 +47,10 @@ def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
 def check_outputs(outputs: Iterable, inputs: Iterable = (), *, force: bool = False) -> None:
     """Before any work: every output path may be written. An output that exists needs
     `force`; an output that is one of the `inputs` is refused even with it; its folder
-    must exist or be creatable, and be writable. Errors name the user's path."""
-    ins = [pathlib.Path(i).resolve() for i in inputs if i is not None]
-    for out in outputs:
-        if out is None:
-            continue
-        out = pathlib.Path(out)
+    must exist or be creatable, and be writable. Errors name the user's path. A
+    ``.safetensors`` file counts with the ``.json`` written beside it (its architecture)."""
+    ins = [p.resolve() for i in inputs if i is not None for p in _with_sidecar(i)]
+    for out in (p for o in outputs if o is not None for p in _with_sidecar(o)):
         if out.resolve() in ins:
             raise ValueError(f"{out} is also the input: choose another output path (the input is never "
                              "replaced, even with --force)")
@@ -66,6 +64,12 @@ def check_outputs(outputs: Iterable, inputs: Iterable = (), *, force: bool = Fal
             raise ValueError(f"cannot create the folder {out.parent} for {out}: {e.strerror}") from e
         if not os.access(out.parent, os.W_OK | os.X_OK):
             raise ValueError(f"cannot write {out}: the folder {out.parent} is not writable")
+
+
+def _with_sidecar(path) -> list[pathlib.Path]:
+    """The files a checkpoint path stands for: a ``.safetensors`` file and its ``.json``."""
+    path = pathlib.Path(path)
+    return [path, path.with_suffix(".json")] if path.suffix == ".safetensors" else [path]
 
 
 def write_csv(path: str | os.PathLike, cols, rows, fmt: Callable = str) -> pathlib.Path:

@@ -69,7 +69,7 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         arch_kwargs: dict | None = None, meta: dict | None = None, amp: bool | None = None,
         device: str | torch.device | None = None, num_workers: int = 0, max_steps: int | None = None,
         progress: bool | None = None, log=None, teacher: nn.Module | None = None, distill_temperature: float = 4.0,
-        distill_weight: float = 0.5, before_step=None, after_step=None) -> list[dict]:
+        distill_weight: float = 0.5, before_step=None, after_step=None, resume_key: dict | None = None) -> list[dict]:
     """Train `model` in place; returns the history (one dict per epoch: loss, lr, and the
     validation metrics when `val` is given). The model is left in eval mode (ready to
     evaluate, prune or export; the teacher keeps its own mode). A loss that becomes NaN or
@@ -88,7 +88,9 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         to pull clustered filters together.
 
     checkpoint: a file for the full training state, written after every epoch; if it
-        exists and ``resume`` is true, training continues after its last epoch.
+        exists and ``resume`` is true, training continues after its last epoch. With
+        ``resume_key`` (what makes two runs the same: inputs and settings) a state saved
+        under another key is not resumed from: training starts afresh and says so.
     max_steps: stop after this many optimizer steps in total (for smoke tests).
     """
     if epochs < 0:
@@ -135,6 +137,14 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         state = obj.get("train")
         if not isinstance(state, dict):
             raise ValueError(f"{checkpoint} holds no training state to resume from")
+    else:
+        state = None
+    if state is not None and resume_key is not None and state.get("key") != resume_key:
+        if is_main_process() and progress is not False:
+            print(f"{checkpoint} holds the training state of another run (other inputs or settings): "
+                  "starting afresh", file=sys.stderr)
+        state = None
+    if state is not None:
         model.load_state_dict(obj["state_dict"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -214,7 +224,7 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                 from .checkpoint import save_model
 
                 save_model(checkpoint, model, arch=arch, arch_kwargs=arch_kwargs, meta=meta,
-                           extra={"train": {"epoch": epoch, "optimizer": opt.state_dict(),
+                           extra={"train": {"key": resume_key, "epoch": epoch, "optimizer": opt.state_dict(),
                                             "scheduler": sched.state_dict(), "history": history}})
             if distributed:
                 dist.barrier()

@@ -796,3 +796,43 @@ def test_damaged_data_files_are_named(tmp_path):
     train, val, _ = image_folder(tmp_path / "img", 8)
     with pytest.raises(DataError, match=r"0.png: not a readable image"):
         [train[i] for i in range(len(train))] + [val[i] for i in range(len(val))]
+
+
+def test_a_training_state_from_another_run_is_not_resumed(tmp_path, small_checkpoint, cli):
+    """finetune --force over an earlier output: the earlier run's training state (another
+    input) is not resumed from; the new input is fine-tuned (it kept the first run's
+    weights under the second's metadata)."""
+    from pyprune.checkpoint import read
+
+    out = tmp_path / "ft.pt"
+    args = ("finetune", "--out", str(out), "--epochs", "1")
+    p = cli(*args, "--checkpoint", str(small_checkpoint))
+    assert p.returncode == 0, p.stderr[-2000:]
+    first = read(out)["state_dict"]
+    src = read(small_checkpoint)
+    model, _ = load_model(small_checkpoint)
+    with torch.no_grad():
+        for t in model.parameters():
+            t.mul_(0.5)
+    other = tmp_path / "other.pt"
+    save_model(other, model, arch=src.get("arch"), arch_kwargs=src.get("arch_kwargs"), meta=src.get("meta"))
+    p = cli(*args, "--checkpoint", str(other), "--force")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "holds the training state of another run" in p.stderr
+    second = read(out)["state_dict"]
+    assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_a_safetensors_output_counts_with_its_json(tmp_path, small_checkpoint, cli):
+    """The .json written beside a .safetensors output is an output too: never replaced
+    without --force, never an input's."""
+    notes = tmp_path / "st.json"
+    notes.write_text('{"my": "notes"}')
+    p = cli("prune", "--checkpoint", str(small_checkpoint), "--method", "l1", "--out", str(tmp_path / "st.safetensors"))
+    assert p.returncode == 2 and f"{notes} already exists" in p.stderr
+    assert notes.read_text() == '{"my": "notes"}'
+    notes.unlink()
+    assert cli("prune", "--checkpoint", str(small_checkpoint), "--method", "l1",
+               "--out", str(tmp_path / "st.safetensors")).returncode == 0
+    p = cli("prune", "--checkpoint", str(tmp_path / "st.safetensors"), "--out", str(notes), "--force")
+    assert p.returncode == 2 and "also the input" in p.stderr

@@ -54,7 +54,7 @@ def _run(args) -> int:
         return 2
     except KeyboardInterrupt:
         hint = (" Run the same command again to resume from the last finished epoch (the training state is "
-                "saved after every epoch)." if args.command in ("train", "finetune", "run") else "")
+                "saved after every epoch)." if args.command in ("train", "finetune") else "")
         print(f"\npyprune {args.command}: interrupted; files already written are whole, nothing else was "
               f"changed.{hint}", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -20,6 +21,21 @@ def _world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+def _resume_key(args) -> dict:
+    """What makes two training commands the same run: every option but --force, --quiet and
+    --max-steps (a stop, not a setting), and each input file's size and modification time
+    (a training state saved by another run, or from another input, is not resumed from)."""
+    key = {}
+    for k, v in sorted(vars(args).items()):
+        if k in ("force", "quiet", "max_steps", "func") or callable(v):
+            continue
+        key[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
+        if k in ("checkpoint", "weights", "teacher") and isinstance(v, str) and os.path.isfile(v):
+            st = os.stat(v)
+            key[f"{k}_file"] = f"{st.st_size}:{st.st_mtime_ns}"
+    return key
+
+
 def train(args) -> int:
     from ..checkpoint import save_model
     from ..train import evaluate, fit, init_distributed, is_main_process, ranks_agree
@@ -30,6 +46,7 @@ def train(args) -> int:
     spec, model, arch_kwargs, meta = data_and_model(args)
     history = fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
                   seed=args.seed, label_smoothing=args.label_smoothing, checkpoint=out / "train_state.pt",
+                  resume_key=_resume_key(args),
                   arch=args.model, arch_kwargs=arch_kwargs, meta=meta, max_steps=args.max_steps,
                   progress=False if args.quiet else None)
     agree = ranks_agree(model)
@@ -136,7 +153,7 @@ def finetune(args) -> int:
                        distill_weight=args.distill_weight)
     fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         seed=args.seed, checkpoint=state, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta,
-        max_steps=args.max_steps, **distill)
+        max_steps=args.max_steps, resume_key=_resume_key(args), **distill)
     if is_main_process():
         m = evaluate(model, spec.val)
         meta.update(brief(m))
