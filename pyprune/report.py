@@ -267,7 +267,8 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
         batch = f"batch {next(iter(batches))}" if len(batches) == 1 else "per batch"
         _line_plot(plt, out / "latency_vs_ratio.png", series, "pruning ratio", f"latency p50, {batch} (ms)",
                    "Latency vs pruning ratio", "")
-        cols = ["runtime", "threads", "batch", "ratio", "p50_s", "p90_s", "size_bytes", "noisy"]
+        cols = ["runtime", "threads"] + (["batch"] if any("batch" in r for r in bench) else []) + [
+            "ratio", "p50_s", "p90_s", "size_bytes", "noisy"]
         rows = [[r.get(c, "") for c in cols] for r in bench]
         _csv(out / "latency_vs_ratio.csv", cols, rows)
         figures.append(_table("Latency vs pruning ratio", cols, rows, "latency", "latency_vs_ratio.png"))

@@ -836,3 +836,38 @@ def test_a_safetensors_output_counts_with_its_json(tmp_path, small_checkpoint, c
                "--out", str(tmp_path / "st.safetensors")).returncode == 0
     p = cli("prune", "--checkpoint", str(tmp_path / "st.safetensors"), "--out", str(notes), "--force")
     assert p.returncode == 2 and "also the input" in p.stderr
+
+
+def test_cli_export_and_evaluate_take_the_flags_they_are_given(tmp_path, small_checkpoint, cli):
+    """--size sets the exported input (it was the checkpoint's whatever the flag said: here
+    a size the digits CNN's Linear cannot take, refused as such); a
+    file named for another format, a dynamic batch ExecuTorch cannot take and a model of
+    other classes than the data are refused in one line; a missing runtime is an error
+    line, not a traceback."""
+    p = cli("export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.onnx"), "--size", "16")
+    assert p.returncode == 2 and "example input of shape (1, 1, 16, 16)" in p.stderr  # (its Linear takes 8 x 8)
+    p = cli("export", "--checkpoint", str(small_checkpoint), "--format", "executorch", "--out", str(tmp_path / "e.onnx"))
+    assert p.returncode == 2 and "a .onnx file is onnx's, not executorch's" in p.stderr
+    p = cli("export", "--checkpoint", str(small_checkpoint), "--format", "executorch", "--dynamic-batch",
+            "--out", str(tmp_path / "e.pte"))
+    assert p.returncode == 2 and "dynamic_batch: executorch programs are exported for one batch size" in p.stderr
+    from pyprune.models import digits_cnn
+
+    other = tmp_path / "seven.pt"
+    save_model(other, digits_cnn(num_classes=7), arch="digits_cnn", arch_kwargs={"num_classes": 7, "in_channels": 1},
+               meta={"dataset": "digits", "size": 8, "in_channels": 1, "num_classes": 7})
+    p = cli("evaluate", "--checkpoint", str(other))
+    assert p.returncode == 2 and "classifies 7 classes, the data set digits has 10" in p.stderr
+
+
+def test_cli_a_missing_runtime_is_an_error_line(tmp_path, small_checkpoint, cli, monkeypatch):
+    import importlib
+
+    export_module = importlib.import_module("pyprune.export")
+
+    def missing(fmt):
+        raise ImportError(f"exporting to {fmt} needs its runtime: pip install it")
+
+    monkeypatch.setattr(export_module, "_need", missing)
+    p = cli("export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.onnx"))
+    assert p.returncode == 2 and p.stderr.startswith("pyprune export: error: exporting to onnx needs its runtime")

@@ -47,9 +47,11 @@ def run(argv: list[str]) -> int:
 
 
 def _run(args) -> int:
+    from ..export import ExportError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, ImportError, ExportError) as e:
         print(f"pyprune {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

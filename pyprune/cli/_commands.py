@@ -169,7 +169,11 @@ def _load_and_evaluate(args):
 
     model, meta = load_model(args.checkpoint)
     spec = dataset_for(meta, args)
-    return model, meta, spec, evaluate(model, spec.val)
+    classes = meta.get("num_classes")
+    if classes is not None and int(classes) != spec.num_classes:
+        raise ValueError(f"{args.checkpoint} classifies {classes} classes, the data set {spec.name} has "
+                         f"{spec.num_classes}: evaluate it on the data it was trained for (--dataset)")
+    return model, meta, spec, evaluate(model, spec.val, num_classes=spec.num_classes)
 
 
 def evaluate(args) -> int:
@@ -491,7 +495,7 @@ def export(args) -> int:
 
     check_outputs([args.out], [args.checkpoint], force=args.force)
     model, meta = load_model(args.checkpoint)
-    x = example(meta).repeat(args.batch, 1, 1, 1)
+    x = example(meta, getattr(args, "size", None)).repeat(args.batch, 1, 1, 1)
     cal = calibration(dataset_for(meta, args), n=8) if args.int8 else None
     res = export_model(model, x, args.format, args.out, dynamic_batch=args.dynamic_batch,
                        quantize="int8" if args.int8 else None, calibration=cal)

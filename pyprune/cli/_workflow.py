@@ -32,11 +32,13 @@ def dataset_for(meta: dict, args):
                              "the data it takes with --dataset (digits | cifar10 | cifar100 | imagefolder; --data-dir "
                              "for the last three)")
         args.dataset = meta["dataset"]
-    return dataset(args, size=meta.get("size"), channels=meta.get("in_channels"))
+    return dataset(args, size=getattr(args, "size", None) or meta.get("size"), channels=meta.get("in_channels"))
 
 
-def example(meta: dict) -> torch.Tensor:
-    return torch.zeros(1, int(meta.get("in_channels", 3)), int(meta.get("size", 224)), int(meta.get("size", 224)))
+def example(meta: dict, size: int | None = None) -> torch.Tensor:
+    """A zero input of the checkpoint's channels, at `size` (--size) or the size it records."""
+    side = int(size or meta.get("size", 224))
+    return torch.zeros(1, int(meta.get("in_channels", 3)), side, side)
 
 
 def brief(m: dict) -> dict:
