@@ -105,6 +105,9 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                              f"{distill_temperature!r} and {distill_weight!r}")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    _check_data(train, "fit: train")
     teacher_mode = teacher.training if teacher is not None else None
     distributed = dist.is_available() and dist.is_initialized()
     device = torch.device(device) if device is not None else (
@@ -246,6 +249,22 @@ def ranks_agree(model: nn.Module) -> bool:
     return all(torch.equal(gathered[0], t) for t in gathered[1:])
 
 
+def _check_data(data, what: str) -> None:
+    """A data set of (input tensor, int class label) items, as fit and evaluate batch them."""
+    if isinstance(data, DataLoader):
+        raise TypeError(f"{what}: expected a Dataset of (input, label) items, got a DataLoader: pass its .dataset "
+                        "(batch_size= sets the batches)")
+    if len(data) == 0:
+        raise ValueError(f"{what}: the data set is empty")
+    item = data[0]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
+        got = f"a {type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list, dict)) else "")
+        raise ValueError(f"{what}: each item must be an (input tensor, class label) pair, got {got}")
+    label = torch.as_tensor(item[1])
+    if label.is_floating_point() or label.dtype == torch.bool:
+        raise ValueError(f"{what}: labels must be int class indices, got {label.dtype}")
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256, num_classes: int | None = None,
              device: str | torch.device | None = None) -> dict:
@@ -254,6 +273,7 @@ def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256, num_clas
     ``f1_score(average="macro")``): a class predicted but never true counts, with F1 0.
     Labels must be ints in [0, num_classes); a non-finite output is refused (its argmax
     would be class 0). The model's train/eval mode is restored, also on an error."""
+    _check_data(data, "evaluate: data")
     was = model.training
     model.eval()
     p0 = next(model.parameters(), None)

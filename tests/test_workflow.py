@@ -691,7 +691,7 @@ def test_evaluate_scores_as_the_textbook_does():
     assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\).*from -1"):
         evaluate(_Fixed(y_pred, 4), TensorDataset(x, torch.tensor([0, 0, 1, 1, 2, -1])))
-    with pytest.raises(ValueError, match="labels must be a 1-D int tensor"):
+    with pytest.raises(ValueError, match="labels must be int class indices"):
         evaluate(_Fixed(y_pred, 4), TensorDataset(x, torch.tensor(y_true, dtype=torch.float32)))
     nan = _Fixed(y_pred, 4).train()
     with torch.no_grad():
@@ -871,3 +871,22 @@ def test_cli_a_missing_runtime_is_an_error_line(tmp_path, small_checkpoint, cli,
     monkeypatch.setattr(export_module, "_need", missing)
     p = cli("export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.onnx"))
     assert p.returncode == 2 and p.stderr.startswith("pyprune export: error: exporting to onnx needs its runtime")
+
+
+def test_fit_and_evaluate_say_what_items_they_take():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    good = TensorDataset(x, y)
+    cases = [(DataLoader(good), TypeError, "got a DataLoader: pass its .dataset"),
+             (TensorDataset(x, y, y), ValueError, r"\(input tensor, class label\) pair, got a tuple of 3"),
+             (TensorDataset(x, y.float()), ValueError, "labels must be int class indices, got torch.float32"),
+             (TensorDataset(x[:0], y[:0]), ValueError, "the data set is empty")]
+    for data, err, match in cases:
+        with pytest.raises(err, match=match):
+            fit(model, data, epochs=1, progress=False)
+        with pytest.raises(err, match=match):
+            evaluate(model, data)
+    with pytest.raises(ValueError, match="epochs must be an int"):
+        fit(model, good, epochs=1.5, progress=False)

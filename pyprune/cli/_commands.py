@@ -518,12 +518,16 @@ def bench(args) -> int:
 
         model, meta = load_model(target)
         shape = (1, *args.shape) if args.shape else tuple(example(meta).shape)
-        res = benchmark(model, shape, runtimes=args.runtimes, threads=args.threads, batch_sizes=args.batch_sizes,
-                        repeats=args.repeats)
+        res = benchmark(model, shape, runtimes=args.runtimes or ("eager", "onnxruntime", "executorch"),
+                        threads=args.threads, batch_sizes=args.batch_sizes, repeats=args.repeats)
     else:
         if not args.shape:
             raise ValueError(f"--shape C H W is needed to benchmark an exported file ({target.suffix}); a pyprune "
                              "checkpoint (.pt, .safetensors) records its own")
+        own = {".onnx": "onnxruntime", ".pte": "executorch", ".pt2": "eager"}[target.suffix]
+        if args.runtimes and args.runtimes != [own]:
+            raise ValueError(f"--runtimes {' '.join(args.runtimes)}: a {target.suffix} file runs on {own} only; "
+                             "benchmark the pyprune checkpoint to time other runtimes")
         res = benchmark(target, (1, *args.shape), threads=args.threads, batch_sizes=args.batch_sizes, repeats=args.repeats)
     print(res.table())
     if any(r["noisy"] for r in res.rows):

@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="latency/throughput/size of a checkpoint or exported file")
     b.add_argument("target", help="a pyprune checkpoint (.pt or .safetensors) or an exported file (.onnx, .pte, "
                                   ".pt2)")
-    b.add_argument("--runtimes", nargs="+", default=["eager", "onnxruntime", "executorch"], help="runtimes to time")
+    b.add_argument("--runtimes", nargs="+", default=None,
+                   help="runtimes to time (default: eager, onnxruntime and executorch; an exported file: its own)")
     b.add_argument("--threads", nargs="+", type=_positive_int, default=[1, 2], help="thread counts to time")
     b.add_argument("--batch-sizes", nargs="+", type=_positive_int, default=[1, 8, 32], help="batch sizes to time")
     b.add_argument("--shape", nargs="+", type=_positive_int, default=None,
