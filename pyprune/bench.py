@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import numbers
 import os
 import pathlib
 import subprocess
@@ -78,10 +79,10 @@ def _exclusive():
 
 def _counts(name: str, values) -> list[int]:
     """A non-empty list of positive ints (thread counts, batch sizes), else a ValueError naming it."""
-    values = [values] if isinstance(values, int) else list(values)
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+    values = [values] if isinstance(values, numbers.Integral) else list(values)
+    if not values or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in values):
         raise ValueError(f"{name}: expected a non-empty list of positive ints, got {values!r}")
-    return values
+    return [int(v) for v in values]
 
 
 def _prepare(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib.Path, exports: list) -> dict:

@@ -287,17 +287,17 @@ def export(model: nn.Module, example_input: torch.Tensor, format: str = "onnx", 
     if not example_input.is_floating_point():
         raise TypeError(f"example_input: expected a floating-point tensor (verification feeds random normal inputs), "
                         f"got {_dtype_name(example_input.dtype)}")
-    _need(format)
     suffix = ".onnx" if format == "onnx" else ".pte"
     path = pathlib.Path(path) if path is not None else pathlib.Path(f"model{'-int8' if quantize else ''}{suffix}")
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder: give a file name")
     other = {".onnx": "onnx", ".pte": "executorch"}.get(path.suffix.lower())
     if other is not None and other != format:
         raise ValueError(f"{path}: a {path.suffix} file is {other}'s, not {format}'s: name it *{suffix}")
     if dynamic_batch and format != "onnx":
         raise ValueError(f"dynamic_batch: {format} programs are exported for one batch size (that of the example "
                          "input); export one per batch size, or use onnx")
+    _need(format)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give a file name")
     _check_device(model)
     dtype = _model_dtype(model, example_input)
     _check_dtype(format, dtype, quantize, verify, rtol)

@@ -10,6 +10,7 @@ spec says so.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import difflib
 import fnmatch
@@ -439,7 +440,7 @@ class Pruner:
         if config is not None:
             config.validate()
         cfg = config if config is not None else PruneConfig.from_kwargs(**options)
-        if cfg.calibration is not None and iter(cfg.calibration) is cfg.calibration:
+        if isinstance(cfg.calibration, collections.abc.Iterator):  # (iter() of a DataLoader would start it)
             # a one-pass iterator (a generator): read once, as scoring, BN recalibration and
             # reconstruction each pass over the batches
             batches = cfg.calibration if cfg.calibration_batches is None else itertools.islice(
@@ -644,7 +645,7 @@ class Pruner:
                     if lat.align <= 1 or floor > FLOOR_MARGIN * goal:
                         raise ValueError(f"{arg}={value:g}: {e}" + (
                             "" if lat.align <= 1 else f"; at any width the floor is predicted at {1e3 * floor:.4g} ms, "
-                            "so finer multiples were not tried") + "; the model was not changed") from None
+                            f"so multiples below {lat.align} were not tried") + "; the model was not changed") from None
                     # the runtime's preferred multiple leaves too little to cut: finer widths
                     # (a table of their own), at the kernels' cost
                     warnings.warn(f"pyprune: {arg}={value:g} is out of reach at multiples of {lat.align} channels "
@@ -1078,8 +1079,8 @@ LATENCY_CLOSE, LATENCY_AIM = 0.95, 0.98
 DRIFT_NOTED = 0.05
 # finer channel multiples are not tried where even cutting every group to its floor at any
 # width is predicted above this many times the goal (a finer table costs measurements; the
-# table misses a plan by up to about 20%)
-FLOOR_MARGIN = 1.25
+# table misses a plan by up to about 20%, more where the floor lies below its measured widths)
+FLOOR_MARGIN = 2.0
 # a budget the runtime's channel multiple cannot reach is solved at finer ones; the plan at
 # the next finer one is compared too, down to this one (below it odd-width kernel paths make
 # the tables' interpolation unreliable: resnet56_cifar on onnxruntime at multiples of 1 was

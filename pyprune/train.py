@@ -18,10 +18,11 @@ import os
 import sys
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, RandomSampler
 
 __all__ = ["fit", "evaluate", "init_distributed", "is_main_process", "TrainState"]
 
@@ -105,8 +106,9 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                              f"{distill_temperature!r} and {distill_weight!r}")
     if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
         raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, int):
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
         raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    epochs = int(epochs)
     _check_data(train, "fit: train")
     teacher_mode = teacher.training if teacher is not None else None
     distributed = dist.is_available() and dist.is_initialized()
@@ -184,9 +186,12 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
                     kl = nn.functional.kl_div(torch.log_softmax(logits.float() / distill_temperature, 1), soft,
                                               reduction="batchmean", log_target=True)
                     loss = (1 - distill_weight) * loss + distill_weight * distill_temperature ** 2 * kl
-            if not torch.isfinite(loss.detach()):  # before the step: the weights stay those of the last finite one
+            if scaler is None and not _finite_everywhere(loss, distributed):  # before the step (under AMP the
+                if teacher is not None:                                        # scaler skips such steps)
+                    teacher.train(teacher_mode)
                 raise FloatingPointError(
-                    f"fit: the loss became {float(loss.detach())} at epoch {epoch + 1}, step {done_steps + 1}: "
+                    f"fit: the loss became non-finite (here {float(loss.detach())}) at epoch {epoch + 1}, step "
+                    f"{done_steps + 1}: "
                     f"training diverged or the data holds NaN/Inf (lr={opt.param_groups[0]['lr']:g}; try a lower lr "
                     "or check the inputs). The model holds the weights of the last finite step")
             if scaler is not None:
@@ -249,17 +254,30 @@ def ranks_agree(model: nn.Module) -> bool:
     return all(torch.equal(gathered[0], t) for t in gathered[1:])
 
 
+def _finite_everywhere(loss: torch.Tensor, distributed: bool) -> bool:
+    """Whether the loss is finite on this process and, under DDP, on every other (all stop
+    together: one rank stopping alone would leave the others waiting in the allreduce)."""
+    ok = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    if distributed:
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item() > 0)
+
+
 def _check_data(data, what: str) -> None:
     """A data set of (input tensor, int class label) items, as fit and evaluate batch them."""
     if isinstance(data, DataLoader):
         raise TypeError(f"{what}: expected a Dataset of (input, label) items, got a DataLoader: pass its .dataset "
                         "(batch_size= sets the batches)")
+    if isinstance(data, IterableDataset):
+        return  # (no item can be read without using up the stream)
     if len(data) == 0:
         raise ValueError(f"{what}: the data set is empty")
     item = data[0]
-    if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], torch.Tensor)):
+    if not (isinstance(item, (tuple, list)) and len(item) == 2):
         got = f"a {type(item).__name__}" + (f" of {len(item)}" if isinstance(item, (tuple, list, dict)) else "")
-        raise ValueError(f"{what}: each item must be an (input tensor, class label) pair, got {got}")
+        raise ValueError(f"{what}: each item must be an (input, class label) pair, got {got}")
+    if not isinstance(item[0], (torch.Tensor, np.ndarray)):
+        raise ValueError(f"{what}: an item's input is a {type(item[0]).__name__}, not a tensor or an array")
     label = torch.as_tensor(item[1])
     if label.is_floating_point() or label.dtype == torch.bool:
         raise ValueError(f"{what}: labels must be int class indices, got {label.dtype}")
@@ -297,9 +315,12 @@ def evaluate(model: nn.Module, data: Dataset, *, batch_size: int = 256, num_clas
         raise ValueError(f"evaluate: labels must be a 1-D int tensor of class indices, got {y.dtype} of shape "
                          f"{tuple(y.shape)}")
     k = num_classes or int(max(p.max(), y.max())) + 1
-    if int(y.min()) < 0 or int(y.max()) >= k or int(p.max()) >= k:
+    if int(y.min()) < 0 or int(y.max()) >= k:
         raise ValueError(f"evaluate: labels must lie in [0, {k}) (num_classes={num_classes}); got labels from "
-                         f"{int(y.min())} to {int(y.max())} and predictions up to {int(p.max())}")
+                         f"{int(y.min())} to {int(y.max())}")
+    if int(p.max()) >= k:
+        raise ValueError(f"evaluate: the model predicts class {int(p.max())}, but num_classes={k}: it classifies "
+                         "more classes than the data has")
     cm = torch.zeros(k, k, dtype=torch.int64)
     cm.index_put_((y.long(), p), torch.ones_like(y, dtype=torch.int64), accumulate=True)
     tp = cm.diag().double()

@@ -714,7 +714,7 @@ def test_fit_stops_on_a_non_finite_loss_and_leaves_the_teachers_mode():
     bad = x.clone()
     bad[5, 1] = float("nan")
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(FloatingPointError, match=r"loss became nan at epoch 1, step 1"):
+    with pytest.raises(FloatingPointError, match=r"loss became non-finite \(here nan\) at epoch 1, step 1"):
         fit(model, TensorDataset(bad, y), epochs=1, lr=1e-2, batch_size=64, optimizer="sgd", progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step on it
 
@@ -880,7 +880,7 @@ def test_fit_and_evaluate_say_what_items_they_take():
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     good = TensorDataset(x, y)
     cases = [(DataLoader(good), TypeError, "got a DataLoader: pass its .dataset"),
-             (TensorDataset(x, y, y), ValueError, r"\(input tensor, class label\) pair, got a tuple of 3"),
+             (TensorDataset(x, y, y), ValueError, r"\(input, class label\) pair, got a tuple of 3"),
              (TensorDataset(x, y.float()), ValueError, "labels must be int class indices, got torch.float32"),
              (TensorDataset(x[:0], y[:0]), ValueError, "the data set is empty")]
     for data, err, match in cases:
@@ -890,3 +890,27 @@ def test_fit_and_evaluate_say_what_items_they_take():
             evaluate(model, data)
     with pytest.raises(ValueError, match="epochs must be an int"):
         fit(model, good, epochs=1.5, progress=False)
+
+
+def test_fit_and_evaluate_take_numpy_items_and_streams():
+    """Inputs as numpy arrays (collated into tensors) and an IterableDataset are data too."""
+    from torch.utils.data import Dataset, IterableDataset
+
+    rng = np.random.default_rng(0)
+    xs, ys = rng.standard_normal((16, 4)).astype(np.float32), rng.integers(0, 3, 16)
+
+    class Arrays(Dataset):
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, i):
+            return xs[i], int(ys[i])
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter((torch.from_numpy(xs[i]), int(ys[i])) for i in range(16))
+
+    model = nn.Sequential(nn.Linear(4, 3))
+    fit(model, Arrays(), epochs=np.int64(1), progress=False)
+    for data in (Arrays(), Stream()):
+        assert sum(map(sum, evaluate(model, data, num_classes=3)["confusion"])) == 16

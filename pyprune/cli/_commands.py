@@ -29,6 +29,8 @@ def _resume_key(args) -> dict:
     for k, v in sorted(vars(args).items()):
         if k in ("force", "quiet", "max_steps", "func") or callable(v):
             continue
+        if k in ("checkpoint", "weights", "teacher", "data_dir", "out", "config") and v is not None:
+            v = os.path.realpath(v)  # however the path is spelled
         key[k] = v if isinstance(v, (int, float, str, bool, type(None))) else str(v)
         if k in ("checkpoint", "weights", "teacher") and isinstance(v, str) and os.path.isfile(v):
             st = os.stat(v)
@@ -144,6 +146,7 @@ def finetune(args) -> int:
     obj = read(args.checkpoint)
     model, meta = model_from(obj, args.checkpoint)
     spec = dataset_for(meta, args)
+    meta["size"] = spec.size  # what it is fine-tuned at (--size, else the size it records)
     state = out.with_name(out.stem + ".train_state.pt")
     distill = {}
     if args.teacher:
