@@ -17,7 +17,6 @@ import fnmatch
 import itertools
 import math
 import numbers
-import operator
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from .criteria import Context, Selection, block_jobs, criterion_spec
+from . import engine
 from .data import check_calibration
 from .graph import ChannelGraph, GraphError, as_inputs, build_graph
 from .graph._check import check_runs
@@ -108,16 +108,8 @@ class PruneConfig:
         if isinstance(self.min_keep, bool) or not isinstance(self.min_keep, numbers.Real) or not 0 <= self.min_keep <= 1:
             raise ValueError(f"min_keep: the share of each group the global schedule keeps at least must be in [0, 1], "
                              f"got {self.min_keep!r}")
-        if self.threads is not None:
-            try:
-                ok = not isinstance(self.threads, bool) and 1 <= operator.index(self.threads) <= 1 << 16
-            except TypeError:
-                ok = False
-            if not ok:
-                raise ValueError(f"threads must be a positive int (at most 65536) or None (all cores; 1 for a "
-                                 f"latency target), got {self.threads!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**63:
-            raise ValueError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+        engine._threads(self.threads)  # the core's own checks of both
+        engine._int_arg("seed", self.seed, 0, 2**63 - 1, "an int in [0, 2**63)")
         if self.calibration_batches is not None and (isinstance(self.calibration_batches, bool) or not isinstance(
                 self.calibration_batches, numbers.Integral) or self.calibration_batches < 1):
             raise ValueError(f"calibration_batches must be a positive int or None (all), got {self.calibration_batches!r}")

@@ -101,8 +101,12 @@ class ReconstructionReport:
     layers: dict = field(default_factory=dict)  # name -> (residual, rows)
     left: dict = field(default_factory=dict)  # name -> why it was left as cut (its weight is computed)
 
+    def left_as_cut(self) -> str:
+        """The layers left as cut, each with why (for messages)."""
+        return ", ".join(f"{n} ({why})" for n, why in self.left.items())
+
     def __str__(self) -> str:
-        left = f"; left as cut: {', '.join(f'{n} ({why})' for n, why in self.left.items())}" if self.left else ""
+        left = f"; left as cut: {self.left_as_cut()}" if self.left else ""
         if not self.layers:
             return ("reconstruction: no layer lost input channels" if not self.left else "reconstruction: none") + left
         res = [r for r, _ in self.layers.values()]
@@ -187,7 +191,7 @@ def reconstruct(original: nn.Module, pruned: nn.Module, keep_in: dict, keep_out:
             names.remove(n)
     if report.left:
         warnings.warn(f"pyprune: reconstruction left {len(report.left)} layer(s) as cut, their refitted weights "
-                      f"could not be stored: {', '.join(f'{n} ({why})' for n, why in report.left.items())}",
+                      f"could not be stored: {report.left_as_cut()}",
                       stacklevel=3)
     if not names:
         return report
