@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 import os
 import pathlib
 import stat
 import tempfile
 from typing import Callable, Iterable
 
-__all__ = ["atomic_write", "write_text", "write_csv", "check_outputs"]
+__all__ = ["atomic_write", "write_text", "write_json", "write_csv", "check_outputs"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> pathlib.Path:
@@ -42,6 +44,27 @@ def _umask() -> int:
 
 def write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | os.PathLike, obj) -> pathlib.Path:
+    """`obj` as strict JSON (atomically): a NaN or infinity, which JSON has no spelling for,
+    is written null, so any JSON reader takes the file; numpy scalars as numbers."""
+    return write_text(path, json.dumps(_finite(obj), indent=1, default=_number, allow_nan=False))
+
+
+def _number(v):
+    f = float(v)  # numpy and torch scalars
+    return f if math.isfinite(f) else None
+
+
+def _finite(obj):
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
 
 
 def check_outputs(outputs: Iterable, inputs: Iterable = (), *, force: bool = False) -> None:

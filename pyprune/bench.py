@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ._io import write_csv, write_text
+from ._io import write_csv, write_json
 
 __all__ = ["benchmark", "BenchResult", "RUNTIMES", "NOISY"]
 
@@ -59,7 +59,7 @@ class BenchResult:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         j = out / "bench.json"
-        write_text(j, json.dumps({"params": self.params, "macs": self.macs, "rows": self.rows}, indent=1))
+        write_json(j, {"params": self.params, "macs": self.macs, "rows": self.rows})
         c = out / "bench.csv"
         cols = list(self.rows[0]) if self.rows else []
         write_csv(c, cols, [[r[k] for k in cols] for r in self.rows])

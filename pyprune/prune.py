@@ -206,12 +206,25 @@ class PruneResult:
     seconds: dict = field(default_factory=dict)
     merge: MergeReport | None = None
     steps: list = field(default_factory=list)  # per iterative step: summaries
+    plans: list = field(default_factory=list)  # per iterative step: its plan (``plan`` is the last one's)
     recovery: dict = field(default_factory=dict)  # bn_batches, reconstruction (with calibration)
     latency: dict = field(default_factory=dict)  # latency targets: budget, predicted, measured, rounds, layers
 
     @property
     def graph(self) -> ChannelGraph:
         return self.plan.graph
+
+    def layer_widths(self) -> dict[str, tuple[int, int]]:
+        """Producing layer -> (output channels of the model given, of the pruned model), in
+        forward order. After ``iterative_steps`` this spans every round (``plan.layer_widths()``
+        is the last round's alone: its 'before' is the round before's model)."""
+        plans = self.plans or [self.plan]
+        widths = {name: [b, a] for name, (b, a) in plans[0].layer_widths().items()}
+        for plan in plans[1:]:
+            for name, (_, a) in plan.layer_widths().items():
+                if name in widths:
+                    widths[name][1] = a
+        return {name: (b, a) for name, (b, a) in widths.items()}
 
     @property
     def attributes(self) -> dict:
@@ -317,6 +330,23 @@ def _ratio_or_budget(ratio, budget) -> float | str:
         raise ValueError(f"give a ratio or a budget, not both: ratio={ratio!r} and {budget[0]}={budget[2]:g} "
                          f"(drop ratio= to prune to the budget)")
     return 0.5 if ratio is None else ratio
+
+
+def check_options(ratio=None, **options) -> None:
+    """Refuse, without a model, what :func:`prune` would refuse in its options: the method,
+    schedule, the method's own options, the rest of :class:`PruneConfig`, the ratio or the
+    one budget. For flows that train before they prune (``pyprune run``, ``sweep``), so a
+    typo is an error before the training, not after it. A data-driven method is not asked
+    for its calibration data here (the flow supplies it)."""
+    budgets = {k: options.pop(k) for k in list(options) if k in _BUDGETS}
+    options.pop("iterative_steps", None)
+    options.pop("finetune", None)
+    options.pop("inplace", None)
+    method = options.get("method", "kmeans")
+    if criterion_spec(method).needs_data and options.get("calibration") is None:
+        options["calibration"] = ()  # stands for the data the flow gives
+    PruneConfig.from_kwargs(**options)
+    _check_ratio(_ratio_or_budget(ratio, _budget(**budgets)), method, criterion_spec(method).supports_auto)
 
 
 def _budget(**given) -> tuple[str, str, float, bool] | None:
@@ -963,16 +993,17 @@ class Pruner:
             final = {g.producers()[0].module: (g.size, n_keep[g.id]) for g in groups if g.producers()}
             step_targets = [{"keep_by_layer": iterative_keep(final, s, iterative_steps)}
                             for s in range(1, iterative_steps + 1)]
-        steps, result = [], None
+        steps, plans, result = [], [], None
         for step, targets in enumerate(step_targets, 1):
             r = None if budget is not None else float(ratio) * step / iterative_steps  # refined by the targets
             result = self.prune(r, inplace=inplace or step > 1, **targets)
             self.model = result.model
             steps.append(result.summary)
+            plans.append(result.plan)
             if finetune is not None:
                 self.model = result.model = _finetuned(finetune, self.model, step)
         result.summary = compare(before, snapshot(self.model, first_graph.layers))
-        result.steps = steps
+        result.steps, result.plans = steps, plans
         if latency:
             predicted = lat.predict(self._keep_fractions(plan))
             reference, measured = lat.measure_pair(self.model)  # in turns with the unpruned model

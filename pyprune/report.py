@@ -9,12 +9,16 @@ as CSV, with full precision.
 from __future__ import annotations
 
 import html
-import json
 import pathlib
 
-from ._io import write_csv
+from ._io import write_csv, write_json
 
 __all__ = ["write_report", "markdown_table"]
+
+# every file write_report may write (a second report into the folder removes the first's)
+REPORT_FILES = ("index.html", "report_data.json", "accuracy_vs_ratio.png", "accuracy_vs_ratio.csv",
+                "latency_vs_ratio.png", "latency_vs_ratio.csv", "sizes.png", "sizes.csv", "layer_widths.png",
+                "layer_widths.csv", "layer_latency.png", "layer_latency.csv", "latency_rounds.csv")
 
 
 def markdown_table(rows: list[dict], columns: list | None = None) -> str:
@@ -237,6 +241,9 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
     plt = _plt()
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if (out / "report_data.json").is_file():  # an earlier report's: none of its figures may outlive it
+        for name in REPORT_FILES:
+            (out / name).unlink(missing_ok=True)
     parts = [f"<h1>{html.escape(title)}</h1>"] + [f"<p>{html.escape(n)}</p>" for n in (notes or [])]
     figures = []
 
@@ -327,6 +334,6 @@ def write_report(out_dir, *, sweep: list[dict] | None = None, bench: list[dict] 
             f"</head><body>{''.join(parts)}{check}</body></html>")
     index = out / "index.html"
     index.write_text(page)
-    (out / "report_data.json").write_text(json.dumps({"sweep": sweep, "bench": bench, "sizes": sizes,
-                                                      "layer_widths": layer_widths, "latency": latency}, indent=1, default=float))
+    write_json(out / "report_data.json", {"sweep": sweep, "bench": bench, "sizes": sizes, "layer_widths": layer_widths,
+                                          "latency": latency})
     return index

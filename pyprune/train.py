@@ -63,6 +63,27 @@ def _lr_lambda(steps: int, warm: int):
     return f
 
 
+def check_fit_options(*, epochs=10, lr=1e-3, optimizer="adamw", teacher=None, distill_temperature=4.0,
+                      distill_weight=0.5) -> None:
+    """Refuse what :func:`fit` refuses in these options (flows that train twice check the
+    second run's before the first)."""
+    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if teacher is not None:
+        if not isinstance(teacher, nn.Module):
+            raise TypeError(f"teacher: expected an nn.Module, got {type(teacher).__name__}")
+        for name, v in (("distill_temperature", distill_temperature), ("distill_weight", distill_weight)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if not distill_temperature > 0 or not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_temperature must be > 0 and distill_weight in [0, 1], got "
+                             f"{distill_temperature!r} and {distill_weight!r}")
+
+
 def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3, batch_size: int = 64,
         optimizer: str = "adamw", momentum: float = 0.9, weight_decay: float = 1e-4, seed: int = 0,
         label_smoothing: float = 0.0, warmup_epochs: float = 0.5, val: Dataset | None = None,
@@ -94,20 +115,8 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         under another key is not resumed from: training starts afresh and says so.
     max_steps: stop after this many optimizer steps in total (for smoke tests).
     """
-    if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
-    if optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
-    if teacher is not None:
-        if not isinstance(teacher, nn.Module):
-            raise TypeError(f"teacher: expected an nn.Module, got {type(teacher).__name__}")
-        if not distill_temperature > 0 or not 0.0 <= distill_weight <= 1.0:
-            raise ValueError(f"distill_temperature must be > 0 and distill_weight in [0, 1], got "
-                             f"{distill_temperature!r} and {distill_weight!r}")
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}")
-    if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
-        raise ValueError(f"epochs must be an int >= 0, got {epochs!r}")
+    check_fit_options(epochs=epochs, lr=lr, optimizer=optimizer, teacher=teacher,
+                      distill_temperature=distill_temperature, distill_weight=distill_weight)
     epochs = int(epochs)
     _check_data(train, "fit: train")
     teacher_mode = teacher.training if teacher is not None else None

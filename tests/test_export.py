@@ -527,6 +527,36 @@ def test_report_rows_are_checked_naming_the_row(tmp_path):
     assert (tmp_path / "e" / "index.html").is_file()
 
 
+def test_a_second_report_into_the_folder_leaves_none_of_the_first_reports_files(tmp_path):
+    """Every file write_report writes is one it knows (REPORT_FILES); a second report into
+    the same folder removes the first's figures and tables it does not redraw (a stale
+    latency figure beside a new report reads as the new model's), while a user's own file
+    and a folder that held no report are left alone. NaN in the data is written null."""
+    from pyprune.report import REPORT_FILES, write_report
+
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    (out / "latency_vs_ratio.csv").write_text("a user's")  # a folder without report_data.json held no report
+    write_report(out, sizes={"original": {"params": 10}, "pruned": {"params": 5}})
+    assert (out / "latency_vs_ratio.csv").read_text() == "a user's"
+    (out / "latency_vs_ratio.csv").unlink()
+    latency = {"target": "onnxruntime, 1 thread, batch 1", "budget_s": 0.002, "unpruned_measured_s": 0.004,
+               "round": 1, "layers": [{"module": "conv1", "kind": "conv", "before_s": 0.001, "after_s": 0.0005}],
+               "rounds": [{"goal_s": 0.002, "predicted_s": 0.0019, "measured_s": 0.00195, "table_error": float("nan")}]}
+    write_report(out, sweep=[{"method": "l1", "ratio": 0.5, "top1": 0.9}],
+                 bench=[{"runtime": "eager", "ratio": 0.5, "p50_s": 0.001}],
+                 sizes={"original": {"params": 10}, "pruned": {"params": 5}}, layer_widths={"c": (8, 4)},
+                 latency=latency)
+    written = set(os.listdir(out)) - {"mine.txt"}
+    assert written == set(REPORT_FILES)  # all sections drawn: every name, and no other
+    data = json.loads((out / "report_data.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert data["latency"]["rounds"][0]["table_error"] is None
+    write_report(out, sizes={"original": {"params": 10}, "pruned": {"params": 5}})
+    assert set(os.listdir(out)) == {"mine.txt", "index.html", "report_data.json", "sizes.png", "sizes.csv"}
+    assert (out / "mine.txt").read_text() == "keep"
+
+
 def test_a_scalar_output_is_verified(tmp_path):
     """A 0-d output (a score beside the logits) is compared as the others are."""
     class WithScore(torch.nn.Module):

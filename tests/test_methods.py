@@ -451,6 +451,14 @@ def test_iterative_steps_call_finetune_and_reach_target():
     w = [m.out_channels for m in res.model if isinstance(m, nn.Conv2d)]
     assert w == [16, 16, 32, 32, 64, 64]
     assert res.summary.params_before == sum(p.numel() for p in model.parameters())
+    # the widths span every round: the model given against the pruned one (the last plan's
+    # 'before' is the second round's model)
+    width = lambda m: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features  # noqa: E731
+    given = {n: width(m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    final = {n: width(m) for n, m in res.model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    assert res.layer_widths() == {n: (given[n], final[n]) for n in given}
+    assert len(res.plans) == 3 and res.plans[-1] is res.plan
+    assert any(b < given[n] for n, (b, _) in res.plan.layer_widths().items())
 
 
 def test_iterative_rounds_are_robust_to_what_finetune_does():

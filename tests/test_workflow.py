@@ -283,6 +283,67 @@ def test_cli_prints_pyprune_warnings_as_its_own_messages(tmp_path, cli):
     assert "UserWarning" not in p.stderr
 
 
+@pytest.mark.parametrize("line, names", [
+    ("method: kmeanz", "config c.yaml: method: 'kmeanz' is not one of"),
+    ("ratio: 1.5", "config c.yaml: ratio: the fraction of channels removed must be a number in [0, 1)"),
+    ("schedule: taperz", "config c.yaml: schedule: 'taperz' is not one of"),
+    ("finetune_epochs: -2", "config c.yaml: finetune_epochs: must be an integer >= 0"),
+    ("no_augment: 1", "config c.yaml: no_augment: expected true or false, got 1"),
+    ("epochs: 2.5", "config c.yaml: epochs: must be an integer >= 0, got '2.5'"),
+    ("ratios: [0.5]", "unknown option(s) ['ratios']"),
+    ("target_speedup: 0.5", "target_speedup: expected a speedup >= 1"),
+    ("taper: -1", "taper must be a finite number >= 0"),
+    ("distill: true\ndistill_weight: 2", "distill_temperature must be > 0 and distill_weight in [0, 1]"),
+    ("kmeans_iter: 5", "unknown option(s) ['kmeans_iter']"),
+])
+def test_cli_run_refuses_a_bad_config_value_before_it_trains(tmp_path, monkeypatch, cli, line, names):
+    """argparse checks neither a default's choices nor a non-string default, and run() used
+    to meet the prune and fine-tune options only after the training (a typo cost the whole
+    training): each bad value now stops the command first, naming the file's key."""
+    import pyprune.train
+
+    monkeypatch.chdir(tmp_path)
+    trained = []
+    monkeypatch.setattr(pyprune.train, "fit", lambda *a, **k: trained.append(1))
+    (tmp_path / "c.yaml").write_text(f"model: digits_cnn\ndataset: digits\nepochs: 1\n{line}\n")
+    p = cli("run", "--config", "c.yaml", "--out", "o")
+    assert p.returncode != 0 and names in p.stderr, p.stderr
+    assert not trained and not (tmp_path / "o" / "base.pt").exists()
+
+
+def test_cli_run_config_null_is_the_default_and_auto_ratio_writes_strict_json(tmp_path, cli):
+    """``key: null`` in a config means the option's default (a null ratio beside a budget is
+    not a second budget); ratio="auto" is recorded as "auto" in results.json and the
+    checkpoint (the plan holds NaN there, which strict JSON cannot spell)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: digits_cnn\nepochs: 1\nfinetune_epochs: 0\nratio: null\ndata_dir: null\n"
+                   f"target_params: 0.6\nmethod: l1\nout: {tmp_path / 'a'}\n")
+    from pyprune.cli._parser import parse
+
+    args = parse(["run", "--config", str(cfg)])
+    assert args.target_params == 0.6 and args.ratio == 0.5  # the default, replaced by the budget in prune
+    cfg.write_text(f"model: digits_cnn\nepochs: 1\nfinetune_epochs: 0\nratio: auto\nout: {tmp_path / 'b'}\n")
+    p = cli("run", "--config", str(cfg), "--max-steps", "3")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "ratio auto (" in p.stdout and "nan" not in p.stdout
+
+    def strict(c):
+        raise ValueError(f"not JSON: {c}")
+
+    res = json.loads((tmp_path / "b" / "results.json").read_text(), parse_constant=strict)
+    assert res["ratio"] == "auto"
+    assert load_model(tmp_path / "b" / "pruned.pt")[1]["ratio"] == "auto"
+
+
+def test_cli_sweep_checks_every_pruning_before_the_first_fine_tune(tmp_path, cli, monkeypatch):
+    import pyprune.cli._commands as commands
+
+    monkeypatch.setattr(commands, "_load_and_evaluate", lambda args: pytest.fail("loaded before the options were checked"))
+    p = cli("sweep", "--checkpoint", str(tmp_path / "m.pt"), "--methods", "l1", "--speedups", "1.5", "0.5",
+            "--out", str(tmp_path / "sw"))
+    assert p.returncode != 0 and "target_speedup: expected a speedup >= 1" in p.stderr, p.stderr
+
+
 def test_cli_prune_finetune_sweep(tmp_path, cli):
     base = tmp_path / "t"
     assert run_cli("train", "--epochs", "2", "--out", str(base), "--quiet").returncode == 0

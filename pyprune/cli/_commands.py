@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import torch
 
 from .._io import write_text
-from ._workflow import (RESULT_COLUMNS, brief, check_outputs, data_and_model, dataset_for, example, model_input,
-                        input_hint, prune_finetune_eval, prune_model, write_json)
+from ._workflow import (RESULT_COLUMNS, brief, check_outputs, data_and_model, dataset_for, distill_options, example,
+                        input_hint, model_input, planned_ratio, prune_finetune_eval, prune_model, prune_options,
+                        ratio_text, write_json)
 
 
 def _world_size() -> int:
@@ -93,7 +94,7 @@ def prune(args) -> int:
     kept = res.graph.explain(max_rows=5)
     if not kept.startswith("kept whole: 0 channels"):
         print(kept)
-    meta = dict(meta, method=args.method, ratio=res.plan.ratio, params=res.summary.params_after,
+    meta = dict(meta, method=args.method, ratio=planned_ratio(res.plan), params=res.summary.params_after,
                 macs=res.summary.macs_after, pruned_from=str(args.checkpoint or args.weights or args.model))
     meta.pop("top1", None)
     meta.pop("macro_f1", None)
@@ -105,7 +106,7 @@ def prune(args) -> int:
         from ..report import write_report
 
         mods = dict(res.model.named_modules())
-        widths = {f"{n} ({type(mods[n]).__name__})" if n in mods else n: w for n, w in res.plan.layer_widths().items()}
+        widths = {f"{n} ({type(mods[n]).__name__})" if n in mods else n: w for n, w in res.layer_widths().items()}
         report = write_report(out.parent / f"{out.stem}-latency", latency=res.latency, layer_widths=widths,
                               title=f"pyprune: {args.method} to a latency budget on {res.latency['target']}")
         print(f"latency report (where the time goes, predicted vs measured): {report}")
@@ -197,12 +198,17 @@ def evaluate(args) -> int:
 def run(args) -> int:
     """train -> prune -> fine-tune -> evaluate, from a config file and/or flags."""
     from ..checkpoint import save_model
-    from ..train import evaluate, fit
+    from ..prune import check_options
+    from ..train import check_fit_options, evaluate, fit
 
     out = pathlib.Path(args.out)
     check_outputs([out / "base.pt", out / "pruned.pt", out / "results.json"], [args.weights], force=args.force)
     t0 = time.perf_counter()
+    check_options(**prune_options(args))  # a bad option stops here, not after the training
     spec, model, arch_kwargs, meta = data_and_model(args)
+    check_fit_options(epochs=args.epochs, lr=args.lr, optimizer=args.optimizer)
+    check_fit_options(epochs=args.finetune_epochs, lr=args.lr / 2, optimizer=args.optimizer,
+                      **distill_options(args, model))
     fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         seed=args.seed, max_steps=args.max_steps)
     base = evaluate(model, spec.val)
@@ -210,17 +216,18 @@ def run(args) -> int:
     print(f"base: top-1 {base['top1']:.4f}")
     res, row = prune_finetune_eval(model, meta, spec, args, epochs=args.finetune_epochs, lr=args.lr / 2)
     save_model(out / "pruned.pt", res.model, arch=args.model, arch_kwargs=arch_kwargs, attributes=res.attributes,
-               meta=dict(meta, method=args.method, ratio=res.plan.ratio, top1=row["top1"], macro_f1=row["macro_f1"]))
+               meta=dict(meta, method=args.method, ratio=planned_ratio(res.plan), top1=row["top1"],
+                         macro_f1=row["macro_f1"]))
     result = {
         "model": args.model, "dataset": spec.name, "method": args.method, "schedule": args.schedule,
-        "ratio": res.plan.ratio,
+        "ratio": planned_ratio(res.plan),
         "base": {**brief(base), "params": row["params_before"], "macs": row["macs_before"]},
         "pruned": {"top1_before_finetune": row["top1_before_ft"], "top1": row["top1"], "macro_f1": row["macro_f1"],
                    "params": row["params"], "macs": row["macs"]},
         "wall_s": time.perf_counter() - t0,
     }
     path = write_json(out / "results.json", result)
-    print(f"pruned ({args.method}, ratio {res.plan.ratio:.2f}): top-1 {row['top1_before_ft']:.4f} -> "
+    print(f"pruned ({args.method}, {ratio_text(res.plan)}): top-1 {row['top1_before_ft']:.4f} -> "
           f"{row['top1']:.4f} after {args.finetune_epochs} fine-tune epochs; params "
           f"{row['params_before']} -> {row['params']}")
     print(f"results written to {path} (models: {out / 'base.pt'}, {out / 'pruned.pt'})")
@@ -229,19 +236,26 @@ def run(args) -> int:
 
 def sweep(args) -> int:
     """Several methods x ratios from one trained checkpoint: one results table."""
+    from ..prune import check_options
     from ..report import markdown_table
+    from ..train import check_fit_options
 
     out = pathlib.Path(args.out)
     check_outputs([out / "sweep.json", out / "sweep.md"], [args.checkpoint], force=args.force)
+    targets = [("target_speedup", sp) for sp in args.speedups] if args.speedups else [("ratio", r) for r in args.ratios]
+    for method in args.methods:  # every pruning of the sweep is checked before the first is fine-tuned
+        for key, value in targets:
+            check_options(**prune_options(args, method=method, **{key: value}))
     base, meta, spec, base_m = _load_and_evaluate(args)
+    check_fit_options(epochs=args.finetune_epochs, lr=args.lr, optimizer=getattr(args, "optimizer", "adamw"),
+                      **distill_options(args, base))
     rows = [{"method": "unpruned", "ratio": 0.0, "top1_before_ft": base_m["top1"], "top1": base_m["top1"],
              "macro_f1": base_m["macro_f1"]}]
-    targets = [("target_speedup", sp) for sp in args.speedups] if args.speedups else [("ratio", r) for r in args.ratios]
     for method in args.methods:
         for key, value in targets:
             res, row = prune_finetune_eval(base, meta, spec, args, epochs=args.finetune_epochs, lr=args.lr,
                                            method=method, **{key: value})
-            row = dict(row, layer_widths=res.plan.layer_widths())
+            row = dict(row, layer_widths=res.layer_widths())
             if res.latency:
                 row.update(speedup=value, p50_s=res.latency["measured_s"], predicted_s=res.latency["predicted_s"],
                            runtime=args.runtime)
@@ -435,7 +449,7 @@ def _demo_edge(base, pruned_models: dict, rows: list, out: pathlib.Path, x, args
                         "file_bytes": onnx_bytes["pruned"]}}
     sweep_rows = [{k: r[k] for k in ("method", "ratio", "top1", "top1_before_ft", "params", "macs")} for r in rows]
     mods = dict(res.model.named_modules())
-    widths = {f"{n} ({type(mods[n]).__name__})" if n in mods else n: w for n, w in res.plan.layer_widths().items()}
+    widths = {f"{n} ({type(mods[n]).__name__})" if n in mods else n: w for n, w in res.layer_widths().items()}
     report = write_report(out / "report", sweep=sweep_rows, bench=[r for r in bench_rows if r["batch"] == 1],
                           sizes=sizes, layer_widths=widths,
                           title="pyprune demo: digits CNN, 50% of channels",

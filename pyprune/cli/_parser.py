@@ -51,6 +51,17 @@ def _positive_int(v: str) -> int:
     return n
 
 
+def _count(v: str) -> int:
+    """A count that may be 0 (epochs)."""
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v!r}")
+    return n
+
+
 CHECKPOINT_DATA = "digits | cifar10 | cifar100 | imagefolder (default: the data set the checkpoint records)"
 
 
@@ -68,7 +79,7 @@ def _add_data(p, dataset_default="digits", dataset_help=None):
 
 
 def _add_train(p, epochs=20):
-    p.add_argument("--epochs", type=int, default=epochs, help="training epochs (default %(default)s)")
+    p.add_argument("--epochs", type=_count, default=epochs, help="training epochs (default %(default)s)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (default %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="training batch size (default %(default)s)")
     p.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="optimizer (default %(default)s)")
@@ -207,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="example config:\n" + EXAMPLE_CONFIG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--config", default=None, help="YAML or TOML file with the options below (flags given explicitly win)")
     _add_model(r, "results/run")
-    r.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning (default %(default)s)")
+    r.add_argument("--finetune-epochs", type=_count, default=5, help="fine-tuning epochs after pruning (default %(default)s)")
     _add_data(r)
     _add_train(r)
     _add_prune(r)
@@ -226,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency targets instead of --ratios: speedups over the unpruned model measured on --runtime "
                         "(the table gets the measured latency of each, and report/ the accuracy-vs-latency curve)")
     _add_latency_target(s)
-    s.add_argument("--finetune-epochs", type=int, default=3, help="fine-tuning epochs per pruned model")
+    s.add_argument("--finetune-epochs", type=_count, default=3, help="fine-tuning epochs per pruned model")
     s.add_argument("--out", default="results/sweep", help="output folder (default %(default)s)")
     s.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate (default %(default)s)")
     s.add_argument("--max-steps", type=int, default=None, help="stop each fine-tuning after this many steps")
@@ -243,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--methods", nargs="+", default=["kmeans", "l1", "random"], choices=available_criteria(),
                    metavar="METHOD", help="criteria to compare (default kmeans l1 random)")
     d.add_argument("--ratio", type=_fraction, default=0.5, help="fraction of channels removed (default 0.5)")
-    d.add_argument("--epochs", type=int, default=20, help="training epochs of the base model (default %(default)s)")
-    d.add_argument("--finetune-epochs", type=int, default=5, help="fine-tuning epochs after pruning")
+    d.add_argument("--epochs", type=_count, default=20, help="training epochs of the base model (default %(default)s)")
+    d.add_argument("--finetune-epochs", type=_count, default=5, help="fine-tuning epochs after pruning")
     d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     d.add_argument("--no-edge", action="store_true", help="skip the export, benchmark and report steps")
     d.set_defaults(func=cmd.demo)
@@ -321,6 +332,41 @@ def _load_config(path: str) -> dict:
     return cfg
 
 
+def _config_value(sub: argparse.ArgumentParser, key: str, value, path: str):
+    """A config file's `value` for option `key`, read as its flag would be (type, choices,
+    lists, switches), so a bad value stops ``run`` before any training, naming the file and
+    the key. (argparse itself checks neither a default's choices nor a non-string default.)"""
+    action = next(a for a in sub._actions if a.dest == key)
+    flag = "/".join(action.option_strings) or key
+
+    def bad(why: str):
+        return ValueError(f"config {path}: {key}: {why} (the option {flag})")
+
+    if action.nargs == 0:  # a switch: store_true / store_false
+        if not isinstance(value, bool):
+            raise bad(f"expected true or false, got {value!r}")
+        return value
+    many = action.nargs in ("+", "*")
+    items = value if many and isinstance(value, list) else [value]
+    if not many and isinstance(value, (list, dict)):
+        raise bad(f"expected one value, got {value!r}")
+    out = []
+    for v in items:
+        if isinstance(v, (list, dict)) or (isinstance(v, bool) and action.type is not None):
+            raise bad(f"expected a single {getattr(action.type, '__name__', 'value').strip('_')}, got {v!r}")
+        if action.type is not None:
+            try:
+                v = action.type(v if isinstance(v, str) else str(v))
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as e:
+                raise bad(str(e) if isinstance(e, argparse.ArgumentTypeError) else f"invalid value {v!r}") from None
+        elif not isinstance(v, str):
+            v = str(v)
+        if action.choices is not None and v not in action.choices:
+            raise bad(f"{v!r} is not one of {', '.join(map(str, action.choices))}")
+        out.append(v)
+    return out if many else out[0]
+
+
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     return actions[0].choices[name]
@@ -346,6 +392,8 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
                 bad = sorted(k for k in cfg if k not in options)
                 if bad:
                     raise ValueError(f"config {known.config}: unknown option(s) {bad}; known: {sorted(options)}")
+                # null: the option's default, as if the key were left out (and no budget either)
+                cfg = {k: _config_value(run, k, v, known.config) for k, v in cfg.items() if v is not None}
             except ValueError as e:
                 print(f"pyprune run: error: {e}", file=sys.stderr)
                 return None

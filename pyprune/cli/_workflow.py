@@ -3,17 +3,28 @@ prune -> fine-tune -> evaluate pass (used by ``run``, ``sweep`` and ``demo``).""
 from __future__ import annotations
 
 import contextlib
-import json
+import math
 import pathlib
 import time
 
 import torch
 
-from .._io import check_outputs, write_text
+from .._io import check_outputs, write_json, write_text
 
 
-def write_json(path: pathlib.Path, obj) -> pathlib.Path:
-    return write_text(path, json.dumps(obj, indent=1, default=float))
+def planned_ratio(plan) -> float | str:
+    """The ratio a plan was made with, as a checkpoint or results file records it: ``"auto"``
+    where the method chose its own counts (the plan holds NaN there)."""
+    return "auto" if math.isnan(plan.ratio) else plan.ratio
+
+
+def ratio_text(plan) -> str:
+    r = planned_ratio(plan)
+    if r != "auto":
+        return f"ratio {r:.2f}"
+    before = sum(b for b, _ in plan.widths().values())
+    after = sum(a for _, a in plan.widths().values())
+    return f"ratio auto ({1 - after / max(before, 1):.0%} of the channels removed)"
 
 
 def dataset(args, size=None, channels=None):
@@ -138,6 +149,13 @@ def prune_model(model, meta, args, spec=None, **override):
     return prune(model, example(meta), **kw)
 
 
+def distill_options(args, teacher) -> dict:
+    """fit()'s distillation keywords from the flags: `teacher` with ``--distill``, else none."""
+    if not getattr(args, "distill", False):
+        return {}
+    return dict(teacher=teacher, distill_temperature=args.distill_temperature, distill_weight=args.distill_weight)
+
+
 def prune_finetune_eval(model, meta, spec, args, *, epochs: int, lr: float, example_input=None, **override) -> tuple:
     """Prune `model` (a copy), evaluate, fine-tune `epochs`, evaluate again.
 
@@ -158,8 +176,7 @@ def prune_finetune_eval(model, meta, spec, args, *, epochs: int, lr: float, exam
     before = evaluate(res.model, spec.val)
     t0 = time.perf_counter()
     if epochs:
-        distill = dict(teacher=model, distill_temperature=args.distill_temperature,
-                       distill_weight=args.distill_weight) if getattr(args, "distill", False) else {}
+        distill = distill_options(args, model)
         fit(res.model, spec.train, epochs=epochs, lr=lr, batch_size=getattr(args, "batch_size", 64),
             optimizer=getattr(args, "optimizer", "adamw"), seed=args.seed, max_steps=getattr(args, "max_steps", None),
             **distill)
