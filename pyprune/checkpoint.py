@@ -87,7 +87,13 @@ def _save_safetensors(obj: dict, path: pathlib.Path) -> None:
     if any(k not in ("format", "version", "arch", "arch_kwargs", "spec", "state_dict", "meta", "attributes")
            for k in obj):
         raise CheckpointError(f"{path}: training state cannot be written as .safetensors; use a .pt file")
-    sd = {k: v.contiguous() for k, v in obj["state_dict"].items()}
+    # safetensors refuses tensors that share memory: a tied tensor (one storage under two
+    # names) is written once per name, and loading ties them again where the architecture does
+    sd, seen = {}, set()
+    for k, v in obj["state_dict"].items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else None
+        sd[k] = v.clone(memory_format=torch.contiguous_format) if ptr in seen else v.contiguous()
+        seen.add(ptr)
     header = {k: v for k, v in obj.items() if k != "state_dict"}
     atomic_write(path, lambda tmp: save_file(sd, str(tmp)))
     atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(header, indent=1, default=str)))
@@ -183,13 +189,24 @@ def resize_to(model: nn.Module, spec: dict) -> nn.Module:
     if missing or unexpected:
         raise CheckpointError(f"the checkpoint does not match the architecture: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    touched = set()
+    touched, new = set(), {}  # id of a tensor before -> (it, its resized one): a tied tensor stays tied
     for name, shape in spec.items():
         if list(own[name].shape) == list(shape):
             continue
         mod_name, _, pname = name.rpartition(".")
         mod = model.get_submodule(mod_name) if mod_name else model
-        replace_tensor(mod, pname, torch.empty(shape, dtype=getattr(mod, pname).dtype))
+        old = getattr(mod, pname)
+        if id(old) in new:
+            resized = new[id(old)][1]
+            if list(resized.shape) != list(shape):
+                raise CheckpointError(f"{name} is the architecture's tied tensor of another name, yet the checkpoint "
+                                      f"gives them different shapes ({list(shape)} against {list(resized.shape)})")
+            setattr(mod, pname, resized)
+        elif any(t is old for _, t in new.values()):
+            continue  # (a module met under a second name: already resized)
+        else:
+            replace_tensor(mod, pname, torch.empty(shape, dtype=old.dtype))
+            new[id(old)] = (old, getattr(mod, pname))  # (the old one held: its id stays its own)
         touched.add(mod_name)
     for mod_name in touched:
         resize(model.get_submodule(mod_name) if mod_name else model)

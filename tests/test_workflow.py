@@ -214,6 +214,33 @@ def test_user_model_checkpoint_needs_the_architecture(tmp_path):
     assert model[0].out_channels == 8  # the given instance is not modified
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_tied_weights_stay_tied_through_a_checkpoint(tmp_path, suffix):
+    """Two layers sharing one weight are cut together and saved; loading resizes the shared
+    tensor once, so the loaded model's layers share it again (resized apart, a step on one
+    would no longer move the other), and .safetensors, which refuses shared memory, writes it
+    once per name."""
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3), nn.Conv2d(16, 16, 3)
+            self.b.weight = self.a.weight
+            self.head = nn.Linear(16, 4)
+
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            return self.head((torch.relu(self.a(x)) + torch.relu(self.b(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 12, 12)
+    res = pyprune.prune(Tied().eval(), x, method="l1", ratio=0.5)
+    assert res.model.a.weight is res.model.b.weight and res.model.a.weight.shape == (8, 8, 3, 3)
+    path = save_model(tmp_path / f"t{suffix}", res.model, attributes=res.attributes)
+    loaded, _ = load_model(path, model=Tied())
+    assert loaded.a.weight is loaded.b.weight
+    assert torch.equal(loaded(x), res.model(x))
+
+
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
     model = get_model("resnet20_cifar", num_classes=10)
     good = save_model(tmp_path / "g.pt", model, arch="resnet20_cifar", arch_kwargs={"num_classes": 10})
@@ -333,15 +360,6 @@ def test_cli_run_config_null_is_the_default_and_auto_ratio_writes_strict_json(tm
     res = json.loads((tmp_path / "b" / "results.json").read_text(), parse_constant=strict)
     assert res["ratio"] == "auto"
     assert load_model(tmp_path / "b" / "pruned.pt")[1]["ratio"] == "auto"
-
-
-def test_cli_sweep_checks_every_pruning_before_the_first_fine_tune(tmp_path, cli, monkeypatch):
-    import pyprune.cli._commands as commands
-
-    monkeypatch.setattr(commands, "_load_and_evaluate", lambda args: pytest.fail("loaded before the options were checked"))
-    p = cli("sweep", "--checkpoint", str(tmp_path / "m.pt"), "--methods", "l1", "--speedups", "1.5", "0.5",
-            "--out", str(tmp_path / "sw"))
-    assert p.returncode != 0 and "target_speedup: expected a speedup >= 1" in p.stderr, p.stderr
 
 
 def test_cli_prune_finetune_sweep(tmp_path, cli):
@@ -628,6 +646,15 @@ def test_cli_sweep_checks_every_method_and_ratio_before_any_work(tmp_path, small
                 "--out", str(tmp_path / "sw"))
         assert p.returncode == 2 and message in p.stderr, p.stderr[-2000:]
         assert "top-1" not in p.stdout and not (tmp_path / "sw").exists()
+    # what only pruning knows (a speedup below 1) is checked for every one before the first
+    # checkpoint is loaded and fine-tuned
+    import pyprune.cli._commands as commands
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(commands, "_load_and_evaluate", lambda args: pytest.fail("loaded before the options were checked"))
+        p = cli("sweep", "--checkpoint", str(small_checkpoint), "--methods", "l1", "--speedups", "1.5", "0.5",
+                "--out", str(tmp_path / "sw"))
+    assert p.returncode != 0 and "target_speedup: expected a speedup >= 1" in p.stderr, p.stderr[-2000:]
     # the single prune command says the same
     p = cli("prune", "--checkpoint", str(small_checkpoint), "--ratio", "1.5", "--out", str(tmp_path / "p.pt"))
     assert p.returncode == 2 and "must be a number in [0, 1) or 'auto', got '1.5'" in p.stderr
