@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ._io import atomic_write
+from ._reparam import computed_tensors
 from .layers import resize
 from .surgery import replace_tensor
 
@@ -208,6 +209,7 @@ def resize_to(model: nn.Module, spec: dict) -> nn.Module:
             replace_tensor(mod, pname, torch.empty(shape, dtype=old.dtype))
             new[id(old)] = (old, getattr(mod, pname))  # (the old one held: its id stays its own)
         touched.add(mod_name)
+    _recompute(model)  # (a masked weight takes its new shape before the sizes are read from it)
     for mod_name in touched:
         resize(model.get_submodule(mod_name) if mod_name else model)
     return model
@@ -218,6 +220,31 @@ def load_model(path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
     architecture comes from the registry by the saved name; with `model` (an instance of
     the original, unpruned architecture) a copy of it is resized. Returns (model, meta)."""
     return model_from(read(path), path, model)
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    """A deep copy of `model`. A tensor a forward pre-hook computed (``torch.nn.utils.prune``'s
+    ``weight = weight_orig * weight_mask``) is a graph's result, which deepcopy refuses: it is
+    copied detached (the hook computes it again before each call)."""
+    memo = {}
+    for m in model.modules():
+        for name in computed_tensors(m):
+            t = m.__dict__.get(name)
+            if isinstance(t, torch.Tensor) and not t.is_leaf:
+                memo[id(t)] = t.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _recompute(model: nn.Module) -> None:
+    """Run ``torch.nn.utils.prune``'s hooks once, so the tensors they compute have the
+    loaded shapes and values before the first call (as ``out_channels`` and the rest do)."""
+    from torch.nn.utils.prune import BasePruningMethod
+
+    with torch.no_grad():
+        for m in model.modules():
+            for hook in list(m._forward_pre_hooks.values()):
+                if isinstance(hook, BasePruningMethod):
+                    hook(m, None)
 
 
 def model_from(obj: dict, path, model: nn.Module | None = None) -> tuple[nn.Module, dict]:
@@ -233,12 +260,13 @@ def model_from(obj: dict, path, model: nn.Module | None = None) -> tuple[nn.Modu
         except Exception as e:
             raise CheckpointError(f"{path}: cannot build architecture {obj['arch']!r}: {e}") from e
     else:
-        model = copy.deepcopy(model)
+        model = _copy(model)
     resize_to(model, obj["spec"])
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not fit the architecture: {e}") from e
+    _recompute(model)  # (and the loaded values)
     mods = dict(model.named_modules())
     for key, value in (obj.get("attributes") or {}).items():
         mod, _, attr = key.rpartition("|")

@@ -70,6 +70,32 @@ def test_pruning_masks_are_cut_with_their_weights():
     assert got.summary.params_ratio < 0.5
 
 
+def test_a_masked_pruned_model_loads_into_a_fresh_masked_instance(tmp_path):
+    """load_model(path, model=) of a model holding torch.nn.utils.prune masks built the
+    usual way (with gradients on: its masked weight is a graph's result, which deepcopy
+    refuses): the copy is made, the masked weight and the size attributes have the loaded
+    shapes before the first call, and the given instance is left as it was."""
+    from pyprune.checkpoint import load_model, save_model
+
+    def masked():
+        m = tiny()
+        torch_prune.l1_unstructured(m[3], "weight", amount=0.3)  # (not under no_grad)
+        return m
+
+    x, _ = inputs()
+    res = pyprune.prune(masked(), x, method="l1", ratio=0.5)
+    path = save_model(tmp_path / "m.pt", res.model, attributes=res.attributes)
+    given = masked()
+    loaded, _ = load_model(path, model=given)
+    conv = loaded[3]
+    assert conv.weight.shape == conv.weight_orig.shape == (8, 8, 3, 3)
+    assert (conv.out_channels, conv.in_channels) == (8, 8)  # before any call
+    torch.testing.assert_close(conv.weight, res.model[3].weight)
+    assert torch_prune.is_pruned(loaded)
+    torch.testing.assert_close(loaded(x), res.model(x))
+    assert given[3].weight_orig.shape == (16, 16, 3, 3) and given[3].out_channels == 16
+
+
 def test_a_pruning_mask_is_not_refitted_into_a_weight_its_hook_recomputes():
     x, cal = inputs()
     masked = tiny()
