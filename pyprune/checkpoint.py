@@ -48,7 +48,7 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
     architecture, metadata) as JSON beside it (same name, ``.json``): nothing in either
     file is code."""
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    attributes = {**_conv_sizes(model), **(attributes or {})}
+    attributes = {**_size_attributes(model), **(attributes or {})}
     obj = {
         "format": FORMAT,
         "version": VERSION,
@@ -70,12 +70,16 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
     return path
 
 
-def _conv_sizes(model: nn.Module) -> dict:
-    """A grouped conv's ``groups`` and ``in_channels``: its weight's shape cannot tell them
-    (a depthwise conv with a multiplier that lost whole groups, or one whose groups each lost
-    outputs, have the same shapes), so they are saved and set again on loading."""
-    return {(name, attr): getattr(m, attr) for name, m in model.named_modules()
-            if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for attr in ("groups", "in_channels")}
+def _size_attributes(model: nn.Module) -> dict:
+    """Counts no tensor's shape tells, saved with every checkpoint and set again on loading:
+    a grouped conv's ``groups`` and ``in_channels`` (a depthwise conv with a multiplier that
+    lost whole groups, or one whose groups each lost outputs, have the same shapes), and an
+    InstanceNorm's ``num_features`` (it may hold no tensor, yet checks its input's count)."""
+    out = {(name, attr): getattr(m, attr) for name, m in model.named_modules()
+           if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 for attr in ("groups", "in_channels")}
+    out.update({(name, "num_features"): m.num_features for name, m in model.named_modules()
+                if isinstance(m, nn.modules.instancenorm._InstanceNorm)})
+    return out
 
 
 def _save_safetensors(obj: dict, path: pathlib.Path) -> None:

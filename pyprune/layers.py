@@ -440,6 +440,12 @@ class InstanceNorm(LayerHandler):
         rec.add_scale_free(lay.ids, f"{type(m).__name__} {name}")
         rec.set_layout(out, lay)
 
+    def resize(self, m):
+        t = next((t for t in (getattr(m, p, None) for p in ("weight", "running_mean")) if isinstance(t, torch.Tensor)),
+                 None)
+        if t is not None:  # (without tensors, only the saved attribute knows the count)
+            m.num_features = t.shape[0]
+
 
 def _norm_members(rec, name, m, ids) -> None:
     for p in ("weight", "bias"):

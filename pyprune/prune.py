@@ -84,6 +84,11 @@ class PruneConfig:
         cfg = cls(**own, criterion_options=dict(kwargs.get("criterion_options") or {}))
         spec = criterion_spec(cfg.method)
         unknown = [k for k in rest if k not in spec.options]
+        targets = [k for k in unknown if k in {"ratio", "inplace", "iterative_steps", "finetune"} | set(_BUDGETS)]
+        if targets:
+            raise TypeError(f"{', '.join(targets)}: what to reach is given to the call that prunes, not to the "
+                            f"Pruner or PruneConfig: pyprune.prune(model, x, {targets[0]}=...), or "
+                            f"Pruner(model, x, ...).run({targets[0]}=...) (also .prune() and .plan())")
         if unknown:
             known = sorted(names | set(spec.options) | {"ratio", "inplace", "iterative_steps", "finetune"} | set(_BUDGETS))
             hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)

@@ -87,7 +87,7 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
         for (mod, pname) in plan:
             t = _get(modules, mod, pname)
             memo[id(t)] = None  # placeholder: replaced below, never deep-copied
-        target = copy.deepcopy(model, memo)
+        target = _deepcopy(model, memo)
     else:
         target = model
     new_modules = dict(target.named_modules())
@@ -229,6 +229,32 @@ def _put(module: nn.Module, name: str, value: torch.Tensor) -> None:
         module._buffers[name] = value
     else:
         setattr(module, name, value)
+
+
+def _deepcopy(model: nn.Module, memo: dict) -> nn.Module:
+    """copy.deepcopy(model, memo), or a ValueError naming the attribute that cannot be copied
+    (a lock, a file, an open session held by a module) and the ways out."""
+    try:
+        return copy.deepcopy(model, memo)
+    except Exception as e:
+        culprit = "an attribute of the model"
+        for name, m in model.named_modules():
+            for attr, v in vars(m).items():
+                if attr.startswith("_") or isinstance(v, (torch.Tensor, nn.Module)):
+                    continue
+                try:
+                    copy.deepcopy(v)
+                except Exception:
+                    culprit = f"{name + '.' if name else ''}{attr} ({type(v).__name__})"
+                    break
+            else:
+                continue
+            break
+        raise ValueError(f"pruning works on a copy of the model, and {culprit} cannot be copied "
+                         f"({type(e).__name__}: {e}). Prune the model itself with inplace=True and verify=False "
+                         "(the check of a cut, and recovery with calibration=, run on a copy first), or make "
+                         "that attribute copyable "
+                         "(a __deepcopy__ that shares or recreates it); the model was not changed.") from e
 
 
 def replace_tensor(module: nn.Module, name: str, new: torch.Tensor, *, like: torch.Tensor | None = None) -> None:

@@ -302,9 +302,29 @@ def test_pruning_options_are_checked_before_any_work():
             pyprune.prune(model, x, **kw)
     with pytest.raises(TypeError, match=r"criterion_options: unknown option\(s\) 'kmeans_itre' .* kmeans_iter"):
         Pruner(model, x, config=PruneConfig(method="kmeans", criterion_options={"kmeans_itre": 0}))
+    for target in ("ratio", "target_macs", "iterative_steps"):  # (the message used to list them as known)
+        with pytest.raises(TypeError, match=rf"^{target}: what to reach is given to the call that prunes.*"
+                                            rf"\.run\({target}=\.\.\.\)"):
+            Pruner(model, x, method="l1", **{target: 0.5})
     res = pyprune.prune(model, x, method="l1", ratio=np.float32(0.5))
     assert res.model[0].out_channels == 4 and res.plan.ratio == 0.5
     assert pyprune.prune(model, x, method="l1", schedule="global", min_keep=0).model[2].out_channels == 4
+
+
+def test_a_model_that_cannot_be_copied_is_named_with_the_way_out():
+    """A module holding something deepcopy refuses (a lock): the error names the attribute
+    and the in-place way, which then prunes the model itself; nothing was changed before."""
+    import threading
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    model[2].lock = threading.Lock()
+    x = torch.randn(1, 3, 8, 8)
+    for kw in ({}, {"inplace": True}):
+        with pytest.raises(ValueError, match=r"2\.lock \(lock\) cannot be copied .* inplace=True and verify=False"):
+            pyprune.prune(model, x, method="l1", ratio=0.5, **kw)
+        assert model[0].out_channels == 8
+    res = pyprune.prune(model, x, method="l1", ratio=0.5, inplace=True, verify=False)
+    assert res.model is model and model[0].out_channels == 4 and model(x).shape == (1, 4, 4, 4)
 
 
 def test_a_plan_for_another_model_or_an_earlier_state_is_refused():

@@ -241,6 +241,21 @@ def test_tied_weights_stay_tied_through_a_checkpoint(tmp_path, suffix):
     assert torch.equal(loaded(x), res.model(x))
 
 
+@pytest.mark.parametrize("affine", [True, False])
+def test_instance_norm_counts_come_back_without_the_attributes(tmp_path, affine):
+    """save_model without ``attributes=``: an InstanceNorm's ``num_features`` (which it checks
+    against its input, affine or not) is saved with every checkpoint and set again, as a
+    grouped conv's counts are; before, the load succeeded and the first call failed."""
+    torch.manual_seed(0)
+    model = lambda: nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.InstanceNorm2d(16, affine=affine),  # noqa: E731
+                                  nn.ReLU(), nn.Conv2d(16, 4, 3)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = pyprune.prune(model(), x, method="l1", ratio=0.5)
+    loaded, _ = load_model(save_model(tmp_path / "n.pt", res.model), model=model())
+    assert loaded[1].num_features == 8
+    assert torch.equal(loaded(x), res.model(x))
+
+
 def test_corrupt_and_mismatched_checkpoints(tmp_path):
     model = get_model("resnet20_cifar", num_classes=10)
     good = save_model(tmp_path / "g.pt", model, arch="resnet20_cifar", arch_kwargs={"num_classes": 10})
