@@ -100,6 +100,7 @@ class ReconstructionReport:
 
     layers: dict = field(default_factory=dict)  # name -> (residual, rows)
     left: dict = field(default_factory=dict)  # name -> why it was left as cut (its weight is computed)
+    skipped: dict = field(default_factory=dict)  # name -> why a layer that lost inputs was not refitted
 
     def left_as_cut(self) -> str:
         """The layers left as cut, each with why (for messages)."""
@@ -107,8 +108,13 @@ class ReconstructionReport:
 
     def __str__(self) -> str:
         left = f"; left as cut: {self.left_as_cut()}" if self.left else ""
+        if self.skipped:
+            shown = ", ".join(f"{n} ({why})" for n, why in list(self.skipped.items())[:5])
+            left += (f"; {len(self.skipped)} layer(s) that lost input channels not refitted: {shown}"
+                     + (" ..." if len(self.skipped) > 5 else ""))
         if not self.layers:
-            return ("reconstruction: no layer lost input channels" if not self.left else "reconstruction: none") + left
+            head = "reconstruction: none" if self.left or self.skipped else "reconstruction: no layer lost input channels"
+            return head + left
         res = [r for r, _ in self.layers.values()]
         return (f"reconstructed {len(res)} layers (relative residual median {np.median(res):.3g}, "
                 f"max {max(res):.3g})") + left
@@ -117,11 +123,21 @@ class ReconstructionReport:
 MAX_FEATURES = 8192  # inputs per output above which a layer is not refitted (its Gram matrix)
 
 
-def _refittable(m: nn.Module) -> bool:
+def _not_refittable(m: nn.Module) -> str | None:
+    """Why least squares cannot refit layer `m` from its input rows (None: it can): a Linear,
+    or a Conv1d/Conv2d without groups, whatever its padding (a number, "same", "valid") and
+    padding mode."""
     if isinstance(m, nn.Linear):
-        return m.in_features + 1 <= MAX_FEATURES
-    return (isinstance(m, nn.Conv2d) and m.groups == 1 and m.padding_mode == "zeros"
-            and not isinstance(m.padding, str) and m.in_channels * math.prod(m.kernel_size) + 1 <= MAX_FEATURES)
+        features = m.in_features
+    elif isinstance(m, (nn.Conv1d, nn.Conv2d)) and not isinstance(m, nn.modules.conv._ConvTransposeNd):
+        if m.groups > 1:
+            return f"grouped convolution ({m.groups} groups)"
+        features = m.in_channels * math.prod(m.kernel_size)
+    else:
+        return f"{type(m).__name__} is not refitted (Linear, Conv1d and Conv2d are)"
+    if features + 1 > MAX_FEATURES:
+        return f"{features} inputs per output (at most {MAX_FEATURES - 1} are refitted)"
+    return None
 
 
 def _unstorable(m: nn.Module) -> str | None:
@@ -145,18 +161,24 @@ def _store(m: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def _rows_of(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows: patches (N * locations, C * kh * kw) for a conv, the last
-    dim for a Linear."""
+    """The layer's input as rows: patches (N * locations, C * kernel) for a conv, padded as
+    the conv pads (its own padding mode, "same" included), the last dim for a Linear."""
     if isinstance(m, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    cols = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride)
+    mode = "constant" if m.padding_mode == "zeros" else m.padding_mode
+    x = F.pad(x, m._reversed_padding_repeated_twice, mode=mode)
+    if isinstance(m, nn.Conv1d):  # a row of height 1
+        x, kernel, dilation, stride = x.unsqueeze(2), (1, *m.kernel_size), (1, *m.dilation), (1, *m.stride)
+    else:
+        kernel, dilation, stride = m.kernel_size, m.dilation, m.stride
+    cols = F.unfold(x, kernel, dilation=dilation, stride=stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 def _out_rows(m: nn.Module, y: torch.Tensor) -> torch.Tensor:
     if isinstance(m, nn.Linear):
         return y.reshape(-1, y.shape[-1])
-    return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+    return y.movedim(1, -1).reshape(-1, y.shape[1])
 
 
 @torch.no_grad()
@@ -179,11 +201,24 @@ def reconstruct(original: nn.Module, pruned: nn.Module, keep_in: dict, keep_out:
     """
     mods_o, mods_p = dict(original.named_modules()), dict(pruned.named_modules())
     holders = collections.Counter(id(p) for m in mods_p.values() for p in m.parameters(recurse=False))
-    names = [n for n, m in mods_p.items() if _refittable(m) and n in mods_o and type(mods_o[n]) is type(m)
-             and (layers is None or n in layers) and n in keep_in
-             and _in_features(m) < _in_features(mods_o[n])
-             and all(holders[id(p)] == 1 for p in m.parameters(recurse=False))]  # a tied weight fits no one layer
     report = ReconstructionReport()
+    names = []
+    for n, m in mods_p.items():
+        o = mods_o.get(n)
+        if (o is None or type(o) is not type(m) or (layers is not None and n not in layers)
+                or not isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or _in_features(m) >= _in_features(o)):
+            continue  # (not a layer that lost input channels)
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups == m.in_channels and o.groups == o.in_channels:
+            continue  # depthwise: each output reads its own channel, and a kept one kept it
+        why = _not_refittable(m)
+        if why is None and n not in keep_in:
+            why = "its kept inputs are not known by position"
+        if why is None and not all(holders[id(p)] == 1 for p in m.parameters(recurse=False)):
+            why = "its weight is tied to another layer's (no one layer's fit is right for both)"
+        if why is not None:
+            report.skipped[n] = why
+        else:
+            names.append(n)
     for n in list(names):
         why = _unstorable(mods_p[n])
         if why is not None:

@@ -139,6 +139,69 @@ def test_reconstruction_lowers_the_next_layers_output_error_on_held_out_batches(
         assert err_b < err_a, (name, err_a, err_b)
 
 
+def _refit(model, x, cal):
+    return pyprune.prune(model, x, method="l1", ratio=0.5, calibration=cal, bn_recalibration=False)
+
+
+def test_reconstruction_refits_every_padding_and_conv1d_as_their_plain_equivalents():
+    """padding="same", a reflect/circular/replicate padding mode and Conv1d are refitted,
+    each exactly as an equivalent model the refit already took: padding=1, an explicit pad
+    layer before an unpadded conv, and a Conv2d of height 1 (same kept channels, same rows,
+    same fit). Before, they were skipped while the report said no layer lost input channels."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    cal = [torch.randn(8, 3, 8, 8, generator=g) for _ in range(3)]
+    x = cal[0][:1]
+
+    def pair(a: nn.Sequential, b: nn.Sequential, names_a, names_b, cal_a, cal_b, xa, xb, shape):
+        sb = b.state_dict()  # the same weights, in order
+        b.load_state_dict({k: v.reshape(sb[k].shape) for k, v in zip(sb, a.state_dict().values())})
+        ra, rb = _refit(a.eval(), xa, cal_a), _refit(b.eval(), xb, cal_b)
+        assert sorted(ra.recovery["reconstruction"].layers) == names_a
+        assert sorted(rb.recovery["reconstruction"].layers) == names_b
+        for na, nb in zip(names_a, names_b):
+            wa, wb = ra.model.get_submodule(na).weight, rb.model.get_submodule(nb).weight
+            assert_close(wa.reshape(wb.shape), wb, rtol=1e-4, atol=1e-5)
+        assert ra.model.get_submodule(names_a[0]).weight.shape[1] == 8
+        assert shape(ra.model(xa).shape) == rb.model(xb).shape
+
+    same = lambda p, mode="zeros": nn.Sequential(  # noqa: E731
+        nn.Conv2d(3, 16, 3, padding=p, padding_mode=mode), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=p, padding_mode=mode),
+        nn.ReLU(), nn.Conv2d(16, 4, 3, padding=p, padding_mode=mode))
+    pair(same("same"), same(1), ["2", "4"], ["2", "4"], cal, cal, x, x, lambda s: s)
+    for mode, pad in (("reflect", nn.ReflectionPad2d), ("circular", nn.CircularPad2d),
+                      ("replicate", nn.ReplicationPad2d)):
+        explicit = nn.Sequential(pad(1), nn.Conv2d(3, 16, 3), nn.ReLU(), pad(1), nn.Conv2d(16, 16, 3), nn.ReLU(),
+                                 pad(1), nn.Conv2d(16, 4, 3))
+        pair(same(1, mode), explicit, ["2", "4"], ["4", "7"], cal, cal, x, x, lambda s: s)
+    one_d = nn.Sequential(nn.Conv1d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv1d(16, 16, 5, padding="same", dilation=2),
+                          nn.ReLU(), nn.Conv1d(16, 4, 3, stride=2))
+    flat = nn.Sequential(nn.Conv2d(3, 16, (1, 3), padding=(0, 1)), nn.ReLU(),
+                         nn.Conv2d(16, 16, (1, 5), padding=(0, 4), dilation=(1, 2)), nn.ReLU(),
+                         nn.Conv2d(16, 4, (1, 3), stride=(1, 2)))
+    seq = [c.reshape(8, 3, 64) for c in cal]
+    pair(one_d, flat, ["2", "4"], ["2", "4"], seq, [c[:, :, None] for c in seq], seq[0][:1], seq[0][:1, :, None],
+         lambda s: (s[0], s[1], 1, s[2]))
+
+
+def test_layers_the_refit_cannot_take_are_named_in_its_report():
+    """A grouped conv, a transposed conv and a Conv3d that lost input channels are listed as
+    not refitted, each with why (depthwise convs need no refit and are not listed)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=4),
+                          nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                          nn.ConvTranspose2d(16, 4, 3)).eval()
+    cal = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    rep = _refit(model, cal[0][:1], cal).recovery["reconstruction"]
+    assert rep.skipped == {"2": "grouped convolution (4 groups)",
+                           "6": "ConvTranspose2d is not refitted (Linear, Conv1d and Conv2d are)"}
+    assert str(rep).startswith("reconstruction: none; 2 layer(s) that lost input channels not refitted: 2 (grouped")
+    vol = nn.Sequential(nn.Conv3d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv3d(8, 4, 3)).eval()
+    cal3 = [torch.randn(2, 3, 6, 6, 6)]
+    rep = _refit(vol, cal3[0][:1], cal3).recovery["reconstruction"]
+    assert list(rep.skipped) == ["2"] and "Conv3d" in str(rep)
+
+
 def test_centripetal_merge_is_lossless(trained):
     """After the centripetal phase the clusters' members are identical: merging them leaves
     the outputs equal (1e-4 relative) and top-1 unchanged (0.1 point)."""
