@@ -1186,12 +1186,15 @@ def _warn_shortfall(res: PruneResult) -> None:
         return
     graph, kept = res.plan.graph, {gid: after for gid, (_, after) in res.plan.widths().items()}
     total = removed = 0
-    kept_back = []
+    kept_back, outputs = [], []
     for g in graph.groups:
         if g.size < 2:
             continue  # one channel: no ratio cuts it
         reasons = graph.kept_reasons(g)
         if g.frozen.all() and graph.frozen_reasons.get(g.id) and all(r.startswith("ignore=") for r in reasons):
+            why = graph.frozen_reasons[g.id]
+            if not reasons and "network output" in why and "network input" not in why:
+                outputs.append(g)  # (an input's channels passed through could not be cut anyway)
             continue  # what the user or the network's inputs and outputs fix
         total += g.size
         removed += g.size - kept[g.id]
@@ -1200,24 +1203,42 @@ def _warn_shortfall(res: PruneResult) -> None:
     params_removed = 1.0 - res.summary.params_ratio
     few_params = params_removed < 0.75 * (1.0 - (1.0 - ratio) ** 2)
     few_channels = removed < 0.8 * ratio * total
+    outputs.sort(key=lambda g: -g.size)
+    out_total = sum(g.size for g in outputs)
+
+    def warn_outputs() -> None:
+        shown = ", ".join(f"{g.name} ({g.size})" for g in outputs[:5]) + (" ..." if len(outputs) > 5 else "")
+        warnings.warn(f"pyprune: asked to remove {ratio:.0%} of the channels; {out_total} channels are the model's "
+                      f"outputs and keep their widths: {shown}"
+                      + (f", and {removed / total:.0%} of the other {total} were removed" if total else
+                         ", and no other channel could be cut")
+                      + f" ({params_removed:.0%} of the parameters). What reads a returned feature map expects "
+                        "its width: to cut it, prune one module that holds both (backbone and head).",
+                      stacklevel=4)
+
+    if outputs and out_total > total:  # most channels are what the model returns (a backbone's feature
+        warn_outputs()  # maps; a classifier's logits are far fewer than its other channels)
+        return
     if not total or not (few_channels or few_params):
         return
     head = (f"pyprune: asked to remove {ratio:.0%} of the channels, removed {removed / total:.0%} "
             f"(and {params_removed:.0%} of the parameters). ")
+    asked = res.plan.asked
+    held = sorted(((kept[g.id] - asked[g.id], g) for g in graph.groups
+                   if g.id in asked and kept[g.id] > asked[g.id]), key=lambda t: -t[0])
     if kept_back:
         kept_back.sort(key=lambda t: -t[0])
         shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
         warnings.warn(head + f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
-    elif few_channels:  # nothing kept whole, yet channels short: groups held above what the schedule asked
-        asked = res.plan.asked
-        held = sorted(((kept[g.id] - asked[g.id], g) for g in graph.groups
-                       if g.id in asked and kept[g.id] > asked[g.id]), key=lambda t: -t[0])
-        if not held:
-            return  # the schedule's own choice
+    elif few_channels and held:  # nothing kept whole, yet channels short: groups held above what was asked
         shown = "; ".join(f"{g.name} (kept {kept[g.id]} of {g.size}, the schedule asked "
                           f"{asked[g.id]}{'; blocks of a grouped layer keep one each at least' if g.blocks is not None else ''})"
                           for _, g in held[:5])
         warnings.warn(head + f"Kept above what the schedule asked: {shown}.", stacklevel=3)
+    elif few_params and out_total >= 0.25 * total and any(m.role == "in" for g in outputs for m in g.members):
+        warn_outputs()  # parameters short, and many returned channels are maps its own layers read on (a
+        # backbone's stages, not a classifier's logits)
+    # (else the schedule's own choice)
 
 
 def prune(

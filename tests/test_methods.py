@@ -629,6 +629,41 @@ def test_calibration_batches_the_model_cannot_take_are_refused_before_any_work()
         pyprune.prune(TwoHeads().eval(), a[:1], method="taylor", calibration=[(a, torch.zeros(4, dtype=torch.long))])
 
 
+def test_a_shortfall_from_returned_feature_maps_is_named():
+    """A backbone that returns its stages' maps keeps their widths (what reads them expects
+    them): the warning names those outputs instead of staying silent (nothing cut, or the
+    parameters far short). A classifier's logits, also an output, warn of nothing."""
+    import torchvision
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    class Stages(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 32, 3, 2, 1), nn.Conv2d(32, 64, 3, 2, 1)
+
+        def forward(self, x):
+            f1 = self.a(x).relu()
+            f2 = self.b(f1).relu()
+            return [f1, f2, self.c(f2).relu()]
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.warns(UserWarning, match=r"asked to remove 50% of the channels; 112 channels are the model's outputs "
+                                         r"and keep their widths: c \(64\), b \(32\), a \(16\), and no other channel"):
+        res = pyprune.prune(Stages().eval(), x, method="l1", ratio=0.5)
+    assert res.summary.params_ratio == 1.0
+    resnet = torchvision.models.resnet18().eval()
+    backbone = create_feature_extractor(resnet, {"layer2": "c3", "layer3": "c4", "layer4": "c5"})
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.warns(UserWarning, match=r"896 channels are the model's outputs .*layer4\.0\.conv2 \(512\).* and 50% of "
+                                         r"the other 1984 were removed"):
+        res = pyprune.prune(backbone, x, method="l1", ratio=0.5)
+    assert {k: v.shape[1] for k, v in res.model(x).items()} == {"c3": 128, "c4": 256, "c5": 512}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pyprune.prune(resnet, x, method="l1", ratio=0.5)
+
+
 def test_a_shortfall_from_grouped_blocks_is_named():
     """Nothing kept whole, yet far fewer channels removed than asked (each two-channel block
     of a grouped conv keeps one at least): a warning names the groups kept above what the
