@@ -921,6 +921,35 @@ def test_a_channels_first_layernorm_subclass_is_followed_by_what_it_reads(side):
         assert res.model[1].weight.shape == (16,) and res.model[0].out_channels == 8
 
 
+def test_a_split_size_several_attributes_hold_is_named_with_them():
+    """Res2Net's split(x, self.width) where self.scale has the same value: pyprune cannot tell
+    which attribute sets the size, keeps the channels, and says so with both names (it used
+    to say that no attribute held it); with distinct values the split is cut."""
+    class Res2(nn.Module):
+        def __init__(self, width, scale):
+            super().__init__()
+            self.width, self.scale = width, scale
+            self.c1, self.c3 = nn.Conv2d(16, width * scale, 1), nn.Conv2d(width * scale, 16, 1)
+            self.convs = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(scale))
+
+        def forward(self, x):
+            pieces = torch.split(self.c1(x), self.width, 1)
+            return x + self.c3(torch.cat([c(t) for c, t in zip(self.convs, pieces)], 1))
+
+    def pruned(width, scale):
+        model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), Res2(width, scale), nn.AdaptiveAvgPool2d(1),
+                              nn.Flatten(), nn.Linear(16, 4)).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pyprune.prune(model, torch.randn(1, 3, 8, 8), method="l1", ratio=0.5)
+
+    reasons = {name: why for name, _, _, why in pruned(4, 4).frozen()}
+    assert reasons["1.c1"] == ["split size 4 in 1: 4 is held by 2 attributes (width, scale) and pyprune cannot tell "
+                               "which one sets it (give the one that does a value no other int attribute has)"]
+    res = pruned(4, 3)
+    assert "1.c1" not in {name for name, *_ in res.frozen()} and res.model[1].width == 2
+
+
 def test_split_pieces_coupled_across_each_other_are_cut_and_a_piece_may_empty():
     """GatedConvNet: g's 12 channels are coupled with cat(i, c)'s (8 + 4): one group, its
     split sizes rewritten from what each piece keeps. With the channels of i made the

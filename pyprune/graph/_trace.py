@@ -196,6 +196,20 @@ class Recorder:
                 hits.append(k)
         return hits[0] if len(hits) == 1 else None
 
+    def held_by(self, values) -> str:
+        """Why no one attribute of the current module was found for each of `values` (ints),
+        for messages: none holds it, or several do (pyprune cannot tell which to rewrite)."""
+        parts = []
+        for v in values:
+            names = self.find_attrs(v) if type(v) is int else []
+            if len(names) > 1:
+                parts.append(f"{v} is held by {len(names)} attributes ({', '.join(names[:4])}) and pyprune cannot "
+                             "tell which one sets it (give the one that does a value no other int attribute has)")
+            elif not names:
+                parts.append(f"no attribute of the module holds {v} (pyprune rewrites the counts it finds as module "
+                             "attributes)")
+        return "; ".join(parts)
+
     def find_attrs(self, value: int) -> list[str]:
         """Every int attribute of the current module equal to `value`."""
         if not self.stack:
@@ -664,9 +678,8 @@ def _split(rec: Recorder, name, args, kwargs, out):
             for t in total:  # (every attribute that holds it: in/out channels alike)
                 rec.add_rewrite(t, "count", [lay.ids])
         else:
-            reason = (f"split size {arg} in {where} is " + ("not a divisor of the channels" if not equal else
-                      "a constant of forward that no attribute of the module holds (pyprune rewrites split sizes "
-                      "it finds as module attributes)"))
+            reason = (f"split size {arg} in {where}: " + ("not a divisor of the channels" if not equal else
+                      rec.held_by([arg])))
     elif isinstance(arg, (list, tuple)):
         attr = rec.find_attr(arg)
         if attr is not None:  # the list itself is an attribute: rewritten piece by piece
@@ -1669,8 +1682,8 @@ def _channel_slice(rec: Recorder, lay: Layout, i, size: int, out: torch.Tensor, 
             return
     attrs = [rec.find_attr(v) for v in bounds]
     if any(a is None for a in attrs):
-        rec.freeze(lay.ids, f"slice bound(s) {bounds} of the channels in {where} are constants of forward that no "
-                            "attribute of the module holds (pyprune rewrites bounds it finds as module attributes)")
+        rec.freeze(lay.ids, f"slice bound(s) {bounds} of the channels in {where}: "
+                            + rec.held_by([v for v, a in zip(bounds, attrs) if a is None]))
         return
     for v, a in zip(bounds, attrs):
         rec.add_rewrite(a, "count", [lay.ids[:v]])
