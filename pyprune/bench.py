@@ -129,23 +129,49 @@ def _worker_rows(cmd: str, spec: dict) -> list[dict]:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def _check_onnx_batch(path: pathlib.Path, batch_sizes) -> None:
-    """An ONNX file exported with a fixed batch runs at that batch only: say so, and how to
-    get one that takes any batch, before anything is timed."""
-    try:
-        import onnx
-    except ImportError:
+def _file_input_shape(path: pathlib.Path) -> list | None:
+    """The first input's shape an exported file was made for (None for a dim any size fits,
+    or where the file's runtime is not installed to read it): ONNX and ExecuTorch."""
+    if path.suffix == ".onnx":
+        try:
+            import onnx
+        except ImportError:
+            return None
+        try:
+            dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        except Exception as e:  # noqa: BLE001 - an unreadable file
+            raise ValueError(f"{path} is not a readable ONNX file: {e}") from e
+        return [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    if path.suffix == ".pte":
+        try:
+            from executorch.runtime import Runtime
+        except ImportError:
+            return None
+        try:
+            return list(Runtime.get().load_program(str(path)).metadata("forward").input_tensor_meta(0).sizes())
+        except Exception as e:  # noqa: BLE001 - an unreadable file
+            raise ValueError(f"{path} is not a readable ExecuTorch program: {e}") from e
+    return None
+
+
+def _check_file_input(path: pathlib.Path, shape: tuple, batch_sizes) -> None:
+    """An exported file runs at the input shape it was made for (a .pte, and an ONNX file
+    without a dynamic batch, at its batch too): say so, and what to pass or do, before
+    anything is timed."""
+    dims = _file_input_shape(path)
+    if dims is None:
         return
-    try:
-        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    except Exception as e:  # noqa: BLE001 - an unreadable file
-        raise ValueError(f"{path} is not a readable ONNX file: {e}") from e
-    fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+    made = "x".join("N" if d is None else str(d) for d in dims)
+    if len(dims) != len(shape) or any(d is not None and d != s for d, s in zip(dims[1:], shape[1:])):
+        raise ValueError(f"{path} takes inputs of shape {made}, not {'x'.join(map(str, shape[1:]))} per item: pass "
+                         f"--shape {' '.join(str(d) for d in dims[1:])}")
+    fixed = dims[0]
     other = [b for b in batch_sizes if fixed is not None and b != fixed]
     if other:
+        how = ("`pyprune export --dynamic-batch` (any batch size)" if path.suffix == ".onnx" else
+               "one .pte per batch size (`pyprune bench` on the checkpoint exports them)")
         raise ValueError(f"{path} was exported with a fixed batch of {fixed}, so it cannot run batch "
-                         f"{', '.join(map(str, other))}: benchmark --batch-sizes {fixed}, or export again with "
-                         "`pyprune export --dynamic-batch` (any batch size)")
+                         f"{', '.join(map(str, other))}: benchmark --batch-sizes {fixed}, or export again: {how}")
 
 
 def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "executorch"), threads=(1, 2),
@@ -187,8 +213,7 @@ def benchmark(model_or_file, input_shape, runtimes=("eager", "onnxruntime", "exe
                 raise ValueError(f"{path}: cannot tell the runtime from the suffix (.onnx, .pte, .pt2, .pt)")
             runtimes = [rt]
             files = {rt: {"*": path}}
-            if rt == "onnxruntime":
-                _check_onnx_batch(path, batch_sizes)
+            _check_file_input(path, shape, batch_sizes)
         result.files = {k: {b: str(p) for b, p in v.items()} for k, v in files.items()}
         with _exclusive():
             for rt in runtimes:

@@ -30,6 +30,7 @@ class DataSpec:
     in_channels: int
     size: int
     name: str
+    classes: list | None = None  # class names where the data names them (imagefolder: its folders)
 
 
 def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +205,7 @@ def get_dataset(name: str, data_dir: str | None = None, *, size: int | None = No
             raise DataError("imagefolder needs --data-dir (one sub-folder per class)")
         s = size or 224
         tr, va, classes = image_folder(data_dir, s, seed=seed, augment=augment)
-        return DataSpec(tr, va, len(classes), 3, s, name)
+        return DataSpec(tr, va, len(classes), 3, s, name, classes)
     raise DataError(f"unknown data set {name!r}; known: digits, cifar10, cifar100, imagefolder")
 
 

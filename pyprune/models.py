@@ -64,7 +64,7 @@ def get_model(name: str, num_classes: int = 10, *, weights: str | pathlib.Path |
         if weights is not None:
             model = MODELS[name](num_classes=kwargs.pop("weights_classes", num_classes), in_channels=in_channels, **kwargs)
             _load_local(model, weights)
-            return replace_head(model, num_classes)
+            return replace_head(adapt_input(model, in_channels), num_classes)
         return MODELS[name](num_classes=num_classes, in_channels=in_channels, **kwargs)
     import torchvision
 
@@ -99,22 +99,45 @@ def adapt_input(model: nn.Module, in_channels: int) -> nn.Module:
 
 
 def _load_local(model: nn.Module, path) -> None:
+    """Load the local weights file `path` into `model`, whose head first takes the file's
+    classes (the caller replaces it after); any other tensor of another shape is refused,
+    named."""
     from .checkpoint import read_state_dict
 
     if not pathlib.Path(path).is_file():
         raise FileNotFoundError(f"weights file {path} not found (weights are only loaded from local files)")
-    missing, unexpected = model.load_state_dict(read_state_dict(path), strict=False)
+    sd = read_state_dict(path)
+    head = _head(model)
+    if head is not None and isinstance(sd.get(f"{head[0]}.weight"), torch.Tensor):
+        replace_head(model, int(sd[f"{head[0]}.weight"].shape[0]))  # the file's classes, for now
+    first = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and isinstance(sd.get(f"{first}.weight"), torch.Tensor) and sd[f"{first}.weight"].dim() == 4:
+        adapt_input(model, int(sd[f"{first}.weight"].shape[1]) * model.get_submodule(first).groups)  # (the file's)
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if bad:
+        shown = "; ".join(f"{k} is {list(sd[k].shape)} in the file, {list(own[k].shape)} in the model" for k in bad[:3])
+        raise ValueError(f"{path} does not match the model: {shown}{' ...' if len(bad) > 3 else ''}. (A pruned "
+                         "pyprune checkpoint has its own widths: load it with --checkpoint, or "
+                         "pyprune.checkpoint.load_model.)")
+    missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _head(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The classifier head: the last Linear, else (a conv classifier) the last Conv2d."""
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            last = (name, m)
+    return last
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
     """Replace the last Linear (or, for conv classifiers, the last Conv2d) by a fresh one
     with `num_classes` outputs."""
-    last = None
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
-            last = (name, m)
+    last = _head(model)
     if last is None:
         raise ValueError("no Linear or Conv2d layer to use as the classifier head")
     name, m = last

@@ -147,10 +147,14 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
     if checkpoint is not None and resume and os.path.exists(checkpoint):
         from .checkpoint import read
 
-        obj = read(checkpoint)
+        try:
+            obj = read(checkpoint)
+        except Exception as e:
+            raise ValueError(f"{checkpoint}, the training state this run would resume from, cannot be read ({e}): "
+                             "delete it to train afresh") from e
         state = obj.get("train")
         if not isinstance(state, dict):
-            raise ValueError(f"{checkpoint} holds no training state to resume from")
+            raise ValueError(f"{checkpoint} holds no training state to resume from: delete it to train afresh")
     else:
         state = None
     if state is not None and resume_key is not None and state.get("key") != resume_key:
@@ -165,8 +169,10 @@ def fit(model: nn.Module, train: Dataset, *, epochs: int = 10, lr: float = 1e-3,
         history = list(state["history"])
         start = int(state["epoch"]) + 1
         if is_main_process() and progress is not False:
-            print(f"resuming from {checkpoint}: epochs 1-{start} are done, continuing with epoch "
-                  f"{start + 1} of {epochs}", file=sys.stderr)
+            print(f"resuming from {checkpoint}: " + (
+                f"epochs 1-{start} are done, continuing with epoch {start + 1} of {epochs}" if start < epochs else
+                f"it holds this run's {start} epochs, finished: its weights are the result (delete it to train "
+                "again)"), file=sys.stderr)
     show = (sys.stderr.isatty() if progress is None else progress) and is_main_process()
     lines = progress is not False and log is None and is_main_process()  # plain per-epoch lines
     done_steps = start * len(loader)

@@ -82,6 +82,61 @@ def test_image_folder_of_pngs(tmp_path):
     assert train[0][0].shape == (3, 16, 16)
 
 
+def test_cli_checkpoints_carry_their_split_classes_and_input(tmp_path, cli):
+    """A checkpoint records the seed of its held-out split and (image folders) its class
+    names: evaluate without --seed scores the split it was trained beside, a folder of other
+    classes is refused, the same prune twice gives the same file (its calibration batches
+    are augmented the same way), a changed image folder is another training run (not resumed
+    from), and a checkpoint saved without its input shape still prunes, evaluates and exports."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "imgs"
+    for cls in ("defect", "ok"):
+        (data / cls).mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    run = ("--dataset", "imagefolder", "--data-dir", str(data), "--size", "8", "--model", "digits_cnn", "--quiet")
+    t = cli("train", *run, "--epochs", "1", "--seed", "3", "--out", str(tmp_path / "t"))
+    assert t.returncode == 0, t.stderr[-2000:]
+    meta = load_model(tmp_path / "t" / "model.pt")[1]
+    assert meta["split_seed"] == 3 and meta["classes"] == ["defect", "ok"]
+    e = cli("evaluate", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--data-dir", str(data), "--out",
+            str(tmp_path / "e.json"))
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert json.loads((tmp_path / "e.json").read_text())["top1"] == meta["top1"]
+    other = tmp_path / "other"
+    for cls in ("cat", "dog"):
+        (other / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(other / cls / f"{i}.png")
+    e = cli("evaluate", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--data-dir", str(other))
+    assert e.returncode != 0 and "trained on the classes defect, ok, the data in" in e.stderr and "cat, dog" in e.stderr
+    outs = []
+    for k in range(2):
+        p = cli("prune", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--data-dir", str(data), "--method", "l1",
+                "--out", str(tmp_path / f"p{k}.pt"))
+        assert p.returncode == 0, p.stderr[-2000:]
+        outs.append(load_model(tmp_path / f"p{k}.pt")[0].state_dict())
+    assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(data / "ok" / "new.png")
+    t = cli("train", *run[:-1], "--epochs", "1", "--seed", "3", "--out", str(tmp_path / "t"), "--force")  # (not quiet)
+    assert t.returncode == 0 and "holds the training state of another run" in t.stderr, t.stderr[-2000:]
+    bare = tmp_path / "bare.pt"
+    pyprune.checkpoint.save_model(bare, load_model(tmp_path / "t" / "model.pt")[0], arch="digits_cnn",
+                                  arch_kwargs={"num_classes": 2, "in_channels": 3})
+    for args in (("prune", "--checkpoint", str(bare), "--dataset", "digits", "--method", "l1", "--out",
+                  str(tmp_path / "bp.pt")),
+                 ("export", "--checkpoint", str(bare), "--size", "8", "--out", str(tmp_path / "b.onnx"))):
+        p = cli(*args)  # (the side: the data set's, else --size, else 224)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert "the checkpoint records no input channels or size: taking 3x8x8" in p.stderr
+    i = cli("info", str(tmp_path / "p0.pt"))  # a checkpoint where a model name could stand: its own widths
+    assert i.returncode == 0 and "MACs at 3x8x8" in i.stdout, i.stderr[-2000:]
+    pruned = load_model(tmp_path / "p0.pt")[0]
+    assert f"p0.pt: {sum(q.numel() for q in pruned.parameters()):,} parameters" in i.stdout
+
+
 def test_digits_splits_are_real_and_stratified():
     train, test = digits()
     assert len(train) + len(test) == 1797
@@ -116,6 +171,33 @@ def test_local_weights_and_head_replacement(tmp_path):
         get_model("resnet18", num_classes=2, weights=tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="unknown model"):
         get_model("resnet9000")
+
+
+def test_local_weights_with_a_head_of_other_classes(tmp_path, cli):
+    """A weights file whose head has other classes than the model's default (7, not 1000;
+    3, not 10) loads: its head is kept where it has the classes asked, replaced where not;
+    a registry model's first conv takes the file's input channels, then the ones asked.
+    A body tensor of another shape (a pruned checkpoint given as weights) is refused, named."""
+    from pyprune.models import digits_cnn
+
+    src = torchvision.models.resnet18(num_classes=7)
+    torch.save(src.state_dict(), tmp_path / "r18_7.pth")
+    kept = get_model("resnet18", num_classes=7, weights=tmp_path / "r18_7.pth")
+    torch.testing.assert_close(kept.fc.weight, src.fc.weight)  # the trained head, kept
+    assert get_model("resnet18", num_classes=5, weights=tmp_path / "r18_7.pth").fc.out_features == 5
+    gray = digits_cnn(num_classes=3)
+    torch.save(gray.state_dict(), tmp_path / "d3.pt")
+    rgb = get_model("digits_cnn", num_classes=10, in_channels=3, weights=tmp_path / "d3.pt")
+    assert rgb[0].in_channels == 3 and list(rgb.children())[-1].out_features == 10
+    torch.testing.assert_close(rgb[0].weight, gray[0].weight.expand_as(rgb[0].weight) / 3)
+    p = cli("prune", "--model", "resnet18", "--weights", str(tmp_path / "r18_7.pth"), "--num-classes", "7", "--size",
+            "32", "--method", "l1", "--out", str(tmp_path / "p.pt"))
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = pyprune.prune(gray, torch.randn(1, 1, 8, 8), method="l1", ratio=0.5)
+    pyprune.checkpoint.save_model(tmp_path / "pruned.pt", res.model, arch="digits_cnn")
+    with pytest.raises(ValueError, match=r"0\.weight is \[16, 1, 3, 3\] in the file, \[32, 1, 3, 3\] in the model.*"
+                                         r"load it with --checkpoint"):
+        get_model("digits_cnn", num_classes=3, in_channels=1, weights=tmp_path / "pruned.pt")
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -607,6 +689,42 @@ def test_fixed_batch_onnx_gets_a_hint_not_a_traceback(tmp_path):
     pyprune.export(model, torch.randn(1, 1, 8, 8), "onnx", tmp_path / "m.onnx")
     with pytest.raises(ValueError, match=r"fixed batch of 1.*--dynamic-batch"):
         pyprune.benchmark(tmp_path / "m.onnx", (1, 1, 8, 8), batch_sizes=(1, 8))
+    with pytest.raises(ValueError, match=r"m\.onnx takes inputs of shape 1x1x8x8, not 3x8x8 per item: pass --shape 1 8 8"):
+        pyprune.benchmark(tmp_path / "m.onnx", (1, 3, 8, 8), batch_sizes=(1,))
+
+
+def test_a_pte_is_benchmarked_at_the_shape_it_was_made_for(tmp_path, cli):
+    """A .pte holds one input shape: another batch or item shape is refused before any
+    timing, with what to pass (it used to end in the runtime's error 0x10 and a traceback);
+    a RuntimeError the CLI does meet is one error line."""
+    pytest.importorskip("executorch", reason="the .pte export needs executorch")
+    from pyprune.models import digits_cnn
+
+    pyprune.export(digits_cnn().eval(), torch.randn(1, 1, 8, 8), "executorch", tmp_path / "m.pte")
+    p = cli("bench", str(tmp_path / "m.pte"), "--shape", "1", "8", "8", "--out", str(tmp_path / "b"))
+    assert p.returncode == 2 and "fixed batch of 1, so it cannot run batch 8, 32: benchmark --batch-sizes 1" in p.stderr
+    p = cli("bench", str(tmp_path / "m.pte"), "--shape", "1", "16", "16", "--batch-sizes", "1", "--out",
+            str(tmp_path / "b"))
+    assert p.returncode == 2 and "takes inputs of shape 1x1x8x8, not 1x16x16 per item: pass --shape 1 8 8" in p.stderr
+    teacher = tmp_path / "rgb.pt"
+    pyprune.checkpoint.save_model(teacher, digits_cnn(in_channels=3).eval(), arch="digits_cnn",
+                                  arch_kwargs={"in_channels": 3}, meta={"in_channels": 3, "size": 8})
+    student = tmp_path / "s.pt"
+    pyprune.checkpoint.save_model(student, digits_cnn().eval(), arch="digits_cnn",
+                                  meta={"in_channels": 1, "size": 8, "dataset": "digits"})
+    p = cli("finetune", "--checkpoint", str(student), "--teacher", str(teacher), "--epochs", "1", "--max-steps", "1",
+            "--out", str(tmp_path / "f.pt"))
+    assert p.returncode == 2 and f"the teacher {teacher} does not take the student's input (1x8x8)" in p.stderr
+    import pyprune.cli._commands as commands
+
+    def fails(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(commands, "info", fails)
+        p = cli("info", "digits_cnn")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert "pyprune info: error: mat1 and mat2" in p.stderr and "PYPRUNE_DEBUG=1 shows where" in p.stderr
 
 
 def test_demo_runs_and_repeats_itself_exactly(tmp_path, cli):

@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad usage or input (a clear message on stderr), 1 unexp
 """
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -54,6 +55,13 @@ def _run(args) -> int:
     except (ValueError, TypeError, FileNotFoundError, ImportError, ExportError) as e:
         print(f"pyprune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:  # torch's or a runtime's: often an input the model does not take
+        if os.environ.get("PYPRUNE_DEBUG"):
+            raise
+        print(f"pyprune {args.command}: error: {e}\n(a RuntimeError from torch or a runtime: check that the "
+              "model, its input size (--size, --shape) and the data agree; PYPRUNE_DEBUG=1 shows where it was "
+              "raised)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         hint = (" Run the same command again to resume from the last finished epoch (the training state is "
                 "saved after every epoch)." if args.command in ("train", "finetune") else "")

@@ -12,8 +12,8 @@ import torch
 
 from .._io import write_text
 from ._workflow import (RESULT_COLUMNS, brief, check_outputs, data_and_model, dataset_for, distill_options, example,
-                        input_hint, model_input, planned_ratio, prune_finetune_eval, prune_model, prune_options,
-                        ratio_text, write_json)
+                        fill_input, input_hint, is_checkpoint_path, model_input, planned_ratio, prune_finetune_eval,
+                        prune_model, prune_options, ratio_text, record_data, write_json)
 
 
 def _world_size() -> int:
@@ -36,7 +36,26 @@ def _resume_key(args) -> dict:
         if k in ("checkpoint", "weights", "teacher") and isinstance(v, str) and os.path.isfile(v):
             st = os.stat(v)
             key[f"{k}_file"] = f"{st.st_size}:{st.st_mtime_ns}"
+        if k == "data_dir" and isinstance(v, str) and os.path.isdir(v):
+            key["data_files"] = _folder_digest(v)  # images added, removed or replaced: another run
     return key
+
+
+def _folder_digest(root: str) -> str:
+    """A digest of every file under `root`: its path, size and modification time."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 def train(args) -> int:
@@ -75,6 +94,7 @@ def prune(args) -> int:
     if args.checkpoint is not None:
         obj = read(args.checkpoint)
         model, meta = model_from(obj, args.checkpoint)
+        fill_input(meta, model, args)
     else:
         in_channels, size = model_input(args.model, args.in_channels, args.size)
         arch_kwargs = {"num_classes": args.num_classes, "in_channels": in_channels}
@@ -87,6 +107,7 @@ def prune(args) -> int:
         _without_data(args)
     else:
         meta.setdefault("dataset", args.dataset)  # what calibrated it: the next prune of the output uses it too
+        meta.setdefault("split_seed", args.seed)
     with input_hint(None if args.checkpoint is not None else args.model, meta["in_channels"], meta["size"]):
         res = prune_model(model, meta, args)
     print(res.summary.table(max_rows=None if args.verbose else 20))
@@ -146,14 +167,24 @@ def finetune(args) -> int:
     init_distributed()
     obj = read(args.checkpoint)
     model, meta = model_from(obj, args.checkpoint)
+    fill_input(meta, model, args)
     spec = dataset_for(meta, args)
-    meta["size"] = spec.size  # what it is fine-tuned at (--size, else the size it records)
+    record_data(meta, spec, args)  # what it is fine-tuned on and at (--size, else the size it records)
     state = out.with_name(out.stem + ".train_state.pt")
     distill = {}
     if args.teacher:
         from ..checkpoint import load_model
 
-        distill = dict(teacher=load_model(args.teacher)[0], distill_temperature=args.distill_temperature,
+        teacher = load_model(args.teacher)[0]
+        x = example(meta)
+        try:
+            with torch.no_grad():
+                teacher(x)
+        except RuntimeError as e:
+            raise ValueError(f"the teacher {args.teacher} does not take the student's input "
+                             f"({'x'.join(map(str, x.shape[1:]))}): give a teacher trained on the same data "
+                             f"({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        distill = dict(teacher=teacher, distill_temperature=args.distill_temperature,
                        distill_weight=args.distill_weight)
     fit(model, spec.train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         seed=args.seed, checkpoint=state, arch=obj.get("arch"), arch_kwargs=obj.get("arch_kwargs"), meta=meta,
@@ -172,6 +203,7 @@ def _load_and_evaluate(args):
     from ..train import evaluate
 
     model, meta = load_model(args.checkpoint)
+    fill_input(meta, model, args)
     spec = dataset_for(meta, args)
     classes = meta.get("num_classes")
     if classes is not None and int(classes) != spec.num_classes:
@@ -464,11 +496,11 @@ def latency_table(args) -> int:
     from ..latency import LatencyModel, LatencyTarget
     from ..summary import CostModel
 
-    if args.model.endswith(".pt"):
+    if is_checkpoint_path(args.model):
         from ..checkpoint import load_model
 
         model, meta = load_model(args.model)
-        x = example(meta) if args.size is None else torch.randn(1, meta.get("in_channels", 3), args.size, args.size)
+        x = example(fill_input(meta, model, args), args.size)
     else:
         from ..models import get_model
 
@@ -477,7 +509,7 @@ def latency_table(args) -> int:
         x = torch.randn(1, c, size, size)
     model.eval()
     target = LatencyTarget(args.runtime, args.runtime_threads, args.runtime_batch)
-    with input_hint(None if args.model.endswith(".pt") else args.model, x.shape[1], x.shape[-1]):
+    with input_hint(None if is_checkpoint_path(args.model) else args.model, x.shape[1], x.shape[-1]):
         graph = build_graph(model, x)
     cost = CostModel(model, graph)
     t0 = time.perf_counter()
@@ -494,9 +526,16 @@ def info(args) -> int:
     from ..models import get_model
     from ..summary import count
 
-    c, size = model_input(args.model, args.in_channels, args.size)
-    model = get_model(args.model, num_classes=args.num_classes, in_channels=c).eval()
-    with input_hint(args.model, c, size):
+    if is_checkpoint_path(args.model):  # a checkpoint: its own (pruned) model
+        from ..checkpoint import load_model
+
+        model, meta = load_model(args.model)
+        x = example(fill_input(meta, model, args), args.size)
+        c, size = x.shape[1], x.shape[-1]
+    else:
+        c, size = model_input(args.model, args.in_channels, args.size)
+        model = get_model(args.model, num_classes=args.num_classes, in_channels=c).eval()
+    with input_hint(None if is_checkpoint_path(args.model) else args.model, c, size):
         graph = build_graph(model, torch.randn(1, c, size, size))
     params, macs = count(model, graph.layers)
     print(f"{args.model}: {params:,} parameters, {macs:,} MACs at {c}x{size}x{size}")
@@ -512,8 +551,8 @@ def export(args) -> int:
 
     check_outputs([args.out], [args.checkpoint], force=args.force)
     model, meta = load_model(args.checkpoint)
-    x = example(meta, getattr(args, "size", None)).repeat(args.batch, 1, 1, 1)
-    cal = calibration(dataset_for(meta, args), n=8) if args.int8 else None
+    x = example(fill_input(meta, model, args), getattr(args, "size", None)).repeat(args.batch, 1, 1, 1)
+    cal = calibration(dataset_for(meta, args), n=8, seed=args.seed) if args.int8 else None
     res = export_model(model, x, args.format, args.out, dynamic_batch=args.dynamic_batch,
                        quantize="int8" if args.int8 else None, calibration=cal)
     print(f"verified in a fresh process: {res}")
@@ -534,7 +573,7 @@ def bench(args) -> int:
         from ..checkpoint import load_model
 
         model, meta = load_model(target)
-        shape = (1, *args.shape) if args.shape else tuple(example(meta).shape)
+        shape = (1, *args.shape) if args.shape else tuple(example(fill_input(meta, model)).shape)
         res = benchmark(model, shape, runtimes=args.runtimes or ("eager", "onnxruntime", "executorch"),
                         threads=args.threads, batch_sizes=args.batch_sizes, repeats=args.repeats)
     else:

@@ -74,8 +74,9 @@ def _add_data(p, dataset_default="digits", dataset_help=None):
                    "input side in pixels (default: the checkpoint's; with --model, the model's own: 8 for digits_cnn, "
                    "32 for the *_cifar models, else 224)")
     p.add_argument("--no-augment", action="store_true", help="switch training augmentation off")
-    p.add_argument("--seed", type=int, default=0, help="random seed for data splits, initialisation and pruning "
-                                                       "(default %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed for data splits, initialisation and pruning (default 0; a command that reads "
+                        "a checkpoint: the seed it was trained with, so its held-out split is the same)")
 
 
 def _add_train(p, epochs=20):
@@ -399,6 +400,8 @@ def parse(argv: list[str]) -> argparse.Namespace | None:
                 return None
             run.set_defaults(**cfg)
     args = parser.parse_args(argv)
+    if getattr(args, "seed", 0) is None:  # not given: 0, or (dataset_for) the checkpoint's
+        args.seed, args.seed_given = 0, False
     if args.command in ("prune", "run", "sweep"):
         given = _given_on_command_line(argv)
         cfg_given = {k for k, v in cfg.items() if v is not None} if args.command == "run" else set()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import pathlib
+import sys
 import time
 
 import torch
@@ -43,7 +45,55 @@ def dataset_for(meta: dict, args):
                              "the data it takes with --dataset (digits | cifar10 | cifar100 | imagefolder; --data-dir "
                              "for the last three)")
         args.dataset = meta["dataset"]
-    return dataset(args, size=getattr(args, "size", None) or meta.get("size"), channels=meta.get("in_channels"))
+    if not getattr(args, "seed_given", True) and meta.get("split_seed") is not None and \
+            args.dataset == meta.get("dataset"):
+        args.seed = int(meta["split_seed"])  # the checkpoint's held-out split, not another that mixes them
+    spec = dataset(args, size=getattr(args, "size", None) or meta.get("size"), channels=meta.get("in_channels"))
+    if meta.get("classes") is not None and spec.classes is not None and list(meta["classes"]) != spec.classes:
+        raise ValueError(f"the checkpoint was trained on the classes {_names(meta['classes'])}, the data in "
+                         f"{args.data_dir} has {_names(spec.classes)}: give the folder it was trained on (its "
+                         "labels would be read as other classes)")
+    return spec
+
+
+def record_data(meta: dict, spec, args) -> dict:
+    """Record in a checkpoint's `meta` the data it was trained on: the data set, the side,
+    the seed of its held-out split and, where the data names them, the classes."""
+    meta.update(dataset=spec.name, size=spec.size, split_seed=args.seed)
+    if spec.classes is not None:
+        meta["classes"] = spec.classes
+    return meta
+
+
+def _names(classes) -> str:
+    return ", ".join(map(str, classes[:6])) + (f" ... ({len(classes)})" if len(classes) > 6 else "")
+
+
+_DATA_SIDE = {"digits": 8, "cifar10": 32, "cifar100": 32}
+
+
+def is_checkpoint_path(name: str) -> bool:
+    """A pyprune checkpoint file named where a model name could stand (info, latency-table)."""
+    return str(name).endswith((".pt", ".safetensors")) and os.path.isfile(name)
+
+
+def fill_input(meta: dict, model: torch.nn.Module, args=None) -> dict:
+    """The input shape of a checkpoint saved without one (``save_model`` without ``meta=``):
+    channels from its first convolution, side from ``--size``, else the data set named
+    (digits 8, CIFAR 32), else 224; said in a note. `meta` is completed in place."""
+    missing = [k for k in ("in_channels", "size") if meta.get(k) is None]
+    if not missing:
+        return meta
+    if "in_channels" in missing:
+        first = next((m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+        meta["in_channels"] = first.in_channels if first is not None else 3
+    if "size" in missing:
+        data = getattr(args, "dataset", None) or meta.get("dataset")
+        meta["size"] = getattr(args, "size", None) or _DATA_SIDE.get(data, 224)
+    print(f"note: the checkpoint records no input {' or '.join({'in_channels': 'channels'}.get(m, m) for m in missing)}"
+          f": taking "
+          f"{meta['in_channels']}x{meta['size']}x{meta['size']} (--size sets the side)", file=sys.stderr)
+    return meta
 
 
 def example(meta: dict, size: int | None = None) -> torch.Tensor:
@@ -101,14 +151,19 @@ def data_and_model(args):
     arch_kwargs = {"num_classes": spec.num_classes, "in_channels": spec.in_channels}
     torch.manual_seed(args.seed)
     model = get_model(args.model, weights=args.weights, **arch_kwargs)
-    meta = {"dataset": spec.name, "size": spec.size, "in_channels": spec.in_channels, "num_classes": spec.num_classes}
+    meta = record_data({"in_channels": spec.in_channels, "num_classes": spec.num_classes}, spec, args)
     return spec, model, arch_kwargs, meta
 
 
-def calibration(spec, n=4):
+def calibration(spec, n=4, seed=0):
+    """The first `n` training batches of 64, drawn with `seed`: the training set's random
+    augmentation (shifts, crops, flips) is the same on every run, so the same command gives
+    the same recovered or quantised model."""
     from torch.utils.data import DataLoader
 
-    return [b for _, b in zip(range(n), DataLoader(spec.train, batch_size=64, shuffle=False))]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return [b for _, b in zip(range(n), DataLoader(spec.train, batch_size=64, shuffle=False))]
 
 
 _TARGETS = ("target_macs", "target_params", "max_macs", "max_params", "target_latency_ms", "target_speedup")
@@ -145,7 +200,7 @@ def prune_model(model, meta, args, spec=None, **override):
 
     kw = prune_options(args, **override)
     if wants_calibration(kw):
-        kw["calibration"] = calibration(spec or dataset_for(meta, args))
+        kw["calibration"] = calibration(spec or dataset_for(meta, args), seed=getattr(args, "seed", 0))
     return prune(model, example(meta), **kw)
 
 
@@ -170,7 +225,7 @@ def prune_finetune_eval(model, meta, spec, args, *, epochs: int, lr: float, exam
     else:
         kw = prune_options(args, **override)
         if wants_calibration(kw):
-            kw["calibration"] = calibration(spec)
+            kw["calibration"] = calibration(spec, seed=getattr(args, "seed", 0))
         res = prune(model, example_input, **kw)
     t_prune = time.perf_counter() - t0
     before = evaluate(res.model, spec.val)
