@@ -13,7 +13,8 @@
 
 Every export is verified: the file is loaded by its runtime in a fresh process and run on
 seeded inputs that differ from the example; fp32 must agree with eager within
-1e-4 x max|ref|, int8 within 5% of max|ref| with the same top-1 on the verification batch.
+1e-4 x max|ref|, int8 within 5% of max|ref| with the same top-1 on at least 95% of the
+verification batch (on all of it where it holds under 20 items: a near tie may flip).
 For int8 the verification batch is a calibration batch held out of the calibration (the
 quantization ranges are only meaningful on data like the user's).
 A missing runtime raises ImportError naming the pip command.
@@ -376,7 +377,10 @@ def _export_and_verify(model, x, tmp: pathlib.Path, path: pathlib.Path, format, 
     if a.ndim and len(a):
         res.top1_agreement = float((a.reshape(len(a), -1).argmax(1) == b.reshape(len(b), -1).argmax(1)).mean())
     tol = rtol if rtol is not None else (0.05 if quantize else 1e-4)
-    if not res.max_rel_error <= tol or (quantize and res.top1_agreement < 1.0 and rtol is None):
+    # int8: a near tie in the reference may flip within the error allowed; at most one item
+    # in 20 of the batch may (none of a batch under 20)
+    flips = 0 if not (a.ndim and len(a)) else round((1.0 - res.top1_agreement) * len(a))
+    if not res.max_rel_error <= tol or (quantize and rtol is None and flips > int(0.05 * len(a))):
         where = f" (in {names[worst]})" if len(names) > 1 else ""
         raise ExportError(f"{path} does not agree with eager: max error {res.max_rel_error:.3e} of max|ref|{where} "
                           f"(allowed {tol:g}), top-1 agreement {res.top1_agreement:.3f}")
