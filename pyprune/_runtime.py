@@ -18,6 +18,17 @@ import sys
 import time
 
 
+def worker_env(**extra: str) -> dict:
+    """The environment of a worker process (``python -m pyprune._runtime``): this process's,
+    with this pyprune first on the path whatever the working directory or site-packages
+    hold (timings and verifications run the code that asked for them), plus `extra`."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+    # PYTHONSAFEPATH: the working directory is not put first on the path (a folder that
+    # holds another pyprune's source would otherwise win)
+    return dict(os.environ, PYTHONPATH=path, PYTHONSAFEPATH="1", **extra)
+
+
 def _set_threads(threads: int | None) -> None:
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

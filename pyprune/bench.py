@@ -18,7 +18,6 @@ import contextlib
 import fcntl
 import json
 import numbers
-import os
 import pathlib
 import subprocess
 import sys
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from ._io import write_csv, write_json
+from ._runtime import worker_env
 
 __all__ = ["benchmark", "BenchResult", "RUNTIMES", "NOISY"]
 
@@ -121,7 +121,7 @@ def _export_all(model: nn.Module, shape, runtimes, batch_sizes, workdir: pathlib
 def _worker_rows(cmd: str, spec: dict) -> list[dict]:
     """Run a pyprune._runtime timing command on `spec` in a fresh process (threads set before
     the runtime loads) and return the rows of the JSON line it prints."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
+    env = worker_env(OMP_NUM_THREADS=str(spec["threads"]))
     p = subprocess.run([sys.executable, "-m", "pyprune._runtime", cmd, json.dumps(spec)],
                        capture_output=True, text=True, timeout=1800, env=env)
     if p.returncode != 0:

@@ -53,7 +53,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from ._io import atomic_write
-from ._runtime import to_numpy
+from ._runtime import to_numpy, worker_env
 
 __all__ = ["export", "ExportResult", "ExportError", "FORMATS"]
 
@@ -245,8 +245,7 @@ def run_in_fresh_process(fmt: str, path: pathlib.Path, x) -> list[np.ndarray]:
     with tempfile.TemporaryDirectory() as d:
         inp, out = os.path.join(d, "x.npy"), os.path.join(d, "y.npz")
         np.save(inp, to_numpy(t))
-        root = str(pathlib.Path(__file__).resolve().parents[1])  # this pyprune, whatever the cwd
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        env = worker_env()  # this pyprune, whatever the cwd
         p = subprocess.run([sys.executable, "-m", "pyprune._runtime", "verify", fmt, str(path), inp, out,
                             _dtype_name(t.dtype)], capture_output=True, text=True, timeout=600, env=env)
         if p.returncode != 0:

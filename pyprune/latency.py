@@ -71,6 +71,7 @@ import torch
 from torch import nn
 
 from ._io import write_text
+from ._runtime import worker_env
 from .criteria._registry import block_jobs
 
 __all__ = ["LatencyTarget", "LatencyModel", "LatencyTable", "measure", "measure_turns", "cache_dir", "RUNTIMES"]
@@ -287,7 +288,7 @@ def _run_worker(cmd: str, spec: dict, out: pathlib.Path | None, bar) -> None:
         json.dump(spec, f)
     try:
         args = [sys.executable, "-m", "pyprune._runtime", cmd, f.name] + ([str(out)] if out else [])
-        env = dict(os.environ, OMP_NUM_THREADS=str(spec.get("threads") or 1))
+        env = worker_env(OMP_NUM_THREADS=str(spec.get("threads") or 1))
         # stderr to a file: a worker's warnings never fill a pipe nobody reads
         with tempfile.TemporaryFile("w+") as err, \
                 subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env=env) as p:
@@ -310,7 +311,7 @@ def _parallel_workers(cmd: str, specs: list[dict], bar) -> None:
         files.append(f.name)
         errs.append(tempfile.TemporaryFile("w+"))
         procs.append(subprocess.Popen([sys.executable, "-m", "pyprune._runtime", cmd, f.name],
-                                      stdout=subprocess.PIPE, stderr=errs[-1], text=True))
+                                      stdout=subprocess.PIPE, stderr=errs[-1], text=True, env=worker_env()))
     try:
         import selectors
 

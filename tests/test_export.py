@@ -166,6 +166,22 @@ def test_disagreement_is_an_error(tmp_path, monkeypatch):
     assert export(net.eval(), x, "onnx", tmp_path / "ok.onnx").verified  # the same runtime, agreeing: accepted
 
 
+def test_workers_run_the_pyprune_that_started_them(tmp_path):
+    """Benchmark, latency and verification workers import the pyprune that started them, not
+    another one on the path (an installed copy, or one in the working directory): the same
+    code times and checks what it built."""
+    from pyprune._runtime import worker_env
+
+    if sys.version_info >= (3, 11):  # (PYTHONSAFEPATH, which keeps the working directory off the path, is 3.11's)
+        (tmp_path / "pyprune").mkdir()
+        (tmp_path / "pyprune" / "__init__.py").write_text("")  # a decoy in the working directory
+    env = worker_env(OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", "import pyprune, os; print(os.path.realpath(pyprune.__file__))"],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() == os.path.realpath(pyprune.__file__) and env["OMP_NUM_THREADS"] == "1"
+
+
 def test_int8_verification_lets_a_near_tie_flip_in_one_item_of_twenty(tmp_path, monkeypatch):
     """int8 verification: outputs within 5% of max|ref|, and top-1 the same on at least 95%
     of the held-out batch (a near tie may flip: one of 64 items used to fail an export
