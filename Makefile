@@ -20,7 +20,8 @@ $(STAMP): $(SOURCES)
 	@mkdir -p build && touch $@
 
 demo: setup
-	$(PYTHON) -m pyprune demo
+	@# (--force: each run of the demo replaces its own results/demo)
+	$(PYTHON) -m pyprune demo --force
 
 test: setup
 	$(PYTHON) -m pytest

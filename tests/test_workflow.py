@@ -743,6 +743,12 @@ def test_demo_runs_and_repeats_itself_exactly(tmp_path, cli):
     assert [r["top1"] for r in a["rows"]] == [r["top1"] for r in b["rows"]]
     assert {r["recipe"] for r in a["one_shot"]} >= {"one-shot", "+ BN recalibration", "+ reconstruction"}
     assert 0 < a["main_s"] <= a["wall_s"]
+    # a second demo into the same folder replaces its results only with --force (as `make demo` passes)
+    before = (tmp_path / "a" / "results.json").read_bytes()
+    p = cli("demo", "--epochs", "1", "--finetune-epochs", "0", "--methods", "l1", "--no-edge", "--out",
+            str(tmp_path / "a"))
+    assert p.returncode == 2 and "already exists: pass --force" in p.stderr
+    assert (tmp_path / "a" / "results.json").read_bytes() == before
 
 
 # -- CLI: what a user gets wrong, refused before any work; data never taken from elsewhere ---------

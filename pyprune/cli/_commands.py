@@ -6,7 +6,6 @@ import os
 import pathlib
 import sys
 import time
-from types import SimpleNamespace
 
 import torch
 
@@ -335,12 +334,16 @@ def demo(args) -> int:
     from ..train import evaluate, fit
 
     out = pathlib.Path(args.out)
+    check_outputs([out / "results.json", out / "summary.md", out / "base.pt"]
+                  + [out / f"pruned_{m}.pt" for m in args.methods]
+                  + ([] if args.no_edge else [out / "edge" / n / "bench.json" for n in ("original", "pruned")]
+                     + [out / "report" / "index.html"]),
+                  force=args.force)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
     t_start = time.perf_counter()
     steps = 4 if not args.no_edge else 3
     train_set, test = digits(seed=args.seed)
-    spec = SimpleNamespace(train=train_set, val=test)
     print(f"digits: {len(train_set)} training and {len(test)} test images (8x8, 10 classes, shipped with scikit-learn)")
     print(f"[1/{steps}] training the base CNN, {args.epochs} epochs (about 10-30 s) ...", flush=True)
     base = digits_cnn()

@@ -259,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--finetune-epochs", type=_count, default=5, help="fine-tuning epochs after pruning")
     d.add_argument("--seed", type=int, default=0, help="random seed (default %(default)s)")
     d.add_argument("--no-edge", action="store_true", help="skip the export, benchmark and report steps")
+    _add_force(d)
     d.set_defaults(func=cmd.demo)
 
     x = sub.add_parser("export", help="export a checkpoint to ONNX or ExecuTorch (.pte) and verify it")
