@@ -48,7 +48,7 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
     architecture, metadata) as JSON beside it (same name, ``.json``): nothing in either
     file is code."""
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    attributes = {**_size_attributes(model), **(attributes or {})}
+    attributes = {**_size_attributes(model), **_rewritten(model), **(attributes or {})}
     obj = {
         "format": FORMAT,
         "version": VERSION,
@@ -68,6 +68,17 @@ def save_model(path, model: nn.Module, *, arch: str | None = None, arch_kwargs: 
     else:
         atomic_save(obj, path)
     return path
+
+
+def _rewritten(model: nn.Module) -> dict:
+    """{(module, attr): value now} of the attributes pruning rewrote in `model` (split sizes,
+    slice bounds: the pruned model lists them), so a checkpoint keeps them without
+    ``attributes=``; every round of an iterative prune included."""
+    from .surgery import REWRITTEN
+
+    mods = dict(model.named_modules())
+    return {(m, a): getattr(mods[m], a) for m, a in model.__dict__.get(REWRITTEN, ())
+            if m in mods and hasattr(mods[m], a)}
 
 
 def _size_attributes(model: nn.Module) -> dict:

@@ -124,9 +124,15 @@ def apply_keep(model: nn.Module, graph: ChannelGraph, keep_unit: np.ndarray, *, 
         _put(new_modules[mod], pname, getattr(new_modules[first_mod], first_pname))  # the very same tensor
     for mod in {m for m, _ in plan}:
         resize(new_modules[mod])
-    for (mod, attr), value in graph.rewritten(keep_unit).items():
+    rewritten = graph.rewritten(keep_unit)
+    for (mod, attr), value in rewritten.items():
         setattr(new_modules[mod] if mod in new_modules else target, attr, value)
+    if rewritten:  # which attributes now hold channel counts, for save_model (their values at saving)
+        target.__dict__[REWRITTEN] = sorted(set(target.__dict__.get(REWRITTEN, ())) | set(rewritten))
     return target
+
+
+REWRITTEN = "_pyprune_rewritten"  # a pruned model's list of (module, attr) pruning rewrote
 
 
 def _block_gather(t: torch.Tensor, dim: int, b: BlockedSlice) -> torch.Tensor:

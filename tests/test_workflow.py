@@ -323,6 +323,30 @@ def test_tied_weights_stay_tied_through_a_checkpoint(tmp_path, suffix):
     assert torch.equal(loaded(x), res.model(x))
 
 
+@pytest.mark.parametrize("steps", [1, 2])
+def test_rewritten_split_sizes_are_saved_without_the_attributes(tmp_path, steps):
+    """save_model(path, res.model) without ``attributes=``: the split sizes pruning rewrote
+    are saved all the same (the pruned model lists which attributes it rewrote; their
+    values are read when saving, every round of an iterative prune included). Before, the
+    load succeeded and the first call failed in split_with_sizes."""
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.splits = [16, 16]
+            self.c1, self.a, self.b = nn.Conv2d(3, 32, 3, padding=1), nn.Conv2d(16, 8, 1), nn.Conv2d(16, 8, 1)
+
+        def forward(self, x):
+            p, q = torch.split(self.c1(x), self.splits, 1)
+            return torch.cat([self.a(p), self.b(q)], 1)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    res = pyprune.prune(Split().eval(), x, method="l1", ratio=0.5, iterative_steps=steps)
+    assert res.model.splits == [8, 8]
+    loaded, _ = load_model(save_model(tmp_path / "s.pt", res.model), model=Split())
+    assert loaded.splits == [8, 8] and torch.equal(loaded(x), res.model(x))
+
+
 @pytest.mark.parametrize("affine", [True, False])
 def test_instance_norm_counts_come_back_without_the_attributes(tmp_path, affine):
     """save_model without ``attributes=``: an InstanceNorm's ``num_features`` (which it checks
