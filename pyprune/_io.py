@@ -12,7 +12,7 @@ import stat
 import tempfile
 from typing import Callable, Iterable
 
-__all__ = ["atomic_write", "write_text", "write_json", "write_csv", "check_outputs"]
+__all__ = ["atomic_write", "atomic_write_pair", "write_text", "write_json", "write_csv", "check_outputs"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], None]) -> pathlib.Path:
@@ -34,6 +34,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], None])
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_write_pair(paths: tuple, writes: tuple) -> tuple:
+    """:func:`atomic_write` for two files that only make sense together (a .safetensors file
+    and its .json): both are written whole to temporary files first, then renamed one right
+    after the other, so a failure or a kill while writing leaves the old pair as it was."""
+    paths = tuple(pathlib.Path(p) for p in paths)
+    tmps = []
+    try:
+        for path, write in zip(paths, writes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            tmps.append(tmp)
+            mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
+            write(pathlib.Path(tmp))
+            os.chmod(tmp, mode)
+        for tmp, path in zip(tmps, paths):
+            os.replace(tmp, path)
+    finally:
+        for tmp in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return paths
 
 
 def _umask() -> int:

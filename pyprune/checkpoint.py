@@ -17,7 +17,7 @@ import pathlib
 import torch
 from torch import nn
 
-from ._io import atomic_write
+from ._io import atomic_write, atomic_write_pair
 from ._reparam import computed_tensors
 from .layers import resize
 from .surgery import replace_tensor
@@ -111,8 +111,9 @@ def _save_safetensors(obj: dict, path: pathlib.Path) -> None:
         sd[k] = v.clone(memory_format=torch.contiguous_format) if ptr in seen else v.contiguous()
         seen.add(ptr)
     header = {k: v for k, v in obj.items() if k != "state_dict"}
-    atomic_write(path, lambda tmp: save_file(sd, str(tmp)))
-    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(header, indent=1, default=str)))
+    atomic_write_pair((path, path.with_suffix(".json")),
+                      (lambda tmp: save_file(sd, str(tmp)),
+                       lambda tmp: tmp.write_text(json.dumps(header, indent=1, default=str))))
 
 
 def _read_safetensors(path: pathlib.Path, what: str) -> dict:

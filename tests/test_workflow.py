@@ -640,6 +640,34 @@ c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
     assert meta == {"v": 1} and model.out_features == 3
 
 
+def test_a_safetensors_pair_survives_a_kill_between_its_two_files(tmp_path):
+    """The .safetensors file and its .json are written whole to temporary files first, then
+    renamed: a process killed while writing the second leaves the old pair loading as it was
+    (the tensors used to be replaced first, and the old .json no longer matched them)."""
+    path = tmp_path / "model.safetensors"
+    save_model(path, nn.Linear(4, 3), meta={"v": 1})
+    code = f"""
+import json, time, torch, pyprune.checkpoint as c
+real = json.dumps
+def slow_dumps(*a, **k):
+    print("writing", flush=True)
+    time.sleep(60)
+    return real(*a, **k)
+json.dumps = slow_dumps
+c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
+"""
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+        try:
+            assert proc.stdout.readline().strip() == "writing"
+        finally:
+            proc.kill()
+    model, meta = load_model(path, nn.Linear(4, 3))
+    assert meta == {"v": 1} and model.out_features == 3
+    # (a kill leaves its temporary files, hidden, never under the pair's names)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["model.json",
+                                                                                        "model.safetensors"]
+
+
 def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path, cli):
     """--model takes torchvision names and timm:<name>, --weights a state_dict (.pth) or a
     .safetensors file; the pruned model can be written as .safetensors + JSON spec and loads
