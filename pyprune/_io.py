@@ -105,12 +105,15 @@ def check_outputs(outputs: Iterable, inputs: Iterable = (), *, force: bool = Fal
             raise ValueError(f"{out} is a folder: give a file name")
         if out.exists() and not force:
             raise ValueError(f"{out} already exists: pass --force to replace it, or choose another output path")
-        try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot create the folder {out.parent} for {out}: {e.strerror}") from e
-        if not os.access(out.parent, os.W_OK | os.X_OK):
-            raise ValueError(f"cannot write {out}: the folder {out.parent} is not writable")
+        # the folder, or the nearest one above it that exists (the rest is created when the
+        # file is written: a command refused later leaves no empty folders behind)
+        above = out.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise ValueError(f"cannot create the folder {out.parent} for {out}: {above} is a file")
+        if not os.access(above, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write {out}: the folder {above} is not writable")
 
 
 def _with_sidecar(path) -> list[pathlib.Path]:

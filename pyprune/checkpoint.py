@@ -251,6 +251,27 @@ def _copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def _take_dtypes(model: nn.Module, state_dict: dict) -> None:
+    """Give each floating tensor of `model` the dtype it was saved in (a float16 model
+    comes back float16; load_state_dict alone would copy it into float32)."""
+    own = model.state_dict(keep_vars=True)
+    new = {}  # id of a tensor before -> (it, its replacement): a tied tensor stays tied
+    for name, v in state_dict.items():
+        t = own.get(name)
+        if (not isinstance(t, torch.Tensor) or not isinstance(v, torch.Tensor)
+                or not (t.is_floating_point() and v.is_floating_point()) or t.dtype == v.dtype):
+            continue
+        mod_name, _, pname = name.rpartition(".")
+        mod = model.get_submodule(mod_name) if mod_name else model
+        if pname not in mod._parameters and pname not in mod._buffers:
+            continue
+        if id(t) in new:
+            setattr(mod, pname, new[id(t)][1])
+        else:
+            replace_tensor(mod, pname, torch.empty(t.shape, dtype=v.dtype, device=t.device))
+            new[id(t)] = (t, getattr(mod, pname))
+
+
 def _recompute(model: nn.Module) -> None:
     """Run ``torch.nn.utils.prune``'s hooks once, so the tensors they compute have the
     loaded shapes and values before the first call (as ``out_channels`` and the rest do)."""
@@ -278,6 +299,7 @@ def model_from(obj: dict, path, model: nn.Module | None = None) -> tuple[nn.Modu
     else:
         model = _copy(model)
     resize_to(model, obj["spec"])
+    _take_dtypes(model, obj["state_dict"])
     try:
         model.load_state_dict(obj["state_dict"], strict=True)
     except RuntimeError as e:

@@ -121,8 +121,19 @@ def cifar(data_dir: str | pathlib.Path, num_classes: int = 10, augment: bool = T
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DataError(_CIFAR_HELP.format(n=num_classes, d=d, folder=folder) + f" ({e})") from e
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as e:  # a damaged batch file
-        raise DataError(f"CIFAR-{num_classes} in {d / folder} could not be read ({type(e).__name__}: {e}): a file "
-                        "is damaged; extract the archive again") from e
+        bad = next((f for f in [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+                    if not _readable_pickle(d / folder / f)), None)
+        raise DataError(f"CIFAR-{num_classes} in {d / folder} could not be read ({type(e).__name__}: {e}): "
+                        + (f"{bad} is damaged" if bad else "a file is damaged") + "; extract the archive again") from e
+
+
+def _readable_pickle(path: pathlib.Path) -> bool:
+    """`path` unpickles to a dict (what each CIFAR batch and meta file holds)."""
+    try:
+        with open(path, "rb") as f:
+            return isinstance(pickle.load(f, encoding="latin1"), dict)
+    except Exception:  # noqa: BLE001 - any failure is a damaged file
+        return False
 
 
 def _load_image(path: str):

@@ -292,6 +292,9 @@ def export(model: nn.Module, example_input: torch.Tensor, format: str = "onnx", 
     other = {".onnx": "onnx", ".pte": "executorch"}.get(path.suffix.lower())
     if other is not None and other != format:
         raise ValueError(f"{path}: a {path.suffix} file is {other}'s, not {format}'s: name it *{suffix}")
+    if path.suffix.lower() in (".pt", ".pth", ".safetensors", ".pt2", ".json"):  # what other readers take
+        raise ValueError(f"{path}: a {path.suffix} file is read as a checkpoint or weights file, not as a {format} "
+                         f"export: name it *{suffix}")
     if dynamic_batch and format != "onnx":
         raise ValueError(f"dynamic_batch: {format} programs are exported for one batch size (that of the example "
                          "input); export one per batch size, or use onnx")

@@ -321,6 +321,11 @@ def test_tied_weights_stay_tied_through_a_checkpoint(tmp_path, suffix):
     loaded, _ = load_model(path, model=Tied())
     assert loaded.a.weight is loaded.b.weight
     assert torch.equal(loaded(x), res.model(x))
+    # a float16 model comes back float16, still tied (load_state_dict alone copies into float32)
+    half = save_model(tmp_path / f"h{suffix}", res.model.half(), attributes=res.attributes)
+    loaded, _ = load_model(half, model=Tied())
+    assert loaded.a.weight is loaded.b.weight and {p.dtype for p in loaded.parameters()} == {torch.float16}
+    assert torch.equal(loaded(x.half()), res.model(x.half()))
 
 
 @pytest.mark.parametrize("steps", [1, 2])
@@ -612,6 +617,9 @@ def test_cli_unwritable_output_fails_before_any_work(tmp_path, small_checkpoint)
     assert "total params" not in p.stdout  # nothing was pruned
     p = run_cli("export", "--checkpoint", str(small_checkpoint), "--out", str(blocker / "m.onnx"))
     assert p.returncode == 2 and str(blocker) in p.stderr
+    # a command refused after its outputs were checked leaves no empty folder behind
+    p = run_cli("bench", str(small_checkpoint), "--runtimes", "nosuch", "--out", str(tmp_path / "b" / "c"))
+    assert p.returncode == 2 and "unknown runtime 'nosuch'" in p.stderr and not (tmp_path / "b").exists()
 
 
 def test_atomic_save_survives_a_kill(tmp_path):
@@ -1065,7 +1073,7 @@ def test_damaged_data_files_are_named(tmp_path):
     with pytest.raises(DataError, match=r"cifar-10-batches-py lacks data_batch_3 of CIFAR-10: extract the whole"):
         cifar(tmp_path / "c")
     (folder / "data_batch_3").write_bytes((folder / "data_batch_2").read_bytes()[:100])
-    with pytest.raises(DataError, match=r"could not be read .*a file is damaged"):
+    with pytest.raises(DataError, match=r"could not be read .*: data_batch_3 is damaged; extract the archive again"):
         cifar(tmp_path / "c")
     for cls in ("a", "b"):
         (tmp_path / "img" / cls).mkdir(parents=True)
@@ -1127,6 +1135,9 @@ def test_cli_export_and_evaluate_take_the_flags_they_are_given(tmp_path, small_c
     assert p.returncode == 2 and "example input of shape (1, 1, 16, 16)" in p.stderr  # (its Linear takes 8 x 8)
     p = cli("export", "--checkpoint", str(small_checkpoint), "--format", "executorch", "--out", str(tmp_path / "e.onnx"))
     assert p.returncode == 2 and "a .onnx file is onnx's, not executorch's" in p.stderr
+    p = cli("export", "--checkpoint", str(small_checkpoint), "--out", str(tmp_path / "m.safetensors"))
+    assert p.returncode == 2 and "a .safetensors file is read as a checkpoint or weights file" in p.stderr
+    assert not (tmp_path / "m.safetensors").exists()
     p = cli("export", "--checkpoint", str(small_checkpoint), "--format", "executorch", "--dynamic-batch",
             "--out", str(tmp_path / "e.pte"))
     assert p.returncode == 2 and "dynamic_batch: executorch programs are exported for one batch size" in p.stderr

@@ -217,9 +217,9 @@ def evaluate(args) -> int:
 
     check_outputs([args.out], [args.checkpoint], force=args.force)
     model, meta, spec, m = _load_and_evaluate(args)
-    params, macs = count(model, build_graph(model, example(meta)).layers)
+    params, macs = count(model, build_graph(model, example(meta, spec.size)).layers)  # at the side evaluated
     result = {"checkpoint": str(args.checkpoint), "dataset": spec.name, "top1": m["top1"], "macro_f1": m["macro_f1"],
-              "confusion": m["confusion"], "params": params, "macs": macs}
+              "confusion": m["confusion"], "params": params, "macs": macs, "size": spec.size}
     print(json.dumps({k: v for k, v in result.items() if k != "confusion"}, indent=1))
     if args.out:
         print(f"metrics written to {write_json(pathlib.Path(args.out), result)}")
