@@ -921,6 +921,20 @@ def test_a_channels_first_layernorm_subclass_is_followed_by_what_it_reads(side):
         assert res.model[1].weight.shape == (16,) and res.model[0].out_channels == 8
 
 
+def test_unflatten_after_a_linear_is_cut_by_its_sizes_attribute():
+    """A decoder's Linear -> nn.Unflatten(1, (16, 4, 4)) -> Conv2d: the Linear's outputs are
+    cut in blocks of 4 x 4 with the conv's input channels, and unflattened_size is rewritten
+    (nothing was removed before, and the conv before the flatten was kept too); exact."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(1024, 256),
+                          nn.Unflatten(1, (16, 4, 4)), nn.ReLU(), nn.Conv2d(16, 2, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = _pruned_in_half(model, x)
+    assert res.layer_widths() == {"0": (16, 8), "3": (256, 128), "6": (2, 2)}
+    assert res.model[4].unflattened_size == (8, 4, 4) and res.model(x).shape == (2, 2, 4, 4)
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+
+
 def test_a_split_size_several_attributes_hold_is_named_with_them():
     """Res2Net's split(x, self.width) where self.scale has the same value: pyprune cannot tell
     which attribute sets the size, keeps the channels, and says so with both names (it used

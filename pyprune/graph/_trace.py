@@ -823,6 +823,15 @@ def _view(rec: Recorder, name, args, kwargs, out):
                     _tie_to_input_width(rec, lay, new)
                 else:
                     _tie_to_width_read(rec, shape[new.dim], new)
+    if name == "unflatten" and rec.stack:  # nn.Unflatten's unflattened_size (a decoder's Linear -> C x H x W)
+        dim = args[1] if len(args) > 1 else kwargs.get("dim")
+        sizes = args[2] if len(args) > 2 else kwargs.get("sizes")
+        if type(dim) is int and isinstance(sizes, (tuple, list)):
+            i = new.dim - (dim % src.dim())
+            attr = rec.find_attr(sizes)
+            if attr is not None and 0 <= i < len(sizes) and sizes[i] == len(new.ids) > 1:
+                rec.rewrites.append(Rewrite(rec.stack[-1], attr, "replace", [np.asarray(new.ids, np.int64)],
+                                            type(sizes), i, sizes))
     rec.set_layout(out, new)
 
 
