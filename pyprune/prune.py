@@ -912,7 +912,7 @@ class Pruner:
                               "how that module uses its channel counts (pyprune.register_layer / register_op) to "
                               "prune it.", stacklevel=3)
             if all(v is None for v in targets.values()):  # a ratio (or the default one), not a budget, was asked
-                _warn_shortfall(res)
+                _warn_shortfall(res, self.config.round_to)
             return res
 
     @staticmethod
@@ -1175,7 +1175,7 @@ class PrunedModelFails(GraphError):
 _MAX_FALLBACKS = 4
 
 
-def _warn_shortfall(res: PruneResult) -> None:
+def _warn_shortfall(res: PruneResult, round_to: int | None = None) -> None:
     """Warn when far fewer channels were removed than the ratio asked, or under three
     quarters of the parameters that cutting that share of every layer's inputs and outputs
     removes (1 - (1 - ratio)^2: channels kept whole may be few and hold most of the
@@ -1216,7 +1216,8 @@ def _warn_shortfall(res: PruneResult) -> None:
                         "its width: to cut it, prune one module that holds both (backbone and head).",
                       stacklevel=4)
 
-    if outputs and out_total > total:  # most channels are what the model returns (a backbone's feature
+    read_on = any(m.role == "in" for g in outputs for m in g.members)  # returned maps its own layers read
+    if read_on and out_total > total:  # most channels are what the model returns (a backbone's feature
         warn_outputs()  # maps; a classifier's logits are far fewer than its other channels)
         return
     if not total or not (few_channels or few_params):
@@ -1235,9 +1236,18 @@ def _warn_shortfall(res: PruneResult) -> None:
                           f"{asked[g.id]}{'; blocks of a grouped layer keep one each at least' if g.blocks is not None else ''})"
                           for _, g in held[:5])
         warnings.warn(head + f"Kept above what the schedule asked: {shown}.", stacklevel=3)
-    elif few_params and out_total >= 0.25 * total and any(m.role == "in" for g in outputs for m in g.members):
-        warn_outputs()  # parameters short, and many returned channels are maps its own layers read on (a
-        # backbone's stages, not a classifier's logits)
+    elif few_channels and round_to and round_to > 1:  # the schedule's counts, rounded to multiples
+        unrounded = {g.id: keep_for_ratio(g, ratio, None) for g in graph.groups if g.id in kept and g.prunable > 0}
+        over = sorted(((kept[g] - n, graph.groups[g]) for g, n in unrounded.items() if kept[g] > n),
+                      key=lambda t: -t[0])
+        if over:
+            shown = "; ".join(f"{g.name} (kept {kept[g.id]} of {g.size})" for _, g in over[:5])
+            warnings.warn(head + f"round_to={round_to} rounds each group's count to a multiple of {round_to}, "
+                          f"and {len(over)} group(s) keep more than the ratio asks: {shown}"
+                          f"{' ...' if len(over) > 5 else ''}. A smaller round_to cuts closer to the ratio.",
+                          stacklevel=3)
+    elif few_params and read_on and out_total >= 0.25 * total:  # parameters short, and many returned
+        warn_outputs()  # channels are maps its own layers read on (a backbone's stages, not a classifier's logits)
     # (else the schedule's own choice)
 
 

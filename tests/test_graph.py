@@ -921,6 +921,34 @@ def test_a_channels_first_layernorm_subclass_is_followed_by_what_it_reads(side):
         assert res.model[1].weight.shape == (16,) and res.model[0].out_channels == 8
 
 
+class _FunctionalBN(nn.Module):
+    """A custom (e.g. conditional) BatchNorm that calls F.batch_norm on its own tensors."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.rand(c) + 0.5), nn.Parameter(torch.randn(c) * 0.1)
+        self.register_buffer("running_mean", torch.randn(c) * 0.1)
+        self.register_buffer("running_var", torch.rand(c) + 0.5)
+
+    def forward(self, x):
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.1, 1e-5)
+
+
+def test_functional_batch_norm_in_a_modules_own_code_is_cut_with_its_channels():
+    """F.batch_norm on a module's own statistics, weight and bias (refused as an unknown op
+    before, while F.instance_norm and F.layer_norm were followed): all four are sliced with
+    the channels, exactly."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _FunctionalBN(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          _FunctionalBN(16), nn.ReLU(), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = _pruned_in_half(model, x)
+    assert res.layer_widths() == {"0": (16, 8), "3": (16, 8), "6": (4, 4)}
+    for i in (1, 4):
+        assert {t.shape for t in (*res.model[i].parameters(), *res.model[i].buffers())} == {(8,)}
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+
+
 def test_unflatten_after_a_linear_is_cut_by_its_sizes_attribute():
     """A decoder's Linear -> nn.Unflatten(1, (16, 4, 4)) -> Conv2d: the Linear's outputs are
     cut in blocks of 4 x 4 with the conv's input channels, and unflattened_size is rewritten

@@ -664,6 +664,21 @@ def test_a_shortfall_from_returned_feature_maps_is_named():
         pyprune.prune(resnet, x, method="l1", ratio=0.5)
 
 
+def test_a_shortfall_from_round_to_is_named():
+    """ratio=0.3 with round_to=4 on 8-channel layers: 6 kept rounds to 8, so nothing is cut;
+    the warning says round_to did it (it was silent: the rounded counts were what the
+    schedule asked). round_to=2 cuts them."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"removed 0% .*round_to=4 rounds each group's count to a multiple of 4, and "
+                                         r"2 group\(s\) keep more than the ratio asks: 0 \(kept 8 of 8\); 2 \(kept 8 of 8\)"):
+        pyprune.prune(model, x, method="l2", ratio=0.3, round_to=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert pyprune.prune(model, x, method="l2", ratio=0.3, round_to=2).model[0].out_channels == 6
+
+
 def test_a_shortfall_from_grouped_blocks_is_named():
     """Nothing kept whole, yet far fewer channels removed than asked (each two-channel block
     of a grouped conv keeps one at least): a warning names the groups kept above what the

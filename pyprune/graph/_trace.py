@@ -1082,6 +1082,17 @@ def _instance_norm(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, lay)
 
 
+@register_op("batch_norm")
+def _batch_norm(rec: Recorder, name, args, kwargs, out):
+    """F.batch_norm in a module's own code (a conditional or custom BatchNorm): each channel
+    normalised by its own statistics, which are sliced with it, as its weight and bias are."""
+    lay = _channels_in_place(rec, name, args, kwargs, out)
+    if lay is None:
+        return
+    _per_channel_args(rec, name, args, kwargs, lay, ("running_mean", "running_var", "weight", "bias"), 1, "param")
+    rec.set_layout(out, lay)
+
+
 @register_op("local_response_norm")
 def _local_response_norm(rec: Recorder, name, args, kwargs, out):
     """F.local_response_norm (AlexNet's LRN): each channel (dim 1) divided by a power of the
