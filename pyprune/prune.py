@@ -200,7 +200,8 @@ class PrunePlan:
     def layer_widths(self) -> dict[str, tuple[int, int]]:
         """Producing layer -> (output channels before, after), in forward order."""
         mask = self.keep_mask()
-        return {m.module: (len(m.units), int(mask[m.units].sum())) for g in self.graph.groups for m in g.producers()}
+        name = self.graph.producer_name
+        return {name(m): (len(m.units), int(mask[m.units].sum())) for g in self.graph.groups for m in g.producers()}
 
 
 @dataclass
@@ -420,15 +421,16 @@ def _ignored(model: nn.Module, graph: ChannelGraph, ignore) -> list[tuple[np.nda
             patterns = [names[item], names[item] + ".*"] if names[item] else ["*"]
             label = names[item] or type(item).__name__
         elif isinstance(item, str):
-            matched = [n for n in all_names if fnmatch.fnmatchcase(n, item) or n == item]
+            layer_params = [f"{mod}.{par}" if mod else par for mod, par in graph.param_layers]  # F.conv2d(x, self.w)
+            matched = [n for n in all_names + layer_params if fnmatch.fnmatchcase(n, item) or n == item]
             if not matched:
                 raise ValueError(f"ignore: {item!r} matches no module of the model (module names look like {all_names[1:4]})")
             patterns = [item, item + ".*"]
             label = item
         else:
             raise TypeError(f"ignore: expected module names, patterns or modules, got {type(item).__name__}")
-        units = [m.units for m in graph.members
-                 if m.role in ("out", "bias") and any(fnmatch.fnmatchcase(m.module, p) for p in patterns)]
+        units = [m.units for m in graph.members if m.role in ("out", "bias") and any(
+            fnmatch.fnmatchcase(m.module, p) or fnmatch.fnmatchcase(graph.producer_name(m), p) for p in patterns)]
         if units:
             out.append((np.concatenate(units), f"ignore={label!r}"))
             continue
@@ -577,7 +579,7 @@ class Pruner:
         else:
             n_keep = self._counts(groups, float(ratio), base_scores, fit=False)
         if keep_by_layer:
-            firsts = {g.producers()[0].module for g in graph.groups if g.producers()}  # (a group cut to its
+            firsts = {graph.producer_name(g.producers()[0]) for g in graph.groups if g.producers()}  # (a group cut to its
             # floor in an earlier round is no longer prunable, yet still the model's)
             unknown = sorted(set(keep_by_layer) - firsts)
             if unknown:
@@ -586,7 +588,7 @@ class Pruner:
                                  "the model itself or one with the same layer names, not a wrapper such as "
                                  "DataParallel.)")
         for g in groups:
-            names = [m.module for m in g.producers()]
+            names = [graph.producer_name(m) for m in g.producers()]
             if keep_by_layer and names and names[0] in keep_by_layer:
                 n_keep[g.id] = int(min(g.size, max(1, g.size - g.prunable, keep_by_layer[names[0]])))
         asked = dict(n_keep)
@@ -980,7 +982,8 @@ class Pruner:
             plan = self.plan(**given)
             lat = self._latency[1]  # the one the plan used (finer widths may have been needed)
             groups = [g for g in first_graph.groups if g.prunable > 0]
-            final = {g.producers()[0].module: (g.size, len(plan.keep[g.id])) for g in groups if g.producers()}
+            final = {first_graph.producer_name(g.producers()[0]): (g.size, len(plan.keep[g.id])) for g in groups
+                     if g.producers()}
             step_targets = [{"keep_by_layer": iterative_keep(final, s, iterative_steps)}
                             for s in range(1, iterative_steps + 1)]
         elif budget is not None:  # the same fraction of the cost removed in every round
@@ -995,7 +998,8 @@ class Pruner:
                 ranker = criterion_spec(self.spec.rank_with) if self.spec.selects else self.spec
                 scores = ranker(groups, self._context(first_graph))
             n_keep = self._counts(groups, float(ratio), scores)
-            final = {g.producers()[0].module: (g.size, n_keep[g.id]) for g in groups if g.producers()}
+            final = {first_graph.producer_name(g.producers()[0]): (g.size, n_keep[g.id]) for g in groups
+                     if g.producers()}
             step_targets = [{"keep_by_layer": iterative_keep(final, s, iterative_steps)}
                             for s in range(1, iterative_steps + 1)]
         steps, plans, result = [], [], None

@@ -126,7 +126,7 @@ def match_layer_ratios(groups: list[Group], layer_ratios: dict) -> dict[int, flo
             raise ValueError(f"layer_ratios[{pattern!r}]: ratio must be in [0, 1), got {r!r}")
         hit = False
         for g in groups:
-            names = {m.module for m in g.producers()}
+            names = {m.module for m in g.producers()} | {m.key for m in g.producers()}
             if any(n == pattern or fnmatch.fnmatchcase(n, pattern) for n in names):
                 out[g.id] = float(r)
                 hit = True

@@ -8,6 +8,7 @@ same convention as the usual counters (thop, fvcore's conv/linear count).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -79,6 +80,17 @@ def _own_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters(recurse=False))
 
 
+def param_macs(kind: str, w, out_shape: tuple) -> int:
+    """MACs of a functional conv or linear with weight `w` (as it is now: pruned or not)
+    whose output had `out_shape` when traced: every output element (at the weight's current
+    output count) multiplies one filter, ``w[0]``, of inputs."""
+    if not hasattr(w, "shape") or not len(w.shape) or not len(out_shape):
+        return 0
+    c = 1 if kind == "conv" else len(out_shape) - 1  # where the output channels are
+    positions = math.prod(out_shape) // max(out_shape[c], 1)
+    return int(positions * w.shape[0] * math.prod(w.shape[1:]))
+
+
 def snapshot(model: nn.Module, layers) -> dict:
     """Per traced layer (kind, shape, params, MACs of all its calls), plus the model's total
     params (a tensor held by several layers counted once)."""
@@ -88,12 +100,20 @@ def snapshot(model: nn.Module, layers) -> dict:
         if rec.module not in mods:
             continue
         m = mods[rec.module]
-        if rec.module in snap:  # called again: its MACs again
-            kind, shape, params, macs = snap[rec.module]
-            snap[rec.module] = (kind, shape, params, macs + layer_macs(m, rec.out_shape))
+        name = rec.name
+        if rec.param:  # a functional layer on the module's own parameter
+            w = getattr(m, rec.param, None)
+            macs, shape, params = param_macs(rec.kind, w, rec.out_shape), tuple(getattr(w, "shape", ())), \
+                getattr(w, "numel", lambda: 0)()
+        else:
+            macs = layer_macs(m, rec.out_shape)
+            h = handler_for(m)
+            shape, params = (h.shape(m) if h else ()), _own_params(m)
+        if name in snap:  # called again: its MACs again
+            kind, shape, params, before = snap[name]
+            snap[name] = (kind, shape, params, before + macs)
             continue
-        h = handler_for(m)
-        snap[rec.module] = (rec.kind, h.shape(m) if h else (), _own_params(m), layer_macs(m, rec.out_shape))
+        snap[name] = (rec.kind, shape, params, macs)
     return snap
 
 
@@ -148,9 +168,12 @@ class CostModel:
         for rec in graph.layers:  # every call of a layer (one called twice costs twice)
             if rec.module not in mods:
                 continue
-            macs = layer_macs(mods[rec.module], rec.out_shape)
-            if macs:
+            if rec.param:  # a functional layer on a module's own parameter
+                macs, param = param_macs(rec.kind, getattr(mods[rec.module], rec.param, None), rec.out_shape), rec.param
+            else:
+                macs = layer_macs(mods[rec.module], rec.out_shape)
                 param = getattr(handler_for(mods[rec.module]), "cost_param", "weight")
+            if macs:
                 self._macs.append((rec.module, param, macs, dims.get((rec.module, param), [])))
         self.base = self({})
 

@@ -949,6 +949,44 @@ def test_functional_batch_norm_in_a_modules_own_code_is_cut_with_its_channels():
     assert cut_error(model, (x,), res.plan) <= 1e-5
 
 
+class _OwnFilters(nn.Module):
+    """Convolutions written as F.conv2d on the module's own parameters, then F.linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.w, self.w2 = nn.Parameter(torch.randn(32, 3, 3, 3)), nn.Parameter(torch.randn(32, 32, 3, 3))
+        self.fc = nn.Parameter(torch.randn(5, 32))
+
+    def forward(self, x):
+        x = F.relu(F.conv2d(F.relu(F.conv2d(x, self.w, padding=1)), self.w2, padding=1))
+        return F.linear(x.mean((2, 3)), self.fc)
+
+
+def test_functional_layers_on_own_parameters_are_named_and_counted():
+    """F.conv2d(x, self.w) on a module that is no layer: each such parameter is a layer of
+    its own, named by its path (they used to share the module's empty name and count no
+    MACs, so target_macs solved on the wrong cost): MACs equal torch's flop counter before
+    and after the cut, a MACs budget is met on them, and ignore= names them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    model, x = _OwnFilters().eval(), torch.randn(1, 3, 16, 16)
+
+    def macs(m):
+        with FlopCounterMode(display=False) as fc:
+            m(x)
+        return fc.get_total_flops() // 2
+
+    res = pyprune.prune(model, x, method="l1", target_macs=0.5)
+    assert res.summary.macs_before == macs(model) and res.summary.macs_after == macs(res.model)
+    assert 0.45 <= res.summary.macs_ratio <= 0.5
+    assert set(res.layer_widths()) == {"w", "w2", "fc"} and res.layer_widths()["fc"] == (5, 5)
+    assert [r.name for r in res.summary.layers] == ["w", "w2", "fc"]
+    assert "    1        32        32  w (+1)" in pyprune.build_graph(model, x).table()
+    kept = pyprune.prune(model, x, method="l1", ratio=0.5, ignore=["w"]).layer_widths()
+    assert kept["w"] == (32, 32) and kept["w2"] == (32, 16)
+
+
 def test_unflatten_after_a_linear_is_cut_by_its_sizes_attribute():
     """A decoder's Linear -> nn.Unflatten(1, (16, 4, 4)) -> Conv2d: the Linear's outputs are
     cut in blocks of 4 x 4 with the conv's input channels, and unflattened_size is rewritten

@@ -141,6 +141,12 @@ class ChannelGraph:
     # shape, (dim, units) where the output carries channels, else None)])
     op_log: list = field(default_factory=list)
     tentative: list = field(default_factory=list)  # (module, attr) of rewrites to drop if the cut fails
+    param_layers: set = field(default_factory=set)  # (module, param): functional layers on own parameters
+
+    def producer_name(self, m: Member) -> str:
+        """The layer name of a producing member: its module, or for a functional layer on a
+        module's own parameter (``F.conv2d(x, self.w)``) the parameter's path."""
+        return m.key if (m.module, m.param) in self.param_layers else m.module
 
     def freeze(self, units: np.ndarray, reason: str) -> None:
         """Never prune `units` (global ids); `reason` is shown wherever the graph explains
@@ -235,7 +241,7 @@ class ChannelGraph:
         the group's channels (producers) and how many tensors are sliced with them."""
         rows = [f"{'group':>5}  {'channels':>8}  {'prunable':>8}  producers (+ coupled tensors)"]
         for g in self.groups:
-            prods = list(dict.fromkeys(m.module for m in g.members if m.role == "out"))
+            prods = list(dict.fromkeys(self.producer_name(m) for m in g.members if m.role == "out"))
             shown = ", ".join(prods[:max_members]) + (f", ... (+{len(prods) - max_members} layers)" if len(prods) > max_members else "")
             if not prods:
                 shown = g.name
@@ -433,7 +439,7 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
             g._add_piece(g.positions(m.units))
     before = frozen.copy()
     graph = ChannelGraph(groups, members, int(n_units), group_of_unit, frozen, reasons, [], rec.layers, rec.untraced,
-                         output_shapes=list(rec.output_shapes))
+                         output_shapes=list(rec.output_shapes), param_layers=set(rec.param_layers))
     for kind in ("inexact", "scale_free"):  # (ids, reason) recorded -> the reasons of each group
         for ids, why in getattr(rec, kind):
             for gid in np.unique(group_of_unit[unit_of[ids]]):

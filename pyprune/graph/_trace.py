@@ -60,11 +60,20 @@ class Rewrite:
 
 @dataclass
 class LayerRecord:
-    """A leaf layer as it ran: for MAC counting and the summary."""
+    """A leaf layer as it ran: for MAC counting and the summary. A functional conv/linear on
+    a module's own parameter (no layer module holds it) is one too, named by ``param``."""
 
     module: str
     kind: str
     out_shape: tuple
+    param: str = ""
+
+    @property
+    def name(self) -> str:
+        """The layer's name: its module, or for a functional one its parameter's path."""
+        if not self.param:
+            return self.module
+        return f"{self.module}.{self.param}" if self.module else self.param
 
 
 @dataclass
@@ -85,6 +94,7 @@ class Recorder:
     param_owner: dict = field(default_factory=dict)  # id(tensor) -> (module, name)
     tied: dict = field(default_factory=dict)  # (module, name) -> (first module, name) holding the same tensor
     count_layers: bool = True  # False in the extra pass: MACs are those of the model's own mode
+    param_layers: set = field(default_factory=set)  # (module, param) of functional layers on own parameters
     untraced: list = field(default_factory=list)  # layers with parameters that never ran
     blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason)
     rewrites: list = field(default_factory=list)  # Rewrite
@@ -1458,13 +1468,28 @@ def _arg(args, kwargs, i: int, name: str, default=None):
     return args[i] if len(args) > i else kwargs.get(name, default)
 
 
-def _functional_layer(rec: Recorder, owner: str, kind: str, out: torch.Tensor) -> None:
+def _functional_layer(rec: Recorder, owner: str, kind: str, out: torch.Tensor, param: str = "") -> None:
     """A module whose weight a functional call used (it never ran as a module): counted
-    as a layer of `kind`, and not reported as untraced."""
-    if owner not in rec.leaf_modules and _layers.handler_for(rec.module(owner)) is not None:
-        rec.leaf_modules[owner] = kind
+    as a layer of `kind`, and not reported as untraced. A parameter of a module that is no
+    layer (``F.conv2d(x, self.w)``): a layer of its own, named by the parameter, counted at
+    every call."""
+    if _layers.handler_for(rec.module(owner)) is not None:
+        if owner not in rec.leaf_modules:
+            rec.leaf_modules[owner] = kind
+            if rec.count_layers:
+                rec.layers.append(LayerRecord(owner, kind, tuple(out.shape)))
+    elif param:
+        rec.param_layers.add((owner, param))
         if rec.count_layers:
-            rec.layers.append(LayerRecord(owner, kind, tuple(out.shape)))
+            rec.layers.append(LayerRecord(owner, kind, tuple(out.shape), param))
+
+
+def _producer(rec: Recorder, owner: str, param: str) -> str:
+    """The name a functional layer's output channels go by: its module where that is a layer
+    (its weight used by F.linear), else the parameter's path (two in one module stay apart)."""
+    if _layers.handler_for(rec.module(owner)) is not None or not param:
+        return owner
+    return f"{owner}.{param}" if owner else param
 
 
 @register_op("linear")
@@ -1480,7 +1505,7 @@ def _linear(rec: Recorder, name, args, kwargs, out):
     last = x.dim() - 1
     if lay is not None and lay.dim == last:
         rec.add_member(win[0], win[1], win[2], lay.ids, "in")
-    out_ids = rec.new_ids(out.shape[-1], wout[0])
+    out_ids = rec.new_ids(out.shape[-1], _producer(rec, wout[0], wout[1]))
     rec.add_member(wout[0], wout[1], wout[2], out_ids, "out")
     bo = rec.param_dim(b, 0) if b is not None else None
     if b is not None:
@@ -1493,7 +1518,7 @@ def _linear(rec: Recorder, name, args, kwargs, out):
         rec.set_layout(out, lay)
     else:
         rec.set_layout(out, Layout(out.dim() - 1, out_ids))
-    _functional_layer(rec, wout[0], "linear", out)
+    _functional_layer(rec, wout[0], "linear", out, wout[1])
 
 
 @register_op("conv1d", "conv2d", "conv3d")
@@ -1542,7 +1567,7 @@ def _conv(rec: Recorder, name, args, kwargs, out):
         rec.report_unknown(f"{name} (groups={groups}) with a weight that is not a module's parameter", [lay], [out])
         return
     rec.add_member(win[0], win[1], win[2], lay.ids, "in")
-    out_ids = rec.new_ids(c_out, wout[0])
+    out_ids = rec.new_ids(c_out, _producer(rec, wout[0], wout[1]))
     rec.add_member(wout[0], wout[1], wout[2], out_ids, "out")
     if b is not None:
         bo = rec.param_dim(b, 0)
@@ -1551,7 +1576,7 @@ def _conv(rec: Recorder, name, args, kwargs, out):
         else:
             rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
     rec.set_layout(out, Layout(1, out_ids))
-    _functional_layer(rec, wout[0], "conv", out)
+    _functional_layer(rec, wout[0], "conv", out, wout[1])
 
 
 @register_op("matmul", "__matmul__", "bmm", "mm")
