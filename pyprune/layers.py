@@ -293,6 +293,7 @@ class ConvTranspose(LayerHandler):
             rec.freeze(out_ids, f"grouped transposed convolution {name} (groups={g})")
             if in_ids is not None:
                 rec.freeze(in_ids, f"grouped transposed convolution {name} (groups={g})")
+            rec.kept_whole.add((name, "weight"))  # (its channels kept: not a tensor the handler forgot)
         if m.bias is not None:
             rec.add_member(name, "bias", 0, out_ids, "bias")
         rec.set_layout(out, Layout(1, out_ids))
@@ -516,7 +517,7 @@ class LayerNorm(LayerHandler):
                                         tuple, 0, tuple(m.normalized_shape)))
             rec.set_layout(out, lay)
             return
-        rec.report_unknown(f"{type(m).__name__} over channels and other dims", [lay], [out])
+        rec.report_unknown(f"{type(m).__name__} {name} over channels and other dims", [lay], [out])
 
     def resize(self, m):
         t = m.weight if m.weight is not None else getattr(m, "bias", None)

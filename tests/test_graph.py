@@ -987,6 +987,22 @@ def test_functional_layers_on_own_parameters_are_named_and_counted():
     assert kept["w"] == (32, 32) and kept["w2"] == (32, 16)
 
 
+def test_layers_a_handler_keeps_whole_give_their_own_reason():
+    """A grouped ConvTranspose2d keeps its channels for that reason alone (its weight was
+    also reported as a per-channel tensor its own handler does not slice); a LayerNorm over
+    channels and positions is refused naming the module, not the model around it."""
+    x = torch.randn(1, 3, 8, 8)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(16, 16, 3, groups=2), nn.ReLU(),
+                          nn.Conv2d(16, 4, 1)).eval()
+    with pytest.warns(UserWarning, match="Kept whole"):
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.frozen() == [("0", 16, 16, ["grouped transposed convolution 2 (groups=2)"]),
+                            ("2", 16, 16, ["grouped transposed convolution 2 (groups=2)"])]
+    ln = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.LayerNorm([16, 8, 8]), nn.Conv2d(16, 4, 1)).eval()
+    with pytest.raises(pyprune.GraphError, match=r"LayerNorm 1 over channels and other dims"):
+        pyprune.prune(ln, x, method="l2", ratio=0.5)
+
+
 def test_unflatten_after_a_linear_is_cut_by_its_sizes_attribute():
     """A decoder's Linear -> nn.Unflatten(1, (16, 4, 4)) -> Conv2d: the Linear's outputs are
     cut in blocks of 4 x 4 with the conv's input channels, and unflattened_size is rewritten

@@ -95,6 +95,7 @@ class Recorder:
     tied: dict = field(default_factory=dict)  # (module, name) -> (first module, name) holding the same tensor
     count_layers: bool = True  # False in the extra pass: MACs are those of the model's own mode
     param_layers: set = field(default_factory=set)  # (module, param) of functional layers on own parameters
+    kept_whole: set = field(default_factory=set)  # (module, param) a handler keeps whole on purpose
     untraced: list = field(default_factory=list)  # layers with parameters that never ran
     blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason)
     rewrites: list = field(default_factory=list)  # Rewrite
@@ -2062,7 +2063,8 @@ def _check_own_tensors(rec: Recorder, name: str, m: nn.Module, new: list, tensor
     counts = {len(r.ids) for r in new}
     own = _layers.handler_for(m).unsliced  # prefixes of the layer's own widths (LayerHandler)
     for pname, t in (*m._parameters.items(), *m._buffers.items()):
-        if pname in known or t is None or t.numel() <= 1 or not any(d in counts for d in t.shape):
+        if pname in known or t is None or t.numel() <= 1 or not any(d in counts for d in t.shape) \
+                or (name, pname) in rec.kept_whole:
             continue
         if any(pname.startswith(p) for p in own):
             continue
