@@ -622,13 +622,8 @@ def test_cli_unwritable_output_fails_before_any_work(tmp_path, small_checkpoint)
     assert p.returncode == 2 and "unknown runtime 'nosuch'" in p.stderr and not (tmp_path / "b").exists()
 
 
-def test_atomic_save_survives_a_kill(tmp_path):
-    """A process killed while it writes a checkpoint leaves the old file whole (and no
-    stray temporary file gets the checkpoint's name)."""
-    path = tmp_path / "model.pt"
-    save_model(path, nn.Linear(4, 3), meta={"v": 1})
-    code = f"""
-import time, torch, pyprune.checkpoint as c
+_SLOW_WRITES = {  # a write that stops (killed) after the file's bytes, or the first file of a pair, are out
+    ".pt": """
 real = torch.save
 def slow_save(obj, f):
     real(obj, f)
@@ -637,33 +632,28 @@ def slow_save(obj, f):
     print("writing", flush=True)
     time.sleep(60)
 torch.save = slow_save
-c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
-"""
-    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
-        try:
-            assert proc.stdout.readline().strip() == "writing"
-        finally:
-            proc.kill()
-    model, meta = load_model(path, nn.Linear(4, 3))
-    assert meta == {"v": 1} and model.out_features == 3
-
-
-def test_a_safetensors_pair_survives_a_kill_between_its_two_files(tmp_path):
-    """The .safetensors file and its .json are written whole to temporary files first, then
-    renamed: a process killed while writing the second leaves the old pair loading as it was
-    (the tensors used to be replaced first, and the old .json no longer matched them)."""
-    path = tmp_path / "model.safetensors"
-    save_model(path, nn.Linear(4, 3), meta={"v": 1})
-    code = f"""
-import json, time, torch, pyprune.checkpoint as c
+""",
+    ".safetensors": """
 real = json.dumps
 def slow_dumps(*a, **k):
     print("writing", flush=True)
     time.sleep(60)
     return real(*a, **k)
 json.dumps = slow_dumps
-c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
-"""
+"""}
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_atomic_save_survives_a_kill(tmp_path, suffix):
+    """A process killed while it writes a checkpoint leaves the old file whole (and no
+    stray temporary file gets the checkpoint's name). A .safetensors file and its .json
+    are written whole to temporary files first, then renamed: killed while writing the
+    second, the old pair loads as it was (the tensors used to be replaced first, and the old
+    .json no longer matched them)."""
+    path = tmp_path / f"model{suffix}"
+    save_model(path, nn.Linear(4, 3), meta={"v": 1})
+    code = ("import json, time, torch, pyprune.checkpoint as c\n" + _SLOW_WRITES[suffix]
+            + f"c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{'v': 2}})\n")
     with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT) as proc:
         try:
             assert proc.stdout.readline().strip() == "writing"
@@ -671,9 +661,9 @@ c.save_model({str(path)!r}, torch.nn.Linear(4, 5), meta={{"v": 2}})
             proc.kill()
     model, meta = load_model(path, nn.Linear(4, 3))
     assert meta == {"v": 1} and model.out_features == 3
-    # (a kill leaves its temporary files, hidden, never under the pair's names)
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["model.json",
-                                                                                        "model.safetensors"]
+    # (a kill leaves its temporary files, hidden, never under the checkpoint's names)
+    names = {".pt": ["model.pt"], ".safetensors": ["model.json", "model.safetensors"]}[suffix]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == names
 
 
 def test_cli_prunes_any_model_by_name_with_local_weights(tmp_path, cli):
