@@ -312,5 +312,9 @@ def model_from(obj: dict, path, model: nn.Module | None = None) -> tuple[nn.Modu
             raise CheckpointError(f"{path}: attribute {key!r} does not exist in the architecture")
         old = getattr(mods[mod], attr)
         setattr(mods[mod], attr, type(old)(value) if isinstance(old, (list, tuple)) else value)
+    if obj.get("attributes"):  # listed again, so the model saves them as the pruned one did
+        from .surgery import REWRITTEN
+
+        model.__dict__[REWRITTEN] = sorted({tuple(k.rpartition("|")[::2]) for k in obj["attributes"]})
     model.eval()
     return model, dict(obj.get("meta", {}))

@@ -101,7 +101,9 @@ class PruneConfig:
 
     def validate(self) -> None:
         spec = criterion_spec(self.method)  # unknown method: ValueError listing them
-        schedule_spec(self.schedule)
+        if schedule_spec(self.schedule).needs_sensitivity and self.sensitivity is None:
+            raise ValueError(f"schedule {self.schedule!r} needs sensitivity=pyprune.sensitivity(model, x, val_set) "
+                             "(the per-layer accuracy curves it spreads the ratio by)")
         if spec.needs_data and self.calibration is None:
             raise ValueError(f"method {self.method!r} scores channels from data: pass calibration=<DataLoader or "
                              "list of (inputs, labels) batches>")

@@ -119,7 +119,19 @@ def test_cli_checkpoints_carry_their_split_classes_and_input(tmp_path, cli):
         assert p.returncode == 0, p.stderr[-2000:]
         outs.append(load_model(tmp_path / f"p{k}.pt")[0].state_dict())
     assert all(torch.equal(outs[0][k], outs[1][k]) for k in outs[0])
+    for seed in ((), ("--seed", "3")):  # one seed throughout: the checkpoint's, for the split and the criterion
+        p = cli("prune", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--data-dir", str(data), "--method",
+                "random", *seed, "--out", str(tmp_path / f"r{len(seed)}.pt"))
+        assert p.returncode == 0, p.stderr[-2000:]
+    r0, r2 = (load_model(tmp_path / f"r{k}.pt")[0].state_dict() for k in (0, 2))
+    assert all(torch.equal(r0[k], r2[k]) for k in r0)
+    from pyprune.cli._commands import _folder_digest
+
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "ok").symlink_to(data / "ok")  # a class folder linked in (ImageFolder follows it)
+    digest = _folder_digest(str(tmp_path / "linked"))
     Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(data / "ok" / "new.png")
+    assert _folder_digest(str(tmp_path / "linked")) != digest
     t = cli("train", *run[:-1], "--epochs", "1", "--seed", "3", "--out", str(tmp_path / "t"), "--force")  # (not quiet)
     assert t.returncode == 0 and "holds the training state of another run" in t.stderr, t.stderr[-2000:]
     bare = tmp_path / "bare.pt"
@@ -131,6 +143,9 @@ def test_cli_checkpoints_carry_their_split_classes_and_input(tmp_path, cli):
         p = cli(*args)  # (the side: the data set's, else --size, else 224)
         assert p.returncode == 0, p.stderr[-2000:]
         assert "the checkpoint records no input channels or size: taking 3x8x8" in p.stderr
+    assert "split_seed" not in load_model(tmp_path / "bp.pt")[1]  # not known: not recorded as if it were
+    i = cli("info", str(tmp_path / "missing.pt"))
+    assert i.returncode == 2 and f"{tmp_path / 'missing.pt'} does not exist" in i.stderr
     i = cli("info", str(tmp_path / "p0.pt"))  # a checkpoint where a model name could stand: its own widths
     assert i.returncode == 0 and "MACs at 3x8x8" in i.stdout, i.stderr[-2000:]
     pruned = load_model(tmp_path / "p0.pt")[0]
@@ -350,6 +365,9 @@ def test_rewritten_split_sizes_are_saved_without_the_attributes(tmp_path, steps)
     assert res.model.splits == [8, 8]
     loaded, _ = load_model(save_model(tmp_path / "s.pt", res.model), model=Split())
     assert loaded.splits == [8, 8] and torch.equal(loaded(x), res.model(x))
+    # a loaded model saved again (as finetune does) keeps them too
+    again, _ = load_model(save_model(tmp_path / "again.pt", loaded), model=Split())
+    assert again.splits == [8, 8] and torch.equal(again(x), res.model(x))
 
 
 @pytest.mark.parametrize("affine", [True, False])
@@ -448,6 +466,7 @@ def test_cli_prints_pyprune_warnings_as_its_own_messages(tmp_path, cli):
     ("taper: -1", "taper must be a finite number >= 0"),
     ("distill: true\ndistill_weight: 2", "distill_temperature must be > 0 and distill_weight in [0, 1]"),
     ("kmeans_iter: 5", "unknown option(s) ['kmeans_iter']"),
+    ("schedule: sensitivity", "config c.yaml: schedule: 'sensitivity' is not one of"),  # (needs Python's sensitivity=)
 ])
 def test_cli_run_refuses_a_bad_config_value_before_it_trains(tmp_path, monkeypatch, cli, line, names):
     """argparse checks neither a default's choices nor a non-string default, and run() used

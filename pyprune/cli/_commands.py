@@ -45,7 +45,7 @@ def _folder_digest(root: str) -> str:
     import hashlib
 
     h = hashlib.sha1()
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root, followlinks=True):  # (as ImageFolder reads class folders)
         dirs.sort()
         for name in sorted(files):
             path = os.path.join(folder, name)
@@ -106,7 +106,8 @@ def prune(args) -> int:
         _without_data(args)
     else:
         meta.setdefault("dataset", args.dataset)  # what calibrated it: the next prune of the output uses it too
-        meta.setdefault("split_seed", args.seed)
+        if getattr(args, "seed_given", True):  # (a seed only where it is known: given, or the input's)
+            meta.setdefault("split_seed", args.seed)
     with input_hint(None if args.checkpoint is not None else args.model, meta["in_channels"], meta["size"]):
         res = prune_model(model, meta, args)
     print(res.summary.table(max_rows=None if args.verbose else 20))

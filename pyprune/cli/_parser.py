@@ -51,6 +51,14 @@ def _positive_int(v: str) -> int:
     return n
 
 
+def _cli_schedules() -> list[str]:
+    """The schedules a command can run: not those that need measured accuracy curves
+    (``sensitivity=``, from Python: pyprune.sensitivity)."""
+    from ..schedule import SCHEDULES
+
+    return [n for n, spec in SCHEDULES.items() if not spec.needs_sensitivity]
+
+
 def _count(v: str) -> int:
     """A count that may be 0 (epochs)."""
     try:
@@ -102,9 +110,7 @@ def _add_model(p, out_default: str):
 
 
 def _add_schedule(p):
-    from ..schedule import available_schedules
-
-    p.add_argument("--schedule", choices=available_schedules(), default="uniform",
+    p.add_argument("--schedule", choices=_cli_schedules(), default="uniform",
                    help="how the ratio is spread over the layers (default %(default)s)")
     p.add_argument("--taper", type=float, default=1.0, help="taper strength, 0 = uniform (default %(default)s)")
     p.add_argument("--round-to", type=_positive_int, default=None, help="keep channel counts at multiples of this")

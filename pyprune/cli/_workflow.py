@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import sys
 import time
 
@@ -23,9 +22,10 @@ def ratio_text(plan) -> str:
     r = planned_ratio(plan)
     if r != "auto":
         return f"ratio {r:.2f}"
-    before = sum(b for b, _ in plan.widths().values())
-    after = sum(a for _, a in plan.widths().values())
-    return f"ratio auto ({1 - after / max(before, 1):.0%} of the channels removed)"
+    prunable = {g.id for g in plan.graph.groups if g.prunable > 0}  # (not the input's or the classes')
+    widths = [w for gid, w in plan.widths().items() if gid in prunable]
+    before, after = sum(b for b, _ in widths), sum(a for _, a in widths)
+    return f"ratio auto ({1 - after / max(before, 1):.0%} of the prunable channels removed)"
 
 
 def dataset(args, size=None, channels=None):
@@ -73,7 +73,7 @@ _DATA_SIDE = {"digits": 8, "cifar10": 32, "cifar100": 32}
 
 def is_checkpoint_path(name: str) -> bool:
     """A pyprune checkpoint file named where a model name could stand (info, latency-table)."""
-    return str(name).endswith((".pt", ".safetensors")) and os.path.isfile(name)
+    return str(name).endswith((".pt", ".safetensors"))  # (a missing one: load_model says it does not exist)
 
 
 def fill_input(meta: dict, model: torch.nn.Module, args=None) -> dict:
@@ -200,6 +200,7 @@ def prune_model(model, meta, args, spec=None, **override):
     kw = prune_options(args, **override)
     if wants_calibration(kw):
         kw["calibration"] = calibration(spec or dataset_for(meta, args), seed=getattr(args, "seed", 0))
+        kw["seed"] = override.get("seed", args.seed)  # (dataset_for may have taken the checkpoint's)
     return prune(model, example(meta), **kw)
 
 
