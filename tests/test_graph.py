@@ -985,6 +985,12 @@ def test_functional_layers_on_own_parameters_are_named_and_counted():
     assert "    1        32        32  w (+1)" in pyprune.build_graph(model, x).table()
     kept = pyprune.prune(model, x, method="l1", ratio=0.5, ignore=["w"]).layer_widths()
     assert kept["w"] == (32, 32) and kept["w2"] == (32, 16)
+    grouped = _OwnFilters().eval()
+    grouped.w2 = nn.Parameter(torch.randn(32, 8, 3, 3))
+    grouped.forward = lambda x: F.linear(F.conv2d(F.conv2d(x, grouped.w, padding=1), grouped.w2, padding=1,
+                                                  groups=4).mean((2, 3)), grouped.fc)
+    with pytest.raises(pyprune.GraphError, match=r"conv2d with groups=4 \(a functional grouped convolution"):
+        pyprune.prune(grouped, x, method="l1", ratio=0.5)
 
 
 def test_layers_a_handler_keeps_whole_give_their_own_reason():

@@ -1564,8 +1564,12 @@ def _conv(rec: Recorder, name, args, kwargs, out):
                 rec.add_member(bo[0], bo[1], bo[2], lay.ids, "param")
         rec.set_layout(out, lay)
         return
-    if groups != 1 or wout is None or win is None:
-        rec.report_unknown(f"{name} (groups={groups}) with a weight that is not a module's parameter", [lay], [out])
+    if wout is None or win is None:
+        rec.report_unknown(f"{name} with a weight that is not a module's parameter", [lay], [out])
+        return
+    if groups != 1:  # (a grouped conv module is followed; its functional form is not)
+        rec.report_unknown(f"{name} with groups={groups} (a functional grouped convolution: an nn.Conv2d with "
+                           "groups= is cut)", [lay], [out])
         return
     rec.add_member(win[0], win[1], win[2], lay.ids, "in")
     out_ids = rec.new_ids(c_out, _producer(rec, wout[0], wout[1]))
