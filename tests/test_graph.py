@@ -993,6 +993,26 @@ def test_functional_layers_on_own_parameters_are_named_and_counted():
         pyprune.prune(grouped, x, method="l1", ratio=0.5)
 
 
+def test_a_slice_at_a_constant_bound_keeps_its_channels_without_a_second_group():
+    """y[:, 8:] with 8 written in forward: the sliced layer keeps its channels (no attribute
+    to rewrite), and the piece carries those same channels on (it used to become a second,
+    'untracked input of cat' group, named in the warning and counted twice in the share)."""
+    class Sliced(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.a, self.c3 = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            y = self.c1(x)
+            return self.c3(torch.cat([self.a(y[:, :8]), y[:, 8:]], 1))
+
+    x = torch.randn(1, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"removed 17% .*Kept whole: c1 \(16 channels: slice bound\(s\) \[8\]"):
+        res = pyprune.prune(Sliced().eval(), x, method="l1", ratio=0.5)
+    assert [name for name, *_ in res.frozen()] == ["c1"] and "untracked" not in res.graph.table()
+    assert res.layer_widths() == {"c1": (16, 16), "a": (8, 4), "c3": (4, 4)} and res.model(x).shape == (1, 4, 8, 8)
+
+
 def test_layers_a_handler_keeps_whole_give_their_own_reason():
     """A grouped ConvTranspose2d keeps its channels for that reason alone (its weight was
     also reported as a per-channel tensor its own handler does not slice); a LayerNorm over

@@ -1734,6 +1734,8 @@ def _channel_slice(rec: Recorder, lay: Layout, i, size: int, out: torch.Tensor, 
     if any(a is None for a in attrs):
         rec.freeze(lay.ids, f"slice bound(s) {bounds} of the channels in {where}: "
                             + rec.held_by([v for v, a in zip(bounds, attrs) if a is None]))
+        start, stop, _ = i.indices(size)  # the piece still carries those (kept) channels, not new ones
+        rec.set_layout(out, Layout(out_dim, lay.ids[start:stop]))
         return
     for v, a in zip(bounds, attrs):
         rec.add_rewrite(a, "count", [lay.ids[:v]])
