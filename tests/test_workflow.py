@@ -101,9 +101,10 @@ def test_cli_checkpoints_carry_their_split_classes_and_input(tmp_path, cli):
     assert t.returncode == 0, t.stderr[-2000:]
     meta = load_model(tmp_path / "t" / "model.pt")[1]
     assert meta["split_seed"] == 3 and meta["classes"] == ["defect", "ok"]
-    e = cli("evaluate", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--data-dir", str(data), "--out",
-            str(tmp_path / "e.json"))
-    assert e.returncode == 0, e.stderr[-2000:]
+    assert meta["data_dir"] == os.path.realpath(data)
+    e = cli("evaluate", "--checkpoint", str(tmp_path / "t" / "model.pt"), "--out", str(tmp_path / "e.json"))
+    assert e.returncode == 0, e.stderr[-2000:]  # (the folder the checkpoint records, said in a note)
+    assert f"note: data from {os.path.realpath(data)}, the folder the checkpoint records" in e.stderr
     assert json.loads((tmp_path / "e.json").read_text())["top1"] == meta["top1"]
     other = tmp_path / "other"
     for cls in ("cat", "dog"):
@@ -134,6 +135,11 @@ def test_cli_checkpoints_carry_their_split_classes_and_input(tmp_path, cli):
     assert _folder_digest(str(tmp_path / "linked")) != digest
     t = cli("train", *run[:-1], "--epochs", "1", "--seed", "3", "--out", str(tmp_path / "t"), "--force")  # (not quiet)
     assert t.returncode == 0 and "holds the training state of another run" in t.stderr, t.stderr[-2000:]
+    moved = tmp_path / "moved"
+    data.rename(moved)  # a recorded folder that is gone: --data-dir is asked for, as before
+    e = cli("evaluate", "--checkpoint", str(tmp_path / "t" / "model.pt"))
+    assert e.returncode == 2 and "imagefolder needs --data-dir" in e.stderr
+    moved.rename(data)
     bare = tmp_path / "bare.pt"
     pyprune.checkpoint.save_model(bare, load_model(tmp_path / "t" / "model.pt")[0], arch="digits_cnn",
                                   arch_kwargs={"num_classes": 2, "in_channels": 3})

@@ -106,6 +106,8 @@ def prune(args) -> int:
         _without_data(args)
     else:
         meta.setdefault("dataset", args.dataset)  # what calibrated it: the next prune of the output uses it too
+        if args.data_dir and args.dataset == meta["dataset"]:
+            meta["data_dir"] = os.path.realpath(args.data_dir)
         if getattr(args, "seed_given", True):  # (a seed only where it is known: given, or the input's)
             meta.setdefault("split_seed", args.seed)
     with input_hint(None if args.checkpoint is not None else args.model, meta["in_channels"], meta["size"]):

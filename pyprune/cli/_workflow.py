@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 
@@ -44,9 +45,13 @@ def dataset_for(meta: dict, args):
                              "the data it takes with --dataset (digits | cifar10 | cifar100 | imagefolder; --data-dir "
                              "for the last three)")
         args.dataset = meta["dataset"]
-    if not getattr(args, "seed_given", True) and meta.get("split_seed") is not None and \
-            args.dataset == meta.get("dataset"):
+    same = args.dataset == meta.get("dataset")
+    if not getattr(args, "seed_given", True) and meta.get("split_seed") is not None and same:
         args.seed = int(meta["split_seed"])  # the checkpoint's held-out split, not another that mixes them
+    if getattr(args, "data_dir", None) is None and same and meta.get("data_dir") and os.path.isdir(meta["data_dir"]):
+        args.data_dir = meta["data_dir"]
+        print(f"note: data from {args.data_dir}, the folder the checkpoint records (--data-dir for another)",
+              file=sys.stderr)
     spec = dataset(args, size=getattr(args, "size", None) or meta.get("size"), channels=meta.get("in_channels"))
     if meta.get("classes") is not None and spec.classes is not None and list(meta["classes"]) != spec.classes:
         raise ValueError(f"the checkpoint was trained on the classes {_names(meta['classes'])}, the data in "
@@ -56,9 +61,11 @@ def dataset_for(meta: dict, args):
 
 
 def record_data(meta: dict, spec, args) -> dict:
-    """Record in a checkpoint's `meta` the data it was trained on: the data set, the side,
-    the seed of its held-out split and, where the data names them, the classes."""
+    """Record in a checkpoint's `meta` the data it was trained on: the data set, its folder,
+    the side, the seed of its held-out split and, where the data names them, the classes."""
     meta.update(dataset=spec.name, size=spec.size, split_seed=args.seed)
+    if getattr(args, "data_dir", None):  # (where it lives here: a later command finds it without --data-dir)
+        meta["data_dir"] = os.path.realpath(args.data_dir)
     if spec.classes is not None:
         meta["classes"] = spec.classes
     return meta
