@@ -21,25 +21,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[pathlib.Path], None])
     never a part. The temporary file is removed if `write` fails. The file gets the mode a
     plain ``open`` would give it (the umask's; a replaced file keeps its own), not the
     private one of a temporary file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
-        write(pathlib.Path(tmp))
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_pair((path,), (write,))[0]
 
 
 def atomic_write_pair(paths: tuple, writes: tuple) -> tuple:
-    """:func:`atomic_write` for two files that only make sense together (a .safetensors file
-    and its .json): both are written whole to temporary files first, then renamed one right
-    after the other, so a failure or a kill while writing leaves the old pair as it was."""
+    """:func:`atomic_write` for files that only make sense together (a .safetensors file and
+    its .json), and the one writer of both: each is written whole to a temporary file first,
+    then they are renamed one right after the other, so a failure or a kill while writing
+    leaves the old ones as they were."""
     paths = tuple(pathlib.Path(p) for p in paths)
     tmps = []
     try:

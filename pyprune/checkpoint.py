@@ -20,7 +20,7 @@ from torch import nn
 from ._io import atomic_write, atomic_write_pair
 from ._reparam import computed_tensors
 from .layers import resize
-from .surgery import replace_tensor
+from .surgery import REWRITTEN, replace_tensor
 
 __all__ = ["save_model", "load_model", "model_from", "resize_to", "atomic_save", "read", "CheckpointError", "FORMAT"]
 
@@ -74,8 +74,6 @@ def _rewritten(model: nn.Module) -> dict:
     """{(module, attr): value now} of the attributes pruning rewrote in `model` (split sizes,
     slice bounds: the pruned model lists them), so a checkpoint keeps them without
     ``attributes=``; every round of an iterative prune included."""
-    from .surgery import REWRITTEN
-
     mods = dict(model.named_modules())
     return {(m, a): getattr(mods[m], a) for m, a in model.__dict__.get(REWRITTEN, ())
             if m in mods and hasattr(mods[m], a)}
@@ -200,30 +198,23 @@ def _check(obj, path: pathlib.Path) -> dict:
 def resize_to(model: nn.Module, spec: dict) -> nn.Module:
     """Give every parameter/buffer of `model` the shape in `spec` (uninitialised values)
     and make the modules' size attributes agree. Names missing on either side raise."""
-    own = dict(model.state_dict())
+    own = model.state_dict(keep_vars=True)  # (the tensors themselves: a tied one is one object)
     missing = [k for k in own if k not in spec]
     unexpected = [k for k in spec if k not in own]
     if missing or unexpected:
         raise CheckpointError(f"the checkpoint does not match the architecture: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    touched, new = set(), {}  # id of a tensor before -> (it, its resized one): a tied tensor stays tied
+    touched, done = set(), {}
     for name, shape in spec.items():
-        if list(own[name].shape) == list(shape):
+        old = own[name]
+        if list(old.shape) == list(shape):
             continue
         mod_name, _, pname = name.rpartition(".")
-        mod = model.get_submodule(mod_name) if mod_name else model
-        old = getattr(mod, pname)
-        if id(old) in new:
-            resized = new[id(old)][1]
-            if list(resized.shape) != list(shape):
-                raise CheckpointError(f"{name} is the architecture's tied tensor of another name, yet the checkpoint "
-                                      f"gives them different shapes ({list(shape)} against {list(resized.shape)})")
-            setattr(mod, pname, resized)
-        elif any(t is old for _, t in new.values()):
-            continue  # (a module met under a second name: already resized)
-        else:
-            replace_tensor(mod, pname, torch.empty(shape, dtype=old.dtype))
-            new[id(old)] = (old, getattr(mod, pname))  # (the old one held: its id stays its own)
+        resized = _replace_once(done, model.get_submodule(mod_name) if mod_name else model, pname, old,
+                                lambda: torch.empty(shape, dtype=old.dtype))
+        if list(resized.shape) != list(shape):
+            raise CheckpointError(f"{name} is the architecture's tied tensor of another name, yet the checkpoint "
+                                  f"gives them different shapes ({list(shape)} against {list(resized.shape)})")
         touched.add(mod_name)
     _recompute(model)  # (a masked weight takes its new shape before the sizes are read from it)
     for mod_name in touched:
@@ -255,7 +246,7 @@ def _take_dtypes(model: nn.Module, state_dict: dict) -> None:
     """Give each floating tensor of `model` the dtype it was saved in (a float16 model
     comes back float16; load_state_dict alone would copy it into float32)."""
     own = model.state_dict(keep_vars=True)
-    new = {}  # id of a tensor before -> (it, its replacement): a tied tensor stays tied
+    done = {}
     for name, v in state_dict.items():
         t = own.get(name)
         if (not isinstance(t, torch.Tensor) or not isinstance(v, torch.Tensor)
@@ -263,13 +254,20 @@ def _take_dtypes(model: nn.Module, state_dict: dict) -> None:
             continue
         mod_name, _, pname = name.rpartition(".")
         mod = model.get_submodule(mod_name) if mod_name else model
-        if pname not in mod._parameters and pname not in mod._buffers:
-            continue
-        if id(t) in new:
-            setattr(mod, pname, new[id(t)][1])
-        else:
-            replace_tensor(mod, pname, torch.empty(t.shape, dtype=v.dtype, device=t.device))
-            new[id(t)] = (t, getattr(mod, pname))
+        if pname in mod._parameters or pname in mod._buffers:
+            _replace_once(done, mod, pname, t, lambda: torch.empty(t.shape, dtype=v.dtype, device=t.device))
+
+
+def _replace_once(done: dict, mod: nn.Module, pname: str, old: torch.Tensor, make) -> torch.Tensor:
+    """Put ``make()`` in place of ``mod.pname`` (now `old`), or what took `old`'s place
+    before: a tensor under several names (tied weights, a module met twice) stays one.
+    `done` maps id(old) -> (old, its replacement), the old one held so its id stays its own."""
+    if id(old) in done:
+        setattr(mod, pname, done[id(old)][1])
+    else:
+        replace_tensor(mod, pname, make())
+        done[id(old)] = (old, getattr(mod, pname))
+    return done[id(old)][1]
 
 
 def _recompute(model: nn.Module) -> None:
@@ -306,15 +304,15 @@ def model_from(obj: dict, path, model: nn.Module | None = None) -> tuple[nn.Modu
         raise CheckpointError(f"{path}: weights do not fit the architecture: {e}") from e
     _recompute(model)  # (and the loaded values)
     mods = dict(model.named_modules())
+    listed = set()
     for key, value in (obj.get("attributes") or {}).items():
         mod, _, attr = key.rpartition("|")
         if mod not in mods or not hasattr(mods[mod], attr):
             raise CheckpointError(f"{path}: attribute {key!r} does not exist in the architecture")
         old = getattr(mods[mod], attr)
         setattr(mods[mod], attr, type(old)(value) if isinstance(old, (list, tuple)) else value)
-    if obj.get("attributes"):  # listed again, so the model saves them as the pruned one did
-        from .surgery import REWRITTEN
-
-        model.__dict__[REWRITTEN] = sorted({tuple(k.rpartition("|")[::2]) for k in obj["attributes"]})
+        listed.add((mod, attr))
+    if listed:  # listed again, so the model saves them as the pruned one did
+        model.__dict__[REWRITTEN] = sorted(listed)
     model.eval()
     return model, dict(obj.get("meta", {}))

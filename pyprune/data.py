@@ -111,8 +111,8 @@ def cifar(data_dir: str | pathlib.Path, num_classes: int = 10, augment: bool = T
     test_tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)]) if augment else test_tf
     cls = _local_cifar(torchvision.datasets.CIFAR10 if num_classes == 10 else torchvision.datasets.CIFAR100)
-    missing = [f for f in [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-               if not (d / folder / f).is_file()]
+    files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    missing = [f for f in files if not (d / folder / f).is_file()]
     if missing:
         raise DataError(f"{d / folder} lacks {', '.join(missing)} of CIFAR-{num_classes}: extract the whole "
                         f"archive there (pyprune never downloads)")
@@ -121,8 +121,7 @@ def cifar(data_dir: str | pathlib.Path, num_classes: int = 10, augment: bool = T
     except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
         raise DataError(_CIFAR_HELP.format(n=num_classes, d=d, folder=folder) + f" ({e})") from e
     except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError) as e:  # a damaged batch file
-        bad = next((f for f in [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-                    if not _readable_pickle(d / folder / f)), None)
+        bad = next((f for f in files if not _readable_pickle(d / folder / f)), None)
         raise DataError(f"CIFAR-{num_classes} in {d / folder} could not be read ({type(e).__name__}: {e}): "
                         + (f"{bad} is damaged" if bad else "a file is damaged") + "; extract the archive again") from e
 

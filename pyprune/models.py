@@ -81,7 +81,7 @@ def get_model(name: str, num_classes: int = 10, *, weights: str | pathlib.Path |
 def adapt_input(model: nn.Module, in_channels: int) -> nn.Module:
     """Give the model's first Conv2d `in_channels` inputs (grayscale digits into an RGB
     network): its filters become the mean over its old input channels, repeated."""
-    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    first = _first_conv(model)
     if first is None or first[1].in_channels == in_channels:
         return model
     name, m = first
@@ -110,9 +110,10 @@ def _load_local(model: nn.Module, path) -> None:
     head = _head(model)
     if head is not None and isinstance(sd.get(f"{head[0]}.weight"), torch.Tensor):
         replace_head(model, int(sd[f"{head[0]}.weight"].shape[0]))  # the file's classes, for now
-    first = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
-    if first is not None and isinstance(sd.get(f"{first}.weight"), torch.Tensor) and sd[f"{first}.weight"].dim() == 4:
-        adapt_input(model, int(sd[f"{first}.weight"].shape[1]) * model.get_submodule(first).groups)  # (the file's)
+    first = _first_conv(model)
+    w = sd.get(f"{first[0]}.weight") if first is not None else None
+    if isinstance(w, torch.Tensor) and w.dim() == 4:
+        adapt_input(model, int(w.shape[1]) * first[1].groups)  # (the file's input channels, for now)
     own = model.state_dict()
     bad = [k for k, v in sd.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
     if bad:
@@ -123,6 +124,11 @@ def _load_local(model: nn.Module, path) -> None:
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"{path} does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The first Conv2d (the one that reads the input)."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
 def _head(model: nn.Module) -> tuple[str, nn.Module] | None:

@@ -29,7 +29,7 @@ from torch import nn
 from .criteria import Context, Selection, block_jobs, criterion_spec
 from . import engine
 from .data import check_calibration
-from .graph import ChannelGraph, GraphError, as_inputs, build_graph
+from .graph import ChannelGraph, GraphError, as_inputs, build_graph, param_path
 from .graph._check import check_runs
 from .latency import RUNTIMES
 from .layers import LAYERS
@@ -84,13 +84,13 @@ class PruneConfig:
         cfg = cls(**own, criterion_options=dict(kwargs.get("criterion_options") or {}))
         spec = criterion_spec(cfg.method)
         unknown = [k for k in rest if k not in spec.options]
-        targets = [k for k in unknown if k in {"ratio", "inplace", "iterative_steps", "finetune"} | set(_BUDGETS)]
+        targets = [k for k in unknown if k in _TARGET_OPTIONS]
         if targets:
             raise TypeError(f"{', '.join(targets)}: what to reach is given to the call that prunes, not to the "
                             f"Pruner or PruneConfig: pyprune.prune(model, x, {targets[0]}=...), or "
                             f"Pruner(model, x, ...).run({targets[0]}=...) (also .prune() and .plan())")
         if unknown:
-            known = sorted(names | set(spec.options) | {"ratio", "inplace", "iterative_steps", "finetune"} | set(_BUDGETS))
+            known = sorted(names | set(spec.options) | _TARGET_OPTIONS)
             hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else repr(k)
                      for k in unknown]
             raise TypeError(f"unknown option(s) {', '.join(hints)} for method {cfg.method!r}; "
@@ -306,6 +306,10 @@ _BUDGETS = {"target_params": ("params", True), "target_macs": ("macs", True),
             "target_latency_ms": ("latency", False), "target_speedup": ("latency", True)}
 
 
+# what prune() and Pruner.run() are asked to reach, beside the PruneConfig options of how
+_TARGET_OPTIONS = {"ratio", "inplace", "iterative_steps", "finetune"} | set(_BUDGETS)
+
+
 def _warn_unrounded(groups, n_keep: dict, round_to: int | None) -> None:
     """Name the groups ``round_to`` does not reach (no wider than it): cut, but not to a multiple."""
     if not round_to or round_to <= 1:
@@ -346,10 +350,8 @@ def check_options(ratio=None, **options) -> None:
     one budget. For flows that train before they prune (``pyprune run``, ``sweep``), so a
     typo is an error before the training, not after it. A data-driven method is not asked
     for its calibration data here (the flow supplies it)."""
-    budgets = {k: options.pop(k) for k in list(options) if k in _BUDGETS}
-    options.pop("iterative_steps", None)
-    options.pop("finetune", None)
-    options.pop("inplace", None)
+    targets = {k: options.pop(k) for k in list(options) if k in _TARGET_OPTIONS}
+    budgets = {k: v for k, v in targets.items() if k in _BUDGETS}
     method = options.get("method", "kmeans")
     if criterion_spec(method).needs_data and options.get("calibration") is None:
         options["calibration"] = ()  # stands for the data the flow gives
@@ -415,6 +417,7 @@ def _ignored(model: nn.Module, graph: ChannelGraph, ignore) -> list[tuple[np.nda
     items = [ignore] if isinstance(ignore, (str, nn.Module)) else list(ignore)
     names = {m: n for n, m in model.named_modules()}
     all_names = list(names.values())
+    layer_params = [param_path(mod, par) for mod, par in graph.param_layers]  # F.conv2d(x, self.w)
     out = []
     for item in items:
         if isinstance(item, nn.Module):
@@ -423,7 +426,6 @@ def _ignored(model: nn.Module, graph: ChannelGraph, ignore) -> list[tuple[np.nda
             patterns = [names[item], names[item] + ".*"] if names[item] else ["*"]
             label = names[item] or type(item).__name__
         elif isinstance(item, str):
-            layer_params = [f"{mod}.{par}" if mod else par for mod, par in graph.param_layers]  # F.conv2d(x, self.w)
             matched = [n for n in all_names + layer_params if fnmatch.fnmatchcase(n, item) or n == item]
             if not matched:
                 raise ValueError(f"ignore: {item!r} matches no module of the model (module names look like {all_names[1:4]})")

@@ -104,20 +104,23 @@ class ReconstructionReport:
 
     def left_as_cut(self) -> str:
         """The layers left as cut, each with why (for messages)."""
-        return ", ".join(f"{n} ({why})" for n, why in self.left.items())
+        return _with_why(self.left.items())
 
     def __str__(self) -> str:
         left = f"; left as cut: {self.left_as_cut()}" if self.left else ""
         if self.skipped:
-            shown = ", ".join(f"{n} ({why})" for n, why in list(self.skipped.items())[:5])
-            left += (f"; {len(self.skipped)} layer(s) that lost input channels not refitted: {shown}"
-                     + (" ..." if len(self.skipped) > 5 else ""))
+            left += (f"; {len(self.skipped)} layer(s) that lost input channels not refitted: "
+                     f"{_with_why(list(self.skipped.items())[:5])}" + (" ..." if len(self.skipped) > 5 else ""))
         if not self.layers:
             head = "reconstruction: none" if self.left or self.skipped else "reconstruction: no layer lost input channels"
             return head + left
         res = [r for r, _ in self.layers.values()]
         return (f"reconstructed {len(res)} layers (relative residual median {np.median(res):.3g}, "
                 f"max {max(res):.3g})") + left
+
+
+def _with_why(items) -> str:
+    return ", ".join(f"{n} ({why})" for n, why in items)
 
 
 MAX_FEATURES = 8192  # inputs per output above which a layer is not refitted (its Gram matrix)

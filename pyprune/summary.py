@@ -91,6 +91,14 @@ def param_macs(kind: str, w, out_shape: tuple) -> int:
     return int(positions * w.shape[0] * math.prod(w.shape[1:]))
 
 
+def record_macs(m: nn.Module, rec) -> int:
+    """MACs of one traced call `rec` of layer module `m` as it is now: its handler's count, or
+    for a functional layer on `m`'s own parameter (``rec.param``) :func:`param_macs`."""
+    if rec.param:
+        return param_macs(rec.kind, getattr(m, rec.param, None), rec.out_shape)
+    return layer_macs(m, rec.out_shape)
+
+
 def snapshot(model: nn.Module, layers) -> dict:
     """Per traced layer (kind, shape, params, MACs of all its calls), plus the model's total
     params (a tensor held by several layers counted once)."""
@@ -100,13 +108,11 @@ def snapshot(model: nn.Module, layers) -> dict:
         if rec.module not in mods:
             continue
         m = mods[rec.module]
-        name = rec.name
+        name, macs = rec.name, record_macs(m, rec)
         if rec.param:  # a functional layer on the module's own parameter
             w = getattr(m, rec.param, None)
-            macs, shape, params = param_macs(rec.kind, w, rec.out_shape), tuple(getattr(w, "shape", ())), \
-                getattr(w, "numel", lambda: 0)()
+            shape, params = tuple(getattr(w, "shape", ())), getattr(w, "numel", lambda: 0)()
         else:
-            macs = layer_macs(m, rec.out_shape)
             h = handler_for(m)
             shape, params = (h.shape(m) if h else ()), _own_params(m)
         if name in snap:  # called again: its MACs again
@@ -168,11 +174,8 @@ class CostModel:
         for rec in graph.layers:  # every call of a layer (one called twice costs twice)
             if rec.module not in mods:
                 continue
-            if rec.param:  # a functional layer on a module's own parameter
-                macs, param = param_macs(rec.kind, getattr(mods[rec.module], rec.param, None), rec.out_shape), rec.param
-            else:
-                macs = layer_macs(mods[rec.module], rec.out_shape)
-                param = getattr(handler_for(mods[rec.module]), "cost_param", "weight")
+            macs = record_macs(mods[rec.module], rec)
+            param = rec.param or getattr(handler_for(mods[rec.module]), "cost_param", "weight")
             if macs:
                 self._macs.append((rec.module, param, macs, dims.get((rec.module, param), [])))
         self.base = self({})

@@ -243,24 +243,23 @@ def _deepcopy(model: nn.Module, memo: dict) -> nn.Module:
     try:
         return copy.deepcopy(model, memo)
     except Exception as e:
-        culprit = "an attribute of the model"
-        for name, m in model.named_modules():
-            for attr, v in vars(m).items():
-                if attr.startswith("_") or isinstance(v, (torch.Tensor, nn.Module)):
-                    continue
-                try:
-                    copy.deepcopy(v)
-                except Exception:
-                    culprit = f"{name + '.' if name else ''}{attr} ({type(v).__name__})"
-                    break
-            else:
-                continue
-            break
+        culprit = next((f"{name + '.' if name else ''}{attr} ({type(v).__name__})"
+                        for name, m in model.named_modules() for attr, v in vars(m).items()
+                        if not attr.startswith("_") and not isinstance(v, (torch.Tensor, nn.Module))
+                        and not _copyable(v)), "an attribute of the model")
         raise ValueError(f"pruning works on a copy of the model, and {culprit} cannot be copied "
                          f"({type(e).__name__}: {e}). Prune the model itself with inplace=True and verify=False "
                          "(the check of a cut, and recovery with calibration=, run on a copy first), or make "
-                         "that attribute copyable "
-                         "(a __deepcopy__ that shares or recreates it); the model was not changed.") from e
+                         "that attribute copyable (a __deepcopy__ that shares or recreates it); the model was not "
+                         "changed.") from e
+
+
+def _copyable(v) -> bool:
+    try:
+        copy.deepcopy(v)
+    except Exception:  # noqa: BLE001 - whatever deepcopy raises for it
+        return False
+    return True
 
 
 def replace_tensor(module: nn.Module, name: str, new: torch.Tensor, *, like: torch.Tensor | None = None) -> None:

@@ -11,7 +11,7 @@ import torch
 
 from .._io import write_text
 from ._workflow import (RESULT_COLUMNS, brief, check_outputs, data_and_model, dataset_for, distill_options, example,
-                        fill_input, input_hint, is_checkpoint_path, model_input, planned_ratio, prune_finetune_eval,
+                        fill_input, input_hint, model_input, named_or_saved, planned_ratio, prune_finetune_eval,
                         prune_model, prune_options, ratio_text, record_data, write_json)
 
 
@@ -502,20 +502,9 @@ def latency_table(args) -> int:
     from ..latency import LatencyModel, LatencyTarget
     from ..summary import CostModel
 
-    if is_checkpoint_path(args.model):
-        from ..checkpoint import load_model
-
-        model, meta = load_model(args.model)
-        x = example(fill_input(meta, model, args), args.size)
-    else:
-        from ..models import get_model
-
-        c, size = model_input(args.model, args.in_channels, args.size)
-        model = get_model(args.model, num_classes=args.num_classes, in_channels=c).eval()
-        x = torch.randn(1, c, size, size)
-    model.eval()
+    model, x, named = named_or_saved(args)
     target = LatencyTarget(args.runtime, args.runtime_threads, args.runtime_batch)
-    with input_hint(None if is_checkpoint_path(args.model) else args.model, x.shape[1], x.shape[-1]):
+    with input_hint(named, x.shape[1], x.shape[-1]):
         graph = build_graph(model, x)
     cost = CostModel(model, graph)
     t0 = time.perf_counter()
@@ -529,20 +518,12 @@ def latency_table(args) -> int:
 
 def info(args) -> int:
     from ..graph import build_graph
-    from ..models import get_model
     from ..summary import count
 
-    if is_checkpoint_path(args.model):  # a checkpoint: its own (pruned) model
-        from ..checkpoint import load_model
-
-        model, meta = load_model(args.model)
-        x = example(fill_input(meta, model, args), args.size)
-        c, size = x.shape[1], x.shape[-1]
-    else:
-        c, size = model_input(args.model, args.in_channels, args.size)
-        model = get_model(args.model, num_classes=args.num_classes, in_channels=c).eval()
-    with input_hint(None if is_checkpoint_path(args.model) else args.model, c, size):
-        graph = build_graph(model, torch.randn(1, c, size, size))
+    model, x, named = named_or_saved(args)
+    c, size = x.shape[1], x.shape[-1]
+    with input_hint(named, c, size):
+        graph = build_graph(model, x)
     params, macs = count(model, graph.layers)
     print(f"{args.model}: {params:,} parameters, {macs:,} MACs at {c}x{size}x{size}")
     print(graph.table())

@@ -41,14 +41,23 @@ def _ratio(v: str):
     return _fraction(v, auto=True)
 
 
-def _positive_int(v: str) -> int:
+def _int_at_least(v: str, least: int, what: str) -> int:
     try:
         n = int(v)
     except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {v!r}")
+        n = least - 1
+    if n < least:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {v!r}")
     return n
+
+
+def _positive_int(v: str) -> int:
+    return _int_at_least(v, 1, "a positive integer")
+
+
+def _count(v: str) -> int:
+    """A count that may be 0 (epochs)."""
+    return _int_at_least(v, 0, "an integer >= 0")
 
 
 def _cli_schedules() -> list[str]:
@@ -57,17 +66,6 @@ def _cli_schedules() -> list[str]:
     from ..schedule import SCHEDULES
 
     return [n for n, spec in SCHEDULES.items() if not spec.needs_sensitivity]
-
-
-def _count(v: str) -> int:
-    """A count that may be 0 (epochs)."""
-    try:
-        n = int(v)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {v!r}")
-    return n
 
 
 CHECKPOINT_DATA = "digits | cifar10 | cifar100 | imagefolder (default: the data set the checkpoint records)"

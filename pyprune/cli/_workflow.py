@@ -78,9 +78,21 @@ def _names(classes) -> str:
 _DATA_SIDE = {"digits": 8, "cifar10": 32, "cifar100": 32}
 
 
-def is_checkpoint_path(name: str) -> bool:
-    """A pyprune checkpoint file named where a model name could stand (info, latency-table)."""
-    return str(name).endswith((".pt", ".safetensors"))  # (a missing one: load_model says it does not exist)
+def named_or_saved(args) -> tuple:
+    """(model in eval mode, example input, its name for input hints or None) for ``--model``
+    or the positional model of ``info``/``latency-table``: a pyprune checkpoint file (its own
+    pruned model, at the input it records: a missing file is named by load_model), else a
+    model name built at its own input size."""
+    if str(args.model).endswith((".pt", ".safetensors")):
+        from ..checkpoint import load_model
+
+        model, meta = load_model(args.model)
+        return model.eval(), example(fill_input(meta, model, args), args.size), None
+    from ..models import get_model
+
+    c, size = model_input(args.model, args.in_channels, args.size)
+    model = get_model(args.model, num_classes=args.num_classes, in_channels=c).eval()
+    return model, torch.randn(1, c, size, size), args.model
 
 
 def fill_input(meta: dict, model: torch.nn.Module, args=None) -> dict:
@@ -96,9 +108,9 @@ def fill_input(meta: dict, model: torch.nn.Module, args=None) -> dict:
     if "size" in missing:
         data = getattr(args, "dataset", None) or meta.get("dataset")
         meta["size"] = getattr(args, "size", None) or _DATA_SIDE.get(data, 224)
-    print(f"note: the checkpoint records no input {' or '.join({'in_channels': 'channels'}.get(m, m) for m in missing)}"
-          f": taking "
-          f"{meta['in_channels']}x{meta['size']}x{meta['size']} (--size sets the side)", file=sys.stderr)
+    what = " or ".join("channels" if m == "in_channels" else m for m in missing)
+    print(f"note: the checkpoint records no input {what}: taking {meta['in_channels']}x{meta['size']}x{meta['size']} "
+          "(--size sets the side)", file=sys.stderr)
     return meta
 
 
@@ -199,16 +211,16 @@ def wants_calibration(kw: dict) -> bool:
     return criterion_spec(kw["method"]).needs_data or kw.get("bn_recalibration", True) or kw.get("reconstruct", True)
 
 
-def prune_model(model, meta, args, spec=None, **override):
-    """Prune `model` as the flags (and `override`) say; data-driven methods calibrate on
-    the training set."""
+def prune_model(model, meta, args, spec=None, example_input=None, **override):
+    """Prune `model` as the flags (and `override`) say, traced on `example_input` (else the
+    checkpoint's input); data-driven methods and recovery calibrate on the training set."""
     from .. import prune
 
     kw = prune_options(args, **override)
     if wants_calibration(kw):
         kw["calibration"] = calibration(spec or dataset_for(meta, args), seed=getattr(args, "seed", 0))
         kw["seed"] = override.get("seed", args.seed)  # (dataset_for may have taken the checkpoint's)
-    return prune(model, example(meta), **kw)
+    return prune(model, example(meta) if example_input is None else example_input, **kw)
 
 
 def distill_options(args, teacher) -> dict:
@@ -223,17 +235,10 @@ def prune_finetune_eval(model, meta, spec, args, *, epochs: int, lr: float, exam
 
     Returns (PruneResult, row): the row holds method, ratio, top-1 before and after
     fine-tuning, macro-F1 after, params and MACs before/after, and the seconds spent."""
-    from .. import prune
     from ..train import evaluate, fit
 
     t0 = time.perf_counter()
-    if example_input is None:
-        res = prune_model(model, meta, args, spec, **override)
-    else:
-        kw = prune_options(args, **override)
-        if wants_calibration(kw):
-            kw["calibration"] = calibration(spec, seed=getattr(args, "seed", 0))
-        res = prune(model, example_input, **kw)
+    res = prune_model(model, meta, args, spec, example_input, **override)
     t_prune = time.perf_counter() - t0
     before = evaluate(res.model, spec.val)
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ._layout import Layout
-from ._trace import LayerRecord, OpRuleError, record
+from ._trace import LayerRecord, OpRuleError, param_path, record
 
 __all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "as_inputs", "Layout"]
 
@@ -49,7 +49,7 @@ class Member:
 
     @property
     def key(self) -> str:
-        return f"{self.module}.{self.param}" if self.module else self.param
+        return param_path(self.module, self.param)
 
 
 @dataclass

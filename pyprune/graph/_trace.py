@@ -58,6 +58,11 @@ class Rewrite:
     tentative: bool = False  # the value read might be another dim's (as long): dropped if the cut fails
 
 
+def param_path(module: str, param: str) -> str:
+    """The dotted name of `module`'s tensor `param` (the root's: `param` alone)."""
+    return f"{module}.{param}" if module else param
+
+
 @dataclass
 class LayerRecord:
     """A leaf layer as it ran: for MAC counting and the summary. A functional conv/linear on
@@ -71,9 +76,7 @@ class LayerRecord:
     @property
     def name(self) -> str:
         """The layer's name: its module, or for a functional one its parameter's path."""
-        if not self.param:
-            return self.module
-        return f"{self.module}.{self.param}" if self.module else self.param
+        return param_path(self.module, self.param) if self.param else self.module
 
 
 @dataclass
@@ -1474,23 +1477,26 @@ def _functional_layer(rec: Recorder, owner: str, kind: str, out: torch.Tensor, p
     as a layer of `kind`, and not reported as untraced. A parameter of a module that is no
     layer (``F.conv2d(x, self.w)``): a layer of its own, named by the parameter, counted at
     every call."""
-    if _layers.handler_for(rec.module(owner)) is not None:
-        if owner not in rec.leaf_modules:
-            rec.leaf_modules[owner] = kind
-            if rec.count_layers:
-                rec.layers.append(LayerRecord(owner, kind, tuple(out.shape)))
-    elif param:
+    if _on_own_parameter(rec, owner, param):
         rec.param_layers.add((owner, param))
         if rec.count_layers:
             rec.layers.append(LayerRecord(owner, kind, tuple(out.shape), param))
+    elif _layers.handler_for(rec.module(owner)) is not None and owner not in rec.leaf_modules:
+        rec.leaf_modules[owner] = kind
+        if rec.count_layers:
+            rec.layers.append(LayerRecord(owner, kind, tuple(out.shape)))
+
+
+def _on_own_parameter(rec: Recorder, owner: str, param: str) -> bool:
+    """A functional layer on the parameter of a module that is no layer (``F.conv2d(x,
+    self.w)``), not on a layer's own weight (F.linear on a Linear's)."""
+    return bool(param) and _layers.handler_for(rec.module(owner)) is None
 
 
 def _producer(rec: Recorder, owner: str, param: str) -> str:
-    """The name a functional layer's output channels go by: its module where that is a layer
-    (its weight used by F.linear), else the parameter's path (two in one module stay apart)."""
-    if _layers.handler_for(rec.module(owner)) is not None or not param:
-        return owner
-    return f"{owner}.{param}" if owner else param
+    """The name a functional layer's output channels go by: its module where that is a layer,
+    else the parameter's path (two in one module stay apart)."""
+    return param_path(owner, param) if _on_own_parameter(rec, owner, param) else owner
 
 
 @register_op("linear")
