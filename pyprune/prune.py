@@ -504,6 +504,8 @@ class Pruner:
             )
         for units, reason in _ignored(model, graph, self.config.ignore):
             graph.freeze(units, reason)
+        if not self.config.verify:  # no run of the cut to find out: what is cut tentatively is kept
+            graph.freeze_tentative()
         return graph
 
     def _graph(self) -> ChannelGraph:

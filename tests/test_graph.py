@@ -1268,6 +1268,128 @@ def test_talking_heads_keep_the_mixed_heads_and_cut_v_exactly():
     assert res.model(x).shape == (2, 5)
 
 
+class _RelPosAttention(nn.Module):
+    """Torchvision MaxViT's attention on a (B, 1, tokens, width) stream: 3 heads of 8 on a
+    stream of 24, 16 tokens (no two of these sizes alike, as in MaxViT itself)."""
+
+    def __init__(self):
+        super().__init__()
+        from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
+
+        self.attn = RelativePositionalMultiHeadAttention(24, 8, 16)
+
+    def forward(self, t):
+        return self.attn(t[:, None])[:, 0]
+
+
+def test_maxvit_attention_cuts_its_heads_with_the_stream_exactly():
+    """q, k and v come from one Linear cut by chunk(3); q and k hold the same channels (their
+    dot product couples them), v the stream's (it is reshaped to the input's width), and the
+    head width is read for both. Every head keeps as many of each, so the chunk stays equal
+    and the head width is rewritten: the stream is cut (it was kept whole)."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_RelPosAttention, width=24).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = check_exact(model, x)
+    assert all(g.prunable == g.size for g in graph.groups if g.producers() and g.producers()[0].module == "embed")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing kept back
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    attn = res.model.attn.attn
+    assert (attn.n_heads, attn.head_dim, attn.to_qkv.out_features, res.model.embed.out_channels) == (3, 4, 36, 12)
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+    assert res.model(x).shape == (2, 5)
+
+
+def test_torchvision_maxvit_prunes_its_stream():
+    torch.manual_seed(0)
+    model = torchvision.models.maxvit_t(num_classes=10).eval()
+    x = torch.randn(1, 3, 224, 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5)
+    assert res.summary.params_after < 0.3 * res.summary.params_before  # 39.5% removed when its stream was kept
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+
+
+class _ChunkedHeads(nn.Module):
+    """q, k and v by chunk(3), each reshaped by the head count and width attributes; the
+    attention couples the three position by position, so the pieces hold the same
+    channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.head_dim = 2, 8
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        n, length, _ = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        q, k, v = (t.reshape(n, length, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        y = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(n, length, -1))
+
+
+def test_a_chunk_whose_pieces_hold_the_same_channels_is_cut():
+    """Its pieces keep one count whatever is cut (they were kept whole)."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_ChunkedHeads).eval()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert (res.model.attn.qkv.out_features, res.model.attn.heads, res.model.attn.head_dim) == (24, 2, 4)
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+
+
+class _HeadFirstQKV(nn.Module):
+    """timm's AttentionCl with one head: the heads' q, k and v side by side, split by a
+    view to ``dim_head * 3`` (a number no attribute holds) and chunk(3). The chunk's pieces
+    stand for each other, but the view's width is fixed in the code."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads, self.dim_head = 1, 16
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        b = x.shape[0]
+        q, k, v = self.qkv(x).view(b, -1, self.num_heads, self.dim_head * 3).transpose(1, 2).chunk(3, dim=3)
+        y = (q @ k.transpose(-2, -1)).softmax(-1) @ v
+        return self.proj(y.transpose(1, 2).reshape(x.shape[:-1] + (-1,)))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_pieces_cut_tentatively_are_kept_where_the_cut_fails(verify):
+    """The cut through the chunk fails in the view: its channels are kept as they were
+    before pieces could stand for each other, without a warning; without the check of
+    the cut (verify=False) they are kept from the start, never a model that fails."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_HeadFirstQKV).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, (x,))
+    assert graph.tentative_freezes and all(m == "attn" for m, _, _ in graph.tentative_freezes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    (shortfall,) = [str(w.message) for w in caught]  # no "the pruned model failed ... pruned again"
+    assert "attn.qkv (32 channels: chunk(3) along the channel dim in attn: its pieces share coupled" in shortfall
+    assert res.model.attn.qkv.out_features == 48
+    assert (res.model.embed.out_channels, res.model.fc1.out_features) == (8, 16)  # the stream and the MLP are cut
+    assert res.model(x).shape == (2, 5)
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+
+
+def test_block_pieces_with_the_same_units_stand_for_each_other():
+    from pyprune.graph import _block_units
+
+    a, b = np.array([0, 1, 2, 3]), np.array([4, 5, 6, 7])
+    assert [p.tolist() for p in _block_units([a, a[::-1], b])] == [a.tolist(), b.tolist()]
+    assert _block_units([a, a]) == []
+    assert _block_units([a, np.array([0, 1, 4, 5]), b]) is None  # partly shared: no count serves
+
+
 class _StateMixer(nn.Module):
     """EfficientViM's hidden state: h = x @ s^T has x's channels along its rows and the
     state's along its columns; the state then multiplies back (y = out(h) @ s)."""

@@ -141,6 +141,10 @@ class ChannelGraph:
     # shape, (dim, units) where the output carries channels, else None)])
     op_log: list = field(default_factory=list)
     tentative: list = field(default_factory=list)  # (module, attr) of rewrites to drop if the cut fails
+    # (module, units, reason): channels cut on a rule the trace alone cannot prove (chunk pieces
+    # that stand for each other, a head width read for equal blocks); where the pruned model
+    # fails in that module, or one of its type, they are kept with the reason (drop_tentative)
+    tentative_freezes: list = field(default_factory=list)
     param_layers: set = field(default_factory=set)  # (module, param): functional layers on own parameters
 
     def producer_name(self, m: Member) -> str:
@@ -164,15 +168,27 @@ class ChannelGraph:
 
     def drop_tentative(self, where: str, model: nn.Module) -> bool:
         """The cut failed in module `where`: drop the tentative rewrites of it or of a module
-        around it, in every module of those types. True if any was dropped."""
+        around it, and keep the tentatively cut channels there (:attr:`tentative_freezes`),
+        in every module of those types. True if any was dropped or kept."""
         mods = dict(model.named_modules())
-        kinds = {type(mods.get(m)) for m, _ in self.tentative if m == where or where.startswith(m + ".") or not m}
+        near = [m for m, _ in self.tentative] + [m for m, _, _ in self.tentative_freezes]
+        kinds = {type(mods.get(m)) for m in near if m == where or where.startswith(m + ".") or not m}
         drop = {(m, a) for m, a in self.tentative if type(mods.get(m)) in kinds}
-        if not drop:
+        freeze = [t for t in self.tentative_freezes if type(mods.get(t[0])) in kinds]
+        if not drop and not freeze:
             return False
         self.rewrites = [r for r in self.rewrites if (r[0], r[1]) not in drop]
         self.tentative = [t for t in self.tentative if t not in drop]
+        self.tentative_freezes = [t for t in self.tentative_freezes if t not in freeze]
+        for _, units, reason in freeze:
+            self.freeze(units, reason)
         return True
+
+    def freeze_tentative(self) -> None:
+        """Keep every tentatively cut channel (a cut that is not checked by running it)."""
+        for _, units, reason in self.tentative_freezes:
+            self.freeze(units, reason)
+        self.tentative_freezes = []
 
     def op_units(self, index: int, model: nn.Module) -> np.ndarray:
         """The channels (units) of the output of call `index` of :attr:`op_log`, and of the
@@ -470,8 +486,14 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     one partition per group: the common refinement of its constraints. A constraint across
     several groups, or constraints a common refinement cannot serve, freeze their units."""
     per_group: dict = {}
-    for pieces, equal, reason in rec.blocks:
+    for pieces, equal, reason, module in rec.blocks:
         units = _block_units([unit_of[p] for p in pieces])
+        if units is not None and _block_units([unit_of[p] for p in pieces], merge_same=False) is None:
+            # pieces that stand for each other: a count that holds whatever is cut, unless the
+            # module's code also sizes them by a number no attribute holds; the check of the
+            # cut then fails there and they are kept, as they were before this rule
+            graph.tentative_freezes.append((module, np.unique(unit_of[np.concatenate(pieces)]),
+                                            f"{reason}: its pieces share coupled channels"))
         if units is None:
             if not equal and _one_piece_is_the_others([unit_of[p] for p in pieces]):
                 # pieces sized one by one (a split into attribute sizes) one of which is coupled
@@ -530,13 +552,22 @@ def _one_piece_is_the_others(pieces: list[np.ndarray]) -> bool:
     return False
 
 
-def _block_units(pieces: list[np.ndarray]) -> list[np.ndarray] | None:
+def _block_units(pieces: list[np.ndarray], merge_same: bool = True) -> list[np.ndarray] | None:
     """The units of each piece that decide its size. A unit found as often in every piece
     (channel shuffle interleaves partners) changes them alike and is left out; every other
     unit must lie in one piece, each as often (the piece's size is then a multiple of its
-    units). None when the pieces cannot be sized by their units."""
-    counts = []
+    units). Pieces holding the same units as often as each other (the query and key of an
+    attention whose dot product couples them) keep the same count whatever is cut, so one
+    of them stands for all. None when the pieces cannot be sized by their units."""
+    distinct: list = []
     for p in pieces:
+        key = np.sort(p)
+        if not merge_same or not any(np.array_equal(key, d) for d in distinct):
+            distinct.append(key)
+    if len(distinct) == 1 and len(pieces) > 1:
+        return []
+    counts = []
+    for p in distinct:
         u, c = np.unique(p, return_counts=True)
         counts.append(dict(zip(u.tolist(), c.tolist())))
     everywhere = set.intersection(*(set(c) for c in counts)) if counts else set()
@@ -555,6 +586,32 @@ def _block_units(pieces: list[np.ndarray]) -> list[np.ndarray] | None:
     return [o for o in out if len(o)] if any(len(o) for o in out) else []
 
 
+def _whole_block(graph: ChannelGraph, units: np.ndarray) -> tuple[int, int, int] | None:
+    """(group, block, size) when `units` are exactly one channel block of one group."""
+    u = np.unique(units)
+    gids = np.unique(graph.unit_group[u])
+    if len(gids) != 1:
+        return None
+    g = graph.groups[int(gids[0])]
+    if g.blocks is None:
+        return None
+    labels = np.unique(g.blocks[g.positions(u)])
+    if len(labels) != 1 or labels[0] < 0:
+        return None
+    size = int((g.blocks == labels[0]).sum())
+    return (g.id, int(labels[0]), size) if size == len(u) else None
+
+
+def _equal_blocks(graph: ChannelGraph, a: np.ndarray, b: np.ndarray) -> bool:
+    """Two pieces that are blocks of one size in one group: whatever is cut, they keep the
+    same count (Group.block_counts: blocks of one size keep one count). The head width of
+    an attention read for its query and its value, each of them a block of the heads."""
+    if len(a) != len(b) or len(np.unique(a)) != len(a) or len(np.unique(b)) != len(b):
+        return False
+    wa, wb = _whole_block(graph, a), _whole_block(graph, b)
+    return wa is not None and wb is not None and wa[0] == wb[0] and wa[2] == wb[2]
+
+
 def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     """Attributes to rewrite after a cut. One attribute read for several tensors must get the
     same value from each: otherwise the units involved keep their count."""
@@ -568,8 +625,14 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         pieces = [[unit_of[p] for p in r.pieces] for r in recs]
         first = pieces[0]
         same = all(r.kind == recs[0].kind and len(p) == len(first) and
-                   all(np.array_equal(np.sort(a), np.sort(b)) for a, b in zip(p, first)) for r, p in zip(recs, pieces))
+                   all(np.array_equal(np.sort(a), np.sort(b)) or _equal_blocks(graph, a, b) for a, b in zip(p, first))
+                   for r, p in zip(recs, pieces))
         tentative = all(r.tentative for r in recs)
+        if same and not all(np.array_equal(np.sort(a), np.sort(b)) for p in pieces for a, b in zip(p, first)):
+            # equal blocks of one group: tentative as the pieces above
+            graph.tentative_freezes.append((mod, np.unique(np.concatenate([u for p in pieces for u in p])),
+                                            f"{mod}.{attr} is read for channel counts of tensors that are cut "
+                                            "differently"))
         if not same:
             if not tentative:  # (a tentative one is left out: the value was likely another dim's)
                 graph.freeze(np.concatenate([u for p in pieces for u in p]),

@@ -100,7 +100,7 @@ class Recorder:
     param_layers: set = field(default_factory=set)  # (module, param) of functional layers on own parameters
     kept_whole: set = field(default_factory=set)  # (module, param) a handler keeps whole on purpose
     untraced: list = field(default_factory=list)  # layers with parameters that never ran
-    blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason)
+    blocks: list = field(default_factory=list)  # (pieces: list of id arrays, equal: bool, reason, module)
     rewrites: list = field(default_factory=list)  # Rewrite
     inexact: list = field(default_factory=list)  # (ids, reason): cutting them changes the function
     scale_free: list = field(default_factory=list)  # (ids, reason): a norm divides out each one's scale
@@ -177,7 +177,7 @@ class Recorder:
         are rewritten)."""
         pieces = [np.asarray(p, np.int64) for p in pieces]
         if len(pieces) > 1:
-            self.blocks.append((pieces, equal, reason))
+            self.blocks.append((pieces, equal, reason, self.stack[-1] if self.stack else ""))
 
     def add_inexact(self, ids: np.ndarray, reason: str) -> None:
         """Cutting these channels is allowed but changes what the model computes even where
