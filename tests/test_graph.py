@@ -1381,6 +1381,80 @@ def test_pieces_cut_tentatively_are_kept_where_the_cut_fails(verify):
     assert cut_error(model, (x,), res.plan) <= 1e-5
 
 
+class _AttentionPool2d(nn.Module):
+    """CLIP's attention pool (open_clip's ModifiedResNet): F.multi_head_attention_forward on
+    its Linears' weights, the biases concatenated in forward."""
+
+    def __init__(self, spacial_dim=4, embed_dim=16, num_heads=2, output_dim=8, packed=False):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim ** 2 + 1, embed_dim) / embed_dim ** 0.5)
+        self.k_proj, self.q_proj, self.v_proj = (nn.Linear(embed_dim, embed_dim) for _ in range(3))
+        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.num_heads, self.packed = num_heads, packed
+        if packed:  # one (3E, E) projection and its bias, as parameters of the pool
+            self.in_proj_weight = nn.Parameter(torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight]))
+            self.in_proj_bias = nn.Parameter(torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
+            del self.q_proj, self.k_proj, self.v_proj
+
+    def forward(self, x):
+        x = x.reshape(x.shape[0], x.shape[1], x.shape[2] * x.shape[3]).permute(2, 0, 1)
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)
+        x = x + self.positional_embedding[:, None, :].to(x.dtype)
+        if self.packed:
+            proj = dict(in_proj_weight=self.in_proj_weight, in_proj_bias=self.in_proj_bias)
+        else:
+            proj = dict(q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight,
+                        v_proj_weight=self.v_proj.weight, in_proj_weight=None, use_separate_proj_weight=True,
+                        in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
+        x, _ = nn.functional.multi_head_attention_forward(
+            query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.num_heads, bias_k=None,
+            bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=self.c_proj.weight,
+            out_proj_bias=self.c_proj.bias, training=self.training, need_weights=False, **proj)
+        return x[0]
+
+
+class _ClipLike(nn.Module):
+    def __init__(self, packed=False):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                                   nn.Conv2d(24, 16, 3, padding=1), nn.BatchNorm2d(16))
+        self.attnpool = _AttentionPool2d(packed=packed)
+
+    def forward(self, x):
+        y = self.stem(x)
+        return self.attnpool(torch.relu(y + self.block(y)))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_clip_attention_pool_is_cut_with_the_stream_it_reads(packed):
+    """The pool's q, k and v widths must be the stream's, heads as many dims each; the
+    pruned model then equals the model with zeros planted where it cut, q scaled for the
+    attention's 1/sqrt(head dim) of the kept width (which makes the group inexact)."""
+    torch.manual_seed(0)
+    model = _ClipLike(packed).eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no layer left untraced, nothing kept back
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    pool = res.model.attnpool
+    q_weight = pool.in_proj_weight if packed else pool.q_proj.weight
+    assert (q_weight.shape, pool.c_proj.weight.shape, pool.positional_embedding.shape) == \
+        (((24 if packed else 8), 8), (8, 8), (17, 8))
+    assert res.model.block[0].out_channels == 12
+    stream = next(g for g in res.graph.groups if any(m.module == "attnpool.c_proj" and m.role == "in"
+                                                      for m in g.members))
+    assert stream.inexact and stream.blocks is not None
+    planted = copy.deepcopy(model)
+    plant(planted, res.graph, res.plan.keep_mask())
+    with torch.no_grad():  # head dim 8 -> 4
+        pool = planted.attnpool
+        for p in ((pool.in_proj_weight, pool.in_proj_bias) if packed else (pool.q_proj.weight, pool.q_proj.bias)):
+            p[:16].mul_(math.sqrt(8 / 4))
+        torch.testing.assert_close(res.model(x), planted(x), rtol=1e-5, atol=1e-6)
+
+
 def test_block_pieces_with_the_same_units_stand_for_each_other():
     from pyprune.graph import _block_units
 

@@ -1528,6 +1528,95 @@ def _linear(rec: Recorder, name, args, kwargs, out):
     _functional_layer(rec, wout[0], "linear", out, wout[1])
 
 
+_MHA_SIGNATURE = None
+
+
+@register_op("multi_head_attention_forward")
+def _mha_forward(rec: Recorder, name, args, kwargs, out):
+    """F.multi_head_attention_forward on a module's weights (CLIP's attention pool), as
+    nn.MultiheadAttention (see :class:`pyprune.layers.MultiheadAttention`): in
+    self-attention, channel i of the input is cut with dim i of q, k and v (their width must
+    be the input's) and with the out-projection's input i; every head keeps as many dims as
+    the others. The out-projection's outputs are channels of their own. The projections are
+    packed (``in_proj_weight``) or separate (``q/k/v_proj_weight``); a packed bias computed
+    as the concatenation of the separate projections' biases is cut in those biases."""
+    import inspect
+
+    global _MHA_SIGNATURE
+    if _MHA_SIGNATURE is None:
+        _MHA_SIGNATURE = inspect.signature(nn.functional.multi_head_attention_forward)
+    a = _MHA_SIGNATURE.bind(*args, **kwargs).arguments
+    q = a["query"]
+    lay = rec.layout(q)
+    if lay is None:
+        return
+    where = rec.where()
+    result = out[0] if isinstance(out, tuple) else out
+    e = q.shape[-1]
+    heads = a["num_heads"]
+    separate = a.get("use_separate_proj_weight", False)
+    weights = [a.get(f"{k}_proj_weight") for k in "qkv"] if separate else [a["in_proj_weight"]]
+    owners = [(rec.param_dim(w, 0), rec.param_dim(w, 1)) for w in weights]
+    why = None
+    if not (q is a["key"] is a["value"]):
+        why = "only self-attention (query, key and value the same tensor) is cut"
+    elif lay.dim != q.dim() - 1 or len(lay.ids) != e or not isinstance(heads, int) or e % heads:
+        why = "its channels are not the embedding dim"
+    elif any(a.get(k) is not None for k in ("bias_k", "bias_v", "static_k", "static_v")) or a.get("add_zero_attn"):
+        why = "bias_k/bias_v, static keys or values and add_zero_attn are not followed"
+    elif any(o is None or i is None for o, i in owners) or rec.param_dim(a["out_proj_weight"], 1) is None:
+        why = "a projection weight that is not a parameter"
+    elif not isinstance(result, torch.Tensor):
+        why = "an output that is not a tensor"
+    bias_members = []
+    bias = a.get("in_proj_bias")
+    if why is None and bias is not None:
+        owner = rec.param_dim(bias, 0)
+        if owner is not None:
+            bias_members = [(owner, np.concatenate([lay.ids] * 3))]
+        elif separate and bias.dim() == 1 and len(bias) == 3 * e:
+            # torch.cat([q_proj.bias, k_proj.bias, v_proj.bias]): the projections' own biases
+            for i, (o, _) in enumerate(owners):
+                b = getattr(rec.module(o[0]), "bias", None)
+                if not isinstance(b, torch.Tensor) or b.shape != (e,) or not torch.equal(b.detach(), bias[i * e:(i + 1) * e].detach()):
+                    why = "its in_proj_bias is neither a parameter nor the projections' biases concatenated"
+                    break
+                bias_members.append(((o[0], "bias", 0), lay.ids))
+        else:
+            why = "its in_proj_bias is not a parameter"
+    if why is not None:
+        rec.freeze(lay.ids, f"multi_head_attention_forward in {where}: {why}")
+        if isinstance(result, torch.Tensor):
+            rec.set_layout(result, None)
+        return
+    ids = lay.ids
+    rows = ids if separate else np.concatenate([ids, ids, ids])
+    for (wo, wi), w in zip(owners, weights):
+        rec.add_member(wi[0], wi[1], wi[2], ids, "in")
+        rec.add_member(wo[0], wo[1], wo[2], rows, "param")
+        shape = q.shape[:-1] + (w.shape[0],)
+        _functional_layer(rec, wo[0], "linear", torch.empty(shape, device="meta"), wo[1])
+    for (mod, param, dim), units in bias_members:
+        rec.add_member(mod, param, dim, units, "param")
+    pw, pb = a["out_proj_weight"], a.get("out_proj_bias")
+    po, pi = rec.param_dim(pw, 0), rec.param_dim(pw, 1)
+    rec.add_member(pi[0], pi[1], pi[2], ids, "in")
+    out_ids = rec.new_ids(result.shape[-1], _producer(rec, po[0], po[1]))
+    rec.add_member(po[0], po[1], po[2], out_ids, "out")
+    if pb is not None:
+        bo = rec.param_dim(pb, 0)
+        if bo is None:
+            rec.freeze(out_ids, f"multi_head_attention_forward in {where} adds an output bias that is not a parameter")
+        else:
+            rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
+    if heads > 1:
+        rec.add_blocks(ids.reshape(heads, -1), f"multi_head_attention_forward in {where}: {heads} attention heads")
+    rec.add_inexact(ids, f"multi_head_attention_forward in {where}: the attention's scale 1/sqrt(head dim) follows "
+                         "the pruned head dim")
+    rec.set_layout(result, Layout(result.dim() - 1, out_ids))
+    _functional_layer(rec, po[0], "linear", result, po[1])
+
+
 @register_op("conv1d", "conv2d", "conv3d")
 def _conv(rec: Recorder, name, args, kwargs, out):
     """F.conv*d outside a conv module: a fixed depthwise filter held as a buffer (anti-aliasing
