@@ -148,6 +148,17 @@ class PrunePlan:
     cluster_stats: dict = field(default_factory=dict)  # group id -> (norms, rep_cosines, rep_residuals)
     iterations: dict = field(default_factory=dict)  # group id -> iterations the clustering took
     asked: dict = field(default_factory=dict)  # group id -> channels the schedule asked to keep
+    # what Pruner.plan was asked (its arguments) and the keep it gave: an unedited plan can be
+    # made again after a tentative cut fails (Pruner.apply)
+    request: dict | None = field(default=None, repr=False)
+    _planned: dict | None = field(default=None, repr=False)
+
+    def edited(self) -> bool:
+        """Whether ``keep`` differs from what :meth:`Pruner.plan` gave."""
+        if self._planned is None:
+            return True
+        return self.keep.keys() != self._planned.keys() or any(
+            not np.array_equal(np.asarray(self.keep[k]), v) for k, v in self._planned.items())
 
     def __repr__(self) -> str:  # (the dataclass's would print the whole graph)
         try:
@@ -560,6 +571,9 @@ class Pruner:
         criterion's scores deciding where; the plan is predicted, :meth:`prune` measures
         it). ``keep_by_layer`` ({producing layer: channels to keep}) overrides the schedule
         for those layers' groups. ``ratio`` defaults to 0.5 where no budget is given."""
+        request = dict(ratio=ratio, target_macs=target_macs, target_params=target_params, max_macs=max_macs,
+                       max_params=max_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup,
+                       keep_by_layer=keep_by_layer)
         budget = _budget(target_macs=target_macs, target_params=target_params, max_macs=max_macs,
                          max_params=max_params, target_latency_ms=target_latency_ms, target_speedup=target_speedup)
         ratio = _ratio_or_budget(ratio, budget)
@@ -608,6 +622,8 @@ class Pruner:
         plan = PrunePlan(graph, {}, self.method, ratio if isinstance(ratio, float) else float("nan"), asked=asked)
         for g, r in zip(groups, results):
             plan.keep[g.id] = self._kept(g, r, n_keep[g.id], plan)
+        plan.request = dict(request)
+        plan._planned = {k: np.array(v, copy=True) for k, v in plan.keep.items()}
         return plan
 
     def _kept(self, g, result, n_keep: int, plan: PrunePlan) -> np.ndarray:
@@ -731,6 +747,11 @@ class Pruner:
         if verify:
             failure = check_runs(pruned, self.inputs, cfg.example_kwargs, plan.graph.output_shapes, plan.graph.op_log)
             if failure is not None:
+                if plan.request is not None and plan.graph is self._traced[1] and not plan.edited() \
+                        and plan.graph.drop_tentative(failure[0], self.model):
+                    # a tentative cut (Graph.tentative_freezes) failed: those channels are now
+                    # kept, and the plan is made again as it was asked
+                    return self.apply(self.plan(**plan.request), inplace=inplace)
                 raise PrunedModelFails(*failure)
         seconds = {"surgery": time.perf_counter() - t0}
         recovery = self._recover(pruned, plan, mask) if recover else {}
@@ -1185,6 +1206,15 @@ class PrunedModelFails(GraphError):
 _MAX_FALLBACKS = 4
 
 
+def _held_why(g) -> str:
+    """Why a group with channel blocks keeps more than its schedule asked."""
+    if g.step:
+        return (f"; grouped convs link it to {len(g.linked) - 1} other group(s): they are cut in steps of 1/{g.step} "
+                "together, and not at all where one of them keeps its channels") if len(g.linked) > 1 else \
+            f"; grouped convs that tile it differently cut it in steps of 1/{g.step}"
+    return "; blocks of a grouped layer keep one each at least" if g.blocks is not None else ""
+
+
 def _warn_shortfall(res: PruneResult, round_to: int | None = None) -> None:
     """Warn when far fewer channels were removed than the ratio asked, or under three
     quarters of the parameters that cutting that share of every layer's inputs and outputs
@@ -1242,8 +1272,7 @@ def _warn_shortfall(res: PruneResult, round_to: int | None = None) -> None:
         shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
         warnings.warn(head + f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
     elif few_channels and held:  # nothing kept whole, yet channels short: groups held above what was asked
-        shown = "; ".join(f"{g.name} (kept {kept[g.id]} of {g.size}, the schedule asked "
-                          f"{asked[g.id]}{'; blocks of a grouped layer keep one each at least' if g.blocks is not None else ''})"
+        shown = "; ".join(f"{g.name} (kept {kept[g.id]} of {g.size}, the schedule asked {asked[g.id]}{_held_why(g)})"
                           for _, g in held[:5])
         warnings.warn(head + f"Kept above what the schedule asked: {shown}.", stacklevel=3)
     elif few_channels and round_to and round_to > 1:  # the schedule's counts, rounded to multiples

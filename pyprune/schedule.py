@@ -226,8 +226,20 @@ def fit_blocks(groups: list[Group], n_keep: dict) -> dict[int, int]:
     """Keep counts that groups with channel blocks (grouped convs, chunks, heads) can keep:
     the count each block keeps (see :meth:`pyprune.graph.Group.block_counts`), summed."""
     out = dict(n_keep)
+    by_id = {g.id: g for g in groups}
+    for link, step in dict.fromkeys((g.linked, g.step) for g in groups if g.step):
+        # linked groups (Group.step): one share m / step for all of them
+        members = [by_id.get(i) for i in link]
+        if any(m is None or m.id not in out for m in members):
+            m_steps = step  # a linked group that is not cut keeps the others whole
+        else:
+            share = sum(int(out[m.id]) for m in members) / sum(m.size for m in members)
+            m_steps = max(int(math.floor(share * step + 0.5)), max(m.step_floor() for m in members))
+        for m in members:
+            if m is not None and m.id in out:
+                out[m.id] = m.size // step * min(m_steps, step)
     for g in groups:
-        if g.blocks is not None and g.id in out:
+        if g.blocks is not None and g.id in out and not g.step:
             counts, rest = g.block_counts(int(out[g.id]))
             out[g.id] = int(counts.sum()) + rest
     return out

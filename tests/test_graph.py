@@ -41,7 +41,7 @@ TORCHVISION = {
 # ShuffleNet's stage streams keep their width (channel shuffle then chunk: see the README);
 # its branches still lose half their channels. Grouped convs (ResNeXt, RegNet) keep their
 # groups and lose channels in each, as plain convs do.
-MIN_PARAM_CUT = {"shufflenet_v2_x1_0": 0.45, "resnext50_32x4d": 0.65, "regnet_x_400mf": 0.65, "regnet_y_400mf": 0.65}
+MIN_PARAM_CUT = {"shufflenet_v2_x1_0": 0.55, "resnext50_32x4d": 0.65, "regnet_x_400mf": 0.65, "regnet_y_400mf": 0.65}
 
 
 def tv_model(name: str) -> nn.Module:
@@ -65,10 +65,8 @@ def test_coverage_torchvision_half_the_channels(name):
     model = tv_model(name)
     side = TORCHVISION[name]
     x = torch.randn(1, 3, side, side)
-    if name == "shufflenet_v2_x1_0":  # its stage streams are kept whole, and the warning says so
-        with pytest.warns(UserWarning, match=r"removed 4\d% .*Kept whole: stage4\.0\.branch1\.2 .*chunk\(2\)"):
-            res = pyprune.prune(model, x, method="l2", ratio=0.5)
-    else:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing kept back (ShuffleNet v2's stage streams were, 48% cut)
         res = pyprune.prune(model, x, method="l2", ratio=0.5)
     y = res.model(torch.randn(2, 3, side, side))
     assert y.shape == (2, 10)
@@ -1297,8 +1295,12 @@ def test_maxvit_attention_cuts_its_heads_with_the_stream_exactly():
         res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
     attn = res.model.attn.attn
     assert (attn.n_heads, attn.head_dim, attn.to_qkv.out_features, res.model.embed.out_channels) == (3, 4, 36, 12)
-    assert cut_error(model, (x,), res.plan) <= 1e-5
-    assert res.model(x).shape == (2, 5)
+    stream = next(g for g in res.graph.groups if any(m.module == "embed" and m.role == "out" for m in g.members))
+    assert any("head_dim is rewritten" in r for r in stream.inexact)  # forward might compute with it
+    planted = copy.deepcopy(model)  # MaxViT's scale is fixed at init: zeros planted where it cut give its output
+    plant(planted, res.graph, res.plan.keep_mask())
+    with torch.no_grad():
+        torch.testing.assert_close(res.model(x), planted(x), rtol=1e-5, atol=1e-6)
 
 
 def test_torchvision_maxvit_prunes_its_stream():
@@ -1309,7 +1311,7 @@ def test_torchvision_maxvit_prunes_its_stream():
         warnings.simplefilter("error")
         res = pyprune.prune(model, x, method="l2", ratio=0.5)
     assert res.summary.params_after < 0.3 * res.summary.params_before  # 39.5% removed when its stream was kept
-    assert cut_error(model, (x,), res.plan) <= 1e-5
+    assert cut_error(model, (x,), res.plan) <= 1e-5  # (its stream is LayerNorm'd: inexact by nature, left out)
 
 
 class _ChunkedHeads(nn.Module):
@@ -1379,14 +1381,25 @@ def test_pieces_cut_tentatively_are_kept_where_the_cut_fails(verify):
     assert (res.model.embed.out_channels, res.model.fc1.out_features) == (8, 16)  # the stream and the MLP are cut
     assert res.model(x).shape == (2, 5)
     assert cut_error(model, (x,), res.plan) <= 1e-5
+    pruner = pyprune.Pruner(model, x[:1], method="l2", verify=verify)  # plan, then apply: the same model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = pruner.apply(pruner.plan(0.5))
+    assert again.model.attn.qkv.out_features == 48 and again.model.embed.out_channels == 8
 
 
 class _AttentionPool2d(nn.Module):
     """CLIP's attention pool (open_clip's ModifiedResNet): F.multi_head_attention_forward on
     its Linears' weights, the biases concatenated in forward."""
 
-    def __init__(self, spacial_dim=4, embed_dim=16, num_heads=2, output_dim=8, packed=False):
+    def __init__(self, spacial_dim=4, embed_dim=16, num_heads=2, output_dim=8, packed=False, query="self",
+                 check="shape"):
         super().__init__()
+        self.query, self.check = query, check
+        if check == "attr":
+            self.embed_dim = embed_dim
+        if query == "learned":
+            self.learned = nn.Parameter(torch.randn(1, 1, embed_dim))
         self.positional_embedding = nn.Parameter(torch.randn(spacial_dim ** 2 + 1, embed_dim) / embed_dim ** 0.5)
         self.k_proj, self.q_proj, self.v_proj = (nn.Linear(embed_dim, embed_dim) for _ in range(3))
         self.c_proj = nn.Linear(embed_dim, output_dim)
@@ -1406,20 +1419,22 @@ class _AttentionPool2d(nn.Module):
             proj = dict(q_proj_weight=self.q_proj.weight, k_proj_weight=self.k_proj.weight,
                         v_proj_weight=self.v_proj.weight, in_proj_weight=None, use_separate_proj_weight=True,
                         in_proj_bias=torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias]))
+        query = x if self.query == "self" else x[:1] if self.query == "first" else self.learned.expand(1, x.shape[1], -1)
+        check = x.shape[-1] if self.check == "shape" else self.embed_dim if self.check == "attr" else 16
         x, _ = nn.functional.multi_head_attention_forward(
-            query=x, key=x, value=x, embed_dim_to_check=x.shape[-1], num_heads=self.num_heads, bias_k=None,
+            query=query, key=x, value=x, embed_dim_to_check=check, num_heads=self.num_heads, bias_k=None,
             bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=self.c_proj.weight,
             out_proj_bias=self.c_proj.bias, training=self.training, need_weights=False, **proj)
         return x[0]
 
 
 class _ClipLike(nn.Module):
-    def __init__(self, packed=False):
+    def __init__(self, packed=False, **pool):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
         self.block = nn.Sequential(nn.Conv2d(16, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
                                    nn.Conv2d(24, 16, 3, padding=1), nn.BatchNorm2d(16))
-        self.attnpool = _AttentionPool2d(packed=packed)
+        self.attnpool = _AttentionPool2d(packed=packed, **pool)
 
     def forward(self, x):
         y = self.stem(x)
@@ -1453,6 +1468,153 @@ def test_clip_attention_pool_is_cut_with_the_stream_it_reads(packed):
         for p in ((pool.in_proj_weight, pool.in_proj_bias) if packed else (pool.q_proj.weight, pool.q_proj.bias)):
             p[:16].mul_(math.sqrt(8 / 4))
         torch.testing.assert_close(res.model(x), planted(x), rtol=1e-5, atol=1e-6)
+
+
+class _ShuffleUnit(nn.Module):
+    """ShuffleNet v1's unit: grouped 1x1 compress, channel shuffle, depthwise 3x3, grouped
+    1x1 expand; a stride-2 unit concatenates its branch with the pooled input."""
+
+    def __init__(self, c_in, c_out, mid, groups=3, down=False):
+        super().__init__()
+        self.groups, self.down = groups, down
+        self.compress = nn.Sequential(nn.Conv2d(c_in, mid, 1, groups=groups, bias=False), nn.BatchNorm2d(mid), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(mid, mid, 3, 2 if down else 1, 1, groups=mid, bias=False), nn.BatchNorm2d(mid))
+        self.expand = nn.Sequential(nn.Conv2d(mid, c_out - c_in if down else c_out, 1, groups=groups, bias=False),
+                                    nn.BatchNorm2d(c_out - c_in if down else c_out))
+
+    def forward(self, x):
+        y = self.compress(x)
+        n, c, h, w = y.shape
+        y = y.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = self.expand(self.dw(y))
+        y = torch.cat([y, nn.functional.avg_pool2d(x, 3, 2, 1)], 1) if self.down else y + x
+        return torch.relu(y)
+
+
+class _ShuffleNetV1(nn.Module):
+    """Two stages of groups=3 units. Stage 1's stream (120) is unit 1's branch (96, in
+    groups of 32) beside the stem's 24, read by unit 2 in groups of 40; stage 2's is a
+    branch of 120 beside stage 1's stream, read in groups of 80: grouped convs that tile
+    one coupled group differently. Stage 1's 30 channels per bottleneck, shuffled in
+    threes, leave partners that span two groups of the expand conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.stage1 = nn.Sequential(_ShuffleUnit(24, 120, 30, down=True), _ShuffleUnit(120, 120, 30))
+        self.stage2 = nn.Sequential(_ShuffleUnit(120, 240, 60, down=True), _ShuffleUnit(240, 240, 60))
+        self.head = nn.Linear(240, 5)
+
+    def forward(self, x):
+        return self.head(self.stage2(self.stage1(self.stem(x))).mean((2, 3)))
+
+
+def test_shufflenet_v1_cuts_its_streams_and_bottlenecks_exactly():
+    """Grouped convs tiling one group differently: every cell of their common refinement
+    keeps the same share, in steps of the cells' gcd (8 here: cells of 32, 8, 24, 16, 24).
+    Shuffled partners that span two groups of the expand conv are kept, and its groups
+    then lose as many channels each (13, 12 and 13 others of 40 here). It was kept whole
+    (0% removed)."""
+    torch.manual_seed(0)
+    model = _ShuffleNetV1().eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 16, 16)
+    graph = check_exact(model, x)
+    (stream,) = [g for g in graph.groups if g.step]
+    assert (stream.size, stream.step, stream.linked) == (240, 8, (stream.id,))
+    mid = next(g for g in graph.groups if any(m.module == "stage1.1.compress.0" and m.role == "out" for m in g.members))
+    assert mid.equal_removal and any("span two of its pieces" in r for r in graph.frozen_reasons[mid.id])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing kept back
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    m = res.model
+    assert m.head.in_features == 120 and m.stage1[1].compress[0].in_channels == 60  # 4 of every 8
+    assert m.stage1[1].compress[0].out_channels < 30 and m.stage2[1].compress[0].out_channels < 60
+    assert res.summary.params_after < 0.4 * res.summary.params_before
+    assert cut_error(model, (x,), res.plan) <= 1e-5
+    kres = pyprune.prune(model, x[:1], method="kmeans", ratio=0.5)
+    assert kres.model.head.in_features == 120 and kres.model(x).shape == (2, 5)
+
+
+class _GroupedOverTwo(nn.Module):
+    """A grouped conv (3 groups of 4) over the concatenation of two branches of 6: its middle
+    group reads 2 channels of each, so the branches' counts are linked."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
+        self.g = nn.Conv2d(12, 6, 1, groups=3)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.g(torch.cat([torch.relu(self.a(x)), torch.relu(self.b(x))], 1)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("ignore", [None, ["b"]])
+def test_a_grouped_conv_over_two_groups_links_their_counts(ignore):
+    torch.manual_seed(0)
+    model = _GroupedOverTwo().eval()
+    x = torch.randn(2, 3, 4, 4)
+    graph = check_exact(model, x)
+    linked = [g for g in graph.groups if g.step]
+    assert len(linked) == 2 and linked[0].linked == linked[1].linked and linked[0].step == 2  # cells 4, 2 | 2, 4
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, ignore=ignore)
+    if ignore:  # a linked group that cannot be cut keeps the others whole, and the warning says why
+        assert (res.model.a.out_channels, res.model.b.out_channels, res.model.g.in_channels) == (6, 6, 12)
+        (w,) = caught
+        assert "a (kept 6 of 6, the schedule asked 3; grouped convs link it to 1 other group(s)" in str(w.message)
+    else:
+        assert not caught
+        assert (res.model.a.out_channels, res.model.b.out_channels, res.model.g.in_channels) == (3, 3, 6)
+        assert cut_error(model, (x,), res.plan) <= 1e-5
+    assert res.model(x).shape == (2, 2)
+
+
+@pytest.mark.parametrize("pool", [dict(query="first"), dict(check="attr")])
+def test_clip_attention_pool_with_a_class_token_query_or_an_attribute_width(pool):
+    """OpenAI CLIP's pool asks with x[:1] (the same channels); a width to check held by an
+    attribute is rewritten."""
+    torch.manual_seed(0)
+    model = _ClipLike(**pool).eval()
+    x = torch.randn(2, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model.attnpool.q_proj.weight.shape == (8, 8) and res.model(x).shape == (2, 8)
+    if pool.get("check") == "attr":
+        assert res.model.attnpool.embed_dim == 8
+
+
+def test_clip_attention_pool_it_cannot_follow_is_refused_or_kept_whole():
+    """A learnt query (cross-attention): strict refuses before cutting; otherwise the
+    channels into the call are kept (key and value too), and the model runs, also without
+    the check of the cut."""
+    torch.manual_seed(0)
+    model = _ClipLike(query="learned").eval()
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(pyprune.GraphError, match="multi_head_attention_forward"):
+        pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    for verify in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, strict=False, verify=verify)
+        assert res.model.attnpool.q_proj.weight.shape == (16, 16) and res.model(x).shape == (2, 8)
+        assert res.model.block[0].out_channels == 12  # the block's hidden channels are still cut
+
+
+def test_clip_attention_pool_checking_a_number_keeps_its_channels():
+    """embed_dim_to_check written as a number (as long as the width, which forward also
+    read): the check of the cut finds the call fails and keeps the pool's channels."""
+    torch.manual_seed(0)
+    model = _ClipLike(check="const").eval()
+    x = torch.randn(2, 3, 4, 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert any("expecting embedding dimension of 16" in str(w.message) for w in caught)
+    assert res.model.attnpool.q_proj.weight.shape == (16, 16) and res.model(x).shape == (2, 8)
 
 
 def test_block_pieces_with_the_same_units_stand_for_each_other():

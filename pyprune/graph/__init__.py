@@ -17,6 +17,7 @@ Vocabulary
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -65,6 +66,11 @@ class Group:
     blocks: np.ndarray | None = None  # block of each unit (-1: none); see block_counts
     equal_blocks: bool = True  # every block keeps the same count (else: in proportion, >= 1)
     min_keep: int = 1  # units a layer needs to run (a weight-standardised 1x1 conv's inputs: 2)
+    # blocks linked across groups (see _link_groups): every block keeps step-ths of its size
+    # times one count m shared by the groups in `linked` (0: blocks of this group alone)
+    step: int = 0
+    linked: tuple = ()
+    equal_removal: bool = False  # every block loses as many units (blocks of unequal sizes)
     inexact: list = field(default_factory=list)  # why cutting these units changes the function
     scale_free: list = field(default_factory=list)  # norms dividing out each unit's scale (InstanceNorm)
     _pieces: list | None = field(default=None, repr=False)  # see pieces(); set when the graph is built
@@ -83,19 +89,37 @@ class Group:
     def block_counts(self, n_keep: int) -> tuple[np.ndarray, int]:
         """Per block the units kept when the group keeps about `n_keep`, and the count
         left for the units in no block: blocks keep in proportion to their size (the same
-        count for blocks of one size), at least one each and at least their frozen units."""
+        count for blocks of one size), at least one each and at least their frozen units.
+        Linked blocks (``step``) keep m / step of their size each, every unit in a block;
+        blocks of ``equal_removal`` lose as many units each."""
         blocks = self.blocks
         labels, sizes = np.unique(blocks[blocks >= 0], return_counts=True)
+        if self.step:  # linked blocks: m / step of each, m from the keep count (fit_blocks shares it)
+            m = int(np.clip(int(math.floor(n_keep * self.step / self.size + 0.5)), self.step_floor(), self.step))
+            return sizes // self.step * m, 0
         frozen = np.array([int(self.frozen[blocks == b].sum()) for b in labels])
+        free = self.size - int(sizes.sum())
+        free_frozen = int(self.frozen[blocks < 0].sum())
+        if self.equal_removal:  # every block loses r units, r from the blocks' share of n_keep
+            covered = int(sizes.sum())
+            r = int(math.floor((covered - n_keep * covered / self.size) / len(sizes) + 0.5))
+            r = int(np.clip(r, 0, (sizes - np.maximum(frozen, 1)).min()))
+            counts = sizes - r
+            rest = int(np.clip(n_keep - counts.sum(), free_frozen, free)) if free else 0
+            return counts, rest
         want = np.floor(sizes * (n_keep / self.size) + 0.5).astype(np.int64)
         counts = np.clip(want, 1, sizes)
         for size in np.unique(sizes):  # blocks of one size keep one count
             same = sizes == size
             counts[same] = max(int(counts[same].max()), int(frozen[same].max()))
-        free = self.size - int(sizes.sum())
-        free_frozen = int(self.frozen[blocks < 0].sum())
         rest = int(np.clip(n_keep - counts.sum(), free_frozen, free)) if free else 0
         return counts, rest
+
+    def step_floor(self) -> int:
+        """The least share (in steps) of linked blocks that keeps every frozen unit: at least 1."""
+        labels, sizes = np.unique(self.blocks, return_counts=True)
+        frozen = np.array([int(self.frozen[self.blocks == b].sum()) for b in labels])
+        return max(1, int((-(-frozen * self.step // sizes)).max(initial=1)))
 
     def pieces(self) -> list[np.ndarray]:
         """Positions (sorted) of each tensor dim that holds only part of this group's units:
@@ -167,12 +191,16 @@ class ChannelGraph:
                 reasons.append(reason)
 
     def drop_tentative(self, where: str, model: nn.Module) -> bool:
-        """The cut failed in module `where`: drop the tentative rewrites of it or of a module
-        around it, and keep the tentatively cut channels there (:attr:`tentative_freezes`),
-        in every module of those types. True if any was dropped or kept."""
+        """The cut failed in module `where`: drop the tentative rewrites of it, of a module
+        around it or in it, and keep the tentatively cut channels there
+        (:attr:`tentative_freezes`), in every module of those types. True if any was
+        dropped or kept."""
         mods = dict(model.named_modules())
         near = [m for m, _ in self.tentative] + [m for m, _, _ in self.tentative_freezes]
-        kinds = {type(mods.get(m)) for m in near if m == where or where.startswith(m + ".") or not m}
+        # the failing module, those around it, and those in it (a grouped conv's blocks are
+        # recorded by the conv, a failing view in its parent's code reads them)
+        kinds = {type(mods.get(m)) for m in near
+                 if m == where or where.startswith(m + ".") or m.startswith(where + ".") or not m or not where}
         drop = {(m, a) for m, a in self.tentative if type(mods.get(m)) in kinds}
         freeze = [t for t in self.tentative_freezes if type(mods.get(t[0])) in kinds]
         if not drop and not freeze:
@@ -486,9 +514,12 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     one partition per group: the common refinement of its constraints. A constraint across
     several groups, or constraints a common refinement cannot serve, freeze their units."""
     per_group: dict = {}
+    linked: list = []  # equal constraints across groups: (units per piece, reason, module)
     for pieces, equal, reason, module in rec.blocks:
         units = _block_units([unit_of[p] for p in pieces])
-        if units is not None and _block_units([unit_of[p] for p in pieces], merge_same=False) is None:
+        if units is None and equal:
+            units = _without_straddlers(graph, [unit_of[p] for p in pieces], reason, module)
+        elif units is not None and _block_units([unit_of[p] for p in pieces], merge_same=False) is None:
             # pieces that stand for each other: a count that holds whatever is cut, unless the
             # module's code also sizes them by a number no attribute holds; the check of the
             # cut then fails there and they are kept, as they were before this rule
@@ -507,36 +538,134 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         allu = np.concatenate(units) if units else np.zeros(0, np.int64)
         gids = np.unique(graph.unit_group[allu])
         if len(gids) > 1 and equal:
-            graph.freeze(allu, f"{reason}: its pieces span several coupled groups")
+            linked.append((units, f"{reason}: its pieces span several coupled groups", module))
             continue
         for gid in gids:  # pieces that only need a channel each: served within every group
             parts = [u[graph.unit_group[u] == gid] for u in units]
             parts = [p for p in parts if len(p)]
             if len(parts) > 1:
-                per_group.setdefault(int(gid), []).append((parts, equal, reason))
+                per_group.setdefault(int(gid), []).append((parts, equal, reason, module))
+    failed = []
     for gid, cons in per_group.items():
         g = graph.groups[gid]
-        keys = np.full((g.size, len(cons)), -1, np.int64)
-        for c, (units, _, _) in enumerate(cons):
-            for b, u in enumerate(units):
-                keys[g.positions(u), c] = b
-        covered = (keys >= 0).any(1)
-        _, label = np.unique(keys, axis=0, return_inverse=True)
-        label = np.where(covered, label.reshape(-1), -1)
+        label = _cells(g, [units for units, _, _, _ in cons])
+        covered = label >= 0
         labels, sizes = np.unique(label[covered], return_counts=True)
         size_of = dict(zip(labels.tolist(), sizes.tolist()))
         ok = True
-        for units, equal, _ in cons:  # each piece of an equal constraint: the same block sizes
+        for units, equal, _, _ in cons:  # each piece of an equal constraint: the same block sizes
             if not equal:
                 continue
             shapes = {tuple(sorted(size_of[int(b)] for b in np.unique(label[g.positions(u)]))) for u in units}
             ok &= len(shapes) == 1
         if not ok:
-            graph.freeze(g.units, "; ".join(dict.fromkeys(r for _, _, r in cons)) + ": block constraints that "
-                         "one partition cannot serve")
+            if all(len({len(np.unique(label[g.positions(u)])) for u in units}) == 1 for units, e, _, _ in cons if e):
+                # each piece of every equal constraint spans as many blocks, of unequal sizes
+                # (ShuffleNet's 40 channels per group, shuffled in threes, its partners that span
+                # two groups kept: 13, 12 and 13 others): they stay as large if every block
+                # loses as many units
+                g.blocks, g.equal_blocks, g.equal_removal = label, True, True
+                continue
+            failed.append(gid)
             continue
         g.blocks = label
-        g.equal_blocks = all(e for _, e, _ in cons)
+        g.equal_blocks = all(e for _, e, _, _ in cons)
+    if linked or failed:
+        _link_groups(graph, per_group, linked, failed)
+
+
+def _without_straddlers(graph: ChannelGraph, pieces: list, reason: str, module: str) -> list | None:
+    """Equal pieces that some units span (a channel shuffle's partners, cut together,
+    straddle two groups of the grouped conv after it: ShuffleNet's 20 channels per group,
+    shuffled in threes): those units are kept, and the pieces' other units are sized as
+    usual (:func:`_block_units`). The kept ones then add as much to every piece (the pieces
+    were as large, and the partition's check gives them as many other units each).
+    Tentative, as the rules of :func:`_assign_blocks`. None where no such split serves."""
+    counts = [dict(zip(*[a.tolist() for a in np.unique(p, return_counts=True)])) for p in pieces]
+    where: dict = {}
+    for c in counts:
+        for u, n in c.items():
+            where.setdefault(u, []).append(n)
+    straddle = np.asarray(sorted(u for u, ns in where.items() if 1 < len(ns) and (len(ns) < len(pieces)
+                                                                                  or len(set(ns)) > 1)), np.int64)
+    if not len(straddle):
+        return None
+    units = _block_units([p[~np.isin(p, straddle)] for p in pieces])
+    if units is None or not units:
+        return None
+    graph.freeze(straddle, f"{reason}: channels that span two of its pieces")
+    graph.tentative_freezes.append((module, np.unique(np.concatenate(pieces)), f"{reason}: its pieces share coupled "
+                                                                                "channels"))
+    return units
+
+
+def _cells(g: Group, constraints: list) -> np.ndarray:
+    """The common refinement of constraints (each a list of unit arrays, its pieces) over
+    group `g`: a label per position, -1 where no constraint reaches."""
+    keys = np.full((g.size, len(constraints)), -1, np.int64)
+    for c, units in enumerate(constraints):
+        for b, u in enumerate(units):
+            pos = g.positions(u)
+            keys[pos[pos >= 0], c] = b
+    covered = (keys >= 0).any(1)
+    _, label = np.unique(keys, axis=0, return_inverse=True)
+    return np.where(covered, label.reshape(-1), -1)
+
+
+def _link_groups(graph: ChannelGraph, per_group: dict, linked: list, failed: list) -> None:
+    """Equal-count constraints that blocks within one group cannot serve: a grouped conv
+    reading a concatenation of several groups (ShuffleNet's stages: a stride-2 unit
+    concatenates its branch with the pooled stream), or two grouped convs tiling one group
+    differently. The groups they join are cut as one: each group's positions are split
+    into cells (the common refinement of every constraint on it, the positions no
+    constraint reaches a cell too), and every cell keeps m / step of its units, step the
+    greatest common divisor of all the cells' sizes and m one count for all of them. The
+    pieces of an equal constraint, as large as each other, then keep as many, whichever
+    cells they span. A step of 1 leaves nothing to cut. Tentative (see tentative_freezes):
+    where the cut fails in a module that made one of these constraints, they are kept."""
+    parent: dict = {}
+
+    def find(a: int) -> int:
+        while parent.setdefault(a, a) != a:
+            a = parent[a]
+        return a
+
+    for gid in failed:
+        find(gid)
+    for units, _, _ in linked:
+        gids = np.unique(graph.unit_group[np.concatenate(units)]).tolist()
+        for other in gids[1:]:
+            parent[find(other)] = find(gids[0])
+    comps: dict = {}
+    for gid in list(parent):
+        comps.setdefault(find(gid), []).append(gid)
+    for gids in comps.values():
+        gids = sorted(gids)
+        mine = set(gids)
+        cons = [(c[0], c[2], c[3]) for gid in gids for c in per_group.get(gid, ()) if c[1]]  # equal ones
+        across = [c for c in linked if graph.unit_group[c[0][0][0]] in mine]
+        cons += across
+        groups = [graph.groups[gid] for gid in gids]
+        units = np.concatenate([g.units for g in groups])
+        reasons = [r for _, r, _ in across] + [
+            "; ".join(dict.fromkeys(c[2] for c in per_group[gid])) + ": block constraints that one partition "
+            "cannot serve" for gid in gids if gid in failed]
+        reasons = list(dict.fromkeys(reasons))
+        labels = {}
+        for g in groups:
+            lab = _cells(g, [u for u, _, _ in cons] + [list(c[0]) for c in per_group.get(g.id, ()) if not c[1]])
+            lab[lab < 0] = lab.max(initial=-1) + 1  # the positions no constraint reaches: a cell
+            labels[g.id] = lab
+        sizes = [c for lab in labels.values() for c in np.unique(lab, return_counts=True)[1]]
+        step = int(np.gcd.reduce(np.asarray(sizes, np.int64)))
+        even = all(len({len(np.unique(p)) for p in u}) == 1 for u, _, _ in cons)
+        if step < 2 or not even:
+            graph.freeze(units, "; ".join(reasons))
+            continue
+        for g in groups:
+            g.blocks, g.equal_blocks, g.step, g.linked = labels[g.id], True, step, tuple(gids)
+        for module in dict.fromkeys(m for _, _, m in cons):
+            graph.tentative_freezes.append((module, units, "; ".join(reasons)))
 
 
 def _one_piece_is_the_others(pieces: list[np.ndarray]) -> bool:
@@ -629,10 +758,16 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
                    for r, p in zip(recs, pieces))
         tentative = all(r.tentative for r in recs)
         if same and not all(np.array_equal(np.sort(a), np.sort(b)) for p in pieces for a, b in zip(p, first)):
-            # equal blocks of one group: tentative as the pieces above
-            graph.tentative_freezes.append((mod, np.unique(np.concatenate([u for p in pieces for u in p])),
-                                            f"{mod}.{attr} is read for channel counts of tensors that are cut "
-                                            "differently"))
+            # equal blocks of one group (a head width): tentative as the pieces above, and
+            # inexact, since forward may compute with it (a scale 1 / sqrt(head dim))
+            units = np.unique(np.concatenate([u for p in pieces for u in p]))
+            graph.tentative_freezes.append((mod, units, f"{mod}.{attr} is read for channel counts of tensors that "
+                                                        "are cut differently"))
+            why = (f"{mod}.{attr} is rewritten to the kept count of each head: a number forward computes from it "
+                   "(a scale 1/sqrt(head dim)) changes with it")
+            for gid in np.unique(graph.unit_group[units]):
+                if why not in graph.groups[int(gid)].inexact:
+                    graph.groups[int(gid)].inexact.append(why)
         if not same:
             if not tentative:  # (a tentative one is left out: the value was likely another dim's)
                 graph.freeze(np.concatenate([u for p in pieces for u in p]),

@@ -1535,11 +1535,14 @@ _MHA_SIGNATURE = None
 def _mha_forward(rec: Recorder, name, args, kwargs, out):
     """F.multi_head_attention_forward on a module's weights (CLIP's attention pool), as
     nn.MultiheadAttention (see :class:`pyprune.layers.MultiheadAttention`): in
-    self-attention, channel i of the input is cut with dim i of q, k and v (their width must
-    be the input's) and with the out-projection's input i; every head keeps as many dims as
-    the others. The out-projection's outputs are channels of their own. The projections are
-    packed (``in_proj_weight``) or separate (``q/k/v_proj_weight``); a packed bias computed
-    as the concatenation of the separate projections' biases is cut in those biases."""
+    self-attention (query, key and value carry the same channels: ``query=x[:1]``, the
+    class token, too), channel i of the input is cut with dim i of q, k and v (their width
+    must be the input's) and with the out-projection's input i; every head keeps as many
+    dims as the others. The out-projection's outputs are channels of their own. The
+    projections are packed (``in_proj_weight``) or separate (``q/k/v_proj_weight``); a
+    packed bias computed as the concatenation of the separate projections' biases is cut in
+    those biases. ``embed_dim_to_check`` must be read from the input's shape or be an
+    attribute (rewritten). Anything else is an op pyprune does not follow (strict: refused)."""
     import inspect
 
     global _MHA_SIGNATURE
@@ -1547,9 +1550,11 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
         _MHA_SIGNATURE = inspect.signature(nn.functional.multi_head_attention_forward)
     a = _MHA_SIGNATURE.bind(*args, **kwargs).arguments
     q = a["query"]
-    lay = rec.layout(q)
-    if lay is None:
+    lays = [rec.layout(t) for t in (q, a["key"], a["value"])]
+    present = [lay for lay in lays if lay is not None]
+    if not present:
         return
+    lay = lays[0]
     where = rec.where()
     result = out[0] if isinstance(out, tuple) else out
     e = q.shape[-1]
@@ -1558,9 +1563,10 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
     weights = [a.get(f"{k}_proj_weight") for k in "qkv"] if separate else [a["in_proj_weight"]]
     owners = [(rec.param_dim(w, 0), rec.param_dim(w, 1)) for w in weights]
     why = None
-    if not (q is a["key"] is a["value"]):
-        why = "only self-attention (query, key and value the same tensor) is cut"
-    elif lay.dim != q.dim() - 1 or len(lay.ids) != e or not isinstance(heads, int) or e % heads:
+    if any(t is None or t.dim != t_.dim() - 1 or not np.array_equal(t.ids, lay.ids)
+           for t, t_ in zip(lays, (q, a["key"], a["value"]))):
+        why = "only self-attention is cut: query, key and value carrying the same channels"
+    elif len(lay.ids) != e or not isinstance(heads, int) or e % heads:
         why = "its channels are not the embedding dim"
     elif any(a.get(k) is not None for k in ("bias_k", "bias_v", "static_k", "static_v")) or a.get("add_zero_attn"):
         why = "bias_k/bias_v, static keys or values and add_zero_attn are not followed"
@@ -1568,6 +1574,13 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
         why = "a projection weight that is not a parameter"
     elif not isinstance(result, torch.Tensor):
         why = "an output that is not a tensor"
+    check = a["embed_dim_to_check"]
+    check_attr = None
+    if why is None and not (check in rec.widths_read and np.array_equal(rec.widths_read[check], lay.ids)):
+        # the width to check is read from the input's shape, or an attribute to rewrite
+        check_attr = rec.find_attr(check) if isinstance(check, int) else None
+        if check_attr is None:
+            why = f"embed_dim_to_check={check!r} is neither read from the input's shape nor an attribute"
     bias_members = []
     bias = a.get("in_proj_bias")
     if why is None and bias is not None:
@@ -1585,10 +1598,14 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
         else:
             why = "its in_proj_bias is not a parameter"
     if why is not None:
-        rec.freeze(lay.ids, f"multi_head_attention_forward in {where}: {why}")
-        if isinstance(result, torch.Tensor):
-            rec.set_layout(result, None)
+        for w in weights + [a["out_proj_weight"]]:  # the projections still count as layers (MACs)
+            o = rec.param_dim(w, 0)
+            if o is not None and isinstance(w, torch.Tensor) and w.dim() == 2:
+                _functional_layer(rec, o[0], "linear", torch.empty(q.shape[:-1] + (w.shape[0],), device="meta"), o[1])
+        rec.report_unknown(f"multi_head_attention_forward ({why})", present, _tensors(out))
         return
+    if check_attr is not None:
+        rec.add_rewrite(check_attr, "count", [lay.ids])
     ids = lay.ids
     rows = ids if separate else np.concatenate([ids, ids, ids])
     for (wo, wi), w in zip(owners, weights):
@@ -1614,7 +1631,7 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
     rec.add_inexact(ids, f"multi_head_attention_forward in {where}: the attention's scale 1/sqrt(head dim) follows "
                          "the pruned head dim")
     rec.set_layout(result, Layout(result.dim() - 1, out_ids))
-    _functional_layer(rec, po[0], "linear", result, po[1])
+    _functional_layer(rec, po[0], "linear", result, po[1])  # (the attention's own products are not counted)
 
 
 @register_op("conv1d", "conv2d", "conv3d")
