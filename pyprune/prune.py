@@ -1209,9 +1209,10 @@ _MAX_FALLBACKS = 4
 def _held_why(g) -> str:
     """Why a group with channel blocks keeps more than its schedule asked."""
     if g.step:
+        floor = "; a part of it is kept whole, so all of it is" if g.step_floor() >= g.step else ""
         return (f"; grouped convs link it to {len(g.linked) - 1} other group(s): they are cut in steps of 1/{g.step} "
-                "together, and not at all where one of them keeps its channels") if len(g.linked) > 1 else \
-            f"; grouped convs that tile it differently cut it in steps of 1/{g.step}"
+                f"together, and not at all where one of them keeps its channels{floor}") if len(g.linked) > 1 else \
+            f"; grouped convs that tile it differently cut it in steps of 1/{g.step}{floor}"
     return "; blocks of a grouped layer keep one each at least" if g.blocks is not None else ""
 
 
@@ -1267,14 +1268,17 @@ def _warn_shortfall(res: PruneResult, round_to: int | None = None) -> None:
     asked = res.plan.asked
     held = sorted(((kept[g.id] - asked[g.id], g) for g in graph.groups
                    if g.id in asked and kept[g.id] > asked[g.id]), key=lambda t: -t[0])
+    above = "; ".join(f"{g.name} (kept {kept[g.id]} of {g.size}, the schedule asked {asked[g.id]}{_held_why(g)})"
+                      for _, g in held[:5])
     if kept_back:
         kept_back.sort(key=lambda t: -t[0])
         shown = "; ".join(f"{g.name} ({n} channels: {', '.join(r[:2]) or 'frozen'})" for n, g, r in kept_back[:5])
-        warnings.warn(head + f"Kept whole: {shown}. See PruneResult.frozen() for every group.", stacklevel=3)
+        more = ""
+        if held and held[0][0] > kept_back[0][0]:  # (more held above the schedule than kept whole)
+            more = f" Kept above what the schedule asked: {above}."
+        warnings.warn(head + f"Kept whole: {shown}.{more} See PruneResult.frozen() for every group.", stacklevel=3)
     elif few_channels and held:  # nothing kept whole, yet channels short: groups held above what was asked
-        shown = "; ".join(f"{g.name} (kept {kept[g.id]} of {g.size}, the schedule asked {asked[g.id]}{_held_why(g)})"
-                          for _, g in held[:5])
-        warnings.warn(head + f"Kept above what the schedule asked: {shown}.", stacklevel=3)
+        warnings.warn(head + f"Kept above what the schedule asked: {above}.", stacklevel=3)
     elif few_channels and round_to and round_to > 1:  # the schedule's counts, rounded to multiples
         unrounded = {g.id: keep_for_ratio(g, ratio, None) for g in graph.groups if g.id in kept and g.prunable > 0}
         over = sorted(((kept[g] - n, graph.groups[g]) for g, n in unrounded.items() if kept[g] > n),

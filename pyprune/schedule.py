@@ -232,8 +232,8 @@ def fit_blocks(groups: list[Group], n_keep: dict) -> dict[int, int]:
         members = [by_id.get(i) for i in link]
         if any(m is None or m.id not in out for m in members):
             m_steps = step  # a linked group that is not cut keeps the others whole
-        else:
-            share = sum(int(out[m.id]) for m in members) / sum(m.size for m in members)
+        else:  # the largest share asked of any of them (an explicit keep_by_layer, a layer ratio)
+            share = max(int(out[m.id]) / m.size for m in members)
             m_steps = max(int(math.floor(share * step + 0.5)), max(m.step_floor() for m in members))
         for m in members:
             if m is not None and m.id in out:

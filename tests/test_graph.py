@@ -1536,6 +1536,23 @@ def test_shufflenet_v1_cuts_its_streams_and_bottlenecks_exactly():
     assert kres.model.head.in_features == 120 and kres.model(x).shape == (2, 5)
 
 
+def test_block_counts_are_stable_and_a_budget_is_a_ceiling_with_linked_and_straddled_groups():
+    """fit_blocks gives counts that fit to themselves (the budget solver prices the counts
+    the plan then keeps), so a MACs budget is never exceeded."""
+    from pyprune.schedule import fit_blocks
+
+    torch.manual_seed(0)
+    model = _ShuffleNetV1().eval()
+    x = torch.randn(1, 3, 16, 16)
+    groups = [g for g in build_graph(model, (x,)).groups if g.prunable]
+    for ratio in (0.1, 0.3, 0.5, 0.7, 0.9):
+        once = fit_blocks(groups, {g.id: max(1, round((1 - ratio) * g.size)) for g in groups})
+        assert fit_blocks(groups, once) == once
+    for target in (0.2, 0.35, 0.5):
+        res = pyprune.prune(model, x, method="l2", target_macs=target)
+        assert res.summary.macs_after <= target * res.summary.macs_before
+
+
 class _GroupedOverTwo(nn.Module):
     """A grouped conv (3 groups of 4) over the concatenation of two branches of 6: its middle
     group reads 2 channels of each, so the branches' counts are linked."""
@@ -1570,6 +1587,17 @@ def test_a_grouped_conv_over_two_groups_links_their_counts(ignore):
         assert (res.model.a.out_channels, res.model.b.out_channels, res.model.g.in_channels) == (3, 3, 6)
         assert cut_error(model, (x,), res.plan) <= 1e-5
     assert res.model(x).shape == (2, 2)
+
+
+def test_linked_groups_keep_the_largest_share_asked_of_any_of_them():
+    torch.manual_seed(0)
+    model = _GroupedOverTwo().eval()
+    x = torch.randn(1, 3, 4, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruner = pyprune.Pruner(model, x, method="l2")
+        res = pruner.apply(pruner.plan(0.5, keep_by_layer={"b": 6}))
+    assert (res.model.a.out_channels, res.model.b.out_channels) == (6, 6)  # b asked to stay whole, and a with it
 
 
 @pytest.mark.parametrize("pool", [dict(query="first"), dict(check="attr")])

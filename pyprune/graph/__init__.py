@@ -98,20 +98,21 @@ class Group:
             m = int(np.clip(int(math.floor(n_keep * self.step / self.size + 0.5)), self.step_floor(), self.step))
             return sizes // self.step * m, 0
         frozen = np.array([int(self.frozen[blocks == b].sum()) for b in labels])
-        free = self.size - int(sizes.sum())
+        covered = int(sizes.sum())
+        free = self.size - covered
         free_frozen = int(self.frozen[blocks < 0].sum())
-        if self.equal_removal:  # every block loses r units, r from the blocks' share of n_keep
-            covered = int(sizes.sum())
-            r = int(math.floor((covered - n_keep * covered / self.size) / len(sizes) + 0.5))
-            r = int(np.clip(r, 0, (sizes - np.maximum(frozen, 1)).min()))
-            counts = sizes - r
-            rest = int(np.clip(n_keep - counts.sum(), free_frozen, free)) if free else 0
-            return counts, rest
-        want = np.floor(sizes * (n_keep / self.size) + 0.5).astype(np.int64)
-        counts = np.clip(want, 1, sizes)
-        for size in np.unique(sizes):  # blocks of one size keep one count
-            same = sizes == size
-            counts[same] = max(int(counts[same].max()), int(frozen[same].max()))
+        # the units in no block take their share of n_keep first, at least their frozen ones,
+        # so that the counts of a count these give are these counts again (fit_blocks)
+        share = int(np.clip(math.floor(n_keep * free / self.size + 0.5), free_frozen, free)) if free else 0
+        in_blocks = n_keep - share
+        if self.equal_removal:  # every block loses r units
+            r = int(math.floor((covered - in_blocks) / len(sizes) + 0.5))
+            counts = sizes - int(np.clip(r, 0, (sizes - np.maximum(frozen, 1)).min()))
+        else:
+            counts = np.clip(np.floor(sizes * (in_blocks / covered) + 0.5).astype(np.int64), 1, sizes)
+            for size in np.unique(sizes):  # blocks of one size keep one count
+                same = sizes == size
+                counts[same] = max(int(counts[same].max()), int(frozen[same].max()))
         rest = int(np.clip(n_keep - counts.sum(), free_frozen, free)) if free else 0
         return counts, rest
 
@@ -559,7 +560,8 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             shapes = {tuple(sorted(size_of[int(b)] for b in np.unique(label[g.positions(u)]))) for u in units}
             ok &= len(shapes) == 1
         if not ok:
-            if all(len({len(np.unique(label[g.positions(u)])) for u in units}) == 1 for units, e, _, _ in cons if e):
+            if all(len({len(np.unique(label[g.positions(u)])) for u in units}) == 1 for units, e, _, _ in cons if e) \
+                    and all(_whole_blocks(label, p) for p in g.pieces()):
                 # each piece of every equal constraint spans as many blocks, of unequal sizes
                 # (ShuffleNet's 40 channels per group, shuffled in threes, its partners that span
                 # two groups kept: 13, 12 and 13 others): they stay as large if every block
@@ -597,6 +599,12 @@ def _without_straddlers(graph: ChannelGraph, pieces: list, reason: str, module: 
     graph.tentative_freezes.append((module, np.unique(np.concatenate(pieces)), f"{reason}: its pieces share coupled "
                                                                                 "channels"))
     return units
+
+
+def _whole_blocks(label: np.ndarray, positions: np.ndarray) -> bool:
+    """Whether `positions` hold every position of each block they touch (none in no block)."""
+    touched = np.unique(label[positions])
+    return bool((touched >= 0).all() and np.isin(label, touched).sum() == len(np.unique(positions)))
 
 
 def _cells(g: Group, constraints: list) -> np.ndarray:
@@ -652,8 +660,10 @@ def _link_groups(graph: ChannelGraph, per_group: dict, linked: list, failed: lis
             "cannot serve" for gid in gids if gid in failed]
         reasons = list(dict.fromkeys(reasons))
         labels = {}
-        for g in groups:
-            lab = _cells(g, [u for u, _, _ in cons] + [list(c[0]) for c in per_group.get(g.id, ()) if not c[1]])
+        for g in groups:  # (a tensor dim holding part of the group, Group.pieces, is cells of its own:
+            # each cell keeps a unit, so no layer is left without channels)
+            lab = _cells(g, [u for u, _, _ in cons] + [list(c[0]) for c in per_group.get(g.id, ()) if not c[1]]
+                         + [[g.units[p]] for p in g.pieces()])
             lab[lab < 0] = lab.max(initial=-1) + 1  # the positions no constraint reaches: a cell
             labels[g.id] = lab
         sizes = [c for lab in labels.values() for c in np.unique(lab, return_counts=True)[1]]

@@ -1499,6 +1499,21 @@ def _producer(rec: Recorder, owner: str, param: str) -> str:
     return param_path(owner, param) if _on_own_parameter(rec, owner, param) else owner
 
 
+def _layer_outputs(rec: Recorder, wout: tuple, bias, n_out: int, what: str) -> np.ndarray:
+    """The output channels of a functional layer whose weight is `wout` (module, param,
+    dim): new units, the weight's rows and the bias's entries (a bias that is no parameter
+    keeps them)."""
+    out_ids = rec.new_ids(n_out, _producer(rec, wout[0], wout[1]))
+    rec.add_member(wout[0], wout[1], wout[2], out_ids, "out")
+    if bias is not None:
+        bo = rec.param_dim(bias, 0)
+        if bo is None:
+            rec.freeze(out_ids, f"{what} adds a bias that is not a parameter")
+        else:
+            rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
+    return out_ids
+
+
 @register_op("linear")
 def _linear(rec: Recorder, name, args, kwargs, out):
     """F.linear(x, W, b) outside a Linear module (swin's attention calls it on its
@@ -1512,14 +1527,7 @@ def _linear(rec: Recorder, name, args, kwargs, out):
     last = x.dim() - 1
     if lay is not None and lay.dim == last:
         rec.add_member(win[0], win[1], win[2], lay.ids, "in")
-    out_ids = rec.new_ids(out.shape[-1], _producer(rec, wout[0], wout[1]))
-    rec.add_member(wout[0], wout[1], wout[2], out_ids, "out")
-    bo = rec.param_dim(b, 0) if b is not None else None
-    if b is not None:
-        if bo is None:
-            rec.freeze(out_ids, f"linear in {rec.where()} adds a bias that is not a parameter")
-        else:
-            rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
+    out_ids = _layer_outputs(rec, wout, b, out.shape[-1], f"linear in {rec.where()}")
     if lay is not None and lay.dim != last:
         rec.freeze(out_ids, f"linear in {rec.where()} applied along a non-channel dim")
         rec.set_layout(out, lay)
@@ -1618,14 +1626,7 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
     pw, pb = a["out_proj_weight"], a.get("out_proj_bias")
     po, pi = rec.param_dim(pw, 0), rec.param_dim(pw, 1)
     rec.add_member(pi[0], pi[1], pi[2], ids, "in")
-    out_ids = rec.new_ids(result.shape[-1], _producer(rec, po[0], po[1]))
-    rec.add_member(po[0], po[1], po[2], out_ids, "out")
-    if pb is not None:
-        bo = rec.param_dim(pb, 0)
-        if bo is None:
-            rec.freeze(out_ids, f"multi_head_attention_forward in {where} adds an output bias that is not a parameter")
-        else:
-            rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
+    out_ids = _layer_outputs(rec, po, pb, result.shape[-1], f"multi_head_attention_forward in {where}")
     if heads > 1:
         rec.add_blocks(ids.reshape(heads, -1), f"multi_head_attention_forward in {where}: {heads} attention heads")
     rec.add_inexact(ids, f"multi_head_attention_forward in {where}: the attention's scale 1/sqrt(head dim) follows "
@@ -1684,14 +1685,7 @@ def _conv(rec: Recorder, name, args, kwargs, out):
                            "groups= is cut)", [lay], [out])
         return
     rec.add_member(win[0], win[1], win[2], lay.ids, "in")
-    out_ids = rec.new_ids(c_out, _producer(rec, wout[0], wout[1]))
-    rec.add_member(wout[0], wout[1], wout[2], out_ids, "out")
-    if b is not None:
-        bo = rec.param_dim(b, 0)
-        if bo is None:
-            rec.freeze(out_ids, f"{name} in {where} adds a bias that is not a parameter")
-        else:
-            rec.add_member(bo[0], bo[1], bo[2], out_ids, "bias")
+    out_ids = _layer_outputs(rec, wout, b, c_out, f"{name} in {where}")
     rec.set_layout(out, Layout(1, out_ids))
     _functional_layer(rec, wout[0], "conv", out, wout[1])
 
