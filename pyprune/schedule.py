@@ -224,7 +224,9 @@ def keep_counts(groups: list[Group], ratio: float, schedule: str, *, round_to=No
 
 def fit_blocks(groups: list[Group], n_keep: dict) -> dict[int, int]:
     """Keep counts that groups with channel blocks (grouped convs, chunks, heads) can keep:
-    the count each block keeps (see :meth:`pyprune.graph.Group.block_counts`), summed."""
+    the count each block keeps (see :meth:`pyprune.graph.Group.block_counts`), summed.
+    Linked groups (``Group.step``) keep one share m / step, the largest any of them asks
+    (all of it where one of them is not cut). The counts returned fit to themselves."""
     out = dict(n_keep)
     by_id = {g.id: g for g in groups}
     for link, step in dict.fromkeys((g.linked, g.step) for g in groups if g.step):

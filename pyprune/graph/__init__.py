@@ -512,8 +512,11 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
 
 def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     """Turn the recorded block constraints (grouped convs, chunks, split sizes, heads) into
-    one partition per group: the common refinement of its constraints. A constraint across
-    several groups, or constraints a common refinement cannot serve, freeze their units."""
+    one partition per group: the common refinement of its constraints. Equal pieces that
+    shuffled partners straddle keep those partners (:func:`_without_straddlers`); pieces
+    that span as many blocks of unequal sizes lose as many units per block; a constraint
+    across several groups, or constraints no such partition serves, link their groups
+    (:func:`_link_groups`), which freezes them where no step serves."""
     per_group: dict = {}
     linked: list = []  # equal constraints across groups: (units per piece, reason, module)
     for pieces, equal, reason, module in rec.blocks:
