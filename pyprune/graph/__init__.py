@@ -191,6 +191,13 @@ class ChannelGraph:
             if reason not in reasons:
                 reasons.append(reason)
 
+    def add_reason(self, units: np.ndarray, kind: str, why: str) -> None:
+        """Add `why` to the ``inexact`` or ``scale_free`` reasons of every group of `units`."""
+        for gid in np.unique(self.unit_group[units]):
+            reasons_of = getattr(self.groups[int(gid)], kind)
+            if why not in reasons_of:
+                reasons_of.append(why)
+
     def drop_tentative(self, where: str, model: nn.Module) -> bool:
         """The cut failed in module `where`: drop the tentative rewrites of it, of a module
         around it or in it, and keep the tentatively cut channels there
@@ -487,10 +494,7 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
                          output_shapes=list(rec.output_shapes), param_layers=set(rec.param_layers))
     for kind in ("inexact", "scale_free"):  # (ids, reason) recorded -> the reasons of each group
         for ids, why in getattr(rec, kind):
-            for gid in np.unique(group_of_unit[unit_of[ids]]):
-                reasons_of = getattr(groups[int(gid)], kind)
-                if why not in reasons_of:
-                    reasons_of.append(why)
+            graph.add_reason(unit_of[ids], kind, why)
     for ids, n in rec.min_keep:
         gids = np.unique(group_of_unit[unit_of[ids]])
         if len(gids) == 1:
@@ -520,24 +524,25 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     per_group: dict = {}
     linked: list = []  # equal constraints across groups: (units per piece, reason, module)
     for pieces, equal, reason, module in rec.blocks:
-        units = _block_units([unit_of[p] for p in pieces])
+        pieces = [unit_of[p] for p in pieces]
+        units = _block_units(pieces)
         if units is None and equal:
-            units = _without_straddlers(graph, [unit_of[p] for p in pieces], reason, module)
-        elif units is not None and _block_units([unit_of[p] for p in pieces], merge_same=False) is None:
+            units = _without_straddlers(graph, pieces, reason, module)
+        elif units is not None and _block_units(pieces, merge_same=False) is None:
             # pieces that stand for each other: a count that holds whatever is cut, unless the
             # module's code also sizes them by a number no attribute holds; the check of the
             # cut then fails there and they are kept, as they were before this rule
-            graph.tentative_freezes.append((module, np.unique(unit_of[np.concatenate(pieces)]),
+            graph.tentative_freezes.append((module, np.unique(np.concatenate(pieces)),
                                             f"{reason}: its pieces share coupled channels"))
         if units is None:
-            if not equal and _one_piece_is_the_others([unit_of[p] for p in pieces]):
+            if not equal and _one_piece_is_the_others(pieces):
                 # pieces sized one by one (a split into attribute sizes) one of which is coupled
                 # channel by channel with the others together (MambaOut's gate g times
                 # cat(i, c)): the rewritten sizes follow what each piece keeps, so they need no
                 # partition; a piece read by a layer alone keeps a channel (Group.pieces),
                 # another may keep none
                 continue
-            graph.freeze(np.unique(unit_of[np.concatenate(pieces)]), f"{reason}: its pieces share coupled channels")
+            graph.freeze(np.unique(np.concatenate(pieces)), f"{reason}: its pieces share coupled channels")
             continue
         allu = np.concatenate(units) if units else np.zeros(0, np.int64)
         gids = np.unique(graph.unit_group[allu])
@@ -776,11 +781,8 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             units = np.unique(np.concatenate([u for p in pieces for u in p]))
             graph.tentative_freezes.append((mod, units, f"{mod}.{attr} is read for channel counts of tensors that "
                                                         "are cut differently"))
-            why = (f"{mod}.{attr} is rewritten to the kept count of each head: a number forward computes from it "
-                   "(a scale 1/sqrt(head dim)) changes with it")
-            for gid in np.unique(graph.unit_group[units]):
-                if why not in graph.groups[int(gid)].inexact:
-                    graph.groups[int(gid)].inexact.append(why)
+            graph.add_reason(units, "inexact", f"{mod}.{attr} is rewritten to the kept count of each head: a number "
+                                               "forward computes from it (a scale 1/sqrt(head dim)) changes with it")
         if not same:
             if not tentative:  # (a tentative one is left out: the value was likely another dim's)
                 graph.freeze(np.concatenate([u for p in pieces for u in p]),

@@ -11,6 +11,7 @@ An op that touches tracked channels and has no handler is reported.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import numbers
 import random
@@ -1536,7 +1537,7 @@ def _linear(rec: Recorder, name, args, kwargs, out):
     _functional_layer(rec, wout[0], "linear", out, wout[1])
 
 
-_MHA_SIGNATURE = None
+_MHA_SIGNATURE = inspect.signature(nn.functional.multi_head_attention_forward)
 
 
 @register_op("multi_head_attention_forward")
@@ -1550,12 +1551,9 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
     projections are packed (``in_proj_weight``) or separate (``q/k/v_proj_weight``); a
     packed bias computed as the concatenation of the separate projections' biases is cut in
     those biases. ``embed_dim_to_check`` must be read from the input's shape or be an
-    attribute (rewritten). Anything else is an op pyprune does not follow (strict: refused)."""
-    import inspect
-
-    global _MHA_SIGNATURE
-    if _MHA_SIGNATURE is None:
-        _MHA_SIGNATURE = inspect.signature(nn.functional.multi_head_attention_forward)
+    attribute (rewritten). Anything else is an op pyprune does not follow (strict: refused).
+    The projections count as layers either way (their MACs; the attention's products are
+    not counted)."""
     a = _MHA_SIGNATURE.bind(*args, **kwargs).arguments
     q = a["query"]
     lays = [rec.layout(t) for t in (q, a["key"], a["value"])]
@@ -1570,6 +1568,10 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
     separate = a.get("use_separate_proj_weight", False)
     weights = [a.get(f"{k}_proj_weight") for k in "qkv"] if separate else [a["in_proj_weight"]]
     owners = [(rec.param_dim(w, 0), rec.param_dim(w, 1)) for w in weights]
+    for w in weights + [a["out_proj_weight"]]:
+        o = rec.param_dim(w, 0)
+        if o is not None and isinstance(w, torch.Tensor) and w.dim() == 2:
+            _functional_layer(rec, o[0], "linear", torch.empty(q.shape[:-1] + (w.shape[0],), device="meta"), o[1])
     why = None
     if any(t is None or t.dim != t_.dim() - 1 or not np.array_equal(t.ids, lay.ids)
            for t, t_ in zip(lays, (q, a["key"], a["value"]))):
@@ -1606,21 +1608,15 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
         else:
             why = "its in_proj_bias is not a parameter"
     if why is not None:
-        for w in weights + [a["out_proj_weight"]]:  # the projections still count as layers (MACs)
-            o = rec.param_dim(w, 0)
-            if o is not None and isinstance(w, torch.Tensor) and w.dim() == 2:
-                _functional_layer(rec, o[0], "linear", torch.empty(q.shape[:-1] + (w.shape[0],), device="meta"), o[1])
         rec.report_unknown(f"multi_head_attention_forward ({why})", present, _tensors(out))
         return
     if check_attr is not None:
         rec.add_rewrite(check_attr, "count", [lay.ids])
     ids = lay.ids
     rows = ids if separate else np.concatenate([ids, ids, ids])
-    for (wo, wi), w in zip(owners, weights):
+    for wo, wi in owners:
         rec.add_member(wi[0], wi[1], wi[2], ids, "in")
         rec.add_member(wo[0], wo[1], wo[2], rows, "param")
-        shape = q.shape[:-1] + (w.shape[0],)
-        _functional_layer(rec, wo[0], "linear", torch.empty(shape, device="meta"), wo[1])
     for (mod, param, dim), units in bias_members:
         rec.add_member(mod, param, dim, units, "param")
     pw, pb = a["out_proj_weight"], a.get("out_proj_bias")
@@ -1632,7 +1628,6 @@ def _mha_forward(rec: Recorder, name, args, kwargs, out):
     rec.add_inexact(ids, f"multi_head_attention_forward in {where}: the attention's scale 1/sqrt(head dim) follows "
                          "the pruned head dim")
     rec.set_layout(result, Layout(result.dim() - 1, out_ids))
-    _functional_layer(rec, po[0], "linear", result, po[1])  # (the attention's own products are not counted)
 
 
 @register_op("conv1d", "conv2d", "conv3d")
