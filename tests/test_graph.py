@@ -13,6 +13,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+import torch.nn.functional as F
 
 import models as user_models
 import pyprune
@@ -309,8 +310,15 @@ def test_an_attribute_as_long_as_the_width_is_rewritten_only_if_the_cut_needs_it
     torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
 
 
-def test_a_gram_matrix_of_channels_is_refused():
-    """f @ f^T has the same channels along its rows and columns: no cut keeps it."""
+def _rows_in(orig: torch.Tensor, pruned: torch.Tensor) -> list[int]:
+    """The rows of `orig` that `pruned` holds, in order (random weights: each row is unique)."""
+    return [int((orig - r).abs().flatten(1).sum(1).argmin()) for r in pruned]
+
+
+def test_a_gram_matrix_of_channels_is_cut_with_its_rows_and_columns():
+    """f @ f^T has the same channels along its rows and columns: a cut drops row and column
+    c together, which leaves the other entries as they were; the softmax over the columns
+    then follows the kept ones (inexact). Reference: the same formula on the kept filters."""
 
     class Gram(nn.Module):
         def __init__(self):
@@ -322,8 +330,164 @@ def test_a_gram_matrix_of_channels_is_refused():
             g = f @ f.transpose(1, 2)
             return self.head((g.softmax(-1) * g).sum(-1))
 
-    with pytest.raises(pyprune.GraphError, match="matmul"):
-        pyprune.prune(Gram().eval(), torch.randn(1, 4, 10), method="l2", ratio=0.5)
+    torch.manual_seed(0)
+    model, x = Gram().eval(), torch.randn(2, 4, 10)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model.a.out_channels == 8 and res.model.head.in_features == 8
+    (g,) = [g for g in res.graph.groups if g.prunable]
+    assert any("softmax over the channels" in why for why in g.inexact)
+    keep = _rows_in(model.a.weight, res.model.a.weight)
+    f = torch.einsum("oc,bcn->bon", model.a.weight[keep, :, 0], x) + model.a.bias[keep, None]
+    g = f @ f.transpose(1, 2)
+    want = (g.softmax(-1) * g).sum(-1) @ model.head.weight[:, keep].T + model.head.bias
+    torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_gram_matrix_flattened_into_a_layer_is_refused():
+    """A channel-by-channel map that an op the rules do not follow for such maps reads
+    (bilinear pooling: the map flattened into a Linear) keeps its channels; strict pruning
+    refuses it, naming the op."""
+
+    class Bilinear(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Conv1d(4, 6, 1), nn.Linear(36, 3)
+
+        def forward(self, x):
+            f = self.a(x)
+            return self.head((f @ f.transpose(1, 2)).flatten(1))
+
+    torch.manual_seed(0)
+    with pytest.raises(pyprune.GraphError, match="flatten of a channel-by-channel map"):
+        pyprune.prune(Bilinear().eval(), torch.randn(1, 4, 10), method="l2", ratio=0.5)
+    with pytest.warns(UserWarning, match="flatten of a channel-by-channel map"):
+        res = pyprune.prune(Bilinear().eval(), torch.randn(1, 4, 10), method="l2", ratio=0.5, strict=False)
+    assert res.model.a.out_channels == 6
+
+
+class _XCA(nn.Module):
+    """Cross-covariance attention (XCiT's, EdgeNeXt's): q and k multiplied over the tokens, a
+    map of head channels by head channels, softmax over its columns, times v."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.num_heads = heads
+        self.temperature = nn.Parameter(torch.rand(heads, 1, 1) + 0.5)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 4, 1)
+        q, k, v = qkv.unbind(0)
+        attn = (F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)) * self.temperature
+        x = (attn.softmax(dim=-1) @ v).permute(0, 3, 1, 2).reshape(B, N, C)
+        return self.proj(x)
+
+
+def _xca_reference(x, qkv_w, qkv_b, proj_w, proj_b, temperature, heads):
+    """XCA written out with einsum, on (sliced) weights: the reference for the pruned module."""
+    B, N, _ = x.shape
+    t = (x @ qkv_w.T + qkv_b).reshape(B, N, 3, heads, -1)
+    q, k, v = (F.normalize(t[:, :, i], dim=1) if i < 2 else t[:, :, i] for i in range(3))  # (B, N, h, d)
+    attn = torch.einsum("bnhc,bnhd->bhcd", q, k) * temperature
+    out = torch.einsum("bhcd,bnhd->bnhc", attn.softmax(-1), v).reshape(B, N, -1)
+    return out @ proj_w.T + proj_b
+
+
+def test_cross_covariance_attention_is_cut_per_head_channel():
+    """XCiT's attention: the map's rows and columns (q's and k's channels) and v's channels
+    are cut together, the same in every head, and the stream it reads with them (its
+    heads' width is the stream's over the head count); the pruned model equals the
+    attention written out on the kept weights."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.attn, self.head = nn.Conv1d(8, 16, 1), _XCA(16, 2), nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = self.stem(x).transpose(1, 2)
+            return self.head((x + self.attn(x)).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 8, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    a, p = model.attn, res.model.attn
+    assert res.model.stem.out_channels == 8 and p.qkv.out_features == 24 and p.proj.in_features == 8
+    s = _rows_in(model.stem.weight, res.model.stem.weight)
+    r = _rows_in(a.qkv.weight[:, s], p.qkv.weight)
+    q_rows = r[:8]
+    assert [i % 8 for i in r] == [i % 8 for i in q_rows] * 3  # the same head channels in q, k and v
+    h = model.stem(x).transpose(1, 2)[..., s]
+    want = h + _xca_reference(h, a.qkv.weight[r][:, s], a.qkv.bias[r], a.proj.weight[s][:, q_rows], a.proj.bias[s],
+                              a.temperature, 2)
+    want = want.mean(1) @ model.head.weight[:, s].T + model.head.bias
+    torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
+
+
+class _FactorAttention(nn.Module):
+    """CoaT's factorized attention: softmax(k)^T v over the tokens (a map of k's channels by
+    v's), then q times it; a zero channel of q, k and v leaves the other outputs as they are."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        factor = k.softmax(dim=2).transpose(-1, -2) @ v
+        return self.proj((q @ factor).transpose(1, 2).reshape(B, N, C))
+
+
+class _ChannelAttention(nn.Module):
+    """DaViT's channel attention: (k^T v).softmax over the columns, times q^T."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        attn = (k * 0.5).transpose(-1, -2) @ v
+        x = (attn.softmax(dim=-1) @ q.transpose(-1, -2)).transpose(-1, -2)
+        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("attention", [_FactorAttention, _ChannelAttention])
+def test_channel_by_channel_attention_maps_are_cut(attention):
+    """Factorized (CoaT) attention is exact under planted zeros; DaViT's softmax over the
+    map's columns is reported inexact; both prune and run at the asked width."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.attn, self.head = nn.Conv1d(8, 16, 1), attention(16, 2), nn.Linear(16, 3)
+
+        def forward(self, x):
+            x = self.stem(x).transpose(1, 2)
+            return self.head((x + self.attn(x)).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 8, 10)
+    graph = build_graph(model, (x,))
+    heads = next(g for g in graph.groups if any(m.module == "attn.qkv" and m.role == "out" for m in g.members))
+    assert heads.prunable == heads.size and not graph.unsupported
+    assert bool(heads.inexact) == (attention is _ChannelAttention)
+    if attention is _FactorAttention:
+        check_exact(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model.attn.qkv.out_features == 24 and res.model.attn.proj.in_features == 8
+    assert res.model(x).shape == (2, 3)
 
 
 @pytest.mark.parametrize("transpose", ["transpose", "mT", "matmul_kwargs"])

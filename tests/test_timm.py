@@ -170,6 +170,61 @@ def test_a_cut_that_keeps_the_weight_heavy_channels_whole_warns_with_the_share_o
     assert 1 - res.summary.params_ratio < 0.375
 
 
+def _channel_attention(kind: str, dim: int, heads: int):
+    from timm.models import davit, xcit
+
+    if kind == "xcit":
+        return xcit.XCA(dim, num_heads=heads, qkv_bias=True)
+    return davit.ChannelAttention(dim, num_heads=heads, qkv_bias=True)
+
+
+@pytest.mark.parametrize("kind", ["xcit", "davit"])
+def test_channel_attention_cut_equals_timms_module_at_the_kept_width(kind):
+    """XCiT's and DaViT's channel attention (q and k multiplied over the tokens: a map of
+    channels by channels) lose half their head channels, and the stream they read half of
+    its own; the pruned model equals timm's own module built at the kept width with the
+    kept weights (its temperature or scale as before the cut)."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.attn = torch.nn.Conv1d(8, 32, 1), _channel_attention(kind, 32, 4)
+            self.head = torch.nn.Linear(32, 3)
+
+        def forward(self, x):
+            x = self.stem(x).transpose(1, 2)
+            return self.head((x + self.attn(x)).mean(1))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(2, 8, 12)
+    with torch.no_grad():
+        if kind == "xcit":
+            model.attn.temperature.uniform_(0.5, 2.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+        a, p = model.attn, res.model.attn
+        assert p.qkv.weight.shape == (48, 16) and p.proj.weight.shape == (16, 16)
+
+        def rows(orig, pruned):
+            return [int((orig - r).abs().flatten(1).sum(1).argmin()) for r in pruned]
+
+        s = rows(model.stem.weight, res.model.stem.weight)
+        r = rows(a.qkv.weight[:, s], p.qkv.weight)
+        ref = _channel_attention(kind, 16, 4).eval()
+        ref.qkv.weight.copy_(a.qkv.weight[r][:, s])
+        ref.qkv.bias.copy_(a.qkv.bias[r])
+        ref.proj.weight.copy_(a.proj.weight[s][:, r[:16]])
+        ref.proj.bias.copy_(a.proj.bias[s])
+        if kind == "xcit":
+            ref.temperature.copy_(a.temperature)
+        else:
+            ref.scale = a.scale
+        h = model.stem(x).transpose(1, 2)[..., s]
+        want = (h + ref(h)).mean(1) @ model.head.weight[:, s].T + model.head.bias
+        torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
+
+
 # Latency targets on the shapes users bring: the calibration's half-width models and the
 # solver's widths must keep these mechanisms runnable (one channel count per block of a
 # grouped conv, slices of a ghost module, squeeze-excite gates, hard-swish).

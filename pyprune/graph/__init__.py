@@ -163,7 +163,8 @@ class ChannelGraph:
     rewrites: list = field(default_factory=list)  # (module, attr, kind, [unit arrays], container, index, original)
     output_shapes: list = field(default_factory=list)  # what the model returned, for the check of a cut
     # the torch calls of the model's own code, for the check of a cut: (module, op, [(output
-    # shape, (dim, units) where the output carries channels, else None)])
+    # shape, (dim, units, second dim of a channel-by-channel map or None) where the output
+    # carries channels, else None)])
     op_log: list = field(default_factory=list)
     tentative: list = field(default_factory=list)  # (module, attr) of rewrites to drop if the cut fails
     # (module, units, reason): channels cut on a rule the trace alone cannot prove (chunk pieces
@@ -500,7 +501,8 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
         if len(gids) == 1:
             g = groups[int(gids[0])]
             g.min_keep = min(g.size, max(g.min_keep, int(n)))
-    graph.op_log = [(where, op, [(shape, None if lay is None else (lay.dim, unit_of[lay.ids])) for shape, lay in outs])
+    graph.op_log = [(where, op, [(shape, None if lay is None else (lay.dim, unit_of[lay.ids], lay.cross))
+                                 for shape, lay in outs])
                     for where, op, outs in rec.op_log]
     _assign_blocks(graph, rec, unit_of)
     _assign_rewrites(graph, rec, unit_of)

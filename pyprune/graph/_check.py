@@ -56,8 +56,9 @@ def compare_calls(log: list, calls: list, complete: bool) -> tuple[int, str] | N
             for i, j in zip((li[x] for x in range(i1, i2)), (gj[y] for y in range(j1, j2))):
                 where, op, outs = log[i]
                 for (shape, lay), have in zip(outs, calls[j][2]):
+                    chan = {lay[0], *lay[2:]} if lay is not None else ()  # (a channel map's columns too)
                     if lay is not None and (len(have) != len(shape) or any(
-                            x != y for k, (x, y) in enumerate(zip(have, shape)) if k != lay[0])):
+                            x != y for k, (x, y) in enumerate(zip(have, shape)) if k not in chan)):
                         return i, (f"{op} in {_where(where)} gave a tensor of shape {have}, where the model's has "
                                    f"{shape} (channels in dim {lay[0]}): a channel count in its code did not follow "
                                    "the cut")

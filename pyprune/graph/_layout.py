@@ -17,3 +17,8 @@ class Layout:
 
     dim: int
     ids: np.ndarray  # int64, length = tensor.shape[dim]
+    # a second dim holding the same channels at the same positions: a channel-by-channel map
+    # (cross-covariance attention's ``q @ k^T`` over the tokens), whose rows and columns a
+    # cut shortens together. Only the rules that know it are given such a tensor (see
+    # ``_trace.CROSS_RULES``); any other op on one is reported as unsupported.
+    cross: int | None = None

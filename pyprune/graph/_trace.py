@@ -517,6 +517,28 @@ _BINARY = (
 ).split()
 
 
+def _map_columns(rec: Recorder, operands: list, o: torch.Tensor):
+    """For an element-wise op giving `o`: the dim of `o` that holds the columns of the
+    channel-by-channel maps among `operands` (``Layout.cross``), None when none is one, or
+    False where the op meets a map with other values along its columns (an operand with
+    channels that is no map or another one, a tensor of several values along them)."""
+    cross, seen = None, False
+    for t in operands:
+        lay = rec.layout(t)
+        if lay is not None:
+            c = None if lay.cross is None else lay.cross + o.dim() - t.dim()
+            if seen and c != cross or c is not None and t.shape[lay.cross] != o.shape[c]:
+                return False
+            cross, seen = c, True
+    if cross is None:
+        return None
+    for t in operands:
+        pd = cross - (o.dim() - t.dim())
+        if rec.layout(t) is None and pd >= 0 and t.shape[pd] > 1:
+            return False
+    return cross
+
+
 @register_op(*_BINARY)
 def _broadcast(rec: Recorder, name, args, kwargs, out):
     operands = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
@@ -528,6 +550,11 @@ def _broadcast(rec: Recorder, name, args, kwargs, out):
         return
     o = outs[0]
     od_lays: dict[int, list[Layout]] = {}
+    cross = _map_columns(rec, operands, o)
+    if cross is False:
+        rec.report_unknown(f"{name} of a channel-by-channel map with other values along its columns",
+                           [rec.layout(t) for t in operands if rec.layout(t) is not None], outs)
+        return
     for t in operands:
         lay = rec.layout(t)
         if lay is not None:
@@ -560,7 +587,7 @@ def _broadcast(rec: Recorder, name, args, kwargs, out):
             rec.add_member(owner[0], owner[1], owner[2], base, "param")
         else:
             rec.freeze(base, f"a tensor of {size} values per channel that is not a parameter ({name} in {rec.where()})")
-    rec.set_layout(o, Layout(od, base))
+    rec.set_layout(o, Layout(od, base, cross))
 
 
 @register_op("prelu")
@@ -1270,10 +1297,11 @@ def _permute(rec: Recorder, name, args, kwargs, out):
         return
     try:
         new = _permuted_dim(name, args, kwargs, src.dim(), lay.dim)
+        cross = None if lay.cross is None else _permuted_dim(name, args, kwargs, src.dim(), lay.cross)
     except (ValueError, KeyError, IndexError):
         rec.report_unknown(name, [lay], _tensors(out))
         return
-    rec.set_layout(out, Layout(new, lay.ids))
+    rec.set_layout(out, Layout(new, lay.ids, cross))
 
 
 _NORMS = ("norm", "linalg_vector_norm", "linalg_norm", "linalg_matrix_norm")  # (input, ord, dim, keepdim)
@@ -1300,19 +1328,24 @@ def _reduce(rec: Recorder, name, args, kwargs, out):
         return
     dims = [dims] if isinstance(dims, int) else list(dims)
     dims = {_norm_dim(d, src.dim()) for d in dims}
-    if lay.dim in dims:  # a statistic over the channels (GRN, channel attention): any count works
+    chan = [d for d in _channel_dims(lay) if d not in dims]  # the channel dims the result keeps
+    if len(chan) < len(_channel_dims(lay)):  # a statistic over the channels (GRN, channel attention)
         p = args[1] if name in _NORMS and len(args) > 1 else kwargs.get("p", kwargs.get("ord", 2))
         # a zero channel leaves a sum and a norm (of a positive order) as they were, not a mean or max
         if not (name in ("sum", "nansum") or name in _NORMS and (p is None or isinstance(p, str) or p > 0)):
             rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
-        for o in outs:
-            rec.set_layout(o, None)
-        return
+        if not chan:  # any count works
+            for o in outs:
+                rec.set_layout(o, None)
+            return
     at = pos + 2 if name in ("std", "var") else pos + 1  # std(input, dim, unbiased, keepdim)
     keep = kwargs.get("keepdim", args[at] if len(args) > at and isinstance(args[at], bool) else False)
-    new = lay.dim if keep else lay.dim - sum(1 for d in dims if d < lay.dim)
-    if outs:
-        rec.set_layout(outs[0], Layout(new, lay.ids))
+
+    def place(d: int) -> int:
+        return d if keep else d - sum(1 for x in dims if x < d)
+
+    if outs:  # (of a channel-by-channel map reduced along its rows or columns: the other one's channels)
+        rec.set_layout(outs[0], Layout(place(chan[0]), lay.ids, place(chan[1]) if len(chan) > 1 else None))
 
 
 @register_op("softmax", "log_softmax", "softmin", "cumsum", "cumprod", "normalize")
@@ -1328,7 +1361,7 @@ def _along_dim(rec: Recorder, name, args, kwargs, out):
     if dim is None:
         rec.report_unknown(f"{name} over all dims", [lay], [out])
         return
-    if _norm_dim(dim, src.dim()) == lay.dim and name != "normalize":  # a zero channel leaves a norm alone
+    if _norm_dim(dim, src.dim()) in _channel_dims(lay) and name != "normalize":  # a zero channel leaves a norm alone
         rec.add_inexact(lay.ids, f"{name} over the channels in {rec.where()}")
     rec.set_layout(out, lay)
 
@@ -1685,10 +1718,20 @@ def _conv(rec: Recorder, name, args, kwargs, out):
     _functional_layer(rec, wout[0], "conv", out, wout[1])
 
 
+def _channel_dims(lay: Layout | None) -> list[int]:
+    """The dims of a tensor that hold its channels: the layout's, and a channel map's second."""
+    if lay is None:
+        return []
+    return [lay.dim] if lay.cross is None else [lay.dim, lay.cross]
+
+
 @register_op("matmul", "__matmul__", "bmm", "mm")
 def _matmul(rec: Recorder, name, args, kwargs, out):
     """a @ b: the contracted dim couples a's last dim with b's second to last; a's rows and
-    b's columns carry their channels to the output; batch dims broadcast."""
+    b's columns carry their channels to the output; batch dims broadcast. Rows and columns
+    that carry the same channels (``q @ k^T`` over the tokens, q and k cut in the same
+    places: cross-covariance attention) make a channel-by-channel map (``Layout.cross``),
+    whose columns a later product contracts with the channels of v."""
     a = args[0] if args else kwargs.get("input")
     b = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
     la, lb = rec.layout(a), rec.layout(b)
@@ -1698,46 +1741,49 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
         return
     carried = []  # (output dim, ids, through a batch dim)
     for lay, t, contracted, kept_dim in ((la, a, a.dim() - 1, a.dim() - 2), (lb, b, b.dim() - 2, b.dim() - 1)):
-        if lay is None:
-            continue
-        if lay.dim == contracted:
-            other, odim = (b, b.dim() - 2) if t is a else (a, a.dim() - 1)
-            lo = rec.layout(other)
-            if lo is not None and lo.dim != odim:  # met by a dim without channels: keep its length
-                rec.freeze(lay.ids, f"{name} in {rec.where()} contracts these channels with a dim that is not "
-                                    "channels")
-            elif lo is not None:
-                rec.unite(lay.ids, lo.ids)
-            else:
-                owner = rec.param_dim(other, odim)
-                if owner is None:
-                    rec.freeze(lay.ids, f"{name} in {rec.where()} contracts these channels with a tensor that is "
-                                        "not a parameter")
+        for d in _channel_dims(lay):
+            if d == contracted:
+                other, odim = (b, b.dim() - 2) if t is a else (a, a.dim() - 1)
+                lo = rec.layout(other)
+                if lo is not None and odim in _channel_dims(lo):
+                    rec.unite(lay.ids, lo.ids)
+                elif lo is not None:  # met by a dim without channels: keep its length
+                    rec.freeze(lay.ids, f"{name} in {rec.where()} contracts these channels with a dim that is not "
+                                        "channels")
                 else:
-                    rec.add_member(owner[0], owner[1], owner[2], lay.ids, "in")
-        elif lay.dim == kept_dim:
-            carried.append((out.dim() - 2 if t is a else out.dim() - 1, lay.ids, False))
-        else:  # a batch dim
-            od = lay.dim + out.dim() - t.dim()
-            if out.shape[od] != t.shape[lay.dim]:
-                rec.report_unknown(name, [lay], [out])
-                return
-            carried.append((od, lay.ids, True))
+                    owner = rec.param_dim(other, odim)
+                    if owner is None:
+                        rec.freeze(lay.ids, f"{name} in {rec.where()} contracts these channels with a tensor that "
+                                            "is not a parameter")
+                    else:
+                        rec.add_member(owner[0], owner[1], owner[2], lay.ids, "in")
+            elif d == kept_dim:
+                carried.append((out.dim() - 2 if t is a else out.dim() - 1, lay.ids, False))
+            else:  # a batch dim
+                od = d + out.dim() - t.dim()
+                if out.shape[od] != t.shape[d]:
+                    rec.report_unknown(name, [lay], [out])
+                    return
+                carried.append((od, lay.ids, True))
     dims = {od for od, _, _ in carried}
     if len(dims) > 1:
         # A tensor carries one channel dim. Channels along a batch dim and along the rows or
         # columns: heads that a layer mixed (talking heads, a learnt bias per head) times the
-        # heads of v, whose channels run along its columns: those heads are kept. Channels
-        # along both the rows and the columns (x @ s^T, EfficientViM's state per channel, or
-        # a Gram matrix): the fewer are kept.
+        # heads of v, whose channels run along its columns: those heads are kept. The same
+        # channels along the rows and the columns: a channel-by-channel map. Other channels
+        # along both (x @ s^T, EfficientViM's state per channel): the fewer are kept.
         rows = [c for c in carried if not c[2]]
         if not rows:
             rec.report_unknown(name, [x for x in (la, lb) if x is not None], [out])
             return
+        if len(carried) == 2 and len(rows) == 2 and np.array_equal(rows[0][1], rows[1][1]):
+            (ra, ids, _), (rb, _, _) = sorted(rows, key=lambda c: c[0])
+            rec.set_layout(out, Layout(ra, ids, cross=rb))
+            return
         keep = max(range(len(rows)), key=lambda i: len(rows[i][1]))
         others = [c for c in carried if c is not rows[keep]]
         if any(np.intersect1d(ids, rows[keep][1]).size for _, ids, _ in others):
-            # the same channels on both sides (f @ f^T, a Gram matrix): a cut changes every entry
+            # the same channels on both sides in another order, or also along a batch dim
             rec.report_unknown(name, [x for x in (la, lb) if x is not None], [out])
             return
         for _, ids, batch in others:
@@ -1962,6 +2008,11 @@ def _width_as_value(rec: Recorder, name: str, args, kwargs) -> None:
                         "the kept count")
 
 
+# The rules that follow a channel-by-channel map (``Layout.cross``): element-wise ops, ops
+# along one dim, reductions, transposes and products. Any other op given one reports it as unsupported.
+CROSS_RULES = frozenset({_unary, _broadcast, _along_dim, _permute, _matmul, _reduce})
+
+
 class _Mode(TorchFunctionMode):
     def __init__(self, rec: Recorder):
         super().__init__()
@@ -2019,11 +2070,13 @@ class _Mode(TorchFunctionMode):
             if lay is not None and prop in ("T", "H", "mT", "mH") and isinstance(out, torch.Tensor) \
                     and out.dim() == src.dim():
                 nd = src.dim()
-                if prop in ("T", "H"):
-                    d = nd - 1 - lay.dim
-                else:
-                    d = {nd - 1: nd - 2, nd - 2: nd - 1}.get(lay.dim, lay.dim)
-                rec.set_layout(out, Layout(d, lay.ids))
+
+                def moved(d: int | None) -> int | None:
+                    if d is None:
+                        return None
+                    return nd - 1 - d if prop in ("T", "H") else {nd - 1: nd - 2, nd - 2: nd - 1}.get(d, d)
+
+                rec.set_layout(out, Layout(moved(lay.dim), lay.ids, moved(lay.cross)))
             elif lay is not None and prop == "shape" and isinstance(out, torch.Size) and len(out) == src.dim() \
                     and not rec.in_hook:  # (the model's own code, not a layer's handler)
                 rec.widths_read[int(out[lay.dim])] = lay.ids
@@ -2047,6 +2100,9 @@ class _Mode(TorchFunctionMode):
                     rec.widths_read[int(args[0].shape[lay.dim])] = lay.ids
         handler = _HANDLERS.get(name)
         outs = _tensors(out)
+        if outs and handler not in CROSS_RULES and any(lay.cross is not None for lay in lays):
+            rec.report_unknown(f"{name} of a channel-by-channel map", lays, outs)
+            return
         if handler is None:
             if outs:  # an op that makes tensors from tracked channels and that we do not know
                 rec.report_unknown(name, lays, outs)
