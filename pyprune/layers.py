@@ -199,6 +199,21 @@ class Conv(LayerHandler):
                                          "channel changes its neighbours' attention")
                 rec.set_layout(out, lay)
                 return
+            k = lay.dim - 2
+            if (0 <= k < len(m.kernel_size) and out.dim() == x.dim() and out.shape[lay.dim] == x.shape[lay.dim]
+                    and m.kernel_size[k] == 1 and m.stride[k] == 1
+                    and (isinstance(m.padding, str) or m.padding[k] == 0)):
+                # a kernel of 1 along the channels as its length (CoaT's aggregate of its scales'
+                # class tokens, (B, 3, C)): each channel passes through on its own; the conv's
+                # own outputs, in the same tensor, keep their count
+                out_ids = rec.new_ids(m.out_channels, name)
+                self._outputs(rec, name, m, out_ids)
+                rec.freeze(out_ids, f"{name} reads channels along its length: its own outputs keep their count")
+                if m.bias is not None:
+                    rec.add_inexact(lay.ids, f"{name} adds its bias at every position along the channels: a cut "
+                                             "channel takes it along")
+                rec.set_layout(out, lay)
+                return
             rec.freeze(lay.ids, f"{name} reads channels from an unexpected dim {lay.dim} "
                                 f"(shape {tuple(x.shape)})")
         if in_ids is not None and name in rec.transformed:

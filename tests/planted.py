@@ -26,19 +26,33 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
 
 
+def left_whole(graph) -> set:
+    """The groups a planted check leaves whole: those cut inexactly, and every group linked
+    to one of them (linked groups keep one share, so cutting some alone would not fit)."""
+    whole = {g.id for g in graph.groups if g.norm_over_channels or g.inexact}
+    for g in graph.groups:
+        if g.linked and whole.intersection(g.linked):
+            whole |= set(g.linked)
+    return whole
+
+
 @torch.no_grad()
 def zero_and_choose(model, graph, frac=0.3, seed=0):
     """Zero the contribution of a random `frac` of each exactly-prunable group's units
     (filters, biases, BN affine, per-channel params) and return the keep mask."""
     rng = np.random.default_rng(seed)
     keep = np.ones(graph.n_units, bool)
+    whole = left_whole(graph)
     for g in graph.groups:
-        if g.prunable < 2 or g.norm_over_channels or g.inexact:
+        if g.prunable < 2 or g.id in whole:
             continue
         if g.blocks is not None:  # grouped convs, chunks, heads: the same count in every block
             if g.frozen.any():
                 continue
-            for pos, k in block_jobs(g, int(round((1 - frac) * g.size))):
+            # linked groups keep one share: m steps of each (as fit_blocks gives them)
+            n_keep = int(round((1 - frac) * g.size)) if not g.step else \
+                max(1, int(round((1 - frac) * g.step))) * g.size // g.step
+            for pos, k in block_jobs(g, n_keep):
                 if k < len(pos):
                     keep[g.units[rng.choice(pos, len(pos) - k, replace=False)]] = False
             continue
@@ -70,9 +84,8 @@ def cut_error(model, inputs, plan) -> float | None:
     the planted model's output. The relative error; None when nothing is left to check."""
     inputs = inputs if isinstance(inputs, tuple) else (inputs,)
     graph, keep = plan.graph, plan.keep_mask().copy()
-    for g in graph.groups:
-        if g.norm_over_channels or g.inexact:
-            keep[g.units] = True
+    for gid in left_whole(graph):
+        keep[graph.groups[gid].units] = True
     if keep.all():
         return None
     planted = copy.deepcopy(model)
@@ -92,9 +105,8 @@ def detection_heads_error(model, images: list, plan) -> dict[str, float]:
     RoI heads of the two are fed the same proposals (the planted model's): which boxes
     NMS keeps flips on rounding when random weights make the scores tie."""
     graph, keep = plan.graph, plan.keep_mask().copy()
-    for g in graph.groups:
-        if g.norm_over_channels or g.inexact:
-            keep[g.units] = True
+    for gid in left_whole(graph):
+        keep[graph.groups[gid].units] = True
     planted = copy.deepcopy(model).eval()
     plant(planted, graph, keep)
     cut = apply_keep(planted, graph, keep).eval()

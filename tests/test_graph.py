@@ -1396,6 +1396,58 @@ def test_heads_as_many_as_their_channels_keep_their_count_and_cut_exactly(attn):
     torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("attn", [_SquareHeads, _SquareHeadsWithBias])
+def test_heads_as_many_as_their_channels_keep_the_streams_share_under_any_cut(attn):
+    """Where num_heads equals the heads' width, the width may be computed from the input's
+    (``C // self.num_heads``): the stream and the heads are linked to keep one share, so a
+    global schedule, and zeros planted at random, cut them in step (before, only a uniform
+    ratio kept them matched)."""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = attn()
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, (x,))
+    stream = next(g for g in graph.groups if any(m.module == "embed" and m.role == "out" for m in g.members))
+    heads = next(g for g in graph.groups if any(m.module == "attn.qkv" and m.role == "out" for m in g.members))
+    assert stream.linked == heads.linked == tuple(sorted((stream.id, heads.id))) and stream.step == 4
+    for schedule in ("global", "taper"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule=schedule)
+        assert not [w for w in caught if "pruned model failed" in str(w.message)]  # no fallback
+        a = res.model.attn
+        assert a.num_heads == 4 and a.qkv.out_features == 3 * res.model.embed.out_channels < 48
+        assert cut_error(model, x, res.plan) <= 1e-5
+
+
+def test_a_conv_with_a_kernel_of_one_along_the_channels_passes_them_through():
+    """CoaT's aggregate: class tokens of several scales stacked, (B, 3, C), mixed by a Conv1d
+    of kernel 1 whose length is the channels: each channel passes through on its own (exact
+    under planted zeros); a longer kernel along them keeps them."""
+
+    class Tokens(nn.Module):
+        def __init__(self, k=1, bias=False):
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 12), nn.Linear(4, 12)
+            self.mix, self.head = nn.Conv1d(2, 1, k, padding=k // 2, bias=bias), nn.Linear(12, 3)
+
+        def forward(self, x):
+            t = torch.stack([self.a(x), self.b(x)], dim=1)
+            return self.head(self.mix(t)[:, 0])
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 4)
+    graph = check_exact(Tokens().eval(), x)
+    (g,) = [g for g in graph.groups if g.prunable]
+    assert g.prunable == 12 and not g.inexact
+    res = pyprune.prune(Tokens().eval(), x[:1], method="l2", ratio=0.5)
+    assert (res.model.a.out_features, res.model.b.out_features, res.model.head.in_features) == (6, 6, 6)
+    # its bias, added at every position, leaves with a cut channel: inexact
+    (g,) = [g for g in build_graph(Tokens(bias=True).eval(), (x,)).groups if g.prunable]
+    assert any("bias" in why for why in g.inexact)
+    assert sum(g.prunable for g in build_graph(Tokens(3).eval(), (x,)).groups) == 0
+
+
 class _TalkingHeads(nn.Module):
     """CaiT's talking-heads attention: a Linear mixes the heads of the attention map, which
     then multiplies v. The map's heads come from a layer (they are channels) and v's

@@ -159,15 +159,48 @@ def test_auto_ratio_keeps_filters_without_cluster_structure_whole():
     assert res.summary.params_after == res.summary.params_before
 
 
+class _FixedSplitStream(torch.nn.Module):
+    """A residual stream that forward splits at a constant no attribute holds: its channels
+    keep their width, and its convs hold most of the weights; only the head's hidden
+    channels can go."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 32, 3, padding=1)
+        self.blocks = torch.nn.ModuleList(torch.nn.Conv2d(32, 32, 3, padding=1) for _ in range(3))
+        self.fc1, self.fc2 = torch.nn.Linear(16, 64), torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + torch.relu(block(x))
+        a, _ = x.split([16, 16], dim=1)
+        return self.fc2(torch.relu(self.fc1(a.mean((2, 3)))))
+
+
 def test_a_cut_that_keeps_the_weight_heavy_channels_whole_warns_with_the_share_of_parameters():
-    """CoaT's factorised attention multiplies its channels with each other, so its residual
-    streams (few channels, most of the weights) keep their width: half of the channels go
-    but a quarter of the parameters. The warning says so and names the streams' reason."""
+    """Half of the channels asked, a third removed, and a few percent of the parameters: the
+    warning says so and names the stream's reason."""
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"asked to remove 50% of the channels, removed 33% \(and \d+% of the "
+                                         r"parameters\).*constants of forward"):
+        res = pyprune.prune(_FixedSplitStream().eval(), torch.randn(1, 3, 8, 8), method="l2", ratio=0.5)
+    assert 1 - res.summary.params_ratio < 0.1
+
+
+def test_coat_factorised_attention_and_class_token_aggregate_are_cut():
+    """CoaT multiplies its heads' channels with each other (softmax(k)^T v, then q times it),
+    splits v by head counts for its convolutional position encoding, and aggregates the
+    class tokens of three scales with a Conv1d along their channels: all of it is cut, with
+    no warning, and the pruned model runs."""
     torch.manual_seed(0)
     model = timm.create_model("coat_tiny", pretrained=False, num_classes=10).eval()
-    with pytest.warns(UserWarning, match=r"asked to remove 50% of the channels.* of the parameters\).*matmul"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         res = pyprune.prune(model, torch.randn(1, 3, 224, 224), method="l2", ratio=0.5)
-    assert 1 - res.summary.params_ratio < 0.375
+    assert 1 - res.summary.params_ratio > 0.7
+    with torch.no_grad():
+        assert res.model(torch.randn(2, 3, 224, 224)).shape == (2, 10)
 
 
 def _channel_attention(kind: str, dim: int, heads: int):

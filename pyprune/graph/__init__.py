@@ -530,6 +530,10 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         units = _block_units(pieces)
         if units is None and equal:
             units = _without_straddlers(graph, pieces, reason, module)
+        elif units is None and _same_units(pieces):
+            units = []  # sizes rewritten one by one, each a multiple of one count: tentative as below
+            graph.tentative_freezes.append((module, np.unique(np.concatenate(pieces)),
+                                            f"{reason}: its pieces share coupled channels"))
         elif units is not None and _block_units(pieces, merge_same=False) is None:
             # pieces that stand for each other: a count that holds whatever is cut, unless the
             # module's code also sizes them by a number no attribute holds; the check of the
@@ -584,6 +588,13 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         g.equal_blocks = all(e for _, e, _, _ in cons)
     if linked or failed:
         _link_groups(graph, per_group, linked, failed)
+    links = []
+    for a, b, reason, module in rec.links:
+        ga, gb = np.unique(graph.unit_group[unit_of[a]]), np.unique(graph.unit_group[unit_of[b]])
+        if len(ga) == 1 and len(gb) == 1 and ga[0] != gb[0]:
+            links.append(((int(ga[0]), int(gb[0])), reason))
+    if links:
+        _link_shares(graph, per_group, links)
 
 
 def _without_straddlers(graph: ChannelGraph, pieces: list, reason: str, module: str) -> list | None:
@@ -688,6 +699,43 @@ def _link_groups(graph: ChannelGraph, per_group: dict, linked: list, failed: lis
             graph.tentative_freezes.append((module, units, "; ".join(reasons)))
 
 
+def _link_shares(graph: ChannelGraph, per_group: dict, links: list) -> None:
+    """Groups that must keep the same share (a head width that may be the input's width
+    over the head count: :func:`._trace._link_to_input_width`) are cut as one, the way
+    :func:`_link_groups` cuts its groups: every cell (the common refinement of each group's
+    block constraints) keeps m / step of its units. Where no step of 2 or more serves, or a
+    group is linked already, they are left as they were (a uniform ratio keeps them
+    matched; the check of a cut finds where another does not)."""
+    parent: dict = {}
+
+    def find(a: int) -> int:
+        while parent.setdefault(a, a) != a:
+            a = parent[a]
+        return a
+
+    for (a, b), _ in links:
+        parent[find(b)] = find(a)
+    comps: dict = {}
+    for gid in list(parent):
+        comps.setdefault(find(gid), []).append(gid)
+    for gids in comps.values():
+        groups = [graph.groups[gid] for gid in sorted(gids)]
+        if any(g.linked or g.frozen.all() for g in groups):
+            continue
+        labels = {}
+        for g in groups:
+            lab = _cells(g, [c[0] for c in per_group.get(g.id, ())] + [[g.units[p]] for p in g.pieces()])
+            lab[lab < 0] = lab.max(initial=-1) + 1
+            labels[g.id] = lab
+        step = int(np.gcd.reduce(np.asarray([c for lab in labels.values() for c in np.unique(lab, return_counts=True)[1]],
+                                            np.int64)))
+        if step < 2:
+            continue
+        for g in groups:
+            g.blocks, g.equal_blocks, g.step, g.linked = labels[g.id], True, step, tuple(g.id for g in groups)
+            g.equal_removal = False
+
+
 def _one_piece_is_the_others(pieces: list[np.ndarray]) -> bool:
     """One piece holds exactly the units of all the others, which share none, and no piece
     holds a unit twice."""
@@ -733,6 +781,20 @@ def _block_units(pieces: list[np.ndarray], merge_same: bool = True) -> list[np.n
     if len(mult) > 1:
         return None
     return [o for o in out if len(o)] if any(len(o) for o in out) else []
+
+
+def _same_units(pieces: list[np.ndarray]) -> bool:
+    """Every piece holds the same units, each unit as often within a piece (heads split by
+    head count, each head the same channels: CoaT's windows of 2, 3 and 3 heads), so each
+    piece keeps its own multiple of one count whatever is cut: split sizes rewritten one
+    by one follow it (for pieces sized one by one only: equal pieces are
+    :func:`_block_units`'s)."""
+    first = np.unique(pieces[0])
+    for p in pieces:
+        u, c = np.unique(p, return_counts=True)
+        if not np.array_equal(u, first) or (c != c[0]).any():
+            return False
+    return True
 
 
 def _whole_block(graph: ChannelGraph, units: np.ndarray) -> tuple[int, int, int] | None:

@@ -113,6 +113,7 @@ class Recorder:
     inputs: tuple = ()  # the positional inputs of the layer being traced (for its handler)
     module_inputs: dict = field(default_factory=dict)  # module name -> layouts of its last call's inputs
     width_tied: set = field(default_factory=set)  # modules whose heads' width was tied to their input's
+    links: list = field(default_factory=list)  # (ids, ids, reason, module): their groups keep the same share
     weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
     param_shape_attrs: dict = field(default_factory=dict)  # (module, param, dim) -> [Rewrite without pieces]
     # The torch calls of the model's own code (outside the leaf layers) as they ran, for the
@@ -860,6 +861,8 @@ def _view(rec: Recorder, name, args, kwargs, out):
                 # the rewrite is dropped if the cut with it fails
                 ambiguous = sum(1 for v in shape if v == shape[new.dim]) > 1
                 rec.add_rewrite(attr, "count", [new.ids], tentative=ambiguous)
+                if ambiguous and len(new.ids) < len(lay.ids):
+                    _link_to_input_width(rec, lay, new)
             elif not rec.find_attrs(shape[new.dim]):  # a width no attribute holds: read or computed
                 if len(new.ids) < len(lay.ids):
                     _tie_to_input_width(rec, lay, new)
@@ -905,17 +908,38 @@ def _tie_to_input_width(rec: Recorder, lay: Layout, new: Layout) -> None:
     so the pruned model needs the input to keep H times as many channels as each head. The
     input's channels are taken in H rows of D, cut together, and with the heads' D units:
     a tie of the two counts (it only narrows the cuts allowed, so it cannot break a model)."""
+    xl = _heads_input(rec, lay, new)
+    if xl is None:
+        return
+    rows = xl.ids.reshape(-1, len(new.ids))
+    for row in rows[1:]:
+        rec.unite(rows[0], row)
+    rec.unite(rows[0], new.ids)
+    rec.width_tied.add(rec.stack[-1])
+
+
+def _heads_input(rec: Recorder, lay: Layout, new: Layout) -> Layout | None:
+    """The input of the current module whose width the heads' width D (`new`, split from
+    `lay`) may have been computed from: H x D channels of another group, `lay` a multiple."""
     d = len(new.ids)
     for xl in rec.module_inputs.get(rec.stack[-1] if rec.stack else "", ()):
         n = len(xl.ids)
-        if n <= d or n % d or len(lay.ids) % n or np.intersect1d(xl.ids, lay.ids).size:
-            continue
-        rows = xl.ids.reshape(-1, d)
-        for row in rows[1:]:
-            rec.unite(rows[0], row)
-        rec.unite(rows[0], new.ids)
-        rec.width_tied.add(rec.stack[-1])
-        return
+        if n > d and not n % d and not len(lay.ids) % n and not np.intersect1d(xl.ids, lay.ids).size:
+            return xl
+    return None
+
+
+def _link_to_input_width(rec: Recorder, lay: Layout, new: Layout) -> None:
+    """A head width that an attribute equals but that may as well be computed from the
+    input's (``reshape(B, N, 3, self.num_heads, C // self.num_heads)`` with as many heads as
+    channels per head: Swin-B's 32 x 32, CoaT-Lite's 8 x 8): the attribute's rewrite is
+    tentative, and where the check of the cut drops it, the input must keep H times each
+    head's count. The two groups are linked to keep the same share (``rec.links``), which
+    holds either way and leaves each free to choose its channels (a tie by rows would not)."""
+    xl = _heads_input(rec, lay, new)
+    if xl is not None:
+        rec.links.append((xl.ids, new.ids, f"a head width of {len(new.ids)} in {rec.where()} may be its input's "
+                                           f"{len(xl.ids)} over the head count", rec.stack[-1]))
 
 
 def _dims_arg(v, nd: int) -> list[int] | None:
