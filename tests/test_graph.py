@@ -365,6 +365,98 @@ def test_a_gram_matrix_flattened_into_a_layer_is_refused():
     assert res.model.a.out_channels == 6
 
 
+class _OnMap(nn.Module):
+    """A channel map f f^T (scaled) read by `op`, then averaged over the columns."""
+
+    def __init__(self, op):
+        super().__init__()
+        self.a, self.op, self.head = nn.Conv1d(4, 8, 1), op, nn.Linear(8, 3)
+
+    def forward(self, x):
+        f = self.a(x)
+        g = (f @ f.transpose(1, 2)) / 10
+        return self.head(self.op(g).mean(-1))
+
+
+@pytest.mark.parametrize("layer", [nn.Linear(8, 8), nn.Conv1d(8, 8, 1), nn.InstanceNorm1d(8, affine=True),
+                                   nn.LayerNorm(8)], ids=lambda m: type(m).__name__)
+def test_a_layer_given_a_channel_map_keeps_its_channels(layer):
+    """A layer's rule follows one channel dim: given a map (channels along two), strict
+    pruning refuses, naming the layer, and otherwise the map's channels are kept (before,
+    a Linear or Conv1d dropped the columns' channels and a mean over them was reported
+    exact; LayerNorm and a transposed kernel-1 conv gave models that failed)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 6)
+    with pytest.raises(pyprune.GraphError, match=f"{type(layer).__name__} on a channel-by-channel map"):
+        pyprune.prune(_OnMap(layer).eval(), x[:1], method="l2", ratio=0.5)
+    for verify in (True, False):
+        with pytest.warns(UserWarning, match="channel-by-channel map"):
+            res = pyprune.prune(_OnMap(layer).eval(), x[:1], method="l2", ratio=0.5, strict=False, verify=verify)
+        assert res.model.a.out_channels == 8 and res.model(x).shape == (2, 3)
+
+
+def test_a_map_times_itself_keeps_its_rows_and_columns():
+    """g @ g with one tensor on both sides: its rows stay rows and its columns columns (the
+    rule told them apart by identity, so both looked like rows); cut exactly."""
+
+    class Square(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.head = nn.Conv1d(4, 8, 1), nn.Linear(8, 3)
+
+        def forward(self, x):
+            f = self.a(x)
+            g = (f @ f.transpose(1, 2)) / 10
+            return self.head(((g @ g) @ f).sum(-1))
+
+    torch.manual_seed(0)
+    model, x = Square().eval(), torch.randn(2, 4, 6)
+    check_exact(model, x)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
+    keep = _rows_in(model.a.weight, res.model.a.weight)
+    f = torch.einsum("oc,bcn->bon", model.a.weight[keep, :, 0], x) + model.a.bias[keep, None]
+    g = (f @ f.transpose(1, 2)) / 10
+    want = ((g @ g) @ f).sum(-1) @ model.head.weight[:, keep].T + model.head.bias
+    torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
+
+
+class _OneHeadReduced(nn.Module):
+    """PVT-v2's attention with one head: its width is held by two attributes (dim and
+    head_dim), and keys come from a strided conv's output reshaped to ``(B, C, -1)`` with C
+    read from the input (self.dim holds it too)."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.dim, self.num_heads, self.head_dim = dim, 1, dim
+        self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
+        self.sr = nn.Conv2d(dim, dim, 2, stride=2)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q = self.q(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        r = self.sr(x.permute(0, 2, 1).reshape(B, C, 4, 4)).reshape(B, C, -1).permute(0, 2, 1)
+        k, v = self.kv(r).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v, scale=0.25)
+        return self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+
+def test_a_width_held_by_two_attributes_and_read_from_the_input_is_cut():
+    """Both attributes are rewritten (tentatively: neither is known to be the one read), and
+    the conv output reshaped to the input's width is cut with it: exact under planted zeros
+    and a global schedule (before, the whole attention kept its channels)."""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _OneHeadReduced()
+    x = torch.randn(2, 3, 8, 8)
+    check_exact(model, x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule="global")
+    a = res.model.attn
+    assert a.head_dim == a.dim == a.sr.out_channels == res.model.embed.out_channels < 16
+    assert cut_error(model, x, res.plan) <= 1e-5
+
+
 class _XCA(nn.Module):
     """Cross-covariance attention (XCiT's, EdgeNeXt's): q and k multiplied over the tokens, a
     map of head channels by head channels, softmax over its columns, times v."""
@@ -1418,6 +1510,18 @@ def test_heads_as_many_as_their_channels_keep_the_streams_share_under_any_cut(at
         a = res.model.attn
         assert a.num_heads == 4 and a.qkv.out_features == 3 * res.model.embed.out_channels < 48
         assert cut_error(model, x, res.plan) <= 1e-5
+    # unchecked (verify=False), an ambiguous num_heads is not rewritten: where nothing else
+    # says what it counts, its heads keep their channels, and the stream linked to them too
+    # (it used to become the head width: a model that ran and computed something else)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
+    a = res.model.attn
+    assert a.num_heads == 4 and a.qkv.out_features == 3 * res.model.embed.out_channels
+    assert res.model.fc1.out_features == 16 and cut_error(model, x, res.plan) <= 1e-5
+    if attn is _SquareHeads:
+        assert any("num_heads of attn may count other things" in str(w.message) for w in caught)
+        assert a.qkv.out_features == 48
 
 
 def test_a_conv_with_a_kernel_of_one_along_the_channels_passes_them_through():

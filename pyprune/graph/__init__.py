@@ -222,10 +222,19 @@ class ChannelGraph:
         return True
 
     def freeze_tentative(self) -> None:
-        """Keep every tentatively cut channel (a cut that is not checked by running it)."""
+        """Keep every tentatively cut channel (a cut that is not checked by running it), and
+        the channels an attribute rewritten tentatively counts (it may hold another count:
+        Swin-B's num_heads of 32 heads of 32 channels), without that rewrite."""
         for _, units, reason in self.tentative_freezes:
             self.freeze(units, reason)
         self.tentative_freezes = []
+        drop = set(self.tentative)
+        for mod, attr, _, pieces, *_ in self.rewrites:
+            if (mod, attr) in drop:
+                self.freeze(np.concatenate(pieces), f"{attr} of {mod or 'the model'} may count other things than "
+                                                    "these channels (a cut is checked only with verify=True)")
+        self.rewrites = [r for r in self.rewrites if (r[0], r[1]) not in drop]
+        self.tentative = []
 
     def op_units(self, index: int, model: nn.Module) -> np.ndarray:
         """The channels (units) of the output of call `index` of :attr:`op_log`, and of the

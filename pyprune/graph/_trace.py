@@ -114,6 +114,7 @@ class Recorder:
     module_inputs: dict = field(default_factory=dict)  # module name -> layouts of its last call's inputs
     width_tied: set = field(default_factory=set)  # modules whose heads' width was tied to their input's
     links: list = field(default_factory=list)  # (ids, ids, reason, module): their groups keep the same share
+    square_heads: set = field(default_factory=set)  # modules whose head width an attribute equals ambiguously
     weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
     param_shape_attrs: dict = field(default_factory=dict)  # (module, param, dim) -> [Rewrite without pieces]
     # The torch calls of the model's own code (outside the leaf layers) as they ran, for the
@@ -124,8 +125,14 @@ class Recorder:
     weight_masks: dict = field(default_factory=dict)  # (module, "weight") -> its buffers it is multiplied by
     computed: dict = field(default_factory=dict)  # (module, tensor) -> _reparam.Computed: made before each call
     widths_read: dict = field(default_factory=dict)  # a channel count read from a shape -> the ids of those channels
+    widths_read_all: dict = field(default_factory=dict)  # the same: (module whose code read it, ids), every read
 
     # -- bookkeeping ---------------------------------------------------------------
+    def read_width(self, width: int, ids: np.ndarray) -> None:
+        """The model's code read the channel count `width` of a tensor holding `ids`."""
+        self.widths_read[width] = ids
+        self.widths_read_all.setdefault(width, []).append((self.stack[-1] if self.stack else "", ids))
+
     def new_ids(self, size: int, origin: str) -> np.ndarray:
         ids = np.arange(self.n_ids, self.n_ids + size, dtype=np.int64)
         self.space_origin.append((self.n_ids, size, origin))
@@ -861,8 +868,20 @@ def _view(rec: Recorder, name, args, kwargs, out):
                 # the rewrite is dropped if the cut with it fails
                 ambiguous = sum(1 for v in shape if v == shape[new.dim]) > 1
                 rec.add_rewrite(attr, "count", [new.ids], tentative=ambiguous)
-                if ambiguous and len(new.ids) < len(lay.ids):
-                    _link_to_input_width(rec, lay, new)
+                if not ambiguous and len(new.ids) == len(lay.ids):
+                    # the width may as well be the one read from the input's shape (PVT-v2's
+                    # ``self.sr(x).reshape(B, C, -1)``, C = x.shape[-1], also self.dim): the two
+                    # keep one count, so the attribute counts one thing
+                    _tie_to_width_read(rec, shape[new.dim], new)
+                if ambiguous:
+                    rec.square_heads.add(rec.stack[-1])
+                    if len(new.ids) < len(lay.ids):
+                        _link_to_input_width(rec, lay, new)
+            elif len(rec.find_attrs(shape[new.dim])) > 1 and len(new.ids) < len(lay.ids):
+                # several attributes hold the heads' width (PVT-v2's one head: dim and
+                # head_dim): each is rewritten, tentatively (dropped where the cut with it fails)
+                for a in rec.find_attrs(shape[new.dim]):
+                    rec.add_rewrite(a, "count", [new.ids], tentative=True)
             elif not rec.find_attrs(shape[new.dim]):  # a width no attribute holds: read or computed
                 if len(new.ids) < len(lay.ids):
                     _tie_to_input_width(rec, lay, new)
@@ -893,10 +912,11 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
     32 channels): that rewrite is tentative, and the cut without it keeps both counts."""
     if not rec.stack or rec.in_hook or rec.stack[-1] in rec.width_tied:
         return
-    read = rec.widths_read.get(width)
+    inputs = rec.module_inputs.get(rec.stack[-1], ())
+    read = next((r for where, r in reversed(rec.widths_read_all.get(width, ()))  # read by its code from its input
+                 if where == rec.stack[-1] and any(np.array_equal(xl.ids, r) for xl in inputs)), None)
     if read is None or len(read) != len(new.ids) or np.intersect1d(read, new.ids).size \
-            or not any(np.array_equal(xl.ids, read) for xl in rec.module_inputs.get(rec.stack[-1], ())) \
-            or any(r.tentative and r.module == rec.stack[-1] for r in rec.rewrites):
+            or rec.stack[-1] in rec.square_heads:
         return
     rec.unite(read, new.ids)
 
@@ -1764,10 +1784,11 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
         rec.report_unknown(name, [x for x in (la, lb) if x is not None], _tensors(out))
         return
     carried = []  # (output dim, ids, through a batch dim)
-    for lay, t, contracted, kept_dim in ((la, a, a.dim() - 1, a.dim() - 2), (lb, b, b.dim() - 2, b.dim() - 1)):
+    for first, lay, t, contracted, kept_dim in ((True, la, a, a.dim() - 1, a.dim() - 2),
+                                                (False, lb, b, b.dim() - 2, b.dim() - 1)):  # (a may be b: g @ g)
         for d in _channel_dims(lay):
             if d == contracted:
-                other, odim = (b, b.dim() - 2) if t is a else (a, a.dim() - 1)
+                other, odim = (b, b.dim() - 2) if first else (a, a.dim() - 1)
                 lo = rec.layout(other)
                 if lo is not None and odim in _channel_dims(lo):
                     rec.unite(lay.ids, lo.ids)
@@ -1782,7 +1803,7 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
                     else:
                         rec.add_member(owner[0], owner[1], owner[2], lay.ids, "in")
             elif d == kept_dim:
-                carried.append((out.dim() - 2 if t is a else out.dim() - 1, lay.ids, False))
+                carried.append((out.dim() - 2 if first else out.dim() - 1, lay.ids, False))
             else:  # a batch dim
                 od = d + out.dim() - t.dim()
                 if out.shape[od] != t.shape[d]:
@@ -2103,7 +2124,7 @@ class _Mode(TorchFunctionMode):
                 rec.set_layout(out, Layout(moved(lay.dim), lay.ids, moved(lay.cross)))
             elif lay is not None and prop == "shape" and isinstance(out, torch.Size) and len(out) == src.dim() \
                     and not rec.in_hook:  # (the model's own code, not a layer's handler)
-                rec.widths_read[int(out[lay.dim])] = lay.ids
+                rec.read_width(int(out[lay.dim]), lay.ids)
             return
         if name in _WIDTH_VALUES:
             _width_as_value(rec, name, args, kwargs)
@@ -2121,7 +2142,7 @@ class _Mode(TorchFunctionMode):
             if lay is not None:
                 dim = args[1] if len(args) > 1 else kwargs.get("dim")
                 if dim is None or _norm_dim(dim, args[0].dim()) == lay.dim:
-                    rec.widths_read[int(args[0].shape[lay.dim])] = lay.ids
+                    rec.read_width(int(args[0].shape[lay.dim]), lay.ids)
         handler = _HANDLERS.get(name)
         outs = _tensors(out)
         if outs and handler not in CROSS_RULES and any(lay.cross is not None for lay in lays):
@@ -2189,7 +2210,12 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
             return
         x = inputs[0] if inputs else None
         out = output[0] if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor) else output
-        if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
+        maps = [lay for lay in map(rec.layout, _tensors(list(inputs))) if lay is not None and lay.cross is not None]
+        if maps:  # a layer's rule reads one channel dim: the map's channels are kept, its own outputs too
+            rec.stack.append(name)
+            rec.report_unknown(f"{type(m).__name__} on a channel-by-channel map", maps, _tensors(output))
+            rec.stack.pop()
+        elif isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
             first = len(rec.members)
             rec.inputs = inputs
             rec.in_hook = True
@@ -2198,6 +2224,7 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
                 _check_own_tensors(rec, name, m, rec.members[first:], [x, out])
             finally:
                 rec.in_hook = False
+        if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
             if rec.count_layers and h.kind != "other":
                 rec.layers.append(LayerRecord(name, h.kind, tuple(out.shape)))
             rec.leaf_modules[name] = h.kind
