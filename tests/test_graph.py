@@ -420,41 +420,52 @@ def test_a_map_times_itself_keeps_its_rows_and_columns():
     torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
 
 
-class _OneHeadReduced(nn.Module):
-    """PVT-v2's attention with one head: its width is held by two attributes (dim and
-    head_dim), and keys come from a strided conv's output reshaped to ``(B, C, -1)`` with C
-    read from the input (self.dim holds it too)."""
+class _ReducedAttention(nn.Module):
+    """PVT-v2's and Twins' attention with keys from a strided conv: the conv's output is
+    reshaped to ``(B, C, -1)`` with C read from the input (self.dim holds it too), and the
+    heads are merged back to ``(B, N, C)``. PVT-v2 splits k and v by ``self.head_dim`` (with
+    one head, dim and head_dim hold the same number), Twins by ``C // self.num_heads``."""
 
-    def __init__(self, dim=16):
+    def __init__(self, heads=1, twins=False, dim=16):
         super().__init__()
-        self.dim, self.num_heads, self.head_dim = dim, 1, dim
+        self.dim, self.num_heads, self.twins = dim, heads, twins
+        if not twins:
+            self.head_dim = dim // heads
         self.q, self.kv, self.proj = nn.Linear(dim, dim), nn.Linear(dim, 2 * dim), nn.Linear(dim, dim)
         self.sr = nn.Conv2d(dim, dim, 2, stride=2)
 
     def forward(self, x):
         B, N, C = x.shape
-        q = self.q(x).reshape(B, N, self.num_heads, -1).permute(0, 2, 1, 3)
+        width = C // self.num_heads if self.twins else -1
+        q = self.q(x).reshape(B, N, self.num_heads, width).permute(0, 2, 1, 3)
         r = self.sr(x.permute(0, 2, 1).reshape(B, C, 4, 4)).reshape(B, C, -1).permute(0, 2, 1)
-        k, v = self.kv(r).reshape(B, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        width = C // self.num_heads if self.twins else self.head_dim
+        k, v = self.kv(r).reshape(B, -1, 2, self.num_heads, width).permute(2, 0, 3, 1, 4).unbind(0)
         y = F.scaled_dot_product_attention(q, k, v, scale=0.25)
         return self.proj(y.transpose(1, 2).reshape(B, N, C))
 
 
-def test_a_width_held_by_two_attributes_and_read_from_the_input_is_cut():
-    """Both attributes are rewritten (tentatively: neither is known to be the one read), and
-    the conv output reshaped to the input's width is cut with it: exact under planted zeros
-    and a global schedule (before, the whole attention kept its channels)."""
+@pytest.mark.parametrize("heads,twins", [(1, False), (2, False), (2, True)], ids=["pvt_one_head", "pvt", "twins"])
+def test_reduced_attention_cuts_its_stream_heads_and_conv_together(heads, twins):
+    """The conv's output reshaped to the input's width is cut with the input; the heads
+    keep the stream's share where self.dim counts both (merged heads, several heads), or
+    are cut with it where one head is as wide; head_dim, held with dim by one number, is
+    rewritten. Exact under planted zeros and a global schedule (before, these attentions
+    kept every channel of their type)."""
     torch.manual_seed(0)
-    model = _TokenNet().eval()
-    model.attn = _OneHeadReduced()
+    model = _TokenNet(width=24).eval()  # (24 channels: not as many as the 16 tokens)
+    model.attn = _ReducedAttention(heads, twins, dim=24)
     x = torch.randn(2, 3, 8, 8)
     check_exact(model, x)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule="global")
-    a = res.model.attn
-    assert a.head_dim == a.dim == a.sr.out_channels == res.model.embed.out_channels < 16
-    assert cut_error(model, x, res.plan) <= 1e-5
+    for schedule in ("uniform", "global"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule=schedule)
+        a, width = res.model.attn, res.model.embed.out_channels
+        assert a.dim == a.sr.out_channels == a.q.out_features == width < 24 and a.num_heads == heads
+        if not twins:
+            assert a.head_dim * heads == width
+        assert cut_error(model, x, res.plan) <= 1e-5
 
 
 class _XCA(nn.Module):

@@ -832,6 +832,30 @@ def _equal_blocks(graph: ChannelGraph, a: np.ndarray, b: np.ndarray) -> bool:
     return wa is not None and wb is not None and wa[0] == wb[0] and wa[2] == wb[2]
 
 
+def _linked_alike(graph: ChannelGraph, a: np.ndarray, b: np.ndarray) -> bool:
+    """Two pieces (units, a unit repeated where the tensor repeats it: merged heads) of groups
+    linked to keep one share (``Group.linked``) that keep as many units whatever that share:
+    as long, and each made of whole cells, every unit of a cell as often."""
+    if len(a) != len(b):
+        return False
+    links = set()
+    for piece in (a, b):
+        u, c = np.unique(piece, return_counts=True)
+        for gid in np.unique(graph.unit_group[u]):
+            g = graph.groups[int(gid)]
+            if not g.linked or g.blocks is None:
+                return False
+            links.add(g.linked)
+            for cell in np.unique(g.blocks[np.isin(g.units, u)]):
+                cu = g.units[g.blocks == cell]
+                if not np.isin(cu, u).all():
+                    return False
+                mult = c[np.searchsorted(u, cu)]
+                if (mult != mult[0]).any():
+                    return False
+    return len(links) == 1
+
+
 def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     """Attributes to rewrite after a cut. One attribute read for several tensors must get the
     same value from each: otherwise the units involved keep their count."""
@@ -845,7 +869,8 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         pieces = [[unit_of[p] for p in r.pieces] for r in recs]
         first = pieces[0]
         same = all(r.kind == recs[0].kind and len(p) == len(first) and
-                   all(np.array_equal(np.sort(a), np.sort(b)) or _equal_blocks(graph, a, b) for a, b in zip(p, first))
+                   all(np.array_equal(np.sort(a), np.sort(b)) or _equal_blocks(graph, a, b) or _linked_alike(graph, a, b)
+                       for a, b in zip(p, first))
                    for r, p in zip(recs, pieces))
         tentative = all(r.tentative for r in recs)
         if same and not all(np.array_equal(np.sort(a), np.sort(b)) for p in pieces for a, b in zip(p, first)):

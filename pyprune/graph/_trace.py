@@ -872,16 +872,25 @@ def _view(rec: Recorder, name, args, kwargs, out):
                     # the width may as well be the one read from the input's shape (PVT-v2's
                     # ``self.sr(x).reshape(B, C, -1)``, C = x.shape[-1], also self.dim): the two
                     # keep one count, so the attribute counts one thing
-                    _tie_to_width_read(rec, shape[new.dim], new)
+                    _tie_to_width_read(rec, shape[new.dim], new, merged=False)
+                elif not ambiguous:  # heads merged back to it (``reshape(B, N, C)``): one share
+                    read = _width_read_from_input(rec, shape[new.dim])
+                    if read is not None and not np.intersect1d(read, new.ids).size:
+                        rec.links.append((read, new.ids, f"{attr} of {rec.where()} counts both its input's channels "
+                                                         "and its heads'", rec.stack[-1]))
                 if ambiguous:
                     rec.square_heads.add(rec.stack[-1])
                     if len(new.ids) < len(lay.ids):
                         _link_to_input_width(rec, lay, new)
-            elif len(rec.find_attrs(shape[new.dim])) > 1 and len(new.ids) < len(lay.ids):
-                # several attributes hold the heads' width (PVT-v2's one head: dim and
-                # head_dim): each is rewritten, tentatively (dropped where the cut with it fails)
-                for a in rec.find_attrs(shape[new.dim]):
-                    rec.add_rewrite(a, "count", [new.ids], tentative=True)
+            elif len(rec.find_attrs(shape[new.dim])) > 1:
+                # several attributes hold the width (PVT-v2's one head: dim and head_dim): split
+                # into heads, each is rewritten, tentatively (dropped where the cut with it
+                # fails); a width the module read from its input ties the two, as above
+                if len(new.ids) < len(lay.ids):
+                    for a in rec.find_attrs(shape[new.dim]):
+                        rec.add_rewrite(a, "count", [new.ids], tentative=True)
+                elif len(new.ids) == len(lay.ids):
+                    _tie_to_width_read(rec, shape[new.dim], new, merged=False)
             elif not rec.find_attrs(shape[new.dim]):  # a width no attribute holds: read or computed
                 if len(new.ids) < len(lay.ids):
                     _tie_to_input_width(rec, lay, new)
@@ -899,7 +908,7 @@ def _view(rec: Recorder, name, args, kwargs, out):
     rec.set_layout(out, new)
 
 
-def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
+def _tie_to_width_read(rec: Recorder, width: int, new: Layout, merged: bool = True) -> None:
     """A reshape whose channel dim is written as a width the model's code read from another
     tensor's shape (``B, C, H, W = x.shape`` ... ``y.transpose(1, 2).reshape(B, N, C)``: heads
     merged back to the input's width, in FastViT's and YOLOv10's attention): the pruned model
@@ -909,16 +918,26 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout) -> None:
     computed from it (the split already tied the counts, in rows of the head width; NesT
     merges the heads in another order, and a second tie would couple nearly every channel),
     nor where the head count was taken from a dim as long as another (Swin-B's 32 heads of
-    32 channels): that rewrite is tentative, and the cut without it keeps both counts."""
-    if not rec.stack or rec.in_hook or rec.stack[-1] in rec.width_tied:
+    32 channels): that rewrite is tentative, and the cut without it keeps both counts.
+    (``merged=False``: a tensor of its own channels reshaped, not heads merged: after a split
+    tie too, as Twins' ``self.sr(x).reshape(B, C, -1)``.)"""
+    if not rec.stack or rec.in_hook or merged and rec.stack[-1] in rec.width_tied:
         return
-    inputs = rec.module_inputs.get(rec.stack[-1], ())
-    read = next((r for where, r in reversed(rec.widths_read_all.get(width, ()))  # read by its code from its input
-                 if where == rec.stack[-1] and any(np.array_equal(xl.ids, r) for xl in inputs)), None)
+    read = _width_read_from_input(rec, width)
     if read is None or len(read) != len(new.ids) or np.intersect1d(read, new.ids).size \
             or rec.stack[-1] in rec.square_heads:
         return
     rec.unite(read, new.ids)
+
+
+def _width_read_from_input(rec: Recorder, width: int) -> np.ndarray | None:
+    """The channels of the current module's input whose count `width` its own code read
+    (``B, N, C = x.shape``), the last such read; None where there is none."""
+    if not rec.stack:
+        return None
+    inputs = rec.module_inputs.get(rec.stack[-1], ())
+    return next((r for where, r in reversed(rec.widths_read_all.get(width, ()))
+                 if where == rec.stack[-1] and any(np.array_equal(xl.ids, r) for xl in inputs)), None)
 
 
 def _tie_to_input_width(rec: Recorder, lay: Layout, new: Layout) -> None:
