@@ -462,10 +462,57 @@ def test_reduced_attention_cuts_its_stream_heads_and_conv_together(heads, twins)
             warnings.simplefilter("error")
             res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule=schedule)
         a, width = res.model.attn, res.model.embed.out_channels
-        assert a.dim == a.sr.out_channels == a.q.out_features == width < 24 and a.num_heads == heads
+        assert a.sr.out_channels == a.q.out_features == width < 24 and a.num_heads == heads
+        if heads > 1:  # (one head: dim, read nowhere, is left as it was; head_dim is the head's)
+            assert a.dim == width
         if not twins:
             assert a.head_dim * heads == width
         assert cut_error(model, x, res.plan) <= 1e-5
+    if heads > 1:  # nothing tentative: unchecked, the same cut
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
+        assert res.model.embed.out_channels == 12 and cut_error(model, x, res.plan) <= 1e-5
+
+
+class _BandedHeads(nn.Module):
+    """Two heads of 8 with a banded mask whose width, self.window, is 8 too; the heads are
+    merged back to the width read from the input (16 tokens: as many as channels)."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        self.dim, self.num_heads, self.head_dim, self.window = dim, 2, dim // 2, 8
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        i = torch.arange(N)
+        mask = (i[:, None] - i[None, :]).abs() < self.window
+        a = (q @ k.transpose(-2, -1) * 0.3).masked_fill(~mask, float("-inf")).softmax(-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(B, N, C))
+
+
+def test_an_attribute_as_long_as_a_head_is_not_rewritten_for_it():
+    """head_dim and window hold 8: head_dim is rewritten, the window is left alone (both
+    were rewritten, a model that ran and masked otherwise); with as many tokens as
+    channels, the merged heads and the stream keep one share, and unchecked
+    (verify=False) the heads keep their channels and the stream with them (the stream
+    alone was cut: a model that failed)."""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _BandedHeads()
+    x = torch.randn(2, 3, 8, 8)
+    for options in ({}, {"schedule": "global"}, {"verify": False}):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, **options)
+        assert not [w for w in caught if "failed" in str(w.message)]
+        a = res.model.attn
+        assert a.window == 8 and a.num_heads == 2 and a.head_dim * 2 == res.model.embed.out_channels
+        assert cut_error(model, x, res.plan) <= 1e-5 and res.model(x).shape == (2, 5)
+        if options.get("verify") is False:
+            assert a.head_dim == 8
+        else:
+            assert a.head_dim < 8
 
 
 class _XCA(nn.Module):

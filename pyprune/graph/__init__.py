@@ -873,7 +873,8 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
                        for a, b in zip(p, first))
                    for r, p in zip(recs, pieces))
         tentative = all(r.tentative for r in recs)
-        if same and not all(np.array_equal(np.sort(a), np.sort(b)) for p in pieces for a, b in zip(p, first)):
+        if same and not all(np.array_equal(np.sort(a), np.sort(b)) or _linked_alike(graph, a, b)
+                            for p in pieces for a, b in zip(p, first)):
             # equal blocks of one group (a head width): tentative as the pieces above, and
             # inexact, since forward may compute with it (a scale 1 / sqrt(head dim))
             units = np.unique(np.concatenate([u for p in pieces for u in p]))

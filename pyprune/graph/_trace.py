@@ -874,21 +874,22 @@ def _view(rec: Recorder, name, args, kwargs, out):
                     # keep one count, so the attribute counts one thing
                     _tie_to_width_read(rec, shape[new.dim], new, merged=False)
                 elif not ambiguous:  # heads merged back to it (``reshape(B, N, C)``): one share
-                    read = _width_read_from_input(rec, shape[new.dim])
-                    if read is not None and not np.intersect1d(read, new.ids).size:
-                        rec.links.append((read, new.ids, f"{attr} of {rec.where()} counts both its input's channels "
-                                                         "and its heads'", rec.stack[-1]))
+                    _link_merged_heads(rec, attr, shape[new.dim], new)
                 if ambiguous:
                     rec.square_heads.add(rec.stack[-1])
                     if len(new.ids) < len(lay.ids):
                         _link_to_input_width(rec, lay, new)
-            elif len(rec.find_attrs(shape[new.dim])) > 1:
-                # several attributes hold the width (PVT-v2's one head: dim and head_dim): split
-                # into heads, each is rewritten, tentatively (dropped where the cut with it
-                # fails); a width the module read from its input ties the two, as above
+                    else:  # heads merged back (as many tokens as channels): see below
+                        _link_merged_heads(rec, attr, shape[new.dim], new)
+            elif [a for a in rec.find_attrs(shape[new.dim]) if a in _HEAD_WIDTHS]:
+                # several attributes hold the width, one of them named as a head width (PVT-v2's
+                # one head: dim and head_dim): split into heads, that one is rewritten,
+                # tentatively (dropped where the cut with it fails; a window or a token count as
+                # long is left alone); a width the module read from its input ties the two
                 if len(new.ids) < len(lay.ids):
                     for a in rec.find_attrs(shape[new.dim]):
-                        rec.add_rewrite(a, "count", [new.ids], tentative=True)
+                        if a in _HEAD_WIDTHS:
+                            rec.add_rewrite(a, "count", [new.ids], tentative=True)
                 elif len(new.ids) == len(lay.ids):
                     _tie_to_width_read(rec, shape[new.dim], new, merged=False)
             elif not rec.find_attrs(shape[new.dim]):  # a width no attribute holds: read or computed
@@ -928,6 +929,22 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout, merged: bool = Tr
             or rec.stack[-1] in rec.square_heads:
         return
     rec.unite(read, new.ids)
+
+
+# Attribute names that hold one head's width: where several attributes hold the same number,
+# the one of these is taken for it (and none of the others: a window, a token count).
+_HEAD_WIDTHS = frozenset({"head_dim", "dim_head", "head_width", "head_size", "d_head", "head_channels",
+                          "dim_per_head", "head_dims"})
+
+
+def _link_merged_heads(rec: Recorder, attr: str, width: int, new: Layout) -> None:
+    """Heads merged back to a width (``reshape(B, N, C)``) that an attribute holds and the
+    module's code read from its input's shape: the input and the heads keep one share
+    (``rec.links``), so the two counts stay equal whichever the code uses."""
+    read = _width_read_from_input(rec, width)
+    if read is not None and not np.intersect1d(read, new.ids).size:
+        rec.links.append((read, new.ids, f"{attr} of {rec.where()} counts both its input's channels and its heads'",
+                          rec.stack[-1]))
 
 
 def _width_read_from_input(rec: Recorder, width: int) -> np.ndarray | None:
