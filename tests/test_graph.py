@@ -515,6 +515,19 @@ def test_an_attribute_as_long_as_a_head_is_not_rewritten_for_it():
             assert a.head_dim < 8
 
 
+class _StemAttention(nn.Module):
+    """A stem conv over 8 features, a token attention `attn` on its 16 channels with a
+    residual, and a head."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.stem, self.attn, self.head = nn.Conv1d(8, 16, 1), attn, nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.stem(x).transpose(1, 2)
+        return self.head((x + self.attn(x)).mean(1))
+
+
 class _XCA(nn.Module):
     """Cross-covariance attention (XCiT's, EdgeNeXt's): q and k multiplied over the tokens, a
     map of head channels by head channels, softmax over its columns, times v."""
@@ -550,17 +563,8 @@ def test_cross_covariance_attention_is_cut_per_head_channel():
     heads' width is the stream's over the head count); the pruned model equals the
     attention written out on the kept weights."""
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem, self.attn, self.head = nn.Conv1d(8, 16, 1), _XCA(16, 2), nn.Linear(16, 3)
-
-        def forward(self, x):
-            x = self.stem(x).transpose(1, 2)
-            return self.head((x + self.attn(x)).mean(1))
-
     torch.manual_seed(0)
-    model, x = Net().eval(), torch.randn(2, 8, 10)
+    model, x = _StemAttention(_XCA(16, 2)).eval(), torch.randn(2, 8, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
@@ -577,38 +581,34 @@ def test_cross_covariance_attention_is_cut_per_head_channel():
     torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
 
 
-class _FactorAttention(nn.Module):
+class _HeadsAttention(nn.Module):
+    """q, k and v of `heads` heads, each (B, heads, N, C // heads); `mix` combines them."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.num_heads = heads
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return self.proj(self.mix(q, k, v).transpose(1, 2).reshape(B, N, C))
+
+
+class _FactorAttention(_HeadsAttention):
     """CoaT's factorized attention: softmax(k)^T v over the tokens (a map of k's channels by
     v's), then q times it; a zero channel of q, k and v leaves the other outputs as they are."""
 
-    def __init__(self, dim=16, heads=2):
-        super().__init__()
-        self.num_heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        factor = k.softmax(dim=2).transpose(-1, -2) @ v
-        return self.proj((q @ factor).transpose(1, 2).reshape(B, N, C))
+    def mix(self, q, k, v):
+        return q @ (k.softmax(dim=2).transpose(-1, -2) @ v)
 
 
-class _ChannelAttention(nn.Module):
+class _ChannelAttention(_HeadsAttention):
     """DaViT's channel attention: (k^T v).softmax over the columns, times q^T."""
 
-    def __init__(self, dim=16, heads=2):
-        super().__init__()
-        self.num_heads = heads
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
+    def mix(self, q, k, v):
         attn = (k * 0.5).transpose(-1, -2) @ v
-        x = (attn.softmax(dim=-1) @ q.transpose(-1, -2)).transpose(-1, -2)
-        return self.proj(x.transpose(1, 2).reshape(B, N, C))
+        return (attn.softmax(dim=-1) @ q.transpose(-1, -2)).transpose(-1, -2)
 
 
 @pytest.mark.parametrize("attention", [_FactorAttention, _ChannelAttention])
@@ -616,17 +616,8 @@ def test_channel_by_channel_attention_maps_are_cut(attention):
     """Factorized (CoaT) attention is exact under planted zeros; DaViT's softmax over the
     map's columns is reported inexact; both prune and run at the asked width."""
 
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.stem, self.attn, self.head = nn.Conv1d(8, 16, 1), attention(16, 2), nn.Linear(16, 3)
-
-        def forward(self, x):
-            x = self.stem(x).transpose(1, 2)
-            return self.head((x + self.attn(x)).mean(1))
-
     torch.manual_seed(0)
-    model, x = Net().eval(), torch.randn(2, 8, 10)
+    model, x = _StemAttention(attention(16, 2)).eval(), torch.randn(2, 8, 10)
     graph = build_graph(model, (x,))
     heads = next(g for g in graph.groups if any(m.module == "attn.qkv" and m.role == "out" for m in g.members))
     assert heads.prunable == heads.size and not graph.unsupported
