@@ -710,7 +710,8 @@ def _link_groups(graph: ChannelGraph, per_group: dict, linked: list, failed: lis
 
 def _link_shares(graph: ChannelGraph, per_group: dict, links: list) -> None:
     """Groups that must keep the same share (a head width that may be the input's width
-    over the head count: :func:`._trace._link_to_input_width`) are cut as one, the way
+    over the head count, heads merged back to a width the module read from its input:
+    ``_trace._link_to_input_width``, ``_trace._link_merged_heads``) are cut as one, the way
     :func:`_link_groups` cuts its groups: every cell (the common refinement of each group's
     block constraints) keeps m / step of its units. Where no step of 2 or more serves, or a
     group is linked already, they are left as they were (a uniform ratio keeps them
@@ -740,9 +741,9 @@ def _link_shares(graph: ChannelGraph, per_group: dict, links: list) -> None:
                                             np.int64)))
         if step < 2:
             continue
+        ids = tuple(g.id for g in groups)
         for g in groups:
-            g.blocks, g.equal_blocks, g.step, g.linked = labels[g.id], True, step, tuple(g.id for g in groups)
-            g.equal_removal = False
+            g.blocks, g.equal_blocks, g.step, g.linked, g.equal_removal = labels[g.id], True, step, ids, False
 
 
 def _one_piece_is_the_others(pieces: list[np.ndarray]) -> bool:
