@@ -1210,7 +1210,7 @@ def _held_why(g) -> str:
     """Why a group with channel blocks keeps more than its schedule asked."""
     if g.step:
         floor = "; a part of it is kept whole, so all of it is" if g.step_floor() >= g.step else ""
-        return (f"; {'grouped convs link' if g.blocks.max(initial=0) > 0 else 'heads sized from its width link'} it "
+        return (f"; {'heads sized from its width link' if g.link_kind == 'heads' else 'grouped convs link'} it "
                 f"to {len(g.linked) - 1} other group(s): they are cut in steps of 1/{g.step} together, and not at all "
                 f"where one of them keeps its channels{floor}") if len(g.linked) > 1 else \
             f"; grouped convs that tile it differently cut it in steps of 1/{g.step}{floor}"

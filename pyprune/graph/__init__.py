@@ -70,6 +70,7 @@ class Group:
     # times one count m shared by the groups in `linked` (0: blocks of this group alone)
     step: int = 0
     linked: tuple = ()
+    link_kind: str = ""  # what links them: "grouped convs" or "heads" (see _link_shares)
     equal_removal: bool = False  # every block loses as many units (blocks of unequal sizes)
     inexact: list = field(default_factory=list)  # why cutting these units changes the function
     scale_free: list = field(default_factory=list)  # norms dividing out each unit's scale (InstanceNorm)
@@ -661,24 +662,8 @@ def _link_groups(graph: ChannelGraph, per_group: dict, linked: list, failed: lis
     pieces of an equal constraint, as large as each other, then keep as many, whichever
     cells they span. A step of 1 leaves nothing to cut. Tentative (see tentative_freezes):
     where the cut fails in a module that made one of these constraints, they are kept."""
-    parent: dict = {}
-
-    def find(a: int) -> int:
-        while parent.setdefault(a, a) != a:
-            a = parent[a]
-        return a
-
-    for gid in failed:
-        find(gid)
-    for units, _, _ in linked:
-        gids = np.unique(graph.unit_group[np.concatenate(units)]).tolist()
-        for other in gids[1:]:
-            parent[find(other)] = find(gids[0])
-    comps: dict = {}
-    for gid in list(parent):
-        comps.setdefault(find(gid), []).append(gid)
-    for gids in comps.values():
-        gids = sorted(gids)
+    joins = [np.unique(graph.unit_group[np.concatenate(units)]).tolist() for units, _, _ in linked]
+    for gids in _components([[gid] for gid in failed] + joins):
         mine = set(gids)
         cons = [(c[0], c[2], c[3]) for gid in gids for c in per_group.get(gid, ()) if c[1]]  # equal ones
         across = [c for c in linked if graph.unit_group[c[0][0][0]] in mine]
@@ -689,21 +674,14 @@ def _link_groups(graph: ChannelGraph, per_group: dict, linked: list, failed: lis
             "; ".join(dict.fromkeys(c[2] for c in per_group[gid])) + ": block constraints that one partition "
             "cannot serve" for gid in gids if gid in failed]
         reasons = list(dict.fromkeys(reasons))
-        labels = {}
-        for g in groups:  # (a tensor dim holding part of the group, Group.pieces, is cells of its own:
-            # each cell keeps a unit, so no layer is left without channels)
-            lab = _cells(g, [u for u, _, _ in cons] + [list(c[0]) for c in per_group.get(g.id, ()) if not c[1]]
-                         + [[g.units[p]] for p in g.pieces()])
-            lab[lab < 0] = lab.max(initial=-1) + 1  # the positions no constraint reaches: a cell
-            labels[g.id] = lab
-        sizes = [c for lab in labels.values() for c in np.unique(lab, return_counts=True)[1]]
-        step = int(np.gcd.reduce(np.asarray(sizes, np.int64)))
+        labels = {g.id: _cell_labels(g, [u for u, _, _ in cons] + [list(c[0]) for c in per_group.get(g.id, ())
+                                                                  if not c[1]]) for g in groups}
+        step = _common_step(labels.values())
         even = all(len({len(np.unique(p)) for p in u}) == 1 for u, _, _ in cons)
         if step < 2 or not even:
             graph.freeze(units, "; ".join(reasons))
             continue
-        for g in groups:
-            g.blocks, g.equal_blocks, g.step, g.linked = labels[g.id], True, step, tuple(gids)
+        _set_link(groups, labels, step, "grouped convs")
         for module in dict.fromkeys(m for _, _, m in cons):
             graph.tentative_freezes.append((module, units, "; ".join(reasons)))
 
@@ -716,6 +694,19 @@ def _link_shares(graph: ChannelGraph, per_group: dict, links: list) -> None:
     block constraints) keeps m / step of its units. Where no step of 2 or more serves, or a
     group is linked already, they are left as they were (a uniform ratio keeps them
     matched; the check of a cut finds where another does not)."""
+    for gids in _components([list(pair) for pair, _ in links]):
+        groups = [graph.groups[gid] for gid in gids]
+        if any(g.linked or g.frozen.all() for g in groups):
+            continue
+        labels = {g.id: _cell_labels(g, [c[0] for c in per_group.get(g.id, ())]) for g in groups}
+        step = _common_step(labels.values())
+        if step >= 2:
+            _set_link(groups, labels, step, "heads")
+
+
+def _components(joins: list) -> list[list[int]]:
+    """The connected components (each sorted) of the groups that `joins` (lists of group
+    ids, each list joined into one) put together: a union-find."""
     parent: dict = {}
 
     def find(a: int) -> int:
@@ -723,27 +714,42 @@ def _link_shares(graph: ChannelGraph, per_group: dict, links: list) -> None:
             a = parent[a]
         return a
 
-    for (a, b), _ in links:
-        parent[find(b)] = find(a)
+    for gids in joins:
+        for other in gids[1:]:
+            parent[find(other)] = find(gids[0])
+        for gid in gids[:1]:
+            find(gid)
     comps: dict = {}
     for gid in list(parent):
         comps.setdefault(find(gid), []).append(gid)
-    for gids in comps.values():
-        groups = [graph.groups[gid] for gid in sorted(gids)]
-        if any(g.linked or g.frozen.all() for g in groups):
-            continue
-        labels = {}
-        for g in groups:
-            lab = _cells(g, [c[0] for c in per_group.get(g.id, ())] + [[g.units[p]] for p in g.pieces()])
-            lab[lab < 0] = lab.max(initial=-1) + 1
-            labels[g.id] = lab
-        step = int(np.gcd.reduce(np.asarray([c for lab in labels.values() for c in np.unique(lab, return_counts=True)[1]],
-                                            np.int64)))
-        if step < 2:
-            continue
-        ids = tuple(g.id for g in groups)
-        for g in groups:
-            g.blocks, g.equal_blocks, g.step, g.linked, g.equal_removal = labels[g.id], True, step, ids, False
+    return [sorted(gids) for gids in comps.values()]
+
+
+def _cell_labels(g: Group, constraints: list) -> np.ndarray:
+    """The cells of group `g` for a link: the common refinement of `constraints` and of the
+    tensor dims that hold part of the group (Group.pieces: each a cell of its own, so every
+    cell keeping a unit leaves no layer without channels); the positions no constraint
+    reaches are one more cell."""
+    lab = _cells(g, list(constraints) + [[g.units[p]] for p in g.pieces()])
+    lab[lab < 0] = lab.max(initial=-1) + 1
+    return lab
+
+
+def _common_step(labels) -> int:
+    """The greatest common divisor of the sizes of every cell in `labels` (arrays of cell
+    labels): the finest share that every cell can keep exactly."""
+    sizes = [c for lab in labels for c in np.unique(lab, return_counts=True)[1]]
+    return int(np.gcd.reduce(np.asarray(sizes, np.int64)))
+
+
+def _set_link(groups: list, labels: dict, step: int, kind: str) -> None:
+    """Cut `groups` as one: every cell of each (labels, by group id) keeps m / step of its
+    units, m one count for all of them; `kind` says what links them (for the warnings)."""
+    ids = tuple(g.id for g in groups)
+    for g in groups:
+        g.blocks, g.equal_blocks, g.step, g.linked, g.link_kind = labels[g.id], True, step, ids, kind
+        if kind == "heads":
+            g.equal_removal = False
 
 
 def _one_piece_is_the_others(pieces: list[np.ndarray]) -> bool:
