@@ -1571,6 +1571,14 @@ def test_heads_as_many_as_their_channels_keep_the_streams_share_under_any_cut(at
     if attn is _SquareHeads:
         assert any("num_heads of attn may count other things" in str(w.message) for w in caught)
         assert a.qkv.out_features == 48
+    # heads kept whole (ignore=) keep the stream linked to them, and the warning says which link
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, ignore=["attn.qkv"])
+    assert res.model.attn.qkv.out_features == 48 and res.model.embed.out_channels == 16
+    (w,) = caught
+    assert "embed (kept 16 of 16, the schedule asked 8; heads sized from its width link it to 1 other group(s)" \
+        in str(w.message)
 
 
 def test_a_conv_with_a_kernel_of_one_along_the_channels_passes_them_through():
