@@ -1537,6 +1537,65 @@ def test_heads_as_many_as_their_channels_keep_their_count_and_cut_exactly(attn):
     torch.testing.assert_close(res.model(x), want, rtol=1e-5, atol=1e-5)
 
 
+class _SeparateQKV(nn.Module):
+    """NextViT's EfficientAttention: the query, key and value from Linears of their own, split
+    into heads by ``self.head_dim`` (the value is a group of its own: it is not multiplied
+    with the key), the keys and values from tokens pooled and normalised (``sr``), and the
+    heads merged back to the width read from the input, ``reshape(B, N, C)``, a width that
+    two attributes hold (``dim`` and ``out_dim``)."""
+
+    def __init__(self, dim=16, head_dim=8, sr=False):
+        super().__init__()
+        self.dim = self.out_dim = dim
+        self.num_heads, self.head_dim = dim // head_dim, head_dim
+        self.scale = head_dim ** -0.5
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, self.out_dim)
+        self.sr = nn.AvgPool1d(2, 2) if sr else None
+        self.norm = nn.BatchNorm1d(dim) if sr else None
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).permute(0, 2, 1, 3)
+        if self.sr is not None:
+            x = self.norm(self.sr(x.transpose(1, 2))).transpose(1, 2)
+        k = self.k(x).reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v(x).reshape(b, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        attn = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("sr", [False, True])
+def test_one_head_width_for_query_and_value_links_them_and_the_stream(sr):
+    """The head width splits the query's heads and the value's, two groups, and the merged
+    heads take the input's width: the three keep one share and are cut, exactly, under a
+    uniform and a global schedule (the heads were kept whole before: the stream was cut
+    alone, the pruned model failed, and every such attention kept its channels)."""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _SeparateQKV(sr=sr).eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, (x,))
+
+    def group_of(module):
+        return next(g for g in graph.groups if any(m.module == module and m.role == "out" for m in g.members))
+
+    stream, qk, v = group_of("embed"), group_of("attn.q"), group_of("attn.v")
+    assert qk is group_of("attn.k") and len({stream.id, qk.id, v.id}) == 3
+    assert stream.linked == qk.linked == v.linked == tuple(sorted((stream.id, qk.id, v.id)))
+    assert not (stream.frozen.any() or qk.frozen.any() or v.frozen.any())
+    for schedule in ("uniform", "global"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule=schedule)
+        assert not [w for w in caught if "pruned model failed" in str(w.message)]
+        a, width = res.model.attn, res.model.embed.out_channels
+        assert a.q.out_features == a.k.out_features == a.v.out_features == width == 2 * a.head_dim < 16
+        assert a.num_heads == 2 and cut_error(model, x, res.plan) <= 1e-5
+        assert res.model(x).shape == (2, 5)
+
+
 @pytest.mark.parametrize("attn", [_SquareHeads, _SquareHeadsWithBias])
 def test_heads_as_many_as_their_channels_keep_the_streams_share_under_any_cut(attn):
     """Where num_heads equals the heads' width, the width may be computed from the input's

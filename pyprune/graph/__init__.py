@@ -603,8 +603,34 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         ga, gb = np.unique(graph.unit_group[unit_of[a]]), np.unique(graph.unit_group[unit_of[b]])
         if len(ga) == 1 and len(gb) == 1 and ga[0] != gb[0]:
             links.append(((int(ga[0]), int(gb[0])), reason))
+    links += _attribute_links(graph, rec, unit_of)
     if links:
         _link_shares(graph, per_group, links)
+
+
+def _attribute_links(graph: ChannelGraph, rec, unit_of: np.ndarray) -> list:
+    """One attribute read for the channel counts of tensors in several groups, each tensor
+    all the channels of its group, as many in each (NextViT's head_dim splits the query's
+    heads and the value's: two groups, as the value is not multiplied with the key): the
+    groups keep one share (:func:`_link_shares`), so the attribute counts as many in each
+    whatever is cut. Without the link they keep their channels (:func:`_assign_rewrites`)."""
+    pieces_of: dict = {}
+    for r in rec.rewrites:
+        if r.kind == "count" and not r.tentative and len(r.pieces) == 1:
+            pieces_of.setdefault((r.module, r.attr), []).append(unit_of[r.pieces[0]])
+    links = []
+    for (mod, attr), pieces in pieces_of.items():
+        gids = set()
+        for p in pieces:
+            gid = np.unique(graph.unit_group[p])
+            if len(gid) != 1 or len(p) != len(pieces[0]) or graph.groups[int(gid[0])].size != len(np.unique(p)) \
+                    or len(np.unique(p)) != len(p):
+                break
+            gids.add(int(gid[0]))
+        else:
+            first, *others = sorted(gids)
+            links += [((first, o), f"{mod}.{attr} is read for the channel counts of both") for o in others]
+    return links
 
 
 def _without_straddlers(graph: ChannelGraph, pieces: list, reason: str, module: str) -> list | None:

@@ -897,6 +897,11 @@ def _view(rec: Recorder, name, args, kwargs, out):
                     _tie_to_input_width(rec, lay, new)
                 else:
                     _tie_to_width_read(rec, shape[new.dim], new)
+            elif len(new.ids) > len(lay.ids):
+                # heads merged back to a width that several attributes hold, none of them a
+                # head's (NextViT's ``reshape(B, N, C)``, C = x.shape[-1], also dim and out_dim):
+                # none is rewritten, and a width read from the input keeps one share with them
+                _link_merged_heads(rec, None, shape[new.dim], new)
     if name == "unflatten" and rec.stack:  # nn.Unflatten's unflattened_size (a decoder's Linear -> C x H x W)
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         sizes = args[2] if len(args) > 2 else kwargs.get("sizes")
@@ -937,14 +942,15 @@ _HEAD_WIDTHS = frozenset({"head_dim", "dim_head", "head_width", "head_size", "d_
                           "dim_per_head", "head_dims"})
 
 
-def _link_merged_heads(rec: Recorder, attr: str, width: int, new: Layout) -> None:
-    """Heads merged back to a width (``reshape(B, N, C)``) that an attribute holds and the
-    module's code read from its input's shape: the input and the heads keep one share
-    (``rec.links``), so the two counts stay equal whichever the code uses."""
+def _link_merged_heads(rec: Recorder, attr: str | None, width: int, new: Layout) -> None:
+    """Heads merged back to a width (``reshape(B, N, C)``) that an attribute holds (``attr``;
+    None: several do) and the module's code read from its input's shape: the input and the
+    heads keep one share (``rec.links``), so the two counts stay equal whichever the code
+    uses."""
     read = _width_read_from_input(rec, width)
     if read is not None and not np.intersect1d(read, new.ids).size:
-        rec.links.append((read, new.ids, f"{attr} of {rec.where()} counts both its input's channels and its heads'",
-                          rec.stack[-1]))
+        what = f"{attr} of {rec.where()} counts" if attr else f"{rec.where()} merges its heads to a width that counts"
+        rec.links.append((read, new.ids, f"{what} both its input's channels and its heads'", rec.stack[-1]))
 
 
 def _width_read_from_input(rec: Recorder, width: int) -> np.ndarray | None:
