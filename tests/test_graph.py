@@ -1596,6 +1596,44 @@ def test_one_head_width_for_query_and_value_links_them_and_the_stream(sr):
         assert res.model(x).shape == (2, 5)
 
 
+class _MergedToDimOut(nn.Module):
+    """Hiera's attention: heads merged back to ``self.dim_out``, a width that ``self.dim``
+    holds too (and ``self.head_dim`` where one head is all)."""
+
+    def __init__(self, dim=16, heads=2):
+        super().__init__()
+        self.dim = self.dim_out = dim
+        self.heads, self.head_dim = heads, dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        attn = ((q * self.scale) @ k.transpose(-1, -2)).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, -1, self.dim_out))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_heads_merged_to_one_of_several_attributes_holding_the_width_are_cut(heads):
+    """The width the heads are merged to is held by two attributes (three with one head):
+    each is rewritten, tentatively, and the cut runs, exactly, under a uniform and a global
+    schedule (before, none was rewritten: the merge folded the tokens, and every such
+    attention kept its channels)."""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _MergedToDimOut(heads=heads).eval()
+    x = torch.randn(2, 3, 8, 8)
+    for schedule in ("uniform", "global"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule=schedule)
+        assert not [w for w in caught if "pruned model" in str(w.message)]  # no check failed, no fallback
+        a, width = res.model.attn, res.model.embed.out_channels
+        assert a.dim == a.dim_out == width == heads * a.head_dim == a.qkv.out_features // 3 < 16
+        assert cut_error(model, x, res.plan) <= 1e-5 and res.model(x).shape == (2, 5)
+
+
 @pytest.mark.parametrize("attn", [_SquareHeads, _SquareHeadsWithBias])
 def test_heads_as_many_as_their_channels_keep_the_streams_share_under_any_cut(attn):
     """Where num_heads equals the heads' width, the width may be computed from the input's

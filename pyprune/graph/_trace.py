@@ -892,6 +892,7 @@ def _view(rec: Recorder, name, args, kwargs, out):
                             rec.add_rewrite(a, "count", [new.ids], tentative=True)
                 elif len(new.ids) == len(lay.ids):
                     _tie_to_width_read(rec, shape[new.dim], new, merged=False)
+                    _rewrite_merged_width(rec, shape[new.dim], new)
             elif not rec.find_attrs(shape[new.dim]):  # a width no attribute holds: read or computed
                 if len(new.ids) < len(lay.ids):
                     _tie_to_input_width(rec, lay, new)
@@ -899,9 +900,11 @@ def _view(rec: Recorder, name, args, kwargs, out):
                     _tie_to_width_read(rec, shape[new.dim], new)
             elif len(new.ids) > len(lay.ids):
                 # heads merged back to a width that several attributes hold, none of them a
-                # head's (NextViT's ``reshape(B, N, C)``, C = x.shape[-1], also dim and out_dim):
-                # none is rewritten, and a width read from the input keeps one share with them
+                # head's (NextViT's ``reshape(B, N, C)``, C = x.shape[-1], also dim and out_dim;
+                # Hiera's ``reshape(B, -1, self.dim_out)``, also dim): a width read from the
+                # input keeps one share with the heads, and each attribute is rewritten
                 _link_merged_heads(rec, None, shape[new.dim], new)
+                _rewrite_merged_width(rec, shape[new.dim], new)
     if name == "unflatten" and rec.stack:  # nn.Unflatten's unflattened_size (a decoder's Linear -> C x H x W)
         dim = args[1] if len(args) > 1 else kwargs.get("dim")
         sizes = args[2] if len(args) > 2 else kwargs.get("sizes")
@@ -951,6 +954,17 @@ def _link_merged_heads(rec: Recorder, attr: str | None, width: int, new: Layout)
     if read is not None and not np.intersect1d(read, new.ids).size:
         what = f"{attr} of {rec.where()} counts" if attr else f"{rec.where()} merges its heads to a width that counts"
         rec.links.append((read, new.ids, f"{what} both its input's channels and its heads'", rec.stack[-1]))
+
+
+def _rewrite_merged_width(rec: Recorder, width: int, new: Layout) -> None:
+    """Heads merged back to a width that several attributes of the module hold (Hiera's
+    dim and dim_out, and head_dim where one head is all): the code may read any of them,
+    so each that is not a head's width (those are rewritten where the heads are split) is
+    rewritten to the merged count, tentatively (dropped where the cut with them fails: one
+    may be a window or a token count as long)."""
+    for a in rec.find_attrs(width):
+        if a not in _HEAD_WIDTHS:
+            rec.add_rewrite(a, "count", [new.ids], tentative=True)
 
 
 def _width_read_from_input(rec: Recorder, width: int) -> np.ndarray | None:
