@@ -1634,6 +1634,55 @@ def test_heads_merged_to_one_of_several_attributes_holding_the_width_are_cut(hea
         assert cut_error(model, x, res.plan) <= 1e-5 and res.model(x).shape == (2, 5)
 
 
+class _ScaledHeads(nn.Module):
+    """Attention whose scale 1/sqrt(head width) is an attribute set once (``attr``) or a
+    number computed in forward: from the head-width attribute (``q``), or of the product
+    (``div``: ``/ math.sqrt(self.head_dim)``, ``shape``: from ``q.shape[-1]``)."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode, self.num_heads, self.head_dim = mode, 2, 8
+        if mode == "attr":
+            self.scale = self.head_dim ** -0.5
+        self.qkv, self.proj = nn.Linear(16, 48), nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.mode == "attr":
+            attn = (q * self.scale) @ k.transpose(-2, -1)
+        elif self.mode == "q":
+            attn = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)
+        elif self.mode == "div":
+            attn = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+        else:
+            attn = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+        return self.proj((attn.softmax(-1) @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("mode", ["attr", "q", "div", "shape"])
+def test_a_scale_computed_in_forward_from_a_head_width_makes_its_cut_inexact(mode):
+    """A scale set once in an attribute keeps its value after the cut: the cut is exact
+    where zeros are planted. Computed in forward from the head width (the attribute
+    rewritten, or the shape read), it follows the kept count, and the cut changes what the
+    model computes: the heads' channels are reported inexact (they were reported exact)."""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _ScaledHeads(mode).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, (x,))
+    heads = next(g for g in graph.groups if any(m.module == "attn.qkv" and m.role == "out" for m in g.members))
+    scaled = [r for r in heads.inexact if "computed in forward from the count of these channels" in r]
+    if mode == "attr":
+        assert not scaled
+        check_exact(model, x)
+    else:
+        assert len(scaled) == 1 and "1/sqrt(8)" in scaled[0]
+    # (the planted-zeros check then leaves the heads whole: what it reports exact is)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    assert res.model.attn.head_dim == 4 and cut_error(model, x, res.plan) <= 1e-5
+
+
 @pytest.mark.parametrize("attn", [_SquareHeads, _SquareHeadsWithBias])
 def test_heads_as_many_as_their_channels_keep_the_streams_share_under_any_cut(attn):
     """Where num_heads equals the heads' width, the width may be computed from the input's

@@ -86,6 +86,8 @@ class Recorder:
     n_ids: int = 0
     space_origin: list = field(default_factory=list)  # (base, size, origin)
     layouts: dict = field(default_factory=dict)  # id(tensor) -> Layout
+    # id(tensor) -> the channels a product contracted to make it (q @ k^T over a head's width)
+    contracted: dict = field(default_factory=dict)
     keep_alive: list = field(default_factory=list)
     unions: list = field(default_factory=list)  # (ids_a, ids_b)
     members: list = field(default_factory=list)
@@ -523,6 +525,36 @@ _BINARY = (
     "__mod__ __rmod__ floor_divide __floordiv__ __rfloordiv__ atan2 copysign hypot xlogy bitwise_and "
     "bitwise_or bitwise_xor __and__ __or__ __xor__ masked_fill masked_fill_"
 ).split()
+
+
+_SCALINGS = {"mul": 1, "mul_": 1, "__mul__": 1, "__imul__": 1, "__rmul__": 1, "div": -1, "div_": -1,
+             "__truediv__": -1, "__itruediv__": -1, "true_divide": -1}
+
+
+def _scale_from_width(rec: Recorder, name: str, args) -> None:
+    """``q * self.head_dim ** -0.5`` or ``(q @ k^T) / math.sqrt(C)``: a tensor whose last dim
+    holds a head's channels (or a product that contracted them) scaled by 1/sqrt of their
+    count, a number no attribute of the module holds (``self.scale`` is set once, and keeps
+    its value after a cut): it was computed in forward from the width, and follows the kept
+    count, so the cut changes what the model computes (reported inexact)."""
+    if len(args) != 2 or not rec.stack:
+        return
+    t, s = (args[0], args[1]) if isinstance(args[0], torch.Tensor) else (args[1], args[0])
+    if not isinstance(t, torch.Tensor) or type(s) is not float or not s > 0 or \
+            (_SCALINGS[name] < 0 and t is not args[0]):
+        return
+    lay = rec.layout(t)
+    ids = lay.ids if lay is not None and lay.dim == t.dim() - 1 and lay.cross is None else rec.contracted.get(id(t))
+    if ids is None or len(ids) < 2:
+        return
+    width = len(ids) ** (-0.5 * _SCALINGS[name])
+    if abs(s - width) > 1e-6 * width:
+        return
+    mod = rec.module(rec.stack[-1])
+    if any(type(v) is float and abs(v - s) <= 1e-6 * s for v in vars(mod).values()):
+        return
+    rec.add_inexact(ids, f"{name} in {rec.where()} scales by 1/sqrt({len(ids)}), computed in forward from the "
+                         "count of these channels: it follows the cut")
 
 
 def _map_columns(rec: Recorder, operands: list, o: torch.Tensor):
@@ -1848,6 +1880,8 @@ def _matmul(rec: Recorder, name, args, kwargs, out):
                 lo = rec.layout(other)
                 if lo is not None and odim in _channel_dims(lo):
                     rec.unite(lay.ids, lo.ids)
+                    rec.contracted[id(out)] = lay.ids
+                    rec.keep_alive.append(out)
                 elif lo is not None:  # met by a dim without channels: keep its length
                     rec.freeze(lay.ids, f"{name} in {rec.where()} contracts these channels with a dim that is not "
                                         "channels")
@@ -2189,6 +2223,8 @@ class _Mode(TorchFunctionMode):
         if name in _FACTORIES and isinstance(out, torch.Tensor):  # a new tensor (filled in place later)
             rec.fresh.add(id(out))
             rec.keep_alive.append(out)
+        if name in _SCALINGS and not rec.in_hook:
+            _scale_from_width(rec, name, args)
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
