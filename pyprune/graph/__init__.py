@@ -923,3 +923,14 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         if tentative:
             graph.tentative.append((mod, attr))
         graph.rewrites.append((mod, attr, recs[0].kind, first, recs[0].container, recs[0].index, recs[0].original))
+        if recs[0].kind == "count":
+            # the number also used as a value in the module's code (a window compared with
+            # token distances, a width divided by): whichever attribute it came from, it may
+            # be the one rewritten, and the cut then computes something else there
+            value = len(first[0])
+            ops = [op for op, v in rec.scalar_uses.get(mod, ()) if v == value]
+            if ops:
+                graph.add_reason(np.unique(first[0]), "inexact",
+                                 f"{mod or 'the model'}.{attr} ({value}) is rewritten to the kept count, and the "
+                                 f"code of {mod or 'the model'} uses {value} as a value ({ops[0]}): it may be that "
+                                 "attribute's, and change with the cut")

@@ -88,6 +88,8 @@ class Recorder:
     layouts: dict = field(default_factory=dict)  # id(tensor) -> Layout
     # id(tensor) -> the channels a product contracted to make it (q @ k^T over a head's width)
     contracted: dict = field(default_factory=dict)
+    # module -> (op, number) for Python numbers its own code gave element-wise ops as values
+    scalar_uses: dict = field(default_factory=dict)
     keep_alive: list = field(default_factory=list)
     unions: list = field(default_factory=list)  # (ids_a, ids_b)
     members: list = field(default_factory=list)
@@ -577,6 +579,9 @@ def _map_columns(rec: Recorder, operands: list, o: torch.Tensor):
         if rec.layout(t) is None and pd >= 0 and t.shape[pd] > 1:
             return False
     return cross
+
+
+_BINARY_OPS = frozenset(_BINARY)
 
 
 @register_op(*_BINARY)
@@ -2223,8 +2228,12 @@ class _Mode(TorchFunctionMode):
         if name in _FACTORIES and isinstance(out, torch.Tensor):  # a new tensor (filled in place later)
             rec.fresh.add(id(out))
             rec.keep_alive.append(out)
-        if name in _SCALINGS and not rec.in_hook:
-            _scale_from_width(rec, name, args)
+        if name in _BINARY_OPS and not rec.in_hook:
+            if name in _SCALINGS:
+                _scale_from_width(rec, name, args)
+            for v in list(args) + list(kwargs.values()):
+                if type(v) in (int, float) and v >= 2 and float(v).is_integer():
+                    rec.scalar_uses.setdefault(rec.stack[-1] if rec.stack else "", []).append((name, int(v)))
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
