@@ -491,6 +491,59 @@ class _BandedHeads(nn.Module):
         return self.proj((a @ v).transpose(1, 2).reshape(B, N, C))
 
 
+class _WindowAsWide(nn.Module):
+    """Two heads merged back to the width read from the input, and a banded mask whose
+    width, ``self.window``, equals that width (alone, or with ``self.dim``)."""
+
+    def __init__(self, attrs, dim=16):
+        super().__init__()
+        self.num_heads, self.head_dim = 2, dim // 2
+        for a in attrs:
+            setattr(self, a, dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        i = torch.arange(N)
+        mask = (i[:, None] - i[None, :]).abs() < self.window
+        a = (q @ k.transpose(-2, -1) * 0.3).masked_fill(~mask, float("-inf")).softmax(-1)
+        return self.proj((a @ v).transpose(1, 2).reshape(B, N, C))
+
+
+@pytest.mark.parametrize("attrs, side", [(("window",), 8), (("dim", "window"), 8), (("dim", "window"), 12),
+                                         (("window",), 12)])
+def test_a_width_the_code_also_uses_as_a_value_is_not_rewritten_or_makes_the_cut_inexact(attrs, side):
+    """The merged width is held by the window of a mask (and by dim), a number the code
+    compares distances with. Where the attribute may count other things (one of several as
+    wide; as many tokens as channels at side 8) it is not rewritten: the mask stays, the cut
+    runs and is exact; unchecked, those channels are kept. Where it alone holds the width
+    (24 tokens), it is rewritten and the mask then bands otherwise: the heads' cut is
+    reported inexact. (Before, the window was rewritten, and the cut reported exact.)"""
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _WindowAsWide(attrs)
+    x = torch.randn(2, 3, 8, side)
+    graph = build_graph(model, (x,))
+    heads = next(g for g in graph.groups if any(m.module == "attn.qkv" and m.role == "out" for m in g.members))
+    used = [r for r in heads.inexact if "uses 16 as a value (lt)" in r]
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    width = res.model.embed.out_channels
+    assert width < 16 and res.model.attn.proj.in_features == width
+    if attrs == ("window",) and side == 12:
+        assert [r.split(" ")[0] for r in used] == ["attn.window"] and res.model.attn.window == width
+    else:
+        assert not used and res.model.attn.window == 16
+        check_exact(model, x)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            unchecked = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
+        assert any("it is not rewritten" in str(w.message) for w in caught)  # the shortfall says why
+        assert unchecked.model.attn.window == 16 and unchecked.model.embed.out_channels == 16
+        assert cut_error(model, x, unchecked.plan) <= 1e-5
+    assert cut_error(model, x, res.plan) <= 1e-5 and res.model(x).shape == (2, 5)
+
+
 def test_an_attribute_as_long_as_a_head_is_not_rewritten_for_it():
     """head_dim and window hold 8: head_dim is rewritten, the window is left alone (both
     were rewritten, a model that ran and masked otherwise); with as many tokens as

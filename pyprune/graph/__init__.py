@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._layout import Layout
-from ._trace import LayerRecord, OpRuleError, param_path, record
+from ._trace import _HEAD_WIDTHS, LayerRecord, OpRuleError, param_path, record
 
 __all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "as_inputs", "Layout"]
 
@@ -899,6 +899,16 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         # a reading where the value was unambiguous says what the attribute is: the
         # tentative ones (the value as long as another dim) are left out then
         recs = [r for r in recs if not r.tentative] or recs
+        if all(r.tentative for r in recs) and recs[0].kind == "count" and attr not in _HEAD_WIDTHS \
+                and any(v == len(recs[0].pieces[0]) for _, v in rec.scalar_uses.get(mod, ())):
+            # a number that may count other things (as long as another dim, or one of several
+            # attributes as wide), not named as a head's width, and that the module's code
+            # also uses as a value (a window compared with distances): not rewritten; where
+            # the cut then fails there, or is not checked, its channels are kept
+            graph.tentative_freezes.append((mod, np.unique(unit_of[recs[0].pieces[0]]),
+                                            f"{mod}.{attr} may count these channels, and the code of {mod} uses its "
+                                            f"number ({len(recs[0].pieces[0])}) as a value: it is not rewritten"))
+            continue
         pieces = [[unit_of[p] for p in r.pieces] for r in recs]
         first = pieces[0]
         same = all(r.kind == recs[0].kind and len(p) == len(first) and
