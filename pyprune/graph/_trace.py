@@ -57,9 +57,6 @@ class Rewrite:
     index: int = -1
     original: Any = None
     tentative: bool = False  # the value read might be another dim's (as long): dropped if the cut fails
-    # one of several attributes holding a width the code may have read from the input: not
-    # rewritten where the code also uses that number as a value (a window as wide)
-    optional: bool = False
 
 
 def param_path(module: str, param: str) -> str:
@@ -247,10 +244,9 @@ class Recorder:
         mod = self.module(self.stack[-1])
         return [k for k, v in vars(mod).items() if not k.startswith("_") and type(v) is int and v == value]
 
-    def add_rewrite(self, attr: str, kind: str, pieces, container: type = int, tentative: bool = False,
-                    optional: bool = False) -> None:
+    def add_rewrite(self, attr: str, kind: str, pieces, container: type = int, tentative: bool = False) -> None:
         self.rewrites.append(Rewrite(self.stack[-1], attr, kind, [np.asarray(p, np.int64) for p in pieces], container,
-                                     tentative=tentative, optional=optional))
+                                     tentative=tentative))
 
     def param_dim(self, t: Any, dim: int) -> tuple[str, str, int] | None:
         """(module, parameter, its dim) when dim `dim` of tensor `t` is a dim of a parameter or
@@ -1001,12 +997,12 @@ def _rewrite_merged_width(rec: Recorder, width: int, new: Layout) -> None:
     """Heads merged back to a width that several attributes of the module hold (Hiera's
     dim and dim_out, and head_dim where one head is all): the code may read any of them,
     so each that is not a head's width (those are rewritten where the heads are split) is
-    rewritten to the merged count, tentatively (dropped where the cut with them fails: one
-    may be a window or a token count as long; and not where the code also uses that
-    number as a value, a window's, as :func:`~pyprune.graph._assign_rewrites` finds)."""
+    rewritten to the merged count, tentatively: dropped where the cut with them fails (one
+    may be a window or a token count as long), and not made where the module's code also
+    uses that number as a value (``_assign_rewrites``)."""
     for a in rec.find_attrs(width):
         if a not in _HEAD_WIDTHS:
-            rec.add_rewrite(a, "count", [new.ids], tentative=True, optional=True)
+            rec.add_rewrite(a, "count", [new.ids], tentative=True)
 
 
 def _width_read_from_input(rec: Recorder, width: int) -> np.ndarray | None:
