@@ -491,6 +491,69 @@ class _BandedHeads(nn.Module):
         return self.proj((a @ v).transpose(1, 2).reshape(B, N, C))
 
 
+class _Lifted(nn.Module):
+    """A conv's channels through an element-wise op before the next conv: one that keeps a
+    channel of zeros zero (a squeeze-excitation gate times them, hard-swish written out,
+    GELU's tanh form), or one that does not (sigmoid(0) = 0.5, + 1, a softmax over the
+    tokens, iFormer's sigmoid-then-chunk gate times its value)."""
+
+    def __init__(self, mode):
+        super().__init__()
+        self.mode = mode
+        self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        if mode in ("se", "gate"):
+            self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.c2 = nn.Conv2d(8, 6, 3, padding=1)
+
+    def forward(self, x):
+        h = self.bn(self.c1(x))
+        if self.mode == "se":
+            h = h * torch.sigmoid(self.fc2(F.relu(self.fc1(h.mean((2, 3), keepdim=True)))))
+        elif self.mode == "hardswish":
+            h = h * F.relu6(h + 3) / 6
+        elif self.mode == "gelu_tanh":
+            h = 0.5 * h * (1 + torch.tanh(0.79 * (h + 0.044 * h ** 3)))
+        elif self.mode == "sigmoid":
+            h = torch.sigmoid(h)
+        elif self.mode == "plus_one":
+            h = h + 1
+        elif self.mode == "softmax_tokens":
+            h = h.flatten(2).softmax(-1).view_as(h)
+        else:  # "gate": iFormer's v, gate = sigmoid(conv(x)).chunk(2), v * gate
+            v, gate = torch.sigmoid(torch.cat([h, self.fc2(F.relu(self.fc1(h)))], 1)).chunk(2, 1)
+            h = v * gate
+        return self.c2(h).mean((2, 3))
+
+
+@pytest.mark.parametrize("mode", ["se", "hardswish", "gelu_tanh", "sigmoid", "plus_one", "softmax_tokens", "gate"])
+def test_channels_not_zero_where_their_filters_are_make_the_layer_reading_them_inexact(mode):
+    """Planted zeros stay zero through a product with them and through ops with f(0) = 0:
+    those cuts are exact. Through sigmoid, + 1, a softmax over the tokens or a product of
+    two such, a zero filter's channel carries a value, and the conv that reads it changes
+    when it is cut: its input channels are reported inexact (they were reported exact:
+    iFormer's cut changed its output by 14% where the check said nothing)."""
+    torch.manual_seed(0)
+    model = _Lifted(mode).eval()
+    randomize_bn(model)
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, (x,))
+    lifted = [r for g in graph.groups for r in g.inexact if "where they are not zero" in r]
+    if mode in ("se", "hardswish", "gelu_tanh"):
+        assert not lifted
+        check_exact(model, x)
+    else:
+        assert lifted and all(r.startswith("c2 reads these channels") for r in lifted)
+        c1 = next(g for g in graph.groups if any(m.module == "c1" and m.role == "out" for m in g.members))
+        assert any("where they are not zero" in r for r in c1.inexact)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    err = cut_error(model, x, res.plan)
+    if lifted and mode != "gate":
+        assert err is None  # c1's channels, the one group to cut, are inexact: the check leaves them whole
+    else:
+        assert err <= 1e-5  # (gate: fc1's hidden channels are cut, exactly)
+    assert res.model(x).shape == (2, 6)
+
+
 class _WindowAsWide(nn.Module):
     """Two heads merged back to the width read from the input, and a banded mask whose
     width, ``self.window``, equals that width (alone, or with ``self.dim``)."""

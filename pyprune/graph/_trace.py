@@ -90,6 +90,11 @@ class Recorder:
     contracted: dict = field(default_factory=dict)
     # module -> (op, number) for Python numbers its own code gave element-wise ops as values
     scalar_uses: dict = field(default_factory=dict)
+    # id(tensor) -> (channel ids, the op that made them non-zero where their filters are
+    # zero: sigmoid(0) = 0.5; see _lift), along the layout's dim; lifted_cross: along the
+    # columns of a channel-by-channel map (Layout.cross)
+    lifted: dict = field(default_factory=dict)
+    lifted_cross: dict = field(default_factory=dict)
     keep_alive: list = field(default_factory=list)
     unions: list = field(default_factory=list)  # (ids_a, ids_b)
     members: list = field(default_factory=list)
@@ -2262,6 +2267,162 @@ class _Mode(TorchFunctionMode):
             rule = f"{getattr(handler, '__module__', '?')}.{getattr(handler, '__qualname__', repr(handler))}"
             raise OpRuleError(f"the channel rule for {name} ({rule}, see pyprune.register_op) failed in "
                               f"{rec.where()}: {type(e).__name__}: {e}") from e
+        if not rec.in_hook:
+            _lift(rec, name, args, kwargs, out)
+
+
+# Element-wise ops that give a channel of zeros a value other than zero (f(0) != 0).
+_LIFTING = frozenset((
+    "sigmoid sigmoid_ hardsigmoid exp exp_ exp2 cos cos_ cosh softplus logsigmoid log log_ log2 log10 "
+    "erfc reciprocal reciprocal_ rsqrt rsqrt_ logit logical_not isfinite __rpow__ bitwise_not __invert__ "
+    "acos softmax log_softmax softmin"
+).split())
+_PRODUCTS = frozenset("mul mul_ __mul__ __imul__ __rmul__ addcmul".split())
+_QUOTIENTS = frozenset("div div_ __truediv__ __itruediv__ true_divide".split())
+_SUMS = frozenset("add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub masked_fill "
+                  "masked_fill_".split())
+
+
+def _lift(rec: Recorder, name: str, args, kwargs, out) -> None:
+    """Which channels of each output are not zero where their filters are zero (what a cut
+    that is exact on planted zeros needs of every channel a layer reads): an op with
+    f(0) != 0 (``sigmoid``: 0.5; a softmax over the tokens: 1/N) makes its input's channels
+    so ("lifted"); a product keeps a channel zero where any factor has it zero (a
+    squeeze-excitation gate times the features); a sum with a non-zero number or a tensor
+    without channels lifts them all; any other op (a view, a cat, a chunk, a product with
+    a map over the tokens) passes on the lifted channels it carries. Recorded per channel
+    id (``rec.lifted``: id(tensor) -> (ids, the op that lifted them)); a layer that reads
+    lifted channels changes when they are cut (:func:`_reads_lifted`)."""
+    if name in _MATMULS:
+        _lift_product(rec, args, kwargs, out)
+        return
+    outs = [o for o in _tensors(out) if rec.layout(o) is not None]
+    if not outs:
+        return
+    ins = [t for t in _tensors(list(args)) + _tensors(list(kwargs.values())) if rec.layout(t) is not None]
+    crossed = [rec.lifted_cross[id(t)] for t in ins if id(t) in rec.lifted_cross]
+    have = [rec.lifted[id(t)] for t in ins if id(t) in rec.lifted] + crossed
+    why = have[0][1] if have else None
+    every = np.unique(np.concatenate([_carried(rec.layout(t)) for t in ins])) if ins else np.zeros(0, np.int64)
+    if name in _LIFTING:
+        dim = _arg(args, kwargs, 1, "dim") if name in ("softmax", "log_softmax", "softmin") else None
+        if dim is None or not ins or _norm_dim(dim, ins[0].dim()) != rec.layout(ins[0]).dim:
+            lifted, why = every, f"{name} in {rec.where()}"
+        else:  # over the channels: reported inexact by its rule; the lifted pass on
+            lifted = np.unique(np.concatenate([h[0] for h in have])) if have else None
+    elif name in _PRODUCTS:  # zero where any factor carrying the channel has it zero
+        lifted = None
+        if len(have) == len(ins) and ins:
+            base = rec.layout(outs[0]).ids
+            masks = [np.isin(rec.layout(t).ids, rec.lifted[id(t)][0]) for t in ins]
+            if all(len(mk) == len(base) for mk in masks):  # element-wise: channel positions align
+                lifted = np.asarray(base)[np.logical_and.reduce(masks)]
+            else:
+                lifted = have[0][0]
+                for h in have[1:]:
+                    lifted = np.intersect1d(lifted, h[0])
+    elif name in _QUOTIENTS:
+        lifted = rec.lifted.get(id(args[0]), (None,))[0] if args and isinstance(args[0], torch.Tensor) else None
+    elif name in _SUMS and ([v for v in list(args) + [kwargs.get("value")] if type(v) in (int, float) and v != 0]
+                            or [t for t in _tensors(list(args)) if rec.layout(t) is None and id(t) not in
+                                rec.param_owner and id(t) not in rec.param_views and t.dtype != torch.bool]):
+        lifted, why = every, why or f"{name} of a number or a tensor without these channels in {rec.where()}"
+    elif have and name in _BINARY_OPS:  # element-wise: a position lifted in any operand
+        base = rec.layout(outs[0]).ids
+        masks = [np.isin(rec.layout(t).ids, rec.lifted[id(t)][0]) for t in ins if id(t) in rec.lifted]
+        lifted = np.asarray(base)[np.logical_or.reduce(masks)] if all(len(mk) == len(base) for mk in masks) \
+            else np.unique(np.concatenate([h[0] for h in have]))
+    else:
+        lifted = np.unique(np.concatenate([h[0] for h in have])) if have else None
+    for o in outs:
+        mine = None if lifted is None else np.intersect1d(lifted, _carried(rec.layout(o)))
+        _set_lifted(rec, o, mine, why, mine if crossed and rec.layout(o).cross is not None else None)
+
+
+def _set_lifted(rec: Recorder, t, ids, why, cross_ids=None) -> None:
+    """Record the lifted channels of `t` along its layout's dim (`ids`) and along its
+    columns where it is a channel-by-channel map (`cross_ids`); None or empty: none."""
+    for table, got in ((rec.lifted, ids), (rec.lifted_cross, cross_ids)):
+        if got is not None and len(got):
+            table[id(t)] = (np.asarray(got, np.int64), why)
+        else:
+            table.pop(id(t), None)
+
+
+def _carried(lay: Layout) -> np.ndarray:
+    """The channel ids a layout carries (both dims of a channel-by-channel map)."""
+    return np.asarray(lay.ids, np.int64)
+
+
+_MATMULS = frozenset(("matmul", "__matmul__", "bmm", "mm"))
+
+
+def _lifted_on(rec: Recorder, t, d: int):
+    """(ids of tensor dim `d`, the lifted ones among them, why) where `d` holds channels."""
+    lay = rec.layout(t)
+    if lay is None or d not in (lay.dim, lay.cross):
+        return None
+    got = (rec.lifted if d == lay.dim else rec.lifted_cross).get(id(t))
+    return np.asarray(lay.ids, np.int64), (None if got is None else got[0]), (None if got is None else got[1])
+
+
+def _lift_product(rec: Recorder, args, kwargs, out) -> None:
+    """a @ b: a channel contracted where both sides are lifted (or one side against a
+    weight) changes every output when it is cut (reported inexact); where one side is zero
+    there, the product is too. The output's rows keep a's lifted channels, its columns
+    b's (a map of k's channels by v's over the tokens, softmax(k)^T v: lifted along k
+    only, so q times it, contracting k's channels with q's zeros, is not)."""
+    a = args[0] if args else kwargs.get("input")
+    b = args[1] if len(args) > 1 else kwargs.get("other", kwargs.get("mat2"))
+    if not isinstance(out, torch.Tensor) or not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor) \
+            or a.dim() < 2 or b.dim() < 2:
+        return
+    ca, cb = _lifted_on(rec, a, a.dim() - 1), _lifted_on(rec, b, b.dim() - 2)
+    for side, other, t in ((ca, cb, b), (cb, ca, a)):
+        if side is None or side[1] is None:
+            continue
+        if other is None:  # against a weight, or a dim without channels: it reads them
+            if rec.param_dim(t, t.dim() - 2 if t is b else t.dim() - 1) is not None:
+                rec.add_inexact(side[1], f"a product in {rec.where()} reads these channels where they are not "
+                                         f"zero even if their filters are ({side[2]}): cutting them changes it")
+        elif other[1] is not None and len(side[0]) == len(other[0]):
+            both = side[0][np.isin(side[0], side[1]) & np.isin(other[0], other[1])]
+            if len(both):
+                rec.add_inexact(both, f"a product in {rec.where()} contracts these channels where both sides are "
+                                      f"not zero even if their filters are ({side[2]}): cutting them changes it")
+    lay = rec.layout(out)
+    if lay is None:
+        return
+    rows, cols = _lifted_on(rec, a, a.dim() - 2), _lifted_on(rec, b, b.dim() - 1)
+
+    def along(d: int):
+        src = rows if d == out.dim() - 2 else cols if d == out.dim() - 1 else None
+        if src is None:  # a batch dim (heads): whatever either side lifted there
+            got = [g for g in (rec.lifted.get(id(a)), rec.lifted.get(id(b))) if g is not None]
+            return (np.intersect1d(np.concatenate([g[0] for g in got]), lay.ids), got[0][1]) if got else (None, None)
+        return (None, None) if src[1] is None else (np.intersect1d(src[1], lay.ids), src[2])
+
+    ids, why = along(lay.dim)
+    cross, why_c = along(lay.cross) if lay.cross is not None else (None, None)
+    _set_lifted(rec, out, ids, why or why_c, cross)
+
+
+def _reads_lifted(rec: Recorder, name: str, m: nn.Module, kind: str, x, out) -> None:
+    """A layer given channels that are not zero where their filters are (:func:`_lift`): a
+    conv, a Linear or a layer pyprune does not know reads them, so cutting them changes its
+    output (reported inexact); a norm (and PReLU) passes them on unless its affine
+    parameters, cut with the channels, zero them."""
+    got = rec.lifted.get(id(x)) if isinstance(x, torch.Tensor) else None
+    if got is None or rec.layout(x) is None:
+        return
+    ids, why = got
+    if kind == "norm" or isinstance(m, nn.PReLU):
+        if (kind != "norm" or getattr(m, "weight", None) is None) and isinstance(out, torch.Tensor) \
+                and rec.layout(out) is not None:
+            rec.lifted[id(out)] = (np.intersect1d(ids, _carried(rec.layout(out))), why)
+        return
+    rec.add_inexact(ids, f"{name} reads these channels where they are not zero even if their filters are "
+                         f"({why}): cutting them changes its output")
 
 
 @contextlib.contextmanager
@@ -2327,6 +2488,7 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
             finally:
                 rec.in_hook = False
         if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
+            _reads_lifted(rec, name, m, h.kind, x, out)
             if rec.count_layers and h.kind != "other":
                 rec.layers.append(LayerRecord(name, h.kind, tuple(out.shape)))
             rec.leaf_modules[name] = h.kind
