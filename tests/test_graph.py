@@ -554,24 +554,15 @@ def test_channels_not_zero_where_their_filters_are_make_the_layer_reading_them_i
     assert res.model(x).shape == (2, 6)
 
 
-class _WindowAsWide(nn.Module):
-    """Two heads merged back to the width read from the input, and a banded mask whose
-    width, ``self.window``, equals that width (alone, or with ``self.dim``)."""
+class _WindowAsWide(_BandedHeads):
+    """_BandedHeads with a window that equals the merged width (alone, or with ``self.dim``)."""
 
     def __init__(self, attrs, dim=16):
-        super().__init__()
+        nn.Module.__init__(self)
         self.num_heads, self.head_dim = 2, dim // 2
         for a in attrs:
             setattr(self, a, dim)
         self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x):
-        B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        i = torch.arange(N)
-        mask = (i[:, None] - i[None, :]).abs() < self.window
-        a = (q @ k.transpose(-2, -1) * 0.3).masked_fill(~mask, float("-inf")).softmax(-1)
-        return self.proj((a @ v).transpose(1, 2).reshape(B, N, C))
 
 
 @pytest.mark.parametrize("attrs, side", [(("window",), 8), (("dim", "window"), 8), (("dim", "window"), 12),
