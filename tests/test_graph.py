@@ -503,6 +503,10 @@ class _Lifted(nn.Module):
         self.c1, self.bn = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
         if mode in ("se", "gate"):
             self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        if mode == "depthwise":
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        if mode in ("param_factor", "scalar_bias"):
+            self.g = nn.Parameter(torch.rand(8 if mode == "param_factor" else 1) + 0.5)
         self.c2 = nn.Conv2d(8, 6, 3, padding=1)
 
     def forward(self, x):
@@ -519,13 +523,22 @@ class _Lifted(nn.Module):
             h = h + 1
         elif self.mode == "softmax_tokens":
             h = h.flatten(2).softmax(-1).view_as(h)
+        elif self.mode == "depthwise":  # its filters, cut with the channels, zero them again
+            h = self.dw(torch.sigmoid(h))
+        elif self.mode == "param_factor":  # a per-channel scale, cut with them too
+            h = torch.sigmoid(h) * self.g.view(1, -1, 1, 1)
+        elif self.mode == "scalar_bias":  # StarReLU's one bias is not
+            h = F.relu(h) ** 2 + self.g
+        elif self.mode == "functional":
+            return F.conv2d(torch.sigmoid(h), self.c2.weight, self.c2.bias, padding=1).mean((2, 3))
         else:  # "gate": iFormer's v, gate = sigmoid(conv(x)).chunk(2), v * gate
             v, gate = torch.sigmoid(torch.cat([h, self.fc2(F.relu(self.fc1(h)))], 1)).chunk(2, 1)
             h = v * gate
         return self.c2(h).mean((2, 3))
 
 
-@pytest.mark.parametrize("mode", ["se", "hardswish", "gelu_tanh", "sigmoid", "plus_one", "softmax_tokens", "gate"])
+@pytest.mark.parametrize("mode", ["se", "hardswish", "gelu_tanh", "depthwise", "param_factor", "sigmoid", "plus_one",
+                                  "softmax_tokens", "gate", "scalar_bias", "functional"])
 def test_channels_not_zero_where_their_filters_are_make_the_layer_reading_them_inexact(mode):
     """Planted zeros stay zero through a product with them and through ops with f(0) = 0:
     those cuts are exact. Through sigmoid, + 1, a softmax over the tokens or a product of
@@ -538,11 +551,11 @@ def test_channels_not_zero_where_their_filters_are_make_the_layer_reading_them_i
     x = torch.randn(2, 3, 8, 8)
     graph = build_graph(model, (x,))
     lifted = [r for g in graph.groups for r in g.inexact if "where they are not zero" in r]
-    if mode in ("se", "hardswish", "gelu_tanh"):
+    if mode in ("se", "hardswish", "gelu_tanh", "depthwise", "param_factor"):
         assert not lifted
         check_exact(model, x)
     else:
-        assert lifted and all(r.startswith("c2 reads these channels") for r in lifted)
+        assert lifted and all(r.startswith(("c2 reads these channels", "conv2d in")) for r in lifted)
         c1 = next(g for g in graph.groups if any(m.module == "c1" and m.role == "out" for m in g.members))
         assert any("where they are not zero" in r for r in c1.inexact)
     res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
@@ -552,6 +565,40 @@ def test_channels_not_zero_where_their_filters_are_make_the_layer_reading_them_i
     else:
         assert err <= 1e-5  # (gate: fc1's hidden channels are cut, exactly)
     assert res.model(x).shape == (2, 6)
+
+
+def test_a_map_lifted_along_its_columns_times_a_number_is_followed():
+    """k^T @ softmax(v over the tokens): a map lifted along its columns only; scaling it
+    (or squaring it) is followed, not a failure of the trace."""
+
+    class _Ctx(_HeadsAttention):
+        def mix(self, q, k, v):
+            ctx = k.transpose(-2, -1) @ v.softmax(-2)
+            return q @ (ctx * 0.5 * ctx)
+
+    torch.manual_seed(0)
+    graph = build_graph(_StemAttention(_Ctx(16, 2)).eval(), (torch.randn(2, 8, 10),))
+    assert not graph.unsupported
+
+
+def test_two_widths_not_rewritten_in_one_module_fall_back_together():
+    """dim and dim_out hold the merged width, which the code also divides by: neither is
+    rewritten, and where the cut then fails the channels of both are kept (two tentative
+    freezes of one module used to stop the fallback with a numpy truth-value error)."""
+
+    class _Divided(_MergedToDimOut):
+        def forward(self, x):
+            return super().forward(x) / 16
+
+    torch.manual_seed(0)
+    model = _TokenNet().eval()
+    model.attn = _Divided().eval()
+    x = torch.randn(2, 3, 8, 8)
+    for verify in (True, False):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+        assert res.model(x).shape == (2, 5) and cut_error(model, x, res.plan) <= 1e-5
 
 
 class _WindowAsWide(_BandedHeads):

@@ -217,7 +217,7 @@ class ChannelGraph:
             return False
         self.rewrites = [r for r in self.rewrites if (r[0], r[1]) not in drop]
         self.tentative = [t for t in self.tentative if t not in drop]
-        self.tentative_freezes = [t for t in self.tentative_freezes if t not in freeze]
+        self.tentative_freezes = [t for t in self.tentative_freezes if type(mods.get(t[0])) not in kinds]
         for _, units, reason in freeze:
             self.freeze(units, reason)
         return True

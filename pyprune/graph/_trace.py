@@ -1999,8 +1999,11 @@ def _sdpa(rec: Recorder, name, args, kwargs, out):
         rec.freeze((lq or lk).ids, f"{name} in {rec.where()}: only one of query and key carries channels")
     elif lq is not None:
         rec.unite(lq.ids, lk.ids)
-        if _arg(args, kwargs, 6, "scale") is None:
+        scale = _arg(args, kwargs, 6, "scale")
+        if scale is None:
             rec.add_inexact(lq.ids, f"{name} in {rec.where()}: its scale 1/sqrt(dim) follows the pruned dim")
+        elif type(scale) is float and rec.stack:  # scale=1 / math.sqrt(q.shape[-1]), computed in forward
+            _scale_from_width(rec, "mul", (q, scale))
     if lv is not None:
         rec.set_layout(out, Layout(out.dim() - 1, lv.ids))
 
@@ -2280,7 +2283,25 @@ _LIFTING = frozenset((
 _PRODUCTS = frozenset("mul mul_ __mul__ __imul__ __rmul__ addcmul".split())
 _QUOTIENTS = frozenset("div div_ __truediv__ __itruediv__ true_divide".split())
 _SUMS = frozenset("add add_ __add__ __iadd__ __radd__ sub sub_ __sub__ __isub__ __rsub__ rsub masked_fill "
-                  "masked_fill_".split())
+                  "masked_fill_ where".split())
+_COMPARISONS = frozenset("ge le eq __ge__ __le__ __eq__ greater_equal less_equal gt lt ne __gt__ __lt__ __ne__ "
+                         "greater less not_equal".split())
+_CLAMPS = frozenset("clamp clamp_ clip clip_ clamp_min clamp_min_ clamp_max clamp_max_".split())
+_FUNCTIONAL_LAYERS = frozenset("linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d".split())
+
+
+def _per_channel_param(rec: Recorder, t) -> bool:
+    """A parameter or buffer (or a view of one) of several values: cut, and planted as
+    zeros, with the channels it meets. (One value, a scalar bias, is not.)"""
+    return isinstance(t, torch.Tensor) and (id(t) in rec.param_owner or id(t) in rec.param_views) \
+        and t.numel() > 1
+
+
+def _clamps_zero_away(args, kwargs) -> bool:
+    """clamp(x, min, max) with a bound that moves 0 (min > 0 or max < 0)."""
+    lo = args[1] if len(args) > 1 else kwargs.get("min")
+    hi = args[2] if len(args) > 2 else kwargs.get("max")
+    return (type(lo) in (int, float) and lo > 0) or (type(hi) in (int, float) and hi < 0)
 
 
 def _lift(rec: Recorder, name: str, args, kwargs, out) -> None:
@@ -2296,6 +2317,12 @@ def _lift(rec: Recorder, name: str, args, kwargs, out) -> None:
     if name in _MATMULS:
         _lift_product(rec, args, kwargs, out)
         return
+    if name in _FUNCTIONAL_LAYERS and args and isinstance(args[0], torch.Tensor) and id(args[0]) in rec.lifted:
+        groups = _arg(args, kwargs, 6, "groups", 1) if name.startswith("conv") else 1
+        if not (groups > 1 and groups == args[0].shape[1]):  # (depthwise: cut with its channels)
+            rec.add_inexact(rec.lifted[id(args[0])][0], f"{name} in {rec.where()} reads these channels where they "
+                                                        f"are not zero even if their filters are "
+                                                        f"({rec.lifted[id(args[0])][1]}): cutting them changes it")
     outs = [o for o in _tensors(out) if rec.layout(o) is not None]
     if not outs:
         return
@@ -2312,20 +2339,24 @@ def _lift(rec: Recorder, name: str, args, kwargs, out) -> None:
             lifted = np.unique(np.concatenate([h[0] for h in have])) if have else None
     elif name in _PRODUCTS:  # zero where any factor carrying the channel has it zero
         lifted = None
-        if len(have) == len(ins) and ins:
+        # (a per-channel parameter factor is cut, and planted as zeros, with the channels)
+        weighted = any(_per_channel_param(rec, t) for t in _tensors(list(args)) if rec.layout(t) is None)
+        if not weighted and ins and all(id(t) in rec.lifted for t in ins):
             base = rec.layout(outs[0]).ids
             masks = [np.isin(rec.layout(t).ids, rec.lifted[id(t)][0]) for t in ins]
             if all(len(mk) == len(base) for mk in masks):  # element-wise: channel positions align
                 lifted = np.asarray(base)[np.logical_and.reduce(masks)]
             else:
-                lifted = have[0][0]
-                for h in have[1:]:
-                    lifted = np.intersect1d(lifted, h[0])
+                lifted = rec.lifted[id(ins[0])][0]
+                for t in ins[1:]:
+                    lifted = np.intersect1d(lifted, rec.lifted[id(t)][0])
     elif name in _QUOTIENTS:
         lifted = rec.lifted.get(id(args[0]), (None,))[0] if args and isinstance(args[0], torch.Tensor) else None
+    elif name in _COMPARISONS or name in _CLAMPS and _clamps_zero_away(args, kwargs):
+        lifted, why = every, f"{name} in {rec.where()}"
     elif name in _SUMS and ([v for v in list(args) + [kwargs.get("value")] if type(v) in (int, float) and v != 0]
-                            or [t for t in _tensors(list(args)) if rec.layout(t) is None and id(t) not in
-                                rec.param_owner and id(t) not in rec.param_views and t.dtype != torch.bool]):
+                            or [t for t in _tensors(list(args)) if rec.layout(t) is None
+                                and not _per_channel_param(rec, t) and t.dtype != torch.bool]):
         lifted, why = every, why or f"{name} of a number or a tensor without these channels in {rec.where()}"
     elif have and name in _BINARY_OPS:  # element-wise: a position lifted in any operand
         base = rec.layout(outs[0]).ids
@@ -2416,6 +2447,9 @@ def _reads_lifted(rec: Recorder, name: str, m: nn.Module, kind: str, x, out) -> 
     if got is None or rec.layout(x) is None:
         return
     ids, why = got
+    if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.in_channels \
+            or isinstance(m, nn.modules.instancenorm._InstanceNorm):
+        return  # a depthwise conv's filters, cut with the channels, zero them; a constant channel normalised is 0
     if kind == "norm" or isinstance(m, nn.PReLU):
         if (kind != "norm" or getattr(m, "weight", None) is None) and isinstance(out, torch.Tensor) \
                 and rec.layout(out) is not None:
