@@ -2290,11 +2290,15 @@ _CLAMPS = frozenset("clamp clamp_ clip clip_ clamp_min clamp_min_ clamp_max clam
 _FUNCTIONAL_LAYERS = frozenset("linear conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d".split())
 
 
-def _per_channel_param(rec: Recorder, t) -> bool:
-    """A parameter or buffer (or a view of one) of several values: cut, and planted as
-    zeros, with the channels it meets. (One value, a scalar bias, is not.)"""
-    return isinstance(t, torch.Tensor) and (id(t) in rec.param_owner or id(t) in rec.param_views) \
-        and t.numel() > 1
+def _per_channel_param(rec: Recorder, t, o) -> bool:
+    """A parameter or buffer (or a view of one) with a value per channel of output `o`
+    (along the dim that meets its channels): cut, and planted as zeros, with them. (A
+    scalar bias, or one value per pixel, is not.)"""
+    if not isinstance(t, torch.Tensor) or not isinstance(o, torch.Tensor) or rec.layout(o) is None:
+        return False
+    od = rec.layout(o).dim
+    pd = od - (o.dim() - t.dim())
+    return 0 <= pd < t.dim() and t.shape[pd] == o.shape[od] > 1 and rec.param_dim(t, pd) is not None
 
 
 def _clamps_zero_away(args, kwargs) -> bool:
@@ -2340,7 +2344,7 @@ def _lift(rec: Recorder, name: str, args, kwargs, out) -> None:
     elif name in _PRODUCTS:  # zero where any factor carrying the channel has it zero
         lifted = None
         # (a per-channel parameter factor is cut, and planted as zeros, with the channels)
-        weighted = any(_per_channel_param(rec, t) for t in _tensors(list(args)) if rec.layout(t) is None)
+        weighted = any(_per_channel_param(rec, t, outs[0]) for t in _tensors(list(args)) if rec.layout(t) is None)
         if not weighted and ins and all(id(t) in rec.lifted for t in ins):
             base = rec.layout(outs[0]).ids
             masks = [np.isin(rec.layout(t).ids, rec.lifted[id(t)][0]) for t in ins]
@@ -2356,7 +2360,7 @@ def _lift(rec: Recorder, name: str, args, kwargs, out) -> None:
         lifted, why = every, f"{name} in {rec.where()}"
     elif name in _SUMS and ([v for v in list(args) + [kwargs.get("value")] if type(v) in (int, float) and v != 0]
                             or [t for t in _tensors(list(args)) if rec.layout(t) is None
-                                and not _per_channel_param(rec, t) and t.dtype != torch.bool]):
+                                and not _per_channel_param(rec, t, outs[0]) and t.dtype != torch.bool]):
         lifted, why = every, why or f"{name} of a number or a tensor without these channels in {rec.where()}"
     elif have and name in _BINARY_OPS:  # element-wise: a position lifted in any operand
         base = rec.layout(outs[0]).ids
