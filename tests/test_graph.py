@@ -505,6 +505,8 @@ class _Lifted(nn.Module):
             self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
         if mode == "depthwise":
             self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        if mode == "instancenorm":
+            self.inorm = nn.InstanceNorm2d(8)
         if mode in ("param_factor", "scalar_bias"):
             self.g = nn.Parameter(torch.rand(8 if mode == "param_factor" else 1) + 0.5)
         self.c2 = nn.Conv2d(8, 6, 3, padding=1)
@@ -525,6 +527,8 @@ class _Lifted(nn.Module):
             h = h.flatten(2).softmax(-1).view_as(h)
         elif self.mode == "depthwise":  # its filters, cut with the channels, zero them again
             h = self.dw(torch.sigmoid(h))
+        elif self.mode == "instancenorm":  # a constant channel, normalised on its own, is zero again
+            h = self.inorm(torch.sigmoid(h))
         elif self.mode == "param_factor":  # a per-channel scale, cut with them too
             h = torch.sigmoid(h) * self.g.view(1, -1, 1, 1)
         elif self.mode == "scalar_bias":  # StarReLU's one bias is not
@@ -537,8 +541,8 @@ class _Lifted(nn.Module):
         return self.c2(h).mean((2, 3))
 
 
-@pytest.mark.parametrize("mode", ["se", "hardswish", "gelu_tanh", "depthwise", "param_factor", "sigmoid", "plus_one",
-                                  "softmax_tokens", "gate", "scalar_bias", "functional"])
+@pytest.mark.parametrize("mode", ["se", "hardswish", "gelu_tanh", "depthwise", "param_factor", "instancenorm",
+                                  "sigmoid", "plus_one", "softmax_tokens", "gate", "scalar_bias", "functional"])
 def test_channels_not_zero_where_their_filters_are_make_the_layer_reading_them_inexact(mode):
     """Planted zeros stay zero through a product with them and through ops with f(0) = 0:
     those cuts are exact. Through sigmoid, + 1, a softmax over the tokens or a product of
@@ -551,7 +555,7 @@ def test_channels_not_zero_where_their_filters_are_make_the_layer_reading_them_i
     x = torch.randn(2, 3, 8, 8)
     graph = build_graph(model, (x,))
     lifted = [r for g in graph.groups for r in g.inexact if "where they are not zero" in r]
-    if mode in ("se", "hardswish", "gelu_tanh", "depthwise", "param_factor"):
+    if mode in ("se", "hardswish", "gelu_tanh", "depthwise", "param_factor", "instancenorm"):
         assert not lifted
         check_exact(model, x)
     else:
