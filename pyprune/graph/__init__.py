@@ -740,11 +740,10 @@ def _components(joins: list) -> list[list[int]]:
             a = parent[a]
         return a
 
-    for gids in joins:
-        for other in gids[1:]:
-            parent[find(other)] = find(gids[0])
-        for gid in gids[:1]:
-            find(gid)
+    for first, *others in joins:
+        find(first)
+        for other in others:
+            parent[find(other)] = find(first)
     comps: dict = {}
     for gid in list(parent):
         comps.setdefault(find(gid), []).append(gid)
@@ -900,7 +899,7 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         # tentative ones (the value as long as another dim) are left out then
         recs = [r for r in recs if not r.tentative] or recs
         if all(r.tentative for r in recs) and recs[0].kind == "count" and attr not in _HEAD_WIDTHS \
-                and any(v == len(recs[0].pieces[0]) for _, v in rec.scalar_uses.get(mod, ())):
+                and len(recs[0].pieces[0]) in rec.scalar_uses.get(mod, {}):
             # a number that may count other things (as long as another dim, or one of several
             # attributes as wide), not named as a head's width, and that the module's code
             # also uses as a value (a window compared with distances): not rewritten; where
@@ -938,9 +937,9 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             # token distances, a width divided by): whichever attribute it came from, it may
             # be the one rewritten, and the cut then computes something else there
             value = len(first[0])
-            ops = [op for op, v in rec.scalar_uses.get(mod, ()) if v == value]
-            if ops:
+            op = rec.scalar_uses.get(mod, {}).get(value)
+            if op:
                 graph.add_reason(np.unique(first[0]), "inexact",
                                  f"{mod or 'the model'}.{attr} ({value}) is rewritten to the kept count, and the "
-                                 f"code of {mod or 'the model'} uses {value} as a value ({ops[0]}): it may be that "
+                                 f"code of {mod or 'the model'} uses {value} as a value ({op}): it may be that "
                                  "attribute's, and change with the cut")

@@ -88,7 +88,7 @@ class Recorder:
     layouts: dict = field(default_factory=dict)  # id(tensor) -> Layout
     # id(tensor) -> the channels a product contracted to make it (q @ k^T over a head's width)
     contracted: dict = field(default_factory=dict)
-    # module -> (op, number) for Python numbers its own code gave element-wise ops as values
+    # module -> {number: the first op} for Python numbers its own code gave element-wise ops
     scalar_uses: dict = field(default_factory=dict)
     # id(tensor) -> (channel ids, the op that made them non-zero where their filters are
     # zero: sigmoid(0) = 0.5; see _lift), along the layout's dim; lifted_cross: along the
@@ -2242,7 +2242,7 @@ class _Mode(TorchFunctionMode):
                 _scale_from_width(rec, name, args)
             for v in list(args) + list(kwargs.values()):
                 if type(v) in (int, float) and v >= 2 and float(v).is_integer():
-                    rec.scalar_uses.setdefault(rec.stack[-1] if rec.stack else "", []).append((name, int(v)))
+                    rec.scalar_uses.setdefault(rec.stack[-1] if rec.stack else "", {}).setdefault(int(v), name)
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
@@ -2334,44 +2334,52 @@ def _lift(rec: Recorder, name: str, args, kwargs, out) -> None:
     crossed = [rec.lifted_cross[id(t)] for t in ins if id(t) in rec.lifted_cross]
     have = [rec.lifted[id(t)] for t in ins if id(t) in rec.lifted] + crossed
     why = have[0][1] if have else None
-    every = np.unique(np.concatenate([_carried(rec.layout(t)) for t in ins])) if ins else np.zeros(0, np.int64)
     if name in _LIFTING:
         dim = _arg(args, kwargs, 1, "dim") if name in ("softmax", "log_softmax", "softmin") else None
-        if dim is None or not ins or _norm_dim(dim, ins[0].dim()) != rec.layout(ins[0]).dim:
-            lifted, why = every, f"{name} in {rec.where()}"
-        else:  # over the channels: reported inexact by its rule; the lifted pass on
-            lifted = np.unique(np.concatenate([h[0] for h in have])) if have else None
-    elif name in _PRODUCTS:  # zero where any factor carrying the channel has it zero
+        lifts = dim is None or not ins or _norm_dim(dim, ins[0].dim()) != rec.layout(ins[0]).dim
+        # (over the channels: reported inexact by its rule; the lifted pass on)
+    else:
+        lifts = name in _COMPARISONS or name in _CLAMPS and _clamps_zero_away(args, kwargs) or name in _SUMS and (
+            any(type(v) in (int, float) and v != 0 for v in list(args) + [kwargs.get("value")])
+            or any(rec.layout(t) is None and not _per_channel_param(rec, t, outs[0]) and t.dtype != torch.bool
+                   for t in _tensors(list(args))))
+    if lifts:  # every channel it carries
+        lifted = np.unique(np.concatenate([_carried(rec.layout(t)) for t in ins])) if ins else None
+        why = (why or f"{name} of a number or a tensor without these channels in {rec.where()}") if name in _SUMS \
+            else f"{name} in {rec.where()}"
+    elif not have:
         lifted = None
+    elif name in _PRODUCTS:  # zero where any factor carrying the channel has it zero
         # (a per-channel parameter factor is cut, and planted as zeros, with the channels)
         weighted = any(_per_channel_param(rec, t, outs[0]) for t in _tensors(list(args)) if rec.layout(t) is None)
-        if not weighted and ins and all(id(t) in rec.lifted for t in ins):
-            base = rec.layout(outs[0]).ids
-            masks = [np.isin(rec.layout(t).ids, rec.lifted[id(t)][0]) for t in ins]
-            if all(len(mk) == len(base) for mk in masks):  # element-wise: channel positions align
-                lifted = np.asarray(base)[np.logical_and.reduce(masks)]
-            else:
-                lifted = rec.lifted[id(ins[0])][0]
-                for t in ins[1:]:
-                    lifted = np.intersect1d(lifted, rec.lifted[id(t)][0])
+        lifted = None if weighted or not all(id(t) in rec.lifted for t in ins) \
+            else _by_position(rec, ins, outs[0], np.logical_and)
     elif name in _QUOTIENTS:
         lifted = rec.lifted.get(id(args[0]), (None,))[0] if args and isinstance(args[0], torch.Tensor) else None
-    elif name in _COMPARISONS or name in _CLAMPS and _clamps_zero_away(args, kwargs):
-        lifted, why = every, f"{name} in {rec.where()}"
-    elif name in _SUMS and ([v for v in list(args) + [kwargs.get("value")] if type(v) in (int, float) and v != 0]
-                            or [t for t in _tensors(list(args)) if rec.layout(t) is None
-                                and not _per_channel_param(rec, t, outs[0]) and t.dtype != torch.bool]):
-        lifted, why = every, why or f"{name} of a number or a tensor without these channels in {rec.where()}"
-    elif have and name in _BINARY_OPS:  # element-wise: a position lifted in any operand
-        base = rec.layout(outs[0]).ids
-        masks = [np.isin(rec.layout(t).ids, rec.lifted[id(t)][0]) for t in ins if id(t) in rec.lifted]
-        lifted = np.asarray(base)[np.logical_or.reduce(masks)] if all(len(mk) == len(base) for mk in masks) \
-            else np.unique(np.concatenate([h[0] for h in have]))
+    elif name in _BINARY_OPS:  # element-wise: a position lifted in any operand
+        lifted = _by_position(rec, [t for t in ins if id(t) in rec.lifted], outs[0], np.logical_or, have)
     else:
-        lifted = np.unique(np.concatenate([h[0] for h in have])) if have else None
+        lifted = np.unique(np.concatenate([h[0] for h in have]))
     for o in outs:
         mine = None if lifted is None else np.intersect1d(lifted, _carried(rec.layout(o)))
         _set_lifted(rec, o, mine, why, mine if crossed and rec.layout(o).cross is not None else None)
+
+
+def _by_position(rec: Recorder, ts: list, o, combine, have: list | None = None) -> np.ndarray:
+    """The lifted channels of an element-wise op's output `o` from its operands `ts` (each
+    lifted): position by position, `combine` (``np.logical_and``: a product, zero where
+    any factor is; ``np.logical_or``: a sum) of theirs; where the positions do not align,
+    by channel id (the intersection, or the union of `have`)."""
+    base = np.asarray(rec.layout(o).ids)
+    masks = [np.isin(rec.layout(t).ids, rec.lifted[id(t)][0]) for t in ts]
+    if masks and all(len(mk) == len(base) for mk in masks):
+        return base[combine.reduce(masks)]
+    if combine is np.logical_or:
+        return np.unique(np.concatenate([h[0] for h in have]))
+    lifted = rec.lifted[id(ts[0])][0]
+    for t in ts[1:]:
+        lifted = np.intersect1d(lifted, rec.lifted[id(t)][0])
+    return lifted
 
 
 def _set_lifted(rec: Recorder, t, ids, why, cross_ids=None) -> None:
