@@ -265,9 +265,38 @@ __attribute__((target("avx512f"))) void avx512(int64_t m, const float* a, int64_
     }
 }
 
+__attribute__((target("avx2"))) void transpose8_avx2(const float* x, int64_t ld, int64_t cols, float* out,
+                                                      int64_t ldo) {
+    int64_t t = 0;
+    for (; t + 8 <= cols; t += 8) {
+        // 8 x 8 block in registers: rows r0..r7 (8 columns each) in, columns c0..c7 out.
+        __m256 r[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(x + i * ld + t);
+        __m256 u[8], v[8];
+        for (int i = 0; i < 4; ++i) {  // pairs of rows interleaved
+            u[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+            u[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+        }
+        for (int i = 0; i < 2; ++i) {  // then pairs of pairs
+            v[4 * i] = _mm256_shuffle_ps(u[4 * i], u[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            v[4 * i + 1] = _mm256_shuffle_ps(u[4 * i], u[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+            v[4 * i + 2] = _mm256_shuffle_ps(u[4 * i + 1], u[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+            v[4 * i + 3] = _mm256_shuffle_ps(u[4 * i + 1], u[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        for (int i = 0; i < 4; ++i) {  // and the 128-bit halves of rows 0-3 and 4-7
+            _mm256_storeu_ps(out + (t + i) * ldo, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+            _mm256_storeu_ps(out + (t + i + 4) * ldo, _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+        }
+    }
+    for (; t < cols; ++t)
+        for (int64_t i = 0; i < 8; ++i) out[t * ldo + i] = x[i * ld + t];
+}
+
 #else  // not x86-64: only the portable kernel exists; gemm.cpp never calls these
 
 bool x86_kernels_built() { return false; }
+
+void transpose8_avx2(const float*, int64_t, int64_t, float*, int64_t) {}
 
 void avx2(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, bool) {}
 void avx512(int64_t, const float*, int64_t, const float*, int64_t, float*, int64_t, int64_t, bool) {}

@@ -45,4 +45,9 @@ void avx2(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc
 void portable(int64_t m, const float* a, int64_t lda, const float* panel, int64_t kc, float* out,
               int64_t ldo, int64_t ncols, bool acc);
 
+/// out[t * ldo + i] = x[i * ld + t] for the 8 rows i < 8 and t < cols: 8 rows transposed
+/// into 8-float pieces, through 8 x 8 blocks held in ymm registers (AVX2; the packing of
+/// the x86 kernels' panels).
+void transpose8_avx2(const float* x, int64_t ld, int64_t cols, float* out, int64_t ldo);
+
 }  // namespace pyprune::kernels
