@@ -1723,6 +1723,63 @@ class _SeparateQKV(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
+class _UnnamedSquareHeads(nn.Module):
+    """Query, key and value from Linears of their own, split into heads by two attributes of
+    the same value whose names say nothing (``self.h == self.hd == 4``), or (``computed``)
+    by the width computed from the input, ``c // self.h``, where an unrelated attribute
+    (``self.window``) holds the same number."""
+
+    def __init__(self, computed=False):
+        super().__init__()
+        self.h, self.computed = 4, computed
+        if computed:
+            self.window = 4
+        else:
+            self.hd = 4
+        self.q, self.k, self.v, self.proj = (nn.Linear(16, 16) for _ in range(4))
+
+    def forward(self, x):
+        b, n, c = x.shape
+        width = c // self.h if self.computed else self.hd
+        q, k, v = (f(x).reshape(b, n, self.h, width).transpose(1, 2) for f in (self.q, self.k, self.v))
+        attn = ((q @ k.transpose(-1, -2)) * 0.5).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_heads_whose_width_two_unnamed_attributes_hold_are_kept_with_the_reason(verify):
+    """Which of h and hd counts the channels is not known: nothing is rewritten, so the
+    heads' channels are cut only where the check of the cut passes. Here it fails, and
+    without the check (verify=False) they are kept before cutting: the pruned model runs
+    (it failed in the reshape before) and the warning names the two attributes."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_UnnamedSquareHeads).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"h and hd of attn all hold the heads' width \(4\)"):
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    attn = res.model.attn
+    assert (attn.q.out_features, attn.k.out_features, attn.v.out_features, attn.h, attn.hd) == (16, 16, 16, 4, 4)
+    assert res.model.fc1.out_features == 16  # the rest of the model is still cut
+    assert res.model(x).shape == (2, 5)
+
+
+def test_heads_whose_width_is_computed_are_cut_where_an_attribute_holds_the_same_number():
+    """The width is computed from the input (c // h), and self.window merely holds the same
+    number: the check of the cut passes, so the heads are cut (to 2 channels each); without
+    the check they are kept, as above."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=lambda: _UnnamedSquareHeads(computed=True)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    attn = res.model.attn
+    assert (attn.q.out_features, attn.k.out_features, attn.v.out_features) == (8, 8, 8)
+    assert (attn.h, attn.window) == (4, 4)
+    assert res.model(x).shape == (2, 5)
+    with pytest.warns(UserWarning, match="h and window of attn all hold the heads' width"):
+        kept = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
+    assert kept.model.attn.q.out_features == 16
+
+
 @pytest.mark.parametrize("sr", [False, True])
 def test_one_head_width_for_query_and_value_links_them_and_the_stream(sr):
     """The head width splits the query's heads and the value's, two groups, and the merged

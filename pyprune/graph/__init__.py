@@ -516,6 +516,8 @@ def _assemble(model: nn.Module, rec) -> ChannelGraph:
                     for where, op, outs in rec.op_log]
     _assign_blocks(graph, rec, unit_of)
     _assign_rewrites(graph, rec, unit_of)
+    for mod, ids, why in rec.tentative_freezes:
+        graph.tentative_freezes.append((mod, np.unique(unit_of[ids]), why))
     # An unknown op matters only where it touched channels that could otherwise be pruned.
     legit |= graph.unit_frozen & ~before  # frozen since, by blocks or rewrites
     for where, op, ids in rec.unknown:

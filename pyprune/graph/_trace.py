@@ -124,6 +124,9 @@ class Recorder:
     width_tied: set = field(default_factory=set)  # modules whose heads' width was tied to their input's
     links: list = field(default_factory=list)  # (ids, ids, reason, module): their groups keep the same share
     square_heads: set = field(default_factory=set)  # modules whose head width an attribute equals ambiguously
+    # (module, ids, reason): channels whose count the code may hold in a way no rewrite
+    # follows; cut only where the check of the cut passes (Graph.tentative_freezes)
+    tentative_freezes: list = field(default_factory=list)
     weight_views: set = field(default_factory=set)  # ids of tensors made from a leaf layer's weight
     param_shape_attrs: dict = field(default_factory=dict)  # (module, param, dim) -> [Rewrite without pieces]
     # The torch calls of the model's own code (outside the leaf layers) as they ran, for the
@@ -940,6 +943,16 @@ def _view(rec: Recorder, name, args, kwargs, out):
                     _tie_to_input_width(rec, lay, new)
                 else:
                     _tie_to_width_read(rec, shape[new.dim], new)
+            elif len(new.ids) < len(lay.ids):
+                # split into heads whose width several attributes hold, none of them named as a
+                # head's (``reshape(B, N, self.h, self.hd)`` with h == hd): which one counts the
+                # channels is not known, so none is rewritten. Where the width is computed from
+                # the input the cut runs; where it is one of them it fails: cut only if the check
+                # of the cut passes, kept otherwise
+                attrs = " and ".join(rec.find_attrs(shape[new.dim]))
+                rec.tentative_freezes.append((rec.stack[-1], np.asarray(lay.ids, np.int64),
+                                              f"{attrs} of {rec.stack[-1]} all hold the heads' width "
+                                              f"({shape[new.dim]}): which one counts these channels is not known"))
             elif len(new.ids) > len(lay.ids):
                 # heads merged back to a width that several attributes hold, none of them a
                 # head's (NextViT's ``reshape(B, N, C)``, C = x.shape[-1], also dim and out_dim;
