@@ -1780,6 +1780,42 @@ def test_heads_whose_width_is_computed_are_cut_where_an_attribute_holds_the_same
     assert kept.model.attn.q.out_features == 16
 
 
+class _NonLocalEqualWidths(nn.Module):
+    """A non-local block whose inner width equals its input's (``in_channels ==
+    inter_channels``): ``view(b, self.inter_channels, -1)`` holds a count both attributes
+    hold."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.in_channels = self.inter_channels = c
+        self.g, self.theta, self.phi, self.w = (nn.Conv2d(c, c, 1) for _ in range(4))
+
+    def forward(self, x):
+        b = x.size(0)
+        g = self.g(x).view(b, self.inter_channels, -1).permute(0, 2, 1)
+        t = self.theta(x).view(b, self.inter_channels, -1).permute(0, 2, 1)
+        p = self.phi(x).view(b, self.inter_channels, -1)
+        y = torch.matmul(torch.matmul(t, p).softmax(dim=-1), g)
+        return x + self.w(y.permute(0, 2, 1).contiguous().view(b, self.inter_channels, *x.size()[2:]))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_count_two_attributes_hold_keeps_its_channels_with_the_reason(verify):
+    """Which of in_channels and inter_channels counts the inner channels is not known: they
+    are kept, with and without the check of the cut (the pruned model failed in the view
+    with verify=False before), and the warning names both; the stream is still cut."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), _NonLocalEqualWidths(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with pytest.warns(UserWarning, match=r"in_channels and inter_channels of 2 all hold the channel count \(16\)"):
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    block = res.model[2]
+    assert (block.g.out_channels, block.theta.out_channels, block.phi.out_channels, block.inter_channels) == (16,) * 4
+    assert res.model[0].out_channels == 8
+    assert res.model(x).shape == (2, 5)
+
+
 @pytest.mark.parametrize("sr", [False, True])
 def test_one_head_width_for_query_and_value_links_them_and_the_stream(sr):
     """The head width splits the query's heads and the value's, two groups, and the merged

@@ -943,15 +943,21 @@ def _view(rec: Recorder, name, args, kwargs, out):
                     _tie_to_input_width(rec, lay, new)
                 else:
                     _tie_to_width_read(rec, shape[new.dim], new)
-            elif len(new.ids) < len(lay.ids):
+            elif len(new.ids) < len(lay.ids) or (len(new.ids) == len(lay.ids)
+                                                  and _width_read_from_input(rec, shape[new.dim]) is None
+                                                  and not _width_read_of(rec, shape[new.dim], lay.ids)):
                 # split into heads whose width several attributes hold, none of them named as a
-                # head's (``reshape(B, N, self.h, self.hd)`` with h == hd): which one counts the
-                # channels is not known, so none is rewritten. Where the width is computed from
-                # the input the cut runs; where it is one of them it fails: cut only if the check
-                # of the cut passes, kept otherwise
+                # head's (``reshape(B, N, self.h, self.hd)`` with h == hd), or a count they all
+                # hold that the module read neither from its input nor from the tensor itself
+                # (``B, H, W, C = x.shape; x.view(B, -1, C)``): a non-local block's
+                # ``view(B, self.inter_channels, -1)`` with in_channels == inter_channels:
+                # which one counts the channels is not known, so none is rewritten. Where the
+                # count is computed from the input the cut runs; where it is one of them it
+                # fails: cut only if the check of the cut passes, kept otherwise
                 attrs = " and ".join(rec.find_attrs(shape[new.dim]))
+                what = "heads' width" if len(new.ids) < len(lay.ids) else "channel count"
                 rec.tentative_freezes.append((rec.stack[-1], np.asarray(lay.ids, np.int64),
-                                              f"{attrs} of {rec.stack[-1]} all hold the heads' width "
+                                              f"{attrs} of {rec.stack[-1] or 'the model'} all hold the {what} "
                                               f"({shape[new.dim]}): which one counts these channels is not known"))
             elif len(new.ids) > len(lay.ids):
                 # heads merged back to a width that several attributes hold, none of them a
@@ -1031,6 +1037,13 @@ def _width_read_from_input(rec: Recorder, width: int) -> np.ndarray | None:
     inputs = rec.module_inputs.get(rec.stack[-1], ())
     return next((r for where, r in reversed(rec.widths_read_all.get(width, ()))
                  if where == rec.stack[-1] and any(np.array_equal(xl.ids, r) for xl in inputs)), None)
+
+
+def _width_read_of(rec: Recorder, width: int, ids: np.ndarray) -> bool:
+    """True when the current module's code read the channel count `width` of a tensor
+    holding the channels `ids` (``C = x.shape[-1]`` before ``x.view(B, -1, C)``)."""
+    where = rec.stack[-1] if rec.stack else ""
+    return any(w == where and np.array_equal(r, ids) for w, r in rec.widths_read_all.get(width, ()))
 
 
 def _tie_to_input_width(rec: Recorder, lay: Layout, new: Layout) -> None:
@@ -2549,7 +2562,8 @@ def record(model: nn.Module, example_inputs: tuple, example_kwargs: dict) -> tup
         if isinstance(x, torch.Tensor) and isinstance(out, torch.Tensor):
             _reads_lifted(rec, name, m, h.kind, x, out)
             if rec.count_layers and h.kind != "other":
-                rec.layers.append(LayerRecord(name, h.kind, tuple(out.shape)))
+                with torch._C.DisableTorchFunction():  # pyprune's read, not the model's: not recorded as one
+                    rec.layers.append(LayerRecord(name, h.kind, tuple(out.shape)))
             rec.leaf_modules[name] = h.kind
             if out is not output:  # the other outputs (attention weights, say) carry no channels
                 for o in _tensors(list(output)[1:]):
