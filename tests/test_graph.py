@@ -1755,8 +1755,12 @@ def test_heads_whose_width_two_unnamed_attributes_hold_are_kept_with_the_reason(
     torch.manual_seed(0)
     model = _TokenNet(attn=_UnnamedSquareHeads).eval()
     x = torch.randn(2, 3, 8, 8)
-    with pytest.warns(UserWarning, match=r"h and hd of attn all hold the heads' width \(4\)"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    said = [str(w.message) for w in caught]
+    assert any("h and hd of attn hold the same heads' width (4)" in m for m in said), said
+    assert not any("pruned again" in m for m in said), said
     attn = res.model.attn
     assert (attn.q.out_features, attn.k.out_features, attn.v.out_features, attn.h, attn.hd) == (16, 16, 16, 4, 4)
     assert res.model.fc1.out_features == 16  # the rest of the model is still cut
@@ -1775,7 +1779,7 @@ def test_heads_whose_width_is_computed_are_cut_where_an_attribute_holds_the_same
     assert (attn.q.out_features, attn.k.out_features, attn.v.out_features) == (8, 8, 8)
     assert (attn.h, attn.window) == (4, 4)
     assert res.model(x).shape == (2, 5)
-    with pytest.warns(UserWarning, match="h and window of attn all hold the heads' width"):
+    with pytest.warns(UserWarning, match="h and window of attn hold the same heads' width"):
         kept = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
     assert kept.model.attn.q.out_features == 16
 
@@ -1785,13 +1789,14 @@ class _NonLocalEqualWidths(nn.Module):
     inter_channels``): ``view(b, self.inter_channels, -1)`` holds a count both attributes
     hold."""
 
-    def __init__(self, c=16):
+    def __init__(self, c=16, read_size=False):
         super().__init__()
         self.in_channels = self.inter_channels = c
+        self.read_size = read_size  # b, c, h, w = x.size() first: the input's width read too
         self.g, self.theta, self.phi, self.w = (nn.Conv2d(c, c, 1) for _ in range(4))
 
     def forward(self, x):
-        b = x.size(0)
+        b = x.size()[0] if self.read_size else x.size(0)
         g = self.g(x).view(b, self.inter_channels, -1).permute(0, 2, 1)
         t = self.theta(x).view(b, self.inter_channels, -1).permute(0, 2, 1)
         p = self.phi(x).view(b, self.inter_channels, -1)
@@ -1799,17 +1804,51 @@ class _NonLocalEqualWidths(nn.Module):
         return x + self.w(y.permute(0, 2, 1).contiguous().view(b, self.inter_channels, *x.size()[2:]))
 
 
+class _TokensReadTheirWidth(nn.Module):
+    """Tokens viewed back with the width read from the tensor itself (``C = x.shape[-1]``),
+    in a module where two attributes hold the same number: the count is the tensor's."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.dim = self.out_dim = c
+        self.fc = nn.Linear(c, c)
+
+    def forward(self, x):
+        y = self.fc(x)
+        b, n, c = y.shape
+        return y.view(b, -1, c)
+
+
+def test_a_count_read_from_the_tensor_itself_is_cut_without_the_check():
+    """The width of the view was read from the tensor: whichever attribute also holds it,
+    the cut follows, so nothing is kept back, even with verify=False."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_TokensReadTheirWidth).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = build_graph(model, (x[:1],))
+    assert not graph.tentative_freezes
+    res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
+    assert (res.model.attn.fc.out_features, res.model.embed.out_channels) == (8, 8)
+    assert res.model(x).shape == (2, 5)
+
+
+@pytest.mark.parametrize("read_size", [False, True])
 @pytest.mark.parametrize("verify", [True, False])
-def test_a_count_two_attributes_hold_keeps_its_channels_with_the_reason(verify):
+def test_a_count_two_attributes_hold_keeps_its_channels_with_the_reason(verify, read_size):
     """Which of in_channels and inter_channels counts the inner channels is not known: they
     are kept, with and without the check of the cut (the pruned model failed in the view
-    with verify=False before), and the warning names both; the stream is still cut."""
+    with verify=False before), also where the block read its input's size, and the warning
+    names both; the stream is still cut, and no retry was needed."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), _NonLocalEqualWidths(),
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), _NonLocalEqualWidths(read_size=read_size),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
     x = torch.randn(2, 3, 8, 8)
-    with pytest.warns(UserWarning, match=r"in_channels and inter_channels of 2 all hold the channel count \(16\)"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    said = [str(w.message) for w in caught]
+    assert any("in_channels and inter_channels of 2 hold the same channel count (16)" in m for m in said), said
+    assert not any("pruned again" in m for m in said), said
     block = res.model[2]
     assert (block.g.out_channels, block.theta.out_channels, block.phi.out_channels, block.inter_channels) == (16,) * 4
     assert res.model[0].out_channels == 8

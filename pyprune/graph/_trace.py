@@ -944,21 +944,18 @@ def _view(rec: Recorder, name, args, kwargs, out):
                 else:
                     _tie_to_width_read(rec, shape[new.dim], new)
             elif len(new.ids) < len(lay.ids) or (len(new.ids) == len(lay.ids)
-                                                  and _width_read_from_input(rec, shape[new.dim]) is None
                                                   and not _width_read_of(rec, shape[new.dim], lay.ids)):
                 # split into heads whose width several attributes hold, none of them named as a
                 # head's (``reshape(B, N, self.h, self.hd)`` with h == hd), or a count they all
-                # hold that the module read neither from its input nor from the tensor itself
-                # (``B, H, W, C = x.shape; x.view(B, -1, C)``): a non-local block's
-                # ``view(B, self.inter_channels, -1)`` with in_channels == inter_channels:
-                # which one counts the channels is not known, so none is rewritten. Where the
-                # count is computed from the input the cut runs; where it is one of them it
-                # fails: cut only if the check of the cut passes, kept otherwise
-                attrs = " and ".join(rec.find_attrs(shape[new.dim]))
-                what = "heads' width" if len(new.ids) < len(lay.ids) else "channel count"
-                rec.tentative_freezes.append((rec.stack[-1], np.asarray(lay.ids, np.int64),
-                                              f"{attrs} of {rec.stack[-1] or 'the model'} all hold the {what} "
-                                              f"({shape[new.dim]}): which one counts these channels is not known"))
+                # hold that the module did not read from the tensor itself (as ``B, H, W, C =
+                # x.shape; x.view(B, -1, C)`` does): a non-local block's ``view(B,
+                # self.inter_channels, -1)`` with in_channels == inter_channels, even where it
+                # read its input's size. Which one counts the channels is not known, so none is
+                # rewritten. Where the count is computed from the input the cut runs; where it
+                # is one of the attributes it fails: cut only if the check of the cut passes,
+                # kept otherwise (and without the check)
+                _keep_unknown_count(rec, lay, shape[new.dim], "heads' width" if len(new.ids) < len(lay.ids)
+                                    else "channel count")
             elif len(new.ids) > len(lay.ids):
                 # heads merged back to a width that several attributes hold, none of them a
                 # head's (NextViT's ``reshape(B, N, C)``, C = x.shape[-1], also dim and out_dim;
@@ -1037,6 +1034,19 @@ def _width_read_from_input(rec: Recorder, width: int) -> np.ndarray | None:
     inputs = rec.module_inputs.get(rec.stack[-1], ())
     return next((r for where, r in reversed(rec.widths_read_all.get(width, ()))
                  if where == rec.stack[-1] and any(np.array_equal(xl.ids, r) for xl in inputs)), None)
+
+
+def _keep_unknown_count(rec: Recorder, lay: Layout, count: int, what: str) -> None:
+    """Channels `lay` whose count several attributes of the current module hold (the view's
+    caller): cut only where the check of the cut passes (Graph.tentative_freezes), once per
+    module and channels."""
+    ids = np.asarray(lay.ids, np.int64)
+    if any(m == rec.stack[-1] and np.array_equal(i, ids) for m, i, _ in rec.tentative_freezes):
+        return
+    *first, last = rec.find_attrs(count)
+    attrs = f"{', '.join(first)} and {last}" if first else last
+    rec.tentative_freezes.append((rec.stack[-1], ids, f"{attrs} of {rec.where()} hold the same {what} ({count}): "
+                                                      "which one counts these channels is not known"))
 
 
 def _width_read_of(rec: Recorder, width: int, ids: np.ndarray) -> bool:
