@@ -1746,6 +1746,17 @@ class _UnnamedSquareHeads(nn.Module):
         return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
 
 
+def _kept_with_reason(model, x, verify, reason):
+    """L2 at ratio 0.5; the warnings must give `reason` and no retry of the cut."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x, method="l2", ratio=0.5, verify=verify)
+    said = [str(w.message) for w in caught]
+    assert any(reason in m for m in said), said
+    assert not any("pruned again" in m for m in said), said
+    return res
+
+
 @pytest.mark.parametrize("verify", [True, False])
 def test_heads_whose_width_two_unnamed_attributes_hold_are_kept_with_the_reason(verify):
     """Which of h and hd counts the channels is not known: nothing is rewritten, so the
@@ -1755,12 +1766,7 @@ def test_heads_whose_width_two_unnamed_attributes_hold_are_kept_with_the_reason(
     torch.manual_seed(0)
     model = _TokenNet(attn=_UnnamedSquareHeads).eval()
     x = torch.randn(2, 3, 8, 8)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
-    said = [str(w.message) for w in caught]
-    assert any("h and hd of attn hold the same heads' width (4)" in m for m in said), said
-    assert not any("pruned again" in m for m in said), said
+    res = _kept_with_reason(model, x[:1], verify, "h and hd of attn hold the same heads' width (4)")
     attn = res.model.attn
     assert (attn.q.out_features, attn.k.out_features, attn.v.out_features, attn.h, attn.hd) == (16, 16, 16, 4, 4)
     assert res.model.fc1.out_features == 16  # the rest of the model is still cut
@@ -1843,12 +1849,7 @@ def test_a_count_two_attributes_hold_keeps_its_channels_with_the_reason(verify, 
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), _NonLocalEqualWidths(read_size=read_size),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 5)).eval()
     x = torch.randn(2, 3, 8, 8)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
-    said = [str(w.message) for w in caught]
-    assert any("in_channels and inter_channels of 2 hold the same channel count (16)" in m for m in said), said
-    assert not any("pruned again" in m for m in said), said
+    res = _kept_with_reason(model, x[:1], verify, "in_channels and inter_channels of 2 hold the same channel count (16)")
     block = res.model[2]
     assert (block.g.out_channels, block.theta.out_channels, block.phi.out_channels, block.inter_channels) == (16,) * 4
     assert res.model[0].out_channels == 8
