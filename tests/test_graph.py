@@ -1790,6 +1790,109 @@ def test_heads_whose_width_is_computed_are_cut_where_an_attribute_holds_the_same
     assert kept.model.attn.q.out_features == 16
 
 
+class _KeyValueSplitHeads(nn.Module):
+    """LeViT's attention: one Linear gives each head's query, key and value side by side,
+    split by ``split([key_dim, key_dim, val_dim])`` (the same attribute twice), the query
+    and key multiplied channel by channel, the heads merged back to ``val_attn_dim``."""
+
+    def __init__(self, dim=16, key_dim=4, num_heads=2, val_dim=6):
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = num_heads, key_dim, val_dim
+        self.val_attn_dim = num_heads * val_dim
+        self.scale = key_dim ** -0.5
+        self.qkv = nn.Linear(dim, num_heads * (2 * key_dim + val_dim))
+        self.proj = nn.Linear(self.val_attn_dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, self.val_attn_dim))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_split_whose_query_and_key_share_an_attribute_is_cut(verify):
+    """split([key_dim, key_dim, val_dim]) gives two pieces sized one by one: the query and
+    key together (each key channel coupled with its query channel, so every unit twice) and
+    the value (once). Their sizes are rewritten from what each keeps, so the two multiples
+    need not agree; the heads' channels were kept before ("its pieces share coupled
+    channels"). Exact with zeros planted in the channels cut; pruned, with or without the
+    check of the cut, every head keeps fewer query/key and value channels, and the
+    attributes follow."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_KeyValueSplitHeads).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph = check_exact(model, x)
+    qkv = [g for g in graph.groups if any(m.module == "attn.qkv" and m.role == "out" for m in g.members)]
+    assert len(qkv) == 1 and qkv[0].prunable and not qkv[0].frozen.any()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    assert not any("attn" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    attn = res.model.attn
+    assert 1 <= attn.key_dim < 4 and 1 <= attn.val_dim < 6
+    assert attn.qkv.out_features == attn.num_heads * (2 * attn.key_dim + attn.val_dim)
+    assert attn.val_attn_dim == attn.num_heads * attn.val_dim == attn.proj.in_features
+    assert res.model(x).shape == (2, 5)
+
+
+class _PartialSingleHead(nn.Module):
+    """SHViT's single-head attention on part of the channels: the stream split by
+    ``[self.pdim, self.dim - self.pdim]`` (a size no attribute holds: those channels keep
+    their count), the query, key and value of the first part split by ``[qk_dim, qk_dim,
+    pdim]``, so ``pdim`` also counts the value's channels."""
+
+    def __init__(self, dim=16, qk_dim=5, pdim=6):
+        super().__init__()
+        self.dim, self.qk_dim, self.pdim = dim, qk_dim, pdim
+        self.scale = qk_dim ** -0.5
+        self.qkv = nn.Conv2d(pdim, 2 * qk_dim + pdim, 1)
+        self.proj = nn.Conv2d(dim, dim, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        x1, x2 = torch.split(x, [self.pdim, self.dim - self.pdim], dim=1)
+        q, k, v = (t.flatten(2) for t in self.qkv(x1).split([self.qk_dim, self.qk_dim, self.pdim], dim=1))
+        attn = ((q.transpose(-1, -2) @ k) * self.scale).softmax(dim=-1)
+        x1 = (v @ attn.transpose(-1, -2)).reshape(b, self.pdim, h, w)
+        return self.proj(torch.cat([x1, x2], dim=1))
+
+
+class _PartialHeadNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.mixer = nn.Conv2d(3, 16, 2, stride=2), _PartialSingleHead()
+        self.conv, self.fc = nn.Conv2d(16, 32, 1), nn.Linear(32, 5)
+
+    def forward(self, x):
+        t = self.embed(x)
+        t = t + self.mixer(t)
+        return self.fc(torch.relu(self.conv(t)).mean((2, 3)))
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_attribute_that_also_sizes_channels_kept_whole_keeps_them_where_it_counts(verify):
+    """pdim sizes the value's channels and the stream's first part, which keeps its count
+    (the other size is computed in forward). The value's channels are kept with the reason
+    and the query and key are still cut; rewriting pdim to the kept value channels gave a
+    model that failed in the qkv conv (and, checked, a fallback that kept every such conv)."""
+    torch.manual_seed(0)
+    model = _PartialHeadNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    assert not any("failed" in str(w.message) for w in caught), [str(w.message) for w in caught]
+    attn = res.model.mixer
+    assert attn.pdim == 6 and attn.qkv.in_channels == 6 and 1 <= attn.qk_dim < 5
+    assert attn.qkv.out_channels == 2 * attn.qk_dim + 6
+    assert any("pdim is read for channel counts of tensors that are cut differently" in why
+               for *_, reasons in res.frozen() for why in reasons)
+    assert res.model.conv.out_channels == 16  # the rest of the model is still cut
+    assert res.model(x).shape == (2, 5)
+
+
 class _NonLocalEqualWidths(nn.Module):
     """A non-local block whose inner width equals its input's (``in_channels ==
     inter_channels``): ``view(b, self.inter_channels, -1)`` holds a count both attributes

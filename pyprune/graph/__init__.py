@@ -539,14 +539,14 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     linked: list = []  # equal constraints across groups: (units per piece, reason, module)
     for pieces, equal, reason, module in rec.blocks:
         pieces = [unit_of[p] for p in pieces]
-        units = _block_units(pieces)
+        units = _block_units(pieces, same_multiple=equal)
         if units is None and equal:
             units = _without_straddlers(graph, pieces, reason, module)
         elif units is None and _same_units(pieces):
             units = []  # sizes rewritten one by one, each a multiple of one count: tentative as below
             graph.tentative_freezes.append((module, np.unique(np.concatenate(pieces)),
                                             f"{reason}: its pieces share coupled channels"))
-        elif units is not None and _block_units(pieces, merge_same=False) is None:
+        elif units is not None and _block_units(pieces, merge_same=False, same_multiple=equal) is None:
             # pieces that stand for each other: a count that holds whatever is cut, unless the
             # module's code also sizes them by a number no attribute holds; the check of the
             # cut then fails there and they are kept, as they were before this rule
@@ -792,13 +792,20 @@ def _one_piece_is_the_others(pieces: list[np.ndarray]) -> bool:
     return False
 
 
-def _block_units(pieces: list[np.ndarray], merge_same: bool = True) -> list[np.ndarray] | None:
+def _block_units(pieces: list[np.ndarray], merge_same: bool = True,
+                 same_multiple: bool = True) -> list[np.ndarray] | None:
     """The units of each piece that decide its size. A unit found as often in every piece
     (channel shuffle interleaves partners) changes them alike and is left out; every other
     unit must lie in one piece, each as often (the piece's size is then a multiple of its
     units). Pieces holding the same units as often as each other (the query and key of an
     attention whose dot product couples them) keep the same count whatever is cut, so one
-    of them stands for all. None when the pieces cannot be sized by their units."""
+    of them stands for all. None when the pieces cannot be sized by their units.
+
+    ``same_multiple=False`` is for pieces whose sizes are rewritten one by one (split
+    sizes held by attributes): each piece's size is then counted from its own kept
+    channels, so one piece may hold its units twice and another once (LeViT's
+    ``split([key_dim, key_dim, val_dim])``, its query and key coupled unit by unit: the
+    pieces q+k and v)."""
     distinct: list = []
     for p in pieces:
         key = np.sort(p)
@@ -821,7 +828,7 @@ def _block_units(pieces: list[np.ndarray], merge_same: bool = True) -> list[np.n
         seen |= set(own)
         mult |= {c[u] for u in own}
         out.append(np.asarray(sorted(own), np.int64))
-    if len(mult) > 1:
+    if same_multiple and len(mult) > 1:
         return None
     return [o for o in out if len(o)] if any(len(o) for o in out) else []
 

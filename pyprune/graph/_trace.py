@@ -785,6 +785,12 @@ def _split(rec: Recorder, name, args, kwargs, out):
             if any(n is None for n in names):
                 reason = (f"split sizes {list(arg)} in {where} are constants of forward that no attribute of the "
                           "module holds (pyprune rewrites split sizes it finds as module attributes)")
+                # the sizes an attribute does hold are read here for channels that keep their
+                # count: an attribute rewritten for channels cut elsewhere (SHViT's pdim, also
+                # the value's width) must keep them too
+                for n, piece in zip(names, pieces):
+                    if n is not None:
+                        rec.add_rewrite(n, "count", [piece])
             else:
                 by_attr: dict = {}
                 for n, piece in zip(names, pieces):
