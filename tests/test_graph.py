@@ -1893,6 +1893,34 @@ def test_an_attribute_that_also_sizes_channels_kept_whole_keeps_them_where_it_co
     assert res.model(x).shape == (2, 5)
 
 
+class _SplitByAnAmbiguousSize(nn.Module):
+    """split([self.key_dim, self.val_dim]) where num_heads holds key_dim's value too."""
+
+    def __init__(self):
+        super().__init__()
+        self.num_heads = self.key_dim = 4
+        self.val_dim = 12
+        self.kv = nn.Conv2d(16, 16, 1)
+        self.proj = nn.Conv2d(12, 16, 1)
+
+    def forward(self, x):
+        k, v = self.kv(x).split([self.key_dim, self.val_dim], dim=1)
+        return self.proj(v * k.mean(1, keepdim=True))
+
+
+def test_split_sizes_that_several_attributes_hold_are_named_in_the_reason():
+    """Which attribute sets the size is not known: the channels keep their count, and the
+    reason says that two attributes hold it (it said no attribute did)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), _SplitByAnAmbiguousSize()).eval()
+    with pytest.warns(UserWarning, match=r"removed 25%.*4 is held by 2 attributes \(num_heads, key_dim\)"):
+        res = pyprune.prune(model, torch.randn(1, 3, 4, 4), method="l2", ratio=0.5)
+    reasons = [why for *_, whys in res.frozen() for why in whys]
+    assert any("split sizes [4, 12] in 1: 4 is held by 2 attributes (num_heads, key_dim)" in why
+               for why in reasons), reasons
+    assert res.model[1].kv.out_channels == 16
+
+
 class _NonLocalEqualWidths(nn.Module):
     """A non-local block whose inner width equals its input's (``in_channels ==
     inter_channels``): ``view(b, self.inter_channels, -1)`` holds a count both attributes

@@ -783,8 +783,12 @@ def _split(rec: Recorder, name, args, kwargs, out):
         else:  # sizes built in forward from attributes: one rewrite per attribute
             names = [rec.find_attr(v) if isinstance(v, int) else None for v in arg]
             if any(n is None for n in names):
-                reason = (f"split sizes {list(arg)} in {where} are constants of forward that no attribute of the "
-                          "module holds (pyprune rewrites split sizes it finds as module attributes)")
+                unfound = [v for v, n in zip(arg, names) if n is None]
+                if any(type(v) is int and len(rec.find_attrs(v)) > 1 for v in unfound):
+                    reason = f"split sizes {list(arg)} in {where}: " + rec.held_by(unfound)
+                else:
+                    reason = (f"split sizes {list(arg)} in {where} are constants of forward that no attribute of the "
+                              "module holds (pyprune rewrites split sizes it finds as module attributes)")
                 # the sizes an attribute does hold are read here for channels that keep their
                 # count: an attribute rewritten for channels cut elsewhere (SHViT's pdim, also
                 # the value's width) must keep them too
