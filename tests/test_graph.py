@@ -1837,34 +1837,6 @@ def test_a_split_whose_query_and_key_share_an_attribute_is_cut(verify):
     assert res.model(x).shape == (2, 5)
 
 
-@pytest.mark.parametrize("verify", [True, False])
-def test_a_split_size_that_key_dim_and_val_dim_both_hold_is_cut_where_the_check_passes(verify):
-    """TinyViT's split([key_dim, key_dim, val_dim]) with key_dim == val_dim: which attribute
-    sizes which piece is not known, so the pieces are cut alike and both attributes
-    rewritten, where the check of the cut passes (as here); without the check they are kept
-    with the reason, and the rest of the model is cut as before (the heads' link to the
-    stream is not made for channels kept this way)."""
-    torch.manual_seed(0)
-    model = _TokenNet(attn=lambda: _KeyValueSplitHeads(key_dim=8, val_dim=8)).eval()
-    x = torch.randn(2, 3, 12, 12)  # 36 tokens; the heads merged back to 16, the stream's width
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
-    said = [str(w.message) for w in caught]
-    assert not any("failed" in m for m in said), said
-    attn = res.model.attn
-    if verify:
-        assert 1 <= attn.key_dim == attn.val_dim < 8 and not said
-    else:
-        assert attn.key_dim == attn.val_dim == 8
-        assert any("key_dim and val_dim of attn hold the same split size (8)" in why
-                   for *_, whys in res.frozen() for why in whys), res.frozen()
-    assert attn.qkv.out_features == attn.num_heads * 3 * attn.key_dim
-    assert attn.val_attn_dim == attn.num_heads * attn.val_dim == attn.proj.in_features
-    assert res.model.embed.out_channels == 8 and res.model.fc1.out_features == 16
-    assert res.model(x).shape == (2, 5)
-
-
 class _PartialSingleHead(nn.Module):
     """SHViT's single-head attention on part of the channels: the stream split by
     ``[self.pdim, self.dim - self.pdim]`` (a size no attribute holds: those channels keep
