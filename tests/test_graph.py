@@ -1921,6 +1921,42 @@ def test_split_sizes_that_several_attributes_hold_are_named_in_the_reason():
     assert res.model[1].kv.out_channels == 16
 
 
+class _HeadWidthAlsoSplitOff(nn.Module):
+    """head_dim is the heads' width in a reshape where the tokens are as many (8: which
+    one it counts is not known) and the size of a part of the stream split off by
+    ``split([head_dim, C - head_dim])``, a split kept whole."""
+
+    def __init__(self, dim=20, head_dim=8, num_heads=2):
+        super().__init__()
+        self.head_dim, self.num_heads = head_dim, num_heads
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim)
+        self.proj = nn.Linear(num_heads * head_dim + head_dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        x1, _ = x.split([self.head_dim, c - self.head_dim], dim=-1)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = (((q @ k.transpose(-1, -2)) * 0.25).softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        return self.proj(torch.cat([y, x1], -1))
+
+
+def test_a_split_kept_whole_does_not_settle_what_an_attribute_counts():
+    """The split kept whole reads head_dim for channels that keep their count; that reading
+    must not outweigh the reshape's, which may be the tokens': without the check of the cut
+    the heads are kept as before (they were cut, with head_dim unchanged, and the pruned
+    model failed in the reshape)."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_HeadWidthAlsoSplitOff, width=20).eval()
+    x = torch.randn(2, 3, 4, 8)  # 2 x 4 = 8 tokens, as many as head_dim
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=False)
+    assert res.model.attn.qkv.out_features == 48 and res.model.attn.head_dim == 8
+    assert any("head_dim of attn may count other things" in why for *_, whys in res.frozen() for why in whys)
+    assert res.model.fc1.out_features == 16
+    assert res.model(x).shape == (2, 5)
+
+
 class _NonLocalEqualWidths(nn.Module):
     """A non-local block whose inner width equals its input's (``in_channels ==
     inter_channels``): ``view(b, self.inter_channels, -1)`` holds a count both attributes

@@ -618,7 +618,7 @@ def _attribute_links(graph: ChannelGraph, rec, unit_of: np.ndarray) -> list:
     whatever is cut. Without the link they keep their channels (:func:`_assign_rewrites`)."""
     pieces_of: dict = {}
     for r in rec.rewrites:
-        if r.kind == "count" and not r.tentative and len(r.pieces) == 1:
+        if r.kind == "count" and not r.tentative and not r.kept and len(r.pieces) == 1:
             pieces_of.setdefault((r.module, r.attr), []).append(unit_of[r.pieces[0]])
     links = []
     for (mod, attr), pieces in pieces_of.items():
@@ -905,8 +905,14 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         by_attr.setdefault((r.module, r.attr), []).append(r)
     for (mod, attr), recs in by_attr.items():
         # a reading where the value was unambiguous says what the attribute is: the
-        # tentative ones (the value as long as another dim) are left out then
-        recs = [r for r in recs if not r.tentative] or recs
+        # tentative ones (the value as long as another dim) are left out then. A reading
+        # for channels that keep their count (a split kept whole) is checked against such
+        # readings only: alone, or beside tentative ones, it says nothing (the number may
+        # be a literal the attribute happens to equal) and is left out
+        sure = [r for r in recs if not r.tentative and not r.kept]
+        recs = sure + [r for r in recs if r.kept] if sure else [r for r in recs if not r.kept]
+        if not recs:
+            continue
         if all(r.tentative for r in recs) and recs[0].kind == "count" and attr not in _HEAD_WIDTHS \
                 and len(recs[0].pieces[0]) in rec.scalar_uses.get(mod, {}):
             # a number that may count other things (as long as another dim, or one of several

@@ -57,6 +57,9 @@ class Rewrite:
     index: int = -1
     original: Any = None
     tentative: bool = False  # the value read might be another dim's (as long): dropped if the cut fails
+    # read for channels that keep their count (a split kept whole): checked against the
+    # certain readings of the attribute only, never rewritten from alone
+    kept: bool = False
 
 
 def param_path(module: str, param: str) -> str:
@@ -252,9 +255,10 @@ class Recorder:
         mod = self.module(self.stack[-1])
         return [k for k, v in vars(mod).items() if not k.startswith("_") and type(v) is int and v == value]
 
-    def add_rewrite(self, attr: str, kind: str, pieces, container: type = int, tentative: bool = False) -> None:
+    def add_rewrite(self, attr: str, kind: str, pieces, container: type = int, tentative: bool = False,
+                    kept: bool = False) -> None:
         self.rewrites.append(Rewrite(self.stack[-1], attr, kind, [np.asarray(p, np.int64) for p in pieces], container,
-                                     tentative=tentative))
+                                     tentative=tentative, kept=kept))
 
     def param_dim(self, t: Any, dim: int) -> tuple[str, str, int] | None:
         """(module, parameter, its dim) when dim `dim` of tensor `t` is a dim of a parameter or
@@ -794,7 +798,7 @@ def _split(rec: Recorder, name, args, kwargs, out):
                 # the value's width) must keep them too
                 for n, piece in zip(names, pieces):
                     if n is not None:
-                        rec.add_rewrite(n, "count", [piece])
+                        rec.add_rewrite(n, "count", [piece], kept=True)
             else:
                 by_attr: dict = {}
                 for n, piece in zip(names, pieces):
