@@ -1957,6 +1957,60 @@ def test_a_split_kept_whole_does_not_settle_what_an_attribute_counts():
     assert res.model(x).shape == (2, 5)
 
 
+class _HeadWidthAlsoSizesASplitPiece(nn.Module):
+    """head_dim is the heads' width in a reshape where the tokens are as many (8: which one
+    it counts is not known) and, for sure, the size of the first piece of a Linear's output
+    split by ``split([head_dim, rest])``. With ``also_kept``, a third Linear's output is split
+    by ``[head_dim, 4]``, 4 held by no attribute: a split kept whole."""
+
+    def __init__(self, dim=16, head_dim=8, num_heads=2, also_kept=False):
+        super().__init__()
+        self.head_dim, self.num_heads, self.rest, self.also_kept = head_dim, num_heads, 5, also_kept
+        self.qkv = nn.Linear(dim, 3 * num_heads * head_dim)
+        self.proj = nn.Linear(num_heads * head_dim, dim)
+        self.side = nn.Linear(dim, head_dim + 5)
+        self.pa, self.pb = nn.Linear(head_dim, dim), nn.Linear(5, dim)
+        self.kept = nn.Linear(dim, head_dim + 4)
+        self.pk = nn.Linear(head_dim, dim)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = (((q @ k.transpose(-1, -2)) * 0.25).softmax(-1) @ v).transpose(1, 2).reshape(b, n, -1)
+        a, c = self.side(x).split([self.head_dim, self.rest], -1)
+        out = self.proj(y) + self.pa(a) + self.pb(c)
+        if self.also_kept:
+            z, w = self.kept(x).split([self.head_dim, 4], -1)
+            out = out + self.pk(z) + w.sum(-1, keepdim=True)
+        return out
+
+
+@pytest.mark.parametrize("also_kept", [False, True])
+@pytest.mark.parametrize("schedule", ["uniform", "global"])
+@pytest.mark.parametrize("verify", [False, True])
+def test_a_head_width_read_beside_tokens_as_many_follows_the_attribute(verify, schedule, also_kept):
+    """The reshape's reading of head_dim (as many tokens) was left out beside the split's
+    certain one, and the heads were cut apart from it: with the split's piece cut otherwise
+    (the global schedule), or head_dim kept for the split kept whole, the pruned model
+    failed in the reshape without the check of the cut, and with it every channel of the
+    attention was kept. Now that cut is tentative: whatever is cut, head_dim counts the
+    heads' width and the split's piece, and the model runs."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=lambda: _HeadWidthAlsoSizesASplitPiece(also_kept=also_kept)).eval()
+    x = torch.randn(2, 3, 4, 8)  # 2 x 4 = 8 tokens, as many as head_dim
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, schedule=schedule, verify=verify)
+    a = res.model.attn
+    assert a.qkv.out_features == 3 * a.num_heads * a.head_dim
+    assert a.side.out_features == a.head_dim + a.rest and a.pa.in_features == a.head_dim
+    if also_kept:
+        assert a.kept.out_features == a.head_dim + 4 and a.pk.in_features == a.head_dim
+    assert res.model(x).shape == (2, 5)
+    assert not any("the channels of every" in str(w.message) for w in caught)
+    assert res.model.fc1.out_features < 32  # the MLP is cut
+
+
 class _NonLocalEqualWidths(nn.Module):
     """A non-local block whose inner width equals its input's (``in_channels ==
     inter_channels``): ``view(b, self.inter_channels, -1)`` holds a count both attributes

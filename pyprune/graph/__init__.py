@@ -897,6 +897,22 @@ def _linked_alike(graph: ChannelGraph, a: np.ndarray, b: np.ndarray) -> bool:
     return len(links) == 1
 
 
+def _unalike_dropped(graph: ChannelGraph, dropped: list, first: list | None, unit_of: np.ndarray) -> list:
+    """The channels of readings of an attribute left out beside a certain one (the value was
+    as long as another dim there, so it may be that dim's) that are not cut alike with the
+    attribute's certain reading `first` (None: the attribute keeps its value): one unit
+    array per such reading."""
+    out = []
+    for r in dropped:
+        pieces = [unit_of[p] for p in r.pieces]
+        if first is not None and r.kind == "count" and len(pieces) == len(first) and all(
+                np.array_equal(np.sort(a), np.sort(b)) or _equal_blocks(graph, a, b) or _linked_alike(graph, a, b)
+                for a, b in zip(pieces, first)):
+            continue
+        out.append(np.unique(np.concatenate(pieces)))
+    return out
+
+
 def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
     """Attributes to rewrite after a cut. One attribute read for several tensors must get the
     same value from each: otherwise the units involved keep their count."""
@@ -910,6 +926,7 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
         # readings only: alone, or beside tentative ones, it says nothing (the number may
         # be a literal the attribute happens to equal) and is left out
         sure = [r for r in recs if not r.tentative and not r.kept]
+        dropped = [r for r in recs if r.tentative and not r.kept] if sure else []
         recs = sure + [r for r in recs if r.kept] if sure else [r for r in recs if not r.kept]
         if not recs:
             continue
@@ -939,6 +956,20 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
                                                         "are cut differently"))
             graph.add_reason(units, "inexact", f"{mod}.{attr} is rewritten to the kept count of each head: a number "
                                                "forward computes from it (a scale 1/sqrt(head dim)) changes with it")
+        # Readings left out above may read the attribute after all (a head width as long as
+        # the tokens): then their channels keep the count the attribute is given, which an
+        # independent cut of them breaks. Where they are not cut alike with the attribute's
+        # certain reading, the cut that treats them as another dim's is tentative: where it
+        # fails, or is not checked, the attribute keeps its value and both keep their channels.
+        unalike = _unalike_dropped(graph, dropped, first if same else None, unit_of)
+        if unalike:
+            units = np.unique(np.concatenate(unalike + ([u for p in pieces for u in p] if same else [])))
+            why = (f"{mod}.{attr} surely counts some of these channels and may count the others (a dim as long "
+                   "is read beside it), which are cut apart from them" if same else
+                   f"{mod}.{attr} keeps its value and may count these channels (a dim as long is read beside it)")
+            why += "; cut only where the check of the cut passes (verify=True)"
+            graph.tentative_freezes.append((mod, units, why))
+            tentative = tentative or same
         if not same:
             if not tentative:  # (a tentative one is left out: the value was likely another dim's)
                 graph.freeze(np.concatenate([u for p in pieces for u in p]),
