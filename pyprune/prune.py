@@ -747,11 +747,19 @@ class Pruner:
         if verify:
             failure = check_runs(pruned, self.inputs, cfg.example_kwargs, plan.graph.output_shapes, plan.graph.op_log)
             if failure is not None:
-                if plan.request is not None and plan.graph is self._traced[1] and not plan.edited() \
-                        and plan.graph.drop_tentative(failure[0], self.model):
-                    # a tentative cut (Graph.tentative_freezes) failed: those channels are now
-                    # kept, and the plan is made again as it was asked
-                    return self.apply(self.plan(**plan.request), inplace=inplace)
+                graph = plan.graph
+                state = graph.tentative_state()
+                if plan.request is not None and graph is self._traced[1] and not plan.edited() \
+                        and graph.drop_tentative(failure[0], self.model):
+                    # a tentative cut (Graph.tentative_freezes) may be what failed: those
+                    # channels are kept, and the plan is made again as it was asked
+                    try:
+                        return self.apply(self.plan(**plan.request), inplace=inplace)
+                    except PrunedModelFails as e:
+                        if _same_failure(e, failure):  # not theirs: they are cut again
+                            graph.restore_tentative(state)
+                            e.tentative_tried = True
+                        raise
                 raise PrunedModelFails(*failure)
         seconds = {"surgery": time.perf_counter() - t0}
         recovery = self._recover(pruned, plan, mask) if recover else {}
@@ -903,6 +911,7 @@ class Pruner:
     def _prune_once(self, ratio, inplace: bool, targets: dict) -> PruneResult:
         t0 = time.perf_counter()
         fallbacks = []
+        undo = None  # (the failure, the graph before) of the last tentative cuts dropped
         while True:  # each round drops tentative rewrites or keeps more channels: at most _MAX_FALLBACKS of those
             t1 = time.perf_counter()
             plan = self.plan(ratio, **targets)
@@ -910,8 +919,15 @@ class Pruner:
             try:
                 res = self.apply(plan, inplace=inplace)
             except PrunedModelFails as e:
-                if plan.graph.drop_tentative(e.module, self.model):
-                    continue  # a count read from an attribute as long as another dim: cut again without it
+                graph = plan.graph
+                if undo is not None and _same_failure(e, undo[0]):
+                    graph.restore_tentative(undo[1])  # the same failure without them: not theirs
+                elif not e.tentative_tried:
+                    state = graph.tentative_state()
+                    if graph.drop_tentative(e.module, self.model):
+                        undo = ((e.module, e.message, e.call), state)
+                        continue  # a count read from an attribute as long as another dim: cut again without it
+                undo = None
                 if e.call is not None:  # keep the channels that went through the call (and its copies)
                     units = plan.graph.op_units(e.call, self.model)
                     units = units[~plan.graph.unit_frozen[units]]
@@ -1201,6 +1217,15 @@ class PrunedModelFails(GraphError):
                          "The model was not changed.")
         self.module, self.message = module, message
         self.call = call  # the index in the graph's op_log of a call that gave another shape
+        self.tentative_tried = False  # the tentative cuts near it were dropped, and it failed the same way
+
+
+def _same_failure(e: PrunedModelFails, failure: tuple) -> bool:
+    """Whether `e` is the failure `failure` (module, message, call) again: the same call of
+    the model's code, or where none is known the same message in the same module (the
+    shapes in a message change with the cut)."""
+    module, message, call = failure
+    return e.module == module and (e.call == call if call is not None or e.call is not None else e.message == message)
 
 
 _MAX_FALLBACKS = 4

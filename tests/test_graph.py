@@ -2011,6 +2011,43 @@ def test_a_head_width_read_beside_tokens_as_many_follows_the_attribute(verify, s
     assert res.model.fc1.out_features < 32  # the MLP is cut
 
 
+class _TokenNetWithAWidthInADict(_TokenNet):
+    """_TokenNet whose own forward also views a Linear's output by a width held in a dict
+    (``self.cfg["w"]``: no attribute pyprune rewrites), a failure of the cut that the check
+    finds and mends by keeping those channels."""
+
+    def __init__(self, attn):
+        super().__init__(attn=attn)
+        self.side, self.cfg, self.ps = nn.Linear(16, 12), {"w": 12}, nn.Linear(1, 5)
+
+    def forward(self, x):
+        t = self.embed(x).flatten(2).transpose(1, 2)
+        t = t + self.attn(t)
+        t = t + self.fc2(torch.relu(self.fc1(t)))
+        z = self.side(t).reshape(t.shape[0], -1, self.cfg["w"]).sum(-1, keepdim=True)[:, :1]
+        return self.head(t.mean(1)) + self.ps(z)[:, 0]
+
+
+def test_a_failure_elsewhere_does_not_keep_channels_cut_tentatively():
+    """The check of the cut fails in the model's own forward, where every tentative cut is
+    suspect: they are dropped and the model cut again. It fails the same way without them,
+    so they were not the cause: they are cut again, and only the channels of the failing
+    call are kept (before, the attention's heads were kept too: 953 parameters against
+    2567)."""
+    torch.manual_seed(0)
+    model = _TokenNetWithAWidthInADict(attn=_HeadWidthAlsoSizesASplitPiece).eval()
+    x = torch.randn(2, 3, 4, 8)  # 8 tokens, as many as head_dim
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    a = res.model.attn
+    assert a.head_dim == 4 and a.qkv.out_features == 24 and a.side.out_features == 4 + a.rest
+    assert res.model.side.out_features == 12  # the dict's width: kept
+    reasons = [why for *_, whys in res.frozen() for why in whys]
+    assert not any("a dim as long is read beside it" in why for why in reasons), reasons
+    assert res.model(x).shape == (2, 5)
+
+
 class _NonLocalEqualWidths(nn.Module):
     """A non-local block whose inner width equals its input's (``in_channels ==
     inter_channels``): ``view(b, self.inter_channels, -1)`` holds a count both attributes

@@ -200,6 +200,21 @@ class ChannelGraph:
             if why not in reasons_of:
                 reasons_of.append(why)
 
+    def tentative_state(self) -> tuple:
+        """What :meth:`drop_tentative` changes, to put back with :meth:`restore_tentative`
+        where the failure it was called for turns out to have another cause."""
+        return (self.unit_frozen.copy(), {gid: list(r) for gid, r in self.frozen_reasons.items()},
+                list(self.rewrites), list(self.tentative), list(self.tentative_freezes))
+
+    def restore_tentative(self, state: tuple) -> None:
+        """Undo what happened since :meth:`tentative_state` gave `state`."""
+        frozen, reasons, self.rewrites, self.tentative, self.tentative_freezes = (
+            state[0].copy(), {gid: list(r) for gid, r in state[1].items()}, *map(list, state[2:]))
+        self.unit_frozen[:] = frozen
+        self.frozen_reasons = reasons
+        for g in self.groups:
+            g.frozen = self.unit_frozen[g.units]
+
     def drop_tentative(self, where: str, model: nn.Module) -> bool:
         """The cut failed in module `where`: drop the tentative rewrites of it, of a module
         around it or in it, and keep the tentatively cut channels there
