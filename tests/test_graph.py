@@ -1837,6 +1837,117 @@ def test_a_split_whose_query_and_key_share_an_attribute_is_cut(verify):
     assert res.model(x).shape == (2, 5)
 
 
+@pytest.mark.parametrize("verify", [True, False])
+def test_a_split_size_that_key_dim_and_val_dim_both_hold_is_cut_where_the_check_passes(verify):
+    """TinyViT's split([key_dim, key_dim, val_dim]) with key_dim == val_dim: which attribute
+    sizes which piece is not known, so the pieces are cut alike and both attributes
+    rewritten, where the check of the cut passes (as here); without the check they are kept
+    with the reason, and the rest of the model is cut as before (the heads' link to the
+    stream is not made for channels kept this way)."""
+    torch.manual_seed(0)
+    model = _TokenNet(attn=lambda: _KeyValueSplitHeads(key_dim=8, val_dim=8)).eval()
+    x = torch.randn(2, 3, 12, 12)  # 36 tokens; the heads merged back to 16, the stream's width
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    said = [str(w.message) for w in caught]
+    assert not any("failed" in m for m in said), said
+    attn = res.model.attn
+    if verify:
+        assert 1 <= attn.key_dim == attn.val_dim < 8 and not said
+    else:
+        assert attn.key_dim == attn.val_dim == 8
+        assert any("key_dim and val_dim of attn hold the same split size (8)" in why
+                   for *_, whys in res.frozen() for why in whys), res.frozen()
+    assert attn.qkv.out_features == attn.num_heads * 3 * attn.key_dim
+    assert attn.val_attn_dim == attn.num_heads * attn.val_dim == attn.proj.in_features
+    assert res.model.embed.out_channels == 8 and res.model.fc1.out_features == 16
+    assert res.model(x).shape == (2, 5)
+
+
+class _SparseKeyValueSplitHeads(_KeyValueSplitHeads):
+    """key_dim == val_dim, and a third attribute holds the same number: each query keeps its
+    `topk` best keys (``topk``), or the tokens are rolled by `shift` (``roll``). Rewritten
+    with the other two, it would change what the model computes, not a shape the check of a
+    cut compares."""
+
+    def __init__(self, use="topk"):
+        super().__init__(key_dim=8, val_dim=8)
+        self.use, self.topk = use, 8
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        if self.use == "roll":
+            k = k.roll(self.topk, dims=2)
+        attn = (q @ k.transpose(-2, -1)) * self.scale
+        if self.use == "topk":
+            idx = attn.topk(self.topk, dim=-1).indices
+            attn = attn + torch.full_like(attn, float("-inf")).scatter(-1, idx, 0.0)
+        return self.proj((attn.softmax(dim=-1) @ v).transpose(1, 2).reshape(b, n, self.val_attn_dim))
+
+
+@pytest.mark.parametrize("use", ["topk", "roll"])
+def test_a_split_size_that_a_top_k_or_a_shift_also_holds_is_not_rewritten(use):
+    """The split size 8 is also top-k's k (or roll's shift) in the module's code: the
+    attribute that holds it there would be rewritten with key_dim and val_dim, and the
+    pruned model would compute something else with the same shapes (the check of a cut
+    compares shapes). Those numbers count as values the code computes with: the split's
+    channels are kept, and the pruned model computes what the cut says."""
+    from planted import cut_error
+
+    torch.manual_seed(0)
+    model = _TokenNet(attn=lambda: _SparseKeyValueSplitHeads(use)).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5)
+    attn = res.model.attn
+    assert attn.key_dim == attn.val_dim == attn.topk == 8 and attn.qkv.out_features == 48
+    assert res.model.fc1.out_features == 16
+    assert cut_error(model, x, res.plan) < 1e-5
+
+
+class _HeadsBesideALinear(nn.Module):
+    """key_dim == val_dim: the value heads merged (8 channels) go to the stream beside a
+    Linear's 8, with no projection: half the stream is the split's value, kept without the
+    check of the cut."""
+
+    def __init__(self, dim=16, key_dim=4, num_heads=2):
+        super().__init__()
+        self.key_dim, self.num_heads, self.val_dim = key_dim, num_heads, key_dim
+        self.dh = num_heads * key_dim
+        self.qkv = nn.Linear(dim, num_heads * 3 * key_dim)
+        self.lin = nn.Linear(dim, dim - self.dh)
+
+    def forward(self, x):
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, self.num_heads, -1).split([self.key_dim, self.key_dim, self.val_dim], dim=3)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        a = (q @ k.transpose(-2, -1) * 0.3).softmax(-1)
+        return torch.cat([(a @ v).transpose(1, 2).reshape(b, n, self.dh), self.lin(x)], -1)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_kept_heads_that_fill_the_share_of_a_stream_leave_its_other_layer_a_channel(verify):
+    """Without the check of the cut the value heads keep their 8 channels: the stream's
+    share at 0.5 is 8, all of them in those heads, and the Linear writing the other half
+    was left none ("pruning would remove every channel of attn.lin.weight"). The channels
+    in no block of a group keep one at least."""
+    from planted import cut_error
+
+    torch.manual_seed(0)
+    model = _TokenNet(attn=_HeadsBesideALinear).eval()
+    x = torch.randn(2, 3, 12, 12)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
+    assert res.model.attn.lin.out_features >= 1
+    assert res.model(x).shape == (2, 5)
+    assert cut_error(model, x, res.plan) < 1e-5
+
+
 class _PartialSingleHead(nn.Module):
     """SHViT's single-head attention on part of the channels: the stream split by
     ``[self.pdim, self.dim - self.pdim]`` (a size no attribute holds: those channels keep

@@ -786,7 +786,18 @@ def _split(rec: Recorder, name, args, kwargs, out):
             rec.add_rewrite(attr, "counts", pieces, type(arg))
         else:  # sizes built in forward from attributes: one rewrite per attribute
             names = [rec.find_attr(v) if isinstance(v, int) else None for v in arg]
-            if any(n is None for n in names):
+            shared = rec.find_attrs(arg[0]) if equal and all(type(v) is int for v in arg) else []
+            if any(n is None for n in names) and len(shared) > 1:
+                # pieces as large as each other, a size several attributes hold (TinyViT's
+                # split([key_dim, key_dim, val_dim]) with key_dim == val_dim): cut alike, each
+                # of those attributes rewritten to the pieces' kept count, whichever sets which
+                # piece; tentatively (one may count something else): kept where the check of
+                # the cut fails, or without the check
+                rec.add_blocks(pieces, f"split({' / '.join(shared)}) along the channel dim in {where}")
+                for a in shared:
+                    rec.add_rewrite(a, "count", [pieces[0]], tentative=True)
+                _keep_unknown_count(rec, lay, arg[0], _UNSURE_SPLIT)
+            elif any(n is None for n in names):
                 unfound = [v for v, n in zip(arg, names) if n is None]
                 if any(type(v) is int and len(rec.find_attrs(v)) > 1 for v in unfound):
                     reason = f"split sizes {list(arg)} in {where}: " + rec.held_by(unfound)
@@ -1013,6 +1024,9 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout, merged: bool = Tr
 
 # Attribute names that hold one head's width: where several attributes hold the same number,
 # the one of these is taken for it (and none of the others: a window, a token count).
+# what _keep_unknown_count calls a split size that several attributes hold ("... hold the
+# same split size (N)": graph._assign_blocks finds those channels by it)
+_UNSURE_SPLIT = "split size"
 _HEAD_WIDTHS = frozenset({"head_dim", "dim_head", "head_width", "head_size", "d_head", "head_channels",
                           "dim_per_head", "head_dims"})
 
@@ -2192,6 +2206,9 @@ def _weight_mask(rec: Recorder, leaf: str, fname: str, args, kwargs) -> bool:
 
 
 _WIDTH_VALUES = {"tensor", "as_tensor", "scalar_tensor"}
+# ops that take a count or a shift, not a shape: (positions, keywords) of those arguments
+_COUNT_ARGS = {"topk": ((1,), ("k",)), "kthvalue": ((1,), ("k",)), "roll": ((1,), ("shifts",)),
+               "narrow": ((2, 3), ("start", "length")), "repeat_interleave": ((1,), ("repeats",))}
 
 
 def _width_as_value(rec: Recorder, name: str, args, kwargs) -> None:
@@ -2293,6 +2310,15 @@ class _Mode(TorchFunctionMode):
             for v in list(args) + list(kwargs.values()):
                 if type(v) in (int, float) and v >= 2 and float(v).is_integer():
                     rec.scalar_uses.setdefault(rec.stack[-1] if rec.stack else "", {}).setdefault(int(v), name)
+        if name in _COUNT_ARGS and not rec.in_hook:
+            # a number of elements or a shift (top-k's k, roll's shifts): a value the code
+            # computes with, which the check of a cut (it compares shapes) may not catch
+            pos, keys = _COUNT_ARGS[name]
+            vals = [args[i] for i in pos if i < len(args)] + [kwargs[k] for k in keys if k in kwargs]
+            for v in vals:
+                for n in (v if isinstance(v, (tuple, list)) else (v,)):
+                    if type(n) is int and abs(n) >= 2:
+                        rec.scalar_uses.setdefault(rec.stack[-1] if rec.stack else "", {}).setdefault(abs(n), name)
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
