@@ -1837,34 +1837,6 @@ def test_a_split_whose_query_and_key_share_an_attribute_is_cut(verify):
     assert res.model(x).shape == (2, 5)
 
 
-@pytest.mark.parametrize("verify", [True, False])
-def test_a_split_size_that_key_dim_and_val_dim_both_hold_is_cut_where_the_check_passes(verify):
-    """TinyViT's split([key_dim, key_dim, val_dim]) with key_dim == val_dim: which attribute
-    sizes which piece is not known, so the pieces are cut alike and both attributes
-    rewritten, where the check of the cut passes (as here); without the check they are kept
-    with the reason, and the rest of the model is cut as before (the heads' link to the
-    stream is not made for channels kept this way)."""
-    torch.manual_seed(0)
-    model = _TokenNet(attn=lambda: _KeyValueSplitHeads(key_dim=8, val_dim=8)).eval()
-    x = torch.randn(2, 3, 12, 12)  # 36 tokens; the heads merged back to 16, the stream's width
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        res = pyprune.prune(model, x[:1], method="l2", ratio=0.5, verify=verify)
-    said = [str(w.message) for w in caught]
-    assert not any("failed" in m for m in said), said
-    attn = res.model.attn
-    if verify:
-        assert 1 <= attn.key_dim == attn.val_dim < 8 and not said
-    else:
-        assert attn.key_dim == attn.val_dim == 8
-        assert any("key_dim and val_dim of attn hold the same split size (8)" in why
-                   for *_, whys in res.frozen() for why in whys), res.frozen()
-    assert attn.qkv.out_features == attn.num_heads * 3 * attn.key_dim
-    assert attn.val_attn_dim == attn.num_heads * attn.val_dim == attn.proj.in_features
-    assert res.model.embed.out_channels == 8 and res.model.fc1.out_features == 16
-    assert res.model(x).shape == (2, 5)
-
-
 class _SparseKeyValueSplitHeads(_KeyValueSplitHeads):
     """key_dim == val_dim, and a third attribute holds the same number: each query keeps its
     `topk` best keys (``topk``), or the tokens are rolled by `shift` (``roll``). Rewritten
@@ -1890,11 +1862,11 @@ class _SparseKeyValueSplitHeads(_KeyValueSplitHeads):
 
 @pytest.mark.parametrize("use", ["topk", "roll"])
 def test_a_split_size_that_a_top_k_or_a_shift_also_holds_is_not_rewritten(use):
-    """The split size 8 is also top-k's k (or roll's shift) in the module's code: the
-    attribute that holds it there would be rewritten with key_dim and val_dim, and the
-    pruned model would compute something else with the same shapes (the check of a cut
-    compares shapes). Those numbers count as values the code computes with: the split's
-    channels are kept, and the pruned model computes what the cut says."""
+    """The split size 8 is held by key_dim, val_dim and a third attribute, top-k's k (or
+    roll's shift) in the module's code. Rewriting every attribute that holds the size (a
+    rule once tried for TinyViT) made the pruned model compute something else with the same
+    shapes, which the check of a cut (it compares shapes) passes: the split's channels must
+    be kept, and the pruned model compute what the cut says."""
     from planted import cut_error
 
     torch.manual_seed(0)
@@ -1911,8 +1883,8 @@ def test_a_split_size_that_a_top_k_or_a_shift_also_holds_is_not_rewritten(use):
 
 class _HeadsBesideALinear(nn.Module):
     """key_dim == val_dim: the value heads merged (8 channels) go to the stream beside a
-    Linear's 8, with no projection: half the stream is the split's value, kept without the
-    check of the cut."""
+    Linear's 8, with no projection: half the stream is the split's value, whose channels
+    are kept."""
 
     def __init__(self, dim=16, key_dim=4, num_heads=2):
         super().__init__()
@@ -1931,10 +1903,11 @@ class _HeadsBesideALinear(nn.Module):
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_kept_heads_that_fill_the_share_of_a_stream_leave_its_other_layer_a_channel(verify):
-    """Without the check of the cut the value heads keep their 8 channels: the stream's
-    share at 0.5 is 8, all of them in those heads, and the Linear writing the other half
-    was left none ("pruning would remove every channel of attn.lin.weight"). The channels
-    in no block of a group keep one at least."""
+    """The value heads keep their 8 channels (which attribute sizes the split is not
+    known): the stream's share at 0.5 is 8, and the Linear writing the other half must
+    still keep channels (a rule once tried for TinyViT kept the heads only after the
+    stream's blocks were set, and left it none: "pruning would remove every channel of
+    attn.lin.weight")."""
     from planted import cut_error
 
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ._layout import Layout
-from ._trace import _HEAD_WIDTHS, _UNSURE_SPLIT, LayerRecord, OpRuleError, param_path, record
+from ._trace import _HEAD_WIDTHS, LayerRecord, OpRuleError, param_path, record
 
 __all__ = ["ChannelGraph", "Group", "Member", "GraphError", "build_graph", "as_inputs", "Layout"]
 
@@ -114,9 +114,7 @@ class Group:
             for size in np.unique(sizes):  # blocks of one size keep one count
                 same = sizes == size
                 counts[same] = max(int(counts[same].max()), int(frozen[same].max()))
-        # the units in no block keep one at least: blocks kept above their share (frozen
-        # units) would otherwise leave a layer writing only those units without channels
-        rest = int(np.clip(n_keep - counts.sum(), max(free_frozen, 1), free)) if free else 0
+        rest = int(np.clip(n_keep - counts.sum(), free_frozen, free)) if free else 0
         return counts, rest
 
     def step_floor(self) -> int:
@@ -624,14 +622,7 @@ def _assign_blocks(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             links.append(((int(ga[0]), int(gb[0])), reason))
     links += _attribute_links(graph, rec, unit_of)
     if links:
-        # channels kept unless the check of the cut passes, as a split size several
-        # attributes hold (not yet in graph.tentative_freezes): where they are kept, they
-        # were kept whole from the start, which links nothing
-        unsure = np.zeros(graph.n_units, bool)
-        for _, ids, why in rec.tentative_freezes:
-            if f"hold the same {_UNSURE_SPLIT} (" in why:
-                unsure[unit_of[ids]] = True
-        _link_shares(graph, per_group, links, unsure)
+        _link_shares(graph, per_group, links)
 
 
 def _attribute_links(graph: ChannelGraph, rec, unit_of: np.ndarray) -> list:
@@ -738,18 +729,17 @@ def _link_groups(graph: ChannelGraph, per_group: dict, linked: list, failed: lis
             graph.tentative_freezes.append((module, units, "; ".join(reasons)))
 
 
-def _link_shares(graph: ChannelGraph, per_group: dict, links: list, unsure: np.ndarray) -> None:
+def _link_shares(graph: ChannelGraph, per_group: dict, links: list) -> None:
     """Groups that must keep the same share (a head width that may be the input's width
     over the head count, heads merged back to a width the module read from its input:
     ``_trace._link_to_input_width``, ``_trace._link_merged_heads``) are cut as one, the way
     :func:`_link_groups` cuts its groups: every cell (the common refinement of each group's
     block constraints) keeps m / step of its units. Where no step of 2 or more serves, or a
-    group is linked already, or kept whole, or kept unless the check of the cut passes
-    (`unsure`, per unit), they are left as they were (a uniform ratio keeps them matched;
-    the check of a cut finds where another does not)."""
+    group is linked already, they are left as they were (a uniform ratio keeps them
+    matched; the check of a cut finds where another does not)."""
     for gids in _components([list(pair) for pair, _ in links]):
         groups = [graph.groups[gid] for gid in gids]
-        if any(g.linked or g.frozen.all() or unsure[g.units].all() for g in groups):
+        if any(g.linked or g.frozen.all() for g in groups):
             continue
         labels = {g.id: _cell_labels(g, [c[0] for c in per_group.get(g.id, ())]) for g in groups}
         step = _common_step(labels.values())

@@ -786,18 +786,7 @@ def _split(rec: Recorder, name, args, kwargs, out):
             rec.add_rewrite(attr, "counts", pieces, type(arg))
         else:  # sizes built in forward from attributes: one rewrite per attribute
             names = [rec.find_attr(v) if isinstance(v, int) else None for v in arg]
-            shared = rec.find_attrs(arg[0]) if equal and all(type(v) is int for v in arg) else []
-            if any(n is None for n in names) and len(shared) > 1:
-                # pieces as large as each other, a size several attributes hold (TinyViT's
-                # split([key_dim, key_dim, val_dim]) with key_dim == val_dim): cut alike, each
-                # of those attributes rewritten to the pieces' kept count, whichever sets which
-                # piece; tentatively (one may count something else): kept where the check of
-                # the cut fails, or without the check
-                rec.add_blocks(pieces, f"split({' / '.join(shared)}) along the channel dim in {where}")
-                for a in shared:
-                    rec.add_rewrite(a, "count", [pieces[0]], tentative=True)
-                _keep_unknown_count(rec, lay, arg[0], _UNSURE_SPLIT)
-            elif any(n is None for n in names):
+            if any(n is None for n in names):
                 unfound = [v for v, n in zip(arg, names) if n is None]
                 if any(type(v) is int and len(rec.find_attrs(v)) > 1 for v in unfound):
                     reason = f"split sizes {list(arg)} in {where}: " + rec.held_by(unfound)
@@ -1024,9 +1013,6 @@ def _tie_to_width_read(rec: Recorder, width: int, new: Layout, merged: bool = Tr
 
 # Attribute names that hold one head's width: where several attributes hold the same number,
 # the one of these is taken for it (and none of the others: a window, a token count).
-# what _keep_unknown_count calls a split size that several attributes hold ("... hold the
-# same split size (N)": graph._assign_blocks finds those channels by it)
-_UNSURE_SPLIT = "split size"
 _HEAD_WIDTHS = frozenset({"head_dim", "dim_head", "head_width", "head_size", "d_head", "head_channels",
                           "dim_per_head", "head_dims"})
 
