@@ -748,9 +748,9 @@ class Pruner:
             failure = check_runs(pruned, self.inputs, cfg.example_kwargs, plan.graph.output_shapes, plan.graph.op_log)
             if failure is not None:
                 graph = plan.graph
-                state = graph.tentative_state()
-                if plan.request is not None and graph is self._traced[1] and not plan.edited() \
-                        and graph.drop_tentative(failure[0], self.model):
+                state = graph.tentative_state() if graph.tentative or graph.tentative_freezes else None
+                if state is not None and plan.request is not None and graph is self._traced[1] \
+                        and not plan.edited() and graph.drop_tentative(failure[0], self.model):
                     # a tentative cut (Graph.tentative_freezes) may be what failed: those
                     # channels are kept, and the plan is made again as it was asked
                     try:

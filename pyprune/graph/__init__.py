@@ -207,11 +207,9 @@ class ChannelGraph:
                 list(self.rewrites), list(self.tentative), list(self.tentative_freezes))
 
     def restore_tentative(self, state: tuple) -> None:
-        """Undo what happened since :meth:`tentative_state` gave `state`."""
-        frozen, reasons, self.rewrites, self.tentative, self.tentative_freezes = (
-            state[0].copy(), {gid: list(r) for gid, r in state[1].items()}, *map(list, state[2:]))
+        """Undo what happened since :meth:`tentative_state` gave `state` (used once)."""
+        frozen, self.frozen_reasons, self.rewrites, self.tentative, self.tentative_freezes = state
         self.unit_frozen[:] = frozen
-        self.frozen_reasons = reasons
         for g in self.groups:
             g.frozen = self.unit_frozen[g.units]
 
@@ -912,6 +910,12 @@ def _linked_alike(graph: ChannelGraph, a: np.ndarray, b: np.ndarray) -> bool:
     return len(links) == 1
 
 
+def _cut_alike(graph: ChannelGraph, a: np.ndarray, b: np.ndarray) -> bool:
+    """Two pieces that keep as many units whatever is cut: the same units, equal blocks of
+    one group, or groups linked to keep one share."""
+    return np.array_equal(np.sort(a), np.sort(b)) or _equal_blocks(graph, a, b) or _linked_alike(graph, a, b)
+
+
 def _unalike_dropped(graph: ChannelGraph, dropped: list, first: list | None, unit_of: np.ndarray) -> list:
     """The channels of readings of an attribute left out beside a certain one (the value was
     as long as another dim there, so it may be that dim's) that are not cut alike with the
@@ -921,8 +925,7 @@ def _unalike_dropped(graph: ChannelGraph, dropped: list, first: list | None, uni
     for r in dropped:
         pieces = [unit_of[p] for p in r.pieces]
         if first is not None and r.kind == "count" and len(pieces) == len(first) and all(
-                np.array_equal(np.sort(a), np.sort(b)) or _equal_blocks(graph, a, b) or _linked_alike(graph, a, b)
-                for a, b in zip(pieces, first)):
+                _cut_alike(graph, a, b) for a, b in zip(pieces, first)):
             continue
         out.append(np.unique(np.concatenate(pieces)))
     return out
@@ -957,10 +960,8 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
             continue
         pieces = [[unit_of[p] for p in r.pieces] for r in recs]
         first = pieces[0]
-        same = all(r.kind == recs[0].kind and len(p) == len(first) and
-                   all(np.array_equal(np.sort(a), np.sort(b)) or _equal_blocks(graph, a, b) or _linked_alike(graph, a, b)
-                       for a, b in zip(p, first))
-                   for r, p in zip(recs, pieces))
+        same = all(r.kind == recs[0].kind and len(p) == len(first)
+                   and all(_cut_alike(graph, a, b) for a, b in zip(p, first)) for r, p in zip(recs, pieces))
         tentative = all(r.tentative for r in recs)
         if same and not all(np.array_equal(np.sort(a), np.sort(b)) or _linked_alike(graph, a, b)
                             for p in pieces for a, b in zip(p, first)):
@@ -984,7 +985,7 @@ def _assign_rewrites(graph: ChannelGraph, rec, unit_of: np.ndarray) -> None:
                    f"{mod}.{attr} keeps its value and may count these channels (a dim as long is read beside it)")
             why += "; cut only where the check of the cut passes (verify=True)"
             graph.tentative_freezes.append((mod, units, why))
-            tentative = tentative or same
+            tentative = same  # (recs hold a certain reading here, so it was False)
         if not same:
             if not tentative:  # (a tentative one is left out: the value was likely another dim's)
                 graph.freeze(np.concatenate([u for p in pieces for u in p]),

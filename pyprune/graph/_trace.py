@@ -248,6 +248,10 @@ class Recorder:
                              "attributes)")
         return "; ".join(parts)
 
+    def scalar_use(self, value: int, op: str) -> None:
+        """`value` is a number the current module's code computes with (in `op`)."""
+        self.scalar_uses.setdefault(self.stack[-1] if self.stack else "", {}).setdefault(value, op)
+
     def find_attrs(self, value: int) -> list[str]:
         """Every int attribute of the current module equal to `value`."""
         if not self.stack:
@@ -2295,7 +2299,7 @@ class _Mode(TorchFunctionMode):
                 _scale_from_width(rec, name, args)
             for v in list(args) + list(kwargs.values()):
                 if type(v) in (int, float) and v >= 2 and float(v).is_integer():
-                    rec.scalar_uses.setdefault(rec.stack[-1] if rec.stack else "", {}).setdefault(int(v), name)
+                    rec.scalar_use(int(v), name)
         if name in _COUNT_ARGS and not rec.in_hook:
             # a number of elements or a shift (top-k's k, roll's shifts): a value the code
             # computes with, which the check of a cut (it compares shapes) may not catch
@@ -2304,7 +2308,7 @@ class _Mode(TorchFunctionMode):
             for v in vals:
                 for n in (v if isinstance(v, (tuple, list)) else (v,)):
                     if type(n) is int and abs(n) >= 2:
-                        rec.scalar_uses.setdefault(rec.stack[-1] if rec.stack else "", {}).setdefault(abs(n), name)
+                        rec.scalar_use(abs(n), name)
         lays = [rec.layout(t) for t in _tensors(list(args)) + _tensors(list(kwargs.values()))]
         lays = [lay for lay in lays if lay is not None]
         if not lays:
